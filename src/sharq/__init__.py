@@ -1,0 +1,42 @@
+"""sharq — SharQ activation quantization (sparse FP4 backbone + dense FP4 residual) for LLM inference.
+
+Public API:
+  SharqConfig, PRESETS           the quantization scheme and its named presets
+  decompose(x, config)           dequantized backbone + residual + global scale(s) of an activation
+  prepare_activation(x, config)  the packed quantized terms of an activation
+  quantize(x, format, block)     block-quantize one tensor (NVFP4 / MXFP4 / HiF4) to packed storage
+  quantize_weight(w, config)     the packed weight payload of SPEC §6
+  SharqLinear                    nn.Module holding the packed weight, computing SPEC §7
+"""
+
+from .config import PRESETS, Backend, Format, Granularity, MaskSpec, Residual, SharqConfig, parse_mask
+from .formats import QuantizedTensor, quantize
+from .metrics import sqnr_db
+from .nn import SharqLinear
+from .ops import quantize_weight, sharq_linear
+from .sparse import Decomposition, PreparedActivation, decompose, nm_mask, prepare_activation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "Backend",
+    "Format",
+    "Granularity",
+    "MaskSpec",
+    "Residual",
+    "SharqConfig",
+    "parse_mask",
+    "QuantizedTensor",
+    "quantize",
+    "quantize_weight",
+    "sharq_linear",
+    "SharqLinear",
+    "Decomposition",
+    "PreparedActivation",
+    "decompose",
+    "prepare_activation",
+    "nm_mask",
+    "sqnr_db",
+    "__version__",
+]

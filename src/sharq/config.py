@@ -1,0 +1,281 @@
+"""Configuration of one SharQ quantization scheme, and the named presets of SPEC §5 and §8.
+
+A `SharqConfig` describes how the activation entering a linear layer is split and quantized and
+how the weight is quantized. Its fields compose every baseline and ablation of the SPEC:
+
+==================  ========  ===========  ===========  ==============
+preset              format    mask         residual     residual_mask
+==================  ========  ===========  ===========  ==============
+bf16                none      –            none         –
+nvfp4/mxfp4/hif4    fmt       – (dense)    none         –
+sharq-<fmt>         fmt       pair4of8/2:4 quantized    –
+sparse-only         nvfp4     pair4of8     none         –
+dense-dense         nvfp4     – (dense)    quantized    –
+sparse-sparse       nvfp4     pair4of8     quantized    pair4of8
+naive-residual      nvfp4     pair4of8     naive        –
+==================  ========  ===========  ===========  ==============
+
+`residual="quantized"` takes the residual relative to the *quantized* first term (SharQ, SPEC §5
+step 4); `residual="naive"` relative to the unquantized backbone (the design SharQ argues against).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+from typing import Any
+
+__all__ = [
+    "Format",
+    "Residual",
+    "Granularity",
+    "Backend",
+    "MaskSpec",
+    "parse_mask",
+    "SharqConfig",
+    "PRESETS",
+]
+
+
+class Format(str, enum.Enum):
+    """4-bit element/scale format shared by activations and weights (SPEC §2)."""
+
+    NONE = "none"  # no quantization (the bf16 baseline: the model's own dtype)
+    NVFP4 = "nvfp4"  # E2M1 elements, E4M3 block scale (16 or 32), FP32 per-tensor scale
+    MXFP4 = "mxfp4"  # E2M1 elements, E8M0 block scale per 32
+    HIF4 = "hif4"  # S1P2 elements, E6M2 scale per 64 + one-bit exponents per 8 and per 4
+
+
+class Residual(str, enum.Enum):
+    """How the second term is formed (SPEC §5 step 4 and §8)."""
+
+    NONE = "none"  # no second term
+    QUANTIZED = "quantized"  # r = xs - deq(B): relative to the quantized first term (SharQ)
+    NAIVE = "naive"  # r = xs - b: relative to the unquantized backbone (ablation)
+
+
+class Granularity(str, enum.Enum):
+    """Extent of the FP32 second-level activation scale of NVFP4 (SPEC §3)."""
+
+    TENSOR = "tensor"  # one scale for the whole activation of the call (paper default)
+    TOKEN = "token"  # one scale per row of the flattened (M, K) activation: batch invariant
+
+
+class Backend(str, enum.Enum):
+    """Which implementation computes the numerics."""
+
+    AUTO = "auto"  # the fastest available backend for the tensor's device
+    REFERENCE = "reference"  # pure torch, the executable SPEC
+    TRITON = "triton"  # fused Triton kernels (CUDA)
+
+
+# Block sizes each format allows (SPEC §2).
+_ALLOWED_BLOCKS = {
+    Format.NVFP4: (16, 32),
+    Format.MXFP4: (32,),
+    Format.HIF4: (64,),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """An N:M activation mask (SPEC §4): keep `n` of every `m` values along K.
+
+    `pairs=True` is the `pair4of8` layout: groups of 8 are scored as 4 pairs (max |a|, |b|) and the
+    2 best pairs are kept (n=4, m=8 counted in values).
+    """
+
+    n: int
+    m: int
+    pairs: bool = False
+
+    @property
+    def name(self) -> str:
+        return "pair4of8" if self.pairs else f"{self.n}:{self.m}"
+
+    @property
+    def density(self) -> float:
+        return self.n / self.m
+
+
+_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_mask(spec: str) -> MaskSpec:
+    """Parse `"pair4of8"`, `"2:4"` or a general `"N:M"` (0 < N < M) into a `MaskSpec`."""
+    if not isinstance(spec, str):
+        raise TypeError(f"mask must be a string like 'pair4of8' or '2:4', got {type(spec).__name__}")
+    if spec.strip().lower() == "pair4of8":
+        return MaskSpec(4, 8, pairs=True)
+    match = _NM_RE.match(spec)
+    if not match:
+        raise ValueError(f"mask {spec!r} is not 'pair4of8' or 'N:M' (e.g. '2:4', '8:16')")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ValueError(f"mask {spec!r}: need 0 < N < M")
+    return MaskSpec(n, m)
+
+
+def _coerce_enum(cls: type[enum.Enum], value: Any, field: str) -> enum.Enum:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(v.value) for v in cls)
+        raise ValueError(f"SharqConfig.{field}={value!r} is not one of {allowed}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SharqConfig:
+    """One quantization scheme: activation split + formats + weight format + execution options.
+
+    Fields (enum fields also accept their string values):
+      format:          element/scale format of every quantized tensor (`Format`).
+      mask:            N:M mask of the first term ("pair4of8", "2:4", "N:M"), or None for a dense
+                       first term (plain W4A4, dense-dense).
+      residual:        second term: "none", "quantized" (SharQ) or "naive" (ablation).
+      residual_mask:   N:M mask applied to the residual too (sparse-sparse ablation), or None.
+      backbone_block:  block size along K of the first term's scales (logical positions).
+      residual_block:  block size of the residual's scales.
+      weight_block:    block size of the weight's scales.
+      granularity:     "tensor" or "token" FP32 second-level activation scale (NVFP4 only; the
+                       other formats have no second level and are batch invariant either way).
+      backend:         "auto", "reference" or "triton".
+      check_finite:    raise `ValueError` naming the layer on NaN/Inf input instead of NaN rows.
+    """
+
+    format: Format = Format.NVFP4
+    mask: str | None = "pair4of8"
+    residual: Residual = Residual.QUANTIZED
+    residual_mask: str | None = None
+    backbone_block: int = 32
+    residual_block: int = 16
+    weight_block: int = 32
+    granularity: Granularity = Granularity.TENSOR
+    backend: Backend = Backend.AUTO
+    check_finite: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("format", _coerce_enum(Format, self.format, "format"))
+        set_("residual", _coerce_enum(Residual, self.residual, "residual"))
+        set_("granularity", _coerce_enum(Granularity, self.granularity, "granularity"))
+        set_("backend", _coerce_enum(Backend, self.backend, "backend"))
+        for name in ("mask", "residual_mask"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(name, parse_mask(value).name)  # canonical spelling, raises on bad input
+        for name in ("backbone_block", "residual_block", "weight_block"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"SharqConfig.{name} must be an int, got {value!r}")
+        if not isinstance(self.check_finite, bool):
+            raise TypeError(f"SharqConfig.check_finite must be a bool, got {self.check_finite!r}")
+
+        if self.format is Format.NONE:
+            if self.mask is not None or self.residual is not Residual.NONE or self.residual_mask:
+                raise ValueError(
+                    "SharqConfig(format='none') quantizes nothing: it needs mask=None, "
+                    "residual='none' and residual_mask=None"
+                )
+            return
+        allowed = _ALLOWED_BLOCKS[self.format]
+        for name in ("backbone_block", "residual_block", "weight_block"):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(
+                    f"SharqConfig.{name}={value} is not a {self.format.value} block size "
+                    f"(allowed: {', '.join(map(str, allowed))})"
+                )
+        if self.residual is Residual.NAIVE and self.mask is None:
+            raise ValueError("residual='naive' needs a sparse first term (mask=None gives r = 0)")
+        if self.residual_mask is not None and self.residual is Residual.NONE:
+            raise ValueError("residual_mask is set but residual='none': there is no residual to mask")
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def quantizes(self) -> bool:
+        """False for the unquantized baseline (format 'none')."""
+        return self.format is not Format.NONE
+
+    @property
+    def mask_spec(self) -> MaskSpec | None:
+        return None if self.mask is None else parse_mask(self.mask)
+
+    @property
+    def residual_mask_spec(self) -> MaskSpec | None:
+        return None if self.residual_mask is None else parse_mask(self.residual_mask)
+
+    @property
+    def has_global_scale(self) -> bool:
+        """Whether the format has the FP32 second-level scale of SPEC §3 (NVFP4 only)."""
+        return self.format is Format.NVFP4
+
+    def replace(self, **changes: Any) -> "SharqConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # --- serialization -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SharqConfig":
+        if not isinstance(data, dict):
+            raise TypeError(f"SharqConfig.from_dict needs a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SharqConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SharqConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_preset(cls, name: str, **changes: Any) -> "SharqConfig":
+        """The preset `name` (a key of `PRESETS`), with optional field changes."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return PRESETS[name].replace(**changes) if changes else PRESETS[name]
+
+
+def _plain(fmt: Format, block: int) -> SharqConfig:
+    return SharqConfig(
+        format=fmt, mask=None, residual=Residual.NONE,
+        backbone_block=block, residual_block=block, weight_block=block,
+    )
+
+
+_SHARQ_NVFP4 = SharqConfig()  # pair4of8, NVFP4 backbone/32, NVFP4-16 residual, NVFP4-32 weight
+
+PRESETS: dict[str, SharqConfig] = {
+    "bf16": SharqConfig(format=Format.NONE, mask=None, residual=Residual.NONE),
+    "nvfp4": _plain(Format.NVFP4, 16),
+    "mxfp4": _plain(Format.MXFP4, 32),
+    "hif4": _plain(Format.HIF4, 64),
+    "sharq-nvfp4": _SHARQ_NVFP4,
+    "sharq-nvfp4-w16": _SHARQ_NVFP4.replace(weight_block=16),
+    "sharq-mxfp4": SharqConfig(
+        format=Format.MXFP4, mask="pair4of8", backbone_block=32, residual_block=32, weight_block=32
+    ),
+    "sharq-hif4": SharqConfig(
+        format=Format.HIF4, mask="2:4", backbone_block=64, residual_block=64, weight_block=64
+    ),
+    # Ablations of SharQ-NVFP4 (SPEC §8): each changes exactly one thing.
+    "sparse-only": _SHARQ_NVFP4.replace(residual=Residual.NONE),
+    "dense-dense": _SHARQ_NVFP4.replace(mask=None, backbone_block=16),
+    "sparse-sparse": _SHARQ_NVFP4.replace(residual_mask="pair4of8"),
+    "naive-residual": _SHARQ_NVFP4.replace(residual=Residual.NAIVE),
+}

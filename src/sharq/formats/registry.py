@@ -1,0 +1,54 @@
+"""Format dispatch: one place that maps a `Format` to its quantizer and decoder."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import Format, Granularity
+from .hif4 import decode_scales_hif4, element_values_hif4, quantize_hif4
+from .mxfp4 import decode_scales_mxfp4, quantize_mxfp4
+from .nvfp4 import decode_scales_nvfp4, element_values_e2m1, quantize_nvfp4
+from .quantized import QuantizedTensor
+
+__all__ = ["quantize", "decode_scales", "element_values"]
+
+
+def quantize(
+    x: torch.Tensor,
+    format: Format | str,
+    block: int,
+    *,
+    granularity: Granularity | str = Granularity.TENSOR,
+    global_scale: torch.Tensor | None = None,
+) -> QuantizedTensor:
+    """Quantize `x` (..., K) to `format` with `block`-value scales (see each format's module).
+
+    `granularity` and `global_scale` apply to NVFP4 only (the other formats have no second level;
+    passing a `global_scale` for them is an error).
+    """
+    format = Format(format)
+    if format is Format.NVFP4:
+        return quantize_nvfp4(x, block, granularity=granularity, global_scale=global_scale)
+    if global_scale is not None:
+        raise ValueError(f"{format.value} has no second-level (global) scale")
+    if format is Format.MXFP4:
+        return quantize_mxfp4(x, block)
+    if format is Format.HIF4:
+        return quantize_hif4(x, block)
+    raise ValueError(f"format {format.value!r} does not quantize")
+
+
+def decode_scales(qt: QuantizedTensor) -> torch.Tensor:
+    """FP32 block-scale values (..., nb) of `qt`."""
+    return {
+        Format.NVFP4: decode_scales_nvfp4,
+        Format.MXFP4: decode_scales_mxfp4,
+        Format.HIF4: decode_scales_hif4,
+    }[qt.format](qt)
+
+
+def element_values(qt: QuantizedTensor, scale_block: int | None = None) -> torch.Tensor:
+    """(..., Kp) FP32 values of `qt` without its global scale."""
+    if qt.format is Format.HIF4:
+        return element_values_hif4(qt, scale_block)
+    return element_values_e2m1(qt, scale_block)

@@ -1,0 +1,5 @@
+"""torch.nn modules."""
+
+from .linear import SharqLinear
+
+__all__ = ["SharqLinear"]

@@ -1,0 +1,182 @@
+"""`SharqLinear`: a linear layer that holds one packed FP4 weight payload and computes SPEC §7.
+
+Stored buffers (integer dtypes only, so `module.to(dtype)` / `.half()` can never re-round a
+scale; `.to(device)` moves them as usual):
+
+  weight_codes         uint8 (N, Kp // 2)            packed 4-bit codes, low nibble first
+  weight_scales        uint8 (N, Kp // weight_block) block-scale bits (E4M3 | E8M0 | E6M2)
+  weight_global_scale  int32 ()                      bits of the FP32 s_w           (NVFP4 only)
+  weight_exponents8    uint8 (N, nb)                 one-bit exponents per 8        (HiF4 only)
+  weight_exponents4    uint8 (N, nb, 2)              one-bit exponents per 4        (HiF4 only)
+  bias                 (N,) in the layer's dtype, or None
+
+No dense float copy of the weight is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import PRESETS, Format, SharqConfig
+from ..formats.blocks import padded_length
+from ..formats.quantized import QuantizedTensor
+from ..ops import quantize_weight, resolve_backend, sharq_linear
+from ..sparse.decompose import check_activation
+
+__all__ = ["SharqLinear"]
+
+
+def _preset_name(config: SharqConfig) -> str | None:
+    base = config.replace(granularity="tensor", backend="auto", check_finite=False)
+    return next((name for name, preset in PRESETS.items() if preset == base), None)
+
+
+class SharqLinear(nn.Module):
+    """y = x Wᵀ + b with SharQ-quantized activations and a packed FP4 weight.
+
+    Build it from a trained layer with `SharqLinear.from_float(linear, config)`; the constructor
+    allocates empty (zero) storage of the right shapes, e.g. to `load_state_dict` into.
+    Inputs (..., in_features) of float32, bfloat16 or float16 give (..., out_features) in the
+    input's dtype.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        config: SharqConfig,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, SharqConfig):
+            raise TypeError(f"config must be a SharqConfig, got {type(config).__name__}")
+        if not config.quantizes:
+            raise ValueError(
+                "SharqLinear needs a quantizing config; the 'bf16' preset (format='none') keeps nn.Linear"
+            )
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"SharqLinear needs positive sizes, got in={in_features}, out={out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.config = config
+        self.name = name
+        dtype = dtype or torch.get_default_dtype()
+        block = config.weight_block
+        kp = padded_length(in_features, block)
+        u8 = dict(dtype=torch.uint8, device=device)
+        self.register_buffer("weight_codes", torch.zeros(out_features, kp // 2, **u8))
+        self.register_buffer("weight_scales", torch.zeros(out_features, kp // block, **u8))
+        if config.format is Format.NVFP4:
+            one_bits = torch.ones((), dtype=torch.float32).view(torch.int32)
+            self.register_buffer("weight_global_scale", one_bits.clone().to(device))
+        if config.format is Format.HIF4:
+            self.register_buffer("weight_exponents8", torch.zeros(out_features, kp // block, **u8))
+            self.register_buffer("weight_exponents4", torch.zeros(out_features, kp // block, 2, **u8))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    # --- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_float(cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None) -> "SharqLinear":
+        """Quantize a trained `nn.Linear` (weight (N, K), optional bias) once, no calibration data."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_float needs an nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight.detach()
+        module = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            config=config,
+            dtype=weight.dtype,
+            device=weight.device,
+            name=name,
+        )
+        try:
+            qt = quantize_weight(weight, config)
+        except ValueError as err:
+            raise ValueError(f"{module._label()}: {err}") from None
+        module.weight_codes.copy_(qt.codes)
+        module.weight_scales.copy_(qt.scales)
+        if qt.global_scale is not None:
+            module.weight_global_scale.copy_(qt.global_scale.reshape(()).view(torch.int32))
+        if qt.exponents8 is not None:
+            module.weight_exponents8.copy_(qt.exponents8)
+            module.weight_exponents4.copy_(qt.exponents4)
+        if linear.bias is not None:
+            module.bias.data.copy_(linear.bias.detach())
+        return module
+
+    # --- the stored weight -----------------------------------------------------------------------
+    @property
+    def quantized_weight(self) -> QuantizedTensor:
+        """The packed weight as a `QuantizedTensor` (views of the buffers, no copy)."""
+        global_scale = None
+        if self.config.format is Format.NVFP4:
+            global_scale = self.weight_global_scale.view(torch.float32)
+        return QuantizedTensor(
+            format=self.config.format,
+            codes=self.weight_codes,
+            scales=self.weight_scales,
+            shape=(self.out_features, self.in_features),
+            block=self.config.weight_block,
+            global_scale=global_scale,
+            exponents8=getattr(self, "weight_exponents8", None),
+            exponents4=getattr(self, "weight_exponents4", None),
+        )
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight the layer multiplies, s_w · deq(Wq), as (N, K) in `dtype`."""
+        return self.quantized_weight.dequantize().to(dtype)
+
+    @property
+    def weight_bits_per_value(self) -> float:
+        return self.quantized_weight.bits_per_value
+
+    # --- forward ---------------------------------------------------------------------------------
+    def _label(self) -> str:
+        return self.name or f"SharqLinear({self.in_features}->{self.out_features})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        label = self._label()
+        check_activation(x, f"{label} input")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{label}: input shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
+                f"expected in_features={self.in_features}"
+            )
+        if x.device != self.weight_codes.device:
+            raise ValueError(f"{label}: input is on {x.device} but the layer's weight is on {self.weight_codes.device}")
+        if self.config.check_finite and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{label}: input contains NaN or Inf (check_finite=True)")
+        resolve_backend(self.config, x.device)
+        if x.numel() == 0:
+            return x.new_zeros(*x.shape[:-1], self.out_features)
+        return sharq_linear(x, self.quantized_weight, self.bias, self.config)
+
+    def extra_repr(self) -> str:
+        preset = _preset_name(self.config)
+        cfg = self.config
+        parts = [
+            f"in_features={self.in_features}",
+            f"out_features={self.out_features}",
+            f"bias={self.bias is not None}",
+            f"preset={preset}" if preset else "preset=custom",
+            f"format={cfg.format.value}",
+            f"mask={cfg.mask}",
+            f"residual={cfg.residual.value}",
+        ]
+        if cfg.residual_mask:
+            parts.append(f"residual_mask={cfg.residual_mask}")
+        parts += [
+            f"blocks=(backbone={cfg.backbone_block}, residual={cfg.residual_block}, weight={cfg.weight_block})",
+            f"granularity={cfg.granularity.value}",
+            f"backend={cfg.backend.value}",
+        ]
+        return ", ".join(parts)

@@ -1,0 +1,104 @@
+"""The SharQ decomposition of one activation tensor (SPEC §5) and every ablation of SPEC §8.
+
+  xs = x / s_x                                   s_x: NVFP4 second-level scale (1 for MXFP4/HiF4)
+  b  = xs ⊙ mask(xs)                             sparse backbone (dense `xs` when mask is None)
+  B  = Q(b)          blocks of `backbone_block` logical positions (amax over the kept values)
+  r  = xs − deq(B)   residual="quantized" (SharQ)   |   xs − b   residual="naive"
+  r  = r ⊙ mask(r)   only with residual_mask (sparse-sparse)
+  R  = Q(r)          blocks of `residual_block`
+  x̂  = s_x · (deq(B) + deq(R))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+
+from ..config import Format, Residual, SharqConfig
+from ..formats.nvfp4 import nvfp4_global_scale
+from ..formats.quantized import QuantizedTensor
+from ..formats.registry import quantize
+from .masks import apply_mask
+
+__all__ = ["PreparedActivation", "Decomposition", "prepare_activation", "decompose", "check_activation"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class PreparedActivation(NamedTuple):
+    """The quantized terms of one activation, as the linear layer consumes them.
+
+    backbone:      first term B (packed; its `global_scale` is s_x for NVFP4).
+    residual:      second term R, or None (plain formats, sparse-only).
+    global_scale:  s_x, FP32, shape () ("tensor") or (..., 1) ("token"); ones for MXFP4/HiF4.
+    """
+
+    backbone: QuantizedTensor
+    residual: QuantizedTensor | None
+    global_scale: torch.Tensor
+
+
+class Decomposition(NamedTuple):
+    """Dequantized terms in the unscaled domain of `x`: x̂ ≈ backbone + residual (FP32, x's shape)."""
+
+    backbone: torch.Tensor
+    residual: torch.Tensor
+    global_scale: torch.Tensor
+
+
+def check_activation(x: torch.Tensor, what: str = "activation") -> None:
+    """Raise a clear error for input the numerics are not defined on."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{what} has dtype {x.dtype}; expected float32, bfloat16 or float16")
+    if x.dim() == 0:
+        raise ValueError(f"{what} is a scalar; expected shape (..., K)")
+
+
+def _quantize_scaled(xs: torch.Tensor, config: SharqConfig, block: int, s: torch.Tensor | None) -> QuantizedTensor:
+    """Quantize scaled-domain FP32 `xs`; the result carries `s` as its global scale (NVFP4)."""
+    if s is None:
+        return quantize(xs, config.format, block)
+    qt = quantize(xs, config.format, block, global_scale=torch.ones((), dtype=torch.float32, device=xs.device))
+    return dataclasses.replace(qt, global_scale=s)
+
+
+def prepare_activation(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
+    """Split and quantize `x` (..., K) as `config` says (reference numerics, FP32 math)."""
+    check_activation(x)
+    if not config.quantizes:
+        raise ValueError("prepare_activation: the config quantizes nothing (format='none')")
+    s = nvfp4_global_scale(x, config.granularity) if config.has_global_scale else None
+    xs = x.float() / s if s is not None else x.float()
+    first = apply_mask(xs, config.mask_spec) if config.mask is not None else xs
+    backbone = _quantize_scaled(first, config, config.backbone_block, s)
+    residual = None
+    if config.residual is not Residual.NONE:
+        if config.residual is Residual.QUANTIZED:
+            r = xs - backbone.dequantize(apply_global_scale=False)
+        else:  # Residual.NAIVE: relative to the unquantized backbone
+            r = xs - first
+        if config.residual_mask is not None:
+            r = apply_mask(r, config.residual_mask_spec)
+        residual = _quantize_scaled(r, config, config.residual_block, s)
+    if s is None:
+        s = torch.ones((), dtype=torch.float32, device=x.device)
+    return PreparedActivation(backbone, residual, s)
+
+
+def decompose(x: torch.Tensor, config: SharqConfig) -> Decomposition:
+    """SharQ-decompose `x` (..., K): dequantized backbone and residual in x's unscaled domain.
+
+    For `format='none'` (bf16) the backbone is x itself (as FP32) and the residual zero.
+    """
+    check_activation(x)
+    if not config.quantizes:
+        ones = torch.ones((), dtype=torch.float32, device=x.device)
+        return Decomposition(x.float(), torch.zeros_like(x, dtype=torch.float32), ones)
+    prepared = prepare_activation(x, config)
+    backbone = prepared.backbone.dequantize()
+    residual = prepared.residual.dequantize() if prepared.residual is not None else torch.zeros_like(backbone)
+    return Decomposition(backbone, residual, prepared.global_scale)
