@@ -57,7 +57,8 @@ def quantize_hif4_scaled(x: torch.Tensor, block: int = HIF4_BLOCK):
     multiplier = sf.unsqueeze(-1) * torch.exp2((e8_per4.int() + e4.int()).float())  # (..., nb, 16)
     divisor = multiplier.repeat_interleave(4, dim=-1)  # (..., nb, 64)
     codes = round_to_s1p2_codes(blocks / divisor)
-    return codes.reshape(*codes.shape[:-2], -1), encode_e6m2(sf), _pack_bits(e8).squeeze(-1), _pack_bits(e4)
+    kp = blocks.shape[-2] * block
+    return codes.reshape(*codes.shape[:-2], kp), encode_e6m2(sf), _pack_bits(e8).squeeze(-1), _pack_bits(e4)
 
 
 def quantize_hif4(x: torch.Tensor, block: int = HIF4_BLOCK) -> QuantizedTensor:

@@ -30,7 +30,7 @@ def quantize_mxfp4_scaled(x: torch.Tensor, block: int = MXFP4_BLOCK) -> tuple[to
     scale_bits = encode_e8m0(exponent, amax)
     scale = decode_e8m0(scale_bits)  # exact power of two (NaN for non-finite blocks)
     codes = round_to_e2m1_codes(blocks / scale.unsqueeze(-1))
-    return codes.reshape(*codes.shape[:-2], -1), scale_bits
+    return codes.reshape(*codes.shape[:-2], blocks.shape[-2] * block), scale_bits
 
 
 def quantize_mxfp4(x: torch.Tensor, block: int = MXFP4_BLOCK) -> QuantizedTensor:
