@@ -20,6 +20,7 @@ import torch
 from .config import PRESETS, SharqConfig
 from .metrics import sqnr_db
 from .nn.linear import SharqLinear
+from .sparse.compressed import prepared_nbytes
 from .sparse.decompose import decompose, prepare_activation
 
 __all__ = ["synthetic_layer", "DemoRow", "run_demo", "format_table"]
@@ -64,7 +65,7 @@ def _row(name: str, cfg: SharqConfig, x: torch.Tensor, linear: torch.nn.Linear, 
     layer = SharqLinear.from_float(linear, cfg, name=name)
     prepared = prepare_activation(x, cfg)
     x_hat = parts.backbone + parts.residual
-    act_bytes = prepared.backbone.nbytes + (prepared.residual.nbytes if prepared.residual is not None else 0)
+    act_bytes = prepared_nbytes(prepared, cfg)  # N:M-masked terms in compressed storage
     return DemoRow(
         preset=name,
         granularity=cfg.granularity.value if cfg.has_global_scale else "-",

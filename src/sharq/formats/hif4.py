@@ -16,28 +16,13 @@ import torch
 from ..config import Format
 from .blocks import from_blocks, to_blocks
 from .elements import decode_s1p2, round_to_s1p2_codes
-from .pack import pack_nibbles, unpack_nibbles
+from .pack import pack_nibbles, pack_uint_bits, unpack_nibbles, unpack_uint_bits
 from .quantized import QuantizedTensor
 from .scales import decode_e6m2, encode_e6m2, round_e6m2
 
 __all__ = ["quantize_hif4", "quantize_hif4_scaled", "HIF4_BLOCK"]
 
 HIF4_BLOCK = 64
-_BIT8 = 1 << torch.arange(8, dtype=torch.int32)  # bit weights of one byte
-
-
-def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """bool (..., 8 * n) -> uint8 (..., n); bit j of byte b = bits[..., 8 b + j]."""
-    grouped = bits.reshape(*bits.shape[:-1], bits.shape[-1] // 8, 8).to(torch.int32)
-    return (grouped * _BIT8.to(bits.device)).sum(dim=-1).to(torch.uint8)
-
-
-def _unpack_bits(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., n) -> int32 (..., 8 n) of 0/1."""
-    bits = (packed.to(torch.int32).unsqueeze(-1) >> torch.arange(8, device=packed.device)) & 1
-    return bits.reshape(*packed.shape[:-1], packed.shape[-1] * 8)
-
-
 def quantize_hif4_scaled(x: torch.Tensor, block: int = HIF4_BLOCK):
     """Block-quantize FP32 `x` (..., K).
 
@@ -58,7 +43,7 @@ def quantize_hif4_scaled(x: torch.Tensor, block: int = HIF4_BLOCK):
     divisor = multiplier.repeat_interleave(4, dim=-1)  # (..., nb, 64)
     codes = round_to_s1p2_codes(blocks / divisor)
     kp = blocks.shape[-2] * block
-    return codes.reshape(*codes.shape[:-2], kp), encode_e6m2(sf), _pack_bits(e8).squeeze(-1), _pack_bits(e4)
+    return codes.reshape(*codes.shape[:-2], kp), encode_e6m2(sf), pack_uint_bits(e8, 1).squeeze(-1), pack_uint_bits(e4, 1)
 
 
 def quantize_hif4(x: torch.Tensor, block: int = HIF4_BLOCK) -> QuantizedTensor:
@@ -84,8 +69,8 @@ def element_values_hif4(qt: QuantizedTensor, scale_block: int | None) -> torch.T
     if scale_block not in (None, qt.block):
         raise ValueError(f"HiF4 has no {scale_block}-block scale view")
     sf = decode_e6m2(qt.scales)  # (..., nb)
-    e8 = _unpack_bits(qt.exponents8.unsqueeze(-1))  # (..., nb, 8)
-    e4 = _unpack_bits(qt.exponents4)  # (..., nb, 16)
+    e8 = unpack_uint_bits(qt.exponents8.unsqueeze(-1), 1, 8)  # (..., nb, 8)
+    e4 = unpack_uint_bits(qt.exponents4, 1, 16)  # (..., nb, 16)
     exponent = e8.repeat_interleave(2, dim=-1) + e4  # (..., nb, 16)
     multiplier = sf.unsqueeze(-1) * torch.exp2(exponent.float())  # (..., nb, 16)
     values = to_blocks(decode_s1p2(unpack_nibbles(qt.codes)), qt.block)  # (..., nb, 64)
