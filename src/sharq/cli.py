@@ -52,6 +52,13 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharq",
@@ -68,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "print activation / weight / output SQNR and bits per value.",
         epilog="example: sharq demo --tokens 256 --json demo.json",
     )
-    demo.add_argument("--tokens", type=int, default=512, help="activation rows M (default 512)")
-    demo.add_argument("--k", type=int, default=2048, help="in_features K (default 2048)")
-    demo.add_argument("--n", type=int, default=2048, help="out_features N (default 2048)")
+    demo.add_argument("--tokens", type=_positive_int, default=512, help="activation rows M (default 512)")
+    demo.add_argument("--k", type=_positive_int, default=2048, help="in_features K (default 2048)")
+    demo.add_argument("--n", type=_positive_int, default=2048, help="out_features N (default 2048)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     demo.set_defaults(func=_cmd_demo)

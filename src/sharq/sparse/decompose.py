@@ -71,6 +71,8 @@ def prepare_activation(x: torch.Tensor, config: SharqConfig) -> PreparedActivati
     check_activation(x)
     if not config.quantizes:
         raise ValueError("prepare_activation: the config quantizes nothing (format='none')")
+    if config.check_finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
     s = nvfp4_global_scale(x, config.granularity) if config.has_global_scale else None
     xs = x.float() / s if s is not None else x.float()
     first = apply_mask(xs, config.mask_spec) if config.mask is not None else xs

@@ -1,0 +1,68 @@
+"""Public names, check_finite on the functional API, and the CLI driven as a user would."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sharq
+
+
+def test_public_api_names():
+    for name in ("SharqConfig", "PRESETS", "decompose", "SharqLinear", "quantize", "quantize_weight",
+                 "prepare_activation", "sqnr_db"):
+        assert hasattr(sharq, name), name
+    assert sharq.__version__
+
+
+def test_decompose_check_finite_raises():
+    cfg = sharq.PRESETS["sharq-nvfp4"].replace(check_finite=True)
+    x = torch.randn(2, 64)
+    sharq.decompose(x, cfg)  # finite: fine
+    x[1, 3] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sharq.decompose(x, cfg)
+
+
+def test_decompose_rejects_bad_input():
+    cfg = sharq.PRESETS["sharq-nvfp4"]
+    with pytest.raises(TypeError, match="dtype torch.int64"):
+        sharq.decompose(torch.arange(64).reshape(2, 32), cfg)
+    with pytest.raises(ValueError, match="scalar"):
+        sharq.decompose(torch.tensor(1.0), cfg)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        sharq.decompose([1.0, 2.0], cfg)
+
+
+def _sharq(*args):
+    return subprocess.run([sys.executable, "-m", "sharq.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_presets_json():
+    out = _sharq("presets", "--json")
+    assert out.returncode == 0, out.stderr
+    presets = json.loads(out.stdout)
+    assert set(presets) == set(sharq.PRESETS)
+    assert sharq.SharqConfig.from_dict(presets["sharq-hif4"]) == sharq.PRESETS["sharq-hif4"]
+
+
+def test_cli_demo_small(tmp_path):
+    path = tmp_path / "demo.json"
+    out = _sharq("demo", "--tokens", "32", "--k", "256", "--n", "64", "--json", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "| sharq-nvfp4 | tensor |" in out.stdout
+    rows = json.loads(path.read_text())["rows"]
+    by = {(r["preset"], r["granularity"]): r for r in rows}
+    assert by[("sharq-nvfp4", "tensor")]["act_sqnr_db"] > by[("nvfp4", "tensor")]["act_sqnr_db"] + 6
+    assert by[("bf16", "-")]["act_sqnr_db"] is None  # inf is written as null
+
+
+def test_cli_usage_and_runtime_errors():
+    assert _sharq().returncode == 2  # no command
+    assert _sharq("demo", "--tokens", "many").returncode == 2
+    assert _sharq("demo", "--k", "0").returncode == 2
+    out = _sharq("demo", "--tokens", "4", "--k", "64", "--n", "4", "--json", "/nonexistent-dir/x.json")
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "error" in out.stderr  # one clear line, no traceback
