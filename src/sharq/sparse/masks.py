@@ -2,8 +2,8 @@
 
 All masks select along the last dimension K and return a bool tensor of the input's shape. K not
 a multiple of the group is zero padded (padding is never preferred over a real value of equal
-magnitude: ties go to the lower index). NaN counts as the largest magnitude, so a NaN is kept and
-reaches the output.
+magnitude: ties go to the lower index). NaN and ±Inf count as the largest magnitude (equal to each
+other), so a non-finite value is kept and reaches the output.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["topn_mask", "pair4of8_mask", "nm_mask", "apply_mask"]
 
 
 def _scores(x: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(x.float().abs(), nan=float("inf"))
+    return torch.nan_to_num(x.float().abs(), nan=float("inf"), posinf=float("inf"))
 
 
 def _keep_top_n(scores: torch.Tensor, n: int) -> torch.Tensor:
