@@ -21,7 +21,7 @@ from .config import PRESETS, SharqConfig
 from .metrics import sqnr_db
 from .nn.linear import SharqLinear
 from .sparse.compressed import prepared_nbytes
-from .sparse.decompose import decompose, prepare_activation
+from .sparse.decompose import dequantize_prepared, prepare_activation
 
 __all__ = ["synthetic_layer", "DemoRow", "run_demo", "format_table"]
 
@@ -61,9 +61,9 @@ def _row(name: str, cfg: SharqConfig, x: torch.Tensor, linear: torch.nn.Linear, 
     if not cfg.quantizes:
         inf = float("inf")
         return DemoRow(name, "-", inf, inf, inf, inf, 16.0, 16.0)
-    parts = decompose(x, cfg)
     layer = SharqLinear.from_float(linear, cfg, name=name)
     prepared = prepare_activation(x, cfg)
+    parts = dequantize_prepared(prepared)
     x_hat = parts.backbone + parts.residual
     act_bytes = prepared_nbytes(prepared, cfg)  # N:M-masked terms in compressed storage
     return DemoRow(

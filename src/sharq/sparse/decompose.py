@@ -22,7 +22,7 @@ from ..formats.quantized import QuantizedTensor
 from ..formats.registry import quantize
 from .masks import apply_mask
 
-__all__ = ["PreparedActivation", "Decomposition", "prepare_activation", "decompose", "check_activation"]
+__all__ = ["PreparedActivation", "Decomposition", "prepare_activation", "decompose", "dequantize_prepared", "check_activation"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -100,7 +100,11 @@ def decompose(x: torch.Tensor, config: SharqConfig) -> Decomposition:
     if not config.quantizes:
         ones = torch.ones((), dtype=torch.float32, device=x.device)
         return Decomposition(x.float(), torch.zeros_like(x, dtype=torch.float32), ones)
-    prepared = prepare_activation(x, config)
+    return dequantize_prepared(prepare_activation(x, config))
+
+
+def dequantize_prepared(prepared: PreparedActivation) -> Decomposition:
+    """The `Decomposition` (dequantized terms in the unscaled domain) of a prepared activation."""
     backbone = prepared.backbone.dequantize()
     residual = prepared.residual.dequantize() if prepared.residual is not None else torch.zeros_like(backbone)
     return Decomposition(backbone, residual, prepared.global_scale)

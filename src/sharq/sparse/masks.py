@@ -48,6 +48,8 @@ def pair4of8_mask(x: torch.Tensor) -> torch.Tensor:
 def nm_mask(x: torch.Tensor, mask: MaskSpec | str) -> torch.Tensor:
     """The mask `mask` ("pair4of8", "2:4", "N:M" or a `MaskSpec`) of `x` (..., K) as bool (..., K)."""
     spec = parse_mask(mask) if isinstance(mask, str) else mask
+    if not isinstance(spec, MaskSpec):
+        raise TypeError(f"mask must be 'pair4of8', 'N:M' or a MaskSpec, got {mask!r}")
     if x.dim() == 0:
         raise ValueError("an N:M mask needs a tensor with a last dimension K")
     return pair4of8_mask(x) if spec.pairs else topn_mask(x, spec.n, spec.m)
