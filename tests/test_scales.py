@@ -118,3 +118,14 @@ def test_e6m2_codes_cover_the_range():
     assert torch.equal(encode_e6m2(values), bits)
     assert math.isnan(decode_e6m2(torch.tensor([0xFF], dtype=torch.uint8)).item())
     assert encode_e6m2(torch.tensor([float("nan")])).item() == 0xFF
+
+
+def test_div_rn_is_the_correctly_rounded_quotient():
+    from sharq.formats.ieee import div_rn
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(100_000, generator=g, dtype=torch.float64) * 1000
+    x32 = x.float()
+    for d in (2688.0, 6.0, 7.0):
+        exact = (x32.double() / d).float()  # FP64 quotient rounded once to FP32 (exact for these sizes)
+        assert torch.equal(div_rn(x32, d), exact)

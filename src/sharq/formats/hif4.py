@@ -15,6 +15,7 @@ import torch
 
 from ..config import Format
 from .blocks import from_blocks, to_blocks
+from .ieee import div_rn
 from .elements import decode_s1p2, round_to_s1p2_codes
 from .pack import pack_nibbles, pack_uint_bits, unpack_nibbles, unpack_uint_bits
 from .quantized import QuantizedTensor
@@ -33,7 +34,7 @@ def quantize_hif4_scaled(x: torch.Tensor, block: int = HIF4_BLOCK):
         raise ValueError(f"HiF4 block must be 64, got {block}")
     blocks = to_blocks(x.float(), block)  # (..., nb, 64)
     a = blocks.abs()
-    sf = round_e6m2(a.amax(dim=-1) / 7.0)  # (..., nb)
+    sf = round_e6m2(div_rn(a.amax(dim=-1), 7.0))  # (..., nb)
     v8 = a.reshape(*a.shape[:-1], 8, 8).amax(dim=-1)  # (..., nb, 8)
     e8 = v8 / sf.unsqueeze(-1) >= 4.0  # (..., nb, 8)
     e8_per4 = e8.repeat_interleave(2, dim=-1)  # (..., nb, 16)

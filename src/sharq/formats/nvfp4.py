@@ -14,6 +14,7 @@ import torch
 
 from ..config import Format, Granularity
 from .blocks import from_blocks, to_blocks
+from .ieee import div_rn
 from .elements import E2M1_MAX, decode_e2m1, round_to_e2m1_codes
 from .pack import pack_nibbles, unpack_nibbles
 from .quantized import QuantizedTensor
@@ -40,7 +41,7 @@ def nvfp4_global_scale(x: torch.Tensor, granularity: Granularity | str = Granula
         if x.dim() == 0:
             raise ValueError("token granularity needs at least a 1-D tensor (..., K)")
         amax = a.amax(dim=-1, keepdim=True) if x.shape[-1] else a.new_zeros(*x.shape[:-1], 1)
-    return torch.clamp(amax / GLOBAL_SCALE_DIVISOR, min=GLOBAL_SCALE_FLOOR)
+    return torch.clamp(div_rn(amax, GLOBAL_SCALE_DIVISOR), min=GLOBAL_SCALE_FLOOR)
 
 
 def quantize_nvfp4_scaled(xs: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +53,7 @@ def quantize_nvfp4_scaled(xs: torch.Tensor, block: int) -> tuple[torch.Tensor, t
         raise ValueError(f"NVFP4 block must be 16 or 32, got {block}")
     blocks = to_blocks(xs.float(), block)  # (..., nb, block)
     amax = blocks.abs().amax(dim=-1)  # (..., nb); NaN propagates
-    scale = round_e4m3(amax / E2M1_MAX)  # (..., nb)
+    scale = round_e4m3(div_rn(amax, E2M1_MAX))  # (..., nb)
     divisor = torch.where(scale == 0, torch.ones_like(scale), scale)
     codes = round_to_e2m1_codes(blocks / divisor.unsqueeze(-1))
     codes = torch.where((scale == 0).unsqueeze(-1), torch.zeros_like(codes), codes)
