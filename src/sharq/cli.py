@@ -11,12 +11,9 @@ __all__ = ["main"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
     from . import __version__
     from .demo import format_table, rows_to_json, run_demo
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     rows = run_demo(args.tokens, args.k, args.n, seed=args.seed)
     elapsed = time.perf_counter() - start

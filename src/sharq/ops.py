@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from .config import Backend, Format, SharqConfig
-from .formats.nvfp4 import quantize_nvfp4
 from .formats.quantized import QuantizedTensor
 from .formats.registry import quantize
 from .sparse.decompose import PreparedActivation, prepare_activation
@@ -40,9 +39,7 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
         raise ValueError("quantize_weight: the config quantizes nothing (format='none')")
     if not bool(torch.isfinite(weight).all()):
         raise ValueError("weight contains NaN or Inf; refusing to quantize it")
-    if config.format is Format.NVFP4:
-        return quantize_nvfp4(weight, config.weight_block, granularity="tensor")
-    return quantize(weight, config.format, config.weight_block)
+    return quantize(weight, config.format, config.weight_block)  # NVFP4: one s_w ("tensor" granularity)
 
 
 def weight_scale_views(weight: QuantizedTensor) -> tuple[int | None, int | None]:
