@@ -7,11 +7,13 @@ Public API:
   quantize(x, format, block)     block-quantize one tensor (NVFP4 / MXFP4 / HiF4) to packed storage
   quantize_weight(w, config)     the packed weight payload of SPEC §6
   SharqLinear                    nn.Module holding the packed weight, computing SPEC §7
+  quantize_(model, config)       swap a transformers decoder's linears in place, RMSNorm fused
 """
 
 from .config import PRESETS, Backend, Format, Granularity, MaskSpec, Residual, SharqConfig, parse_mask
 from .formats import QuantizedTensor, quantize
 from .metrics import sqnr_db
+from .models import ConversionReport, quantize_
 from .nn import SharqLinear
 from .ops import quantize_weight, sharq_linear
 from .sparse import Decomposition, PreparedActivation, decompose, nm_mask, prepare_activation
@@ -38,5 +40,7 @@ __all__ = [
     "prepare_activation",
     "nm_mask",
     "sqnr_db",
+    "quantize_",
+    "ConversionReport",
     "__version__",
 ]

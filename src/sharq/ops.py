@@ -95,11 +95,16 @@ def sharq_linear(
     config: SharqConfig,
     *,
     one_gemm: bool = False,
+    prepared: PreparedActivation | None = None,
 ) -> torch.Tensor:
-    """SharQ linear of `x` (..., K) with a quantized weight (N, K): returns (..., N) in x's dtype."""
+    """SharQ linear of `x` (..., K) with a quantized weight (N, K): returns (..., N) in x's dtype.
+
+    `prepared`: x's preparation as (M, K) rows when it was already computed (shared by q/k/v or
+    gate/up, SPEC §9); it must be `prepare_activation(x.reshape(-1, K), config)`.
+    """
     resolve_backend(config, x.device)
     k = x.shape[-1]
-    x2 = x.reshape(-1, k)  # (M, K)
-    prepared = prepare_activation(x2, config)
+    if prepared is None:
+        prepared = prepare_activation(x.reshape(-1, k), config)  # (M, K) terms
     y = linear_from_prepared(prepared, weight, bias, x.dtype, one_gemm=one_gemm)
     return y.reshape(*x.shape[:-1], y.shape[-1])

@@ -23,6 +23,7 @@ from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
 from ..ops import quantize_weight, resolve_backend, sharq_linear
 from ..sparse.decompose import check_activation
+from .shared_input import SharedPreparation
 
 __all__ = ["SharqLinear"]
 
@@ -65,6 +66,8 @@ class SharqLinear(nn.Module):
         self.out_features = out_features
         self.config = config
         self.name = name
+        # Set by `sharq.quantize_` when this layer shares its input's preparation (q/k/v, gate/up).
+        self.shared_input: SharedPreparation | None = None
         dtype = dtype or torch.get_default_dtype()
         block = config.weight_block
         kp = padded_length(in_features, block)
@@ -158,7 +161,8 @@ class SharqLinear(nn.Module):
         if x.numel() == 0:
             resolve_backend(self.config, x.device)  # an unavailable backend errors even on empty input
             return x.new_zeros(*x.shape[:-1], self.out_features)
-        return sharq_linear(x, self.quantized_weight, self.bias, self.config)
+        prepared = self.shared_input.take(x) if self.shared_input is not None else None
+        return sharq_linear(x, self.quantized_weight, self.bias, self.config, prepared=prepared)
 
     def extra_repr(self) -> str:
         preset = _preset_name(self.config)
@@ -179,4 +183,6 @@ class SharqLinear(nn.Module):
             f"granularity={cfg.granularity.value}",
             f"backend={cfg.backend.value}",
         ]
+        if self.shared_input is not None:
+            parts.append(f"shared_input={self.shared_input.name}")
         return ", ".join(parts)

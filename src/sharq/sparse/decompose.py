@@ -22,7 +22,15 @@ from ..formats.quantized import QuantizedTensor
 from ..formats.registry import quantize
 from .masks import apply_mask
 
-__all__ = ["PreparedActivation", "Decomposition", "prepare_activation", "decompose", "dequantize_prepared", "check_activation"]
+__all__ = [
+    "PreparedActivation",
+    "Decomposition",
+    "prepare_activation",
+    "decompose",
+    "dequantize_prepared",
+    "check_activation",
+    "select_rows",
+]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -108,3 +116,34 @@ def dequantize_prepared(prepared: PreparedActivation) -> Decomposition:
     backbone = prepared.backbone.dequantize()
     residual = prepared.residual.dequantize() if prepared.residual is not None else torch.zeros_like(backbone)
     return Decomposition(backbone, residual, prepared.global_scale)
+
+
+def _select_rows_qt(qt: QuantizedTensor, rows: torch.Tensor) -> QuantizedTensor:
+    def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t if t is None or t.dim() == 0 else t[rows]
+
+    return dataclasses.replace(
+        qt,
+        codes=qt.codes[rows],
+        scales=qt.scales[rows],
+        shape=(int(rows.numel()), qt.shape[-1]),
+        global_scale=pick(qt.global_scale),
+        exponents8=pick(qt.exponents8),
+        exponents4=pick(qt.exponents4),
+    )
+
+
+def select_rows(prepared: PreparedActivation, rows: torch.Tensor) -> PreparedActivation:
+    """The preparation of rows `rows` (1-D int64 indices) of a 2-D (M, K) prepared activation.
+
+    Exact for "token" granularity (rows are independent); for "tensor" the rows keep the scale of
+    the whole tensor they were prepared with (how MoE experts read a layer's shared preparation).
+    """
+    if len(prepared.backbone.shape) != 2:
+        raise ValueError(f"select_rows needs a 2-D (M, K) preparation, got shape {prepared.backbone.shape}")
+    gs = prepared.global_scale
+    return PreparedActivation(
+        _select_rows_qt(prepared.backbone, rows),
+        None if prepared.residual is None else _select_rows_qt(prepared.residual, rows),
+        gs if gs.dim() == 0 else gs[rows],
+    )

@@ -1,0 +1,243 @@
+"""`sharq.quantize_`: swap a model's linears for SharQ layers, in place, with RMSNorm fusion.
+
+Supported decoders (see `architectures.py`) are converted layer by layer: q/k/v/o and gate/up/down
+(every expert of MoE layers) become `SharqLinear` / `SharqExperts`; the RMSNorm in front of q/k/v
+and the one in front of gate/up become `FusedRMSNormPrep`, whose single preparation the layers
+share (SPEC §9). Embeddings, `lm_head`, routers and vision towers stay in the model dtype.
+
+Any other module tree takes the generic path: the `nn.Linear`s that `filter_fn` selects (all of
+them when the model is not a transformers model and no filter is given) become `SharqLinear`,
+without norm fusion. A transformers decoder of an unsupported type is refused unless `filter_fn`
+asks for the generic path explicitly.
+
+Everything is planned and built before the model is touched: an error leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+from torch import nn
+
+from ..config import SharqConfig
+from ..nn.experts import SharqExperts, expert_projections
+from ..nn.fused_norm import FusedRMSNormPrep
+from ..nn.linear import SharqLinear
+from ..nn.shared_input import SharedPreparation
+from .architectures import DecoderArchitecture, decoder_layers, find_architecture, model_type_of, supported_names
+
+__all__ = ["quantize_", "ConversionReport", "FilterFn"]
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What `quantize_` did to a model.
+
+    architecture:  the supported architecture's name, or "generic" (no norm fusion).
+    converted:     qualified names of the modules now quantized (SharqLinear / SharqExperts).
+    fused_norms:   norms replaced by FusedRMSNormPrep, mapped to the group they prepare for.
+    groups:        shared-preparation groups: name -> the layers that read the one preparation.
+    kept:          nn.Linear modules left in the model dtype.
+    """
+
+    architecture: str
+    preset: str | None
+    config: SharqConfig
+    converted: list[str] = dataclasses.field(default_factory=list)
+    fused_norms: dict[str, str] = dataclasses.field(default_factory=dict)
+    groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    kept: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        what = self.preset or "custom config"
+        if not self.config.quantizes:
+            return f"sharq: {what} quantizes nothing; the model is unchanged ({len(self.kept)} linears kept)"
+        return (
+            f"sharq: {what} on {self.architecture}: {len(self.converted)} modules quantized, "
+            f"{len(self.fused_norms)} norms fused, {len(self.groups)} shared preparations, "
+            f"{len(self.kept)} linears kept in the model dtype"
+        )
+
+
+def _excluded(fqn: str, patterns: Iterable[str]) -> bool:
+    """True when a pattern's dotted parts occur as consecutive parts of `fqn` ("lm_head", "visual",
+    "layers.0" …)."""
+    parts = fqn.split(".")
+    for pattern in patterns:
+        want = pattern.split(".")
+        n = len(want)
+        if any(parts[i : i + n] == want for i in range(len(parts) - n + 1)):
+            return True
+    return False
+
+
+@dataclasses.dataclass
+class _Group:
+    name: str
+    norm: str | None  # qualified name of the norm to fuse, None = lazy sharing by the consumers
+    consumers: list[str]
+
+
+@dataclasses.dataclass
+class _Plan:
+    targets: dict[str, str] = dataclasses.field(default_factory=dict)  # fqn -> "linear" | "experts"
+    groups: list[_Group] = dataclasses.field(default_factory=list)
+
+
+def _check_linear(module: nn.Module, fqn: str) -> None:
+    if isinstance(module, (SharqLinear, SharqExperts)):
+        raise ValueError(f"{fqn} is already a sharq module; the model was quantized before")
+    if type(module) is not nn.Linear:
+        raise ValueError(f"{fqn} is a {type(module).__name__}, not a plain nn.Linear; sharq cannot convert it")
+
+
+def _plan_decoder(model: nn.Module, arch: DecoderArchitecture) -> _Plan:
+    plan = _Plan()
+    for prefix, layer in decoder_layers(model, arch):
+        attn = getattr(layer, arch.attn)
+        for proj in (*arch.qkv, arch.o):
+            fqn = f"{prefix}.{arch.attn}.{proj}"
+            _check_linear(getattr(attn, proj, None), fqn)
+            plan.targets[fqn] = "linear"
+        plan.groups.append(_Group(f"{prefix}.{arch.attn}.qkv", f"{prefix}.{arch.attn_norm}",
+                                  [f"{prefix}.{arch.attn}.{p}" for p in arch.qkv]))
+        mlp_attr = next((a for a in arch.mlp if hasattr(layer, a)), None)
+        if mlp_attr is None or not hasattr(layer, arch.mlp_norm):
+            raise ValueError(f"{prefix}: no `{'`/`'.join(arch.mlp)}` or `{arch.mlp_norm}`; not a {arch.name} layer sharq knows")
+        mlp, mlp_fqn = getattr(layer, mlp_attr), f"{prefix}.{mlp_attr}"
+        experts = getattr(mlp, "experts", None)
+        if experts is None:  # dense MLP (also the dense layers of a MoE model)
+            names = [f"{mlp_fqn}.{p}" for p in (*arch.gate_up, arch.down)]
+            for p, fqn in zip((*arch.gate_up, arch.down), names):
+                _check_linear(getattr(mlp, p, None), fqn)
+                plan.targets[fqn] = "linear"
+            plan.groups.append(_Group(f"{mlp_fqn}.gate_up", f"{prefix}.{arch.mlp_norm}", names[:2]))
+        elif isinstance(experts, nn.ModuleList):  # one MLP module per expert (older transformers)
+            for e, expert in enumerate(experts):
+                names = [f"{mlp_fqn}.experts.{e}.{p}" for p in (*arch.gate_up, arch.down)]
+                for p, fqn in zip((*arch.gate_up, arch.down), names):
+                    _check_linear(getattr(expert, p, None), fqn)
+                    plan.targets[fqn] = "linear"
+                plan.groups.append(_Group(f"{mlp_fqn}.experts.{e}.gate_up", None, names[:2]))
+        else:  # fused 3-D experts
+            fqn = f"{mlp_fqn}.experts"
+            if isinstance(experts, SharqExperts):
+                raise ValueError(f"{fqn} is already a sharq module; the model was quantized before")
+            try:
+                expert_projections(experts)
+            except ValueError as err:
+                raise ValueError(f"{fqn}: {err}") from None
+            plan.targets[fqn] = "experts"
+            plan.groups.append(_Group(f"{mlp_fqn}.experts.gate_up", f"{prefix}.{arch.mlp_norm}", [fqn]))
+    return plan
+
+
+def _preset_of(config: SharqConfig) -> str | None:
+    from ..config import PRESETS
+
+    base = config.replace(granularity="tensor", backend="auto", check_finite=False)
+    name = next((n for n, p in PRESETS.items() if p == base), None)
+    if name is not None and config.granularity.value != "tensor":
+        name = f"{name} ({config.granularity.value})"
+    return name
+
+
+def quantize_(
+    model: nn.Module,
+    config: SharqConfig | str,
+    *,
+    modules_to_not_convert: Iterable[str] = ("lm_head",),
+    filter_fn: FilterFn | None = None,
+) -> ConversionReport:
+    """Quantize `model` in place with SharQ (no calibration data); return what was done.
+
+    config:                  a `SharqConfig` or a preset name ("sharq-nvfp4", "nvfp4", "bf16", …).
+    modules_to_not_convert:  names whose dotted parts, found in a module's qualified name, keep it
+                             in the model dtype ("lm_head", "visual", "layers.0", …).
+    filter_fn(module, fqn):  decides for each candidate (`nn.Linear`, or a fused-experts module of a
+                             supported decoder). With it, linears outside the decoder (a vision
+                             tower, say) can be selected too; without it, a supported decoder gets
+                             its decoder linears and any non-transformers module all its linears.
+
+    The "bf16" preset (format='none') changes nothing. Raises ValueError / TypeError (and leaves the
+    model untouched) for an unsupported decoder, an already-quantized model, or a module it cannot
+    convert.
+    """
+    if isinstance(config, str):
+        config = SharqConfig.from_preset(config)
+    if not isinstance(config, SharqConfig):
+        raise TypeError(f"config must be a SharqConfig or a preset name, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_ needs a torch.nn.Module, got {type(model).__name__}")
+    patterns = (modules_to_not_convert,) if isinstance(modules_to_not_convert, str) else tuple(modules_to_not_convert)
+    for name, module in model.named_modules():
+        if isinstance(module, (SharqLinear, SharqExperts, FusedRMSNormPrep)):
+            raise ValueError(f"{name} is already a sharq module; the model was quantized before")
+
+    arch = find_architecture(model)
+    model_type = model_type_of(model)
+    if arch is None and model_type is not None and filter_fn is None:
+        raise ValueError(
+            f"sharq.quantize_: {type(model).__name__} (model_type {model_type!r}) is not a decoder sharq can "
+            f"convert with norm fusion. Supported: {supported_names()}. To convert chosen linears without "
+            "norm fusion (the generic path), pass filter_fn=lambda module, name: ..."
+        )
+    plan = _plan_decoder(model, arch) if arch is not None else _Plan()
+
+    modules = dict(model.named_modules())
+    selected: dict[str, str] = {}
+    kept: list[str] = []
+    for fqn, kind in plan.targets.items():
+        if _excluded(fqn, patterns) or (filter_fn is not None and not filter_fn(modules[fqn], fqn)):
+            kept.append(fqn)
+        else:
+            selected[fqn] = kind
+    inside_experts = {f for f, k in plan.targets.items() if k == "experts"}
+    for fqn, module in modules.items():
+        if type(module) is not nn.Linear or fqn in plan.targets or any(fqn.startswith(e + ".") for e in inside_experts):
+            continue
+        if _excluded(fqn, patterns):
+            kept.append(fqn)
+            continue
+        if filter_fn is not None:
+            take = bool(filter_fn(module, fqn))
+        else:
+            take = arch is None  # generic path on a non-transformers module: every linear
+        if take:
+            selected[fqn] = "linear"
+        else:
+            kept.append(fqn)
+
+    report = ConversionReport(arch.name if arch else "generic", _preset_of(config), config, kept=sorted(kept))
+    if not config.quantizes:
+        return report
+
+    # Build everything first (quantizes the weights); the model is not touched until all succeeded.
+    new_modules: dict[str, nn.Module] = {}
+    for fqn, kind in selected.items():
+        if kind == "experts":
+            new_modules[fqn] = SharqExperts.from_experts(modules[fqn], config, name=fqn)
+        else:
+            new_modules[fqn] = SharqLinear.from_float(modules[fqn], config, name=fqn)
+    for group in plan.groups:
+        consumers = [c for c in group.consumers if c in new_modules]
+        if not consumers:
+            continue
+        shared = SharedPreparation(config, len(consumers), group.name)
+        for c in consumers:
+            new_modules[c].shared_input = shared
+        report.groups[group.name] = consumers
+        if group.norm is not None:
+            new_modules[group.norm] = FusedRMSNormPrep.from_norm(
+                modules[group.norm], arch.norm_variant, shared, name=group.norm
+            )
+            report.fused_norms[group.norm] = group.name
+
+    for fqn, module in new_modules.items():
+        model.set_submodule(fqn, module)
+    report.converted = list(selected)
+    model.sharq_report = report
+    return report

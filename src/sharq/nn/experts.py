@@ -1,0 +1,216 @@
+"""`SharqExperts`: the experts of a mixture-of-experts layer, every expert matrix in packed FP4.
+
+Recent transformers store a MoE layer's experts as 3-D parameters in one module (Qwen3-MoE,
+Mixtral: `gate_up_proj` (E, 2I, H), `down_proj` (E, H, I), flags `is_transposed` /
+`is_concatenated` / `has_bias`). `SharqExperts.from_experts` quantizes each expert's gate, up and
+down matrix separately (one s_w per matrix, SPEC §6 — the same numerics as the older layout of one
+`nn.Linear` per projection) and replaces that module; the router stays in the model dtype.
+
+Buffers, for p in (gate, up, down), with E experts, (N, K) the projection's shape:
+
+  {p}_codes         uint8 (E, N, Kp // 2)   packed E2M1 / S1P2 codes
+  {p}_scales        uint8 (E, N, nb)        block-scale bits
+  {p}_global_scale  int32 (E,)              bits of each expert's FP32 s_w (NVFP4 only)
+  {p}_exponents8/4  uint8 (E, N, nb[, 2])   HiF4 only
+  {p}_bias          (E, N) in the model dtype, when the experts have biases
+
+Forward: the layer input (T, H) is prepared once — by the fused pre-MLP norm, shared with every
+expert's gate and up — and each expert reads its routed rows of that preparation (`select_rows`).
+With "tensor" granularity the rows keep the layer-wide s_x; "token" is exact per row. Each
+expert's down projection prepares its own intermediate activation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Format, SharqConfig
+from ..formats.blocks import padded_length
+from ..formats.quantized import QuantizedTensor
+from ..ops import linear_from_prepared, quantize_weight, resolve_backend
+from ..sparse.decompose import check_activation, select_rows
+from .shared_input import SharedPreparation, prepare_rows
+
+__all__ = ["SharqExperts", "expert_projections"]
+
+_PROJECTIONS = ("gate", "up", "down")
+
+
+def expert_projections(experts: nn.Module) -> dict[str, torch.Tensor]:
+    """The (E, N, K) gate, up and down weights of a fused-experts module, in F.linear layout.
+
+    Raises a ValueError naming what is not understood (another gating, post-expert norms, …).
+    """
+    name = type(experts).__name__
+    if not getattr(experts, "has_gate", True):
+        raise ValueError(f"{name}: experts without a gate projection are not supported")
+    if getattr(experts, "has_post_expert_norm", False):
+        raise ValueError(f"{name}: experts with a post-expert norm are not supported")
+    apply_gate = getattr(type(experts), "_apply_gate", None)
+    if apply_gate is not None and apply_gate.__name__ != "_default_apply_gate":
+        raise ValueError(f"{name}: a custom expert gating (`_apply_gate`) is not supported")
+    gate_up, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
+    if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor)) or gate_up.dim() != 3 or down.dim() != 3:
+        raise ValueError(f"{name}: expected 3-D `gate_up_proj` and `down_proj` parameters")
+    if getattr(experts, "is_transposed", False):  # stored (E, K, N)
+        gate_up, down = gate_up.transpose(1, 2), down.transpose(1, 2)
+    if gate_up.shape[1] % 2:
+        raise ValueError(f"{name}: gate_up_proj has an odd output size {gate_up.shape[1]}")
+    if getattr(experts, "is_concatenated", True):  # [gate; up]
+        gate, up = gate_up.chunk(2, dim=1)
+    else:  # interleaved gate0, up0, gate1, up1, …
+        gate, up = gate_up[:, 0::2], gate_up[:, 1::2]
+    out = {"gate": gate, "up": up, "down": down}
+    if getattr(experts, "has_bias", False):
+        gu_bias, d_bias = experts.gate_up_proj_bias, experts.down_proj_bias  # (E, 2I), (E, H)
+        if getattr(experts, "is_concatenated", True):
+            g_bias, u_bias = gu_bias.chunk(2, dim=1)
+        else:
+            g_bias, u_bias = gu_bias[:, 0::2], gu_bias[:, 1::2]
+        out.update(gate_bias=g_bias, up_bias=u_bias, down_bias=d_bias)
+    return {k: v.detach() for k, v in out.items()}
+
+
+class SharqExperts(nn.Module):
+    """E experts (gate, up, down) with SharQ activations and packed FP4 weights.
+
+    forward(hidden_states (T, H), top_k_index (T, k) int, top_k_weights (T, k)) -> (T, H) in the
+    input dtype — the signature of transformers' fused-experts modules.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        hidden: int,
+        intermediate: int,
+        *,
+        config: SharqConfig,
+        act_fn: nn.Module,
+        bias: bool = False,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not config.quantizes:
+            raise ValueError("SharqExperts needs a quantizing config")
+        self.num_experts, self.hidden, self.intermediate = num_experts, hidden, intermediate
+        self.config = config
+        self.act_fn = act_fn
+        self.name = name
+        self.shared_input: SharedPreparation | None = None
+        self.down_prepare_count = 0
+        block = config.weight_block
+        u8 = dict(dtype=torch.uint8, device=device)
+        for proj, (n, k) in self._shapes().items():
+            kp = padded_length(k, block)
+            self.register_buffer(f"{proj}_codes", torch.zeros(num_experts, n, kp // 2, **u8))
+            self.register_buffer(f"{proj}_scales", torch.zeros(num_experts, n, kp // block, **u8))
+            if config.format is Format.NVFP4:
+                one = torch.ones(num_experts, dtype=torch.float32).view(torch.int32)
+                self.register_buffer(f"{proj}_global_scale", one.to(device))
+            if config.format is Format.HIF4:
+                self.register_buffer(f"{proj}_exponents8", torch.zeros(num_experts, n, kp // block, **u8))
+                self.register_buffer(f"{proj}_exponents4", torch.zeros(num_experts, n, kp // block, 2, **u8))
+            if bias:
+                b = torch.zeros(num_experts, n, dtype=dtype or torch.get_default_dtype(), device=device)
+                setattr(self, f"{proj}_bias", nn.Parameter(b, requires_grad=False))
+            else:
+                self.register_parameter(f"{proj}_bias", None)
+
+    def _shapes(self) -> dict[str, tuple[int, int]]:
+        h, i = self.hidden, self.intermediate
+        return {"gate": (i, h), "up": (i, h), "down": (h, i)}
+
+    @classmethod
+    def from_experts(cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None) -> "SharqExperts":
+        """Quantize a transformers fused-experts module (see `expert_projections`), no calibration."""
+        weights = expert_projections(experts)
+        act_fn = getattr(experts, "act_fn", None)
+        if not isinstance(act_fn, nn.Module):
+            raise ValueError(f"{name or type(experts).__name__}: experts module has no `act_fn` module")
+        e, i, h = weights["gate"].shape
+        module = cls(
+            e, h, i, config=config, act_fn=act_fn, bias="gate_bias" in weights,
+            dtype=weights["gate"].dtype, device=weights["gate"].device, name=name,
+        )
+        for proj in _PROJECTIONS:
+            for idx in range(e):
+                label = f"{name or 'experts'}.{idx}.{proj}"
+                try:
+                    qt = quantize_weight(weights[proj][idx], config)
+                except ValueError as err:
+                    raise ValueError(f"{label}: {err}") from None
+                getattr(module, f"{proj}_codes")[idx].copy_(qt.codes)
+                getattr(module, f"{proj}_scales")[idx].copy_(qt.scales)
+                if qt.global_scale is not None:
+                    getattr(module, f"{proj}_global_scale")[idx] = qt.global_scale.reshape(()).view(torch.int32)
+                if qt.exponents8 is not None:
+                    getattr(module, f"{proj}_exponents8")[idx].copy_(qt.exponents8)
+                    getattr(module, f"{proj}_exponents4")[idx].copy_(qt.exponents4)
+            if f"{proj}_bias" in weights:
+                getattr(module, f"{proj}_bias").data.copy_(weights[f"{proj}_bias"])
+        return module
+
+    def expert_weight(self, proj: str, idx: int) -> QuantizedTensor:
+        """Expert `idx`'s packed `proj` weight ("gate" | "up" | "down") as a QuantizedTensor (views)."""
+        gs = getattr(self, f"{proj}_global_scale", None)
+        e8, e4 = getattr(self, f"{proj}_exponents8", None), getattr(self, f"{proj}_exponents4", None)
+        return QuantizedTensor(
+            format=self.config.format,
+            codes=getattr(self, f"{proj}_codes")[idx],
+            scales=getattr(self, f"{proj}_scales")[idx],
+            shape=self._shapes()[proj],
+            block=self.config.weight_block,
+            global_scale=None if gs is None else gs[idx].view(torch.float32),
+            exponents8=None if e8 is None else e8[idx],
+            exponents4=None if e4 is None else e4[idx],
+        )
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        label = self.name or "SharqExperts"
+        check_activation(hidden_states, f"{label} input")
+        if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden:
+            raise ValueError(f"{label}: expected hidden_states (T, {self.hidden}), got {tuple(hidden_states.shape)}")
+        resolve_backend(self.config, hidden_states.device)
+        final = torch.zeros_like(hidden_states)
+        if hidden_states.shape[0] == 0:
+            return final
+        if self.shared_input is not None:
+            prepared = self.shared_input.take(hidden_states)
+        else:
+            prepared = prepare_rows(hidden_states, self.config)
+        dtype = hidden_states.dtype
+        with torch.no_grad():
+            expert_mask = torch.nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1)
+            expert_mask = expert_mask.permute(2, 1, 0)  # (E + 1, k, T)
+            expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for hit in expert_hit:
+            idx = int(hit[0])
+            if idx == self.num_experts:  # tokens routed nowhere (expert parallelism)
+                continue
+            top_k_pos, token_idx = torch.where(expert_mask[idx])
+            rows = select_rows(prepared, token_idx)
+            gate = linear_from_prepared(rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype)
+            up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype)
+            inner = self.act_fn(gate) * up  # (t, I) in the model dtype
+            self.down_prepare_count += 1
+            out = linear_from_prepared(
+                prepare_rows(inner, self.config), self.expert_weight("down", idx), self._bias("down", idx), dtype
+            )
+            out = out * top_k_weights[token_idx, top_k_pos, None]
+            final.index_add_(0, token_idx, out.to(final.dtype))
+        return final
+
+    def _bias(self, proj: str, idx: int) -> torch.Tensor | None:
+        bias = getattr(self, f"{proj}_bias")
+        return None if bias is None else bias[idx]
+
+    def extra_repr(self) -> str:
+        parts = [f"num_experts={self.num_experts}", f"hidden={self.hidden}", f"intermediate={self.intermediate}",
+                 f"format={self.config.format.value}", f"mask={self.config.mask}",
+                 f"granularity={self.config.granularity.value}"]
+        if self.shared_input is not None:
+            parts.append(f"shared_input={self.shared_input.name}")
+        return ", ".join(parts)
