@@ -35,14 +35,15 @@ def activations(*shape: int, seed: int = 1) -> torch.Tensor:
 
 
 def recompute(x2: torch.Tensor, layer: SharqLinear, config: SharqConfig) -> torch.Tensor:
-    """SPEC §7 in FP32 from the layer's own dequantized operands (x2 is (M, K))."""
+    """SPEC §7 in FP32 from the layer's own dequantized operands (x2 is (M, K)), in the one-GEMM
+    form the layer computes: s_x · s_w · (deq(B) + deq(R)) · deq(W)ᵀ."""
     p = prepare_activation(x2, config)
     qw = layer.quantized_weight
     w = qw.dequantize(apply_global_scale=False)
     s_w = qw.global_scale if qw.global_scale is not None else torch.ones(())
     b = p.backbone.dequantize(apply_global_scale=False)
     r = p.residual.dequantize(apply_global_scale=False) if p.residual is not None else torch.zeros_like(b)
-    y = p.global_scale * s_w * (b @ w.T + r @ w.T)
+    y = p.global_scale * s_w * ((b + r) @ w.T)
     if layer.bias is not None:
         y = y + layer.bias.float()
     return y
@@ -105,8 +106,8 @@ def test_output_equals_fp32_recomputation(preset, granularity):
     # two-path form == one-GEMM form up to FP32 summation order
     y1 = sharq_linear(x, layer.quantized_weight, layer.bias, cfg, one_gemm=True)
     y2 = sharq_linear(x, layer.quantized_weight, layer.bias, cfg, one_gemm=False)
-    assert torch.equal(y2, y)
-    torch.testing.assert_close(y1, y, rtol=1e-5, atol=1e-5 * scale)
+    assert torch.equal(y1, y)
+    torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5 * scale)
     # and the layer really quantizes: it is not the float layer
     with torch.no_grad():
         assert not torch.allclose(y, lin(x), rtol=1e-4, atol=1e-4 * scale)

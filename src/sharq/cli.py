@@ -35,6 +35,67 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _eval_settings(args: argparse.Namespace):
+    from .eval import DEFAULT_PRESETS, TASKS, EvalSettings
+
+    presets = DEFAULT_PRESETS if args.presets == ("all",) else args.presets
+    tasks = TASKS if args.tasks == ("all",) else (() if args.tasks == ("none",) else args.tasks)
+    return EvalSettings(
+        model=args.model, presets=tuple(presets), granularities=args.granularity, tasks=tuple(tasks),
+        limit=args.limit, ppl_tokens=args.ppl_tokens, seq_len=args.seq_len, device=args.device,
+        dtype=args.dtype, batch_tokens=args.batch_tokens, ppl_batch=args.ppl_batch,
+    )
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import evaluate
+    from .eval.report import markdown
+
+    start = time.perf_counter()
+    doc = evaluate(_eval_settings(args), out_dir=args.out, name=args.name, resume=args.resume,
+                   progress=not args.no_progress)
+    print()
+    print(markdown(doc))
+    print(f"\nwrote {args.out}/{args.name}.json, .md and .png in {time.perf_counter() - start:.0f} s")
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    return 0
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity: str, tasks: str,
+                        limit: int | None, ppl_tokens: int | None, seq_len: int, name: str) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="'smollm2' (the packaged SmolLM2-135M-Instruct, default), a .gguf file or a local HF folder")
+    p.add_argument("--presets", type=_csv, default=_csv(presets),
+                   help=f"comma-separated presets, or 'all' (default {presets})")
+    p.add_argument("--granularity", type=_csv, default=_csv(granularity),
+                   help=f"tensor and/or token; token runs only for NVFP4 presets (default {granularity})")
+    p.add_argument("--tasks", type=_csv, default=_csv(tasks),
+                   help=f"zero-shot tasks, 'all' or 'none' (default {tasks})")
+    p.add_argument("--limit", type=_positive_int, default=limit,
+                   help=f"documents per task (default {'all' if limit is None else limit})")
+    p.add_argument("--ppl-tokens", type=_positive_int, default=ppl_tokens,
+                   help=f"tokens per perplexity corpus (default {'all' if ppl_tokens is None else ppl_tokens})")
+    p.add_argument("--seq-len", type=_positive_int, default=seq_len, help=f"window / max length (default {seq_len})")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                   help="model dtype (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--batch-tokens", type=_positive_int, help="padded tokens per scoring batch")
+    p.add_argument("--ppl-batch", type=_positive_int, help="windows per perplexity batch")
+    p.add_argument("--out", default="results", help="results folder (default results/)")
+    p.add_argument("--name", default=name, help=f"results file stem (default {name})")
+    p.add_argument("--resume", action="store_true", help="skip runs already in the results JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="also print the results document as JSON")
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from .config import PRESETS
 
@@ -78,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     demo.set_defaults(func=_cmd_demo)
+
+    ev = sub.add_parser(
+        "eval",
+        help="perplexity + zero-shot accuracy of a model under a list of presets",
+        description="Quantize a model under each preset (and granularity) and measure perplexity over the "
+        "Wikipedia summaries and the LAMBADA passages plus zero-shot ARC-e/ARC-c/HellaSwag/PIQA/WinoGrande/"
+        "BoolQ/LAMBADA through lm-evaluation-harness, all from packaged data, offline. Writes JSON, a "
+        "Markdown table and a PNG plot.",
+        epilog="example: sharq eval --presets bf16,nvfp4,sharq-nvfp4 --limit 100 --ppl-tokens 20000",
+    )
+    _add_eval_arguments(ev, presets="all", granularity="tensor,token", tasks="all", limit=None, ppl_tokens=None,
+                        seq_len=2048, name="accuracy-smollm2")
+    ev.set_defaults(func=_cmd_eval)
 
     presets = sub.add_parser(
         "presets", help="list the named presets", description="List the named presets and their fields.",

@@ -192,12 +192,13 @@ class SharqExperts(nn.Module):
                 continue
             top_k_pos, token_idx = torch.where(expert_mask[idx])
             rows = select_rows(prepared, token_idx)
-            gate = linear_from_prepared(rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype)
-            up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype)
+            gate = linear_from_prepared(rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True)
+            up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype, one_gemm=True)
             inner = self.act_fn(gate) * up  # (t, I) in the model dtype
             self.down_prepare_count += 1
             out = linear_from_prepared(
-                prepare_rows(inner, self.config), self.expert_weight("down", idx), self._bias("down", idx), dtype
+                prepare_rows(inner, self.config), self.expert_weight("down", idx), self._bias("down", idx), dtype,
+                one_gemm=True,
             )
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, out.to(final.dtype))

@@ -162,7 +162,8 @@ class SharqLinear(nn.Module):
             resolve_backend(self.config, x.device)  # an unavailable backend errors even on empty input
             return x.new_zeros(*x.shape[:-1], self.out_features)
         prepared = self.shared_input.take(x) if self.shared_input is not None else None
-        return sharq_linear(x, self.quantized_weight, self.bias, self.config, prepared=prepared)
+        # one GEMM over deq(B) + deq(R): SPEC §7's equal form, the path the GPU kernels take
+        return sharq_linear(x, self.quantized_weight, self.bias, self.config, prepared=prepared, one_gemm=True)
 
     def extra_repr(self) -> str:
         preset = _preset_name(self.config)

@@ -1,0 +1,119 @@
+"""Log-likelihood of continuations under a causal LM, batched (what zero-shot tasks are scored by).
+
+`encode_pairs` turns (context, continuation) strings into token ids the way lm-evaluation-harness
+does for causal models: trailing spaces of the context move to the continuation, the continuation
+is what `tokenize(context + continuation)` adds after `tokenize(context)`, and an empty context
+gets the prefix token. `score_pairs` runs them through the model — longest first, left-padded,
+only the continuation's logits kept — and returns (sum of log-probabilities, greedy?) per pair.
+
+This file needs only torch and a tokenizer: lm-evaluation-harness calls it through `SharqLM`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["prefix_token_id", "tokenizer_adds_bos", "encode_pairs", "score_pairs", "batches_by_tokens"]
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """True when the tokenizer puts BOS in front by itself (Gemma does; SmolLM2 does not)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
+def prefix_token_id(tokenizer) -> int:
+    """The token a text starts from: BOS, else EOS (separator of documents)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start a text with")
+    return token
+
+
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Token ids (context, continuation) of each (context, continuation) string pair."""
+    prefix = prefix_token_id(tokenizer)
+    add_bos = tokenizer_adds_bos(tokenizer)
+    out = []
+    for context, continuation in pairs:
+        stripped = context.rstrip()
+        continuation = context[len(stripped):] + continuation
+        context = stripped
+        whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+        ctx = tokenizer(context, add_special_tokens=False).input_ids if context else []
+        cont = whole[len(ctx):]
+        if not cont:
+            raise ValueError(f"continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}")
+        if add_bos or not ctx:
+            ctx = [prefix] + ctx
+        out.append((ctx, cont))
+    return out
+
+
+def batches_by_tokens(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices grouped longest first into batches of at most `max_batch` rows and `max_tokens`
+    padded tokens (a single longer row still gets its own batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, current = [], []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1 > max_batch or (len(current) + 1) * width > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.no_grad()
+def score_pairs(
+    model,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    *,
+    max_length: int = 2048,
+    max_batch_tokens: int = 16384,
+    max_batch: int = 256,
+    progress=None,
+) -> list[tuple[float, bool]]:
+    """(log P(continuation | context), continuation is the greedy choice) for each encoded pair.
+
+    Sequences longer than `max_length` input tokens lose their oldest context tokens.
+    `progress`: an optional callable taking the number of pairs just scored (e.g. tqdm.update).
+    """
+    device = next(model.parameters()).device
+    inputs, conts = [], []
+    for ctx, cont in encoded:
+        seq = (ctx + cont)[:-1][-max_length:]  # (L,) input tokens; the model predicts seq[1:] + last
+        inputs.append(seq)
+        conts.append(cont)
+    results: list[tuple[float, bool] | None] = [None] * len(encoded)
+    for batch in batches_by_tokens([len(s) for s in inputs], max_batch_tokens, max_batch):
+        width = max(len(inputs[i]) for i in batch)
+        keep = max(len(conts[i]) for i in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, i in enumerate(batch):  # left padding: every row ends at the last position
+            seq = inputs[i]
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=keep,
+            use_cache=False,
+        ).logits  # (B, keep, V)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, i in enumerate(batch):
+            cont = torch.tensor(conts[i], device=device)
+            lp = logprobs[row, keep - len(cont):]  # (c, V): the positions that predict the continuation
+            total = lp.gather(-1, cont[:, None]).sum().item()
+            greedy = bool((lp.argmax(-1) == cont).all())
+            results[i] = (total, greedy)
+        if progress is not None:
+            progress(len(batch))
+    return results  # type: ignore[return-value]
