@@ -64,6 +64,22 @@ def _gguf_kwargs() -> dict:
     return {"quantization_config": GgufConfig(dequantize=True)}
 
 
+def _forget_gguf_quantization(model) -> None:
+    """The weights are dense now: drop the GGUF quantization record so nothing treats them as packed."""
+    for linear in (m for m in model.modules() if "Linear" in type(m).__name__):
+        if type(linear).__name__ != "Linear":
+            raise ValueError(f"the GGUF loader left a packed {type(linear).__name__}; expected dense nn.Linear weights")
+    try:
+        if getattr(model.config, "quantization_config", None) is not None:
+            delattr(model.config, "quantization_config")
+    except AttributeError:
+        model.config.quantization_config = None
+    try:
+        model.hf_quantizer = None
+    except AttributeError:
+        pass
+
+
 def load_model(source: str | os.PathLike | None = None, *, dtype=None, device: str | None = None):
     """(model, tokenizer) for `source`: "smollm2" / None (the packaged default), a `.gguf` file, or a
     local Hugging Face folder. Weights are loaded as plain `nn.Linear`s in `dtype` on `device`.
@@ -84,9 +100,7 @@ def load_model(source: str | os.PathLike | None = None, *, dtype=None, device: s
         kwargs = dict(gguf_file=path.name)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs, **_gguf_kwargs())
-        if getattr(model.config, "quantization_config", None) is not None:
-            del model.config.quantization_config  # dequantized: a plain dense model from here on
-        model.hf_quantizer = None
+        _forget_gguf_quantization(model)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

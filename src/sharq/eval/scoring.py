@@ -84,19 +84,22 @@ def score_pairs(
     `progress`: an optional callable taking the number of pairs just scored (e.g. tqdm.update).
     """
     device = next(model.parameters()).device
-    inputs, conts = [], []
-    for ctx, cont in encoded:
-        seq = (ctx + cont)[:-1][-max_length:]  # (L,) input tokens; the model predicts seq[1:] + last
-        inputs.append(seq)
-        conts.append(cont)
+    # Pairs whose input sequences are equal (e.g. BoolQ's " no" / " yes" after one passage) share a
+    # row: each reads its own continuation from the same logits.
+    rows_of: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, cont) in enumerate(encoded):
+        seq = tuple((ctx + cont)[:-1][-max_length:])  # (L,) input; the model predicts seq[1:] + last
+        rows_of.setdefault(seq, []).append(i)
+    inputs = list(rows_of)
+    conts = [cont for _, cont in encoded]
     results: list[tuple[float, bool] | None] = [None] * len(encoded)
     for batch in batches_by_tokens([len(s) for s in inputs], max_batch_tokens, max_batch):
-        width = max(len(inputs[i]) for i in batch)
-        keep = max(len(conts[i]) for i in batch)
+        width = max(len(inputs[u]) for u in batch)
+        keep = max(len(conts[i]) for u in batch for i in rows_of[inputs[u]])
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding: every row ends at the last position
-            seq = inputs[i]
+        for row, u in enumerate(batch):  # left padding: every row ends at the last position
+            seq = inputs[u]
             ids[row, width - len(seq):] = torch.tensor(seq)
             mask[row, width - len(seq):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -108,12 +111,15 @@ def score_pairs(
             use_cache=False,
         ).logits  # (B, keep, V)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for row, i in enumerate(batch):
-            cont = torch.tensor(conts[i], device=device)
-            lp = logprobs[row, keep - len(cont):]  # (c, V): the positions that predict the continuation
-            total = lp.gather(-1, cont[:, None]).sum().item()
-            greedy = bool((lp.argmax(-1) == cont).all())
-            results[i] = (total, greedy)
+        done = 0
+        for row, u in enumerate(batch):
+            for i in rows_of[inputs[u]]:
+                cont = torch.tensor(conts[i], device=device)
+                lp = logprobs[row, keep - len(cont):]  # (c, V): the positions predicting the continuation
+                total = lp.gather(-1, cont[:, None]).sum().item()
+                greedy = bool((lp.argmax(-1) == cont).all())
+                results[i] = (total, greedy)
+                done += 1
         if progress is not None:
-            progress(len(batch))
+            progress(done)
     return results  # type: ignore[return-value]
