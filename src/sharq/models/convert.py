@@ -27,7 +27,7 @@ from ..nn.linear import SharqLinear
 from ..nn.shared_input import SharedPreparation
 from .architectures import DecoderArchitecture, decoder_layers, find_architecture, model_type_of, supported_names
 
-__all__ = ["quantize_", "ConversionReport", "FilterFn"]
+__all__ = ["quantize_", "conversion_targets", "ConversionReport", "FilterFn"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -145,38 +145,10 @@ def _preset_of(config: SharqConfig) -> str | None:
     return name
 
 
-def quantize_(
-    model: nn.Module,
-    config: SharqConfig | str,
-    *,
-    modules_to_not_convert: Iterable[str] = ("lm_head",),
-    filter_fn: FilterFn | None = None,
-) -> ConversionReport:
-    """Quantize `model` in place with SharQ (no calibration data); return what was done.
-
-    config:                  a `SharqConfig` or a preset name ("sharq-nvfp4", "nvfp4", "bf16", …).
-    modules_to_not_convert:  names whose dotted parts, found in a module's qualified name, keep it
-                             in the model dtype ("lm_head", "visual", "layers.0", …).
-    filter_fn(module, fqn):  decides for each candidate (`nn.Linear`, or a fused-experts module of a
-                             supported decoder). With it, linears outside the decoder (a vision
-                             tower, say) can be selected too; without it, a supported decoder gets
-                             its decoder linears and any non-transformers module all its linears.
-
-    The "bf16" preset (format='none') changes nothing. Raises ValueError / TypeError (and leaves the
-    model untouched) for an unsupported decoder, an already-quantized model, or a module it cannot
-    convert.
-    """
-    if isinstance(config, str):
-        config = SharqConfig.from_preset(config)
-    if not isinstance(config, SharqConfig):
-        raise TypeError(f"config must be a SharqConfig or a preset name, got {type(config).__name__}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"quantize_ needs a torch.nn.Module, got {type(model).__name__}")
-    patterns = (modules_to_not_convert,) if isinstance(modules_to_not_convert, str) else tuple(modules_to_not_convert)
-    for name, module in model.named_modules():
-        if isinstance(module, (SharqLinear, SharqExperts, FusedRMSNormPrep)):
-            raise ValueError(f"{name} is already a sharq module; the model was quantized before")
-
+def _select(
+    model: nn.Module, patterns: tuple[str, ...], filter_fn: FilterFn | None
+) -> tuple[DecoderArchitecture | None, _Plan, dict[str, str], list[str]]:
+    """(architecture, plan, selected {fqn: "linear" | "experts"}, kept linears) — touches nothing."""
     arch = find_architecture(model)
     model_type = model_type_of(model)
     if arch is None and model_type is not None and filter_fn is None:
@@ -211,6 +183,51 @@ def quantize_(
         else:
             kept.append(fqn)
 
+    return arch, plan, selected, kept
+
+
+def conversion_targets(
+    model: nn.Module, *, modules_to_not_convert: Iterable[str] = ("lm_head",), filter_fn: FilterFn | None = None
+) -> dict[str, str]:
+    """What `quantize_` would convert, {qualified name: "linear" | "experts"}, without converting."""
+    patterns = (modules_to_not_convert,) if isinstance(modules_to_not_convert, str) else tuple(modules_to_not_convert)
+    return _select(model, patterns, filter_fn)[2]
+
+
+def quantize_(
+    model: nn.Module,
+    config: SharqConfig | str,
+    *,
+    modules_to_not_convert: Iterable[str] = ("lm_head",),
+    filter_fn: FilterFn | None = None,
+) -> ConversionReport:
+    """Quantize `model` in place with SharQ (no calibration data); return what was done.
+
+    config:                  a `SharqConfig` or a preset name ("sharq-nvfp4", "nvfp4", "bf16", …).
+    modules_to_not_convert:  names whose dotted parts, found in a module's qualified name, keep it
+                             in the model dtype ("lm_head", "visual", "layers.0", …).
+    filter_fn(module, fqn):  decides for each candidate (`nn.Linear`, or a fused-experts module of a
+                             supported decoder). With it, linears outside the decoder (a vision
+                             tower, say) can be selected too; without it, a supported decoder gets
+                             its decoder linears and any non-transformers module all its linears.
+
+    The "bf16" preset (format='none') changes nothing. Raises ValueError / TypeError (and leaves the
+    model untouched) for an unsupported decoder, an already-quantized model, or a module it cannot
+    convert.
+    """
+    if isinstance(config, str):
+        config = SharqConfig.from_preset(config)
+    if not isinstance(config, SharqConfig):
+        raise TypeError(f"config must be a SharqConfig or a preset name, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_ needs a torch.nn.Module, got {type(model).__name__}")
+    patterns = (modules_to_not_convert,) if isinstance(modules_to_not_convert, str) else tuple(modules_to_not_convert)
+    for name, module in model.named_modules():
+        if isinstance(module, (SharqLinear, SharqExperts, FusedRMSNormPrep)):
+            raise ValueError(f"{name} is already a sharq module; the model was quantized before")
+
+    arch, plan, selected, kept = _select(model, patterns, filter_fn)
+    modules = dict(model.named_modules())
     report = ConversionReport(arch.name if arch else "generic", _preset_of(config), config, kept=sorted(kept))
     if not config.quantizes:
         return report
