@@ -293,3 +293,58 @@ def test_shared_preparation_is_not_reused_for_other_tensors():
     got = layer.self_attn.k_proj(z)
     layer.self_attn.k_proj.shared_input = None
     assert torch.equal(got, layer.self_attn.k_proj(z)) and group.prepare_count >= 3
+
+
+class _LegacyMoeBlock(nn.Module):
+    """The older transformers MoE layout: a router nn.Linear and a ModuleList of expert MLPs."""
+
+    def __init__(self, new_block, config):
+        super().__init__()
+        from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeMLP
+
+        experts = new_block.experts
+        e, i2, h = experts.gate_up_proj.shape
+        self.top_k = config.num_experts_per_tok
+        self.gate = nn.Linear(h, e, bias=False).to(experts.gate_up_proj.dtype)
+        self.experts = nn.ModuleList()
+        for idx in range(e):
+            mlp = Qwen3MoeMLP(config, intermediate_size=i2 // 2).to(experts.gate_up_proj.dtype)
+            with torch.no_grad():
+                mlp.gate_proj.weight.copy_(experts.gate_up_proj[idx, : i2 // 2])
+                mlp.up_proj.weight.copy_(experts.gate_up_proj[idx, i2 // 2:])
+                mlp.down_proj.weight.copy_(experts.down_proj[idx])
+            self.experts.append(mlp)
+
+    def forward(self, hidden_states):
+        b, s, h = hidden_states.shape
+        x = hidden_states.view(-1, h)
+        probs = torch.softmax(self.gate(x).float(), dim=-1)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        for idx, expert in enumerate(self.experts):
+            rows, pos = torch.where(chosen == idx)
+            if rows.numel():
+                out.index_add_(0, rows, expert(x[rows]) * weights[rows, pos, None])
+        return out.view(b, s, h)
+
+
+def test_moe_with_one_module_per_expert_layout():
+    """Older transformers keep one MLP (nn.Linear gate/up/down) per expert: every expert is converted,
+    each expert's gate and up share one preparation, the router stays."""
+    model = tiny_model("qwen3_moe")
+    for layer in model.model.layers:
+        if hasattr(layer.mlp, "experts"):
+            layer.mlp = _LegacyMoeBlock(layer.mlp, model.config)
+    ids = _ids()
+    ref = _logits(model, ids)
+    report = quantize_(model, "sharq-nvfp4")
+    experts = [n for n in report.converted if ".experts." in n]
+    assert len(experts) == 3 * 4  # layer 0 is MoE (layer 1 is dense): 4 experts x gate/up/down
+    assert type(model.model.layers[0].mlp.gate) is nn.Linear
+    groups = [g for g in report.groups if ".experts." in g]
+    assert len(groups) == 4 and all(len(report.groups[g]) == 2 for g in groups)
+    assert sqnr_db(ref, _logits(model, ids)) > SQNR_BARS["sharq-nvfp4"]
+    for g in groups:
+        shared = model.get_submodule(report.groups[g][0]).shared_input
+        assert shared.prepare_count <= 1  # gate and up: one preparation per call (0 if not routed)
