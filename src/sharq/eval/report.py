@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..config import PRESETS, Format
 
-__all__ = ["table_rows", "gap_recovery", "markdown", "plot", "write_report", "plain_baseline"]
+__all__ = ["table_rows", "gap_recovery", "gap_within_noise", "markdown", "plot", "write_report", "plain_baseline"]
 
 SHORT = {
     "ppl_wiki": "wiki ppl", "ppl_lambada": "lambada ppl", "arc_easy": "ARC-e", "arc_challenge": "ARC-c",
@@ -56,6 +56,30 @@ def _bf16(values, granularity):
     return values.get(("bf16", "tensor"))
 
 
+def _avg_stderr(doc: dict) -> dict[tuple[str, str], float]:
+    """Standard error of each run's zero-shot average (independent tasks: root-sum-square / T)."""
+    errs: dict[tuple[str, str], list[float]] = {}
+    for row in doc["rows"]:
+        if row["metric"] not in PPL and row.get("stderr") is not None:
+            errs.setdefault((row["preset"], row["granularity"]), []).append(float(row["stderr"]))
+    return {k: math.sqrt(sum(e * e for e in v)) / len(v) for k, v in errs.items() if v}
+
+
+def gap_within_noise(doc: dict, run: tuple[str, str]) -> bool:
+    """True when the plain-FP4 → bf16 gap of the zero-shot average is under 2 standard errors of the
+    difference: then a recovered share means nothing and is not printed."""
+    values = _with_average(_values(doc))
+    base = plain_baseline(run[0])
+    plain_key = (base, run[1]) if (base, run[1]) in values else (base, "tensor")
+    se = _avg_stderr(doc)
+    if plain_key not in values or ("bf16", "tensor") not in values:
+        return True
+    if plain_key not in se or ("bf16", "tensor") not in se:
+        return False
+    gap = abs(values[("bf16", "tensor")].get("avg", 0.0) - values[plain_key].get("avg", 0.0))
+    return gap < 2.0 * math.sqrt(se[plain_key] ** 2 + se[("bf16", "tensor")] ** 2)
+
+
 def gap_recovery(doc: dict) -> dict[tuple[str, str], dict[str, float]]:
     """{(preset, granularity): {metric: recovered share}} for runs that have a plain baseline."""
     values = _with_average(_values(doc))
@@ -90,7 +114,10 @@ def table_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
             cells.append("" if x is None else (f"{x:.2f}" if m in PPL else f"{100 * x:.1f}"))
         cells.append(f"{100 * v['avg']:.1f}" if "avg" in v else "")
         share = gaps.get((preset, gran), {}).get("avg")
-        cells.append("" if share is None else f"{100 * share:.0f}%")
+        if share is not None and gap_within_noise(doc, (preset, gran)):
+            cells.append("gap within noise")
+        else:
+            cells.append("" if share is None else f"{100 * share:.0f}%")
         body.append(cells)
     return header, body
 
@@ -119,7 +146,8 @@ def markdown(doc: dict) -> str:
         f"lm_eval {machine.get('lm_eval', '-')}, sharq {machine.get('sharq')}; model dtype {machine.get('dtype')}.",
         f"Counts: {_n_summary(doc)}.",
         "Zero-shot accuracies in %; ppl lower is better. `recovered` = (m − m_fp4) / (m_bf16 − m_fp4) on the "
-        "zero-shot average, against the plain preset of the same format and granularity.",
+        "zero-shot average, against the plain preset of the same format and granularity; not given where that "
+        "gap is under two standard errors (too few documents to tell).",
     ]
     if doc.get("caveat"):
         parts.append(f"Caveat: {doc['caveat']}")
@@ -132,7 +160,9 @@ def markdown(doc: dict) -> str:
             if not shares:
                 continue
             cells = [f"sharq-{fmt}", gran if PRESETS[fmt].has_global_scale else "-"]
-            cells += [("" if m not in shares else f"{100 * shares[m]:.0f}%") for m in ("avg", *PPL)]
+            noisy = gap_within_noise(doc, (f"sharq-{fmt}", gran))
+            cells += [("" if m not in shares else ("gap within noise" if m == "avg" and noisy else f"{100 * shares[m]:.0f}%"))
+                      for m in ("avg", *PPL)]
             rows.append(cells)
     if rows:
         parts += ["Share of the plain-FP4 → bf16 gap that SharQ recovers:", "",

@@ -110,16 +110,23 @@ def score_pairs(
             logits_to_keep=keep,
             use_cache=False,
         ).logits  # (B, keep, V)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        done = 0
-        for row, u in enumerate(batch):
-            for i in rows_of[inputs[u]]:
-                cont = torch.tensor(conts[i], device=device)
-                lp = logprobs[row, keep - len(cont):]  # (c, V): the positions predicting the continuation
-                total = lp.gather(-1, cont[:, None]).sum().item()
-                greedy = bool((lp.argmax(-1) == cont).all())
-                results[i] = (total, greedy)
-                done += 1
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, keep, V)
+        greedy_tokens = logprobs.argmax(-1)  # (B, keep)
+        requests = [(row, i) for row, u in enumerate(batch) for i in rows_of[inputs[u]]]
+        target = torch.zeros(len(requests), keep, dtype=torch.long)
+        scored = torch.zeros(len(requests), keep, dtype=torch.bool)
+        for j, (_, i) in enumerate(requests):  # continuations right-aligned, like the rows
+            cont = conts[i]
+            target[j, keep - len(cont):] = torch.tensor(cont)
+            scored[j, keep - len(cont):] = True
+        target, scored = target.to(device), scored.to(device)
+        row = torch.tensor([r for r, _ in requests], device=device)[:, None]  # (R, 1)
+        position = torch.arange(keep, device=device)[None, :]  # (1, keep)
+        token_lp = logprobs[row, position, target]  # (R, keep)
+        totals = torch.where(scored, token_lp, torch.zeros_like(token_lp)).sum(-1)
+        greedy = ((greedy_tokens[row, position] == target) | ~scored).all(-1)
+        for (_, i), total, is_greedy in zip(requests, totals.tolist(), greedy.tolist()):
+            results[i] = (total, bool(is_greedy))
         if progress is not None:
-            progress(done)
+            progress(len(requests))
     return results  # type: ignore[return-value]
