@@ -1,0 +1,86 @@
+"""Where SmolLM2's FP4 perplexity gap comes from: weights only, activations only, or both.
+
+Each decoder linear that `quantize_` would convert is replaced by a fake-quantized linear computing
+y = x̃ · W̃ᵀ in FP32 (rounded to the model dtype), where
+  W̃ = s_w · deq(Wq) when the weight is quantized (as the preset quantizes it), else W,
+  x̃ = s_x · (deq(B) + deq(R)) when the activation is quantized (the preset's decomposition), else x.
+"both" is the SharqLinear numerics up to FP32 rounding order. Perplexity over the first
+`--tokens` Wikipedia tokens in `--seq-len` windows, on the packaged SmolLM2-135M (already-4-bit
+Q4_1 weights!). Writes results/error-budget-smollm2.json.
+
+usage: python benchmarks/error_budget.py [--tokens 8176] [--seq-len 512] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sharq import SharqConfig, decompose, quantize_weight
+from sharq.eval.data import wiki_texts
+from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
+from sharq.eval.perplexity import corpus_tokens, perplexity
+from sharq.models.convert import conversion_targets
+
+
+class FakeQuantLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, config: SharqConfig, weights: bool, activations: bool) -> None:
+        super().__init__()
+        w = linear.weight.detach()
+        self.weight = quantize_weight(w, config).dequantize() if weights else w.float()  # (N, K) fp32
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.config = config if activations else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = x.shape[-1]
+        x2 = x.reshape(-1, k)
+        if self.config is not None:
+            d = decompose(x2, self.config)
+            x2 = d.backbone + d.residual
+        y = x2.float() @ self.weight.T
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=8176)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--out", default="results/error-budget-smollm2.json")
+    args = ap.parse_args()
+    base, tok = load_model("smollm2", dtype=getattr(torch, args.dtype))
+    tokens = corpus_tokens(tok, wiki_texts())
+    targets = [n for n, kind in conversion_targets(base).items() if kind == "linear"]
+    runs = [("bf16", None, False, False)]
+    for preset in ("nvfp4", "sharq-nvfp4", "sharq-nvfp4-w16"):
+        runs += [(preset, "weights", True, False), (preset, "activations", False, True), (preset, "both", True, True)]
+    rows = []
+    for preset, part, w, a in runs:
+        model = copy.deepcopy(base).to(args.device)
+        if preset != "bf16":
+            cfg = SharqConfig.from_preset(preset)
+            for name in targets:
+                model.set_submodule(name, FakeQuantLinear(model.get_submodule(name), cfg, w, a))
+        start = time.perf_counter()
+        res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
+        rows.append(dict(preset=preset, quantized=part or "nothing", ppl=res.ppl, tokens=res.tokens,
+                         seconds=round(time.perf_counter() - start, 1)))
+        print(f"{preset:16s} {part or 'nothing':12s} ppl {res.ppl:8.3f}  ({res.describe()})", flush=True)
+    doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF)", caveat=PRETRAINED_CAVEAT, device=args.device,
+               dtype=args.dtype, torch=torch.__version__, seq_len=args.seq_len, rows=rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Fused SharQ activation preparation in Triton — twin of `sparse.decompose.prepare_activation`.
+
+Bit-exact with the reference for NVFP4 (16/32 blocks) and MXFP4, every mask (none, pair4of8, N:M
+with M in {4, 8, 16}) and residual mode (none, quantized, naive, with an optional residual mask).
+HiF4 stays on the reference.
+
+One program takes BLOCK_M rows and walks K in BLOCK_K chunks (multiples of 32, so every block,
+group and pair lies inside one chunk). Per chunk, in registers:
+
+  xs = div_rn(x, s)          s: the NVFP4 second-level scale of the row (per tensor or per token),
+                             computed beforehand by torch (an amax is exact in any order)
+  b  = xs ⊙ mask(xs)         ranks by comparison: ties to the lower index, NaN/±Inf the largest
+  B  = Q(b), blocks of BB    E4M3 (NVFP4) or E8M0 (MXFP4) scale, E2M1 codes
+  r  = xs − deq(B)  or  xs − b,  then r ⊙ mask(r) when asked
+  R  = Q(r), blocks of RB
+
+and it stores the packed codes (two per byte, low nibble first) and scale bits of B and R, plus,
+optionally, the FP32 sum deq(B) + deq(R) (the scaled-domain operand of the one-GEMM linear).
+
+Every rounding is spelled out with exact FP32 operations: divisions through `div_rn` (Triton's
+`/` on fp32 is the approximate `div.full.f32`), round-half-even by floor and parity (the values
+rounded are below 16), E4M3 / E8M0 bit patterns from the FP32 exponent field. Kernels are compiled
+without FMA contraction.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..config import Format, Residual, SharqConfig
+from ..formats.blocks import padded_length
+from ..formats.nvfp4 import nvfp4_global_scale
+from ..formats.quantized import QuantizedTensor
+from ..sparse.decompose import PreparedActivation
+
+__all__ = ["prepare_activation_triton", "supports"]
+
+_MASK_NONE, _MASK_PAIRS, _MASK_NM = 0, 1, 2
+_RES_NONE, _RES_QUANTIZED, _RES_NAIVE = 0, 1, 2
+
+
+# --- exact scalar helpers ----------------------------------------------------------------------
+@triton.jit
+def _div_rn(a, b):
+    return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def _rint_small(y):
+    """Round half to even of 0 <= y < 2^22 (exact: floor and the parity of the floor)."""
+    f = tl.floor(y)
+    d = y - f
+    odd = (f.to(tl.int32) & 1) == 1
+    up = (d > 0.5) | ((d == 0.5) & odd)
+    return tl.where(up, f + 1.0, f)
+
+
+@triton.jit
+def _pow2(e):
+    """2^e as FP32 for integer tensors -126 <= e <= 127."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exponent(v):
+    """floor(log2 v) for normal positive FP32 v; -127 for zero and subnormals (int32)."""
+    return ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def _isfinite(v):
+    return (v == v) & (tl.abs(v) < float("inf"))
+
+
+@triton.jit
+def _round_e4m3(v):
+    """v >= 0 (or NaN/Inf) rounded RTNE to E4M3: subnormals kept, saturating at 448, NaN if non-finite."""
+    e = tl.maximum(_exponent(v), -6)
+    e = tl.minimum(e, 100)  # only non-finite v exceed it; they become NaN below
+    r = _rint_small(v * _pow2(3 - e)) * _pow2(e - 3)  # v / ulp is exact: a power-of-two scaling
+    r = tl.minimum(r, 448.0)
+    return tl.where(_isfinite(v), r, float("nan"))
+
+
+@triton.jit
+def _e4m3_bits(r):
+    """Bit pattern (int32 0..255) of an E4M3-representable FP32 r >= 0; NaN -> 0x7F."""
+    e = _exponent(r)
+    normal = ((e + 7) << 3) | ((r.to(tl.int32, bitcast=True) >> 20) & 7)
+    sub = (r * 512.0).to(tl.int32)  # r = k * 2^-9, k in 0..7
+    bits = tl.where(e >= -6, normal, sub)
+    return tl.where(r == r, bits, 0x7F)
+
+
+@triton.jit
+def _e2m1_codes(q):
+    """FP32 q (already divided by its scale) -> E2M1 codes (int32 0..15): RTNE, saturating, NaN -> 0."""
+    a = tl.abs(q)
+    m = (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+    m += (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32) + (a > 5.0).to(tl.int32)
+    neg = (q < 0) & (m > 0)
+    return m | (neg.to(tl.int32) << 3)
+
+
+@triton.jit
+def _e2m1_values(code):
+    """E2M1 codes (int32) -> FP32 values in {0, ±0.5, …, ±6}."""
+    m = code & 7
+    big = _pow2((m >> 1) - 1) * (1.0 + (m & 1).to(tl.float32) * 0.5)  # m >= 2: 2^(e-1) (1 + mant/2)
+    mag = tl.where(m < 2, m.to(tl.float32) * 0.5, big)
+    return tl.where((code & 8) != 0, -mag, mag)
+
+
+# --- masks ---------------------------------------------------------------------------------------
+@triton.jit
+def _keep_top(scores, N: tl.constexpr, G: tl.constexpr):
+    """scores (R, G): True for the N largest of each row; equal scores: the lower index first."""
+    s_j = scores[:, :, None]
+    s_i = scores[:, None, :]
+    idx = tl.arange(0, G)
+    before = idx[None, None, :] < idx[None, :, None]
+    beats = (s_i > s_j) | ((s_i == s_j) & before)
+    rank = tl.sum(beats.to(tl.int32), axis=2)
+    return rank < N
+
+
+@triton.jit
+def _apply_mask(v, BM: tl.constexpr, BK: tl.constexpr, MASK: tl.constexpr, N: tl.constexpr, M: tl.constexpr):
+    """v ⊙ mask(v) for (BM, BK) FP32 v."""
+    score = tl.abs(v)
+    score = tl.where(score == score, score, float("inf"))  # NaN and ±Inf: the largest, equal
+    if MASK == 1:  # pair4of8: per 8, the 2 of 4 pairs with the largest max(|a|, |b|)
+        pairs = tl.max(tl.reshape(score, (BM * BK // 8, 4, 2)), axis=2)
+        keep_pair = _keep_top(pairs, 2, 4)
+        keep = tl.reshape(tl.broadcast_to(keep_pair[:, :, None], (BM * BK // 8, 4, 2)), (BM, BK))
+    else:  # N:M
+        keep = tl.reshape(_keep_top(tl.reshape(score, (BM * BK // M, M)), N, M), (BM, BK))
+    return tl.where(keep, v, 0.0)
+
+
+# --- block quantization --------------------------------------------------------------------------
+@triton.jit
+def _quantize(v, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr, MX: tl.constexpr):
+    """(codes int32 (BM, BK), scale bits int32 (BM, BK // BLOCK), dequantized FP32 (BM, BK))."""
+    blk = tl.reshape(v, (BM, BK // BLOCK, BLOCK))
+    amax = tl.max(tl.abs(blk), axis=2)
+    has_nan = tl.max((blk != blk).to(tl.int32), axis=2) > 0
+    amax = tl.where(has_nan, float("nan"), amax)  # tl.max drops NaN; the reference keeps it
+    if MX:  # E8M0: 2^(floor(log2 amax) - 2), exponent clamped to [-127, 127]
+        e = tl.where(amax > 0, _exponent(amax) - 2, -127)
+        e = tl.minimum(tl.maximum(e, -127), 127)
+        bits = tl.where(_isfinite(amax), e + 127, 255)
+        scale = tl.where(bits == 0, 2.0**-127, _pow2(tl.maximum(bits, 1) - 127))
+        scale = tl.where(bits == 255, float("nan"), scale)
+        codes = _e2m1_codes(_div_rn(blk, scale[:, :, None]))
+    else:  # NVFP4: E4M3(amax / 6)
+        scale = _round_e4m3(_div_rn(amax, 6.0))
+        bits = _e4m3_bits(scale)
+        divisor = tl.where(scale == 0.0, 1.0, scale)
+        codes = _e2m1_codes(_div_rn(blk, divisor[:, :, None]))
+        codes = tl.where((scale == 0.0)[:, :, None], 0, codes)
+    deq = _e2m1_values(codes) * scale[:, :, None]
+    return tl.reshape(codes, (BM, BK)), bits, tl.reshape(deq, (BM, BK))
+
+
+@triton.jit
+def _store_codes(ptr, codes, rows, row_ok, k0, stride, width, BM: tl.constexpr, BK: tl.constexpr):
+    lo, hi = tl.split(tl.reshape(codes, (BM, BK // 2, 2)))
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    cols = k0 // 2 + tl.arange(0, BK // 2)
+    tl.store(ptr + rows[:, None] * stride + cols[None, :], packed, mask=row_ok[:, None] & (cols[None, :] < width))
+
+
+@triton.jit
+def _store_scales(ptr, bits, rows, row_ok, k0, stride, width, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr):
+    cols = k0 // BLOCK + tl.arange(0, BK // BLOCK)
+    tl.store(ptr + rows[:, None] * stride + cols[None, :], bits.to(tl.uint8),
+             mask=row_ok[:, None] & (cols[None, :] < width))
+
+
+@triton.jit
+def _prepare_kernel(
+    x_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, sum_ptr,
+    M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_sum,
+    wb_codes, wb_scales, wr_codes, wr_scales,
+    MX: tl.constexpr, HAS_S: tl.constexpr,
+    MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
+    RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
+    BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, KP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    s = tl.load(s_ptr + rows * stride_s, mask=row_ok, other=1.0)  # (BLOCK_M,) FP32; unused without HAS_S
+    for k0 in range(0, KP, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        ok = row_ok[:, None] & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        if HAS_S:
+            xs = _div_rn(x, s[:, None])
+        else:
+            xs = x
+        if MASK != 0:
+            b = _apply_mask(xs, BLOCK_M, BLOCK_K, MASK, MASK_N, MASK_M)
+        else:
+            b = xs
+        codes, bits, deq_b = _quantize(b, BLOCK_M, BLOCK_K, BB, MX)
+        _store_codes(b_codes, codes, rows, row_ok, k0, stride_bc, wb_codes, BLOCK_M, BLOCK_K)
+        _store_scales(b_scales, bits, rows, row_ok, k0, stride_bs, wb_scales, BLOCK_M, BLOCK_K, BB)
+        total = deq_b
+        if RESIDUAL != 0:
+            if RESIDUAL == 1:
+                r = xs - deq_b
+            else:
+                r = xs - b
+            if RMASK != 0:
+                r = _apply_mask(r, BLOCK_M, BLOCK_K, RMASK, RMASK_N, RMASK_M)
+            r_c, r_bits, deq_r = _quantize(r, BLOCK_M, BLOCK_K, RB, MX)
+            _store_codes(r_codes, r_c, rows, row_ok, k0, stride_rc, wr_codes, BLOCK_M, BLOCK_K)
+            _store_scales(r_scales, r_bits, rows, row_ok, k0, stride_rs, wr_scales, BLOCK_M, BLOCK_K, RB)
+            total = deq_b + deq_r
+        if WRITE_SUM:
+            tl.store(sum_ptr + rows[:, None] * stride_sum + cols[None, :], total, mask=ok)
+
+
+# --- host side -------------------------------------------------------------------------------------
+def _mask_args(spec) -> tuple[int, int, int]:
+    if spec is None:
+        return _MASK_NONE, 1, 1
+    if spec.pairs:
+        return _MASK_PAIRS, 2, 8
+    if spec.m not in (4, 8, 16):
+        raise ValueError(f"the Triton preparation supports N:M masks with M in 4, 8, 16; got {spec.name}")
+    return _MASK_NM, spec.n, spec.m
+
+
+def supports(config: SharqConfig) -> bool:
+    """True when the Triton preparation implements `config` (NVFP4 / MXFP4, M of N:M in 4, 8, 16)."""
+    if config.format not in (Format.NVFP4, Format.MXFP4):
+        return False
+    return all(spec is None or spec.pairs or spec.m in (4, 8, 16) for spec in (config.mask_spec, config.residual_mask_spec))
+
+
+def prepare_activation_triton(
+    x: torch.Tensor, config: SharqConfig, *, with_sum: bool = False, block_m: int = 8, block_k: int = 64
+) -> tuple[PreparedActivation, torch.Tensor | None]:
+    """Prepare x (M, K) like `prepare_activation`, in one Triton kernel; optionally also return
+    the FP32 (M, K) sum deq(B) + deq(R) in the scaled domain."""
+    if not supports(config):
+        raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
+    if x.dim() != 2:
+        raise ValueError(f"prepare_activation_triton expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
+    if block_k % 32:
+        raise ValueError(f"block_k must be a multiple of 32, got {block_k}")
+    m, k = x.shape
+    x = x.contiguous()
+    mx = config.format is Format.MXFP4
+    if config.has_global_scale:
+        s = nvfp4_global_scale(x, config.granularity)  # () or (M, 1), FP32
+        s_rows, stride_s = (s.reshape(1), 0) if s.dim() == 0 else (s.reshape(m).contiguous(), 1)
+    else:
+        s = torch.ones((), dtype=torch.float32, device=x.device)
+        s_rows, stride_s = s.reshape(1), 0
+    bb = config.backbone_block
+    rb = config.residual_block if config.residual is not Residual.NONE else bb
+    kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
+    u8 = dict(dtype=torch.uint8, device=x.device)
+    b_codes, b_scales = torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8)
+    r_codes, r_scales = torch.empty(m, kp_r // 2, **u8), torch.empty(m, kp_r // rb, **u8)
+    total = torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else b_codes
+    mask, mask_n, mask_m = _mask_args(config.mask_spec)
+    rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
+    residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
+    kp = padded_length(max(kp_b, kp_r), block_k)
+    grid = (triton.cdiv(m, block_m),)
+    if m:
+        _prepare_kernel[grid](
+            x, s_rows, b_codes, b_scales, r_codes, r_scales, total,
+            m, k, x.stride(0), stride_s, b_codes.stride(0), b_scales.stride(0), r_codes.stride(0),
+            r_scales.stride(0), total.stride(0) if with_sum else 0,
+            kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
+            MX=mx, HAS_S=config.has_global_scale, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
+            RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
+            WRITE_SUM=with_sum, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
+        )
+    gs = s if config.has_global_scale else None
+
+    def qt(codes, scales, block):
+        return QuantizedTensor(format=config.format, codes=codes, scales=scales, shape=(m, k), block=block, global_scale=gs)
+
+    backbone = qt(b_codes, b_scales, bb)
+    residual_qt = qt(r_codes, r_scales, rb) if config.residual is not Residual.NONE else None
+    return PreparedActivation(backbone, residual_qt, s), (total if with_sum else None)

@@ -1,0 +1,128 @@
+"""Triton fused preparation == reference, bit for bit (codes, scales, global scales, FP32 sum).
+
+Without a GPU the kernel runs under TRITON_INTERPRET=1 at small shapes; `-m gpu` runs the same
+checks compiled on CUDA at larger shapes. There is no fallback inside `prepare_activation_triton`:
+what it returns was written by the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
+triton = pytest.importorskip("triton")
+
+from sharq import PRESETS, SharqConfig  # noqa: E402
+from sharq.kernels.prepare_fp4 import prepare_activation_triton, supports  # noqa: E402
+from sharq.sparse.decompose import prepare_activation  # noqa: E402
+
+KERNEL_PRESETS = [p for p, c in PRESETS.items() if c.quantizes and supports(c)]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equal values, NaN matching NaN (payloads aside); ±Inf and ±0 must match exactly."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(
+        a.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf")).view(torch.int32),
+        b.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf")).view(torch.int32))
+
+
+def _check(x: torch.Tensor, config: SharqConfig, **kw) -> None:
+    got, total = prepare_activation_triton(x, config, with_sum=True, **kw)
+    ref = prepare_activation(x, config)
+    pairs = [(got.backbone, ref.backbone)]
+    if ref.residual is not None:
+        pairs.append((got.residual, ref.residual))
+    else:
+        assert got.residual is None
+    for g, r in pairs:
+        assert torch.equal(g.codes, r.codes), "codes"
+        assert torch.equal(g.scales, r.scales), "scales"
+        assert g.shape == r.shape and g.block == r.block
+    assert _same(got.global_scale, ref.global_scale)
+    want = ref.backbone.dequantize(apply_global_scale=False)
+    if ref.residual is not None:
+        want = want + ref.residual.dequantize(apply_global_scale=False)
+    assert _same(total, want), "deq(B) + deq(R)"
+
+
+def _outliers(m: int, k: int, seed: int, dtype=torch.bfloat16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.exp(torch.randn(1, k, generator=g))
+    hot = torch.randperm(k, generator=g)[: max(1, k // 64)]
+    x[:, hot] *= 40.0
+    return x.to(dtype)
+
+
+def test_kernel_presets_cover_nvfp4_and_mxfp4():
+    assert {"nvfp4", "mxfp4", "sharq-nvfp4", "sharq-nvfp4-w16", "sharq-mxfp4", "sparse-only", "dense-dense",
+            "sparse-sparse", "naive-residual"} <= set(KERNEL_PRESETS)
+    assert not supports(PRESETS["sharq-hif4"]) and not supports(PRESETS["hif4"])
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+@pytest.mark.parametrize("preset", KERNEL_PRESETS)
+def test_bit_exact_random_and_outliers(preset, granularity):
+    config = PRESETS[preset].replace(granularity=granularity)
+    _check(_outliers(7, 160, seed=1), config)
+    _check(torch.randn(3, 64, generator=torch.Generator().manual_seed(2)), config)
+
+
+@pytest.mark.parametrize("shape", [(1, 32), (5, 40), (9, 200), (2, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_bit_exact_odd_shapes_and_dtypes(shape, dtype):
+    for preset in ("sharq-nvfp4", "sharq-mxfp4", "nvfp4"):
+        _check(_outliers(*shape, seed=3, dtype=dtype), PRESETS[preset])
+
+
+@pytest.mark.parametrize("mask", ["2:4", "4:8", "8:16", "pair4of8"])
+def test_bit_exact_other_masks(mask):
+    config = SharqConfig(format="nvfp4", mask=mask, residual="quantized", backbone_block=32, residual_block=16,
+                         weight_block=32)
+    _check(_outliers(6, 96, seed=4), config)
+
+
+def test_ties_zeros_and_extremes():
+    config = PRESETS["sharq-nvfp4"]
+    x = torch.zeros(6, 64)
+    x[1] = 1.0  # all equal: ties go to the lower index
+    x[2, ::2] = -3.0  # pair ties
+    x[3] = torch.linspace(-1e-30, 1e-30, 64)  # scales deep in E4M3 subnormals after s_x
+    x[4, 0] = 3e38  # huge
+    x[4, 1:] = 1e-3
+    x[5] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] * 8)  # every E2M1 tie
+    for g in ("tensor", "token"):
+        _check(x, config.replace(granularity=g))
+        _check(x, PRESETS["sharq-mxfp4"])
+        _check(x, PRESETS["nvfp4"].replace(granularity=g))
+
+
+def test_non_finite_input_matches_reference():
+    x = _outliers(4, 64, seed=5, dtype=torch.float32)
+    x[1, 3] = float("nan")
+    x[2, 10] = float("inf")
+    for preset in ("sharq-nvfp4", "sharq-mxfp4"):
+        _check(x, PRESETS[preset].replace(granularity="token"))
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="does not implement hif4"):
+        prepare_activation_triton(torch.randn(2, 64), PRESETS["sharq-hif4"])
+    with pytest.raises(ValueError, match="2-D"):
+        prepare_activation_triton(torch.randn(2, 3, 64), PRESETS["sharq-nvfp4"])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        prepare_activation_triton(torch.randn(2, 64), PRESETS["sharq-nvfp4"], block_k=48)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", KERNEL_PRESETS)
+def test_bit_exact_on_cuda_full_shapes(preset):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    for granularity in ("tensor", "token"):
+        config = PRESETS[preset].replace(granularity=granularity)
+        for m, k in ((1, 4096), (257, 4096), (64, 14336), (33, 576)):
+            _check(_outliers(m, k, seed=m, dtype=torch.bfloat16).cuda(), config, block_m=16, block_k=128)
