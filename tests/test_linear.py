@@ -327,11 +327,13 @@ def test_errors():
             lin.weight[2, 5] = bad
         with pytest.raises(ValueError, match="layers.0.k_proj"):
             SharqLinear.from_float(lin, cfg, name="layers.0.k_proj")
-    with pytest.raises(NotImplementedError):
-        triton_layer = SharqLinear.from_float(make_linear(64, 8), cfg.replace(backend="triton"))
+    hif4 = PRESETS["sharq-hif4"]
+    with pytest.raises(NotImplementedError, match="does not implement hif4"):
+        triton_layer = SharqLinear.from_float(make_linear(64, 8), hif4.replace(backend="triton"))
         triton_layer(torch.randn(2, 64))
-    with pytest.raises(NotImplementedError):
-        sharq_linear(torch.randn(2, 64), layer.quantized_weight, None, cfg.replace(backend="triton"))
+    hif4_layer = SharqLinear.from_float(make_linear(64, 8), hif4)
+    with pytest.raises(NotImplementedError, match="does not implement hif4"):
+        sharq_linear(torch.randn(2, 64), hif4_layer.quantized_weight, None, hif4.replace(backend="triton"))
 
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-hif4"])

@@ -8,7 +8,6 @@ from torch import nn
 
 pytest.importorskip("transformers")
 
-import sharq.nn.shared_input as shared_input_mod  # noqa: E402
 import sharq.ops as ops_mod  # noqa: E402
 from sharq import PRESETS, SharqConfig, SharqLinear, sqnr_db  # noqa: E402
 from sharq.models import quantize_  # noqa: E402
@@ -126,14 +125,13 @@ def test_preparation_runs_once_per_shared_input(arch, monkeypatch):
     model = tiny_model(arch)
     report = quantize_(model, "sharq-nvfp4")
     calls = []
-    real = shared_input_mod.prepare_activation
+    real = ops_mod.prepare_activation
 
     def counting(x, config):
         calls.append(tuple(x.shape))
         return real(x, config)
 
-    monkeypatch.setattr(shared_input_mod, "prepare_activation", counting)
-    monkeypatch.setattr(ops_mod, "prepare_activation", counting)
+    monkeypatch.setattr(ops_mod, "prepare_activation", counting)  # every preparation goes through ops
     groups = {
         m.shared_input for m in model.modules() if isinstance(m, (SharqLinear, SharqExperts)) and m.shared_input
     }

@@ -50,7 +50,7 @@ def _eval_settings(args: argparse.Namespace):
     return EvalSettings(
         model=args.model, presets=tuple(presets), granularities=args.granularity, tasks=tuple(tasks),
         limit=args.limit, ppl_tokens=args.ppl_tokens, seq_len=args.seq_len, device=args.device,
-        dtype=args.dtype, batch_tokens=args.batch_tokens, ppl_batch=args.ppl_batch,
+        dtype=args.dtype, batch_tokens=args.batch_tokens, ppl_batch=args.ppl_batch, backend=args.backend,
     )
 
 
@@ -87,6 +87,8 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                    help="model dtype (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--backend", choices=("auto", "reference", "triton"), default="auto",
+                   help="activation preparation: reference (auto) or the fused Triton kernel (CUDA)")
     p.add_argument("--batch-tokens", type=_positive_int, help="padded tokens per scoring batch")
     p.add_argument("--ppl-batch", type=_positive_int, help="windows per perplexity batch")
     p.add_argument("--out", default="results", help="results folder (default results/)")

@@ -1,28 +1,58 @@
 """Functional API: weight quantization and the SharQ linear (SPEC §6–7), dispatched by backend.
 
-Only the reference backend exists in this version; asking for another one is an error, never a
-silent fallback.
+The activation preparation runs on the reference or, with backend="triton", in the fused Triton
+kernel (bit-identical); the GEMM is torch's either way in this version. Asking for a backend that
+cannot run is an error, never a silent fallback.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from .config import Backend, Format, SharqConfig
 from .formats.quantized import QuantizedTensor
 from .formats.registry import quantize
-from .sparse.decompose import PreparedActivation, prepare_activation
+from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
 
-__all__ = ["resolve_backend", "quantize_weight", "weight_scale_views", "linear_from_prepared", "sharq_linear"]
+__all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views", "linear_from_prepared", "sharq_linear"]
 
 
 def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
-    """The backend that runs `config` on `device`. AUTO picks the reference in this version."""
-    if config.backend is Backend.TRITON:
+    """The backend that runs `config` on `device`; never a silent substitute.
+
+    AUTO picks the reference (the Triton kernels become the CUDA default once verified on the GPU).
+    TRITON needs a format the kernels implement (NVFP4, MXFP4), triton installed, and a CUDA device
+    — or TRITON_INTERPRET=1 set before the kernels were imported (CPU, for tests).
+    """
+    if config.backend is not Backend.TRITON:
+        return Backend.REFERENCE
+    try:
+        from .kernels.prepare_fp4 import supports
+    except ImportError as err:
+        raise NotImplementedError(f"backend='triton' needs the triton package ({err})") from None
+    if not supports(config):
         raise NotImplementedError(
-            "backend='triton' is not available in this version of sharq; use backend='reference' or 'auto'"
+            f"backend='triton' does not implement {config.format.value} with mask {config.mask}; "
+            "use backend='reference' or 'auto'"
         )
-    return Backend.REFERENCE
+    if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise NotImplementedError(f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1), got {device}")
+    return Backend.TRITON
+
+
+def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
+    """The preparation of a 2-D activation (M, K) on `config`'s backend (`prepare_activation`'s
+    numerics, bit for bit, on either)."""
+    if resolve_backend(config, x.device) is Backend.TRITON:
+        from .kernels.prepare_fp4 import prepare_activation_triton
+
+        check_activation(x)
+        if config.check_finite and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
+        return prepare_activation_triton(x, config)[0]
+    return prepare_activation(x, config)
 
 
 def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTensor:
@@ -105,6 +135,6 @@ def sharq_linear(
     resolve_backend(config, x.device)
     k = x.shape[-1]
     if prepared is None:
-        prepared = prepare_activation(x.reshape(-1, k), config)  # (M, K) terms
+        prepared = prepare(x.reshape(-1, k), config)  # (M, K) terms
     y = linear_from_prepared(prepared, weight, bias, x.dtype, one_gemm=one_gemm)
     return y.reshape(*x.shape[:-1], y.shape[-1])

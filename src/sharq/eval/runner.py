@@ -53,6 +53,7 @@ class EvalSettings:
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     batch_tokens: int | None = None  # padded tokens per scoring batch (None: 32768 cuda / 4096 cpu)
     ppl_batch: int | None = None  # windows per perplexity batch (None: 8 cuda / 1 cpu)
+    backend: str = "auto"  # SharqConfig.backend of every run ("triton": the fused preparation kernel)
 
     def resolved(self) -> "EvalSettings":
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -180,7 +181,7 @@ def evaluate(
             log(f"{preset} ({granularity}): already in {json_path}, skipped")
             continue
         start = time.perf_counter()
-        config = SharqConfig.from_preset(preset, granularity=granularity)
+        config = SharqConfig.from_preset(preset, granularity=granularity, backend=settings.backend)
         model = copy.deepcopy(base).to(settings.device)
         quantize_(model, config)
         rows, extra = [], []

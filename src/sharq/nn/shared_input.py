@@ -17,14 +17,15 @@ from __future__ import annotations
 import torch
 
 from ..config import SharqConfig
-from ..sparse.decompose import PreparedActivation, prepare_activation
+from ..ops import prepare
+from ..sparse.decompose import PreparedActivation
 
 __all__ = ["SharedPreparation", "prepare_rows"]
 
 
 def prepare_rows(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
     """Prepare `x` (..., K) as a 2-D activation (M, K), M = x.numel() // K (the layers' layout)."""
-    return prepare_activation(x.reshape(-1, x.shape[-1]), config)
+    return prepare(x.reshape(-1, x.shape[-1]), config)
 
 
 def _same_data(x: torch.Tensor, source: torch.Tensor) -> bool:
