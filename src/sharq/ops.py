@@ -51,7 +51,8 @@ def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
         check_activation(x)
         if config.check_finite and not bool(torch.isfinite(x).all()):
             raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
-        return prepare_activation_triton(x, config)[0]
+        prepared, dense = prepare_activation_triton(x, config, with_sum=True)
+        return prepared._replace(dense=dense)
     return prepare_activation(x, config)
 
 
@@ -101,9 +102,11 @@ def linear_from_prepared(
     """
     sparse_view, dense_view = weight_scale_views(weight)
     s_w = weight.global_scale if weight.global_scale is not None else torch.ones((), device=weight.device)
-    b = prepared.backbone.dequantize(apply_global_scale=False)  # (M, K) fp32
+    b = None if (one_gemm and prepared.dense is not None) else prepared.backbone.dequantize(apply_global_scale=False)
     w_sparse = weight.dequantize(apply_global_scale=False, scale_block=sparse_view)  # (N, K) fp32
-    if prepared.residual is None:
+    if one_gemm and prepared.dense is not None:  # the producer's deq(B) + deq(R), same values
+        acc = prepared.dense @ w_sparse.T
+    elif prepared.residual is None:
         acc = b @ w_sparse.T
     else:
         r = prepared.residual.dequantize(apply_global_scale=False)  # (M, K) fp32

@@ -46,6 +46,9 @@ class PreparedActivation(NamedTuple):
     backbone: QuantizedTensor
     residual: QuantizedTensor | None
     global_scale: torch.Tensor
+    # FP32 (M, K) deq(B) + deq(R) in the scaled domain when the producer computed it anyway (the
+    # Triton kernel does); the one-GEMM linear then reads it instead of dequantizing the codes.
+    dense: torch.Tensor | None = None
 
 
 class Decomposition(NamedTuple):
@@ -146,4 +149,5 @@ def select_rows(prepared: PreparedActivation, rows: torch.Tensor) -> PreparedAct
         _select_rows_qt(prepared.backbone, rows),
         None if prepared.residual is None else _select_rows_qt(prepared.residual, rows),
         gs if gs.dim() == 0 else gs[rows],
+        None if prepared.dense is None else prepared.dense[rows],
     )
