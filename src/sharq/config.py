@@ -279,3 +279,9 @@ PRESETS: dict[str, SharqConfig] = {
     "sparse-sparse": _SHARQ_NVFP4.replace(residual_mask="pair4of8"),
     "naive-residual": _SHARQ_NVFP4.replace(residual=Residual.NAIVE),
 }
+
+
+def preset_name(config: SharqConfig) -> str | None:
+    """The PRESETS key `config` is, ignoring granularity, backend and check_finite; None if custom."""
+    base = config.replace(granularity="tensor", backend="auto", check_finite=False)
+    return next((name for name, preset in PRESETS.items() if preset == base), None)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from ..config import SharqConfig
+from ..config import SharqConfig, preset_name
 from ..nn.experts import SharqExperts, expert_projections
 from ..nn.fused_norm import FusedRMSNormPrep
 from ..nn.linear import SharqLinear
@@ -136,10 +136,7 @@ def _plan_decoder(model: nn.Module, arch: DecoderArchitecture) -> _Plan:
 
 
 def _preset_of(config: SharqConfig) -> str | None:
-    from ..config import PRESETS
-
-    base = config.replace(granularity="tensor", backend="auto", check_finite=False)
-    name = next((n for n, p in PRESETS.items() if p == base), None)
+    name = preset_name(config)
     if name is not None and config.granularity.value != "tensor":
         name = f"{name} ({config.granularity.value})"
     return name

@@ -31,6 +31,7 @@ from ..formats.quantized import QuantizedTensor
 from ..ops import linear_from_prepared, quantize_weight, resolve_backend
 from ..sparse.decompose import check_activation, select_rows
 from .shared_input import SharedPreparation, prepare_rows
+from .weight_storage import buffers, store_weight, weight_view
 
 __all__ = ["SharqExperts", "expert_projections"]
 
@@ -142,31 +143,14 @@ class SharqExperts(nn.Module):
                     qt = quantize_weight(weights[proj][idx], config)
                 except ValueError as err:
                     raise ValueError(f"{label}: {err}") from None
-                getattr(module, f"{proj}_codes")[idx].copy_(qt.codes)
-                getattr(module, f"{proj}_scales")[idx].copy_(qt.scales)
-                if qt.global_scale is not None:
-                    getattr(module, f"{proj}_global_scale")[idx] = qt.global_scale.reshape(()).view(torch.int32)
-                if qt.exponents8 is not None:
-                    getattr(module, f"{proj}_exponents8")[idx].copy_(qt.exponents8)
-                    getattr(module, f"{proj}_exponents4")[idx].copy_(qt.exponents4)
+                store_weight(buffers(module, proj, idx), qt)
             if f"{proj}_bias" in weights:
                 getattr(module, f"{proj}_bias").data.copy_(weights[f"{proj}_bias"])
         return module
 
     def expert_weight(self, proj: str, idx: int) -> QuantizedTensor:
         """Expert `idx`'s packed `proj` weight ("gate" | "up" | "down") as a QuantizedTensor (views)."""
-        gs = getattr(self, f"{proj}_global_scale", None)
-        e8, e4 = getattr(self, f"{proj}_exponents8", None), getattr(self, f"{proj}_exponents4", None)
-        return QuantizedTensor(
-            format=self.config.format,
-            codes=getattr(self, f"{proj}_codes")[idx],
-            scales=getattr(self, f"{proj}_scales")[idx],
-            shape=self._shapes()[proj],
-            block=self.config.weight_block,
-            global_scale=None if gs is None else gs[idx].view(torch.float32),
-            exponents8=None if e8 is None else e8[idx],
-            exponents4=None if e4 is None else e4[idx],
-        )
+        return weight_view(buffers(self, proj, idx), self.config.format, self._shapes()[proj], self.config.weight_block)
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         label = self.name or "SharqExperts"

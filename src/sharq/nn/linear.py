@@ -18,19 +18,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import PRESETS, Format, SharqConfig
+from ..config import Format, SharqConfig, preset_name
 from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
 from ..ops import quantize_weight, resolve_backend, sharq_linear
 from ..sparse.decompose import check_activation
 from .shared_input import SharedPreparation
+from .weight_storage import buffers, store_weight, weight_view
 
 __all__ = ["SharqLinear"]
-
-
-def _preset_name(config: SharqConfig) -> str | None:
-    base = config.replace(granularity="tensor", backend="auto", check_finite=False)
-    return next((name for name, preset in PRESETS.items() if preset == base), None)
 
 
 class SharqLinear(nn.Module):
@@ -105,13 +101,7 @@ class SharqLinear(nn.Module):
             qt = quantize_weight(weight, config)
         except ValueError as err:
             raise ValueError(f"{module._label()}: {err}") from None
-        module.weight_codes.copy_(qt.codes)
-        module.weight_scales.copy_(qt.scales)
-        if qt.global_scale is not None:
-            module.weight_global_scale.copy_(qt.global_scale.reshape(()).view(torch.int32))
-        if qt.exponents8 is not None:
-            module.weight_exponents8.copy_(qt.exponents8)
-            module.weight_exponents4.copy_(qt.exponents4)
+        store_weight(buffers(module, "weight"), qt)
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
         return module
@@ -120,19 +110,8 @@ class SharqLinear(nn.Module):
     @property
     def quantized_weight(self) -> QuantizedTensor:
         """The packed weight as a `QuantizedTensor` (views of the buffers, no copy)."""
-        global_scale = None
-        if self.config.format is Format.NVFP4:
-            global_scale = self.weight_global_scale.view(torch.float32)
-        return QuantizedTensor(
-            format=self.config.format,
-            codes=self.weight_codes,
-            scales=self.weight_scales,
-            shape=(self.out_features, self.in_features),
-            block=self.config.weight_block,
-            global_scale=global_scale,
-            exponents8=getattr(self, "weight_exponents8", None),
-            exponents4=getattr(self, "weight_exponents4", None),
-        )
+        return weight_view(buffers(self, "weight"), self.config.format, (self.out_features, self.in_features),
+                           self.config.weight_block)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight the layer multiplies, s_w · deq(Wq), as (N, K) in `dtype`."""
@@ -166,7 +145,7 @@ class SharqLinear(nn.Module):
         return sharq_linear(x, self.quantized_weight, self.bias, self.config, prepared=prepared, one_gemm=True)
 
     def extra_repr(self) -> str:
-        preset = _preset_name(self.config)
+        preset = preset_name(self.config)
         cfg = self.config
         parts = [
             f"in_features={self.in_features}",

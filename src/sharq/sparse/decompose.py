@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..config import Format, Residual, SharqConfig
+from ..config import Residual, SharqConfig
 from ..formats.nvfp4 import nvfp4_global_scale
 from ..formats.quantized import QuantizedTensor
 from ..formats.registry import quantize
