@@ -28,15 +28,17 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
     """
     if config.backend is not Backend.TRITON:
         return Backend.REFERENCE
-    try:
-        from .kernels.prepare_fp4 import supports
-    except ImportError as err:
-        raise NotImplementedError(f"backend='triton' needs the triton package ({err})") from None
+    from .kernels import supports
+
     if not supports(config):
         raise NotImplementedError(
             f"backend='triton' does not implement {config.format.value} with mask {config.mask}; "
             "use backend='reference' or 'auto'"
         )
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        raise NotImplementedError(f"backend='triton' needs the triton package ({err})") from None
     if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise NotImplementedError(f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1), got {device}")
     return Backend.TRITON

@@ -2,6 +2,20 @@
 
   prepare_fp4.prepare_activation_triton   twin of sparse.decompose.prepare_activation (NVFP4, MXFP4)
 
-Not yet dispatched by `backend="auto"`: the kernels are verified bit-exact under the interpreter;
-they become the CUDA default once verified on the GPU.
+`backend="auto"` does not dispatch to them yet: they are verified bit-exact under the interpreter
+and become the CUDA default once verified on the GPU. This module imports no triton.
 """
+
+from __future__ import annotations
+
+from ..config import Format, SharqConfig
+
+__all__ = ["supports"]
+
+
+def supports(config: SharqConfig) -> bool:
+    """True when the Triton preparation implements `config` (NVFP4 / MXFP4, M of N:M in 4, 8, 16)."""
+    if config.format not in (Format.NVFP4, Format.MXFP4):
+        return False
+    specs = (config.mask_spec, config.residual_mask_spec)
+    return all(spec is None or spec.pairs or spec.m in (4, 8, 16) for spec in specs)

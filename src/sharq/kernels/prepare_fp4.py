@@ -34,6 +34,7 @@ from ..formats.blocks import padded_length
 from ..formats.nvfp4 import nvfp4_global_scale
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
+from . import supports
 
 __all__ = ["prepare_activation_triton", "supports"]
 
@@ -235,13 +236,6 @@ def _mask_args(spec) -> tuple[int, int, int]:
     if spec.m not in (4, 8, 16):
         raise ValueError(f"the Triton preparation supports N:M masks with M in 4, 8, 16; got {spec.name}")
     return _MASK_NM, spec.n, spec.m
-
-
-def supports(config: SharqConfig) -> bool:
-    """True when the Triton preparation implements `config` (NVFP4 / MXFP4, M of N:M in 4, 8, 16)."""
-    if config.format not in (Format.NVFP4, Format.MXFP4):
-        return False
-    return all(spec is None or spec.pairs or spec.m in (4, 8, 16) for spec in (config.mask_spec, config.residual_mask_spec))
 
 
 def prepare_activation_triton(
