@@ -7,6 +7,7 @@ cannot run is an error, never a silent fallback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -35,10 +36,8 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
             f"backend='triton' does not implement {config.format.value} with mask {config.mask}; "
             "use backend='reference' or 'auto'"
         )
-    try:
-        import triton  # noqa: F401
-    except ImportError as err:
-        raise NotImplementedError(f"backend='triton' needs the triton package ({err})") from None
+    if importlib.util.find_spec("triton") is None:
+        raise NotImplementedError("backend='triton' needs the triton package (pip install 'sharq[kernels]')")
     if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise NotImplementedError(f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1), got {device}")
     return Backend.TRITON
