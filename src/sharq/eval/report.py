@@ -52,10 +52,6 @@ def _with_average(values: dict[tuple[str, str], dict[str, float]]) -> dict[tuple
     return values
 
 
-def _bf16(values, granularity):
-    return values.get(("bf16", "tensor"))
-
-
 def _avg_stderr(doc: dict) -> dict[tuple[str, str], float]:
     """Standard error of each run's zero-shot average (independent tasks: root-sum-square / T)."""
     errs: dict[tuple[str, str], list[float]] = {}
@@ -89,7 +85,7 @@ def gap_recovery(doc: dict) -> dict[tuple[str, str], dict[str, float]]:
         if base is None or base == preset:
             continue
         plain = values.get((base, gran)) or values.get((base, "tensor"))
-        ref = _bf16(values, gran)
+        ref = values.get(("bf16", "tensor"))  # bf16 has no granularity: one reference row
         if plain is None or ref is None:
             continue
         shares = {}
