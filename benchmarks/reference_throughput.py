@@ -1,10 +1,10 @@
-"""Forward throughput of a SmolLM2-135M-shaped model (random weights) per preset, reference backend.
+"""Forward throughput of a SmolLM2-135M-shaped model (random weights) per preset and backend.
 
 Tells how long an accuracy evaluation takes on this machine (the reference backend runs SPEC
 numerics as plain torch ops: many small kernels per linear). bf16 is measured in the same run.
-Writes benchmarks/results/reference-throughput-<gpu>.json.
+Writes benchmarks/results/<backend>-throughput-<gpu>.json.
 
-usage: python benchmarks/reference_throughput.py [--tokens 32768] [--seq 2048]
+usage: python benchmarks/reference_throughput.py [--tokens 32768] [--seq 2048] [--backend reference|triton]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--presets", default="bf16,nvfp4,sharq-nvfp4,sharq-mxfp4,sharq-hif4,sparse-sparse")
+    ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -41,7 +42,8 @@ def main() -> None:
         import copy
 
         model = copy.deepcopy(base).to(device)
-        sharq.quantize_(model, preset)
+        config = sharq.SharqConfig.from_preset(preset)
+        sharq.quantize_(model, config.replace(backend=args.backend) if config.quantizes else config)
         with torch.no_grad():
             model(input_ids=ids[:1, :128], logits_to_keep=1)
             if device == "cuda":
@@ -62,12 +64,12 @@ def main() -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    doc = dict(gpu=gpu, torch=torch.__version__, model="SmolLM2-135M shape, random weights", backend="reference",
+    doc = dict(gpu=gpu, torch=torch.__version__, model="SmolLM2-135M shape, random weights", backend=args.backend,
                rows=rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
-    path = out / f"reference-throughput-{tag}.json"
+    path = out / f"{args.backend}-throughput-{tag}.json"
     path.write_text(json.dumps(doc, indent=1))
     print(f"wrote {path}")
 

@@ -17,7 +17,7 @@ pytest.importorskip("lm_eval")
 
 from sharq.eval import data, runner  # noqa: E402
 from sharq.eval.perplexity import corpus_tokens, perplexity  # noqa: E402
-from sharq.eval.report import gap_recovery, markdown, plot  # noqa: E402
+from sharq.eval.report import gap_recovery, markdown, merge_docs, plot  # noqa: E402
 from sharq.eval.scoring import batches_by_tokens, encode_pairs, score_pairs  # noqa: E402
 from sharq.eval.tasks import TASKS, build_task, run_tasks  # noqa: E402
 
@@ -168,6 +168,24 @@ def test_gap_recovery_formula_and_report(tmp_path):
     assert "| sharq-nvfp4 | tensor |" in text and "50%" in text and "80%" in text
     plot(doc, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_merge_docs_replaces_runs_and_refuses_other_settings():
+    settings = {"model": "m", "seq_len": 64, "limit": None}
+    a = {**_doc({("bf16", "tensor", "piqa"): 0.7, ("nvfp4", "tensor", "piqa"): 0.6}), "settings": settings,
+         "run_seconds": {"bf16/tensor": 1.0}}
+    b = {**_doc({("nvfp4", "tensor", "piqa"): 0.5, ("sharq-nvfp4", "token", "piqa"): 0.65}), "settings": settings,
+         "run_seconds": {"nvfp4/tensor": 2.0}}
+    for row in b["rows"]:
+        row["backend"] = "triton"
+    merged = merge_docs(a, b)
+    values = {(r["preset"], r["granularity"]): r["value"] for r in merged["rows"]}
+    assert values == {("bf16", "tensor"): 0.7, ("nvfp4", "tensor"): 0.5, ("sharq-nvfp4", "token"): 0.65}
+    assert merged["run_seconds"] == {"bf16/tensor": 1.0, "nvfp4/tensor": 2.0}
+    assert len(a["rows"]) == 2 and a["rows"][1]["value"] == 0.6  # inputs untouched
+    assert "triton: nvfp4/tensor, sharq-nvfp4/token" in markdown(merged)
+    with pytest.raises(ValueError, match="different seq_len"):
+        merge_docs(a, {**b, "settings": {**settings, "seq_len": 128}})
 
 
 def test_plan_runs_token_only_where_there_is_a_global_scale():

@@ -124,8 +124,10 @@ def test_bit_exact_on_cuda_full_shapes(preset):
         pytest.skip("needs CUDA")
     for granularity in ("tensor", "token"):
         config = PRESETS[preset].replace(granularity=granularity)
-        for m, k in ((1, 4096), (257, 4096), (64, 14336), (33, 576)):
-            _check(_outliers(m, k, seed=m, dtype=torch.bfloat16).cuda(), config, block_m=16, block_k=128)
+        for m, k in ((1, 4096), (257, 4096), (64, 14336), (33, 576), (2048, 1536)):
+            x = _outliers(m, k, seed=m, dtype=torch.bfloat16).cuda()
+            _check(x, config)  # the default tiles (what quantize_ runs)
+            _check(x, config, block_m=16, block_k=128)
 
 
 def test_backend_triton_runs_the_kernel_and_matches_the_reference_model(monkeypatch):
@@ -145,15 +147,19 @@ def test_backend_triton_runs_the_kernel_and_matches_the_reference_model(monkeypa
         return real(x, config, **kw)
 
     monkeypatch.setattr(kernel_mod, "prepare_activation_triton", counting)
-    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))
-    logits = {}
-    for backend in ("reference", "triton"):
-        model = tiny_model("llama", dtype=torch.float32)
-        quantize_(model, PRESETS["sharq-nvfp4"].replace(backend=backend))
-        with torch.no_grad():
-            logits[backend] = model(input_ids=ids).logits
-    assert len(calls) == 4 * 2  # per layer: q/k/v (shared), o, gate/up (shared), down
-    assert torch.equal(logits["triton"], logits["reference"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0)).to(device)
+    dtypes = (torch.float32, torch.bfloat16) if device == "cuda" else (torch.float32,)
+    for dtype in dtypes:
+        calls.clear()
+        logits = {}
+        for backend in ("reference", "triton"):
+            model = tiny_model("llama", dtype=dtype).to(device)
+            quantize_(model, PRESETS["sharq-nvfp4"].replace(backend=backend))
+            with torch.no_grad():
+                logits[backend] = model(input_ids=ids).logits
+        assert len(calls) == 4 * 2  # per layer: q/k/v (shared), o, gate/up (shared), down
+        assert torch.equal(logits["triton"], logits["reference"]), dtype
 
 
 def test_backend_triton_without_cuda_or_interpreter_is_an_error(monkeypatch):

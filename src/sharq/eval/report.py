@@ -6,6 +6,7 @@
                          plain preset of its format and granularity, per metric
   markdown(doc)          both as Markdown, with the machine and token counts
   plot(doc, path)        PNG: zero-shot average, ppl_wiki and recovered share per run
+  merge_docs(base, ...)  one document from evaluations run in parallel (same model and settings)
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 
 from ..config import PRESETS, Format
 
-__all__ = ["table_rows", "gap_recovery", "gap_within_noise", "markdown", "plot", "write_report", "plain_baseline"]
+__all__ = ["table_rows", "gap_recovery", "gap_within_noise", "markdown", "plot", "write_report", "plain_baseline",
+           "merge_docs"]
 
 SHORT = {
     "ppl_wiki": "wiki ppl", "ppl_lambada": "lambada ppl", "arc_easy": "ARC-e", "arc_challenge": "ARC-c",
@@ -131,6 +133,37 @@ def _n_summary(doc: dict) -> str:
     return ", ".join(f"{SHORT.get(m, m)} n={n}" for m, n in seen.items())
 
 
+def merge_docs(base: dict, *others: dict) -> dict:
+    """One document holding the runs of `base` and `others` (evaluations of the same model with the same
+    metric settings, e.g. run as parallel processes): a run found in a later document replaces the
+    same (preset, granularity) before it. Raises ValueError when model or measurement settings differ."""
+    keys = ("model", "limit", "ppl_tokens", "seq_len", "tasks", "dtype")
+    merged = {**base, "rows": list(base["rows"]), "extra_rows": list(base.get("extra_rows", [])),
+              "run_seconds": dict(base.get("run_seconds", {}))}
+    for doc in others:
+        for key in keys:
+            a, b = base.get("settings", {}).get(key), doc.get("settings", {}).get(key)
+            if a != b:
+                raise ValueError(f"cannot merge evaluations with different {key}: {a!r} vs {b!r}")
+        runs = {(r["preset"], r["granularity"]) for r in doc["rows"]}
+        for field in ("rows", "extra_rows"):
+            kept = [r for r in merged[field] if (r["preset"], r["granularity"]) not in runs]
+            merged[field] = kept + list(doc.get(field, []))
+        merged["run_seconds"].update(doc.get("run_seconds", {}))
+    return merged
+
+
+def _backend_summary(doc: dict) -> str:
+    runs: dict[str, list[str]] = {}
+    for row in doc["rows"]:
+        label = f"{row['preset']}/{row['granularity']}"
+        names = runs.setdefault(row.get("backend", "unrecorded"), [])
+        if label not in names:
+            names.append(label)
+    runs.pop("-", None)
+    return "; ".join(f"{name}: {', '.join(labels)}" for name, labels in runs.items())
+
+
 def markdown(doc: dict) -> str:
     header, body = table_rows(doc)
     machine = doc.get("machine", {})
@@ -141,6 +174,7 @@ def markdown(doc: dict) -> str:
         f"Machine: {where}; torch {machine.get('torch')}, transformers {machine.get('transformers')}, "
         f"lm_eval {machine.get('lm_eval', '-')}, sharq {machine.get('sharq')}; model dtype {machine.get('dtype')}.",
         f"Counts: {_n_summary(doc)}.",
+        f"Backend (the Triton preparation is bit-exact with the reference): {_backend_summary(doc)}.",
         "Zero-shot accuracies in %; ppl lower is better. `recovered` = (m − m_fp4) / (m_bf16 − m_fp4) on the "
         "zero-shot average, against the plain preset of the same format and granularity; not given where that "
         "gap is under two standard errors (too few documents to tell).",

@@ -24,6 +24,7 @@ import torch
 
 from ..config import PRESETS, SharqConfig
 from ..models import quantize_
+from ..ops import resolve_backend
 from .data import lambada_pairs, wiki_texts
 from .packaged import PRETRAINED_CAVEAT, SMOLLM2, load_model
 from .perplexity import corpus_tokens, perplexity
@@ -184,6 +185,7 @@ def evaluate(
         config = SharqConfig.from_preset(preset, granularity=granularity, backend=settings.backend)
         model = copy.deepcopy(base).to(settings.device)
         quantize_(model, config)
+        backend = resolve_backend(config, torch.device(settings.device)).value if config.quantizes else "-"
         rows, extra = [], []
         for metric, tokens in corpora.items():
             total = len(tokens) if settings.ppl_tokens is None else min(settings.ppl_tokens, len(tokens))
@@ -193,7 +195,7 @@ def evaluate(
             bar.close()
             log(f"  {preset} ({granularity}) {metric}: {res.describe()}")
             rows.append(dict(preset=preset, granularity=granularity, metric=metric, value=res.ppl, n=res.tokens,
-                             windows=res.windows, corpus_tokens=res.corpus_tokens))
+                             windows=res.windows, corpus_tokens=res.corpus_tokens, backend=backend))
         if settings.tasks:
             task_results = run_tasks(model, tokenizer, settings.tasks, limit=settings.limit,
                                      max_length=settings.seq_len, max_batch_tokens=settings.batch_tokens,
@@ -201,7 +203,7 @@ def evaluate(
             for task, res in task_results.items():
                 head = HEADLINE_METRIC[task]
                 rows.append(dict(preset=preset, granularity=granularity, metric=task, value=res[head], n=res["n"],
-                                 stderr=res.get(f"{head}_stderr"), lm_eval_metric=head))
+                                 stderr=res.get(f"{head}_stderr"), lm_eval_metric=head, backend=backend))
                 for key, value in res.items():
                     if key not in ("n", head, f"{head}_stderr") and not key.endswith("_stderr"):
                         extra.append(dict(preset=preset, granularity=granularity, metric=f"{task}_{key}",
