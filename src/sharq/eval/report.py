@@ -32,11 +32,20 @@ def plain_baseline(preset: str) -> str | None:
     return None if fmt is Format.NONE else fmt.value
 
 
+def _run_order(run: tuple[str, str]) -> tuple:
+    """Table order: by format (bf16, NVFP4, MXFP4, HiF4), then granularity, then PRESETS order."""
+    preset, granularity = run
+    formats = [Format.NONE, Format.NVFP4, Format.MXFP4, Format.HIF4]
+    fmt = PRESETS[preset].format
+    return (formats.index(fmt) if fmt in formats else len(formats), granularity != "tensor",
+            list(PRESETS).index(preset))
+
+
 def _values(doc: dict) -> dict[tuple[str, str], dict[str, float]]:
     out: dict[tuple[str, str], dict[str, float]] = {}
     for row in doc["rows"]:
         out.setdefault((row["preset"], row["granularity"]), {})[row["metric"]] = row["value"]
-    return out
+    return dict(sorted(out.items(), key=lambda item: _run_order(item[0])))
 
 
 def _zero_shot(metrics: dict[str, float]) -> list[str]:
@@ -184,19 +193,16 @@ def markdown(doc: dict) -> str:
     parts += ["", _md_table(header, body), ""]
     gaps = gap_recovery(doc)
     rows = []
-    for fmt in ("nvfp4", "mxfp4", "hif4"):
-        for gran in ("tensor", "token"):
-            shares = gaps.get((f"sharq-{fmt}", gran))
-            if not shares:
-                continue
-            cells = [f"sharq-{fmt}", gran if PRESETS[fmt].has_global_scale else "-"]
-            noisy = gap_within_noise(doc, (f"sharq-{fmt}", gran))
-            cells += [("" if m not in shares else ("gap within noise" if m == "avg" and noisy else f"{100 * shares[m]:.0f}%"))
-                      for m in ("avg", *PPL)]
-            rows.append(cells)
+    for run in sorted(gaps, key=_run_order):
+        shares = gaps[run]
+        cells = [run[0], run[1] if PRESETS[run[0]].has_global_scale else "-", plain_baseline(run[0])]
+        noisy = gap_within_noise(doc, run)
+        cells += [("" if m not in shares else ("gap within noise" if m == "avg" and noisy else f"{100 * shares[m]:.0f}%"))
+                  for m in ("avg", *PPL)]
+        rows.append(cells)
     if rows:
         parts += ["Share of the plain-FP4 → bf16 gap that SharQ recovers:", "",
-                  _md_table(["run", "gran.", "zero-shot avg", "wiki ppl", "lambada ppl"], rows), ""]
+                  _md_table(["run", "gran.", "against", "zero-shot avg", "wiki ppl", "lambada ppl"], rows), ""]
     return "\n".join(parts)
 
 
