@@ -1,8 +1,10 @@
 """Functional API: weight quantization and the SharQ linear (SPEC §6–7), dispatched by backend.
 
-The activation preparation runs on the reference or, with backend="triton", in the fused Triton
-kernel (bit-identical); the GEMM is torch's either way in this version. Asking for a backend that
-cannot run is an error, never a silent fallback.
+backend="reference": pure torch, the executable SPEC. backend="triton": the fused Triton preparation
+(bit-identical codes and scales) and the Triton FP4-weight GEMM (equal up to FP32 summation order).
+backend="auto" (the default) is Triton on CUDA for the formats the kernels implement (NVFP4, MXFP4),
+the reference otherwise (HiF4, CPU). Asking for a backend that cannot run is an error, never a
+silent fallback.
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ __all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views"
 def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
     """The backend that runs `config` on `device`; never a silent substitute.
 
-    AUTO picks the reference (the Triton kernels become the CUDA default once verified on the GPU).
-    TRITON needs a format the kernels implement (NVFP4, MXFP4), triton installed, and a CUDA device
-    — or TRITON_INTERPRET=1 set before the kernels were imported (CPU, for tests).
+    AUTO picks Triton for a CUDA tensor whose format the kernels implement (and triton installed),
+    the reference otherwise. TRITON needs a format the kernels implement (NVFP4, MXFP4), triton
+    installed, and a CUDA device — or TRITON_INTERPRET=1 set before the kernels were imported (CPU,
+    for tests).
     """
-    if config.backend is not Backend.TRITON:
-        return Backend.REFERENCE
     from .kernels import supports
+
+    if config.backend is Backend.REFERENCE:
+        return Backend.REFERENCE
+    if config.backend is Backend.AUTO:
+        cuda = torch.device(device).type == "cuda"
+        usable = cuda and supports(config) and importlib.util.find_spec("triton") is not None
+        return Backend.TRITON if usable else Backend.REFERENCE
 
     if not supports(config):
         raise NotImplementedError(
@@ -52,8 +60,8 @@ def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
         check_activation(x)
         if config.check_finite and not bool(torch.isfinite(x).all()):
             raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
-        prepared, dense = prepare_activation_triton(x, config, with_sum=True)
-        return prepared._replace(dense=dense)
+        prepared, _ = prepare_activation_triton(x, config, with_terms=True)
+        return prepared
     return prepare_activation(x, config)
 
 
@@ -100,7 +108,13 @@ def linear_from_prepared(
     weight:   quantized (N, K). Returns (M, N) in `out_dtype`.
     one_gemm=True computes (deq(B) + deq(R)) · deq(W)ᵀ — SPEC §7's equal form (up to FP32
     summation order), the Hopper fast path.
+    A preparation from the Triton backend carries bf16 `terms`: the Triton FP4-weight GEMM computes
+    the same sum (one weight pass, two bf16 MMAs, FP32 accumulation, equal up to summation order).
     """
+    if prepared.terms is not None:
+        from .kernels.gemm_fp4 import fp4_weight_gemm
+
+        return fp4_weight_gemm(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
     sparse_view, dense_view = weight_scale_views(weight)
     s_w = weight.global_scale if weight.global_scale is not None else torch.ones((), device=weight.device)
     b = None if (one_gemm and prepared.dense is not None) else prepared.backbone.dequantize(apply_global_scale=False)

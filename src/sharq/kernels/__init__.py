@@ -1,9 +1,9 @@
 """Triton kernels (GPU, or the CPU under TRITON_INTERPRET=1). Each names its reference twin.
 
   prepare_fp4.prepare_activation_triton   twin of sparse.decompose.prepare_activation (NVFP4, MXFP4)
+  gemm_fp4.fp4_weight_gemm                twin of ops.linear_from_prepared's matmul (NVFP4, MXFP4 weights)
 
-`backend="auto"` does not dispatch to them yet: they are verified bit-exact under the interpreter
-and become the CUDA default once verified on the GPU. This module imports no triton.
+`backend="auto"` runs them on CUDA for the formats they implement. This module imports no triton.
 """
 
 from __future__ import annotations

@@ -183,13 +183,13 @@ def _store_scales(ptr, bits, rows, row_ok, k0, stride, width, BM: tl.constexpr, 
 
 @triton.jit
 def _prepare_kernel(
-    x_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, sum_ptr,
-    M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_sum,
+    x_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, sum_ptr, tb_ptr, tr_ptr,
+    M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_sum, stride_t,
     wb_codes, wb_scales, wr_codes, wr_scales,
     MX: tl.constexpr, HAS_S: tl.constexpr,
     MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
     RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, KP: tl.constexpr,
+    BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -212,6 +212,8 @@ def _prepare_kernel(
         _store_codes(b_codes, codes, rows, row_ok, k0, stride_bc, wb_codes, BLOCK_M, BLOCK_K)
         _store_scales(b_scales, bits, rows, row_ok, k0, stride_bs, wb_scales, BLOCK_M, BLOCK_K, BB)
         total = deq_b
+        if WRITE_TERMS:  # exact in bf16: an E2M1 value times its block scale
+            tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], deq_b.to(tl.bfloat16), mask=ok)
         if RESIDUAL != 0:
             if RESIDUAL == 1:
                 r = xs - deq_b
@@ -223,6 +225,8 @@ def _prepare_kernel(
             _store_codes(r_codes, r_c, rows, row_ok, k0, stride_rc, wr_codes, BLOCK_M, BLOCK_K)
             _store_scales(r_scales, r_bits, rows, row_ok, k0, stride_rs, wr_scales, BLOCK_M, BLOCK_K, RB)
             total = deq_b + deq_r
+            if WRITE_TERMS:
+                tl.store(tr_ptr + rows[:, None] * stride_t + cols[None, :], deq_r.to(tl.bfloat16), mask=ok)
         if WRITE_SUM:
             tl.store(sum_ptr + rows[:, None] * stride_sum + cols[None, :], total, mask=ok)
 
@@ -239,10 +243,15 @@ def _mask_args(spec) -> tuple[int, int, int]:
 
 
 def prepare_activation_triton(
-    x: torch.Tensor, config: SharqConfig, *, with_sum: bool = False, block_m: int = 8, block_k: int = 64
+    x: torch.Tensor, config: SharqConfig, *, with_sum: bool = False, with_terms: bool = False,
+    block_m: int = 8, block_k: int = 64,
 ) -> tuple[PreparedActivation, torch.Tensor | None]:
-    """Prepare x (M, K) like `prepare_activation`, in one Triton kernel; optionally also return
-    the FP32 (M, K) sum deq(B) + deq(R) in the scaled domain."""
+    """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
+
+    with_sum:   also return the FP32 (M, K) sum deq(B) + deq(R) in the scaled domain.
+    with_terms: also fill `PreparedActivation.terms` with bf16 (M, K) deq(B) [and deq(R)], the
+                operands of the Triton GEMM (each exact in bf16).
+    """
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
     if x.dim() != 2:
@@ -265,6 +274,9 @@ def prepare_activation_triton(
     b_codes, b_scales = torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8)
     r_codes, r_scales = torch.empty(m, kp_r // 2, **u8), torch.empty(m, kp_r // rb, **u8)
     total = torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else b_codes
+    has_r = config.residual is not Residual.NONE
+    t_b = torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms else b_codes
+    t_r = torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms and has_r else t_b
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
@@ -272,13 +284,13 @@ def prepare_activation_triton(
     grid = (triton.cdiv(m, block_m),)
     if m:
         _prepare_kernel[grid](
-            x, s_rows, b_codes, b_scales, r_codes, r_scales, total,
+            x, s_rows, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r,
             m, k, x.stride(0), stride_s, b_codes.stride(0), b_scales.stride(0), r_codes.stride(0),
-            r_scales.stride(0), total.stride(0) if with_sum else 0,
+            r_scales.stride(0), total.stride(0) if with_sum else 0, t_b.stride(0) if with_terms else 0,
             kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
             MX=mx, HAS_S=config.has_global_scale, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
             RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-            WRITE_SUM=with_sum, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
+            WRITE_SUM=with_sum, WRITE_TERMS=with_terms, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
         )
     gs = s if config.has_global_scale else None
 
@@ -286,5 +298,6 @@ def prepare_activation_triton(
         return QuantizedTensor(format=config.format, codes=codes, scales=scales, shape=(m, k), block=block, global_scale=gs)
 
     backbone = qt(b_codes, b_scales, bb)
-    residual_qt = qt(r_codes, r_scales, rb) if config.residual is not Residual.NONE else None
-    return PreparedActivation(backbone, residual_qt, s), (total if with_sum else None)
+    residual_qt = qt(r_codes, r_scales, rb) if has_r else None
+    terms = ((t_b, t_r) if has_r else (t_b,)) if with_terms else None
+    return PreparedActivation(backbone, residual_qt, s, terms=terms), (total if with_sum else None)

@@ -49,6 +49,9 @@ class PreparedActivation(NamedTuple):
     # FP32 (M, K) deq(B) + deq(R) in the scaled domain when the producer computed it anyway (the
     # Triton kernel does); the one-GEMM linear then reads it instead of dequantizing the codes.
     dense: torch.Tensor | None = None
+    # bf16 (M, K) deq(B) [and deq(R)] in the scaled domain, each exact in bf16, when the Triton
+    # preparation wrote them: the operands of the Triton FP4-weight GEMM.
+    terms: tuple[torch.Tensor, ...] | None = None
 
 
 class Decomposition(NamedTuple):
@@ -150,4 +153,5 @@ def select_rows(prepared: PreparedActivation, rows: torch.Tensor) -> PreparedAct
         None if prepared.residual is None else _select_rows_qt(prepared.residual, rows),
         gs if gs.dim() == 0 else gs[rows],
         None if prepared.dense is None else prepared.dense[rows],
+        None if prepared.terms is None else tuple(t[rows] for t in prepared.terms),
     )

@@ -1,0 +1,148 @@
+"""Per-linear-layer speed at Llama-3.1-8B shapes: bf16, FP8, SharQ (prep + GEMM), SharQ GEMM alone.
+
+Providers, all timed in the same run with `triton.testing.do_bench` (median; L2 flushed before
+every call, so no layer is served from cache):
+  bf16        F.linear(x, W) in bf16 (cuBLAS)
+  fp8         dynamic per-token E4M3 activation quantization (torch ops) + torch._scaled_mm with
+              per-channel E4M3 weight scales, bf16 out — what serving engines call fp8
+  sharq       sharq_linear on the Triton backend: global scale, fused preparation, FP4-weight GEMM
+  sharq-gemm  the FP4-weight GEMM alone, on prepared operands
+  copy        a device-to-device copy of the SharQ weight's bytes (payload + scales): the time the
+              weight stream would take at copy bandwidth
+plus `copy_GBps`: (read + written bytes) / time of a 1 GiB device copy.
+
+usage: python benchmarks/linear.py [--preset sharq-nvfp4] [--granularity tensor] [--m 1,8,...]
+Writes benchmarks/results/linear-<gpu>.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import sharq
+from sharq import PRESETS
+from sharq.kernels.gemm_fp4 import fp4_weight_gemm
+from sharq.ops import prepare, quantize_weight, sharq_linear
+
+LAYERS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+M_VALUES = (1, 8, 16, 64, 256, 1024, 4096, 8192)
+E4M3_MAX = 448.0
+
+
+def _fp8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 weight (N, K) and its per-channel FP32 scales (1, N)."""
+    scale = (w.float().abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp_min(1e-12)
+    return (w.float() / scale).to(torch.float8_e4m3fn), scale.reshape(1, -1).contiguous()
+
+
+def _fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    x_scale = (x.float().abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp_min(1e-12)
+    x8 = (x.float() / x_scale).to(torch.float8_e4m3fn)
+    return torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
+
+
+def _copy_gbps(bench) -> float:
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="sharq-nvfp4")
+    ap.add_argument("--granularity", default="tensor")
+    ap.add_argument("--m", default=",".join(map(str, M_VALUES)))
+    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    import triton
+    from triton.testing import do_bench
+
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/linear.py needs a CUDA GPU")
+
+    def bench(fn) -> float:
+        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+    config = PRESETS[args.preset].replace(granularity=args.granularity, backend="triton")
+    copy_gbps = _copy_gbps(bench)
+    print(f"device copy: {copy_gbps:.0f} GB/s (read + written)")
+    rows = []
+    torch.manual_seed(0)
+    for layer in args.layers.split(","):
+        n, k = LAYERS[layer]
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        wq = quantize_weight(w, config)
+        w8, w8_scale = _fp8_weight(w)
+        weight_bytes = wq.nbytes
+        blob = torch.empty(weight_bytes, dtype=torch.uint8, device="cuda")
+        blob_dst = torch.empty_like(blob)
+        for m in map(int, args.m.split(",")):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            prepared = prepare(x, config)
+            providers = {
+                "bf16": lambda: F.linear(x, w),
+                "fp8": lambda: _fp8_linear(x, w8, w8_scale),
+                "sharq": lambda: sharq_linear(x, wq, None, config),
+                "sharq-gemm": lambda: fp4_weight_gemm(prepared.terms, prepared.global_scale, wq, None, torch.bfloat16),
+                "copy": lambda: blob_dst.copy_(blob),
+            }
+            line = []
+            for name, fn in providers.items():
+                ms = bench(fn)
+                rows.append(dict(layer=layer, M=m, N=n, K=k, provider=name, median_ms=ms))
+                line.append(f"{name} {ms * 1e3:8.1f}us")
+            base = rows[-5]["median_ms"]
+            print(f"{layer:8s} M={m:5d}  " + "  ".join(line) +
+                  f"  | sharq {base / rows[-3]['median_ms']:.2f}x bf16, fp8 {base / rows[-4]['median_ms']:.2f}x bf16"
+                  f", weight stream {weight_bytes / (rows[-2]['median_ms'] * 1e-3) / 1e9:.0f} GB/s", flush=True)
+        del w, wq, w8, blob, blob_dst
+        torch.cuda.empty_cache()
+    gpu = torch.cuda.get_device_name()
+    doc = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, sharq=sharq.__version__,
+               preset=args.preset, granularity=args.granularity, copy_GBps=copy_gbps,
+               timing="triton.testing.do_bench median, L2 flushed before each call, no CUDA graph", rows=rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
+    path = out / f"linear-{tag}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    _plot(doc, path.with_suffix(".png"))
+    print(f"wrote {path} and .png")
+
+
+def _plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(dict.fromkeys(r["layer"] for r in doc["rows"]))
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        rows = [r for r in doc["rows"] if r["layer"] == layer]
+        ms = sorted({r["M"] for r in rows})
+        t = {(r["provider"], r["M"]): r["median_ms"] for r in rows}
+        for provider in ("fp8", "sharq", "sharq-gemm"):
+            ax.plot(ms, [t[("bf16", m)] / t[(provider, m)] for m in ms], marker="o", label=provider)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{layer} ({rows[0]['N']}×{rows[0]['K']})")
+        ax.set_xlabel("M (tokens)")
+        ax.set_ylabel("speed-up over bf16")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{doc['preset']} ({doc['granularity']}) linear layers, {doc['gpu']}, torch {doc['torch']}, "
+                 f"triton {doc['triton']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""FP4-weight GEMM in Triton: y = s_x · s_w · Σ_t (T_t · deq(Wq)ᵀ) + bias, on bf16 tensor cores.
+
+Operands
+  terms   1 or 2 bf16 (M, K) activation terms in the scaled domain, as the Triton preparation
+          writes them: deq(B) and deq(R). Each is exact in bf16 (an E2M1 value times an E4M3 or
+          E8M0 scale has at most 6 significant bits); their sum is not, so the two terms are two
+          MMAs on one weight tile that is loaded and dequantized once (SPEC §7, FP32 accumulate).
+  weight  the packed E2M1 payload (N, Kp/2) uint8, element 2i in the low nibble, and its block
+          scales (N, Kp/WB) uint8: E4M3 (NVFP4, WB 16 or 32, one FP32 s_w) or E8M0 (MXFP4, WB 32).
+  s_x     FP32, one per tensor or one per row (M, 1); s_w FP32 () (NVFP4) — applied in the
+          epilogue as (s_x · s_w) · acc, then + bias, then cast: the reference's order.
+
+The weight tile is dequantized in registers with exact bit operations: a code's 3 magnitude bits
+placed in a float16's exponent/mantissa give value · 2^-14 (normal and subnormal codes alike),
+an E4M3 scale's 7 bits likewise give scale · 2^-8; their FP32 product times 2^22 is exact, and so
+is the cast to bf16. Nothing is rounded before the MMA.
+
+Two tilings of the same kernel: small M (decode, M ≤ 16: BLOCK_M 16, narrow N tiles so every SM
+streams weights) and large M (prefill: 128×128 tiles, grouped launch order for L2 reuse).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from ..config import Format
+from ..formats.quantized import QuantizedTensor
+
+__all__ = ["fp4_weight_gemm", "gemm_supports"]
+
+
+def gemm_supports(weight: QuantizedTensor) -> bool:
+    """True when the kernel reads this weight: NVFP4 (16/32 blocks) or MXFP4 (32 blocks), 2-D."""
+    return len(weight.shape) == 2 and (
+        (weight.format is Format.NVFP4 and weight.block in (16, 32))
+        or (weight.format is Format.MXFP4 and weight.block == 32)
+    )
+
+
+@triton.jit
+def _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WB: tl.constexpr, MX: tl.constexpr):
+    """bf16 (BLOCK_N, BLOCK_K) dequantized weight tile (scaled domain, s_w not applied)."""
+    kc = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(wc_ptr + offs_n[:, None] * stride_wc + kc[None, :],
+                     mask=n_ok[:, None] & (kc[None, :] < KW), other=0).to(tl.int16)
+    codes = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_N, BLOCK_K))  # low nibble first
+    mag16 = (((codes & 8) << 12) | ((codes & 7) << 9)).to(tl.float16, bitcast=True)  # e2m1 · 2^-14
+    ks = k0 // WB + tl.arange(0, BLOCK_K // WB)
+    bits = tl.load(ws_ptr + offs_n[:, None] * stride_ws + ks[None, :],
+                   mask=n_ok[:, None] & (ks[None, :] < KS), other=0).to(tl.int32)
+    if MX:  # E8M0: 2^(bits - 127); bits 0 is 2^-127 (an FP32 subnormal)
+        scale = tl.where(bits == 0, 2.0**-127, ((tl.maximum(bits, 1)) << 23).to(tl.float32, bitcast=True))
+        scale = scale * 16384.0
+    else:  # E4M3 (finite: weights are checked before quantization): scale · 2^-8 as a float16
+        scale = ((bits & 0x7F) << 7).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 4194304.0
+    scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_N, BLOCK_K // WB, WB)), (BLOCK_N, BLOCK_K))
+    return (mag16.to(tl.float32) * scale).to(tl.bfloat16)
+
+
+@triton.jit
+def _fp4_weight_gemm_kernel(
+    a_ptr, r_ptr, wc_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
+    M, N, K, KW, KS, stride_a, stride_r, stride_wc, stride_ws, stride_sx, stride_y,
+    TWO: tl.constexpr, MX: tl.constexpr, WB: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * grid_n  # grouped order: GROUP_M row tiles share each weight tile in L2
+    first_m = (pid // group) * GROUP_M
+    rows_in_group = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % rows_in_group
+    pid_n = (pid % group) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        a_ok = m_ok[:, None] & (offs_k[None, :] < K)
+        w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
+        wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
+        a = tl.load(a_ptr + offs_m[:, None] * stride_a + offs_k[None, :], mask=a_ok, other=0.0)
+        if DOT_F32:  # the interpreter multiplies bf16 tiles as raw bits; FP32 holds the same values
+            wt = wt.to(tl.float32)
+            a = a.to(tl.float32)
+        acc = tl.dot(a, wt, acc)
+        if TWO:
+            r = tl.load(r_ptr + offs_m[:, None] * stride_r + offs_k[None, :], mask=a_ok, other=0.0)
+            if DOT_F32:
+                r = r.to(tl.float32)
+            acc = tl.dot(r, wt, acc)
+
+    sx = tl.load(sx_ptr + offs_m * stride_sx, mask=m_ok, other=1.0)
+    if HAS_SW:
+        s = sx * tl.load(sw_ptr)
+    else:
+        s = sx
+    y = s[:, None] * acc
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_y + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _tiles(m: int, n: int) -> dict:
+    """Launch tiling by M (a starting table; benchmarks/linear.py measures it)."""
+    if m <= 16:
+        return dict(BLOCK_M=16, BLOCK_N=32 if n <= 8192 else 64, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
+    if m <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+
+
+def fp4_weight_gemm(
+    terms: Sequence[torch.Tensor],
+    s_x: torch.Tensor,
+    weight: QuantizedTensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    *,
+    tiles: dict | None = None,
+) -> torch.Tensor:
+    """y (M, N) = (s_x · s_w) · Σ_t terms[t] · deq(weight)ᵀ + bias, FP32 accumulation, in `out_dtype`.
+
+    terms: 1 or 2 bf16 (M, K) tensors (scaled domain); s_x: FP32 () or (M, 1); weight: NVFP4 or
+    MXFP4 (N, K). `tiles` overrides the launch tiling (tests, benchmarks).
+    """
+    if not gemm_supports(weight):
+        raise ValueError(f"the Triton GEMM reads 2-D NVFP4-16/32 or MXFP4-32 weights, got {weight.format.value}-"
+                         f"{weight.block} of shape {weight.shape}")
+    if not 1 <= len(terms) <= 2:
+        raise ValueError(f"fp4_weight_gemm takes 1 or 2 activation terms, got {len(terms)}")
+    n, k = weight.shape
+    a = terms[0]
+    for t in terms:
+        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.shape != a.shape or t.shape[1] != k:
+            raise ValueError(f"activation terms must be bf16 (M, {k}) tensors of one shape, got "
+                             f"{[(tuple(x.shape), x.dtype) for x in terms]}")
+        if t.device != weight.device:
+            raise ValueError(f"activation on {t.device}, weight on {weight.device}")
+    if a.stride(1) != 1 or terms[-1].stride(1) != 1:
+        raise ValueError("activation terms must be contiguous along K")
+    m = a.shape[0]
+    sx = s_x.reshape(-1).to(torch.float32)
+    if sx.numel() not in (1, m):
+        raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
+    stride_sx = 0 if sx.numel() == 1 else 1
+    has_sw = weight.global_scale is not None
+    sw = weight.global_scale.reshape(1) if has_sw else sx
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    y = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    if m == 0 or n == 0:
+        return y
+    cfg = dict(_tiles(m, n), **(tiles or {}))
+    if cfg["BLOCK_K"] % weight.block:
+        raise ValueError(f"BLOCK_K {cfg['BLOCK_K']} must be a multiple of the weight block {weight.block}")
+    r = terms[1] if len(terms) == 2 else a
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    _fp4_weight_gemm_kernel[grid](
+        a, r, weight.codes, weight.scales, sx, sw, bias if bias is not None else sx, y,
+        m, n, k, weight.codes.shape[1], weight.scales.shape[1], a.stride(0), r.stride(0),
+        weight.codes.stride(0), weight.scales.stride(0), stride_sx, y.stride(0),
+        TWO=len(terms) == 2, MX=weight.format is Format.MXFP4, WB=weight.block, HAS_SW=has_sw,
+        HAS_BIAS=bias is not None, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
+    )
+    return y

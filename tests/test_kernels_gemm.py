@@ -1,0 +1,155 @@
+"""Triton FP4-weight GEMM == FP32 matmul of its own dequantized operands (1e-3 relative, in practice
+FP32 summation order), and the preparation's bf16 terms == the reference's dequantized terms, bit
+for bit.
+
+Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes; `-m gpu` runs full shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
+triton = pytest.importorskip("triton")
+
+from sharq import PRESETS  # noqa: E402
+from sharq.kernels.gemm_fp4 import fp4_weight_gemm, gemm_supports  # noqa: E402
+from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
+from sharq.ops import quantize_weight  # noqa: E402
+from sharq.sparse.decompose import prepare_activation  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+WEIGHT_PRESETS = ("sharq-nvfp4", "sharq-nvfp4-w16", "sharq-mxfp4")  # NVFP4-32, NVFP4-16, MXFP4-32
+
+
+def _weight(n: int, k: int, preset: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.02 * torch.exp(0.5 * torch.randn(n, 1, generator=g))
+    return quantize_weight(w.to(DEVICE), PRESETS[preset])
+
+
+def _activation(m: int, k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.exp(torch.randn(1, k, generator=g))
+    x[:, torch.randperm(k, generator=g)[: max(1, k // 50)]] *= 30.0
+    return x.to(torch.bfloat16).to(DEVICE)
+
+
+def _expected(terms, s_x, wq, bias):
+    """FP64 matmul of the kernel's own operands, then the reference epilogue order."""
+    w = wq.dequantize(apply_global_scale=False).double()
+    acc = sum(t.double() for t in terms) @ w.T
+    s_w = wq.global_scale.double() if wq.global_scale is not None else 1.0
+    y = (s_x.double() * s_w) * acc
+    return y if bias is None else y + bias.double()
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("preset", WEIGHT_PRESETS)
+@pytest.mark.parametrize("m,n,k", [(1, 48, 64), (3, 40, 200), (17, 72, 96), (70, 33, 160)])
+def test_gemm_matches_fp32_matmul_of_its_operands(preset, m, n, k):
+    wq = _weight(n, k, preset, seed=m + n)
+    g = torch.Generator().manual_seed(k)
+    terms = [(torch.randn(m, k, generator=g) * s).to(torch.bfloat16).to(DEVICE) for s in (4.0, 0.3)]
+    s_x = (torch.rand(m, 1, generator=g) + 0.5).to(DEVICE)
+    bias = torch.randn(n, generator=g).to(DEVICE)
+    for use_terms, scale, b in ((terms, s_x, bias), (terms[:1], s_x[0, 0], None)):
+        y = fp4_weight_gemm(use_terms, scale, wq, b, torch.float32)
+        assert y.shape == (m, n) and y.dtype == torch.float32
+        assert _rel_err(y, _expected(use_terms, scale, wq, b)) < 1e-5
+
+
+def test_gemm_tilings_agree_and_cover_partial_tiles():
+    """Every launch tiling (decode, mid, prefill) over shapes that leave partial tiles in M, N, K."""
+    wq = _weight(80, 224, "sharq-nvfp4", seed=1)
+    a = _activation(37, 224, seed=2)
+    s_x = torch.tensor(0.75, device=DEVICE)
+    want = _expected([a], s_x, wq, None)
+    for tiles in (dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64), dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128),
+                  dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=32, GROUP_M=2)):
+        y = fp4_weight_gemm([a], s_x, wq, None, torch.float32, tiles=tiles)
+        assert _rel_err(y, want) < 1e-5, tiles
+
+
+@pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4", "nvfp4", "sparse-only", "naive-residual"])
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+def test_prepared_terms_are_the_reference_terms_bit_for_bit(preset, granularity):
+    config = PRESETS[preset].replace(granularity=granularity)
+    x = _activation(9, 160, seed=3)
+    got, _ = prepare_activation_triton(x, config, with_terms=True)
+    ref = prepare_activation(x, config)
+    want = [ref.backbone.dequantize(apply_global_scale=False)]
+    if ref.residual is not None:
+        want.append(ref.residual.dequantize(apply_global_scale=False))
+    assert got.terms is not None and len(got.terms) == len(want)
+    for t, w in zip(got.terms, want):
+        assert t.dtype == torch.bfloat16 and torch.equal(t.float(), w)  # exact in bf16
+
+
+def test_linear_on_triton_equals_reference_linear():
+    """prepare + GEMM on the Triton backend = the reference SharQ linear, bf16 out (≤ 1 bf16 ulp)."""
+    from sharq.ops import sharq_linear
+
+    for preset in ("sharq-nvfp4", "sharq-mxfp4", "nvfp4"):
+        for granularity in ("tensor", "token"):
+            config = PRESETS[preset].replace(granularity=granularity)
+            wq = quantize_weight(torch.randn(64, 96, device=DEVICE) * 0.05, config)
+            x = _activation(2 * 5, 96, seed=4).reshape(2, 5, 96)
+            bias = torch.randn(64, device=DEVICE).to(torch.bfloat16)
+            ref = sharq_linear(x, wq, bias, config.replace(backend="reference"))
+            got = sharq_linear(x, wq, bias, config.replace(backend="triton"))
+            assert got.shape == ref.shape == (2, 5, 64) and got.dtype == torch.bfloat16
+            ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
+            assert bool(((got.float() - ref.float()).abs() <= ulp).all()), (preset, granularity)
+
+
+def test_gemm_refuses_bad_input():
+    wq = _weight(16, 64, "sharq-nvfp4", seed=0)
+    a = torch.zeros(2, 64, dtype=torch.bfloat16, device=DEVICE)
+    one = torch.ones((), device=DEVICE)
+    with pytest.raises(ValueError, match="bf16"):
+        fp4_weight_gemm([a.float()], one, wq, None, torch.float32)
+    with pytest.raises(ValueError, match=r"\(M, 64\)"):
+        fp4_weight_gemm([a[:, :32]], one, wq, None, torch.float32)
+    with pytest.raises(ValueError, match="1 or 2"):
+        fp4_weight_gemm([a, a, a], one, wq, None, torch.float32)
+    with pytest.raises(ValueError, match="s_x"):
+        fp4_weight_gemm([a], torch.ones(3, device=DEVICE), wq, None, torch.float32)
+    with pytest.raises(ValueError, match="bias"):
+        fp4_weight_gemm([a], one, wq, torch.zeros(8, device=DEVICE), torch.float32)
+    hif4 = quantize_weight(torch.randn(16, 64, device=DEVICE), PRESETS["sharq-hif4"])
+    assert not gemm_supports(hif4)
+    with pytest.raises(ValueError, match="hif4"):
+        fp4_weight_gemm([a], one, hif4, None, torch.float32)
+
+
+def test_empty_batch():
+    wq = _weight(16, 64, "sharq-nvfp4", seed=0)
+    y = fp4_weight_gemm([torch.zeros(0, 64, dtype=torch.bfloat16, device=DEVICE)], torch.ones((), device=DEVICE),
+                        wq, None, torch.bfloat16)
+    assert y.shape == (0, 16)
+
+
+LLAMA_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layer", list(LLAMA_8B))
+@pytest.mark.parametrize("preset", WEIGHT_PRESETS)
+def test_gemm_full_shapes_on_cuda(layer, preset):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    n, k = LLAMA_8B[layer]
+    wq = _weight(n, k, preset, seed=n)
+    for m in (1, 7, 16, 100, 1024):
+        terms = [(torch.randn(m, k, device=DEVICE) * s).to(torch.bfloat16) for s in (4.0, 0.3)]
+        s_x = torch.rand(m, 1, device=DEVICE) + 0.5
+        y = fp4_weight_gemm(terms, s_x, wq, None, torch.float32)
+        assert _rel_err(y, _expected(terms, s_x, wq, None)) < 1e-3, (layer, m)
