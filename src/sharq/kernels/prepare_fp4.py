@@ -4,8 +4,9 @@ Bit-exact with the reference for NVFP4 (16/32 blocks) and MXFP4, every mask (non
 with M in {4, 8, 16}) and residual mode (none, quantized, naive, with an optional residual mask).
 HiF4 stays on the reference.
 
-One program takes BLOCK_M rows and walks K in BLOCK_K chunks (multiples of 32, so every block,
-group and pair lies inside one chunk). Per chunk, in registers:
+A 2-D grid of programs, BLOCK_M rows × one BLOCK_K chunk each (BLOCK_K a multiple of 32, so every
+block, group and pair lies inside one chunk; chunks are independent once s is known, so a single
+decode row is spread over K/BLOCK_K programs). Per chunk, in registers:
 
   xs = div_rn(x, s)          s: the NVFP4 second-level scale of the row (per tensor or per token),
                              computed beforehand by torch (an amax is exact in any order)
@@ -192,11 +193,11 @@ def _prepare_kernel(
     BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     s = tl.load(s_ptr + rows * stride_s, mask=row_ok, other=1.0)  # (BLOCK_M,) FP32; unused without HAS_S
-    for k0 in range(0, KP, BLOCK_K):
+    # the scale s is known beforehand, so chunks along K are independent: one program per chunk
+    for k0 in range(tl.program_id(1) * BLOCK_K, KP, tl.num_programs(1) * BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         ok = row_ok[:, None] & (cols[None, :] < K)
         x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -244,7 +245,7 @@ def _mask_args(spec) -> tuple[int, int, int]:
 
 def prepare_activation_triton(
     x: torch.Tensor, config: SharqConfig, *, with_sum: bool = False, with_terms: bool = False,
-    block_m: int = 8, block_k: int = 64,
+    block_m: int | None = None, block_k: int = 64,
 ) -> tuple[PreparedActivation, torch.Tensor | None]:
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
@@ -281,7 +282,9 @@ def prepare_activation_triton(
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
     kp = padded_length(max(kp_b, kp_r), block_k)
-    grid = (triton.cdiv(m, block_m),)
+    if block_m is None:  # 8 rows a program, fewer for a short batch (decode: 1 row)
+        block_m = min(8, triton.next_power_of_2(max(m, 1)))
+    grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     if m:
         _prepare_kernel[grid](
             x, s_rows, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r,
