@@ -1,7 +1,9 @@
 """Per-linear-layer speed at Llama-3.1-8B shapes: bf16, FP8, SharQ (prep + GEMM), SharQ GEMM alone.
 
-Providers, all timed in the same run with `triton.testing.do_bench` (median; L2 flushed before
-every call, so no layer is served from cache):
+Providers, all timed in the same run the way decode runs them: captured in a CUDA graph (no Python
+or launch overhead), the graph cycling through enough copies of the layer's weights (≥ 150 MB of
+the smallest payload, at M ≤ 256) that no weight is served from the 50 MB L2; median of 20
+replays, divided by the copies:
   bf16        F.linear(x, W) in bf16 (cuBLAS)
   fp8         dynamic per-token E4M3 activation quantization (torch ops) + torch._scaled_mm with
               per-channel E4M3 weight scales, bf16 out — what serving engines call fp8
@@ -9,7 +11,7 @@ every call, so no layer is served from cache):
   sharq-gemm  the FP4-weight GEMM alone, on prepared operands
   copy        a device-to-device copy of the SharQ weight's bytes (payload + scales): the time the
               weight stream would take at copy bandwidth
-plus `copy_GBps`: (read + written bytes) / time of a 1 GiB device copy.
+plus `copy_GBps`: (read + written bytes) / time of a 1 GiB device copy (do_bench).
 
 usage: python benchmarks/linear.py [--preset sharq-nvfp4] [--granularity tensor] [--m 1,8,...]
 Writes benchmarks/results/linear-<gpu>.json and .png.
@@ -46,6 +48,33 @@ def _fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor) -> tor
     return torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
 
 
+def _graph_ms(fns, reps: int = 20) -> float:
+    """Median ms of one call, timing a CUDA graph that runs every fn in `fns` once."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (Triton compiles, cuBLAS picks) outside the capture
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in fns:
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(fns))
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
 def _copy_gbps(bench) -> float:
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -77,37 +106,41 @@ def main() -> None:
     torch.manual_seed(0)
     for layer in args.layers.split(","):
         n, k = LAYERS[layer]
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        wq = quantize_weight(w, config)
-        w8, w8_scale = _fp8_weight(w)
-        weight_bytes = wq.nbytes
-        blob = torch.empty(weight_bytes, dtype=torch.uint8, device="cuda")
-        blob_dst = torch.empty_like(blob)
+        w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        weight_bytes = quantize_weight(w0, config).nbytes
+        n_copies = max(1, -(-150_000_000 // weight_bytes))
+        ws = [w0] + [w0 + 0.001 * torch.randn_like(w0) for _ in range(n_copies - 1)]
+        wqs = [quantize_weight(w, config) for w in ws]
+        fp8s = [_fp8_weight(w) for w in ws]
+        blobs = [(torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
+                  torch.empty(weight_bytes, dtype=torch.uint8, device="cuda")) for _ in ws]
         for m in map(int, args.m.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             prepared = prepare(x, config)
+            c = n_copies if m <= 256 else 1
             providers = {
-                "bf16": lambda: F.linear(x, w),
-                "fp8": lambda: _fp8_linear(x, w8, w8_scale),
-                "sharq": lambda: sharq_linear(x, wq, None, config),
-                "sharq-gemm": lambda: fp4_weight_gemm(prepared.terms, prepared.global_scale, wq, None, torch.bfloat16),
-                "copy": lambda: blob_dst.copy_(blob),
+                "bf16": [lambda w=w: F.linear(x, w) for w in ws[:c]],
+                "fp8": [lambda f=f: _fp8_linear(x, *f) for f in fp8s[:c]],
+                "sharq": [lambda q=q: sharq_linear(x, q, None, config) for q in wqs[:c]],
+                "sharq-gemm": [lambda q=q: fp4_weight_gemm(prepared.terms, prepared.global_scale, q, None,
+                                                           torch.bfloat16) for q in wqs[:c]],
+                "copy": [lambda b=b: b[1].copy_(b[0]) for b in blobs[:c]],
             }
-            line = []
-            for name, fn in providers.items():
-                ms = bench(fn)
-                rows.append(dict(layer=layer, M=m, N=n, K=k, provider=name, median_ms=ms))
-                line.append(f"{name} {ms * 1e3:8.1f}us")
-            base = rows[-5]["median_ms"]
-            print(f"{layer:8s} M={m:5d}  " + "  ".join(line) +
-                  f"  | sharq {base / rows[-3]['median_ms']:.2f}x bf16, fp8 {base / rows[-4]['median_ms']:.2f}x bf16"
-                  f", weight stream {weight_bytes / (rows[-2]['median_ms'] * 1e-3) / 1e9:.0f} GB/s", flush=True)
-        del w, wq, w8, blob, blob_dst
+            t = {}
+            for name, fns in providers.items():
+                t[name] = _graph_ms(fns)
+                rows.append(dict(layer=layer, M=m, N=n, K=k, provider=name, median_ms=t[name], weight_copies=c))
+            print(f"{layer:8s} M={m:5d} " + " ".join(f"{p} {v * 1e3:7.1f}us" for p, v in t.items()) +
+                  f" | sharq {t['bf16'] / t['sharq']:.2f}x bf16, {t['fp8'] / t['sharq']:.2f}x fp8; gemm alone "
+                  f"{t['bf16'] / t['sharq-gemm']:.2f}x bf16, streams {weight_bytes / (t['sharq-gemm'] * 1e-3) / 1e9:.0f}"
+                  f" GB/s; prep {100 * (t['sharq'] - t['sharq-gemm']) / t['sharq']:.0f}%", flush=True)
+        del ws, wqs, fp8s, blobs
         torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name()
     doc = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, sharq=sharq.__version__,
                preset=args.preset, granularity=args.granularity, copy_GBps=copy_gbps,
-               timing="triton.testing.do_bench median, L2 flushed before each call, no CUDA graph", rows=rows)
+               timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
+               rows=rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()

@@ -15,8 +15,9 @@ placed in a float16's exponent/mantissa give value · 2^-14 (normal and subnorma
 an E4M3 scale's 7 bits likewise give scale · 2^-8; their FP32 product times 2^22 is exact, and so
 is the cast to bf16. Nothing is rounded before the MMA.
 
-Two tilings of the same kernel: small M (decode, M ≤ 16: BLOCK_M 16, narrow N tiles so every SM
-streams weights) and large M (prefill: 128×128 tiles, grouped launch order for L2 reuse).
+One kernel, tiled by M (`_tiles`, from a measured sweep): small M (decode, M ≤ 16: BLOCK_M 16,
+narrow N tiles so every SM streams weights), mid M, and large M (prefill: 256×128 tiles, grouped
+launch order for L2 reuse).
 """
 
 from __future__ import annotations
@@ -112,13 +113,19 @@ def _fp4_weight_gemm_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _tiles(m: int, n: int) -> dict:
-    """Launch tiling by M (a starting table; benchmarks/linear.py measures it)."""
-    if m <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=32 if n <= 8192 else 64, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
-    if m <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+def _tiles(m: int, n: int, k: int) -> dict:
+    """Launch tiling by M and layer shape: the best of `benchmarks/tune_gemm.py`'s sweep on the H100
+    at Llama-3.1-8B shapes (benchmarks/results/gemm-tuning-h100.json)."""
+    if m <= 16:  # weight streaming: wide N tiles for wide layers, long K tiles otherwise
+        if n >= 16384:
+            return dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=8, num_stages=3)
+        if n >= 6144:
+            return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=512, GROUP_M=1, num_warps=8, num_stages=4)
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=512 if k <= 4096 else 256, GROUP_M=1, num_warps=4, num_stages=3)
+    if m <= 256:
+        return dict(BLOCK_M=64 if n >= 6144 else 32, BLOCK_N=128 if n >= 16384 else 64, BLOCK_K=128, GROUP_M=1,
+                    num_warps=4, num_stages=4)
+    return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
 
 
 def fp4_weight_gemm(
@@ -162,7 +169,7 @@ def fp4_weight_gemm(
     y = torch.empty(m, n, dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return y
-    cfg = dict(_tiles(m, n), **(tiles or {}))
+    cfg = dict(_tiles(m, n, k), **(tiles or {}))
     if cfg["BLOCK_K"] % weight.block:
         raise ValueError(f"BLOCK_K {cfg['BLOCK_K']} must be a multiple of the weight block {weight.block}")
     r = terms[1] if len(terms) == 2 else a
