@@ -1,21 +1,19 @@
 """FP4-weight GEMM in Triton: y = s_x · s_w · Σ_t (T_t · deq(Wq)ᵀ) + bias, on bf16 tensor cores.
 
 Operands
-  terms   1 or 2 (M, K) activation terms in the scaled domain, as the Triton preparation writes
-          them: deq(B) and deq(R), float16 for NVFP4 and bf16 for MXFP4. Each is exact in its type
-          (an E2M1 value times an E4M3 scale has at most 6 significant bits and lies in
-          [2^-10, 2688]; E8M0 scales need bf16's range); their sum is not, so the two terms are two
+  terms   1 or 2 bf16 (M, K) activation terms in the scaled domain, as the Triton preparation
+          writes them: deq(B) and deq(R). Each is exact in bf16 (an E2M1 value times an E4M3 or
+          E8M0 scale has at most 6 significant bits); their sum is not, so the two terms are two
           MMAs on one weight tile that is loaded and dequantized once (SPEC §7, FP32 accumulate).
   weight  the packed E2M1 payload (N, Kp/2) uint8, element 2i in the low nibble, and its block
           scales (N, Kp/WB) uint8: E4M3 (NVFP4, WB 16 or 32, one FP32 s_w) or E8M0 (MXFP4, WB 32).
   s_x     FP32, one per tensor or one per row (M, 1); s_w FP32 () (NVFP4) — applied in the
           epilogue as (s_x · s_w) · acc, then + bias, then cast: the reference's order.
 
-The weight tile is dequantized in registers with exact bit operations. NVFP4: a code's magnitude
-bits under a biased float16 exponent give value · 2^8, an E4M3 scale's 7 bits shifted into a
-float16 give scale · 2^-8, and their float16 product is the exact weight. MXFP4: value · 2^-14 as
-a float16 times the E8M0 power of two in FP32, cast to bf16, exact. Nothing is rounded before the
-MMA.
+The weight tile is dequantized in registers with exact bit operations: a code's 3 magnitude bits
+placed in a float16's exponent/mantissa give value · 2^-14 (normal and subnormal codes alike),
+an E4M3 scale's 7 bits likewise give scale · 2^-8; their FP32 product times 2^22 is exact, and so
+is the cast to bf16. Nothing is rounded before the MMA.
 
 One kernel, tiled by M (`_tiles`, from a measured sweep): small M (decode, M ≤ 16: BLOCK_M 16,
 narrow N tiles so every SM streams weights), mid M, and large M (prefill: 256×128 tiles, grouped
@@ -38,9 +36,10 @@ __all__ = ["fp4_weight_gemm", "gemm_supports", "operand_dtype"]
 
 
 def operand_dtype(fmt: Format) -> torch.dtype:
-    """The MMA operand type that holds every dequantized value of `fmt` exactly: float16 for NVFP4
-    (E2M1 × E4M3 lies in {0} ∪ [2^-10, 2688]), bf16 for MXFP4 (E8M0 scales span 2^±127)."""
-    return torch.float16 if fmt is Format.NVFP4 else torch.bfloat16
+    """The MMA operand type of the activation terms: bf16, which holds every E2M1 × E4M3 and
+    E2M1 × E8M0 product exactly. (float16 also holds NVFP4's products, in [2^-10, 2688]; a float16
+    NVFP4 variant measured 1.2–2.2× slower on the H100, 2026-11-23, and was dropped.)"""
+    return torch.bfloat16
 
 
 def gemm_supports(weight: QuantizedTensor) -> bool:
@@ -54,31 +53,22 @@ def gemm_supports(weight: QuantizedTensor) -> bool:
 @triton.jit
 def _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WB: tl.constexpr, MX: tl.constexpr):
-    """(BLOCK_N, BLOCK_K) dequantized weight tile (scaled domain, s_w not applied): float16 for
-    NVFP4, bf16 for MXFP4; exact either way."""
+    """bf16 (BLOCK_N, BLOCK_K) dequantized weight tile (scaled domain, s_w not applied)."""
     kc = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     packed = tl.load(wc_ptr + offs_n[:, None] * stride_wc + kc[None, :],
                      mask=n_ok[:, None] & (kc[None, :] < KW), other=0).to(tl.int16)
     codes = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_N, BLOCK_K))  # low nibble first
+    mag16 = (((codes & 8) << 12) | ((codes & 7) << 9)).to(tl.float16, bitcast=True)  # e2m1 · 2^-14
     ks = k0 // WB + tl.arange(0, BLOCK_K // WB)
     bits = tl.load(ws_ptr + offs_n[:, None] * stride_ws + ks[None, :],
-                   mask=n_ok[:, None] & (ks[None, :] < KS), other=0).to(tl.int16)
-    mag = codes & 7
-    if MX:  # E8M0 scale 2^(bits - 127) (bits 0: 2^-127, an FP32 subnormal); bf16 operands
-        mag16 = (((codes & 8) << 12) | (mag << 9)).to(tl.float16, bitcast=True)  # e2m1 · 2^-14
-        b32 = bits.to(tl.int32)
-        scale = tl.where(b32 == 0, 2.0**-127, ((tl.maximum(b32, 1)) << 23).to(tl.float32, bitcast=True))
-        scale = tl.reshape(tl.broadcast_to((scale * 16384.0)[:, :, None], (BLOCK_N, BLOCK_K // WB, WB)),
-                           (BLOCK_N, BLOCK_K))
-        return (mag16.to(tl.float32) * scale).to(tl.bfloat16)
-    # NVFP4, all in float16 (every E2M1 x E4M3 product lies in [2^-10, 2688]: exact in float16).
-    # code -> e2m1 · 2^8 by its bits: magnitudes 2..7 put (exponent, mantissa) under a +22 bias,
-    # 1 is 2^7, 0 is 0; E4M3 bits << 7 are scale · 2^-8 (subnormal scales included)
-    c16 = tl.where(mag >= 2, (mag << 9) + (22 << 10), tl.where(mag == 1, 22 << 10, 0))
-    c16 = (c16.to(tl.int16) | ((codes & 8) << 12).to(tl.int16)).to(tl.float16, bitcast=True)
-    scale = ((bits & 0x7F) << 7).to(tl.int16).to(tl.float16, bitcast=True)  # weights are finite: no NaN scale
+                   mask=n_ok[:, None] & (ks[None, :] < KS), other=0).to(tl.int32)
+    if MX:  # E8M0: 2^(bits - 127); bits 0 is 2^-127 (an FP32 subnormal)
+        scale = tl.where(bits == 0, 2.0**-127, ((tl.maximum(bits, 1)) << 23).to(tl.float32, bitcast=True))
+        scale = scale * 16384.0
+    else:  # E4M3 (finite: weights are checked before quantization): scale · 2^-8 as a float16
+        scale = ((bits & 0x7F) << 7).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 4194304.0
     scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_N, BLOCK_K // WB, WB)), (BLOCK_N, BLOCK_K))
-    return c16 * scale
+    return (mag16.to(tl.float32) * scale).to(tl.bfloat16)
 
 
 @triton.jit
@@ -86,8 +76,7 @@ def _fp4_weight_gemm_kernel(
     a_ptr, r_ptr, wc_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
     M, N, K, KW, KS, stride_a, stride_r, stride_wc, stride_ws, stride_sx, stride_y,
     TWO: tl.constexpr, MX: tl.constexpr, WB: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_F32: tl.constexpr, SWAP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -102,33 +91,22 @@ def _fp4_weight_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    if SWAP:  # small M: the weight tile is the MMA's first operand (registers), accᵀ (BLOCK_N, BLOCK_M)
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a_ok = m_ok[:, None] & (offs_k[None, :] < K)
         w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
+        wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
         a = tl.load(a_ptr + offs_m[:, None] * stride_a + offs_k[None, :], mask=a_ok, other=0.0)
+        if DOT_F32:  # the interpreter multiplies bf16 tiles as raw bits; FP32 holds the same values
+            wt = wt.to(tl.float32)
+            a = a.to(tl.float32)
+        acc = tl.dot(a, wt, acc)
         if TWO:
             r = tl.load(r_ptr + offs_m[:, None] * stride_r + offs_k[None, :], mask=a_ok, other=0.0)
-        if DOT_F32:  # the interpreter multiplies bf16 tiles as raw bits; FP32 holds the same values
-            w = w.to(tl.float32)
-            a = a.to(tl.float32)
-            if TWO:
+            if DOT_F32:
                 r = r.to(tl.float32)
-        if SWAP:
-            acc = tl.dot(w, tl.trans(a), acc)
-            if TWO:
-                acc = tl.dot(w, tl.trans(r), acc)
-        else:
-            wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
-            acc = tl.dot(a, wt, acc)
-            if TWO:
-                acc = tl.dot(r, wt, acc)
-    if SWAP:
-        acc = tl.trans(acc)
+            acc = tl.dot(r, wt, acc)
 
     sx = tl.load(sx_ptr + offs_m * stride_sx, mask=m_ok, other=1.0)
     if HAS_SW:
@@ -147,15 +125,14 @@ def _tiles(m: int, n: int, k: int) -> dict:
     at Llama-3.1-8B shapes (benchmarks/results/gemm-tuning-h100.json)."""
     if m <= 16:  # weight streaming: wide N tiles for wide layers, long K tiles otherwise
         if n >= 16384:
-            return dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=8, num_stages=3, SWAP=True)
+            return dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=8, num_stages=3)
         if n >= 6144:
-            return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=512, GROUP_M=1, num_warps=8, num_stages=4, SWAP=True)
-        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=512 if k <= 4096 else 256, GROUP_M=1, num_warps=4, num_stages=3,
-                    SWAP=True)
+            return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=512, GROUP_M=1, num_warps=8, num_stages=4)
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=512 if k <= 4096 else 256, GROUP_M=1, num_warps=4, num_stages=3)
     if m <= 256:
         return dict(BLOCK_M=64 if n >= 6144 else 32, BLOCK_N=128 if n >= 16384 else 64, BLOCK_K=128, GROUP_M=1,
-                    num_warps=4, num_stages=4, SWAP=False)
-    return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, SWAP=False)
+                    num_warps=4, num_stages=4)
+    return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
 
 
 def fp4_weight_gemm(
@@ -169,9 +146,8 @@ def fp4_weight_gemm(
 ) -> torch.Tensor:
     """y (M, N) = (s_x · s_w) · Σ_t terms[t] · deq(weight)ᵀ + bias, FP32 accumulation, in `out_dtype`.
 
-    terms: 1 or 2 (M, K) tensors (scaled domain) of `operand_dtype(weight.format)`: float16 for
-    NVFP4, bf16 for MXFP4; s_x: FP32 () or (M, 1); weight: NVFP4 or MXFP4 (N, K). `tiles`
-    overrides the launch tiling (tests, benchmarks; SWAP=True puts the weight tile first).
+    terms: 1 or 2 bf16 (M, K) tensors (scaled domain); s_x: FP32 () or (M, 1); weight: NVFP4 or
+    MXFP4 (N, K). `tiles` overrides the launch tiling (tests, benchmarks).
     """
     if not gemm_supports(weight):
         raise ValueError(f"the Triton GEMM reads 2-D NVFP4-16/32 or MXFP4-32 weights, got {weight.format.value}-"
@@ -180,11 +156,10 @@ def fp4_weight_gemm(
         raise ValueError(f"fp4_weight_gemm takes 1 or 2 activation terms, got {len(terms)}")
     n, k = weight.shape
     a = terms[0]
-    want = operand_dtype(weight.format)
     for t in terms:
-        if t.dtype != want or t.dim() != 2 or t.shape != a.shape or t.shape[1] != k:
-            raise ValueError(f"activation terms for a {weight.format.value} weight must be {want} (M, {k}) tensors "
-                             f"of one shape, got {[(tuple(x.shape), x.dtype) for x in terms]}")
+        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.shape != a.shape or t.shape[1] != k:
+            raise ValueError(f"activation terms must be bf16 (M, {k}) tensors of one shape, got "
+                             f"{[(tuple(x.shape), x.dtype) for x in terms]}")
         if t.device != weight.device:
             raise ValueError(f"activation on {t.device}, weight on {weight.device}")
     if a.stride(1) != 1 or terms[-1].stride(1) != 1:

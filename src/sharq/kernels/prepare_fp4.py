@@ -213,8 +213,8 @@ def _prepare_kernel(
         _store_codes(b_codes, codes, rows, row_ok, k0, stride_bc, wb_codes, BLOCK_M, BLOCK_K)
         _store_scales(b_scales, bits, rows, row_ok, k0, stride_bs, wb_scales, BLOCK_M, BLOCK_K, BB)
         total = deq_b
-        if WRITE_TERMS:  # exact in the operand type (float16 NVFP4, bf16 MXFP4): E2M1 x block scale
-            tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], deq_b.to(tb_ptr.dtype.element_ty), mask=ok)
+        if WRITE_TERMS:  # exact in bf16: an E2M1 value times its block scale
+            tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], deq_b.to(tl.bfloat16), mask=ok)
         if RESIDUAL != 0:
             if RESIDUAL == 1:
                 r = xs - deq_b
@@ -227,7 +227,7 @@ def _prepare_kernel(
             _store_scales(r_scales, r_bits, rows, row_ok, k0, stride_rs, wr_scales, BLOCK_M, BLOCK_K, RB)
             total = deq_b + deq_r
             if WRITE_TERMS:
-                tl.store(tr_ptr + rows[:, None] * stride_t + cols[None, :], deq_r.to(tr_ptr.dtype.element_ty), mask=ok)
+                tl.store(tr_ptr + rows[:, None] * stride_t + cols[None, :], deq_r.to(tl.bfloat16), mask=ok)
         if WRITE_SUM:
             tl.store(sum_ptr + rows[:, None] * stride_sum + cols[None, :], total, mask=ok)
 
@@ -250,8 +250,8 @@ def prepare_activation_triton(
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
     with_sum:   also return the FP32 (M, K) sum deq(B) + deq(R) in the scaled domain.
-    with_terms: also fill `PreparedActivation.terms` with (M, K) deq(B) [and deq(R)], the operands
-                of the Triton GEMM: float16 for NVFP4, bf16 for MXFP4 (each exact in its type).
+    with_terms: also fill `PreparedActivation.terms` with bf16 (M, K) deq(B) [and deq(R)], the
+                operands of the Triton GEMM (each exact in bf16).
     """
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
@@ -276,9 +276,8 @@ def prepare_activation_triton(
     r_codes, r_scales = torch.empty(m, kp_r // 2, **u8), torch.empty(m, kp_r // rb, **u8)
     total = torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else b_codes
     has_r = config.residual is not Residual.NONE
-    t_dtype = torch.float16 if config.format is Format.NVFP4 else torch.bfloat16  # gemm_fp4.operand_dtype
-    t_b = torch.empty(m, k, dtype=t_dtype, device=x.device) if with_terms else b_codes
-    t_r = torch.empty(m, k, dtype=t_dtype, device=x.device) if with_terms and has_r else t_b
+    t_b = torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms else b_codes
+    t_r = torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms and has_r else t_b
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]

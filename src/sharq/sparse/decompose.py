@@ -49,8 +49,8 @@ class PreparedActivation(NamedTuple):
     # FP32 (M, K) deq(B) + deq(R) in the scaled domain when the producer computed it anyway (the
     # Triton kernel does); the one-GEMM linear then reads it instead of dequantizing the codes.
     dense: torch.Tensor | None = None
-    # (M, K) deq(B) [and deq(R)] in the scaled domain (float16 NVFP4, bf16 MXFP4: exact), when the
-    # Triton preparation wrote them: the operands of the Triton FP4-weight GEMM.
+    # bf16 (M, K) deq(B) [and deq(R)] in the scaled domain, each exact in bf16, when the Triton
+    # preparation wrote them: the operands of the Triton FP4-weight GEMM.
     terms: tuple[torch.Tensor, ...] | None = None
 
 
