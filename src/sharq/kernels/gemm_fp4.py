@@ -162,20 +162,51 @@ def fp4_weight_gemm(
                              f"{[(tuple(x.shape), x.dtype) for x in terms]}")
         if t.device != weight.device:
             raise ValueError(f"activation on {t.device}, weight on {weight.device}")
-    if a.stride(1) != 1 or terms[-1].stride(1) != 1:
-        raise ValueError("activation terms must be contiguous along K")
+    if any(not t.is_contiguous() for t in terms):
+        raise ValueError("activation terms must be contiguous")
     m = a.shape[0]
-    sx = s_x.reshape(-1).to(torch.float32)
+    sx = s_x.reshape(-1).to(torch.float32).contiguous()
     if sx.numel() not in (1, m):
         raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
-    stride_sx = 0 if sx.numel() == 1 else 1
-    has_sw = weight.global_scale is not None
-    sw = weight.global_scale.reshape(1) if has_sw else sx
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    t = tiles or {}
+    if t.get("BLOCK_K", weight.block) % weight.block:
+        raise ValueError(f"BLOCK_K {t['BLOCK_K']} must be a multiple of the weight block {weight.block}")
+    return torch.ops.sharq.fp4_weight_gemm(
+        a, terms[1] if len(terms) == 2 else None, weight.codes, weight.scales, sx, weight.global_scale, bias,
+        weight.format is Format.MXFP4, weight.block, out_dtype, [t.get(key, 0) for key in _TILE_KEYS])
+
+
+_TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+
+@torch.library.custom_op("sharq::fp4_weight_gemm", mutates_args=())
+def _gemm_op(
+    a: torch.Tensor, r: torch.Tensor | None, w_codes: torch.Tensor, w_scales: torch.Tensor, s_x: torch.Tensor,
+    s_w: torch.Tensor | None, bias: torch.Tensor | None, mx: bool, wb: int, out_dtype: torch.dtype,
+    tiles: list[int],
+) -> torch.Tensor:
+    """The GEMM as a torch op (torch.compile, CUDA graphs). a, r: bf16 (M, K); w_codes (N, Kp/2),
+    w_scales (N, Kp/wb) uint8; s_x FP32 (1,) or (M,); s_w FP32 (1,)-like or None; bias (N,) or
+    None. `tiles`: BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages; 0 = chosen by shape."""
+    m, k = a.shape
+    n = w_codes.shape[0]
     y = torch.empty(m, n, dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return y
+    cfg = _tiles(m, n, k)
+    cfg.update({key: v for key, v in zip(_TILE_KEYS, tiles) if v})
+    rr = r if r is not None else a
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    _fp4_weight_gemm_kernel[grid](
+        a, rr, w_codes, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,
+        m, n, k, w_codes.shape[1], w_scales.shape[1], a.stride(0), rr.stride(0),
+        w_codes.stride(0), w_scales.stride(0), 0 if s_x.numel() == 1 else 1, y.stride(0),
+        TWO=r is not None, MX=mx, WB=wb, HAS_SW=s_w is not None,
+        HAS_BIAS=bias is not None, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
+    )
+    return y
     cfg = dict(_tiles(m, n, k), **(tiles or {}))
     if cfg["BLOCK_K"] % weight.block:
         raise ValueError(f"BLOCK_K {cfg['BLOCK_K']} must be a multiple of the weight block {weight.block}")
@@ -189,3 +220,8 @@ def fp4_weight_gemm(
         HAS_BIAS=bias is not None, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
     )
     return y
+
+
+@_gemm_op.register_fake
+def _(a, r, w_codes, w_scales, s_x, s_w, bias, mx, wb, out_dtype, tiles):
+    return a.new_empty(a.shape[0], w_codes.shape[0], dtype=out_dtype)

@@ -243,6 +243,62 @@ def _mask_args(spec) -> tuple[int, int, int]:
     return _MASK_NM, spec.n, spec.m
 
 
+def _prepare_outputs(x: torch.Tensor, bb: int, rb: int, has_r: bool, with_sum: bool, with_terms: bool):
+    m, k = x.shape
+    kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
+    u8 = dict(dtype=torch.uint8, device=x.device)
+    none = torch.empty(0, **u8)
+    return (
+        torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8),
+        torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
+        torch.empty(m, kp_r // rb, **u8) if has_r else none.clone(),
+        torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else none.clone(),
+        torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms else none.clone(),
+        torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms and has_r else none.clone(),
+    )
+
+
+@torch.library.custom_op("sharq::prepare_fp4", mutates_args=())
+def _prepare_op(
+    x: torch.Tensor, s_rows: torch.Tensor, mx: bool, has_s: bool, mask: int, mask_n: int, mask_m: int,
+    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, with_sum: bool, with_terms: bool,
+    block_m: int, block_k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous, s_rows
+    FP32 (1,) or (M,). Returns B codes/scales, R codes/scales, FP32 sum, bf16 deq(B), bf16 deq(R);
+    the outputs not asked for (no residual, no sum, no terms) are empty."""
+    has_r = residual != _RES_NONE
+    outs = _prepare_outputs(x, bb, rb, has_r, with_sum, with_terms)
+    b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = outs
+    m, k = x.shape
+    if m == 0:
+        return outs
+    kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
+    kp = padded_length(max(kp_b, kp_r), block_k)
+    if block_m == 0:  # 8 rows a program, fewer for a short batch (decode: 1 row)
+        block_m = min(8, triton.next_power_of_2(m))
+    grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
+    spare = b_codes  # a valid pointer for the outputs the kernel does not write
+    _prepare_kernel[grid](
+        x, s_rows, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
+        total if with_sum else spare, t_b if with_terms else spare, t_r if with_terms and has_r else spare,
+        m, k, x.stride(0), 0 if s_rows.numel() == 1 else 1, b_codes.stride(0), b_scales.stride(0),
+        r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0,
+        total.stride(0) if with_sum else 0, t_b.stride(0) if with_terms else 0,
+        kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
+        MX=mx, HAS_S=has_s, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
+        RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
+        WRITE_SUM=with_sum, WRITE_TERMS=with_terms, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
+    )
+    return outs
+
+
+@_prepare_op.register_fake
+def _(x, s_rows, mx, has_s, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, with_sum, with_terms,
+      block_m, block_k):
+    return _prepare_outputs(x, bb, rb, residual != _RES_NONE, with_sum, with_terms)
+
+
 def prepare_activation_triton(
     x: torch.Tensor, config: SharqConfig, *, with_sum: bool = False, with_terms: bool = False,
     block_m: int | None = None, block_k: int = 64,
@@ -264,37 +320,19 @@ def prepare_activation_triton(
     mx = config.format is Format.MXFP4
     if config.has_global_scale:
         s = nvfp4_global_scale(x, config.granularity)  # () or (M, 1), FP32
-        s_rows, stride_s = (s.reshape(1), 0) if s.dim() == 0 else (s.reshape(m).contiguous(), 1)
+        s_rows = s.reshape(1) if s.dim() == 0 else s.reshape(m).contiguous()
     else:
         s = torch.ones((), dtype=torch.float32, device=x.device)
-        s_rows, stride_s = s.reshape(1), 0
+        s_rows = s.reshape(1)
     bb = config.backbone_block
-    rb = config.residual_block if config.residual is not Residual.NONE else bb
-    kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
-    u8 = dict(dtype=torch.uint8, device=x.device)
-    b_codes, b_scales = torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8)
-    r_codes, r_scales = torch.empty(m, kp_r // 2, **u8), torch.empty(m, kp_r // rb, **u8)
-    total = torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else b_codes
     has_r = config.residual is not Residual.NONE
-    t_b = torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms else b_codes
-    t_r = torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms and has_r else t_b
+    rb = config.residual_block if has_r else bb
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
-    kp = padded_length(max(kp_b, kp_r), block_k)
-    if block_m is None:  # 8 rows a program, fewer for a short batch (decode: 1 row)
-        block_m = min(8, triton.next_power_of_2(max(m, 1)))
-    grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
-    if m:
-        _prepare_kernel[grid](
-            x, s_rows, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r,
-            m, k, x.stride(0), stride_s, b_codes.stride(0), b_scales.stride(0), r_codes.stride(0),
-            r_scales.stride(0), total.stride(0) if with_sum else 0, t_b.stride(0) if with_terms else 0,
-            kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
-            MX=mx, HAS_S=config.has_global_scale, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
-            RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-            WRITE_SUM=with_sum, WRITE_TERMS=with_terms, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
-        )
+    b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = torch.ops.sharq.prepare_fp4(
+        x, s_rows, mx, config.has_global_scale, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
+        with_sum, with_terms, block_m or 0, block_k)
     gs = s if config.has_global_scale else None
 
     def qt(codes, scales, block):
