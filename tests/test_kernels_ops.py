@@ -32,10 +32,11 @@ def _x(m: int, k: int, seed: int = 0) -> torch.Tensor:
 
 def test_prepare_op_passes_opcheck():
     x = _x(5, 96)
-    s = torch.full((5,), 0.01, device=DEVICE)
-    # sharq-nvfp4 (pair4of8 backbone, quantized residual) and plain MXFP4 (no residual), with every output
-    for args in ((x, s, False, True, 1, 2, 8, 1, 0, 1, 1, 32, 16, True, True, 0, 64),
-                 (x, s[:1], True, False, 0, 1, 1, 0, 0, 1, 1, 32, 32, False, True, 0, 32)):
+    # sharq-nvfp4 per token and per tensor (pair4of8 backbone, quantized residual, every output), and
+    # plain MXFP4 (no second-level scale, no residual)
+    for args in ((x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, True, True, 0, 64),
+                 (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, True, 4, 32),
+                 (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, False, True, 0, 32)):
         torch.library.opcheck(torch.ops.sharq.prepare_fp4.default, args)
 
 

@@ -179,3 +179,17 @@ def test_backend_triton_without_cuda_or_interpreter_is_an_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(NotImplementedError, match="needs a CUDA device"):
         resolve_backend(PRESETS["sharq-nvfp4"].replace(backend="triton"), torch.device("cpu"))
+
+
+def test_empty_batch_matches_reference():
+    for preset in ("sharq-nvfp4", "sharq-mxfp4"):
+        for g in ("tensor", "token"):
+            _check(torch.zeros(0, 64), PRESETS[preset].replace(granularity=g))
+
+
+def test_tensor_scale_spans_every_program():
+    """The per-tensor amax is a grid-wide reduction: the largest value sits in the last row and chunk."""
+    x = _outliers(37, 1200, seed=8)
+    x[-1, -1] = 5000.0
+    for preset in ("sharq-nvfp4", "nvfp4"):
+        _check(x, PRESETS[preset].replace(granularity="tensor"))

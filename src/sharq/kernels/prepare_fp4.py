@@ -8,8 +8,9 @@ A 2-D grid of programs, BLOCK_M rows × one BLOCK_K chunk each (BLOCK_K a multip
 block, group and pair lies inside one chunk; chunks are independent once s is known, so a single
 decode row is spread over K/BLOCK_K programs). Per chunk, in registers:
 
-  xs = div_rn(x, s)          s: the NVFP4 second-level scale of the row (per tensor or per token),
-                             computed beforehand by torch (an amax is exact in any order)
+  xs = div_rn(x, s)          s = max(div_rn(amax, 2688), 1e-9): the NVFP4 second-level scale of
+                             the row (per token) or tensor, from an amax kernel run first (one
+                             pass per row, or a grid-wide atomic max: a max is exact in any order)
   b  = xs ⊙ mask(xs)         ranks by comparison: ties to the lower index, NaN/±Inf the largest
   B  = Q(b), blocks of BB    E4M3 (NVFP4) or E8M0 (MXFP4) scale, E2M1 codes
   r  = xs − deq(B)  or  xs − b,  then r ⊙ mask(r) when asked
@@ -30,9 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..config import Format, Residual, SharqConfig
+from ..config import Format, Granularity, Residual, SharqConfig
 from ..formats.blocks import padded_length
-from ..formats.nvfp4 import nvfp4_global_scale
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
 from . import supports
@@ -182,9 +182,40 @@ def _store_scales(ptr, bits, rows, row_ok, k0, stride, width, BM: tl.constexpr, 
              mask=row_ok[:, None] & (cols[None, :] < width))
 
 
+# --- second-level scale (NVFP4): amax per row ("token") or over the tensor ("tensor") -------------
+@triton.jit
+def _amax_kernel(x_ptr, out_ptr, M, K, stride_x, PER_ROW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """|x| maxima as int32 FP32 bit patterns (non-negative floats order as their bits; NaN, kept by
+    the reference's amax, orders above +Inf). PER_ROW: one program per BLOCK_M rows walks K and
+    stores; else every (rows, chunk) tile folds into out[0] (zeroed) with an atomic max."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    best = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    if PER_ROW:
+        start, step = 0, BLOCK_K
+    else:
+        start, step = tl.program_id(1) * BLOCK_K, tl.num_programs(1) * BLOCK_K
+    for k0 in range(start, K, step):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        ok = row_ok[:, None] & (cols[None, :] < K)
+        a = tl.abs(tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32))
+        best = tl.maximum(best, tl.max(a.to(tl.int32, bitcast=True), axis=1))
+    if PER_ROW:
+        tl.store(out_ptr + rows, best, mask=row_ok)
+    else:
+        tl.atomic_max(out_ptr, tl.max(best, axis=0))
+
+
+@triton.jit
+def _global_scale(amax):
+    """s = max(amax / 2688, 1e-9), correctly rounded, NaN kept (nvfp4_global_scale's numerics)."""
+    s = tl.maximum(_div_rn(amax, 2688.0), 1e-9)
+    return tl.where(amax == amax, s, amax)
+
+
 @triton.jit
 def _prepare_kernel(
-    x_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, sum_ptr, tb_ptr, tr_ptr,
+    x_ptr, amax_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, sum_ptr, tb_ptr, tr_ptr,
     M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_sum, stride_t,
     wb_codes, wb_scales, wr_codes, wr_scales,
     MX: tl.constexpr, HAS_S: tl.constexpr,
@@ -195,7 +226,12 @@ def _prepare_kernel(
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
-    s = tl.load(s_ptr + rows * stride_s, mask=row_ok, other=1.0)  # (BLOCK_M,) FP32; unused without HAS_S
+    if HAS_S:  # s from the amax bits (stride_s 0: one for the tensor); the first chunk's programs store it
+        s = _global_scale(tl.load(amax_ptr + rows * stride_s, mask=row_ok, other=0).to(tl.float32, bitcast=True))
+        if tl.program_id(1) == 0:
+            tl.store(s_ptr + rows * stride_s, s, mask=row_ok & ((rows == 0) | (rows * stride_s != 0)))
+    else:
+        s = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
     # the scale s is known beforehand, so chunks along K are independent: one program per chunk
     for k0 in range(tl.program_id(1) * BLOCK_K, KP, tl.num_programs(1) * BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -243,12 +279,16 @@ def _mask_args(spec) -> tuple[int, int, int]:
     return _MASK_NM, spec.n, spec.m
 
 
-def _prepare_outputs(x: torch.Tensor, bb: int, rb: int, has_r: bool, with_sum: bool, with_terms: bool):
+_SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN = 0, 1, 2
+
+
+def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool, with_sum: bool, with_terms: bool):
     m, k = x.shape
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     u8 = dict(dtype=torch.uint8, device=x.device)
     none = torch.empty(0, **u8)
     return (
+        torch.empty(m if scale == _SCALE_TOKEN else 1, dtype=torch.float32, device=x.device),
         torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8),
         torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
         torch.empty(m, kp_r // rb, **u8) if has_r else none.clone(),
@@ -260,19 +300,35 @@ def _prepare_outputs(x: torch.Tensor, bb: int, rb: int, has_r: bool, with_sum: b
 
 @torch.library.custom_op("sharq::prepare_fp4", mutates_args=())
 def _prepare_op(
-    x: torch.Tensor, s_rows: torch.Tensor, mx: bool, has_s: bool, mask: int, mask_n: int, mask_m: int,
+    x: torch.Tensor, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
     residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, with_sum: bool, with_terms: bool,
     block_m: int, block_k: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous, s_rows
-    FP32 (1,) or (M,). Returns B codes/scales, R codes/scales, FP32 sum, bf16 deq(B), bf16 deq(R);
-    the outputs not asked for (no residual, no sum, no terms) are empty."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
+    scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row. Returns s (FP32 (1,) or
+    (M,); 1 without a scale), B codes/scales, R codes/scales, FP32 sum, bf16 deq(B), bf16 deq(R);
+    the outputs not asked for (no residual, no sum, no terms) are empty. Kernels: the amax (per
+    row: one pass; per tensor: a grid-wide atomic max over a zeroed word), then the preparation."""
     has_r = residual != _RES_NONE
-    outs = _prepare_outputs(x, bb, rb, has_r, with_sum, with_terms)
-    b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = outs
+    outs = _prepare_outputs(x, scale, bb, rb, has_r, with_sum, with_terms)
+    s_out, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = outs
     m, k = x.shape
+    if scale == _SCALE_NONE:
+        s_out.fill_(1.0)
     if m == 0:
+        if scale == _SCALE_TENSOR:
+            s_out.fill_(1e-9)  # amax of nothing is 0: the floor
         return outs
+    if scale != _SCALE_NONE:
+        per_row = scale == _SCALE_TOKEN
+        amax = torch.empty(m, dtype=torch.int32, device=x.device) if per_row else torch.zeros(1, dtype=torch.int32, device=x.device)
+        bm = min(8, triton.next_power_of_2(m))
+        bk = 1024 if per_row else 512
+        amax_grid = (triton.cdiv(m, bm),) if per_row else (triton.cdiv(m, bm), min(triton.cdiv(k, bk), 65535))
+        _amax_kernel[amax_grid](x, amax, m, k, x.stride(0), PER_ROW=per_row, BLOCK_M=bm, BLOCK_K=bk)
+    else:
+        amax = s_out
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     kp = padded_length(max(kp_b, kp_r), block_k)
     if block_m == 0:  # 8 rows a program, fewer for a short batch (decode: 1 row)
@@ -280,13 +336,13 @@ def _prepare_op(
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     _prepare_kernel[grid](
-        x, s_rows, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
+        x, amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
         total if with_sum else spare, t_b if with_terms else spare, t_r if with_terms and has_r else spare,
-        m, k, x.stride(0), 0 if s_rows.numel() == 1 else 1, b_codes.stride(0), b_scales.stride(0),
+        m, k, x.stride(0), 1 if scale == _SCALE_TOKEN else 0, b_codes.stride(0), b_scales.stride(0),
         r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0,
         total.stride(0) if with_sum else 0, t_b.stride(0) if with_terms else 0,
         kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
-        MX=mx, HAS_S=has_s, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
+        MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
         RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
         WRITE_SUM=with_sum, WRITE_TERMS=with_terms, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
     )
@@ -294,9 +350,9 @@ def _prepare_op(
 
 
 @_prepare_op.register_fake
-def _(x, s_rows, mx, has_s, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, with_sum, with_terms,
+def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, with_sum, with_terms,
       block_m, block_k):
-    return _prepare_outputs(x, bb, rb, residual != _RES_NONE, with_sum, with_terms)
+    return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, with_sum, with_terms)
 
 
 def prepare_activation_triton(
@@ -318,21 +374,20 @@ def prepare_activation_triton(
     m, k = x.shape
     x = x.contiguous()
     mx = config.format is Format.MXFP4
-    if config.has_global_scale:
-        s = nvfp4_global_scale(x, config.granularity)  # () or (M, 1), FP32
-        s_rows = s.reshape(1) if s.dim() == 0 else s.reshape(m).contiguous()
+    if not config.has_global_scale:
+        scale = _SCALE_NONE
     else:
-        s = torch.ones((), dtype=torch.float32, device=x.device)
-        s_rows = s.reshape(1)
+        scale = _SCALE_TOKEN if config.granularity is Granularity.TOKEN else _SCALE_TENSOR
     bb = config.backbone_block
     has_r = config.residual is not Residual.NONE
     rb = config.residual_block if has_r else bb
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
-    b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = torch.ops.sharq.prepare_fp4(
-        x, s_rows, mx, config.has_global_scale, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
+    s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = torch.ops.sharq.prepare_fp4(
+        x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
         with_sum, with_terms, block_m or 0, block_k)
+    s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
     gs = s if config.has_global_scale else None
 
     def qt(codes, scales, block):
