@@ -20,13 +20,13 @@ Writes benchmarks/results/linear-<gpu>.json and .png.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import sharq
+from _results import write_json
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.ops import prepare, quantize_weight, sharq_linear
@@ -141,11 +141,7 @@ def main() -> None:
                preset=args.preset, granularity=args.granularity, copy_GBps=copy_gbps,
                timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
                rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
-    path = out / f"linear-{tag}.json"
-    path.write_text(json.dumps(doc, indent=1))
+    path = write_json(doc, args.out, "linear")
     _plot(doc, path.with_suffix(".png"))
     print(f"wrote {path} and .png")
 

@@ -10,13 +10,12 @@ usage: python benchmarks/reference_throughput.py [--tokens 32768] [--seq 2048] [
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 import sharq
+from _results import write_json
 
 
 def main() -> None:
@@ -66,12 +65,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     doc = dict(gpu=gpu, torch=torch.__version__, model="SmolLM2-135M shape, random weights", backend=args.backend,
                rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
-    path = out / f"{args.backend}-throughput-{tag}.json"
-    path.write_text(json.dumps(doc, indent=1))
-    print(f"wrote {path}")
+    print(f"wrote {write_json(doc, args.out, f'{args.backend}-throughput')}")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-from pathlib import Path
 
 import torch
 
+from _results import write_json
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.ops import prepare, quantize_weight
@@ -72,13 +71,8 @@ def main() -> None:
             best = timed[0]
             print(f"{layer:8s} M={m:5d} best {best['median_ms'] * 1e3:8.1f} us ({best['weight_GBps']:.0f} GB/s) "
                   f"{best['tiles']}; worst {timed[-1]['median_ms'] * 1e3:.1f} us", flush=True)
-    gpu = torch.cuda.get_device_name()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
-    doc = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, rows=results)
-    (out / f"gemm-tuning-{tag}.json").write_text(json.dumps(doc, indent=1))
-
+    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, rows=results)
+    print(f"wrote {write_json(doc, args.out, 'gemm-tuning')}")
 
 if __name__ == "__main__":
     main()
