@@ -6,6 +6,7 @@ import json
 import pytest
 
 from sharq import PRESETS, Backend, Format, Granularity, Residual, SharqConfig, parse_mask
+from sharq.config import preset_name
 
 EXPECTED_PRESETS = {
     "bf16", "nvfp4", "mxfp4", "hif4", "sharq-nvfp4", "sharq-mxfp4", "sharq-hif4",
@@ -89,3 +90,14 @@ def test_parse_mask():
     assert parse_mask("pair4of8").pairs and parse_mask("pair4of8").density == 0.5
     spec = parse_mask(" 8:16 ")
     assert (spec.n, spec.m, spec.name) == (8, 16, "8:16")
+
+
+def test_operand_option_round_trips_and_is_validated():
+    from sharq.config import Operand
+
+    config = SharqConfig.from_preset("sharq-nvfp4", operand="bf16-sum")
+    assert config.operand is Operand.BF16_SUM
+    assert SharqConfig.from_json(config.to_json()) == config
+    assert preset_name(config) == "sharq-nvfp4"  # an execution option, like backend
+    with pytest.raises(ValueError, match="operand"):
+        SharqConfig(operand="fp8")

@@ -133,6 +133,31 @@ def test_linear_on_triton_equals_reference_linear():
             assert bool(((got.float() - ref.float()).abs() <= ulp).all()), (preset, granularity)
 
 
+@pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4", "nvfp4"])
+def test_bf16_sum_operand_is_the_reference_operand_and_one_term(preset):
+    """operand="bf16-sum": the preparation writes one term, bf16(deq(B) + deq(R)), bit-equal to the
+    reference's `dense`; the Triton linear equals the reference linear within one bf16 ulp and
+    differs from the exact linear only by that rounding."""
+    from sharq.ops import sharq_linear
+
+    for granularity in ("tensor", "token"):
+        config = PRESETS[preset].replace(granularity=granularity, operand="bf16-sum")
+        x = _activation(11, 96, seed=5)
+        got, _ = prepare_activation_triton(x, config, with_terms=True)
+        ref = prepare_activation(x, config)
+        assert got.terms is not None and len(got.terms) == 1
+        assert torch.equal(got.terms[0].float(), ref.dense)
+        exact = ref.backbone.dequantize(apply_global_scale=False)
+        if ref.residual is not None:
+            exact = exact + ref.residual.dequantize(apply_global_scale=False)
+        assert torch.equal(ref.dense, exact.to(torch.bfloat16).float())
+        wq = quantize_weight(torch.randn(48, 96, device=DEVICE) * 0.05, config)
+        y_ref = sharq_linear(x, wq, None, config.replace(backend="reference"))
+        y_tri = sharq_linear(x, wq, None, config.replace(backend="triton"))
+        ulp = y_ref.float().abs().clamp_min(1e-3) * 2.0**-7
+        assert bool(((y_tri.float() - y_ref.float()).abs() <= ulp).all())
+
+
 def test_gemm_refuses_bad_input():
     wq = _weight(16, 64, "sharq-nvfp4", seed=0)
     a = torch.zeros(2, 64, dtype=operand_dtype(wq.format), device=DEVICE)

@@ -34,9 +34,9 @@ def test_prepare_op_passes_opcheck():
     x = _x(5, 96)
     # sharq-nvfp4 per token and per tensor (pair4of8 backbone, quantized residual, every output), and
     # plain MXFP4 (no second-level scale, no residual)
-    for args in ((x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, True, True, 0, 64),
-                 (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, True, 4, 32),
-                 (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, False, True, 0, 32)):
+    for args in ((x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, True, 1, 0, 64),
+                 (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, 2, 4, 32),
+                 (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, False, 1, 0, 32)):
         torch.library.opcheck(torch.ops.sharq.prepare_fp4.default, args)
 
 

@@ -17,7 +17,9 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS, SharqConfig  # noqa: E402
-from sharq.kernels.prepare_fp4 import prepare_activation_triton, supports  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from sharq.kernels.prepare_fp4 import _round_bf16, prepare_activation_triton, supports  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 KERNEL_PRESETS = [p for p, c in PRESETS.items() if c.quantizes and supports(c)]
@@ -193,3 +195,27 @@ def test_tensor_scale_spans_every_program():
     x[-1, -1] = 5000.0
     for preset in ("sharq-nvfp4", "nvfp4"):
         _check(x, PRESETS[preset].replace(granularity="tensor"))
+
+
+@triton.jit
+def _round_bf16_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    v = tl.load(x_ptr + i, mask=i < n)
+    tl.store(y_ptr + i, _round_bf16(v), mask=i < n)
+
+
+def test_round_bf16_matches_torch_per_value():
+    """The kernel's spelled-out FP32 -> bf16 rounding (ties to even, NaN, ±Inf, overflow, subnormals)."""
+    kernel = _round_bf16_kernel
+    one = 1.0
+    values = [one + 2.0**-8, one + 3 * 2.0**-8, one + 2.0**-8 + 2.0**-20, -(one + 2.0**-8), 1686.0, -1686.0, 0.0, -0.0,
+              3.3895314e38, 3.4e38, -3.4e38, float("inf"), float("-inf"), 1e-40, -3e-39, 2.0**-133, 6.0, 0.1]
+    x = torch.tensor(values, dtype=torch.float32)
+    x = torch.cat([x, torch.randn(46, generator=torch.Generator().manual_seed(0)) * 1e3])
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    y = torch.empty_like(x, device=dev)
+    kernel[(1,)](x.to(dev), y, x.numel(), BLOCK=64)
+    assert _same(y.cpu(), x.to(torch.bfloat16).float())
+    nan = torch.full((1,), float("nan"))
+    kernel[(1,)](nan.to(dev), y, 1, BLOCK=64)
+    assert bool(y[0].isnan())

@@ -10,7 +10,7 @@ Public API:
   quantize_(model, config)       swap a transformers decoder's linears in place, RMSNorm fused
 """
 
-from .config import PRESETS, Backend, Format, Granularity, MaskSpec, Residual, SharqConfig, parse_mask
+from .config import PRESETS, Backend, Format, Granularity, MaskSpec, Operand, Residual, SharqConfig, parse_mask
 from .formats import QuantizedTensor, quantize
 from .metrics import sqnr_db
 from .models import ConversionReport, quantize_
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "Backend",
+    "Operand",
     "Format",
     "Granularity",
     "MaskSpec",

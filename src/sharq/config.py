@@ -63,6 +63,15 @@ class Granularity(str, enum.Enum):
     TOKEN = "token"  # one scale per row of the flattened (M, K) activation: batch invariant
 
 
+class Operand(str, enum.Enum):
+    """How the linear consumes the two activation terms (SPEC §7)."""
+
+    EXACT = "exact"  # deq(B) · Wᵀ + deq(R) · Wᵀ with FP32 accumulation: SPEC §7 (two bf16 MMAs on Hopper)
+    # One matmul on bf16(deq(B) + deq(R)), the FP32 sum rounded to nearest even: an approximation
+    # of SPEC §7 (one bf16 MMA on Hopper instead of two); opt-in, labelled.
+    BF16_SUM = "bf16-sum"
+
+
 class Backend(str, enum.Enum):
     """Which implementation computes the numerics."""
 
@@ -144,6 +153,8 @@ class SharqConfig:
       granularity:     "tensor" or "token" FP32 second-level activation scale (NVFP4 only; the
                        other formats have no second level and are batch invariant either way).
       backend:         "auto", "reference" or "triton".
+      operand:         "exact" (SPEC §7) or "bf16-sum": the linear multiplies bf16(deq(B) + deq(R)),
+                       an approximation that halves the MMA work of Hopper prefill (opt-in).
       check_finite:    raise `ValueError` naming the layer on NaN/Inf input instead of NaN rows.
     """
 
@@ -156,6 +167,7 @@ class SharqConfig:
     weight_block: int = 32
     granularity: Granularity = Granularity.TENSOR
     backend: Backend = Backend.AUTO
+    operand: Operand = Operand.EXACT
     check_finite: bool = False
 
     def __post_init__(self) -> None:
@@ -164,6 +176,7 @@ class SharqConfig:
         set_("residual", _coerce_enum(Residual, self.residual, "residual"))
         set_("granularity", _coerce_enum(Granularity, self.granularity, "granularity"))
         set_("backend", _coerce_enum(Backend, self.backend, "backend"))
+        set_("operand", _coerce_enum(Operand, self.operand, "operand"))
         for name in ("mask", "residual_mask"):
             value = getattr(self, name)
             if value is not None:
@@ -282,6 +295,6 @@ PRESETS: dict[str, SharqConfig] = {
 
 
 def preset_name(config: SharqConfig) -> str | None:
-    """The PRESETS key `config` is, ignoring granularity, backend and check_finite; None if custom."""
-    base = config.replace(granularity="tensor", backend="auto", check_finite=False)
+    """The PRESETS key `config` is, ignoring granularity, backend, operand and check_finite; None if custom."""
+    base = config.replace(granularity="tensor", backend="auto", operand="exact", check_finite=False)
     return next((name for name, preset in PRESETS.items() if preset == base), None)

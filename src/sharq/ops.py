@@ -108,8 +108,10 @@ def linear_from_prepared(
     weight:   quantized (N, K). Returns (M, N) in `out_dtype`.
     one_gemm=True computes (deq(B) + deq(R)) · deq(W)ᵀ — SPEC §7's equal form (up to FP32
     summation order), the Hopper fast path.
-    A preparation from the Triton backend carries bf16 `terms`: the Triton FP4-weight GEMM computes
-    the same sum (one weight pass, two bf16 MMAs, FP32 accumulation, equal up to summation order).
+    A preparation that carries `dense` (operand="bf16-sum": bf16(deq(B) + deq(R))) is multiplied
+    as it is. A preparation from the Triton backend carries bf16 `terms`: the Triton FP4-weight GEMM
+    computes the same sum (one weight pass, one bf16 MMA per term, FP32 accumulation, equal up to
+    summation order).
     """
     if prepared.terms is not None:
         from .kernels.gemm_fp4 import fp4_weight_gemm
@@ -117,19 +119,20 @@ def linear_from_prepared(
         return fp4_weight_gemm(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
     sparse_view, dense_view = weight_scale_views(weight)
     s_w = weight.global_scale if weight.global_scale is not None else torch.ones((), device=weight.device)
-    b = None if (one_gemm and prepared.dense is not None) else prepared.backbone.dequantize(apply_global_scale=False)
     w_sparse = weight.dequantize(apply_global_scale=False, scale_block=sparse_view)  # (N, K) fp32
-    if one_gemm and prepared.dense is not None:  # the producer's deq(B) + deq(R), same values
+    if prepared.dense is not None:  # the producer's operand: deq(B) + deq(R), or its bf16 rounding
         acc = prepared.dense @ w_sparse.T
-    elif prepared.residual is None:
-        acc = b @ w_sparse.T
     else:
-        r = prepared.residual.dequantize(apply_global_scale=False)  # (M, K) fp32
-        if one_gemm:
-            acc = (b + r) @ w_sparse.T
+        b = prepared.backbone.dequantize(apply_global_scale=False)
+        if prepared.residual is None:
+            acc = b @ w_sparse.T
         else:
-            w_dense = weight.dequantize(apply_global_scale=False, scale_block=dense_view)
-            acc = b @ w_sparse.T + r @ w_dense.T
+            r = prepared.residual.dequantize(apply_global_scale=False)  # (M, K) fp32
+            if one_gemm:
+                acc = (b + r) @ w_sparse.T
+            else:
+                w_dense = weight.dequantize(apply_global_scale=False, scale_block=dense_view)
+                acc = b @ w_sparse.T + r @ w_dense.T
     y = (prepared.global_scale * s_w) * acc  # (M, N) fp32
     if bias is not None:
         y = y + bias.float()

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..config import Format, Granularity, Residual, SharqConfig
+from ..config import Format, Granularity, Operand, Residual, SharqConfig
 from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
@@ -84,6 +84,16 @@ def _round_e4m3(v):
     r = _rint_small(v * _pow2(3 - e)) * _pow2(e - 3)  # v / ulp is exact: a power-of-two scaling
     r = tl.minimum(r, 448.0)
     return tl.where(_isfinite(v), r, float("nan"))
+
+
+@triton.jit
+def _round_bf16(v):
+    """FP32 v rounded to the nearest bf16 (ties to even), returned as FP32 (exactly representable in
+    bf16, so any later cast is exact); NaN stays NaN, overflow gives ±Inf, as torch's cast does.
+    Spelled out because the interpreter's cast truncates."""
+    bits = v.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # -65536 = 0xFFFF0000
+    return tl.where(v == v, bits.to(tl.float32, bitcast=True), v)
 
 
 @triton.jit
@@ -249,7 +259,7 @@ def _prepare_kernel(
         _store_codes(b_codes, codes, rows, row_ok, k0, stride_bc, wb_codes, BLOCK_M, BLOCK_K)
         _store_scales(b_scales, bits, rows, row_ok, k0, stride_bs, wb_scales, BLOCK_M, BLOCK_K, BB)
         total = deq_b
-        if WRITE_TERMS:  # exact in bf16: an E2M1 value times its block scale
+        if WRITE_TERMS == 1:  # exact in bf16: an E2M1 value times its block scale
             tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], deq_b.to(tl.bfloat16), mask=ok)
         if RESIDUAL != 0:
             if RESIDUAL == 1:
@@ -262,8 +272,10 @@ def _prepare_kernel(
             _store_codes(r_codes, r_c, rows, row_ok, k0, stride_rc, wr_codes, BLOCK_M, BLOCK_K)
             _store_scales(r_scales, r_bits, rows, row_ok, k0, stride_rs, wr_scales, BLOCK_M, BLOCK_K, RB)
             total = deq_b + deq_r
-            if WRITE_TERMS:
+            if WRITE_TERMS == 1:
                 tl.store(tr_ptr + rows[:, None] * stride_t + cols[None, :], deq_r.to(tl.bfloat16), mask=ok)
+        if WRITE_TERMS == 2:  # one term: the FP32 sum rounded to bf16 (operand="bf16-sum")
+            tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], _round_bf16(total).to(tl.bfloat16), mask=ok)
         if WRITE_SUM:
             tl.store(sum_ptr + rows[:, None] * stride_sum + cols[None, :], total, mask=ok)
 
@@ -282,7 +294,10 @@ def _mask_args(spec) -> tuple[int, int, int]:
 _SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN = 0, 1, 2
 
 
-def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool, with_sum: bool, with_terms: bool):
+_TERMS_NONE, _TERMS_SEPARATE, _TERMS_SUMMED = 0, 1, 2
+
+
+def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool, with_sum: bool, terms: int):
     m, k = x.shape
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     u8 = dict(dtype=torch.uint8, device=x.device)
@@ -293,25 +308,26 @@ def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool,
         torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
         torch.empty(m, kp_r // rb, **u8) if has_r else none.clone(),
         torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else none.clone(),
-        torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms else none.clone(),
-        torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if with_terms and has_r else none.clone(),
+        torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if terms else none.clone(),
+        torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if terms == _TERMS_SEPARATE and has_r else none.clone(),
     )
 
 
 @torch.library.custom_op("sharq::prepare_fp4", mutates_args=())
 def _prepare_op(
     x: torch.Tensor, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
-    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, with_sum: bool, with_terms: bool,
+    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, with_sum: bool, terms: int,
     block_m: int, block_k: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
     """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
     scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row. Returns s (FP32 (1,) or
-    (M,); 1 without a scale), B codes/scales, R codes/scales, FP32 sum, bf16 deq(B), bf16 deq(R);
-    the outputs not asked for (no residual, no sum, no terms) are empty. Kernels: the amax (per
+    (M,); 1 without a scale), B codes/scales, R codes/scales, FP32 sum, and the GEMM operands:
+    terms 1: bf16 deq(B), bf16 deq(R); terms 2: bf16(deq(B) + deq(R)) alone. The outputs not
+    asked for (no residual, no sum, no terms) are empty. Kernels: the amax (per
     row: one pass; per tensor: a grid-wide atomic max over a zeroed word), then the preparation."""
     has_r = residual != _RES_NONE
-    outs = _prepare_outputs(x, scale, bb, rb, has_r, with_sum, with_terms)
+    outs = _prepare_outputs(x, scale, bb, rb, has_r, with_sum, terms)
     s_out, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = outs
     m, k = x.shape
     if scale == _SCALE_NONE:
@@ -337,22 +353,22 @@ def _prepare_op(
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     _prepare_kernel[grid](
         x, amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
-        total if with_sum else spare, t_b if with_terms else spare, t_r if with_terms and has_r else spare,
+        total if with_sum else spare, t_b if terms else spare, t_r if terms == _TERMS_SEPARATE and has_r else spare,
         m, k, x.stride(0), 1 if scale == _SCALE_TOKEN else 0, b_codes.stride(0), b_scales.stride(0),
         r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0,
-        total.stride(0) if with_sum else 0, t_b.stride(0) if with_terms else 0,
+        total.stride(0) if with_sum else 0, t_b.stride(0) if terms else 0,
         kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
         MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
         RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-        WRITE_SUM=with_sum, WRITE_TERMS=with_terms, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
+        WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
     )
     return outs
 
 
 @_prepare_op.register_fake
-def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, with_sum, with_terms,
+def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, with_sum, terms,
       block_m, block_k):
-    return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, with_sum, with_terms)
+    return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, with_sum, terms)
 
 
 def prepare_activation_triton(
@@ -362,8 +378,9 @@ def prepare_activation_triton(
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
     with_sum:   also return the FP32 (M, K) sum deq(B) + deq(R) in the scaled domain.
-    with_terms: also fill `PreparedActivation.terms` with bf16 (M, K) deq(B) [and deq(R)], the
-                operands of the Triton GEMM (each exact in bf16).
+    with_terms: also fill `PreparedActivation.terms` with the operands of the Triton GEMM: bf16
+                (M, K) deq(B) [and deq(R)] (each exact in bf16), or, for operand="bf16-sum", the
+                one term bf16(deq(B) + deq(R)).
     """
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
@@ -380,13 +397,14 @@ def prepare_activation_triton(
         scale = _SCALE_TOKEN if config.granularity is Granularity.TOKEN else _SCALE_TENSOR
     bb = config.backbone_block
     has_r = config.residual is not Residual.NONE
+    summed = config.operand is Operand.BF16_SUM
     rb = config.residual_block if has_r else bb
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
     s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = torch.ops.sharq.prepare_fp4(
         x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
-        with_sum, with_terms, block_m or 0, block_k)
+        with_sum, (_TERMS_SUMMED if summed else _TERMS_SEPARATE) if with_terms else _TERMS_NONE, block_m or 0, block_k)
     s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
     gs = s if config.has_global_scale else None
 
@@ -395,5 +413,5 @@ def prepare_activation_triton(
 
     backbone = qt(b_codes, b_scales, bb)
     residual_qt = qt(r_codes, r_scales, rb) if has_r else None
-    terms = ((t_b, t_r) if has_r else (t_b,)) if with_terms else None
+    terms = ((t_b, t_r) if has_r and not summed else (t_b,)) if with_terms else None
     return PreparedActivation(backbone, residual_qt, s, terms=terms), (total if with_sum else None)

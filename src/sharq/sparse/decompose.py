@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..config import Residual, SharqConfig
+from ..config import Operand, Residual, SharqConfig
 from ..formats.nvfp4 import nvfp4_global_scale
 from ..formats.quantized import QuantizedTensor
 from ..formats.registry import quantize
@@ -46,8 +46,9 @@ class PreparedActivation(NamedTuple):
     backbone: QuantizedTensor
     residual: QuantizedTensor | None
     global_scale: torch.Tensor
-    # FP32 (M, K) deq(B) + deq(R) in the scaled domain when the producer computed it anyway (the
-    # Triton kernel does); the one-GEMM linear then reads it instead of dequantizing the codes.
+    # FP32 (M, K) operand of the linear in the scaled domain, when set: deq(B) + deq(R) (the Triton
+    # kernel's optional sum), or bf16(deq(B) + deq(R)) for operand="bf16-sum". The linear multiplies
+    # it instead of dequantizing the codes.
     dense: torch.Tensor | None = None
     # bf16 (M, K) deq(B) [and deq(R)] in the scaled domain, each exact in bf16, when the Triton
     # preparation wrote them: the operands of the Triton FP4-weight GEMM.
@@ -102,7 +103,13 @@ def prepare_activation(x: torch.Tensor, config: SharqConfig) -> PreparedActivati
         residual = _quantize_scaled(r, config, config.residual_block, s)
     if s is None:
         s = torch.ones((), dtype=torch.float32, device=x.device)
-    return PreparedActivation(backbone, residual, s)
+    dense = None
+    if config.operand is Operand.BF16_SUM:  # the operand the linear multiplies: bf16(deq(B) + deq(R))
+        total = backbone.dequantize(apply_global_scale=False)
+        if residual is not None:
+            total = total + residual.dequantize(apply_global_scale=False)
+        dense = total.to(torch.bfloat16).float()
+    return PreparedActivation(backbone, residual, s, dense)
 
 
 def decompose(x: torch.Tensor, config: SharqConfig) -> Decomposition:
