@@ -9,6 +9,7 @@ replays, divided by the copies:
               per-channel E4M3 weight scales, bf16 out — what serving engines call fp8
   sharq       sharq_linear on the Triton backend: global scale, fused preparation, FP4-weight GEMM
   sharq-gemm  the FP4-weight GEMM alone, on prepared operands
+  sharq-bf16sum  sharq with operand="bf16-sum" (one MMA on bf16(deq(B) + deq(R)): an approximation)
   copy        a device-to-device copy of the SharQ weight's bytes (payload + scales): the time the
               weight stream would take at copy bandwidth
 plus `copy_GBps`: (read + written bytes) / time of a 1 GiB device copy (do_bench).
@@ -100,6 +101,7 @@ def main() -> None:
         return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
     config = PRESETS[args.preset].replace(granularity=args.granularity, backend="triton")
+    summed = config.replace(operand="bf16-sum")
     copy_gbps = _copy_gbps(bench)
     print(f"device copy: {copy_gbps:.0f} GB/s (read + written)")
     rows = []
@@ -125,6 +127,7 @@ def main() -> None:
                 "sharq-gemm": [lambda q=q: fp4_weight_gemm(prepared.terms, prepared.global_scale, q, None,
                                                            torch.bfloat16) for q in wqs[:c]],
                 "copy": [lambda b=b: b[1].copy_(b[0]) for b in blobs[:c]],
+                "sharq-bf16sum": [lambda q=q: sharq_linear(x, q, None, summed) for q in wqs[:c]],
             }
             t = {}
             for name, fns in providers.items():
@@ -158,7 +161,9 @@ def _plot(doc: dict, path: Path) -> None:
         rows = [r for r in doc["rows"] if r["layer"] == layer]
         ms = sorted({r["M"] for r in rows})
         t = {(r["provider"], r["M"]): r["median_ms"] for r in rows}
-        for provider in ("fp8", "sharq", "sharq-gemm"):
+        for provider in ("fp8", "sharq", "sharq-gemm", "sharq-bf16sum"):
+            if (provider, ms[0]) not in t:
+                continue
             ax.plot(ms, [t[("bf16", m)] / t[(provider, m)] for m in ms], marker="o", label=provider)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xscale("log", base=2)
