@@ -9,6 +9,7 @@ silent fallback.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -20,6 +21,11 @@ from .formats.registry import quantize
 from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
 
 __all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views", "linear_from_prepared", "sharq_linear"]
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
@@ -36,7 +42,7 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
         return Backend.REFERENCE
     if config.backend is Backend.AUTO:
         cuda = torch.device(device).type == "cuda"
-        usable = cuda and supports(config) and importlib.util.find_spec("triton") is not None
+        usable = cuda and supports(config) and _triton_installed()
         return Backend.TRITON if usable else Backend.REFERENCE
 
     if not supports(config):
@@ -44,7 +50,7 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
             f"backend='triton' does not implement {config.format.value} with mask {config.mask}; "
             "use backend='reference' or 'auto'"
         )
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         raise NotImplementedError("backend='triton' needs the triton package (pip install 'sharq[kernels]')")
     if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise NotImplementedError(f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1), got {device}")
