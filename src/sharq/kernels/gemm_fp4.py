@@ -207,19 +207,6 @@ def _gemm_op(
         HAS_BIAS=bias is not None, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
     )
     return y
-    cfg = dict(_tiles(m, n, k), **(tiles or {}))
-    if cfg["BLOCK_K"] % weight.block:
-        raise ValueError(f"BLOCK_K {cfg['BLOCK_K']} must be a multiple of the weight block {weight.block}")
-    r = terms[1] if len(terms) == 2 else a
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-    _fp4_weight_gemm_kernel[grid](
-        a, r, weight.codes, weight.scales, sx, sw, bias if bias is not None else sx, y,
-        m, n, k, weight.codes.shape[1], weight.scales.shape[1], a.stride(0), r.stride(0),
-        weight.codes.stride(0), weight.scales.stride(0), stride_sx, y.stride(0),
-        TWO=len(terms) == 2, MX=weight.format is Format.MXFP4, WB=weight.block, HAS_SW=has_sw,
-        HAS_BIAS=bias is not None, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
-    )
-    return y
 
 
 @_gemm_op.register_fake
