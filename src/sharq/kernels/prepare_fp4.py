@@ -33,6 +33,7 @@ import triton.language as tl
 
 from ..config import Format, Granularity, Operand, Residual, SharqConfig
 from ..formats.blocks import padded_length
+from ..formats.nvfp4 import GLOBAL_SCALE_DIVISOR, GLOBAL_SCALE_FLOOR
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
 from . import supports
@@ -40,6 +41,8 @@ from . import supports
 __all__ = ["prepare_activation_triton", "supports"]
 
 _MASK_NONE, _MASK_PAIRS, _MASK_NM = 0, 1, 2
+_S_DIVISOR = tl.constexpr(float(GLOBAL_SCALE_DIVISOR))  # SPEC §3 constants, seen by the kernels
+_S_FLOOR = tl.constexpr(GLOBAL_SCALE_FLOOR)
 _RES_NONE, _RES_QUANTIZED, _RES_NAIVE = 0, 1, 2
 
 
@@ -219,7 +222,7 @@ def _amax_kernel(x_ptr, out_ptr, M, K, stride_x, PER_ROW: tl.constexpr, BLOCK_M:
 @triton.jit
 def _global_scale(amax):
     """s = max(amax / 2688, 1e-9), correctly rounded, NaN kept (nvfp4_global_scale's numerics)."""
-    s = tl.maximum(_div_rn(amax, 2688.0), 1e-9)
+    s = tl.maximum(_div_rn(amax, _S_DIVISOR), _S_FLOOR)
     return tl.where(amax == amax, s, amax)
 
 
@@ -334,7 +337,7 @@ def _prepare_op(
         s_out.fill_(1.0)
     if m == 0:
         if scale == _SCALE_TENSOR:
-            s_out.fill_(1e-9)  # amax of nothing is 0: the floor
+            s_out.fill_(GLOBAL_SCALE_FLOOR)  # amax of nothing is 0: the floor
         return outs
     if scale != _SCALE_NONE:
         per_row = scale == _SCALE_TOKEN
