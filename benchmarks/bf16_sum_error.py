@@ -14,7 +14,6 @@ usage: python benchmarks/bf16_sum_error.py [--tokens 8176] [--seq-len 512] [--pr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import time
@@ -23,29 +22,9 @@ from pathlib import Path
 import torch
 
 import sharq
-import sharq.ops as ops
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
 from sharq.eval.perplexity import corpus_tokens, perplexity
-
-
-@contextlib.contextmanager
-def rounded_operand_sum():
-    """Within the block, the one-GEMM linear multiplies bf16(deq(B) + deq(R)) instead of the FP32 sum."""
-    exact = ops.linear_from_prepared
-
-    def rounded(prepared, weight, bias, out_dtype, *, one_gemm=False):
-        total = prepared.backbone.dequantize(apply_global_scale=False)
-        if prepared.residual is not None:
-            total = total + prepared.residual.dequantize(apply_global_scale=False)
-        prepared = prepared._replace(dense=total.to(torch.bfloat16).float())
-        return exact(prepared, weight, bias, out_dtype, one_gemm=True)
-
-    ops.linear_from_prepared = rounded
-    try:
-        yield
-    finally:
-        ops.linear_from_prepared = exact
 
 
 def main() -> None:
@@ -60,14 +39,12 @@ def main() -> None:
     tokens = corpus_tokens(tokenizer, wiki_texts())
     rows = []
     for preset in ["bf16", *args.presets.split(",")]:
-        model = copy.deepcopy(base)
-        config = sharq.SharqConfig.from_preset(preset, backend="reference")
-        sharq.quantize_(model, config)
-        modes = ("exact",) if not config.quantizes else ("exact", "bf16-sum")
-        for mode in modes:
+        quantizes = sharq.PRESETS[preset].quantizes
+        for mode in ("exact", "bf16-sum") if quantizes else ("exact",):
+            model = copy.deepcopy(base)
+            sharq.quantize_(model, sharq.SharqConfig.from_preset(preset, backend="reference", operand=mode))
             start = time.perf_counter()
-            with rounded_operand_sum() if mode == "bf16-sum" else contextlib.nullcontext():
-                res = perplexity(model, tokenizer, tokens, seq_len=args.seq_len, max_tokens=args.tokens, batch_size=1)
+            res = perplexity(model, tokenizer, tokens, seq_len=args.seq_len, max_tokens=args.tokens, batch_size=1)
             rows.append(dict(preset=preset, operand=mode, ppl_wiki=res.ppl, tokens=res.tokens,
                              seconds=round(time.perf_counter() - start, 1)))
             print(f"{preset:14s} {mode:9s} wiki ppl {res.ppl:.4f} over {res.tokens} tokens", flush=True)
