@@ -2,10 +2,10 @@
 
 Exact SharQ on Hopper needs two bf16 MMAs per weight tile (deq(B) and deq(R) are each exact in
 bf16, their sum is not), which caps prefill at 0.5x a bf16 GEMM. One MMA on bf16(deq(B) + deq(R))
-would lift that cap but is an approximation of SPEC §7. This script measures it: perplexity of the
-packaged SmolLM2-135M (already-4-bit Q4_1 weights!) on the first `--tokens` Wikipedia tokens, with
-the real `quantize_`d model on the reference backend, once exact and once with the operand sum
-rounded to bf16 (round to nearest even) before the matmul. Writes
+would lift that cap but is an approximation of SPEC §7 (`operand="bf16-sum"`). This script measures
+it: perplexity of the packaged SmolLM2-135M (already-4-bit Q4_1 weights!) on the first `--tokens`
+Wikipedia tokens, with the real `quantize_`d model on the reference backend, once with
+operand="exact" and once with operand="bf16-sum". Writes
 benchmarks/results/experiments/bf16-sum-smollm2.json.
 
 usage: python benchmarks/bf16_sum_error.py [--tokens 8176] [--seq-len 512] [--presets sharq-nvfp4,sharq-mxfp4]
