@@ -233,31 +233,30 @@ def _snapshot(model):
     return {n: type(m) for n, m in model.named_modules()}
 
 
+def _assert_refused_untouched(model, match: str) -> None:
+    """quantize_ raises a ValueError matching `match` and leaves every parameter and module as it was."""
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        quantize_(model, "sharq-nvfp4")
+    assert _snapshot(model) == before
+
+
 def test_unsupported_decoder_is_refused_and_untouched():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=64, n_positions=32))
-    before = _snapshot(model)
-    with pytest.raises(ValueError, match=r"model_type 'gpt2'.*Supported: Llama.*filter_fn"):
-        quantize_(model, "sharq-nvfp4")
-    assert _snapshot(model) == before
+    _assert_refused_untouched(model, r"model_type 'gpt2'.*Supported: Llama.*filter_fn")
 
 
 def test_never_half_converts():
     model = tiny_model("llama")
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
-    before = _snapshot(model)
-    with pytest.raises(ValueError, match=r"layers\.1\.mlp\.down_proj.*NaN"):
-        quantize_(model, "sharq-nvfp4")
-    assert _snapshot(model) == before
+    _assert_refused_untouched(model, r"layers\.1\.mlp\.down_proj.*NaN")
 
     model = tiny_model("llama")
     model.model.layers[1].post_attention_layernorm = nn.LayerNorm(model.config.hidden_size)
-    before = _snapshot(model)
-    with pytest.raises(ValueError, match=r"layers\.1\.post_attention_layernorm: LayerNorm .*cannot fuse"):
-        quantize_(model, "sharq-nvfp4")
-    assert _snapshot(model) == before
+    _assert_refused_untouched(model, r"layers\.1\.post_attention_layernorm: LayerNorm .*cannot fuse")
 
 
 def test_refuses_to_quantize_twice_and_bad_arguments():
