@@ -66,7 +66,7 @@ def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
         check_activation(x)
         if config.check_finite and not bool(torch.isfinite(x).all()):
             raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
-        prepared, _ = prepare_activation_triton(x, config, with_terms=True)
+        prepared, _ = prepare_activation_triton(x, config, with_terms=True, terms_layout="auto")
         return prepared
     return prepare_activation(x, config)
 
@@ -115,11 +115,16 @@ def linear_from_prepared(
     one_gemm=True computes (deq(B) + deq(R)) · deq(W)ᵀ — SPEC §7's equal form (up to FP32
     summation order), the Hopper fast path.
     A preparation that carries `dense` (operand="bf16-sum": bf16(deq(B) + deq(R))) is multiplied
-    as it is. A preparation from the Triton backend carries bf16 `terms`: the Triton FP4-weight GEMM
-    computes the same sum (one weight pass, one bf16 MMA per term, FP32 accumulation, equal up to
-    summation order).
+    as it is. A preparation from the Triton backend carries `terms`: bf16 (M, K) rows, which the
+    Triton FP4-weight GEMM multiplies (one weight pass, one bf16 MMA per term, FP32 accumulation),
+    or, for one NVFP4 row, FP32 terms in the decode GEMV's layout (kernels/gemv_nvfp4.py). Both
+    equal this function's reference sum up to FP32 summation order.
     """
     if prepared.terms is not None:
+        if prepared.terms[0].dtype == torch.float32:  # one row in the GEMV's layout
+            from .kernels.gemv_nvfp4 import fp4_weight_gemv
+
+            return fp4_weight_gemv(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
         from .kernels.gemm_fp4 import fp4_weight_gemm
 
         return fp4_weight_gemm(prepared.terms, prepared.global_scale, weight, bias, out_dtype)

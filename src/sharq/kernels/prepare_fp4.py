@@ -37,6 +37,7 @@ from ..formats.nvfp4 import GLOBAL_SCALE_DIVISOR, GLOBAL_SCALE_FLOOR
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
 from . import supports
+from .gemv_nvfp4 import gemv_words
 
 __all__ = ["prepare_activation_triton", "supports"]
 
@@ -234,7 +235,7 @@ def _prepare_kernel(
     MX: tl.constexpr, HAS_S: tl.constexpr,
     MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
     RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr,
+    BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KWT,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -264,6 +265,9 @@ def _prepare_kernel(
         total = deq_b
         if WRITE_TERMS == 1:  # exact in bf16: an E2M1 value times its block scale
             tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], deq_b.to(tl.bfloat16), mask=ok)
+        if WRITE_TERMS == 3:  # the M = 1 GEMV's layout (gemv_nvfp4): FP32 ×2^64, position-major
+            tl.store(tb_ptr + _gemv_offsets(cols, KWT)[None, :], deq_b * 18446744073709551616.0,
+                     mask=row_ok[:, None] & (cols[None, :] < 8 * KWT))
         if RESIDUAL != 0:
             if RESIDUAL == 1:
                 r = xs - deq_b
@@ -277,10 +281,22 @@ def _prepare_kernel(
             total = deq_b + deq_r
             if WRITE_TERMS == 1:
                 tl.store(tr_ptr + rows[:, None] * stride_t + cols[None, :], deq_r.to(tl.bfloat16), mask=ok)
+            if WRITE_TERMS == 3:
+                tl.store(tr_ptr + _gemv_offsets(cols, KWT)[None, :], deq_r * 18446744073709551616.0,
+                         mask=row_ok[:, None] & (cols[None, :] < 8 * KWT))
         if WRITE_TERMS == 2:  # one term: the FP32 sum rounded to bf16 (operand="bf16-sum")
             tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], _round_bf16(total).to(tl.bfloat16), mask=ok)
+        if WRITE_TERMS == 4:  # the same one term in the GEMV's layout
+            tl.store(tb_ptr + _gemv_offsets(cols, KWT)[None, :], _round_bf16(total) * 18446744073709551616.0,
+                     mask=row_ok[:, None] & (cols[None, :] < 8 * KWT))
         if WRITE_SUM:
             tl.store(sum_ptr + rows[:, None] * stride_sum + cols[None, :], total, mask=ok)
+
+
+@triton.jit
+def _gemv_offsets(cols, KWT):
+    """Position-major offset of column k in the GEMV terms: (k mod 8) · KWt + k div 8."""
+    return (cols % 8) * KWT + cols // 8
 
 
 # --- host side -------------------------------------------------------------------------------------
@@ -297,7 +313,9 @@ def _mask_args(spec) -> tuple[int, int, int]:
 _SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN = 0, 1, 2
 
 
-_TERMS_NONE, _TERMS_SEPARATE, _TERMS_SUMMED = 0, 1, 2
+# the GEMM operands: none; bf16 (M, K) rows deq(B) [, deq(R)] or their bf16 sum; and the same in the
+# M = 1 GEMV's FP32 position-major layout (kernels/gemv_nvfp4.py)
+_TERMS_NONE, _TERMS_SEPARATE, _TERMS_SUMMED, _TERMS_GEMV, _TERMS_GEMV_SUMMED = 0, 1, 2, 3, 4
 
 
 def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool, with_sum: bool, terms: int):
@@ -311,9 +329,16 @@ def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool,
         torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
         torch.empty(m, kp_r // rb, **u8) if has_r else none.clone(),
         torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else none.clone(),
-        torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if terms else none.clone(),
-        torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if terms == _TERMS_SEPARATE and has_r else none.clone(),
+        _term(x, terms) if terms else none.clone(),
+        _term(x, terms) if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else none.clone(),
     )
+
+
+def _term(x: torch.Tensor, terms: int) -> torch.Tensor:
+    m, k = x.shape
+    if terms in (_TERMS_GEMV, _TERMS_GEMV_SUMMED):
+        return torch.empty(m, 8 * gemv_words(k), dtype=torch.float32, device=x.device)
+    return torch.empty(m, k, dtype=torch.bfloat16, device=x.device)
 
 
 @torch.library.custom_op("sharq::prepare_fp4", mutates_args=())
@@ -349,21 +374,26 @@ def _prepare_op(
     else:
         amax = s_out
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
-    kp = padded_length(max(kp_b, kp_r), block_k)
+    gemv = terms in (_TERMS_GEMV, _TERMS_GEMV_SUMMED)
+    if gemv and m != 1:
+        raise ValueError(f"the GEMV terms layout is for one row, got {m}")
+    kwt = gemv_words(k) if gemv else 0
+    kp = padded_length(max(kp_b, kp_r, 8 * kwt), block_k)  # GEMV terms: the zero padding is written too
     if block_m == 0:  # 8 rows a program, fewer for a short batch (decode: 1 row)
         block_m = min(8, triton.next_power_of_2(m))
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     _prepare_kernel[grid](
         x, amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
-        total if with_sum else spare, t_b if terms else spare, t_r if terms == _TERMS_SEPARATE and has_r else spare,
+        total if with_sum else spare, t_b if terms else spare,
+        t_r if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else spare,
         m, k, x.stride(0), 1 if scale == _SCALE_TOKEN else 0, b_codes.stride(0), b_scales.stride(0),
         r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0,
         total.stride(0) if with_sum else 0, t_b.stride(0) if terms else 0,
         kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
         MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
         RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-        WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
+        WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, KWT=kwt, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
     )
     return outs
 
@@ -376,7 +406,7 @@ def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb,
 
 def prepare_activation_triton(
     x: torch.Tensor, config: SharqConfig, *, with_sum: bool = False, with_terms: bool = False,
-    block_m: int | None = None, block_k: int = 64,
+    terms_layout: str = "rows", block_m: int | None = None, block_k: int = 64,
 ) -> tuple[PreparedActivation, torch.Tensor | None]:
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
@@ -384,6 +414,9 @@ def prepare_activation_triton(
     with_terms: also fill `PreparedActivation.terms` with the operands of the Triton GEMM: bf16
                 (M, K) deq(B) [and deq(R)] (each exact in bf16), or, for operand="bf16-sum", the
                 one term bf16(deq(B) + deq(R)).
+    terms_layout: "rows" (the terms as above), "gemv" (the same values as FP32 ×2^64 in the M = 1
+                GEMV's position-major layout, `gemv_nvfp4.gemv_terms_layout`; NVFP4, one row), or
+                "auto" (gemv where it applies).
     """
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
@@ -405,9 +438,19 @@ def prepare_activation_triton(
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
+    if terms_layout not in ("rows", "gemv", "auto"):
+        raise ValueError(f"terms_layout must be 'rows', 'gemv' or 'auto', got {terms_layout!r}")
+    gemv_ok = m == 1 and config.format is Format.NVFP4
+    if terms_layout == "gemv" and not gemv_ok:
+        raise ValueError(f"the GEMV terms layout is for one NVFP4 row, got {m} rows of {config.format.value}")
+    gemv = terms_layout == "gemv" or (terms_layout == "auto" and gemv_ok)
+    terms = _TERMS_NONE
+    if with_terms:
+        terms = {(False, False): _TERMS_SEPARATE, (False, True): _TERMS_SUMMED,
+                 (True, False): _TERMS_GEMV, (True, True): _TERMS_GEMV_SUMMED}[(gemv, summed)]
     s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = torch.ops.sharq.prepare_fp4(
         x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
-        with_sum, (_TERMS_SUMMED if summed else _TERMS_SEPARATE) if with_terms else _TERMS_NONE, block_m or 0, block_k)
+        with_sum, terms, block_m or 0, block_k)
     s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
     gs = s if config.has_global_scale else None
 

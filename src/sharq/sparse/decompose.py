@@ -50,8 +50,9 @@ class PreparedActivation(NamedTuple):
     # kernel's optional sum), or bf16(deq(B) + deq(R)) for operand="bf16-sum". The linear multiplies
     # it instead of dequantizing the codes.
     dense: torch.Tensor | None = None
-    # bf16 (M, K) deq(B) [and deq(R)] in the scaled domain, each exact in bf16, when the Triton
-    # preparation wrote them: the operands of the Triton FP4-weight GEMM.
+    # deq(B) [and deq(R)] in the scaled domain when the Triton preparation wrote them, the
+    # operands of its GEMMs: bf16 (M, K) rows (each value exact in bf16), or, for one NVFP4 row,
+    # FP32 ×2^64 (1, 8·KWt) in the decode GEMV's position-major layout (kernels/gemv_nvfp4.py).
     terms: tuple[torch.Tensor, ...] | None = None
 
 
