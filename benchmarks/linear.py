@@ -8,7 +8,7 @@ replays, divided by the copies:
   fp8         dynamic per-token E4M3 activation quantization (torch ops) + torch._scaled_mm with
               per-channel E4M3 weight scales, bf16 out — what serving engines call fp8
   sharq       sharq_linear on the Triton backend: global scale, fused preparation, FP4-weight GEMM
-  sharq-gemm  the FP4-weight GEMM alone, on prepared operands
+  sharq-gemm  the FP4-weight GEMM alone (the GEMV at M = 1), on prepared operands
   sharq-bf16sum  sharq with operand="bf16-sum" (one MMA on bf16(deq(B) + deq(R)): an approximation)
   copy        a device-to-device copy of the SharQ weight's bytes (payload + scales): the time the
               weight stream would take at copy bandwidth
@@ -29,8 +29,7 @@ import torch.nn.functional as F
 import sharq
 from _results import write_json
 from sharq import PRESETS
-from sharq.kernels.gemm_fp4 import fp4_weight_gemm
-from sharq.ops import prepare, quantize_weight, sharq_linear
+from sharq.ops import linear_from_prepared, prepare, quantize_weight, sharq_linear
 
 LAYERS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 M_VALUES = (1, 8, 16, 64, 256, 1024, 4096, 8192)
@@ -124,8 +123,7 @@ def main() -> None:
                 "bf16": [lambda w=w: F.linear(x, w) for w in ws[:c]],
                 "fp8": [lambda f=f: _fp8_linear(x, *f) for f in fp8s[:c]],
                 "sharq": [lambda q=q: sharq_linear(x, q, None, config) for q in wqs[:c]],
-                "sharq-gemm": [lambda q=q: fp4_weight_gemm(prepared.terms, prepared.global_scale, q, None,
-                                                           torch.bfloat16) for q in wqs[:c]],
+                "sharq-gemm": [lambda q=q: linear_from_prepared(prepared, q, None, torch.bfloat16) for q in wqs[:c]],
                 "copy": [lambda b=b: b[1].copy_(b[0]) for b in blobs[:c]],
                 "sharq-bf16sum": [lambda q=q: sharq_linear(x, q, None, summed) for q in wqs[:c]],
             }
