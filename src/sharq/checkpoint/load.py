@@ -33,7 +33,7 @@ __all__ = ["load_quantized", "load_tokenizer"]
 
 
 def _skeleton(ckpt: CheckpointFiles) -> nn.Module:
-    """The model of config.json with parameters on the meta device (buffers are real, on the CPU)."""
+    """The model of config.json with every parameter and buffer on the meta device (no memory)."""
     import transformers
     from accelerate import init_empty_weights
 
@@ -53,7 +53,8 @@ def _skeleton(ckpt: CheckpointFiles) -> nn.Module:
         del hf_config.quantization_config  # the record is sharq's; transformers must not act on it
     dtype = hf_config.dtype if isinstance(getattr(hf_config, "dtype", None), torch.dtype) else torch.float32
     try:
-        with init_empty_weights(include_buffers=False):
+        # every tensor, buffers included, is in the checkpoint: nothing needs memory before it is read
+        with torch.device("meta"), init_empty_weights(include_buffers=True):
             model = cls._from_config(hf_config, dtype=dtype)
     except Exception as err:
         raise CheckpointError(f"{where}: cannot build {name} from it ({err})") from None
@@ -202,8 +203,14 @@ def load_quantized(
         module = model.get_submodule(owner)
         (module._parameters if attr in module._parameters else module._buffers)[attr] = value
     left = [name for name, t in _all_tensors(model).items() if t.is_meta]
-    if left:  # every name was checked above: this would be a sharq bug, not a bad file
-        raise CheckpointError(f"{ckpt.root}: tensor {left[0]!r} was not loaded")
+    # a tensor a module keeps as a plain attribute (not registered) is not in any checkpoint
+    left += [f"{fqn}.{attr}" for fqn, m in model.named_modules() for attr, v in vars(m).items()
+             if isinstance(v, torch.Tensor) and v.is_meta]
+    if left:
+        raise CheckpointError(
+            f"{ckpt.root}: tensor {left[0]!r} of {ckpt.record.model_class} was not loaded (not a registered "
+            "parameter or buffer); sharq cannot rebuild this model from a checkpoint"
+        )
     try:
         conversion.finish()
     except ValueError as err:
