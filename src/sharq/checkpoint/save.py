@@ -27,7 +27,7 @@ from .reader import is_sharq_checkpoint
 from .record import CheckpointRecord, module_entry_weights
 from .tensors import global_scale_names, model_tensors, module_entry, quantized_modules, storage_bytes
 
-__all__ = ["save_quantized", "SavedCheckpoint"]
+__all__ = ["save_quantized", "SavedCheckpoint", "check_output_folder"]
 
 
 @dataclasses.dataclass
@@ -50,15 +50,18 @@ class SavedCheckpoint:
         )
 
 
-def _prepare_folder(root: Path, overwrite: bool) -> None:
+def check_output_folder(root: str | os.PathLike, overwrite: bool = False) -> list[Path]:
+    """Raise CheckpointError unless a checkpoint may be written to `root`; return what it would replace.
+
+    An absent or empty folder is fine; a non-empty one only with `overwrite`, and only when it is a
+    sharq checkpoint (without sub-folders) — never a folder of anything else.
+    """
+    root = Path(root)
     if root.exists() and not root.is_dir():
         raise CheckpointError(f"{root}: exists and is not a folder")
-    if not root.exists():
-        root.mkdir(parents=True)
-        return
-    entries = list(root.iterdir())
+    entries = list(root.iterdir()) if root.exists() else []
     if not entries:
-        return
+        return []
     if not overwrite:
         raise CheckpointError(f"{root}: the folder is not empty; choose a new one, or overwrite it (--force)")
     if not is_sharq_checkpoint(root):
@@ -66,8 +69,7 @@ def _prepare_folder(root: Path, overwrite: bool) -> None:
     for entry in entries:
         if entry.is_dir() and not entry.is_symlink():
             raise CheckpointError(f"{root}: holds a folder {entry.name!r}; refusing to overwrite it")
-    for entry in entries:
-        entry.unlink()
+    return entries
 
 
 def _shards(sizes: dict[str, int], limit: int) -> list[list[str]]:
@@ -136,7 +138,9 @@ def save_quantized(
     )
 
     root = Path(path)
-    _prepare_folder(root, overwrite)
+    for entry in check_output_folder(root, overwrite):
+        entry.unlink()
+    root.mkdir(parents=True, exist_ok=True)
     scale_names = global_scale_names(modules)
     shards = _shards({n: t.numel() * t.element_size() for n, t in tensors.items()}, limit)
     names = [SINGLE_FILE] if len(shards) == 1 else [shard_name(i + 1, len(shards)) for i in range(len(shards))]
