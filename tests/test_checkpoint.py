@@ -90,6 +90,26 @@ def test_round_trip_generate_and_tied_embeddings(tmp_path):
         assert torch.equal(loaded.generate(ids, **kwargs), model.generate(ids, **kwargs))
 
 
+def test_resave_of_a_loaded_model_is_the_same_data(tmp_path):
+    model = _quantized("qwen3_moe")
+    sharq.save_quantized(model, tmp_path / "a")
+    sharq.save_quantized(sharq.load_quantized(tmp_path / "a"), tmp_path / "b")
+    ha, ma = read_header(tmp_path / "a" / "model.safetensors")
+    hb, mb = read_header(tmp_path / "b" / "model.safetensors")
+    assert ha == hb and ma == mb  # same tensors, offsets and checksums (metadata order may differ)
+    data = lambda p: p.read_bytes()[8 + int.from_bytes(p.read_bytes()[:8], "little"):]  # noqa: E731
+    assert data(tmp_path / "a" / "model.safetensors") == data(tmp_path / "b" / "model.safetensors")
+
+
+def test_loaders_of_unquantized_models_refuse_a_checkpoint(tmp_path):
+    """transformers would skip the unknown quant_method and leave the linears random: refused instead."""
+    from sharq.eval import load_model
+
+    sharq.save_quantized(_quantized(), tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="is a sharq checkpoint .* sharq.load_quantized"):
+        load_model(tmp_path / "ckpt")
+
+
 def test_load_dtype_device_and_backend(tmp_path):
     model = _quantized()
     sharq.save_quantized(model, tmp_path / "ckpt")
