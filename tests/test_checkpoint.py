@@ -45,6 +45,7 @@ def _logits(model, ids):
         ("gemma3", "sharq-hif4", {}),  # gemma norm variant, non-persistent embed_scale
         ("mixtral", "sharq-mxfp4", {}),
         ("llama", "nvfp4", {}),  # plain W4A4: no mask, no residual
+        ("qwen3_vl", "sharq-nvfp4", {}),  # language model of a vision-language model; the vision tower stays
     ],
 )
 def test_round_trip_is_bit_identical(tmp_path, kind, preset, changes):

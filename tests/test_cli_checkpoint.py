@@ -150,3 +150,20 @@ def test_checkpoint_inspect_takes_no_preset(capsys):
     assert "--preset apply to the per-layer report" in capsys.readouterr().err
     assert main(["inspect", "no-such-dir"]) == 1
     assert "no-such-dir: no such checkpoint folder" in capsys.readouterr().err
+
+
+def test_eval_json_keeps_stdout_for_the_document(monkeypatch, capsys, tmp_path):
+    """`sharq eval --json`: stdout is the JSON document alone; the log and the table go to stderr."""
+    import sharq.eval
+    import sharq.eval.report
+
+    def fake_evaluate(settings, *, out_dir, name, resume, progress, log):
+        log("loading …")
+        return {"rows": [{"preset": p, "metric": "ppl_wiki", "value": 1.0} for p in settings.presets]}
+
+    monkeypatch.setattr(sharq.eval, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sharq.eval.report, "markdown", lambda doc: "| table |")
+    assert main(["eval", "--presets", "bf16,nvfp4", "--tasks", "none", "--out", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [r["preset"] for r in json.loads(captured.out)["rows"]] == ["bf16", "nvfp4"]
+    assert "loading …" in captured.err and "| table |" in captured.err

@@ -66,11 +66,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval.report import markdown
 
     start = time.perf_counter()
+    # with --json, stdout carries the JSON document only; the running log goes to stderr
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     doc = evaluate(_eval_settings(args), out_dir=args.out, name=args.name, resume=args.resume,
-                   progress=not args.no_progress)
-    print()
-    print(markdown(doc))
-    print(f"\nwrote {args.out}/{args.name}.json, .md and .png in {time.perf_counter() - start:.0f} s")
+                   progress=not args.no_progress, log=log)
+    log("")
+    log(markdown(doc))
+    log(f"\nwrote {args.out}/{args.name}.json, .md and .png in {time.perf_counter() - start:.0f} s")
     if args.json:
         print(json.dumps(doc, indent=1))
     return 0
@@ -102,7 +104,8 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
     p.add_argument("--name", default=name, help=f"results file stem (default {name})")
     p.add_argument("--resume", action="store_true", help="skip runs already in the results JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="also print the results document as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the results document as JSON on stdout (the table and the log go to stderr)")
 
 
 def _cmd_inspect_checkpoint(args: argparse.Namespace) -> int:
