@@ -12,7 +12,6 @@ import sharq
 from sharq.checkpoint import CheckpointError, checkpoint_info
 from sharq.checkpoint.format import read_header
 from sharq.nn.experts import SharqExperts
-from sharq.nn.fused_norm import FusedRMSNormPrep
 from sharq.nn.linear import SharqLinear
 
 from .tiny_models import VOCAB, tiny_model

@@ -8,6 +8,7 @@ returns the completion with its token ids and timing.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 
 import torch
@@ -29,7 +30,7 @@ class GenerationResult:
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(t.device for t in model.state_dict().values())
+    return next(itertools.chain(model.parameters(), model.buffers())).device
 
 
 def generate_text(

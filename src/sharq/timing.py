@@ -7,6 +7,7 @@ scripts under benchmarks/ are the careful ones (CUDA graphs, rotated weights, ma
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -64,7 +65,7 @@ def bench_linear(config: SharqConfig, m: int, k: int, n: int, *, device: torch.d
 def bench_model(model: nn.Module, *, vocab: int, tokens: int, new_tokens: int, repeat: int = 3,
                 seed: int = 0) -> dict:
     """Prefill of `tokens` random tokens (batch 1) and greedy decode of `new_tokens` more."""
-    device = next(t.device for t in model.state_dict().values())
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(seed)).to(device)
     prefill_s = median_seconds(lambda: model(ids), repeat=repeat, device=device)
     options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,

@@ -67,15 +67,17 @@ def is_sharq_checkpoint(path: str | os.PathLike) -> bool:
     return isinstance(record, dict) and record.get("quant_method") == QUANT_METHOD
 
 
-def _file_list(root: Path) -> list[Path]:
+def _file_list(root: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """(the safetensors files, the index's weight map — None for a single file)."""
     single, index = root / SINGLE_FILE, root / INDEX_FILE
     if single.exists() and index.exists():
         raise CheckpointError(f"{root}: both {SINGLE_FILE} and {INDEX_FILE} are present; which one is the model?")
     if single.exists():
-        return [single]
+        return [single], None
     if not index.exists():
         raise CheckpointError(f"{root}: no {SINGLE_FILE} or {INDEX_FILE}; the tensors are missing")
-    return sorted({root / name for name in _weight_map(index).values()})
+    weight_map = _weight_map(index)
+    return sorted({root / name for name in weight_map.values()}), weight_map
 
 
 def _weight_map(index: Path) -> dict[str, str]:
@@ -117,8 +119,7 @@ def open_checkpoint(path: str | os.PathLike) -> CheckpointFiles:
     root = Path(path)
     config = read_config(root)
     record = CheckpointRecord.from_dict(config.get("quantization_config"), str(root / CONFIG_FILE))
-    files = _file_list(root)
-    weight_map = _weight_map(root / INDEX_FILE) if files != [root / SINGLE_FILE] else None
+    files, weight_map = _file_list(root)
     tensors: dict[str, tuple[Path, TensorInfo]] = {}
     crc32: dict[str, str] = {}
     for file in files:
