@@ -253,3 +253,14 @@ def test_save_refusals(tmp_path):
         sharq.save_quantized(model, tmp_path / "ckpt")
     sharq.save_quantized(model, tmp_path / "ckpt", overwrite=True)  # replaces a sharq checkpoint
     assert sharq.load_quantized(tmp_path / "ckpt").sharq_report.config == model.sharq_report.config
+
+
+def test_progress_bars_on_request(tmp_path, capsys):
+    model = tiny_model("llama")
+    sharq.quantize_(model, "sharq-nvfp4", progress=True)
+    sharq.save_quantized(model, tmp_path / "ckpt", progress=True)
+    sharq.load_quantized(tmp_path / "ckpt", progress=True)
+    err = capsys.readouterr().err
+    assert "quantizing" in err and "writing" in err and "loading" in err
+    sharq.load_quantized(tmp_path / "ckpt", progress=False)
+    assert "loading" not in capsys.readouterr().err
