@@ -71,7 +71,7 @@ def test_cli_usage_and_runtime_errors():
 def test_cli_eval_and_inspect_explain_themselves():
     for command in ("eval", "inspect", "demo", "layer-demo"):
         out = _sharq(command, "--help")
-        assert out.returncode == 0 and "example:" in out.stdout, command
+        assert out.returncode == 0 and "example" in out.stdout, command
     out = _sharq("eval", "--presets", "fp3", "--tasks", "none", "--out", "/tmp/sharq-cli-test")
     assert out.returncode == 1 and "unknown preset 'fp3'" in out.stderr and "Traceback" not in out.stderr
     out = _sharq("eval", "--limit", "0")

@@ -81,3 +81,29 @@ def tiny_model(kind: str, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p.float()).to(p.dtype))
     return model
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer of exactly VOCAB = 256 tokens (one per byte), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte-level symbols
+    assert len(alphabet) == VOCAB
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=alphabet[0], pad_token=alphabet[0])
+
+
+def tiny_folder(path, kind: str = "llama", *, seed: int = 0, tie: bool = False):
+    """Write a tiny model of `kind` (bfloat16) and the byte tokenizer as a local Hugging Face folder."""
+    torch.manual_seed(seed)
+    model = tiny_model(kind, seed=seed)
+    if tie:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.get_input_embeddings().weight
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -8,8 +8,11 @@ Public API:
   quantize_weight(w, config)     the packed weight payload of SPEC §6
   SharqLinear                    nn.Module holding the packed weight, computing SPEC §7
   quantize_(model, config)       swap a transformers decoder's linears in place, RMSNorm fused
+  save_quantized(model, dir)     write the quantized model (packed FP4 safetensors + config.json)
+  load_quantized(dir)            rebuild it without the original weights, bit-identical
 """
 
+from .checkpoint import CheckpointError, load_quantized, load_tokenizer, save_quantized
 from .config import PRESETS, Backend, Format, Granularity, MaskSpec, Operand, Residual, SharqConfig, parse_mask
 from .formats import QuantizedTensor, quantize
 from .metrics import sqnr_db
@@ -43,5 +46,9 @@ __all__ = [
     "sqnr_db",
     "quantize_",
     "ConversionReport",
+    "save_quantized",
+    "load_quantized",
+    "load_tokenizer",
+    "CheckpointError",
     "__version__",
 ]

@@ -1,11 +1,18 @@
-"""`sharq` command line. Exit codes: 0 success, 1 runtime error, 2 usage error."""
+"""`sharq` command line. Exit codes: 0 success, 1 runtime error, 2 usage error.
+
+Commands: quantize, generate, bench (cli_model.py), eval, demo, inspect, layer-demo, presets. An
+error is one line on stderr (`sharq COMMAND: error: ...`); `--debug` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+
+from .cli_model import UsageError, add_model_commands, paragraphs
 
 __all__ = ["main"]
 
@@ -59,11 +66,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval.report import markdown
 
     start = time.perf_counter()
+    # with --json, stdout carries the JSON document only; the running log goes to stderr
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     doc = evaluate(_eval_settings(args), out_dir=args.out, name=args.name, resume=args.resume,
-                   progress=not args.no_progress)
-    print()
-    print(markdown(doc))
-    print(f"\nwrote {args.out}/{args.name}.json, .md and .png in {time.perf_counter() - start:.0f} s")
+                   progress=not args.no_progress, log=log)
+    log("")
+    log(markdown(doc))
+    log(f"\nwrote {args.out}/{args.name}.json, .md and .png in {time.perf_counter() - start:.0f} s")
     if args.json:
         print(json.dumps(doc, indent=1))
     return 0
@@ -95,12 +104,28 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
     p.add_argument("--name", default=name, help=f"results file stem (default {name})")
     p.add_argument("--resume", action="store_true", help="skip runs already in the results JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="also print the results document as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the results document as JSON on stdout (the table and the log go to stderr)")
+
+
+def _cmd_inspect_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import checkpoint_info, format_info
+
+    given = [flag for flag, value in (("--model", args.model), ("--preset", args.preset)) if value is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)} apply to the per-layer report, not to a checkpoint folder")
+    info = checkpoint_info(args.checkpoint)
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .eval.inspection import format_inspect_table, inspect_model
 
+    if args.checkpoint is not None:
+        return _cmd_inspect_checkpoint(args)
+    args.model = args.model or "smollm2"
+    args.preset = args.preset or "sharq-nvfp4"
     reports, doc = inspect_model(args.model, args.preset, granularity=args.granularity, tokens=args.tokens,
                                  seq_len=args.seq_len, device=args.device, dtype=args.dtype, out_dir=args.out,
                                  name=args.name)
@@ -141,13 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharq",
         description="SharQ: sparse FP4 backbone + dense FP4 residual quantization of LLM activations.",
+        epilog="exit codes: 0 success, 1 the command failed (one line on stderr; --debug shows the traceback), "
+        "2 usage error. `sharq COMMAND --help` explains each command with examples.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    # --debug after the command as well; SUPPRESS keeps a subcommand from resetting the global flag
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    common = [debug]
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    add_model_commands(sub, common)
 
     quick = sub.add_parser(
-        "demo",
+        "demo", parents=common,
         help="a small, fast evaluation of SmolLM2-135M (bf16 vs NVFP4 vs SharQ-NVFP4); `make demo`",
         description="The evaluation of `sharq eval` with small defaults that finish in a few minutes on 2 CPU "
         "cores: perplexity on the first 2,044 tokens of each corpus (512-token windows) and the first 10 "
@@ -159,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=_cmd_eval)
 
     demo = sub.add_parser(
-        "layer-demo",
+        "layer-demo", parents=common,
         help="SQNR and bits/value of every preset on a synthetic outlier-heavy layer",
         description="Quantize a synthetic outlier-heavy activation and weight under every preset and "
         "print activation / weight / output SQNR and bits per value.",
@@ -173,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     ev = sub.add_parser(
-        "eval",
+        "eval", parents=common,
         help="perplexity + zero-shot accuracy of a model under a list of presets",
         description="Quantize a model under each preset (and granularity) and measure perplexity over the "
         "Wikipedia summaries and the LAMBADA passages plus zero-shot ARC-e/ARC-c/HellaSwag/PIQA/WinoGrande/"
@@ -186,16 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_eval)
 
     ins = sub.add_parser(
-        "inspect",
-        help="per-layer error report of one preset (activation/weight/output SQNR, outliers)",
-        description="Feed real text through the float model and, for every linear sharq would convert, "
-        "measure the preset's activation, weight and layer-output SQNR, the energy share the sparse "
-        "backbone keeps, and the activation's outlier statistics (crest factor, kurtosis, top-1%% channel "
-        "energy). Prints a table, writes JSON and a PNG plot.",
-        epilog="example: sharq inspect --preset sharq-nvfp4 --tokens 4096",
+        "inspect", parents=common, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="per-layer error report of one preset, or what a checkpoint folder holds",
+        description=paragraphs("Without DIR: feed real text through the float model and, for every linear sharq would "
+        "convert, measure the preset's activation, weight and layer-output SQNR, the energy share the sparse "
+        "backbone keeps, and the activation's outlier statistics (crest factor, kurtosis, top-1% channel "
+        "energy); prints a table, writes JSON and a PNG plot.\n\nWith a checkpoint folder DIR: print its "
+        "quantization_config, files and the bits each quantized weight takes on disk (headers only, fast)."),
+        epilog="examples:\n  sharq inspect --preset sharq-nvfp4 --tokens 4096\n  sharq inspect smollm2-sharq --json",
     )
-    ins.add_argument("--model", default="smollm2", help="'smollm2' (default), a .gguf file or a local HF folder")
-    ins.add_argument("--preset", default="sharq-nvfp4", help="the preset to inspect (default sharq-nvfp4)")
+    ins.add_argument("checkpoint", nargs="?", metavar="DIR", help="a checkpoint folder written by `sharq quantize`")
+    ins.add_argument("--model", help="'smollm2' (default), a .gguf file or a local HF folder")
+    ins.add_argument("--preset", help="the preset to inspect (default sharq-nvfp4)")
     ins.add_argument("--granularity", choices=("tensor", "token"), default="tensor")
     ins.add_argument("--tokens", type=_positive_int, default=2048, help="Wikipedia tokens fed (default 2048)")
     ins.add_argument("--seq-len", type=_positive_int, default=512, help="sequence length (default 512)")
@@ -203,11 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="model dtype")
     ins.add_argument("--out", default="results", help="results folder (default results/)")
     ins.add_argument("--name", help="file stem (default inspect-<model>-<preset>-<granularity>)")
-    ins.add_argument("--json", action="store_true", help="print the report as JSON")
+    ins.add_argument("--json", action="store_true", help="print the report (or the checkpoint's summary) as JSON")
     ins.set_defaults(func=_cmd_inspect)
 
     presets = sub.add_parser(
-        "presets", help="list the named presets", description="List the named presets and their fields.",
+        "presets", parents=common, help="list the named presets", description="List the named presets and their fields.",
         epilog="example: sharq presets --json",
     )
     presets.add_argument("--json", action="store_true", help="print as JSON")
@@ -215,15 +249,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (ValueError, TypeError, OSError, NotImplementedError, UsageError)):
+        return text
+    return f"{type(err).__name__}: {text} (run with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Nothing is ever downloaded: models and data are local files or installed packages.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # transformers' advice, not our errors
+    if getattr(args, "no_progress", False) or not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading bars too
     try:
         return args.func(args)
-    except (ValueError, TypeError, NotImplementedError, OSError) as err:
+    except UsageError as err:
         if args.debug:
             raise
-        print(f"sharq {args.command}: error: {err}", file=sys.stderr)
+        print(f"sharq {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sharq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line; the traceback only with --debug
+        if args.debug:
+            raise
+        print(f"sharq {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -102,6 +102,13 @@ def load_model(source: str | os.PathLike | None = None, *, dtype=None, device: s
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs, **_gguf_kwargs())
         _forget_gguf_quantization(model)
     else:
+        from ..checkpoint import is_sharq_checkpoint
+
+        if is_sharq_checkpoint(path):  # transformers would skip the unknown quant_method: random linears
+            raise ValueError(
+                f"{path} is a sharq checkpoint (already quantized); load it with sharq.load_quantized() — "
+                "`sharq generate`, `sharq bench` and `sharq inspect` take it as it is"
+            )
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.eval()

@@ -25,9 +25,10 @@ from ..nn.experts import SharqExperts, expert_projections
 from ..nn.fused_norm import FusedRMSNormPrep
 from ..nn.linear import SharqLinear
 from ..nn.shared_input import SharedPreparation
+from ..progress import with_progress
 from .architectures import DecoderArchitecture, decoder_layers, find_architecture, model_type_of, supported_names
 
-__all__ = ["quantize_", "conversion_targets", "ConversionReport", "FilterFn"]
+__all__ = ["quantize_", "conversion_targets", "convert_empty_", "EmptyConversion", "ConversionReport", "FilterFn"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -197,6 +198,7 @@ def quantize_(
     *,
     modules_to_not_convert: Iterable[str] = ("lm_head",),
     filter_fn: FilterFn | None = None,
+    progress: bool | None = False,
 ) -> ConversionReport:
     """Quantize `model` in place with SharQ (no calibration data); return what was done.
 
@@ -207,6 +209,7 @@ def quantize_(
                              supported decoder). With it, linears outside the decoder (a vision
                              tower, say) can be selected too; without it, a supported decoder gets
                              its decoder linears and any non-transformers module all its linears.
+    progress:                a progress bar over the modules (None: only on a terminal).
 
     The "bf16" preset (format='none') changes nothing. Raises ValueError / TypeError (and leaves the
     model untouched) for an unsupported decoder, an already-quantized model, or a module it cannot
@@ -231,27 +234,88 @@ def quantize_(
 
     # Build everything first (quantizes the weights); the model is not touched until all succeeded.
     new_modules: dict[str, nn.Module] = {}
-    for fqn, kind in selected.items():
+    for fqn, kind in with_progress(selected.items(), enabled=progress, desc="quantizing", total=len(selected)):
         if kind == "experts":
             new_modules[fqn] = SharqExperts.from_experts(modules[fqn], config, name=fqn)
         else:
             new_modules[fqn] = SharqLinear.from_float(modules[fqn], config, name=fqn)
-    for group in plan.groups:
-        consumers = [c for c in group.consumers if c in new_modules]
-        if not consumers:
-            continue
-        shared = SharedPreparation(config, len(consumers), group.name)
-        for c in consumers:
-            new_modules[c].shared_input = shared
-        report.groups[group.name] = consumers
-        if group.norm is not None:
-            new_modules[group.norm] = FusedRMSNormPrep.from_norm(
-                modules[group.norm], arch.norm_variant, shared, name=group.norm
-            )
-            report.fused_norms[group.norm] = group.name
+    new_modules.update(_share_inputs(plan, arch, new_modules, modules, config, report))
 
     for fqn, module in new_modules.items():
         model.set_submodule(fqn, module)
     report.converted = list(selected)
     model.sharq_report = report
     return report
+
+
+def _share_inputs(
+    plan: _Plan, arch: DecoderArchitecture | None, quantized: dict[str, nn.Module], modules: dict[str, nn.Module],
+    config: SharqConfig, report: ConversionReport,
+) -> dict[str, FusedRMSNormPrep]:
+    """Give the `quantized` layers of each group one SharedPreparation; return the fused norms
+    (built from the norms in `modules`, not yet installed) by qualified name."""
+    fused: dict[str, FusedRMSNormPrep] = {}
+    for group in plan.groups:
+        consumers = [c for c in group.consumers if c in quantized]
+        if not consumers:
+            continue
+        shared = SharedPreparation(config, len(consumers), group.name)
+        for c in consumers:
+            quantized[c].shared_input = shared
+        report.groups[group.name] = consumers
+        if group.norm is not None:
+            fused[group.norm] = FusedRMSNormPrep.from_norm(modules[group.norm], arch.norm_variant, shared, name=group.norm)
+            report.fused_norms[group.norm] = group.name
+    return fused
+
+
+@dataclasses.dataclass
+class EmptyConversion:
+    """Empty sharq modules installed in a model (see `convert_empty_`); `finish()` fuses the norms."""
+
+    model: nn.Module
+    arch: DecoderArchitecture | None
+    plan: _Plan
+    modules: dict[str, nn.Module]  # qualified name -> the installed SharqLinear / SharqExperts
+    report: ConversionReport
+
+    def finish(self) -> ConversionReport:
+        """Share the preparations and fuse the norms, once the model holds its real weights (the
+        fused norm is checked bit for bit against the norm it replaces, on the norm's device)."""
+        current = dict(self.model.named_modules())
+        for fqn, module in _share_inputs(self.plan, self.arch, self.modules, current, self.report.config,
+                                         self.report).items():
+            self.model.set_submodule(fqn, module)
+        self.model.sharq_report = self.report
+        return self.report
+
+
+def convert_empty_(
+    model: nn.Module, config: SharqConfig, targets: dict[str, str], *, device: str = "meta"
+) -> EmptyConversion:
+    """Replace exactly `targets` ({qualified name: "linear" | "experts"}) by sharq modules with zero
+    storage on `device`, reading no weight: the skeleton a checkpoint is loaded into.
+
+    Modules that `targets` leaves out stay as they are (as `modules_to_not_convert` keeps them).
+    Raises ValueError naming the first target the model lacks, or has with another kind; the model
+    is untouched when anything fails.
+    """
+    if not config.quantizes:
+        raise ValueError("convert_empty_ needs a quantizing config")
+    wanted = dict(targets)
+    arch, plan, selected, kept = _select(model, (), lambda module, fqn: fqn in wanted)
+    for fqn, kind in wanted.items():
+        if fqn not in selected:
+            raise ValueError(f"{fqn}: the model has no convertible module of that name")
+        if selected[fqn] != kind:
+            raise ValueError(f"{fqn}: expected a {kind} module, the model has a {selected[fqn]} module there")
+    modules = dict(model.named_modules())
+    built: dict[str, nn.Module] = {}
+    for fqn, kind in wanted.items():
+        cls = SharqExperts if kind == "experts" else SharqLinear
+        built[fqn] = cls.empty_like(modules[fqn], config, name=fqn, device=device)
+    for fqn, module in built.items():
+        model.set_submodule(fqn, module)
+    report = ConversionReport(arch.name if arch else "generic", _preset_of(config), config,
+                              converted=list(wanted), kept=sorted(kept))
+    return EmptyConversion(model, arch, plan, built, report)

@@ -125,17 +125,32 @@ class SharqExperts(nn.Module):
         return {"gate": (i, h), "up": (i, h), "down": (h, i)}
 
     @classmethod
-    def from_experts(cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None) -> "SharqExperts":
-        """Quantize a transformers fused-experts module (see `expert_projections`), no calibration."""
-        weights = expert_projections(experts)
+    def empty_like(
+        cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> "SharqExperts":
+        """Zero storage of `experts`' sizes, bias and dtype on `device` (default: the experts' device,
+        "meta" allowed); the weights are not read. A checkpoint loader fills it."""
+        return cls._empty(expert_projections(experts), experts, config, name, device)
+
+    @classmethod
+    def _empty(cls, weights: dict[str, torch.Tensor], experts: nn.Module, config: SharqConfig,
+               name: str | None, device: torch.device | str | None) -> "SharqExperts":
         act_fn = getattr(experts, "act_fn", None)
         if not isinstance(act_fn, nn.Module):
             raise ValueError(f"{name or type(experts).__name__}: experts module has no `act_fn` module")
         e, i, h = weights["gate"].shape
-        module = cls(
+        return cls(
             e, h, i, config=config, act_fn=act_fn, bias="gate_bias" in weights,
-            dtype=weights["gate"].dtype, device=weights["gate"].device, name=name,
+            dtype=weights["gate"].dtype, device=weights["gate"].device if device is None else device, name=name,
         )
+
+    @classmethod
+    def from_experts(cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None) -> "SharqExperts":
+        """Quantize a transformers fused-experts module (see `expert_projections`), no calibration."""
+        weights = expert_projections(experts)
+        module = cls._empty(weights, experts, config, name, None)
+        e = module.num_experts
         for proj in _PROJECTIONS:
             for idx in range(e):
                 label = f"{name or 'experts'}.{idx}.{proj}"

@@ -83,20 +83,31 @@ class SharqLinear(nn.Module):
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
+    def empty_like(
+        cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> "SharqLinear":
+        """A layer of `linear`'s sizes, bias and dtype with zero storage on `device` (default: the
+        weight's device, "meta" allowed); the weight is not read. A checkpoint loader fills it."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"expected an nn.Linear, got {type(linear).__name__}")
+        return cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            config=config,
+            dtype=linear.weight.dtype,
+            device=linear.weight.device if device is None else device,
+            name=name,
+        )
+
+    @classmethod
     def from_float(cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None) -> "SharqLinear":
         """Quantize a trained `nn.Linear` (weight (N, K), optional bias) once, no calibration data."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_float needs an nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
-        module = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            config=config,
-            dtype=weight.dtype,
-            device=weight.device,
-            name=name,
-        )
+        module = cls.empty_like(linear, config, name=name)
         try:
             qt = quantize_weight(weight, config)
         except ValueError as err:
