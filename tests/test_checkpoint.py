@@ -264,3 +264,23 @@ def test_progress_bars_on_request(tmp_path, capsys):
     assert "quantizing" in err and "writing" in err and "loading" in err
     sharq.load_quantized(tmp_path / "ckpt", progress=False)
     assert "loading" not in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4"])
+def test_load_onto_cuda_is_bit_identical_to_the_saved_model_on_cuda(tmp_path, preset):
+    """Saved on the CPU, loaded straight onto the GPU (Triton backend there): the same tensors and
+    the same logits, bit for bit, as the saved model moved to the GPU, at one row (the decode GEMV)
+    and at a batch (the tensor-core GEMM)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = _quantized("llama", preset)
+    sharq.save_quantized(model, tmp_path / "ckpt")
+    loaded = sharq.load_quantized(tmp_path / "ckpt", device="cuda")
+    moved = model.to("cuda")
+    for name, t in (dict(moved.named_buffers()) | dict(moved.named_parameters())).items():
+        got = dict(loaded.named_buffers()) | dict(loaded.named_parameters())
+        assert got[name].device.type == "cuda" and torch.equal(got[name], t), name
+    for ids in (_ids(batch=1, length=1), _ids(batch=2, length=12)):
+        ids = ids.cuda()
+        assert torch.equal(_logits(loaded, ids), _logits(moved, ids))

@@ -113,9 +113,13 @@ def _gemv_nvfp4_kernel(
 
 
 def _tiles(n: int, k: int) -> dict:
-    """From benchmarks/tune_gemv.py's sweep on the H100 (gemv-tuning-h100.json): 4 rows a program,
-    1024-long K steps; 8 warps for long rows (down projection)."""
-    return dict(BLOCK_N=4, BLOCK_K=1024, num_warps=8 if k > 8192 else 4)
+    """From benchmarks/tune_gemv.py's sweep on the H100 (gemv-tuning-h100.json, Llama-3.1-8B
+    shapes): 2048-long K steps; 2 rows a program for wide layers, 4 for narrow ones."""
+    if n >= 16384:
+        return dict(BLOCK_N=2, BLOCK_K=2048, num_warps=2)
+    if n >= 6144:
+        return dict(BLOCK_N=2, BLOCK_K=2048, num_warps=4)
+    return dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2)
 
 
 def fp4_weight_gemv(
