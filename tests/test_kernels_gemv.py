@@ -86,7 +86,7 @@ def test_gemv_decodes_every_code_including_the_subnormal_one():
     wq = quantize_weight(torch.cat([square, square.flip(1)], dim=1).to(DEVICE) * 0.01, PRESETS["sharq-nvfp4"])
     deq = wq.dequantize(apply_global_scale=False)
     nibbles = torch.cat([wq.codes & 15, wq.codes >> 4], dim=1)
-    assert sorted(nibbles.unique().tolist()) == list(range(16))  # codes 1 and 9 (±0.5) among them
+    assert set(range(16)) - {8} <= set(nibbles.unique().tolist())  # -0 is stored as 0; codes 1, 9 = ±0.5
     t = torch.zeros(1, 32, dtype=torch.bfloat16, device=DEVICE)
     for col in range(16):  # a one-hot term reads one weight per output
         t.zero_()
