@@ -75,9 +75,42 @@ def test_gemm_tilings_agree_and_cover_partial_tiles():
         s_x = torch.tensor(0.75, device=DEVICE)
         want = _expected([a], s_x, wq, None)
         for tiles in (dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64), dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128),
-                      dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=32, GROUP_M=2)):
+                      dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=32, GROUP_M=2),
+                      dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, SCRATCH=2),  # bf16 scratch weight
+                      dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SCRATCH=2)):
             y = fp4_weight_gemm([a], s_x, wq, None, torch.float32, tiles=tiles)
             assert _rel_err(y, want) < 1e-5, (preset, tiles)
+
+
+@pytest.mark.parametrize("preset", WEIGHT_PRESETS)
+def test_scratch_gemm_with_two_terms_bias_and_row_scales(preset):
+    """The large-M path (weight dequantized into bf16 scratch first) with both terms, one scale per
+    row and a bias: the same numbers as the FP64 matmul of its operands."""
+    wq = _weight(40, 200, preset, seed=5)
+    g = torch.Generator().manual_seed(6)
+    terms = [(torch.randn(21, 200, generator=g) * s).to(torch.bfloat16).to(DEVICE) for s in (4.0, 0.3)]
+    s_x = (torch.rand(21, 1, generator=g) + 0.5).to(DEVICE)
+    bias = torch.randn(40, generator=g).to(DEVICE)
+    y = fp4_weight_gemm(terms, s_x, wq, bias, torch.float32, tiles=dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SCRATCH=2))
+    assert _rel_err(y, _expected(terms, s_x, wq, bias)) < 1e-5
+
+
+@pytest.mark.parametrize("preset", WEIGHT_PRESETS)
+@pytest.mark.parametrize("n,k", [(5, 32), (33, 200), (64, 96)])
+def test_dequantize_to_bf16_scratch_is_exact(preset, n, k):
+    """The scratch matrix is deq(W) in the scaled domain, every value exact in bf16 (bit for bit),
+    including subnormal and zero block scales and K not a multiple of the block."""
+    from sharq.kernels.dequant_fp4 import dequantize_fp4_bf16
+
+    g = torch.Generator().manual_seed(n + k)
+    w = torch.randn(n, k, generator=g)
+    w[min(1, n - 1)] *= 3e-5  # tiny block scales
+    wq = quantize_weight(w.to(DEVICE), PRESETS[preset])
+    got = dequantize_fp4_bf16(wq)
+    want = wq.dequantize(apply_global_scale=False)
+    assert got.dtype == torch.bfloat16 and got.shape == (n, k)
+    assert torch.equal(want.bfloat16().float(), want)  # the values are bf16 numbers
+    assert torch.equal(got.float(), want)
 
 
 @pytest.mark.parametrize("preset", WEIGHT_PRESETS)
@@ -196,7 +229,7 @@ def test_gemm_full_shapes_on_cuda(layer, preset):
         pytest.skip("needs CUDA")
     n, k = LLAMA_8B[layer]
     wq = _weight(n, k, preset, seed=n)
-    for m in (1, 7, 16, 100, 1024):
+    for m in (1, 7, 16, 100, 1024, 4099):  # 1024 and up: the bf16 scratch path
         terms = [(torch.randn(m, k, device=DEVICE) * s).to(operand_dtype(wq.format)) for s in (4.0, 0.3)]
         s_x = torch.rand(m, 1, device=DEVICE) + 0.5
         y = fp4_weight_gemm(terms, s_x, wq, None, torch.float32)

@@ -34,9 +34,12 @@ def test_prepare_op_passes_opcheck():
     x = _x(5, 96)
     # sharq-nvfp4 per token and per tensor (pair4of8 backbone, quantized residual, every output), and
     # plain MXFP4 (no second-level scale, no residual)
-    for args in ((x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, True, 1, 0, 64),
-                 (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, 2, 4, 32),
-                 (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, False, 1, 0, 32)):
+    # and 2 rows, whose amax the preparation computes itself (per token, per tensor)
+    for args in ((x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, True, 1, 0, 64, 0),
+                 (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, 2, 4, 32, 2),
+                 (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, False, 1, 0, 32, 0),
+                 (x[:2], 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, 1, 0, 0, 0),
+                 (x[:2], 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, 1, 0, 0, 0)):
         torch.library.opcheck(torch.ops.sharq.prepare_fp4.default, args)
 
 
@@ -45,8 +48,10 @@ def test_gemm_op_passes_opcheck():
     a, r = _x(5, 96, 1), _x(5, 96, 2)
     sx = torch.full((5,), 0.5, device=DEVICE)
     bias = torch.randn(24, device=DEVICE)
-    for args in ((a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.bfloat16, [0] * 6),
-                 (a, None, wq.codes, wq.scales, sx[:1], None, None, False, 32, torch.float32, [16, 16, 32, 1, 4, 2])):
+    for args in ((a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.bfloat16, [0] * 7),
+                 (a, None, wq.codes, wq.scales, sx[:1], None, None, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 0]),
+                 (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.float32,
+                  [16, 16, 32, 1, 4, 2, 2])):  # the bf16-scratch path
         torch.library.opcheck(torch.ops.sharq.fp4_weight_gemm.default, args)
 
 
@@ -66,3 +71,10 @@ def test_sharq_linear_compiles_in_one_graph(preset):
     for m in (3, 7):
         x = _x(m, 96, seed=m)
         assert torch.equal(compiled(x), layer(x))
+
+
+def test_dequant_op_passes_opcheck():
+    import sharq.kernels.dequant_fp4  # noqa: F401  (registers sharq::dequantize_fp4_bf16)
+
+    wq = quantize_weight(torch.randn(24, 96, device=DEVICE) * 0.1, PRESETS["sharq-nvfp4"])
+    torch.library.opcheck(torch.ops.sharq.dequantize_fp4_bf16.default, (wq.codes, wq.scales, 96, False, 32))

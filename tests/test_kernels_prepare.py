@@ -119,6 +119,28 @@ def test_bad_input_is_refused():
         prepare_activation_triton(torch.randn(2, 64), PRESETS["sharq-nvfp4"], block_k=48)
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+def test_short_batch_inline_amax_equals_the_amax_kernel_path(granularity, monkeypatch):
+    """Up to AMAX_INLINE_MAX_M rows, every program computes the row maxima itself (one launch, the
+    decode path); forcing the separate amax kernel gives the same bits, over K longer than one
+    amax chunk (1024) and with a non-finite value in one row."""
+    import sharq.kernels.prepare_fp4 as prep
+
+    config = PRESETS["sharq-nvfp4"].replace(granularity=granularity)
+    x = _outliers(3, 2100, seed=8, dtype=torch.float32)
+    x[0, 1500] = 90.0  # the largest value sits in the second amax chunk
+    y = x.clone()
+    y[2, 2050] = float("inf")
+    for inp in (x, x[:1], y):
+        _check(inp, config)  # inline: m <= AMAX_INLINE_MAX_M
+        inline, _ = prepare_activation_triton(inp, config)
+        monkeypatch.setattr(prep, "AMAX_INLINE_MAX_M", 0)
+        separate, _ = prepare_activation_triton(inp, config)
+        monkeypatch.setattr(prep, "AMAX_INLINE_MAX_M", 4)
+        assert _same(inline.global_scale, separate.global_scale)
+        assert torch.equal(inline.backbone.codes, separate.backbone.codes)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", KERNEL_PRESETS)
 def test_bit_exact_on_cuda_full_shapes(preset):

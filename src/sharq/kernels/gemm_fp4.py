@@ -76,7 +76,7 @@ def _fp4_weight_gemm_kernel(
     a_ptr, r_ptr, wc_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
     M, N, K, KW, KS, stride_a, stride_r, stride_wc, stride_ws, stride_sx, stride_y,
     TWO: tl.constexpr, MX: tl.constexpr, WB: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_BF16: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -95,8 +95,12 @@ def _fp4_weight_gemm_kernel(
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a_ok = m_ok[:, None] & (offs_k[None, :] < K)
-        w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
-        wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
+        if W_BF16:  # wc_ptr: the weight already dequantized, bf16 (N, K) (dequant_fp4.py)
+            wt = tl.load(wc_ptr + offs_n[None, :] * stride_wc + offs_k[:, None],
+                         mask=n_ok[None, :] & (offs_k[:, None] < K), other=0.0)  # (BLOCK_K, BLOCK_N)
+        else:
+            w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
+            wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
         a = tl.load(a_ptr + offs_m[:, None] * stride_a + offs_k[None, :], mask=a_ok, other=0.0)
         if DOT_F32:  # the interpreter multiplies bf16 tiles as raw bits; FP32 holds the same values
             wt = wt.to(tl.float32)
@@ -120,19 +124,28 @@ def _fp4_weight_gemm_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
+SCRATCH_MIN_M = 1024  # from M = 1024 on, dequantize the weight once into bf16 scratch (tune_prefill.py)
+
+
 def _tiles(m: int, n: int, k: int) -> dict:
-    """Launch tiling by M and layer shape: the best of `benchmarks/tune_gemm.py`'s sweep on the H100
-    at Llama-3.1-8B shapes (benchmarks/results/gemm-tuning-h100.json)."""
+    """Launch tiling by M and layer shape: the best of `benchmarks/tune_gemm.py`'s and
+    `benchmarks/tune_prefill.py`'s sweeps on the H100 at Llama-3.1-8B shapes
+    (benchmarks/results/gemm-tuning-h100.json, prefill-tuning-h100.json). SCRATCH 1: the weight
+    tile is dequantized in the GEMM loop; 2: the weight is dequantized once into a bf16 scratch
+    matrix and the loop is a bf16 GEMM (large M)."""
     if m <= 16:  # weight streaming: wide N tiles for wide layers, long K tiles otherwise
         if n >= 16384:
-            return dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=8, num_stages=3)
+            return dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=8, num_stages=3, SCRATCH=1)
         if n >= 6144:
-            return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=512, GROUP_M=1, num_warps=8, num_stages=4)
-        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=512 if k <= 4096 else 256, GROUP_M=1, num_warps=4, num_stages=3)
+            return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=512, GROUP_M=1, num_warps=8, num_stages=4, SCRATCH=1)
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=512 if k <= 4096 else 256, GROUP_M=1, num_warps=4, num_stages=3,
+                    SCRATCH=1)
     if m <= 256:
         return dict(BLOCK_M=64 if n >= 6144 else 32, BLOCK_N=128 if n >= 16384 else 64, BLOCK_K=128, GROUP_M=1,
-                    num_warps=4, num_stages=4)
-    return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+                    num_warps=4, num_stages=4, SCRATCH=1)
+    if m < SCRATCH_MIN_M:
+        return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, SCRATCH=1)
+    return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, SCRATCH=2)
 
 
 def fp4_weight_gemm(
@@ -178,7 +191,7 @@ def fp4_weight_gemm(
         weight.format is Format.MXFP4, weight.block, out_dtype, [t.get(key, 0) for key in _TILE_KEYS])
 
 
-_TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+_TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SCRATCH")
 
 
 @torch.library.custom_op("sharq::fp4_weight_gemm", mutates_args=())
@@ -189,7 +202,8 @@ def _gemm_op(
 ) -> torch.Tensor:
     """The GEMM as a torch op (torch.compile, CUDA graphs). a, r: bf16 (M, K); w_codes (N, Kp/2),
     w_scales (N, Kp/wb) uint8; s_x FP32 (1,) or (M,); s_w FP32 (1,)-like or None; bias (N,) or
-    None. `tiles`: BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages; 0 = chosen by shape."""
+    None. `tiles`: BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SCRATCH (1: dequantize
+    in the loop, 2: into a bf16 scratch matrix first); 0 = chosen by shape."""
     m, k = a.shape
     n = w_codes.shape[0]
     y = torch.empty(m, n, dtype=out_dtype, device=a.device)
@@ -198,13 +212,19 @@ def _gemm_op(
     cfg = _tiles(m, n, k)
     cfg.update({key: v for key, v in zip(_TILE_KEYS, tiles) if v})
     rr = r if r is not None else a
+    scratch = cfg.pop("SCRATCH") == 2
+    w = w_codes
+    if scratch:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
+        from .dequant_fp4 import _dequant_op
+
+        w = _dequant_op(w_codes, w_scales, k, mx, wb)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     _fp4_weight_gemm_kernel[grid](
-        a, rr, w_codes, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,
+        a, rr, w, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,
         m, n, k, w_codes.shape[1], w_scales.shape[1], a.stride(0), rr.stride(0),
-        w_codes.stride(0), w_scales.stride(0), 0 if s_x.numel() == 1 else 1, y.stride(0),
-        TWO=r is not None, MX=mx, WB=wb, HAS_SW=s_w is not None,
-        HAS_BIAS=bias is not None, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
+        w.stride(0), w_scales.stride(0), 0 if s_x.numel() == 1 else 1, y.stride(0),
+        TWO=r is not None, MX=mx, WB=wb, HAS_SW=s_w is not None, HAS_BIAS=bias is not None, W_BF16=scratch,
+        DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
     )
     return y
 

@@ -221,6 +221,18 @@ def _amax_kernel(x_ptr, out_ptr, M, K, stride_x, PER_ROW: tl.constexpr, BLOCK_M:
 
 
 @triton.jit
+def _rows_amax(x_ptr, rows, row_ok, K, stride_x, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+    """max |x| of each row (BLOCK_M,) as int32 FP32 bit patterns, the amax kernel's order."""
+    best = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    for k0 in range(0, K, CHUNK):
+        cols = k0 + tl.arange(0, CHUNK)
+        a = tl.abs(tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K),
+                           other=0.0).to(tl.float32))
+        best = tl.maximum(best, tl.max(a.to(tl.int32, bitcast=True), axis=1))
+    return best
+
+
+@triton.jit
 def _global_scale(amax):
     """s = max(amax / 2688, 1e-9), correctly rounded, NaN kept (nvfp4_global_scale's numerics)."""
     s = tl.maximum(_div_rn(amax, _S_DIVISOR), _S_FLOOR)
@@ -236,12 +248,19 @@ def _prepare_kernel(
     MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
     RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
     BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KWT,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    AMAX_INLINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     if HAS_S:  # s from the amax bits (stride_s 0: one for the tensor); the first chunk's programs store it
-        s = _global_scale(tl.load(amax_ptr + rows * stride_s, mask=row_ok, other=0).to(tl.float32, bitcast=True))
+        if AMAX_INLINE != 0:  # a short batch: every program reads its rows whole (1: per row, 2: all M
+            # rows, which are this program's rows) instead of waiting for the amax kernel
+            amax = _rows_amax(x_ptr, rows, row_ok, K, stride_x, BLOCK_M, 1024)
+            if AMAX_INLINE == 2:
+                amax = tl.zeros_like(amax) + tl.max(amax, axis=0)
+        else:
+            amax = tl.load(amax_ptr + rows * stride_s, mask=row_ok, other=0)
+        s = _global_scale(amax.to(tl.float32, bitcast=True))
         if tl.program_id(1) == 0:
             tl.store(s_ptr + rows * stride_s, s, mask=row_ok & ((rows == 0) | (rows * stride_s != 0)))
     else:
@@ -311,6 +330,7 @@ def _mask_args(spec) -> tuple[int, int, int]:
 
 
 _SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN = 0, 1, 2
+AMAX_INLINE_MAX_M = 4  # up to this many rows, the preparation computes the amax itself (one launch)
 
 
 # the GEMM operands: none; bf16 (M, K) rows deq(B) [, deq(R)] or their bf16 sum; and the same in the
@@ -345,7 +365,7 @@ def _term(x: torch.Tensor, terms: int) -> torch.Tensor:
 def _prepare_op(
     x: torch.Tensor, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
     residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, with_sum: bool, terms: int,
-    block_m: int, block_k: int,
+    block_m: int, block_k: int, num_warps: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
     """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
@@ -353,7 +373,9 @@ def _prepare_op(
     (M,); 1 without a scale), B codes/scales, R codes/scales, FP32 sum, and the GEMM operands:
     terms 1: bf16 deq(B), bf16 deq(R); terms 2: bf16(deq(B) + deq(R)) alone. The outputs not
     asked for (no residual, no sum, no terms) are empty. Kernels: the amax (per
-    row: one pass; per tensor: a grid-wide atomic max over a zeroed word), then the preparation."""
+    row: one pass; per tensor: a grid-wide atomic max over a zeroed word), then the preparation;
+    for a short batch (M <= block_m, e.g. decode) the preparation's programs compute the amax
+    themselves: one launch. block_m, block_k, num_warps: 0 = chosen by shape (`_prep_tiles`)."""
     has_r = residual != _RES_NONE
     outs = _prepare_outputs(x, scale, bb, rb, has_r, with_sum, terms)
     s_out, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = outs
@@ -364,7 +386,13 @@ def _prepare_op(
         if scale == _SCALE_TENSOR:
             s_out.fill_(GLOBAL_SCALE_FLOOR)  # amax of nothing is 0: the floor
         return outs
-    if scale != _SCALE_NONE:
+    auto_m, auto_k, auto_w = _prep_tiles(m, k)
+    block_m, block_k, num_warps = block_m or auto_m, block_k or auto_k, num_warps or auto_w
+    inline = 0
+    if scale != _SCALE_NONE and m <= min(block_m, AMAX_INLINE_MAX_M):
+        inline = 1 if scale == _SCALE_TOKEN else 2
+        amax = s_out  # unused
+    elif scale != _SCALE_NONE:
         per_row = scale == _SCALE_TOKEN
         amax = torch.empty(m, dtype=torch.int32, device=x.device) if per_row else torch.zeros(1, dtype=torch.int32, device=x.device)
         bm = min(8, triton.next_power_of_2(m))
@@ -379,8 +407,6 @@ def _prepare_op(
         raise ValueError(f"the GEMV terms layout is for one row, got {m}")
     kwt = gemv_words(k) if gemv else 0
     kp = padded_length(max(kp_b, kp_r, 8 * kwt), block_k)  # GEMV terms: the zero padding is written too
-    if block_m == 0:  # 8 rows a program, fewer for a short batch (decode: 1 row)
-        block_m = min(8, triton.next_power_of_2(m))
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     _prepare_kernel[grid](
@@ -393,20 +419,27 @@ def _prepare_op(
         kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
         MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
         RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-        WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, KWT=kwt, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False,
+        WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, KWT=kwt, AMAX_INLINE=inline, BLOCK_M=block_m, BLOCK_K=block_k,
+        num_warps=num_warps, enable_fp_fusion=False,
     )
     return outs
 
 
+def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
+    """(block_m, block_k, num_warps) of the preparation: 8 rows a program, fewer for a short batch
+    (decode: 1 row, which then also computes its own amax)."""
+    return min(8, triton.next_power_of_2(m)), 64, 4
+
+
 @_prepare_op.register_fake
 def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, with_sum, terms,
-      block_m, block_k):
+      block_m, block_k, num_warps):
     return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, with_sum, terms)
 
 
 def prepare_activation_triton(
     x: torch.Tensor, config: SharqConfig, *, with_sum: bool = False, with_terms: bool = False,
-    terms_layout: str = "rows", block_m: int | None = None, block_k: int = 64,
+    terms_layout: str = "rows", block_m: int | None = None, block_k: int | None = None, num_warps: int | None = None,
 ) -> tuple[PreparedActivation, torch.Tensor | None]:
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
@@ -422,7 +455,7 @@ def prepare_activation_triton(
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
     if x.dim() != 2:
         raise ValueError(f"prepare_activation_triton expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
-    if block_k % 32:
+    if block_k is not None and block_k % 32:
         raise ValueError(f"block_k must be a multiple of 32, got {block_k}")
     m, k = x.shape
     x = x.contiguous()
@@ -450,7 +483,7 @@ def prepare_activation_triton(
                  (True, False): _TERMS_GEMV, (True, True): _TERMS_GEMV_SUMMED}[(gemv, summed)]
     s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = torch.ops.sharq.prepare_fp4(
         x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
-        with_sum, terms, block_m or 0, block_k)
+        with_sum, terms, block_m or 0, block_k or 0, num_warps or 0)
     s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
     gs = s if config.has_global_scale else None
 
