@@ -124,7 +124,8 @@ def _fp4_weight_gemm_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-SCRATCH_MIN_M = 1024  # from M = 1024 on, dequantize the weight once into bf16 scratch (tune_prefill.py)
+SCRATCH_MIN_M = 512  # from here on, dequantize the weight once into bf16 scratch (prefill-tuning-h100.json:
+# at M = 1024 it is 1.5-1.7x faster than dequantizing in the loop on every Llama/Qwen layer; at 256 mixed)
 
 
 def _tiles(m: int, n: int, k: int) -> dict:
@@ -145,6 +146,8 @@ def _tiles(m: int, n: int, k: int) -> dict:
                     num_warps=4, num_stages=4, SCRATCH=1)
     if m < SCRATCH_MIN_M:
         return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, SCRATCH=1)
+    if m < 1024:
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, SCRATCH=2)
     return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, SCRATCH=2)
 
 

@@ -330,7 +330,8 @@ def _mask_args(spec) -> tuple[int, int, int]:
 
 
 _SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN = 0, 1, 2
-AMAX_INLINE_MAX_M = 4  # up to this many rows, the preparation computes the amax itself (one launch)
+AMAX_INLINE_MAX_M = 4  # up to this many rows (and K), the preparation computes the amax itself (one
+AMAX_INLINE_MAX_K = 8192  # launch); longer rows: every program rereading the row costs more (measured)
 
 
 # the GEMM operands: none; bf16 (M, K) rows deq(B) [, deq(R)] or their bf16 sum; and the same in the
@@ -389,7 +390,7 @@ def _prepare_op(
     auto_m, auto_k, auto_w = _prep_tiles(m, k)
     block_m, block_k, num_warps = block_m or auto_m, block_k or auto_k, num_warps or auto_w
     inline = 0
-    if scale != _SCALE_NONE and m <= min(block_m, AMAX_INLINE_MAX_M):
+    if scale != _SCALE_NONE and m <= min(block_m, AMAX_INLINE_MAX_M) and k <= AMAX_INLINE_MAX_K:
         inline = 1 if scale == _SCALE_TOKEN else 2
         amax = s_out  # unused
     elif scale != _SCALE_NONE:
@@ -426,9 +427,13 @@ def _prepare_op(
 
 
 def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
-    """(block_m, block_k, num_warps) of the preparation: 8 rows a program, fewer for a short batch
-    (decode: 1 row, which then also computes its own amax)."""
-    return min(8, triton.next_power_of_2(m)), 64, 4
+    """(block_m, block_k, num_warps) of the preparation, from benchmarks/tune_prefill.py's sweep on the
+    H100 (prefill-tuning-h100.json): a short batch (decode) in 64-wide chunks on 2 warps, its
+    programs computing the amax themselves (3.6-4.7 us a call against 6.2 with the amax kernel,
+    K <= 8192); a long batch in 8 x 128 tiles (1.1-1.7x faster than 8 x 64 at M = 4096)."""
+    if m <= AMAX_INLINE_MAX_M:
+        return triton.next_power_of_2(m), 64, 2
+    return 8, 128, 4
 
 
 @_prepare_op.register_fake
