@@ -127,22 +127,33 @@ class StaticDecoder:
         self.position.fill_(t)
         return self.ids[:, 0].clone()
 
+    def rewind(self, length: int) -> None:
+        """Go back to `length` cached tokens (0 < length <= the current length), e.g. to time the same
+        decode steps again; the next step reads the token in `ids` at position `length`."""
+        if not 0 < length <= self.length:
+            raise ValueError(f"rewind to {length} tokens: the cache holds {self.length}")
+        self.length = length
+        self.position.fill_(length)
+        self._set_cache_length(length)
+
     @torch.no_grad()
-    def decode(self, steps: int) -> torch.Tensor:
-        """Run `steps` greedy decode steps after a prefill; return the tokens they produced (B, steps)."""
+    def decode(self, steps: int, *, keep: bool = True) -> torch.Tensor | None:
+        """Run `steps` greedy decode steps after a prefill; return the tokens they produced (B, steps),
+        or None with keep=False (the steps alone, nothing copied out: for timing)."""
         if self.length == 0:
             raise RuntimeError("decode needs a prefill first")
         if self.length + steps > self.max_cache_len:
             raise ValueError(f"{self.length} cached + {steps} new tokens exceed max_cache_len={self.max_cache_len}")
         if self.graph_enabled and self._graph is None:
             self._capture()
-        tokens = torch.empty(self.batch_size, steps, dtype=torch.long, device=self.device)
+        tokens = torch.empty(self.batch_size, steps, dtype=torch.long, device=self.device) if keep else None
         for i in range(steps):
             if self._graph is not None:
                 self._graph.replay()
             else:
                 self._step()
-            tokens[:, i] = self.ids[:, 0]
+            if keep:
+                tokens[:, i] = self.ids[:, 0]
         self.length += steps
         return tokens
 
