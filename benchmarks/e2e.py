@@ -49,10 +49,15 @@ from e2e_models import MODELS, build_model, weight_bytes  # noqa: E402
 from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
 from sharq.static_decode import StaticDecoder  # noqa: E402
 
-PROVIDERS = ("bf16", "fp8", "sharq")
+PROVIDERS = ("sharq", "bf16", "fp8")  # run order: the one under test first, should a run be cut short
 SCENARIOS = ("prefill_1024", "prefill_4096", "decode_b1", "decode_b8", "serving_mix", "weight_bytes", "peak_bytes")
 SERVING_BATCH = 8
 _T0 = time.perf_counter()
+_BUDGET = {"s": float("inf")}  # --budget-s: no new measurement starts after this many seconds
+
+
+def over_budget() -> bool:
+    return time.perf_counter() - _T0 > _BUDGET["s"]
 
 
 def log(msg: str) -> None:
@@ -193,6 +198,9 @@ def ratios(rows: list[dict]) -> dict:
 
 def _guarded(results: Results, scenario: str, provider: str, measure) -> None:
     """Add the row `measure()` returns; a failure becomes a row with value None and the error."""
+    if over_budget():
+        results.add(scenario, provider, {"value": None, "error": "skipped: --budget-s reached"})
+        return
     try:
         results.add(scenario, provider, measure())
     except Exception as err:  # one scenario failing must not cost the others
@@ -210,6 +218,10 @@ def _decode_rows(model, provider, args, device, results: Results, vocab: int) ->
     if wanted:
         plans.append((SERVING_BATCH, context + max(new, args.decode_steps) + 2, wanted))
     for batch, length, names in plans:
+        if over_budget():
+            for name in names:
+                results.add(name, provider, {"value": None, "error": "skipped: --budget-s reached"})
+            continue
         prompts = _ids(batch, context, vocab, device, seed=batch)
         decoder = None
         for graph in ((True, False) if device.type == "cuda" else (False,)):
@@ -330,6 +342,8 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions, median reported (5)")
     ap.add_argument("--profile", action="store_true", help="profile one prefill per provider (time by category)")
     ap.add_argument("--profile-tokens", type=int, default=1024)
+    ap.add_argument("--budget-s", type=float, default=float("inf"),
+                    help="start no new measurement after this many seconds (the JSON and charts are still written)")
     args = ap.parse_args(argv)
     if args.context < 1 or args.new_tokens < 2 or args.decode_steps < 1 or args.reps < 1:
         ap.error("--context, --decode-steps and --reps must be >= 1 and --new-tokens >= 2")
@@ -359,7 +373,13 @@ def main(argv=None) -> Path:
     results = Results(out / f"{stem}.json", doc)
     log(f"{args.model} on {gpu}: providers {args.providers}, scenarios {args.scenarios}")
     profiles: dict = {}
+    _BUDGET["s"] = args.budget_s
     for provider in args.providers:
+        if over_budget():
+            log(f"{provider}: skipped, --budget-s {args.budget_s:.0f} reached")
+            results.doc.setdefault("errors", {})[provider] = "skipped: --budget-s reached"
+            results.write()
+            continue
         try:
             run_provider(provider, args, device, results, profiles)
         except Exception as err:  # keep the other providers' results; record what failed
