@@ -5,8 +5,9 @@ or launch overhead), the graph cycling through enough copies of the layer's weig
 the smallest payload, at M ≤ 256) that no weight is served from the 50 MB L2; median of 20
 replays, divided by the copies:
   bf16        F.linear(x, W) in bf16 (cuBLAS)
-  fp8         dynamic per-token E4M3 activation quantization (torch ops) + torch._scaled_mm with
-              per-channel E4M3 weight scales, bf16 out — what serving engines call fp8
+  fp8         dynamic per-token E4M3 activation quantization + torch._scaled_mm with per-channel
+              E4M3 weight scales, bf16 out — what serving engines call fp8 (`sharq.baselines.fp8`;
+              since issue 6 the quantization is one compiled kernel, before it was eager torch ops)
   sharq       sharq_linear on the Triton backend: global scale, fused preparation, FP4-weight GEMM
   sharq-gemm  the FP4-weight GEMM alone (the GEMV at M = 1), on prepared operands
   sharq-bf16sum  sharq with operand="bf16-sum" (one MMA on bf16(deq(B) + deq(R)): an approximation)
@@ -29,23 +30,21 @@ import torch.nn.functional as F
 import sharq
 from _results import write_json
 from sharq import PRESETS
+from sharq.baselines.fp8 import fp8_linear, quantize_activation, quantize_weight_e4m3
 from sharq.ops import linear_from_prepared, prepare, quantize_weight, sharq_linear
 
 LAYERS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 M_VALUES = (1, 8, 16, 64, 256, 1024, 4096, 8192)
-E4M3_MAX = 448.0
 
 
 def _fp8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """E4M3 weight (N, K) and its per-channel FP32 scales (1, N)."""
-    scale = (w.float().abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp_min(1e-12)
-    return (w.float() / scale).to(torch.float8_e4m3fn), scale.reshape(1, -1).contiguous()
+    """E4M3 weight (N, K) and its per-channel FP32 scales (1, N): the library's fp8 baseline."""
+    return quantize_weight_e4m3(w)
 
 
 def _fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    x_scale = (x.float().abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp_min(1e-12)
-    x8 = (x.float() / x_scale).to(torch.float8_e4m3fn)
-    return torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
+    x8, x_scale = quantize_activation(x)  # per-token E4M3 (one compiled kernel on CUDA)
+    return fp8_linear(x8, x_scale, w8, w_scale, None, torch.bfloat16)
 
 
 def _graph_ms(fns, reps: int = 20) -> float:

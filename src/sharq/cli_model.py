@@ -46,6 +46,8 @@ class UsageError(Exception):
     """A command line that cannot work as given: exit code 2, like argparse's own errors."""
 
 
+DECODE_CHOICES = ("auto", "eager", "compile", "graph")  # = sharq.generation.DECODE_MODES (not imported: no torch at parse time)
+
 def paragraphs(text: str, width: int = 96) -> str:
     """`text` wrapped to `width`, paragraphs (separated by blank lines) kept — for help descriptions."""
     return "\n\n".join(textwrap.fill(" ".join(p.split()), width) for p in text.split("\n\n"))
@@ -141,16 +143,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer, about = open_model(args.model, preset=args.preset, device=device, dtype=args.dtype,
                                          progress=_progress(args))
     result = generate_text(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, sample=args.sample,
-                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, chat=args.chat)
+                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, chat=args.chat,
+                           decode=args.decode)
     if args.json:
         print(json.dumps({**about, "device": device, "prompt": result.prompt, "completion": result.completion,
                           "prompt_tokens": result.prompt_tokens, "new_token_ids": result.new_token_ids,
-                          "seconds": round(result.seconds, 4), "tokens_per_s": round(result.tokens_per_s, 2)},
+                          "seconds": round(result.seconds, 4), "tokens_per_s": round(result.tokens_per_s, 2),
+                          "decode": result.decode},
                          indent=1))
     else:
         print(result.prompt + result.completion if not args.chat else result.completion)
         print(f"[{len(result.new_token_ids)} tokens in {result.seconds:.2f} s, {result.tokens_per_s:.1f} tokens/s, "
-              f"{about['preset'] or 'custom'} on {device}]", file=sys.stderr)
+              f"{about['preset'] or 'custom'} on {device}, decode {result.decode}]", file=sys.stderr)
     return 0
 
 
@@ -276,6 +280,10 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
     g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    g.add_argument("--decode", choices=DECODE_CHOICES, default="auto",
+                   help="how decode steps run: graph (static cache, CUDA graph; greedy), compile (transformers' "
+                        "static cache + torch.compile), eager (no static cache: turns the fast path off); "
+                        "auto = graph for greedy / compile for sampling on CUDA, eager on CPU")
     g.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                    help="dtype (default: a checkpoint's own; bfloat16 on cuda and float32 on cpu otherwise)")
     _common(g)

@@ -28,7 +28,7 @@ from ..nn.shared_input import SharedPreparation
 from ..progress import with_progress
 from .architectures import DecoderArchitecture, decoder_layers, find_architecture, model_type_of, supported_names
 
-__all__ = ["quantize_", "conversion_targets", "convert_empty_", "EmptyConversion", "ConversionReport", "FilterFn"]
+__all__ = ["quantize_", "conversion_targets", "conversion_groups", "convert_empty_", "EmptyConversion", "ConversionReport", "FilterFn"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -190,6 +190,24 @@ def conversion_targets(
     """What `quantize_` would convert, {qualified name: "linear" | "experts"}, without converting."""
     patterns = (modules_to_not_convert,) if isinstance(modules_to_not_convert, str) else tuple(modules_to_not_convert)
     return _select(model, patterns, filter_fn)[2]
+
+
+def conversion_groups(
+    model: nn.Module, *, modules_to_not_convert: Iterable[str] = ("lm_head",), filter_fn: FilterFn | None = None
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(targets, groups) without converting: `conversion_targets`, and the linears among them that read
+    one input ({"model.layers.0.self_attn.qkv": [q, k, v fqns], ...}; groups with no target left out).
+
+    Other module swaps (the fp8 baseline) use it to replace exactly the linears `quantize_` would.
+    """
+    patterns = (modules_to_not_convert,) if isinstance(modules_to_not_convert, str) else tuple(modules_to_not_convert)
+    _, plan, selected, _ = _select(model, patterns, filter_fn)
+    groups = {}
+    for group in plan.groups:
+        consumers = [c for c in group.consumers if c in selected]
+        if consumers:
+            groups[group.name] = consumers
+    return selected, groups
 
 
 def quantize_(

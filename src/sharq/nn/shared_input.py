@@ -10,6 +10,12 @@ group lazily — and each consumer `take`s it if, and only if, it was called wit
 place since). Any other input
 is prepared by the consumer itself, so sharing can change how often the preparation runs, never
 what a layer computes. The published tensors are dropped once every consumer has taken them.
+
+Under CUDA-graph capture the hand-over runs once, at capture, and the graph replays the kernels
+that read the published buffers, which the replay itself rewrites first (nothing stale). Traced by
+torch.compile (dynamo), `Tensor._version` and `_base` are not traceable (each read would break the
+graph, and the per-layer graphs would recompile per module), so only the very tensor published is
+reused there: a traced transformers layer hands its norm output to q/k/v and gate/up unchanged.
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ class SharedPreparation:
         """Prepare `x` and publish it for the group's consumers (called by the producer)."""
         prepared = prepare_rows(x, self.config)
         self.prepare_count += 1
-        self._source, self._prepared, self._version, self._taken = x, prepared, x._version, 0
+        version = 0 if torch.compiler.is_compiling() else x._version
+        self._source, self._prepared, self._version, self._taken = x, prepared, version, 0
         return prepared
 
     def take(self, x: torch.Tensor) -> PreparedActivation:
@@ -77,7 +84,13 @@ class SharedPreparation:
         A new one is published in turn, so the group's next consumers reuse it (lazy sharing).
         """
         source = self._source
-        if source is not None and source._version == self._version and _same_data(x, source):
+        if torch.compiler.is_compiling():
+            # Traced by torch.compile: `_version` and `_base` are not traceable, and a traced graph
+            # has no in-place change of a norm output; only the very tensor published is reused.
+            fresh = source is not None and x is source
+        else:
+            fresh = source is not None and source._version == self._version and _same_data(x, source)
+        if fresh:
             prepared = self._prepared
         else:
             prepared = self.prepare(x)

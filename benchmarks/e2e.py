@@ -1,0 +1,407 @@
+"""End-to-end speed and memory of a whole model: bf16 vs fp8 vs SharQ, on one harness.
+
+A Llama-3.1-8B- or Qwen2.5-7B-shaped model (real hyperparameters, random weights, built on the
+GPU: no download) is built fresh for each provider, in bfloat16, then
+  bf16   kept as it is
+  fp8    `sharq.baselines.fp8_quantize_`: E4M3 weights per channel, per-token E4M3 activations
+  sharq  `sharq.quantize_(model, "sharq-nvfp4")` (Triton kernels on CUDA, RMSNorm fused)
+and measured, same code for every provider:
+  prefill_1024, prefill_4096  ms for one forward of 1 × T tokens (eager forward, as transformers'
+                              generate runs its prefill; logits of the last position only)
+  decode_b1, decode_b8        ms per decode step at batch 1 / 8 after a --context (1024) token
+                              prefill: `sharq.static_decode.StaticDecoder`, transformers' StaticCache
+                              and forward with the step captured in a CUDA graph (no compiler), the
+                              median over --reps runs of --decode-steps steps
+  serving_mix                 8 prompts × --context tokens in, --new-tokens (128) out, greedy: generated
+                              tokens per second, prefill included (one batched prefill + graph steps)
+  weight_bytes                bytes of every parameter and buffer the model holds (`linear_bytes`:
+                              the quantized linears alone; also a `weight_bytes_linear` row)
+  peak_bytes                  torch.cuda.max_memory_allocated from after the conversion to the end of
+                              the provider's run (model, KV caches of batch 1 and 8, activations,
+                              CUDA-graph pools); the conversion's own peak is `convert_peak_bytes`
+Timing: CUDA events around the work, warm-up first (Triton JIT, cuBLAS heuristics, CUDA-graph
+capture), median of --reps. On the CPU (smoke tests, `--model tiny`) wall-clock instead.
+
+usage: PYTHONPATH=src python benchmarks/e2e.py --model llama-3.1-8b --out benchmarks/results [--profile]
+Writes <out>/e2e-<gpu>.json (Llama) or e2e-<model>-<gpu>.json, a .png of bar charts next to it, and
+with --profile e2e[-<model>]-profile-<gpu>.json (time by category of one prefill per provider).
+The JSON is rewritten after every measurement, so a run cut short still leaves its results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sharq  # noqa: E402
+from _results import gpu_tag  # noqa: E402
+from e2e_models import MODELS, build_model, weight_bytes  # noqa: E402
+from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
+from sharq.static_decode import StaticDecoder  # noqa: E402
+
+PROVIDERS = ("sharq", "bf16", "fp8")  # run order: the one under test first, should a run be cut short
+SCENARIOS = ("prefill_1024", "prefill_4096", "decode_b1", "decode_b8", "serving_mix", "weight_bytes", "peak_bytes")
+SERVING_BATCH = 8
+_T0 = time.perf_counter()
+_BUDGET = {"s": float("inf")}  # --budget-s: no new measurement starts after this many seconds
+
+
+def over_budget() -> bool:
+    return time.perf_counter() - _T0 > _BUDGET["s"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", flush=True)
+
+
+# --- timing ----------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device: torch.device, *, reps: int, warmup: int = 1, setup=None) -> list[float]:
+    """Milliseconds of `reps` calls of `fn` (after `warmup` untimed ones); `setup()` runs untimed
+    before each call. CUDA events on CUDA, wall clock elsewhere."""
+    out = []
+    for i in range(warmup + reps):
+        if setup is not None:
+            setup()
+        _sync(device)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            ms = start.elapsed_time(end)
+        else:
+            t = time.perf_counter()
+            fn()
+            ms = (time.perf_counter() - t) * 1e3
+        if i >= warmup:
+            out.append(ms)
+    return out
+
+
+def _stats(values: list[float]) -> dict:
+    return {"value": statistics.median(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "samples": len(values)}
+
+
+# --- providers -------------------------------------------------------------------------------------
+def convert(model: nn.Module, provider: str) -> dict:
+    """Quantize `model` in place for `provider`; return facts for the JSON."""
+    if provider == "bf16":
+        return {"linear": "torch.nn.Linear bf16 (cuBLAS)"}
+    if provider == "fp8":
+        report = fp8_quantize_(model)
+        return {"linear": "Fp8Linear: E4M3 per-channel weight, per-token E4M3 activation, torch._scaled_mm",
+                "converted": len(report.converted)}
+    if provider == "sharq":
+        report = sharq.quantize_(model, "sharq-nvfp4")
+        backend = sharq.ops.resolve_backend(report.config, next(model.parameters()).device).value
+        return {"linear": "SharqLinear sharq-nvfp4", "backend": backend, "converted": len(report.converted),
+                "summary": report.summary()}
+    raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
+
+
+_LINEARS = (nn.Linear, Fp8Linear, sharq.SharqLinear)
+
+
+# --- scenarios -------------------------------------------------------------------------------------
+def _ids(batch: int, length: int, vocab: int, device: torch.device, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=g).to(device)
+
+
+def prefill_ms(model, tokens: int, vocab: int, device, reps: int) -> dict:
+    ids = _ids(1, tokens, vocab, device, seed=tokens)
+    with torch.no_grad():
+        times = time_ms(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, reps=reps,
+                        warmup=2)
+    return {**_stats(times), "unit": "ms", "tokens": tokens}
+
+
+def decode_ms(decoder: StaticDecoder, context: int, steps: int, reps: int, device) -> dict:
+    """ms per decode step at `context` cached tokens (after a prefill of `context`; the cache is
+    rewound to it before each run)."""
+    times = time_ms(lambda: decoder.decode(steps, keep=False), device, reps=reps, warmup=1,
+                    setup=lambda: decoder.rewind(context))
+    per_token = [t / steps for t in times]
+    return {**_stats(per_token), "unit": "ms/token", "batch": decoder.batch_size, "context": context,
+            "steps": steps, "cuda_graph": decoder.graph_enabled}
+
+
+def serving_tokens_per_s(decoder: StaticDecoder, prompts: torch.Tensor, new_tokens: int, reps: int, device) -> dict:
+    batch = prompts.shape[0]
+
+    def run():
+        decoder.prefill(prompts)
+        decoder.decode(new_tokens - 1, keep=False)
+
+    times = time_ms(run, device, reps=reps, warmup=1)
+    rates = [batch * new_tokens / (t / 1e3) for t in times]
+    return {**_stats(rates), "unit": "tokens/s", "batch": batch, "input_tokens": prompts.shape[1],
+            "new_tokens": new_tokens, "ms": statistics.median(times)}
+
+
+# --- the run -------------------------------------------------------------------------------------
+class Results:
+    """The JSON document, rewritten after every row."""
+
+    def __init__(self, path: Path, doc: dict) -> None:
+        self.path, self.doc = path, doc
+        self.write()
+
+    def add(self, scenario: str, provider: str, fields: dict) -> None:
+        row = {"scenario": scenario, "provider": provider, **fields}
+        self.doc["rows"].append(row)
+        self.write()
+        value = row.get("value")
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        log(f"  {provider:5s} {scenario:20s} {shown} {row.get('unit', '')}")
+
+    def write(self) -> None:
+        self.doc["ratios"] = ratios(self.doc["rows"])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.doc, indent=1))
+
+
+def ratios(rows: list[dict]) -> dict:
+    """sharq's advantage per scenario: {scenario: {"vs_bf16", "vs_fp8"}} (> 1: sharq better)."""
+    value = {(r["scenario"], r["provider"]): r.get("value") for r in rows}
+    out = {}
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        mine = value.get((scenario, "sharq"))
+        if not mine:
+            continue
+        higher_is_better = scenario == "serving_mix"
+        entry = {}
+        for base in ("bf16", "fp8"):
+            theirs = value.get((scenario, base))
+            if theirs:
+                entry[f"vs_{base}"] = mine / theirs if higher_is_better else theirs / mine
+        out[scenario] = entry
+    return out
+
+
+def _guarded(results: Results, scenario: str, provider: str, measure) -> None:
+    """Add the row `measure()` returns; a failure becomes a row with value None and the error."""
+    if over_budget():
+        results.add(scenario, provider, {"value": None, "error": "skipped: --budget-s reached"})
+        return
+    try:
+        results.add(scenario, provider, measure())
+    except Exception as err:  # one scenario failing must not cost the others
+        log(f"  {provider:5s} {scenario:20s} FAILED: {type(err).__name__}: {err}")
+        results.add(scenario, provider, {"value": None, "error": f"{type(err).__name__}: {err}"[:500]})
+
+
+def _decode_rows(model, provider, args, device, results: Results, vocab: int) -> None:
+    """decode_b1, decode_b8 and serving_mix, on a CUDA-graph StaticDecoder (uncaptured if capture fails)."""
+    scenarios, context, new = args.scenarios, args.context, args.new_tokens
+    plans = []
+    if "decode_b1" in scenarios:
+        plans.append((1, context + args.decode_steps + 2, ["decode_b1"]))
+    wanted = [s for s in ("decode_b8", "serving_mix") if s in scenarios]
+    if wanted:
+        plans.append((SERVING_BATCH, context + max(new, args.decode_steps) + 2, wanted))
+    for batch, length, names in plans:
+        if over_budget():
+            for name in names:
+                results.add(name, provider, {"value": None, "error": "skipped: --budget-s reached"})
+            continue
+        prompts = _ids(batch, context, vocab, device, seed=batch)
+        decoder = None
+        for graph in ((True, False) if device.type == "cuda" else (False,)):
+            try:
+                decoder = StaticDecoder(model, batch, length, graph=graph)
+                decoder.prefill(prompts)
+                decoder.decode(2, keep=False)  # captures the step (graph=True)
+                break
+            except Exception as err:
+                log(f"  {provider:5s} StaticDecoder(batch {batch}, graph={graph}) failed: {type(err).__name__}: {err}")
+                decoder = None
+                gc.collect()
+        if decoder is None:
+            for name in names:
+                results.add(name, provider, {"value": None, "error": "the decoder could not run (see the log)"})
+            continue
+        note = {} if decoder.graph_enabled == (device.type == "cuda") else {"note": "CUDA-graph capture failed: eager steps"}
+        for name in names:
+            if name == "serving_mix":
+                _guarded(results, name, provider, lambda: {**serving_tokens_per_s(
+                    decoder, prompts, new, max(1, args.reps // 2), device), **note})
+            else:
+                decoder.prefill(prompts)
+                _guarded(results, name, provider,
+                         lambda: {**decode_ms(decoder, context, args.decode_steps, args.reps, device), **note})
+        del decoder
+        gc.collect()
+
+
+def run_provider(provider: str, args, device: torch.device, results: Results, profiles: dict) -> None:
+    scenarios = args.scenarios
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    model = build_model(args.model, device)
+    vocab = model.config.vocab_size
+    _sync(device)
+    log(f"{provider}: model built in {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    facts = convert(model, provider)
+    _sync(device)
+    gc.collect()
+    facts["convert_s"] = time.perf_counter() - t
+    if cuda:  # the peak that matters is the one serving sees: measured from here on
+        facts["convert_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    results.doc.setdefault("providers", {})[provider] = facts
+    log(f"{provider}: converted in {facts['convert_s']:.1f} s")
+
+    if "weight_bytes" in scenarios:
+        total, linear = weight_bytes(model, _LINEARS)
+        results.add("weight_bytes", provider, {"value": total, "unit": "bytes", "linear_bytes": linear})
+        results.add("weight_bytes_linear", provider, {"value": linear, "unit": "bytes",
+                                                      "note": "quantized linears only (no embeddings, lm_head, norms)"})
+    for tokens in (1024, 4096):
+        if f"prefill_{tokens}" in scenarios:
+            _guarded(results, f"prefill_{tokens}", provider,
+                     lambda: prefill_ms(model, tokens, vocab, device, args.reps))
+    if args.profile:
+        try:
+            ids = _ids(1, args.profile_tokens, vocab, device, seed=7)
+            with torch.no_grad():
+                forward = lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1)  # noqa: E731
+                forward()
+                from e2e_profile import profile_forward
+
+                profiles[provider] = {"tokens": args.profile_tokens, **profile_forward(forward, device)}
+            log(f"  {provider:5s} profile of prefill {args.profile_tokens}: " +
+                ", ".join(f"{c} {100 * v:.0f}%" for c, v in profiles[provider]["share"].items()))
+        except Exception as err:
+            log(f"  {provider:5s} profile FAILED: {type(err).__name__}: {err}")
+    _decode_rows(model, provider, args, device, results, vocab)
+    if "peak_bytes" in scenarios:
+        if cuda:
+            results.add("peak_bytes", provider, {"value": torch.cuda.max_memory_allocated(device), "unit": "bytes",
+                                                 "note": "after conversion: model, KV caches (batch 1 and 8), "
+                                                         "activations, CUDA-graph pools"})
+        else:
+            results.add("peak_bytes", provider, {"value": None, "unit": "bytes", "note": "not measured on the CPU"})
+    del model
+    gc.collect()
+
+
+def output_stem(model: str, device: torch.device) -> tuple[str, str]:
+    """(device name, file stem): e2e-h100 for Llama-3.1-8B on an H100, e2e-qwen2.5-7b-h100, e2e-tiny-cpu-smoke."""
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        tag = gpu_tag(gpu)
+    else:
+        gpu, tag = "cpu", "cpu-smoke"
+    name = "e2e" if model == "llama-3.1-8b" else f"e2e-{model}"
+    return gpu, f"{name}-{tag}"
+
+
+def _csv(choices):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"unknown {bad or 'empty list'}; choose from {','.join(choices)}")
+        return items
+    return parse
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="llama-3.1-8b")
+    ap.add_argument("--providers", type=_csv(PROVIDERS), default=list(PROVIDERS))
+    ap.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS))
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    ap.add_argument("--context", type=int, default=1024, help="prompt tokens for decode and serving (default 1024)")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt in serving_mix (128)")
+    ap.add_argument("--decode-steps", type=int, default=32, help="decode steps per timed decode run (32)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions, median reported (5)")
+    ap.add_argument("--profile", action="store_true", help="profile one prefill per provider (time by category)")
+    ap.add_argument("--profile-tokens", type=int, default=1024)
+    ap.add_argument("--budget-s", type=float, default=float("inf"),
+                    help="start no new measurement after this many seconds (the JSON and charts are still written)")
+    args = ap.parse_args(argv)
+    if args.context < 1 or args.new_tokens < 2 or args.decode_steps < 1 or args.reps < 1:
+        ap.error("--context, --decode-steps and --reps must be >= 1 and --new-tokens >= 2")
+    return args
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu, stem = output_stem(args.model, device)
+    out = Path(args.out)
+    import transformers
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    doc = {"gpu": gpu, "torch": torch.__version__, "triton": triton_version, "transformers": transformers.__version__,
+           "sharq": sharq.__version__, "model": args.model, "config": {k: v for k, v in MODELS[args.model].items()},
+           "settings": {"context": args.context, "new_tokens": args.new_tokens, "decode_steps": args.decode_steps,
+                        "reps": args.reps, "serving_batch": SERVING_BATCH},
+           "timing": "CUDA events, warm-up excluded, median; prefill: eager forward (logits of the last token); "
+                     "decode/serving: StaticCache + decode step in a CUDA graph, greedy on device",
+           "rows": []}
+    results = Results(out / f"{stem}.json", doc)
+    log(f"{args.model} on {gpu}: providers {args.providers}, scenarios {args.scenarios}")
+    profiles: dict = {}
+    _BUDGET["s"] = args.budget_s
+    for provider in args.providers:
+        if over_budget():
+            log(f"{provider}: skipped, --budget-s {args.budget_s:.0f} reached")
+            results.doc.setdefault("errors", {})[provider] = "skipped: --budget-s reached"
+            results.write()
+            continue
+        try:
+            run_provider(provider, args, device, results, profiles)
+        except Exception as err:  # keep the other providers' results; record what failed
+            log(f"{provider}: FAILED: {type(err).__name__}: {err}")
+            results.doc.setdefault("errors", {})[provider] = f"{type(err).__name__}: {err}"
+            results.write()
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if profiles:
+            prof_doc = {k: doc[k] for k in ("gpu", "torch", "triton", "transformers", "sharq", "model")}
+            (out / f"{stem.replace('e2e', 'e2e-profile', 1)}.json").write_text(
+                json.dumps({**prof_doc, "providers": profiles}, indent=1))
+    try:
+        from e2e_plot import plot
+
+        plot(doc, results.path.with_suffix(".png"))
+    except Exception as err:  # a chart must never cost the numbers
+        log(f"plot failed: {type(err).__name__}: {err}")
+    log(f"wrote {results.path}; sharq ratios: {json.dumps(doc['ratios'])}")
+    return results.path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The models `e2e.py` measures: real hyperparameters, random weights, built on the target device.
+
+No download and no CPU copy: the model is constructed under `torch.device(device)`, so every
+parameter is allocated and initialized (transformers' init: normal(0, 0.02) for linears and
+embeddings, ones for norms, zeros for biases) directly there, in bfloat16.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+_LLAMA_31_8B = dict(
+    kind="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    attention_bias=False, mlp_bias=False, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
+)
+_QWEN25_7B = dict(
+    kind="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, use_sliding_window=False,
+    tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151643,  # q/k/v biases: Qwen2 always has them
+)
+_TINY = dict(  # CPU smoke tests: a Llama with every size a multiple of the blocks
+    kind="llama", hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=64, vocab_size=512, max_position_embeddings=8192, rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
+)
+MODELS = {"llama-3.1-8b": _LLAMA_31_8B, "qwen2.5-7b": _QWEN25_7B, "tiny": _TINY}
+
+
+def model_config(name: str):
+    """The transformers config of `name` (one of MODELS)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    fields = dict(MODELS[name])
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[fields.pop("kind")]
+    return cls(**fields)
+
+
+def build_model(name: str, device: torch.device, seed: int = 0) -> nn.Module:
+    """A random-weight causal LM of `name` in bfloat16 on `device`, in eval mode (sdpa attention)."""
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(name)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    return model.eval().requires_grad_(False)
+
+
+def _tensors(module: nn.Module):
+    seen = set()
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        key = (t.device, t.data_ptr(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            yield t
+
+
+def weight_bytes(model: nn.Module, linear_types: tuple[type, ...]) -> tuple[int, int]:
+    """(all, linear-only) bytes of the tensors the model holds (parameters and buffers, each once).
+
+    linear-only: the modules of `linear_types` except `lm_head` — the layers a provider quantizes.
+    """
+    total = sum(t.numel() * t.element_size() for t in _tensors(model))
+    linear = 0
+    for name, module in model.named_modules():
+        if isinstance(module, linear_types) and not name.endswith("lm_head"):
+            linear += sum(t.numel() * t.element_size() for t in _tensors(module))
+    return total, linear

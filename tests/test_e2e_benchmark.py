@@ -1,0 +1,95 @@
+"""benchmarks/e2e.py runs end to end on a tiny model on the CPU and writes the agreed JSON schema.
+
+The H100 run is one blind call: this smoke test is what makes sure the script, its JSON and its
+charts work before that (reference backend, short decode, every provider).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def e2e():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import e2e as module
+
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_e2e_smoke_writes_the_schema(e2e, tmp_path):
+    path = e2e.main(["--model", "tiny", "--out", str(tmp_path), "--device", "cpu", "--context", "8",
+                     "--new-tokens", "2", "--decode-steps", "2", "--reps", "1", "--profile", "--profile-tokens", "16",
+                     "--scenarios", "decode_b1,serving_mix,weight_bytes,peak_bytes"])
+    assert path.name == "e2e-tiny-cpu-smoke.json"
+    doc = json.loads(path.read_text())
+    assert {"gpu", "torch", "model", "rows"} <= doc.keys() and doc["model"] == "tiny" and doc["gpu"] == "cpu"
+    assert "errors" not in doc
+    rows = {(r["scenario"], r["provider"]): r for r in doc["rows"]}
+    for row in doc["rows"]:
+        assert {"scenario", "provider", "value", "unit"} <= row.keys() and "error" not in row, row
+        assert row["provider"] in ("bf16", "fp8", "sharq")
+    for provider in ("bf16", "fp8", "sharq"):
+        for scenario in ("decode_b1", "serving_mix", "weight_bytes", "weight_bytes_linear", "peak_bytes"):
+            assert (scenario, provider) in rows
+        assert rows[("decode_b1", provider)]["value"] > 0 and rows[("decode_b1", provider)]["unit"] == "ms/token"
+        assert rows[("serving_mix", provider)]["unit"] == "tokens/s"
+        assert rows[("peak_bytes", provider)]["value"] is None  # CPU: not measured, said so
+    # the weights shrink as the formats say: fp8 ~1 byte, SharQ 4.25 bits per linear weight
+    linear = {p: rows[("weight_bytes_linear", p)]["value"] for p in ("bf16", "fp8", "sharq")}
+    assert 1.9 < linear["bf16"] / linear["fp8"] < 2.0
+    assert 3.7 < linear["bf16"] / linear["sharq"] < 16 / 4.25 + 1e-9
+    assert rows[("weight_bytes", "sharq")]["linear_bytes"] == linear["sharq"]
+    assert doc["ratios"]["weight_bytes_linear"]["vs_bf16"] == pytest.approx(linear["bf16"] / linear["sharq"])
+    assert path.with_suffix(".png").stat().st_size > 10_000
+    profile = json.loads((tmp_path / "e2e-profile-tiny-cpu-smoke.json").read_text())
+    for provider in ("bf16", "fp8", "sharq"):
+        entry = profile["providers"][provider]
+        assert set(entry["by_category"]) == {"preparation", "gemm", "attention", "other"}
+        assert entry["total"] > 0 and sum(entry["share"].values()) == pytest.approx(1.0)
+    assert profile["providers"]["bf16"]["by_category"]["gemm"] > 0
+
+
+def test_e2e_arguments_are_checked(e2e):
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--providers", "bf16,int8"])
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--scenarios", "decode_b2"])
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--new-tokens", "1"])
+    assert sorted(e2e.parse_args([]).providers) == ["bf16", "fp8", "sharq"]
+
+
+def test_model_configs_have_the_real_hyperparameters():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from e2e_models import model_config
+    finally:
+        sys.path.remove(str(BENCH))
+    llama, qwen = model_config("llama-3.1-8b"), model_config("qwen2.5-7b")
+    assert (llama.hidden_size, llama.num_hidden_layers, llama.num_attention_heads, llama.num_key_value_heads,
+            llama.intermediate_size, llama.vocab_size) == (4096, 32, 32, 8, 14336, 128256)
+    assert llama.rope_parameters["rope_type"] == "llama3" and llama.rope_parameters["rope_theta"] == 500000.0
+    assert (qwen.hidden_size, qwen.num_hidden_layers, qwen.num_attention_heads, qwen.num_key_value_heads,
+            qwen.intermediate_size, qwen.vocab_size) == (3584, 28, 28, 4, 18944, 152064)
+    assert set(qwen.layer_types) == {"full_attention"}
+    # parameter counts of the real models (8.03 B and 7.62 B), computed from the configs
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    for config, billions in ((llama, 8.03), (qwen, 7.62)):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)

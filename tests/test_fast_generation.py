@@ -1,0 +1,106 @@
+"""The fast decode paths give the tokens of transformers' eager `generate` (greedy), on the CPU.
+
+"graph" (`StaticDecoder`) runs its decode step uncaptured on the CPU — the very step the CUDA graph
+captures on a GPU (tests marked gpu check the captured replay); "compile" runs transformers'
+static-cache generate with torch.compile, traced with the "eager" backend here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import sharq  # noqa: E402
+from sharq.baselines import fp8_quantize_  # noqa: E402
+from sharq.generation import DECODE_MODES, generate_text, resolve_decode  # noqa: E402
+from sharq.static_decode import StaticDecoder  # noqa: E402
+
+from .tiny_models import COMMON, VOCAB, tiny_model, tiny_tokenizer  # noqa: E402
+
+REFERENCE = sharq.PRESETS["sharq-nvfp4"].replace(backend="reference")
+
+
+def _greedy(model, ids, n, **options):
+    return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                          temperature=None, top_p=None, top_k=None, **options)
+
+
+def _ids(batch, length, seed=1):
+    return torch.randint(1, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("provider", ["bf16", "sharq", "fp8"])
+def test_static_decoder_matches_generate(kind, provider):
+    model = tiny_model(kind)
+    if provider == "sharq":
+        sharq.quantize_(model, REFERENCE)
+    elif provider == "fp8":
+        fp8_quantize_(model)
+    ids = _ids(2, 7)
+    expected = _greedy(model, ids, 6)
+    decoder = StaticDecoder(model, batch_size=2, max_cache_len=16)
+    assert not decoder.graph_enabled  # CPU: the step runs uncaptured
+    assert torch.equal(decoder.generate(ids, 6), expected)
+    # the decoder is reusable: a second prompt of another length starts from an empty cache
+    other = _ids(2, 4, seed=2)
+    again = decoder.generate(other, 5)
+    # transformers' own static-cache generate: the same cache shape, so the same attention sums
+    assert torch.equal(again, _greedy(model, other, 5, cache_implementation="static"))
+    assert decoder.length == 4 + 4
+
+
+def test_static_decoder_eager_attention_and_errors():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**COMMON, attn_implementation="eager")).to(torch.bfloat16).eval()
+    ids = _ids(1, 5)
+    assert torch.equal(StaticDecoder(model, 1, 12).generate(ids, 4), _greedy(model, ids, 4))
+    decoder = StaticDecoder(model, 1, 8)
+    with pytest.raises(RuntimeError, match="prefill first"):
+        decoder.decode(2)
+    with pytest.raises(ValueError, match=r"shape \(1, T\)"):
+        decoder.prefill(_ids(2, 3))
+    with pytest.raises(ValueError, match="does not fit"):
+        decoder.prefill(_ids(1, 8))
+    decoder.prefill(_ids(1, 6))
+    with pytest.raises(ValueError, match="exceed max_cache_len=8"):
+        decoder.decode(3)
+    with pytest.raises(ValueError, match="CUDA"):
+        StaticDecoder(model, 1, 8, graph=True)
+    with pytest.raises(ValueError, match="full-attention"):
+        StaticDecoder(tiny_model("gemma3"), 1, 8)
+
+
+def test_generate_text_modes_agree_with_eager():
+    torch._dynamo.reset()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**dict(COMMON, num_hidden_layers=1))).to(torch.bfloat16).eval()
+    sharq.quantize_(model, REFERENCE)
+    tokenizer = tiny_tokenizer()
+    model.generation_config.eos_token_id = None  # generate all the tokens asked for
+    eager = generate_text(model, tokenizer, "hello", max_new_tokens=5, decode="eager")
+    graph = generate_text(model, tokenizer, "hello", max_new_tokens=5, decode="graph")
+    compiled = generate_text(model, tokenizer, "hello", max_new_tokens=5, decode="compile", compile_backend="eager")
+    assert len(eager.new_token_ids) == 5
+    assert graph.new_token_ids == eager.new_token_ids and compiled.new_token_ids == eager.new_token_ids
+    assert (eager.decode, graph.decode, compiled.decode) == ("eager", "graph", "compile")
+    assert generate_text(model, tokenizer, "hello", max_new_tokens=2).decode == "eager"  # auto on CPU
+
+
+def test_decode_mode_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_decode("auto", cpu, False) == "eager"
+    assert resolve_decode("auto", cuda, False) == "graph" and resolve_decode("auto", cuda, True) == "compile"
+    with pytest.raises(ValueError, match="greedy only"):
+        resolve_decode("graph", cuda, True)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        resolve_decode("fast", cpu, False)
+    from sharq.cli_model import DECODE_CHOICES
+
+    assert DECODE_CHOICES == DECODE_MODES

@@ -1,0 +1,41 @@
+"""The shared preparation (q/k/v, gate/up) under torch.compile: one graph, no break, shared once.
+
+`SharedPreparation` is Python-side state. Traced by dynamo, it must neither break the graph (the
+model would fall apart into per-linear graphs and recompile per layer) nor replay a stale tensor:
+the compiled model returns the eager logits bit for bit, and every group prepares once per call.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import sharq  # noqa: E402
+from sharq.nn.fused_norm import FusedRMSNormPrep  # noqa: E402
+
+from .tiny_models import COMMON, VOCAB  # noqa: E402
+
+
+def _one_layer_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**dict(COMMON, num_hidden_layers=1))).to(torch.bfloat16).eval()
+
+
+def test_quantized_model_compiles_to_one_graph_and_shares_each_preparation_once():
+    torch._dynamo.reset()
+    model = _one_layer_llama()
+    sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"].replace(backend="reference"))
+    groups = [m.shared for m in model.modules() if isinstance(m, FusedRMSNormPrep)]
+    ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = model(ids, use_cache=False).logits
+        compiled = torch.compile(model, fullgraph=True, backend="eager")  # a graph break would raise
+        counts = [g.prepare_count for g in groups]
+        for _ in range(2):
+            assert torch.equal(compiled(ids, use_cache=False).logits, eager)
+    assert [g.prepare_count - c for g, c in zip(groups, counts)] == [2] * len(groups)
+    assert all(g._source is None and g._prepared is None for g in groups)  # nothing published is kept
