@@ -81,6 +81,9 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
         raise ValueError(f"weight must be a 2-D tensor (N, K), got {getattr(weight, 'shape', type(weight))}")
     if not weight.is_floating_point():
         raise TypeError(f"weight has dtype {weight.dtype}; expected a floating-point tensor")
+    if weight.device.type == "meta":
+        raise ValueError("weight is on the meta device and holds no values to quantize; build an empty layer "
+                         "(SharqLinear.empty_like) and load a checkpoint into it instead")
     if not config.quantizes:
         raise ValueError("quantize_weight: the config quantizes nothing (format='none')")
     if not bool(torch.isfinite(weight).all()):
@@ -150,6 +153,27 @@ def linear_from_prepared(
     return y.to(out_dtype)
 
 
+def _check_linear_operands(x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None) -> None:
+    """Clear errors for operands `sharq_linear` is not defined on (before any kernel sees them: the
+    M = 1 Triton GEMV reads its K-padded terms and would not notice a wrong K)."""
+    if not isinstance(weight, QuantizedTensor):
+        raise TypeError(f"weight must be a QuantizedTensor (sharq.quantize_weight), got {type(weight).__name__}")
+    check_activation(x)
+    if len(weight.shape) != 2:
+        raise ValueError(f"weight must be 2-D (N, K), got shape {tuple(weight.shape)}")
+    n, k = weight.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"activation of shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
+                         f"but the weight of shape {tuple(weight.shape)} has K={k}")
+    if x.device != weight.device:
+        raise ValueError(f"activation is on {x.device} but the weight is on {weight.device}")
+    if bias is not None:
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+        if bias.device != weight.device:
+            raise ValueError(f"bias is on {bias.device} but the weight is on {weight.device}")
+
+
 def sharq_linear(
     x: torch.Tensor,
     weight: QuantizedTensor,
@@ -163,7 +187,11 @@ def sharq_linear(
 
     `prepared`: x's preparation as (M, K) rows when it was already computed (shared by q/k/v or
     gate/up, SPEC §9); it must be `prepare_activation(x.reshape(-1, K), config)`.
+    Refused before any computation: a weight that is not a `QuantizedTensor` (TypeError), x of a
+    dtype other than float32/bfloat16/float16 (TypeError), a scalar x, x's last dimension not the
+    weight's K, x or bias on another device than the weight, a bias not of shape (N,) (ValueError).
     """
+    _check_linear_operands(x, weight, bias)
     resolve_backend(config, x.device)
     k = x.shape[-1]
     if prepared is None:

@@ -24,8 +24,16 @@ def quantize(
     """Quantize `x` (..., K) to `format` with `block`-value scales (see each format's module).
 
     `granularity` and `global_scale` apply to NVFP4 only (the other formats have no second level;
-    passing a `global_scale` for them is an error).
+    passing a `global_scale` for them is an error). `x` must be a real floating-point tensor with a
+    last dimension (float64 is quantized from its float32 rounding); integer, bool and complex
+    tensors are refused with a `TypeError`, a scalar with a `ValueError`.
     """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"quantize: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"quantize: x has dtype {x.dtype}; expected a floating-point tensor")
+    if x.dim() == 0:
+        raise ValueError("quantize: x is a scalar; expected shape (..., K)")
     format = Format(format)
     if format is Format.NVFP4:
         return quantize_nvfp4(x, block, granularity=granularity, global_scale=global_scale)

@@ -17,7 +17,10 @@ __all__ = ["topn_mask", "pair4of8_mask", "nm_mask", "apply_mask"]
 
 
 def _scores(x: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(x.float().abs(), nan=float("inf"), posinf=float("inf"))
+    """|x| as the mask ranks it: FP32 (exact for FP32/BF16/FP16), FP64 for FP64 input (so two
+    float64 values that round to one float32 are still told apart); NaN and ±Inf as +Inf."""
+    a = x.abs() if x.dtype == torch.float64 else x.float().abs()
+    return torch.nan_to_num(a, nan=float("inf"), posinf=float("inf"))
 
 
 def _keep_top_n(scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -46,10 +49,14 @@ def pair4of8_mask(x: torch.Tensor) -> torch.Tensor:
 
 
 def nm_mask(x: torch.Tensor, mask: MaskSpec | str) -> torch.Tensor:
-    """The mask `mask` ("pair4of8", "2:4", "N:M" or a `MaskSpec`) of `x` (..., K) as bool (..., K)."""
+    """The mask `mask` ("pair4of8", "2:4", "N:M" or a `MaskSpec`) of `x` (..., K) as bool (..., K).
+
+    `x` is any floating-point tensor (integer, bool and complex ones raise a `TypeError`)."""
     spec = parse_mask(mask) if isinstance(mask, str) else mask
     if not isinstance(spec, MaskSpec):
         raise TypeError(f"mask must be 'pair4of8', 'N:M' or a MaskSpec, got {mask!r}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"an N:M mask needs a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() == 0:
         raise ValueError("an N:M mask needs a tensor with a last dimension K")
     return pair4of8_mask(x) if spec.pairs else topn_mask(x, spec.n, spec.m)
