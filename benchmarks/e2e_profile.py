@@ -19,7 +19,8 @@ CATEGORIES = ("preparation", "gemm", "attention", "other")
 _RULES = (
     ("preparation", ("_amax_kernel", "_prepare_kernel", "triton_")),
     ("attention", ("flash", "fmha", "attention", "sdpa", "_efficient_attention", "softmax")),
-    ("gemm", ("gemm", "gemv", "cutlass", "cublas", "nvjet", "scaled_mm", "sm90_xmma", "xmma_", "aten::mm",
+    ("gemm", ("gemm", "gemv", "_dequant_kernel", "cutlass", "cublas", "nvjet", "scaled_mm", "sm90_xmma", "xmma_",
+              "aten::mm",
               "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
 )
 
