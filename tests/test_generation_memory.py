@@ -34,8 +34,12 @@ def live_tensors() -> tuple[int, int]:
     storages = {}
     for obj in gc.get_objects():
         if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
-            storage = obj.untyped_storage()
-            storages[(storage.device.type, storage.data_ptr())] = storage.nbytes()
+            try:
+                storage = obj.untyped_storage()
+                key = (storage.device.type, storage.data_ptr())
+            except RuntimeError:  # fake / functional tensors an earlier torch.compile left: no memory
+                continue
+            storages[key] = storage.nbytes()
     return len(storages), sum(storages.values())
 
 

@@ -115,7 +115,7 @@ def test_finite_input_gives_a_bounded_finite_decomposition(case):
 @given(
     preset=st.sampled_from(["sharq-nvfp4", "nvfp4", "dense-dense", "sharq-mxfp4", "mxfp4"]),
     granularity=st.sampled_from(["tensor", "token"]),
-    j=st.integers(-30, 30),
+    j=st.integers(-16, 30),  # below ~2^-19 NVFP4's global scale reaches its 1e-9 floor (not invariant)
     seed=st.integers(0, 2**31 - 1),
 )
 def test_powers_of_two_pass_through_exactly(preset, granularity, j, seed):
