@@ -15,9 +15,10 @@ placed in a float16's exponent/mantissa give value · 2^-14 (normal and subnorma
 an E4M3 scale's 7 bits likewise give scale · 2^-8; their FP32 product times 2^22 is exact, and so
 is the cast to bf16. Nothing is rounded before the MMA.
 
-One kernel, tiled by M (`_tiles`, from a measured sweep): small M (decode, M ≤ 16: BLOCK_M 16,
-narrow N tiles so every SM streams weights), mid M, and large M (prefill: 256×128 tiles, grouped
-launch order for L2 reuse).
+One kernel, tiled by M (`_tiles`, from measured sweeps): small M (M ≤ 16: BLOCK_M 16, narrow N
+tiles so every SM streams weights), mid M, and large M (prefill, M ≥ 512: the weight is first
+dequantized once into a bf16 scratch matrix by `dequant_fp4.py`, then the loop is a bf16 GEMM;
+128×256 tiles, grouped launch order for L2 reuse). M = 1 NVFP4 goes to `gemv_nvfp4.py` instead.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _fp4_weight_gemm_kernel(
 
 
 SCRATCH_MIN_M = 512  # from here on, dequantize the weight once into bf16 scratch (prefill-tuning-h100.json:
-# at M = 1024 it is 1.5-1.7x faster than dequantizing in the loop on every Llama/Qwen layer; at 256 mixed)
+# at M = 1024 it is 1.15-1.73x faster than dequantizing in the loop on every Llama/Qwen layer; at 256 mixed)
 
 
 def _tiles(m: int, n: int, k: int) -> dict:

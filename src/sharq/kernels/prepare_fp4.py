@@ -429,8 +429,9 @@ def _prepare_op(
 def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
     """(block_m, block_k, num_warps) of the preparation, from benchmarks/tune_prefill.py's sweep on the
     H100 (prefill-tuning-h100.json): a short batch (decode) in 64-wide chunks on 2 warps, its
-    programs computing the amax themselves (3.6-4.7 us a call against 6.2 with the amax kernel,
-    K <= 8192); a long batch in 8 x 128 tiles (1.1-1.7x faster than 8 x 64 at M = 4096)."""
+    programs computing the amax themselves (3.6-4.3 us a call, K <= 8192, against 6.2-6.9 us for
+    the amax kernel + 4-warp preparation before); a long batch in 8 x 128 tiles (at M = 4096
+    0.89-2.0x the speed of 8 x 64 in a noisy sweep, faster in 12 of 16 cases)."""
     if m <= AMAX_INLINE_MAX_M:
         return triton.next_power_of_2(m), 64, 2
     return 8, 128, 4

@@ -1,0 +1,68 @@
+"""Count the sm_90 SASS instructions of the decode GEMV and the preparation, without a GPU.
+
+The triton wheel ships ptxas and nvdisasm, so a kernel compiles for Hopper on any machine. This
+prints, per launch tiling, the static SASS instruction count divided by the weights (GEMV) or
+activation elements (preparation) one thread handles per step, the layout conversions left in the
+Triton GPU IR, and the most frequent opcodes. Static counts include rarely taken paths (the slow
+path of an IEEE division), so they overstate the executed count somewhat.
+
+usage: python benchmarks/sass_count.py   (needs only the CPU)
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from sharq.kernels import gemv_nvfp4, prepare_fp4
+
+
+def _compile(fn, consts: dict, ptr_types: dict, num_warps: int, fusion: bool):
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in consts else ptr_types.get(n, "i32") for n in names}
+    aligned = [n for n in names if sig[n].startswith("*") or n.startswith("stride") or n in ("K", "KW", "KS", "N", "KWT")]
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=num_warps, num_stages=1, enable_fp_fusion=fusion))
+
+
+def _report(kernel, tag: str, per_thread: float) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
+    sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    ops = collections.Counter(m.group(1).split(".")[0] for m in
+                              re.finditer(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9.]+)", sass))
+    total = sum(ops.values())
+    print(f"{tag}: {total} SASS, {total / per_thread:.1f} per value, "
+          f"{kernel.asm['ttgir'].count('convert_layout')} layout conversions; {dict(ops.most_common(8))}")
+
+
+def main() -> None:
+    words = {"a_ptr": "*fp32", "r_ptr": "*fp32", "sx_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
+             "y_ptr": "*fp32", "wc_ptr": "*i32", "ws_ptr": "*u8"}
+    for bn, bk, nw in ((2, 2048, 2), (2, 2048, 4), (4, 2048, 2)):
+        k = _compile(gemv_nvfp4._gemv_nvfp4_kernel,
+                     dict(TWO=True, WB=32, HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk), words, nw,
+                     fusion=True)  # as launched
+        _report(k, f"GEMV NVFP4-32, two terms, BLOCK_N {bn} BLOCK_K {bk} warps {nw}", bn * bk / (32 * nw))
+    prep = {"x_ptr": "*bf16", "amax_ptr": "*i32", "s_ptr": "*fp32", "sum_ptr": "*fp32", "tb_ptr": "*bf16",
+            "tr_ptr": "*bf16", "b_codes": "*u8", "b_scales": "*u8", "r_codes": "*u8", "r_scales": "*u8"}
+    for bm, bk, nw in ((8, 64, 4), (8, 128, 4), (16, 128, 4)):
+        consts = dict(MX=False, HAS_S=True, MASK=1, MASK_N=2, MASK_M=8, RESIDUAL=1, RMASK=0, RMASK_N=1, RMASK_M=1,
+                      BB=32, RB=16, WRITE_SUM=False, WRITE_TERMS=1, KP=4096, AMAX_INLINE=0, BLOCK_M=bm, BLOCK_K=bk)
+        k = _compile(prepare_fp4._prepare_kernel, consts, prep, nw, fusion=False)  # as launched: exact
+        _report(k, f"preparation sharq-nvfp4, bf16 terms, {bm}x{bk} warps {nw}", bm * bk / (32 * nw))
+
+
+if __name__ == "__main__":
+    main()
