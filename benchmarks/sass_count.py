@@ -1,10 +1,11 @@
 """Count the sm_90 SASS instructions of the decode GEMV and the preparation, without a GPU.
 
 The triton wheel ships ptxas and nvdisasm, so a kernel compiles for Hopper on any machine. This
-prints, per launch tiling, the static SASS instruction count divided by the weights (GEMV) or
-activation elements (preparation) one thread handles per step, the layout conversions left in the
-Triton GPU IR, and the most frequent opcodes. Static counts include rarely taken paths (the slow
-path of an IEEE division), so they overstate the executed count somewhat.
+prints, per launch tiling, the static SASS instruction count of the kernel and of its main loop
+divided by the weights (GEMV) or activation elements (preparation) one thread handles per step, the
+layout conversions left in the Triton GPU IR, and the loop's most frequent opcodes. Static counts
+include rarely taken paths (the slow path of an IEEE division), so they overstate the executed
+count somewhat; the loop body is what a weight costs at large K.
 
 usage: python benchmarks/sass_count.py   (needs only the CPU)
 """
@@ -27,7 +28,7 @@ from sharq.kernels import gemv_nvfp4, prepare_fp4
 def _compile(fn, consts: dict, ptr_types: dict, num_warps: int, fusion: bool):
     names = fn.arg_names
     sig = {n: "constexpr" if n in consts else ptr_types.get(n, "i32") for n in names}
-    aligned = [n for n in names if sig[n].startswith("*") or n.startswith("stride") or n in ("K", "KW", "KS", "N", "KWT")]
+    aligned = [n for n in names if sig[n].startswith("*") or n.startswith("stride") or n in ("K", "KS", "KSW", "N")]
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
                     attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
@@ -40,21 +41,44 @@ def _report(kernel, tag: str, per_thread: float) -> None:
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/nvdisasm")
     sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
-    ops = collections.Counter(m.group(1).split(".")[0] for m in
-                              re.finditer(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9.]+)", sass))
+    ops = _opcodes(sass)
     total = sum(ops.values())
-    print(f"{tag}: {total} SASS, {total / per_thread:.1f} per value, "
-          f"{kernel.asm['ttgir'].count('convert_layout')} layout conversions; {dict(ops.most_common(8))}")
+    loop = _opcodes(_longest_loop(sass))
+    body = sum(loop.values())
+    print(f"{tag}: {total} SASS ({total / per_thread:.1f} per value); loop body {body} ({body / per_thread:.2f} "
+          f"per value), {kernel.asm['ttgir'].count('convert_layout')} layout conversions in the IR; "
+          f"loop {dict(loop.most_common(10))}")
+
+
+def _opcodes(sass: str) -> collections.Counter:
+    return collections.Counter(m.group(1).split(".")[0] for m in
+                               re.finditer(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9.]+)", sass))
+
+
+def _longest_loop(sass: str) -> str:
+    """The SASS between a label and the longest backward branch to it (the main loop), or ''."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", line))}
+    best = ""
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            body = "\n".join(lines[labels[m.group(1)]:i + 1])
+            best = max(best, body, key=len)
+    return best
+
+
+GEMV_TILINGS = ((1, 2, 1024, 2), (1, 2, 2048, 4), (1, 4, 1024, 2), (4, 2, 1024, 2), (8, 2, 1024, 2))
 
 
 def main() -> None:
-    words = {"a_ptr": "*fp32", "r_ptr": "*fp32", "sx_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
-             "y_ptr": "*fp32", "wc_ptr": "*i32", "ws_ptr": "*u8"}
-    for bn, bk, nw in ((2, 2048, 2), (2, 2048, 4), (4, 2048, 2)):
-        k = _compile(gemv_nvfp4._gemv_nvfp4_kernel,
-                     dict(TWO=True, WB=32, HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk), words, nw,
+    ptrs = {"bc_ptr": "*i64", "rc_ptr": "*i64", "bs_ptr": "*fp32", "rs_ptr": "*fp32", "sx_ptr": "*fp32",
+            "sw_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*bf16", "w_ptr": "*i64", "ws_ptr": "*u8"}
+    for bm, bn, bk, nw in GEMV_TILINGS:
+        k = _compile(gemv_nvfp4._gemv_kernel,
+                     dict(TWO=True, WB=32, HAS_BIAS=False, ASM=True, EVEN_N=True, EVEN_M=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), ptrs, nw,
                      fusion=True)  # as launched
-        _report(k, f"GEMV NVFP4-32, two terms, BLOCK_N {bn} BLOCK_K {bk} warps {nw}", bn * bk / (32 * nw))
+        _report(k, f"GEMV NVFP4-32, two terms, {bm} rows, BLOCK_N {bn} BLOCK_K {bk} warps {nw}", bn * bk / (32 * nw))
     prep = {"x_ptr": "*bf16", "amax_ptr": "*i32", "s_ptr": "*fp32", "sum_ptr": "*fp32", "tb_ptr": "*bf16",
             "tr_ptr": "*bf16", "b_codes": "*u8", "b_scales": "*u8", "r_codes": "*u8", "r_scales": "*u8"}
     for bm, bk, nw in ((8, 64, 4), (8, 128, 4), (16, 128, 4)):

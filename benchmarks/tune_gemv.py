@@ -1,11 +1,12 @@
 """Sweep launch tilings of the NVFP4 decode GEMV (`kernels/gemv_nvfp4.py`) at Llama-3.1-8B shapes.
 
 Timing as benchmarks/linear.py: CUDA graphs cycling ≥ 150 MB of weight copies (no L2 reuse),
-median of 20 replays, M = 1, two terms. Each tiling is checked against the tensor-core GEMM
-(relative error). Prints the best per layer with its weight stream in GB/s and writes
-benchmarks/results/gemv-tuning-<gpu>.json, the data behind `gemv_nvfp4._tiles`.
+median of 20 replays, M rows (default 1, 2, 4, 8), two terms. Each tiling is checked against the
+tensor-core GEMM (relative error), which is timed too. Prints the best per layer and M with its
+weight stream in GB/s and writes benchmarks/results/gemv-tuning-<gpu>.json, the data behind
+`gemv_nvfp4._tiles` and GEMV_MAX_M.
 
-usage: python benchmarks/tune_gemv.py [--layers qkv,o,gate_up,down]
+usage: python benchmarks/tune_gemv.py [--layers qkv,o,gate_up,down] [--m 1,2,4,8]
 """
 
 from __future__ import annotations
@@ -19,19 +20,23 @@ from _results import write_json
 from linear import LAYERS, _graph_ms
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
-from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv, gemv_terms_layout
+from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv, gemv_operand_of
 from sharq.ops import prepare, quantize_weight
 
 
-def sweep() -> list[dict]:
-    return [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=w)
-            for bn, bk, w in itertools.product((2, 4, 8, 16), (512, 1024, 2048), (2, 4, 8))]
+def sweep(bn: str, bk: str, warps: str) -> list[dict]:
+    return [dict(BLOCK_N=n, BLOCK_K=k, num_warps=w)
+            for n, k, w in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps)))]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", default=",".join(LAYERS))
     ap.add_argument("--preset", default="sharq-nvfp4")
+    ap.add_argument("--m", default="1,2,4,8")
+    ap.add_argument("--bn", default="1,2,4", help="BLOCK_N values to sweep")
+    ap.add_argument("--bk", default="1024,2048", help="BLOCK_K values to sweep")
+    ap.add_argument("--warps", default="1,2,4", help="num_warps values to sweep")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     import triton
@@ -44,32 +49,33 @@ def main() -> None:
         nbytes = quantize_weight(w0, config).nbytes
         copies = max(1, -(-150_000_000 // nbytes))
         wqs = [quantize_weight(w0 + 0.001 * torch.randn_like(w0), config) for _ in range(copies)]
-        p = prepare(torch.randn(1, k, device="cuda", dtype=torch.bfloat16), config.replace(backend="reference"))
-        rows_terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
-                      p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
-        terms = [gemv_terms_layout(t) for t in rows_terms]
-        want = fp4_weight_gemm(rows_terms, p.global_scale, wqs[0], None, torch.float32)
-        t_gemm = _graph_ms([lambda q=q: fp4_weight_gemm(rows_terms, p.global_scale, q, None, torch.bfloat16)
-                            for q in wqs])
-        best = None
-        for cfg in sweep():
-            try:
-                y = fp4_weight_gemv(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg)
-            except Exception as exc:  # out of resources: skip the tiling
-                print(f"skip {cfg}: {type(exc).__name__}")
-                continue
-            err = float((y - want).abs().max() / want.abs().max())
-            ms = _graph_ms([lambda q=q: fp4_weight_gemv(terms, p.global_scale, q, None, torch.bfloat16, tiles=cfg)
-                            for q in wqs])
-            rows.append(dict(layer=layer, M=1, N=n, K=k, **cfg, median_ms=ms, GBps=nbytes / (ms * 1e-3) / 1e9,
-                             rel_err_vs_gemm=err, tc_gemm_ms=t_gemm))
-            if best is None or ms < best[0]:
-                best = (ms, cfg, err)
-        print(f"{layer:8s} M=1 best {best[0] * 1e3:6.1f}us {nbytes / (best[0] * 1e-3) / 1e9:5.0f} GB/s {best[1]} "
-              f"err {best[2]:.1e} | tensor-core GEMM {t_gemm * 1e3:6.1f}us", flush=True)
+        for m in (int(v) for v in args.m.split(",")):
+            p = prepare(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config.replace(backend="reference"))
+            rows_terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
+                          p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
+            terms = [*gemv_operand_of(p.backbone), *gemv_operand_of(p.residual)]
+            want = fp4_weight_gemm(rows_terms, p.global_scale, wqs[0], None, torch.float32)
+            t_gemm = _graph_ms([lambda q=q: fp4_weight_gemm(rows_terms, p.global_scale, q, None, torch.bfloat16)
+                                for q in wqs])
+            best = None
+            for cfg in sweep(args.bn, args.bk, args.warps):
+                try:
+                    y = fp4_weight_gemv(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg)
+                except Exception as exc:  # out of resources: skip the tiling
+                    print(f"skip {cfg}: {type(exc).__name__}")
+                    continue
+                err = float((y - want).abs().max() / want.abs().max())
+                ms = _graph_ms([lambda q=q: fp4_weight_gemv(terms, p.global_scale, q, None, torch.bfloat16, tiles=cfg)
+                                for q in wqs])
+                rows.append(dict(layer=layer, M=m, N=n, K=k, **cfg, median_ms=ms, GBps=nbytes / (ms * 1e-3) / 1e9,
+                                 rel_err_vs_gemm=err, tc_gemm_ms=t_gemm))
+                if best is None or ms < best[0]:
+                    best = (ms, cfg, err)
+            print(f"{layer:8s} M={m} best {best[0] * 1e3:6.1f}us {nbytes / (best[0] * 1e-3) / 1e9:5.0f} GB/s {best[1]} "
+                  f"err {best[2]:.1e} | tensor-core GEMM {t_gemm * 1e3:6.1f}us", flush=True)
         del wqs
         torch.cuda.empty_cache()
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+    doc = dict(sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps), gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                preset=args.preset, rows=rows)
     print("wrote", write_json(doc, args.out, "gemv-tuning"))
 

@@ -170,10 +170,11 @@ def test_reference_across_batch_sizes_within_the_order_bound(preset, dtype):
 
 def _tile_key(layer: SharqLinear, m: int):
     """Which kernel and tiles the Triton backend uses for m rows (rows sharing it sum alike)."""
+    from sharq.kernels import gemv_nvfp4
     from sharq.kernels.gemm_fp4 import _tiles
 
-    if m == 1 and layer.config.format.value == "nvfp4":
-        return "gemv"
+    if m <= gemv_nvfp4.GEMV_MAX_M and layer.config.format.value == "nvfp4":
+        return ("gemv",) + tuple(sorted(gemv_nvfp4._tiles(m, layer.out_features, layer.in_features).items()))
     return tuple(sorted(_tiles(m, layer.out_features, layer.in_features).items()))
 
 

@@ -120,11 +120,12 @@ def linear_from_prepared(
     A preparation that carries `dense` (operand="bf16-sum": bf16(deq(B) + deq(R))) is multiplied
     as it is. A preparation from the Triton backend carries `terms`: bf16 (M, K) rows, which the
     Triton FP4-weight GEMM multiplies (one weight pass, one bf16 MMA per term, FP32 accumulation),
-    or, for one NVFP4 row, FP32 terms in the decode GEMV's layout (kernels/gemv_nvfp4.py). Both
-    equal this function's reference sum up to FP32 summation order.
+    or, for up to 8 NVFP4 rows, int8 codes and FP32 block scales, which the decode GEMV multiplies
+    with integer dot products (kernels/gemv_nvfp4.py). Both equal this function's reference sum up
+    to FP32 summation order.
     """
     if prepared.terms is not None:
-        if prepared.terms[0].dtype == torch.float32:  # one row in the GEMV's layout
+        if prepared.terms[0].dtype == torch.int8:  # a short batch in the decode GEMV's operand
             from .kernels.gemv_nvfp4 import fp4_weight_gemv
 
             return fp4_weight_gemv(prepared.terms, prepared.global_scale, weight, bias, out_dtype)

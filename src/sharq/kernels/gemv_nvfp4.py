@@ -1,44 +1,55 @@
-"""Decode GEMV for NVFP4 weights in Triton (M = 1): y = s_x · s_w · Σ_t (t · deq(Wq)ᵀ) + bias on the
-CUDA cores, streaming the packed weight once.
+"""Decode GEMV for NVFP4 weights in Triton (M ≤ 8 rows): integer dot products of E2M1 codes.
 
-At M = 1 a tensor-core tile is 15/16 padding and the cost is the work per weight between its load
-and its multiply. Here every weight costs two shifts, two logic operations and one FMA per term,
-with no conversion and no shared-memory round trip:
+y (M, N) = s_x · s_w · Σ_t Σ_blocks16 (Σ_{k in block} 2w_k · 2t_k) · sw_blk · st_blk / 4 + bias
 
-  decode  the payload is read as int32 words (8 codes; code 2i of a byte in its low nibble). A
-          code's 3 magnitude bits moved to FP32 bits 22–24 and its sign to bit 31 are the FP32
-          number e(c) · 2^-126, exactly (code 1, 0.5, is the FP32 subnormal 2^-127: the kernel
-          runs without flush-to-zero, and every random weight in the tests has such codes).
-  terms   the preparation writes each activation term t (deq(B), deq(R)) for this kernel as FP32
-          t · 2^64 in a "position-major" layout (`gemv_terms_layout`): the 8 values that meet
-          the 8 codes of a word sit in 8 rows, so the loads of a word's terms are contiguous
-          vectors in the weight tile's own register layout. e(c) · 2^-126 · t · 2^64 =
-          e(c) · t · 2^-62 is exact (products of 2 and 6 significant bits) and a normal FP32
-          number for NVFP4 terms (|t| in [2^-10, 2688] or 0).
-  blocks  the products of one 16- or 32-wide weight block are summed in FP32, multiplied by the
-          block's E4M3 scale times 2^62 (exact) and accumulated in FP32.
+on the CUDA cores, streaming the packed weight once for all M rows.
 
-Every product is exact and every sum FP32, as SPEC §7 asks; the summation order (block sums
-first) differs from the tensor-core GEMM's, within FP32 rounding.
+Every NVFP4 value is an E2M1 code times a block scale, and the activation terms (SharQ backbone and
+residual) have block scales per 16 or 32 positions along K, aligned with the weight's blocks. So
+inside 16 positions both operands are small integers times one scale each: 2·E2M1 is an integer in
+{0, ±1, ±2, ±3, ±4, ±6, ±8, ±12}. The kernel sums 16 integer products exactly (|sum| ≤ 2304) with
+Hopper's `dp4a` (four int8 products and an int32 add in one instruction), converts the sum to FP32
+and multiplies it by the product of the two block scales (exact: 4 significant bits each, the
+product then 20 bits) before the FP32 accumulation. Every product is exact and every sum FP32
+(SPEC §7), with fewer roundings than a float GEMV.
 
-Measured on the H100 (benchmarks/tune_gemv.py, gemv-tuning-h100.json, 2026-11-23): 0.76–1.19 TB/s
-of weight stream at Llama-3.1-8B shapes, 1.5–1.9× faster than the tensor-core GEMM at M = 1; at
-M = 4 a row loop is 2–3× slower than the tensor-core GEMM, so the GEMV serves M = 1 only.
+  weights  the packed payload is read as int64 (16 codes, one 16-position sub-block). Per 8 codes a
+           `prmt` pair looks the magnitudes up in an 8-byte table of 2·E2M1 (the sign nibble bit
+           makes `prmt` write 0, so one lookup yields the positive codes and one, with the sign
+           bits flipped, the negative ones); a biased byte-wise subtraction gives four signed
+           bytes. 13 instructions per 8 weights, shared by every row.
+  operand  the preparation writes each term t as int8 2·E2M1 codes (M, Kg) and FP32 block scales
+           per 16 positions (M, Kg/16), Kg = K padded to GEMV_PAD with zero codes
+           (`gemv_operand`). A row's codes are two halves: positions 0-7 of every 16-position
+           sub-block, then positions 8-15, so that both int64 words of consecutive sub-blocks lie
+           next to each other, in the weight tile's register layout.
+  per row  four `dp4a` per term and sub-block, one convert, one FMA into the FP32 accumulator.
+
+Under TRITON_INTERPRET=1 (the CPU tests) the two asm helpers are replaced by integer Triton code
+with the same results (`ASM=False`); the GPU tests run the asm.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ..config import Format
+from ..formats.pack import unpack_nibbles
 from ..formats.quantized import QuantizedTensor
+from ..formats.scales import decode_e4m3
 
-__all__ = ["GEMV_PAD", "fp4_weight_gemv", "gemv_supports", "gemv_terms_layout", "gemv_words"]
+__all__ = ["GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
 
-GEMV_PAD = 2048  # the terms cover whole multiples of this many K positions (the largest BLOCK_K)
-TERM_SCALE = 2.0**64
+GEMV_PAD = 2048  # the operand covers whole multiples of this many K positions (the largest BLOCK_K)
+GEMV_MAX_M = 8  # rows one GEMV launch serves (decode and small decode batches)
+
+# 2·E2M1 magnitude by 3-bit code, as bytes: the prmt table (codes 0-3 low word, 4-7 high word)
+_LUT_LO = 0x03020100
+_LUT_HI = 0x0C080604
 
 
 def gemv_supports(weight: QuantizedTensor) -> bool:
@@ -46,110 +57,281 @@ def gemv_supports(weight: QuantizedTensor) -> bool:
     return len(weight.shape) == 2 and weight.format is Format.NVFP4 and weight.block in (16, 32)
 
 
-def gemv_words(k: int) -> int:
-    """KWt: the words (8 positions each) per position row of the GEMV terms of a K-long row."""
-    return -(-k // GEMV_PAD) * GEMV_PAD // 8
+def gemv_padded(k: int) -> int:
+    """Kg: the K length of the GEMV operand (a multiple of GEMV_PAD)."""
+    return max(1, -(-k // GEMV_PAD)) * GEMV_PAD
 
 
-def gemv_terms_layout(t: torch.Tensor) -> torch.Tensor:
-    """The GEMV operand of a (1, K) term, built with torch (the tests' reference for the kernel):
-    FP32 (1, 8·KWt), out[0, i·KWt + j] = t[0, 8j + i] · 2^64, zero beyond K."""
-    m, k = t.shape
-    kp = gemv_words(k) * 8
-    tp = torch.nn.functional.pad(t.float(), (0, kp - k)) * TERM_SCALE
-    return tp.view(m, kp // 8, 8).transpose(1, 2).contiguous().view(m, kp)
+def gemv_operand(codes: torch.Tensor, scales16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GEMV operand of one term, built with torch (the tests' reference for the preparation):
+    codes (M, K) E2M1 codes 0..15 (any integer dtype), scales16 (M, ceil(K/16)) FP32 block scale of
+    each 16 positions -> (int8 (M, Kg): 2·E2M1 values, zero beyond K, position k at
+    ((k div 8) mod 2) · Kg/2 + (k div 16) · 8 + k mod 8; FP32 (M, Kg/16), zero beyond)."""
+    m, k = codes.shape
+    kg = gemv_padded(k)
+    mag = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12], dtype=torch.int8, device=codes.device)[(codes & 7).long()]
+    val = torch.zeros(m, kg, dtype=torch.int8, device=codes.device)
+    val[:, :k] = torch.where((codes & 8) != 0, -mag, mag)
+    out = val.view(m, kg // 16, 2, 8).transpose(1, 2).reshape(m, kg)
+    sc = torch.zeros(m, kg // 16, dtype=torch.float32, device=codes.device)
+    sc[:, : scales16.shape[1]] = scales16.float()
+    return out, sc
+
+
+def gemv_operand_of(term: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gemv_operand` of a prepared NVFP4 term (M, K) (codes and E4M3 scales of 16 or 32 blocks)."""
+    if term.format is not Format.NVFP4 or len(term.shape) != 2 or term.block % 16:
+        raise ValueError(f"the GEMV operand is built from 2-D NVFP4 terms, got {term.format.value}-{term.block} "
+                         f"of shape {term.shape}")
+    m, k = term.shape
+    codes = unpack_nibbles(term.codes)[:, :k]
+    return gemv_operand(codes, decode_e4m3(term.scales).repeat_interleave(term.block // 16, dim=1))
 
 
 @triton.jit
-def _codes_fp32(words, i: tl.constexpr):
-    """Code i (0..7) of each int32 word as FP32 e(c) · 2^-126, exactly: magnitude bits to 22–24,
-    sign bit to 31."""
-    if i <= 5:
-        mag = (words << (22 - 4 * i)) & 0x01C00000
+def _signed_bytes(w, ASM: tl.constexpr):
+    """int64 (16 E2M1 codes, code i in nibble i) -> four int32, each 4 signed bytes 2·E2M1 of codes
+    0-3, 4-7, 8-11, 12-15."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            asm="""
+            {
+            .reg .b32 w0, w1, n, h, nh, p, q, t0, t1;
+            mov.b64 {w0, w1}, $4;
+            mov.b32 t0, 0x03020100;
+            mov.b32 t1, 0x0C080604;
+            xor.b32 n, w0, 0x88888888;
+            shr.u32 h, w0, 16;
+            shr.u32 nh, n, 16;
+            prmt.b32 p, t0, t1, w0;
+            prmt.b32 q, t0, t1, n;
+            or.b32 p, p, 0x80808080;
+            sub.u32 p, p, q;
+            xor.b32 $0, p, 0x80808080;
+            prmt.b32 p, t0, t1, h;
+            prmt.b32 q, t0, t1, nh;
+            or.b32 p, p, 0x80808080;
+            sub.u32 p, p, q;
+            xor.b32 $1, p, 0x80808080;
+            xor.b32 n, w1, 0x88888888;
+            shr.u32 h, w1, 16;
+            shr.u32 nh, n, 16;
+            prmt.b32 p, t0, t1, w1;
+            prmt.b32 q, t0, t1, n;
+            or.b32 p, p, 0x80808080;
+            sub.u32 p, p, q;
+            xor.b32 $2, p, 0x80808080;
+            prmt.b32 p, t0, t1, h;
+            prmt.b32 q, t0, t1, nh;
+            or.b32 p, p, 0x80808080;
+            sub.u32 p, p, q;
+            xor.b32 $3, p, 0x80808080;
+            }
+            """,
+            constraints="=r,=r,=r,=r,l",
+            args=[w],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+            is_pure=True,
+            pack=1,
+        )
     else:
-        mag = (words >> (4 * i - 22)) & 0x01C00000
-    sign = (words << (28 - 4 * i)) & -2147483648
-    return (mag | sign).to(tl.float32, bitcast=True)
+        return _bytes4(w, 0), _bytes4(w, 16), _bytes4(w, 32), _bytes4(w, 48)
 
 
 @triton.jit
-def _gemv_nvfp4_kernel(
-    a_ptr, r_ptr, wc_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
-    N, KW, KS, KWT, stride_wc, stride_ws,
-    TWO: tl.constexpr, WB: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _bytes4(w, shift: tl.constexpr):
+    """Interpreter twin of the asm: 4 codes from bit `shift` of int64 w, as 4 signed bytes in an int32."""
+    out = tl.zeros(w.shape, dtype=tl.int32)
+    for i in tl.static_range(4):
+        c = ((w >> (shift + 4 * i)) & 15).to(tl.int32)
+        m = c & 7
+        mag = tl.where(m == 7, 12, tl.where(m == 6, 8, tl.where(m == 5, 6, m)))
+        val = tl.where((c & 8) != 0, -mag, mag)
+        out = out | ((val & 255) << (8 * i))
+    return out
+
+
+@triton.jit
+def _dot16(w0, w1, w2, w3, xa, xb, ASM: tl.constexpr):
+    """Σ of 16 int8 products: the signed bytes w0..w3 (int32) against the activation's two int64
+    words xa (positions 0-7), xb (8-15). int32."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            asm="""
+            {
+            .reg .b32 a0, a1, a2, a3;
+            mov.b64 {a0, a1}, $5;
+            mov.b64 {a2, a3}, $6;
+            dp4a.s32.s32 $0, $1, a0, 0;
+            dp4a.s32.s32 $0, $2, a1, $0;
+            dp4a.s32.s32 $0, $3, a2, $0;
+            dp4a.s32.s32 $0, $4, a3, $0;
+            }
+            """,
+            constraints="=r,r,r,r,r,l,l",
+            args=[w0, w1, w2, w3, xa, xb],
+            dtype=tl.int32,
+            is_pure=True,
+            pack=1,
+        )
+    else:
+        return (_dot4(w0, xa.to(tl.int32)) + _dot4(w1, (xa >> 32).to(tl.int32))
+                + _dot4(w2, xb.to(tl.int32)) + _dot4(w3, (xb >> 32).to(tl.int32)))
+
+
+@triton.jit
+def _dot4(a, b):
+    """Interpreter twin of dp4a.s32.s32 without the addend: Σ of the 4 signed byte products."""
+    s = tl.zeros(a.shape, dtype=tl.int32)
+    for i in tl.static_range(4):
+        s += ((a << (24 - 8 * i)) >> 24) * ((b << (24 - 8 * i)) >> 24)
+    return s
+
+
+@triton.jit
+def _load(ptrs, mask):
+    """tl.load, masked (zero fill) unless `mask` is None."""
+    if mask is None:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=mask, other=0)
+
+
+@triton.jit
+def _gemv_step(acc, k0, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
+               stride_x, stride_xs, stride_w, stride_ws,
+               TWO: tl.constexpr, SPB: tl.constexpr, ASM: tl.constexpr, MASK_N: tl.constexpr, MASK_K: tl.constexpr,
+               MASK_M: tl.constexpr, NS: tl.constexpr):
+    """acc (BLOCK_M, BLOCK_N, NS) FP32 += the products of the NS 16-position sub-blocks from k0."""
+    ks = k0 // 16 + tl.arange(0, NS)  # (NS,) sub-block index
+    w_ok = None
+    if MASK_N:
+        w_ok = n_ok[:, None] & (ks[None, :] >= 0)
+    if MASK_K:
+        w_ok = (ks[None, :] < KS) if w_ok is None else w_ok & (ks[None, :] < KS)
+    w = _load(w_ptr + offs_n[:, None] * stride_w + ks[None, :], w_ok)  # (BLOCK_N, NS) int64
+    kb = ks // SPB
+    s_ok = None
+    if MASK_N:
+        s_ok = n_ok[:, None] & (kb[None, :] >= 0)
+    if MASK_K:
+        s_ok = (kb[None, :] < KSW) if s_ok is None else s_ok & (kb[None, :] < KSW)
+    sbits = _load(ws_ptr + offs_n[:, None] * stride_ws + kb[None, :], s_ok).to(tl.int32)
+    # E4M3 bits in a float16 (magnitude bits shifted by 7) are the scale · 2^-8, exactly
+    sw = ((sbits & 0x7F) << 7).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)[None, :, :]
+    w0, w1, w2, w3 = _signed_bytes(w, ASM)
+    w0, w1, w2, w3 = w0[None], w1[None], w2[None], w3[None]
+    so = m3 * stride_xs + ks[None, None, :]  # (BLOCK_M, BLOCK_N, NS)
+    xo = m3 * stride_x + ks[None, None, :]  # positions 0-7 of the sub-block; 8-15 half a row later
+    x_ok = ok3 if MASK_M else None
+    xa = _load(bc_ptr + xo, x_ok)
+    xb = _load(bc_ptr + xo + stride_xs, x_ok)
+    st = _load(bs_ptr + so, x_ok)
+    acc += _dot16(w0, w1, w2, w3, xa, xb, ASM).to(tl.float32) * (st * sw)
+    if TWO:
+        xa = _load(rc_ptr + xo, x_ok)
+        xb = _load(rc_ptr + xo + stride_xs, x_ok)
+        st = _load(rs_ptr + so, x_ok)
+        acc += _dot16(w0, w1, w2, w3, xa, xb, ASM).to(tl.float32) * (st * sw)
+    return acc
+
+
+@triton.jit
+def _gemv_kernel(
+    bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
+    M, N, KS, KSW, stride_x, stride_xs, stride_w, stride_ws, stride_sx, stride_y,
+    TWO: tl.constexpr, WB: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, EVEN_N: tl.constexpr,
+    EVEN_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    WPB: tl.constexpr = WB // 8  # words per weight block
-    BKS: tl.constexpr = BLOCK_K // WB  # weight blocks per K step
+    """bc/rc: int8 (M, Kg) codes viewed as int64 (M, Kg/8) (two halves: positions 0-7, then 8-15, of
+    every sub-block; `gemv_operand`); bs/rs FP32 (M, Kg/16); w int64 (N, KS)
+    (KS sub-blocks of 16 codes); ws uint8 (N, KSW) E4M3 scales per WB; y (M, N). EVEN_N: N is a
+    multiple of BLOCK_N; EVEN_M: M = BLOCK_M. The K steps that lie inside the weight run unmasked, the last one masked."""
+    SPB: tl.constexpr = WB // 16  # sub-blocks per weight block
+    NS: tl.constexpr = BLOCK_K // 16  # sub-blocks per K step
     pid_n = tl.program_id(0)
+    rows = tl.arange(0, BLOCK_M)
+    m_ok = rows < M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    jw = tl.arange(0, BKS)[:, None] * WPB + tl.arange(0, WPB)[None, :]  # (BKS, WPB) word offsets
-    blk = tl.arange(0, BKS)
-    acc = tl.zeros((BLOCK_N, BKS), dtype=tl.float32)
-    for k0 in range(0, KWT * 8, BLOCK_K):
-        kw = k0 // 8 + jw
-        words = tl.load(wc_ptr + offs_n[:, None, None] * stride_wc + kw[None, :, :],
-                        mask=n_ok[:, None, None] & (kw[None, :, :] < KW), other=0)  # (BLOCK_N, BKS, WPB)
-        kb = k0 // WB + blk
-        bits = tl.load(ws_ptr + offs_n[:, None] * stride_ws + kb[None, :],
-                       mask=n_ok[:, None] & (kb[None, :] < KS), other=0).to(tl.int32)
-        # E4M3 magnitude bits in a float16 are scale · 2^-8; times 2^70: scale · 2^62
-        sc = ((bits & 0x7F) << 7).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 1.1805916207174113e21
-        # the terms are read in the weight tile's shape (the same address for every row), which
-        # gives them the tile's register layout; the terms are zero-padded to whole K steps
-        kw3 = kw[None, :, :] + 0 * offs_n[:, None, None]
-        word_sums = tl.zeros((BLOCK_N, BKS, WPB), dtype=tl.float32)
-        for i in tl.static_range(8):
-            e = _codes_fp32(words, i)
-            word_sums += e * tl.load(a_ptr + i * KWT + kw3)
-            if TWO:
-                word_sums += e * tl.load(r_ptr + i * KWT + kw3)
-        acc += tl.sum(word_sums, axis=2) * sc
+    sub = tl.arange(0, NS)
+    # the activation is read in the full (rows, BLOCK_N, NS) shape (the same address for every n),
+    # which gives it the tile's register layout: no layout conversion in the loop
+    m3 = rows[:, None, None] + 0 * offs_n[None, :, None] + 0 * sub[None, None, :]
+    ok3 = m3 < M
+    acc = tl.zeros((BLOCK_M, BLOCK_N, NS), dtype=tl.float32)
+    full = (KS * 16) // BLOCK_K * BLOCK_K
+    for k0 in range(0, full, BLOCK_K):
+        acc = _gemv_step(acc, k0, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
+                         stride_x, stride_xs, stride_w, stride_ws, TWO, SPB, ASM, not EVEN_N, False,
+                         not EVEN_M, NS)
+    if full < KS * 16:
+        acc = _gemv_step(acc, full, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
+                         stride_x, stride_xs, stride_w, stride_ws, TWO, SPB, ASM, not EVEN_N, True,
+                         not EVEN_M, NS)
 
-    y = (tl.load(sx_ptr) * tl.load(sw_ptr)) * tl.sum(acc, axis=1)
+    total = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N)
+    s_x = tl.load(sx_ptr + rows * stride_sx, mask=m_ok, other=0.0)
+    # the codes are 2·E2M1 on both sides (/4) and the weight scales were read as scale · 2^-8
+    y = (s_x[:, None] * (tl.load(sw_ptr) * 64.0)) * total
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rows[:, None] * stride_y + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _tiles(n: int, k: int) -> dict:
-    """From benchmarks/tune_gemv.py's sweep on the H100 (gemv-tuning-h100.json, Llama-3.1-8B
-    shapes): 2048-long K steps; 2 rows a program for wide layers, 4 for narrow ones."""
-    if n >= 16384:
-        return dict(BLOCK_N=2, BLOCK_K=2048, num_warps=2)
-    if n >= 6144:
-        return dict(BLOCK_N=2, BLOCK_K=2048, num_warps=4)
-    return dict(BLOCK_N=4, BLOCK_K=2048, num_warps=2)
+def _tiles(m: int, n: int, k: int) -> dict:
+    """Launch tiling by shape, from benchmarks/tune_gemv.py's sweeps on the H100 (gemv-tuning-h100.json,
+    Llama-3.1-8B shapes, best summed over the four layers): one weight row per 1-warp program and
+    1024-long K steps at M = 1 (62.6 us for the four, against 66.9 for the next tiling); 8 rows on
+    2 warps at M = 2; 4 rows on 1 warp from M = 3 (the decoded weights serve every activation row)."""
+    if m == 1:
+        return dict(BLOCK_N=1, BLOCK_K=1024, num_warps=1)
+    if m == 2:
+        return dict(BLOCK_N=8, BLOCK_K=1024, num_warps=2)
+    return dict(BLOCK_N=4, BLOCK_K=1024, num_warps=1)
+
+
+def _use_asm() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
 def fp4_weight_gemv(
     terms, s_x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
     *, tiles: dict | None = None,
 ) -> torch.Tensor:
-    """y (1, N) = s_x · s_w · Σ_t t · deq(weight)ᵀ + bias, in `out_dtype`.
+    """y (M, N) = s_x · s_w · Σ_t t · deq(weight)ᵀ + bias, in `out_dtype`, for M ≤ GEMV_MAX_M.
 
-    terms: 1 or 2 FP32 (1, 8·gemv_words(K)) tensors in the GEMV layout (`gemv_terms_layout`, as the
-    Triton preparation writes them at M = 1); s_x FP32 () or (1, 1); weight NVFP4-16/32 (N, K).
+    terms: the GEMV operand of 1 or 2 terms, flat: (codes int8 (M, Kg), scales FP32 (M, Kg/16)) per
+    term (`gemv_operand`, as the Triton preparation writes them); s_x FP32 () or (M, 1); weight
+    NVFP4-16/32 (N, K).
     """
     if not gemv_supports(weight):
         raise ValueError(f"the Triton GEMV reads 2-D NVFP4-16/32 weights, got {weight.format.value}-{weight.block} "
                          f"of shape {weight.shape}")
     n, k = weight.shape
-    width = 8 * gemv_words(k)
-    if not 1 <= len(terms) <= 2 or any(t.dtype != torch.float32 or t.shape != (1, width) or not t.is_contiguous()
-                                       for t in terms):
-        raise ValueError(f"GEMV terms must be 1 or 2 contiguous FP32 (1, {width}) tensors for K={k}, got "
-                         f"{[(tuple(t.shape), t.dtype) for t in terms]}")
-    if any(t.device != weight.device for t in terms):
-        raise ValueError(f"GEMV terms on {terms[0].device}, weight on {weight.device}")
-    if s_x.numel() != 1:
-        raise ValueError(f"s_x must hold one scale for the one row, got shape {tuple(s_x.shape)}")
+    if len(terms) not in (2, 4):
+        raise ValueError(f"GEMV terms must be (codes, scales) of 1 or 2 terms, got {len(terms)} tensors")
+    m = terms[0].shape[0] if terms[0].dim() == 2 else -1
+    kg = gemv_padded(k)
+    for i, t in enumerate(terms):
+        want = (torch.int8, (m, kg)) if i % 2 == 0 else (torch.float32, (m, kg // 16))
+        if (t.dtype, tuple(t.shape)) != want or not t.is_contiguous():
+            raise ValueError(f"GEMV operand {i} must be a contiguous {want[0]} {want[1]} tensor for K={k}, got "
+                             f"{t.dtype} {tuple(t.shape)}")
+        if t.device != weight.device:
+            raise ValueError(f"GEMV operand on {t.device}, weight on {weight.device}")
+    if not 1 <= m <= GEMV_MAX_M:
+        raise ValueError(f"the GEMV serves 1 to {GEMV_MAX_M} rows, got {m}")
+    if s_x.numel() not in (1, m):
+        raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     t = tiles or {}
+    two = len(terms) == 4
     return torch.ops.sharq.fp4_weight_gemv(
-        terms[0], terms[1] if len(terms) == 2 else None, weight.codes, weight.scales,
-        s_x.reshape(1).to(torch.float32), weight.global_scale, bias, weight.block, out_dtype,
+        terms[0], terms[1], terms[2] if two else None, terms[3] if two else None, weight.codes, weight.scales,
+        s_x.reshape(-1).to(torch.float32), weight.global_scale, bias, weight.block, out_dtype,
         [t.get(key, 0) for key in _TILE_KEYS])
 
 
@@ -158,30 +340,35 @@ _TILE_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps")
 
 @torch.library.custom_op("sharq::fp4_weight_gemv", mutates_args=())
 def _gemv_op(
-    a: torch.Tensor, r: torch.Tensor | None, w_codes: torch.Tensor, w_scales: torch.Tensor, s_x: torch.Tensor,
-    s_w: torch.Tensor, bias: torch.Tensor | None, wb: int, out_dtype: torch.dtype, tiles: list[int],
+    b_codes: torch.Tensor, b_scales: torch.Tensor, r_codes: torch.Tensor | None, r_scales: torch.Tensor | None,
+    w_codes: torch.Tensor, w_scales: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None,
+    wb: int, out_dtype: torch.dtype, tiles: list[int],
 ) -> torch.Tensor:
-    """The GEMV as a torch op (torch.compile, CUDA graphs). a, r: FP32 (1, 8·KWt) GEMV terms;
-    w_codes (N, Kp/2), w_scales (N, Kp/wb) uint8; s_x, s_w FP32 (1,); bias (N,) or None.
-    `tiles`: BLOCK_N, BLOCK_K, num_warps; 0 = chosen by shape."""
-    n = w_codes.shape[0]
-    y = torch.empty(1, n, dtype=out_dtype, device=a.device)
-    if n == 0:
+    """The GEMV as a torch op (torch.compile, CUDA graphs). b/r codes int8 (M, Kg), scales FP32
+    (M, Kg/16); w_codes (N, Kp/2), w_scales (N, Kp/wb) uint8; s_x FP32 (1,) or (M,); s_w FP32 ();
+    bias (N,) or None. `tiles`: BLOCK_N, BLOCK_K, num_warps; 0 = chosen by shape."""
+    m, n = b_codes.shape[0], w_codes.shape[0]
+    y = torch.empty(m, n, dtype=out_dtype, device=b_codes.device)
+    if n == 0 or m == 0:
         return y
-    kwt = a.shape[1] // 8
-    cfg = _tiles(n, kwt * 8)
+    cfg = _tiles(m, n, b_codes.shape[1])
     cfg.update({key: v for key, v in zip(_TILE_KEYS, tiles) if v})
     if GEMV_PAD % cfg["BLOCK_K"] or cfg["BLOCK_K"] % wb:
         raise ValueError(f"BLOCK_K {cfg['BLOCK_K']} must divide {GEMV_PAD} and be a multiple of the weight block {wb}")
-    words = w_codes.view(torch.int32)  # (N, Kp/8): Kp is a multiple of 16, the rows 8-byte aligned
-    _gemv_nvfp4_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
-        a, r if r is not None else a, words, w_scales, s_x, s_w.reshape(1), bias if bias is not None else s_x, y,
-        n, words.shape[1], w_scales.shape[1], kwt, words.stride(0), w_scales.stride(0),
-        TWO=r is not None, WB=wb, HAS_BIAS=bias is not None, num_stages=1, **cfg,
+    words = w_codes.view(torch.int64)  # (N, Kp/16): Kp is a multiple of 16, the rows 8-byte aligned
+    two = r_codes is not None
+    _gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+        b_codes.view(torch.int64), b_scales, r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
+        r_scales if two else b_scales, words, w_scales, s_x, s_w.reshape(1), bias if bias is not None else s_x, y,
+        m, n, words.shape[1], w_scales.shape[1], b_codes.shape[1] // 8, b_scales.shape[1], words.stride(0),
+        w_scales.stride(0), 1 if s_x.numel() > 1 else 0, y.stride(0),
+        TWO=two, WB=wb, HAS_BIAS=bias is not None, ASM=_use_asm(), EVEN_N=n % cfg["BLOCK_N"] == 0,
+        EVEN_M=m == triton.next_power_of_2(m), BLOCK_M=triton.next_power_of_2(m),
+        num_stages=1, **cfg,
     )
     return y
 
 
 @_gemv_op.register_fake
-def _(a, r, w_codes, w_scales, s_x, s_w, bias, wb, out_dtype, tiles):
-    return a.new_empty(1, w_codes.shape[0], dtype=out_dtype)
+def _(b_codes, b_scales, r_codes, r_scales, w_codes, w_scales, s_x, s_w, bias, wb, out_dtype, tiles):
+    return b_codes.new_empty(b_codes.shape[0], w_codes.shape[0], dtype=out_dtype)

@@ -37,7 +37,7 @@ from ..formats.nvfp4 import GLOBAL_SCALE_DIVISOR, GLOBAL_SCALE_FLOOR
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
 from . import supports
-from .gemv_nvfp4 import gemv_words
+from .gemv_nvfp4 import GEMV_MAX_M, gemv_padded
 
 __all__ = ["prepare_activation_triton", "supports"]
 
@@ -159,7 +159,8 @@ def _apply_mask(v, BM: tl.constexpr, BK: tl.constexpr, MASK: tl.constexpr, N: tl
 # --- block quantization --------------------------------------------------------------------------
 @triton.jit
 def _quantize(v, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr, MX: tl.constexpr):
-    """(codes int32 (BM, BK), scale bits int32 (BM, BK // BLOCK), dequantized FP32 (BM, BK))."""
+    """(codes int32 (BM, BK), scale bits int32 (BM, BK // BLOCK), dequantized FP32 (BM, BK), scales
+    FP32 (BM, BK // BLOCK))."""
     blk = tl.reshape(v, (BM, BK // BLOCK, BLOCK))
     amax = tl.max(tl.abs(blk), axis=2)
     has_nan = tl.max((blk != blk).to(tl.int32), axis=2) > 0
@@ -178,7 +179,7 @@ def _quantize(v, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr, MX: tl
         codes = _e2m1_codes(_div_rn(blk, divisor[:, :, None]))
         codes = tl.where((scale == 0.0)[:, :, None], 0, codes)
     deq = _e2m1_values(codes) * scale[:, :, None]
-    return tl.reshape(codes, (BM, BK)), bits, tl.reshape(deq, (BM, BK))
+    return tl.reshape(codes, (BM, BK)), bits, tl.reshape(deq, (BM, BK)), scale
 
 
 @triton.jit
@@ -241,13 +242,13 @@ def _global_scale(amax):
 
 @triton.jit
 def _prepare_kernel(
-    x_ptr, amax_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, sum_ptr, tb_ptr, tr_ptr,
+    x_ptr, amax_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, sum_ptr, tb_ptr, tr_ptr, tbs_ptr, trs_ptr,
     M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_sum, stride_t,
     wb_codes, wb_scales, wr_codes, wr_scales,
     MX: tl.constexpr, HAS_S: tl.constexpr,
     MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
     RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KWT,
+    BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KG,
     AMAX_INLINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -278,15 +279,14 @@ def _prepare_kernel(
             b = _apply_mask(xs, BLOCK_M, BLOCK_K, MASK, MASK_N, MASK_M)
         else:
             b = xs
-        codes, bits, deq_b = _quantize(b, BLOCK_M, BLOCK_K, BB, MX)
+        codes, bits, deq_b, scale_b = _quantize(b, BLOCK_M, BLOCK_K, BB, MX)
         _store_codes(b_codes, codes, rows, row_ok, k0, stride_bc, wb_codes, BLOCK_M, BLOCK_K)
         _store_scales(b_scales, bits, rows, row_ok, k0, stride_bs, wb_scales, BLOCK_M, BLOCK_K, BB)
         total = deq_b
         if WRITE_TERMS == 1:  # exact in bf16: an E2M1 value times its block scale
             tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], deq_b.to(tl.bfloat16), mask=ok)
-        if WRITE_TERMS == 3:  # the M = 1 GEMV's layout (gemv_nvfp4): FP32 ×2^64, position-major
-            tl.store(tb_ptr + _gemv_offsets(cols, KWT)[None, :], deq_b * 18446744073709551616.0,
-                     mask=row_ok[:, None] & (cols[None, :] < 8 * KWT))
+        if WRITE_TERMS == 3:  # the decode GEMV's operand (gemv_nvfp4): int8 2·E2M1, FP32 scale per 16
+            _store_gemv_operand(tb_ptr, tbs_ptr, codes, scale_b, rows, row_ok, k0, stride_t, KG, BLOCK_M, BLOCK_K, BB)
         if RESIDUAL != 0:
             if RESIDUAL == 1:
                 r = xs - deq_b
@@ -294,28 +294,35 @@ def _prepare_kernel(
                 r = xs - b
             if RMASK != 0:
                 r = _apply_mask(r, BLOCK_M, BLOCK_K, RMASK, RMASK_N, RMASK_M)
-            r_c, r_bits, deq_r = _quantize(r, BLOCK_M, BLOCK_K, RB, MX)
+            r_c, r_bits, deq_r, scale_r = _quantize(r, BLOCK_M, BLOCK_K, RB, MX)
             _store_codes(r_codes, r_c, rows, row_ok, k0, stride_rc, wr_codes, BLOCK_M, BLOCK_K)
             _store_scales(r_scales, r_bits, rows, row_ok, k0, stride_rs, wr_scales, BLOCK_M, BLOCK_K, RB)
             total = deq_b + deq_r
             if WRITE_TERMS == 1:
                 tl.store(tr_ptr + rows[:, None] * stride_t + cols[None, :], deq_r.to(tl.bfloat16), mask=ok)
             if WRITE_TERMS == 3:
-                tl.store(tr_ptr + _gemv_offsets(cols, KWT)[None, :], deq_r * 18446744073709551616.0,
-                         mask=row_ok[:, None] & (cols[None, :] < 8 * KWT))
+                _store_gemv_operand(tr_ptr, trs_ptr, r_c, scale_r, rows, row_ok, k0, stride_t, KG, BLOCK_M, BLOCK_K,
+                                    RB)
         if WRITE_TERMS == 2:  # one term: the FP32 sum rounded to bf16 (operand="bf16-sum")
             tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], _round_bf16(total).to(tl.bfloat16), mask=ok)
-        if WRITE_TERMS == 4:  # the same one term in the GEMV's layout
-            tl.store(tb_ptr + _gemv_offsets(cols, KWT)[None, :], _round_bf16(total) * 18446744073709551616.0,
-                     mask=row_ok[:, None] & (cols[None, :] < 8 * KWT))
         if WRITE_SUM:
             tl.store(sum_ptr + rows[:, None] * stride_sum + cols[None, :], total, mask=ok)
 
 
 @triton.jit
-def _gemv_offsets(cols, KWT):
-    """Position-major offset of column k in the GEMV terms: (k mod 8) · KWt + k div 8."""
-    return (cols % 8) * KWT + cols // 8
+def _store_gemv_operand(c_ptr, s_ptr, codes, scale, rows, row_ok, k0, stride, KG, BM: tl.constexpr,
+                        BK: tl.constexpr, BLOCK: tl.constexpr):
+    """codes as int8 2·E2M1 values (M, KG) and the block scales repeated per 16 positions, FP32
+    (M, KG / 16): the decode GEMV's operand (`gemv_nvfp4.gemv_operand`)."""
+    m = codes & 7
+    mag = tl.where(m == 7, 12, tl.where(m == 6, 8, tl.where(m == 5, 6, m)))
+    val = tl.where((codes & 8) != 0, -mag, mag)
+    cols = k0 + tl.arange(0, BK)
+    at = ((cols // 8) % 2) * (KG // 2) + (cols // 16) * 8 + cols % 8  # two halves (gemv_operand)
+    tl.store(c_ptr + rows[:, None] * stride + at[None, :], val.to(tl.int8), mask=row_ok[:, None] & (cols[None, :] < KG))
+    s16 = tl.reshape(tl.broadcast_to(scale[:, :, None], (BM, BK // BLOCK, BLOCK // 16)), (BM, BK // 16))
+    c16 = k0 // 16 + tl.arange(0, BK // 16)
+    tl.store(s_ptr + rows[:, None] * (stride // 16) + c16[None, :], s16, mask=row_ok[:, None] & (c16[None, :] < KG // 16))
 
 
 # --- host side -------------------------------------------------------------------------------------
@@ -334,9 +341,9 @@ AMAX_INLINE_MAX_M = 4  # up to this many rows (and K), the preparation computes 
 AMAX_INLINE_MAX_K = 8192  # launch); longer rows: every program rereading the row costs more (measured)
 
 
-# the GEMM operands: none; bf16 (M, K) rows deq(B) [, deq(R)] or their bf16 sum; and the same in the
-# M = 1 GEMV's FP32 position-major layout (kernels/gemv_nvfp4.py)
-_TERMS_NONE, _TERMS_SEPARATE, _TERMS_SUMMED, _TERMS_GEMV, _TERMS_GEMV_SUMMED = 0, 1, 2, 3, 4
+# the GEMM operands: none; bf16 (M, K) rows deq(B) [, deq(R)] or their bf16 sum; or the decode GEMV's
+# operand of each term: int8 2·E2M1 codes (M, Kg) and FP32 scales per 16 (M, Kg/16) (kernels/gemv_nvfp4.py)
+_TERMS_NONE, _TERMS_SEPARATE, _TERMS_SUMMED, _TERMS_GEMV = 0, 1, 2, 3
 
 
 def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool, with_sum: bool, terms: int):
@@ -352,14 +359,21 @@ def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool,
         torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else none.clone(),
         _term(x, terms) if terms else none.clone(),
         _term(x, terms) if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else none.clone(),
+        _term_scales(x) if terms == _TERMS_GEMV else none.float(),
+        _term_scales(x) if terms == _TERMS_GEMV and has_r else none.float(),
     )
 
 
 def _term(x: torch.Tensor, terms: int) -> torch.Tensor:
     m, k = x.shape
-    if terms in (_TERMS_GEMV, _TERMS_GEMV_SUMMED):
-        return torch.empty(m, 8 * gemv_words(k), dtype=torch.float32, device=x.device)
+    if terms == _TERMS_GEMV:
+        return torch.empty(m, gemv_padded(k), dtype=torch.int8, device=x.device)
     return torch.empty(m, k, dtype=torch.bfloat16, device=x.device)
+
+
+def _term_scales(x: torch.Tensor) -> torch.Tensor:
+    m, k = x.shape
+    return torch.empty(m, gemv_padded(k) // 16, dtype=torch.float32, device=x.device)
 
 
 @torch.library.custom_op("sharq::prepare_fp4", mutates_args=())
@@ -368,18 +382,19 @@ def _prepare_op(
     residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, with_sum: bool, terms: int,
     block_m: int, block_k: int, num_warps: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
+           torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
     scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row. Returns s (FP32 (1,) or
     (M,); 1 without a scale), B codes/scales, R codes/scales, FP32 sum, and the GEMM operands:
-    terms 1: bf16 deq(B), bf16 deq(R); terms 2: bf16(deq(B) + deq(R)) alone. The outputs not
+    terms 1: bf16 deq(B), bf16 deq(R); terms 2: bf16(deq(B) + deq(R)) alone; terms 3: the decode
+    GEMV's int8 codes of B and R, then their FP32 scales per 16 (`gemv_nvfp4`). The outputs not
     asked for (no residual, no sum, no terms) are empty. Kernels: the amax (per
     row: one pass; per tensor: a grid-wide atomic max over a zeroed word), then the preparation;
     for a short batch (M <= block_m, e.g. decode) the preparation's programs compute the amax
     themselves: one launch. block_m, block_k, num_warps: 0 = chosen by shape (`_prep_tiles`)."""
     has_r = residual != _RES_NONE
     outs = _prepare_outputs(x, scale, bb, rb, has_r, with_sum, terms)
-    s_out, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = outs
+    s_out, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r, t_bs, t_rs = outs
     m, k = x.shape
     if scale == _SCALE_NONE:
         s_out.fill_(1.0)
@@ -403,24 +418,26 @@ def _prepare_op(
     else:
         amax = s_out
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
-    gemv = terms in (_TERMS_GEMV, _TERMS_GEMV_SUMMED)
-    if gemv and m != 1:
-        raise ValueError(f"the GEMV terms layout is for one row, got {m}")
-    kwt = gemv_words(k) if gemv else 0
-    kp = padded_length(max(kp_b, kp_r, 8 * kwt), block_k)  # GEMV terms: the zero padding is written too
+    gemv = terms == _TERMS_GEMV
+    if gemv and (m > GEMV_MAX_M or mx or bb % 16 or rb % 16):
+        raise ValueError(f"the GEMV operand is for up to {GEMV_MAX_M} rows of NVFP4 with 16-multiple blocks, "
+                         f"got {m} rows, {'MXFP4' if mx else 'NVFP4'}, blocks {bb}/{rb}")
+    kg = gemv_padded(k) if gemv else 0
+    kp = padded_length(max(kp_b, kp_r, kg), block_k)  # GEMV operand: the zero padding is written too
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     _prepare_kernel[grid](
         x, amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
         total if with_sum else spare, t_b if terms else spare,
         t_r if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else spare,
+        t_bs if gemv else spare, t_rs if gemv and has_r else spare,
         m, k, x.stride(0), 1 if scale == _SCALE_TOKEN else 0, b_codes.stride(0), b_scales.stride(0),
         r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0,
         total.stride(0) if with_sum else 0, t_b.stride(0) if terms else 0,
         kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
         MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
         RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-        WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, KWT=kwt, AMAX_INLINE=inline, BLOCK_M=block_m, BLOCK_K=block_k,
+        WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, KG=kg, AMAX_INLINE=inline, BLOCK_M=block_m, BLOCK_K=block_k,
         num_warps=num_warps, enable_fp_fusion=False,
     )
     return outs
@@ -453,9 +470,10 @@ def prepare_activation_triton(
     with_terms: also fill `PreparedActivation.terms` with the operands of the Triton GEMM: bf16
                 (M, K) deq(B) [and deq(R)] (each exact in bf16), or, for operand="bf16-sum", the
                 one term bf16(deq(B) + deq(R)).
-    terms_layout: "rows" (the terms as above), "gemv" (the same values as FP32 ×2^64 in the M = 1
-                GEMV's position-major layout, `gemv_nvfp4.gemv_terms_layout`; NVFP4, one row), or
-                "auto" (gemv where it applies).
+    terms_layout: "rows" (the terms as above), "gemv" (the decode GEMV's operand: per term int8
+                2·E2M1 codes (M, Kg) and FP32 block scales per 16 (M, Kg/16), flat
+                (codes_B, scales_B[, codes_R, scales_R]), `gemv_nvfp4.gemv_operand`; NVFP4, exact
+                operand, up to GEMV_MAX_M rows), or "auto" (gemv where it applies).
     """
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
@@ -479,15 +497,16 @@ def prepare_activation_triton(
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
     if terms_layout not in ("rows", "gemv", "auto"):
         raise ValueError(f"terms_layout must be 'rows', 'gemv' or 'auto', got {terms_layout!r}")
-    gemv_ok = m == 1 and config.format is Format.NVFP4
+    gemv_ok = (1 <= m <= GEMV_MAX_M and config.format is Format.NVFP4 and not summed
+               and bb % 16 == 0 and rb % 16 == 0)
     if terms_layout == "gemv" and not gemv_ok:
-        raise ValueError(f"the GEMV terms layout is for one NVFP4 row, got {m} rows of {config.format.value}")
+        raise ValueError(f"the GEMV operand is for 1 to {GEMV_MAX_M} rows of NVFP4 with the exact operand, got {m} "
+                         f"rows of {config.format.value}, operand {config.operand.value}")
     gemv = terms_layout == "gemv" or (terms_layout == "auto" and gemv_ok)
     terms = _TERMS_NONE
     if with_terms:
-        terms = {(False, False): _TERMS_SEPARATE, (False, True): _TERMS_SUMMED,
-                 (True, False): _TERMS_GEMV, (True, True): _TERMS_GEMV_SUMMED}[(gemv, summed)]
-    s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r = torch.ops.sharq.prepare_fp4(
+        terms = _TERMS_GEMV if gemv else (_TERMS_SUMMED if summed else _TERMS_SEPARATE)
+    s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r, t_bs, t_rs = torch.ops.sharq.prepare_fp4(
         x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
         with_sum, terms, block_m or 0, block_k or 0, num_warps or 0)
     s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
@@ -498,5 +517,10 @@ def prepare_activation_triton(
 
     backbone = qt(b_codes, b_scales, bb)
     residual_qt = qt(r_codes, r_scales, rb) if has_r else None
-    terms = ((t_b, t_r) if has_r and not summed else (t_b,)) if with_terms else None
+    if not with_terms:
+        terms = None
+    elif gemv:
+        terms = (t_b, t_bs, t_r, t_rs) if has_r else (t_b, t_bs)
+    else:
+        terms = (t_b, t_r) if has_r and not summed else (t_b,)
     return PreparedActivation(backbone, residual_qt, s, terms=terms), (total if with_sum else None)

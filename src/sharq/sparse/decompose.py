@@ -51,8 +51,8 @@ class PreparedActivation(NamedTuple):
     # it instead of dequantizing the codes.
     dense: torch.Tensor | None = None
     # deq(B) [and deq(R)] in the scaled domain when the Triton preparation wrote them, the
-    # operands of its GEMMs: bf16 (M, K) rows (each value exact in bf16), or, for one NVFP4 row,
-    # FP32 ×2^64 (1, 8·KWt) in the decode GEMV's position-major layout (kernels/gemv_nvfp4.py).
+    # operands of its GEMMs: bf16 (M, K) rows (each value exact in bf16), or, for a short NVFP4
+    # batch, the decode GEMV's int8 codes and FP32 scales per 16 of each term (kernels/gemv_nvfp4.py).
     terms: tuple[torch.Tensor, ...] | None = None
 
 
