@@ -2,7 +2,7 @@
 
   prepare_fp4.prepare_activation_triton   twin of sparse.decompose.prepare_activation (NVFP4, MXFP4)
   gemm_fp4.fp4_weight_gemm                twin of ops.linear_from_prepared's matmul (NVFP4, MXFP4 weights)
-  gemv_nvfp4.fp4_weight_gemv              the same matmul for one row and an NVFP4 weight (decode)
+  gemv_nvfp4.fp4_weight_gemv              the same matmul for up to 8 rows and an NVFP4 weight (decode)
   dequant_fp4.dequantize_fp4_bf16         twin of QuantizedTensor.dequantize(apply_global_scale=False)
 
 `backend="auto"` runs them on CUDA for the formats they implement. This module imports no triton.

@@ -18,7 +18,7 @@ is the cast to bf16. Nothing is rounded before the MMA.
 One kernel, tiled by M (`_tiles`, from measured sweeps): small M (M ≤ 16: BLOCK_M 16, narrow N
 tiles so every SM streams weights), mid M, and large M (prefill, M ≥ 512: the weight is first
 dequantized once into a bf16 scratch matrix by `dequant_fp4.py`, then the loop is a bf16 GEMM;
-128×256 tiles, grouped launch order for L2 reuse). M = 1 NVFP4 goes to `gemv_nvfp4.py` instead.
+128×256 tiles, grouped launch order for L2 reuse). M ≤ 8 NVFP4 rows go to `gemv_nvfp4.py` instead.
 """
 
 from __future__ import annotations
