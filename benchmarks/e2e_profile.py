@@ -4,7 +4,7 @@ Categories, by kernel name (device time on CUDA, CPU op self time elsewhere):
   preparation  activation quantization: sharq's `_amax_kernel` / `_prepare_kernel`, the fp8
                baseline's compiled per-token quantization (inductor `triton_*` kernels)
   gemm         GEMMs and GEMVs: cuBLAS / CUTLASS / nvjet kernels, `_scaled_mm`, sharq's
-               `_fp4_weight_gemm_kernel` and `_gemv_nvfp4_kernel`
+               `_fp4_weight_gemm_kernel` and `_gemv_kernel`
   attention    flash / memory-efficient / math SDPA kernels
   other        everything else (norms, rotary, elementwise, copies, embedding, reductions)
 """
