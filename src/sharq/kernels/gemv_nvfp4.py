@@ -52,7 +52,7 @@ __all__ = ["GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "gemv_operand", "gemv_op
 GEMV_PAD = 2048  # the operand covers whole multiples of this many K positions (the largest BLOCK_K)
 GEMV_MAX_M = 8  # rows one GEMV launch serves (decode and small decode batches)
 
-# 2·E2M1 magnitude by 3-bit code, as bytes: the prmt table (codes 0-3 low word, 4-7 high word)
+# 2·E2M1 magnitude by 3-bit code, as bytes: the prmt table (codes 0-3 low word, 4-7 high word), in _DECODE_PTX
 _LUT_LO = 0x03020100
 _LUT_HI = 0x0C080604
 
@@ -93,46 +93,33 @@ def gemv_operand_of(term: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gemv_operand(codes, decode_e4m3(term.scales).repeat_interleave(term.block // 16, dim=1))
 
 
+def _decode_ptx() -> str:
+    """PTX of `_signed_bytes`: per int32 word (8 codes), the sign bits flipped (n) and both words
+    shifted to their upper 4 codes (h, nh); per 4 codes a `prmt` of the magnitude table with the
+    codes as selectors (negative codes read 0) and one with the flipped codes (positive codes read
+    0), then the byte-wise difference, biased by 0x80 per byte so that no borrow crosses a byte."""
+
+    def four(sel: str, flipped: str, out: str) -> str:
+        return (f"prmt.b32 p, t0, t1, {sel}; prmt.b32 q, t0, t1, {flipped}; or.b32 p, p, 0x80808080; "
+                f"sub.u32 p, p, q; xor.b32 {out}, p, 0x80808080;")
+
+    body = [f"xor.b32 n, {word}, 0x88888888; shr.u32 h, {word}, 16; shr.u32 nh, n, 16; "
+            + four(word, "n", lo) + " " + four("h", "nh", hi)
+            for word, lo, hi in (("w0", "$0", "$1"), ("w1", "$2", "$3"))]
+    return ("{ .reg .b32 w0, w1, n, h, nh, p, q, t0, t1; mov.b64 {w0, w1}, $4; "
+            f"mov.b32 t0, {_LUT_LO:#010x}; mov.b32 t1, {_LUT_HI:#010x}; " + " ".join(body) + " }")
+
+
+_DECODE_PTX = tl.constexpr(_decode_ptx())
+
+
 @triton.jit
 def _signed_bytes(w, ASM: tl.constexpr):
     """int64 (16 E2M1 codes, code i in nibble i) -> four int32, each 4 signed bytes 2·E2M1 of codes
     0-3, 4-7, 8-11, 12-15."""
     if ASM:
         return tl.inline_asm_elementwise(
-            asm="""
-            {
-            .reg .b32 w0, w1, n, h, nh, p, q, t0, t1;
-            mov.b64 {w0, w1}, $4;
-            mov.b32 t0, 0x03020100;
-            mov.b32 t1, 0x0C080604;
-            xor.b32 n, w0, 0x88888888;
-            shr.u32 h, w0, 16;
-            shr.u32 nh, n, 16;
-            prmt.b32 p, t0, t1, w0;
-            prmt.b32 q, t0, t1, n;
-            or.b32 p, p, 0x80808080;
-            sub.u32 p, p, q;
-            xor.b32 $0, p, 0x80808080;
-            prmt.b32 p, t0, t1, h;
-            prmt.b32 q, t0, t1, nh;
-            or.b32 p, p, 0x80808080;
-            sub.u32 p, p, q;
-            xor.b32 $1, p, 0x80808080;
-            xor.b32 n, w1, 0x88888888;
-            shr.u32 h, w1, 16;
-            shr.u32 nh, n, 16;
-            prmt.b32 p, t0, t1, w1;
-            prmt.b32 q, t0, t1, n;
-            or.b32 p, p, 0x80808080;
-            sub.u32 p, p, q;
-            xor.b32 $2, p, 0x80808080;
-            prmt.b32 p, t0, t1, h;
-            prmt.b32 q, t0, t1, nh;
-            or.b32 p, p, 0x80808080;
-            sub.u32 p, p, q;
-            xor.b32 $3, p, 0x80808080;
-            }
-            """,
+            asm=_DECODE_PTX,
             constraints="=r,=r,=r,=r,l",
             args=[w],
             dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
