@@ -131,14 +131,19 @@ def _signed_bytes(w, ASM: tl.constexpr):
 
 
 @triton.jit
+def e2m1_doubled(code):
+    """E2M1 codes (int32 0..15) -> 2·E2M1 value as int32 in {0, ±1, ±2, ±3, ±4, ±6, ±8, ±12}."""
+    m = code & 7
+    mag = tl.where(m == 7, 12, tl.where(m == 6, 8, tl.where(m == 5, 6, m)))
+    return tl.where((code & 8) != 0, -mag, mag)
+
+
+@triton.jit
 def _bytes4(w, shift: tl.constexpr):
     """Interpreter twin of the asm: 4 codes from bit `shift` of int64 w, as 4 signed bytes in an int32."""
     out = tl.zeros(w.shape, dtype=tl.int32)
     for i in tl.static_range(4):
-        c = ((w >> (shift + 4 * i)) & 15).to(tl.int32)
-        m = c & 7
-        mag = tl.where(m == 7, 12, tl.where(m == 6, 8, tl.where(m == 5, 6, m)))
-        val = tl.where((c & 8) != 0, -mag, mag)
+        val = e2m1_doubled(((w >> (shift + 4 * i)) & 15).to(tl.int32))
         out = out | ((val & 255) << (8 * i))
     return out
 

@@ -37,7 +37,7 @@ from ..formats.nvfp4 import GLOBAL_SCALE_DIVISOR, GLOBAL_SCALE_FLOOR
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
 from . import supports
-from .gemv_nvfp4 import GEMV_MAX_M, gemv_padded
+from .gemv_nvfp4 import GEMV_MAX_M, e2m1_doubled, gemv_padded
 
 __all__ = ["prepare_activation_triton", "supports"]
 
@@ -314,9 +314,7 @@ def _store_gemv_operand(c_ptr, s_ptr, codes, scale, rows, row_ok, k0, stride, KG
                         BK: tl.constexpr, BLOCK: tl.constexpr):
     """codes as int8 2·E2M1 values (M, KG) and the block scales repeated per 16 positions, FP32
     (M, KG / 16): the decode GEMV's operand (`gemv_nvfp4.gemv_operand`)."""
-    m = codes & 7
-    mag = tl.where(m == 7, 12, tl.where(m == 6, 8, tl.where(m == 5, 6, m)))
-    val = tl.where((codes & 8) != 0, -mag, mag)
+    val = e2m1_doubled(codes)
     cols = k0 + tl.arange(0, BK)
     at = ((cols // 8) % 2) * (KG // 2) + (cols // 16) * 8 + cols % 8  # two halves (gemv_operand)
     tl.store(c_ptr + rows[:, None] * stride + at[None, :], val.to(tl.int8), mask=row_ok[:, None] & (cols[None, :] < KG))
