@@ -10,8 +10,9 @@ and measured, same code for every provider:
                               generate runs its prefill; logits of the last position only)
   decode_b1, decode_b8        ms per decode step at batch 1 / 8 after a --context (1024) token
                               prefill: `sharq.static_decode.StaticDecoder`, transformers' StaticCache
-                              and forward with the step captured in a CUDA graph (no compiler), the
-                              median over --reps runs of --decode-steps steps
+                              and forward, the step compiled by torch.compile (inductor on CUDA;
+                              --compile none: not compiled) and captured in a CUDA graph, the median over
+                              --reps runs of --decode-steps steps
   serving_mix                 8 prompts × --context tokens in, --new-tokens (128) out, greedy: generated
                               tokens per second, prefill included (one batched prefill + graph steps)
   weight_bytes                bytes of every parameter and buffer the model holds (`linear_bytes`:
@@ -140,7 +141,7 @@ def decode_ms(decoder: StaticDecoder, context: int, steps: int, reps: int, devic
                     setup=lambda: decoder.rewind(context))
     per_token = [t / steps for t in times]
     return {**_stats(per_token), "unit": "ms/token", "batch": decoder.batch_size, "context": context,
-            "steps": steps, "cuda_graph": decoder.graph_enabled}
+            "steps": steps, "cuda_graph": decoder.graph_enabled, "compiled": decoder.compile_backend}
 
 
 def serving_tokens_per_s(decoder: StaticDecoder, prompts: torch.Tensor, new_tokens: int, reps: int, device) -> dict:
@@ -226,7 +227,8 @@ def _decode_rows(model, provider, args, device, results: Results, vocab: int) ->
         decoder = None
         for graph in ((True, False) if device.type == "cuda" else (False,)):
             try:
-                decoder = StaticDecoder(model, batch, length, graph=graph)
+                decoder = StaticDecoder(model, batch, length, graph=graph,
+                                        compile=False if args.compile == "none" else args.compile)
                 decoder.prefill(prompts)
                 decoder.decode(2, keep=False)  # captures the step (graph=True)
                 break
@@ -340,6 +342,9 @@ def parse_args(argv=None):
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt in serving_mix (128)")
     ap.add_argument("--decode-steps", type=int, default=32, help="decode steps per timed decode run (32)")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions, median reported (5)")
+    ap.add_argument("--compile", default=None, choices=["inductor", "none"],
+                    help="torch.compile backend of the decode step before the CUDA graph captures it "
+                         "(default: inductor on CUDA, none on the CPU; none: the eager step is captured)")
     ap.add_argument("--profile", action="store_true", help="profile one prefill per provider (time by category)")
     ap.add_argument("--profile-tokens", type=int, default=1024)
     ap.add_argument("--budget-s", type=float, default=float("inf"),
@@ -353,6 +358,8 @@ def parse_args(argv=None):
 def main(argv=None) -> Path:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.compile is None:
+        args.compile = "inductor" if device.type == "cuda" else "none"
     gpu, stem = output_stem(args.model, device)
     out = Path(args.out)
     import transformers
@@ -366,9 +373,10 @@ def main(argv=None) -> Path:
     doc = {"gpu": gpu, "torch": torch.__version__, "triton": triton_version, "transformers": transformers.__version__,
            "sharq": sharq.__version__, "model": args.model, "config": {k: v for k, v in MODELS[args.model].items()},
            "settings": {"context": args.context, "new_tokens": args.new_tokens, "decode_steps": args.decode_steps,
-                        "reps": args.reps, "serving_batch": SERVING_BATCH},
+                        "reps": args.reps, "serving_batch": SERVING_BATCH, "decode_compile": args.compile},
            "timing": "CUDA events, warm-up excluded, median; prefill: eager forward (logits of the last token); "
-                     "decode/serving: StaticCache + decode step in a CUDA graph, greedy on device",
+                     "decode/serving: StaticCache + decode step (torch.compile unless decode_compile is none) in a "
+                     "CUDA graph, greedy on device",
            "rows": []}
     results = Results(out / f"{stem}.json", doc)
     log(f"{args.model} on {gpu}: providers {args.providers}, scenarios {args.scenarios}")

@@ -2,11 +2,14 @@
 
 Categories, by kernel name (device time on CUDA, CPU op self time elsewhere):
   preparation  activation quantization: sharq's `_amax_kernel` / `_prepare_kernel`, the fp8
-               baseline's compiled per-token quantization (inductor `triton_*` kernels)
+               baseline's compiled per-token quantization (inductor `triton_*` kernels with an
+               `amax`; in a compiled decode step inductor fuses it with the glue around it)
   gemm         GEMMs and GEMVs: cuBLAS / CUTLASS / nvjet kernels, `_scaled_mm`, sharq's
                `_fp4_weight_gemm_kernel` and `_gemv_kernel`
   attention    flash / memory-efficient / math SDPA kernels
-  other        everything else (norms, rotary, elementwise, copies, embedding, reductions)
+  other        everything else (norms, rotary, elementwise, copies, embedding, reductions),
+               including inductor's other fused `triton_*` kernels (their names list every op they
+               hold, e.g. `…_scaled_dot_product_cudnn_attention…` for glue next to attention)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 
 CATEGORIES = ("preparation", "gemm", "attention", "other")
 _RULES = (
-    ("preparation", ("_amax_kernel", "_prepare_kernel", "triton_")),
+    ("preparation", ("_amax_kernel", "_prepare_kernel")),
     ("attention", ("flash", "fmha", "attention", "sdpa", "_efficient_attention", "softmax")),
     ("gemm", ("gemm", "gemv", "_dequant_kernel", "cutlass", "cublas", "nvjet", "scaled_mm", "sm90_xmma", "xmma_",
               "aten::mm",
@@ -28,6 +31,8 @@ _RULES = (
 def category(name: str) -> str:
     """The category of a kernel (or CPU op) name."""
     low = name.lower()
+    if low.startswith("triton_"):  # inductor-generated: fp8 quantization (amax) or fused glue
+        return "preparation" if "amax" in low else "other"
     for cat, keys in _RULES:
         if any(k.lower() in low for k in keys):
             return cat

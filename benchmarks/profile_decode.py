@@ -6,8 +6,11 @@ provider: the decode step in a CUDA graph (ms per step, median of 20 replays) an
 under torch.profiler (kernel time summed by kernel name and by e2e_profile's categories), so the
 graph time can be set against the sum of its kernels.
 
-usage: python benchmarks/profile_decode.py [--layers 4] [--batch 1] [--out DIR]
-Writes <out>/profile-decode-<gpu>.json.
+With --compile the step is compiled (`StaticDecoder(compile=True)`, inductor) before the graph
+captures it, and the profiled eager step is the compiled one too.
+
+usage: python benchmarks/profile_decode.py [--layers 4] [--batch 1] [--compile] [--out DIR]
+Writes <out>/profile-decode-<gpu>.json (with --compile: profile-decode-compiled-<gpu>.json).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--providers", default="sharq,bf16,fp8")
+    ap.add_argument("--compile", action="store_true", help="compile the decode step (inductor)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     import e2e_models
@@ -37,11 +41,11 @@ def main() -> None:
     e2e_models.MODELS["llama-3.1-8b"] = dict(e2e_models.MODELS["llama-3.1-8b"], num_hidden_layers=args.layers)
     device = torch.device("cuda")
     doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers, batch=args.batch,
-               context=args.context, providers={})
+               context=args.context, compile="inductor" if args.compile else None, providers={})
     for provider in args.providers.split(","):
         model = build_model("llama-3.1-8b", device)
         convert(model, provider)
-        dec = StaticDecoder(model, args.batch, args.context + 64)
+        dec = StaticDecoder(model, args.batch, args.context + 64, compile=args.compile)
         ids = torch.randint(0, 128256, (args.batch, args.context), device=device)
         dec.prefill(ids)
         dec.decode(4, keep=False)  # captures the graph
@@ -56,7 +60,7 @@ def main() -> None:
             times.append(start.elapsed_time(end) / 8)
         graph_ms = statistics.median(times)
         dec.rewind(args.context)
-        eager = StaticDecoder(model, args.batch, args.context + 64, graph=False)
+        eager = StaticDecoder(model, args.batch, args.context + 64, graph=False, compile=args.compile)
         eager.prefill(ids)
         eager.decode(2, keep=False)
         prof = profile_forward(lambda: eager.decode(1, keep=False), device, top=25)
@@ -65,7 +69,7 @@ def main() -> None:
               f"{prof['total']:.3f} ms: " + ", ".join(f"{c} {v:.3f}" for c, v in prof["by_category"].items()))
         for row in prof["top"][:14]:
             print(f"   {row['ms'] * 1e3:8.1f} us  x{row['calls']:3d}  {row['category']:11s} {row['name'][:90]}")
-    path = write_json(doc, args.out, "profile-decode")
+    path = write_json(doc, args.out, "profile-decode-compiled" if args.compile else "profile-decode")
     print(f"wrote {path}")
 
 

@@ -52,6 +52,25 @@ def test_static_decoder_matches_generate(kind, provider):
     assert decoder.length == 4 + 4
 
 
+@pytest.mark.parametrize("provider", ["bf16", pytest.param("sharq", marks=pytest.mark.slow)])  # sharq: ~1 min
+def test_compiled_static_decoder_matches_generate(provider):
+    """compile= traces the whole step (forward, mask, greedy pick) with torch.compile: same tokens."""
+    torch._dynamo.reset()
+    model = tiny_model("llama")
+    if provider == "sharq":
+        sharq.quantize_(model, REFERENCE)
+    ids = _ids(2, 5)
+    decoder = StaticDecoder(model, batch_size=2, max_cache_len=14, compile="aot_eager")
+    assert decoder.compile_backend == "aot_eager"
+    assert torch.equal(decoder.generate(ids, 6), _greedy(model, ids, 6))
+    # more decoders than torch.compile's recompilation limit (8): each compiles its own step
+    for length in range(9, 19):
+        assert torch.equal(StaticDecoder(model, 2, length, compile="aot_eager").generate(ids, 3), _greedy(model, ids, 3))
+    with pytest.raises(TypeError, match="compile must be"):
+        StaticDecoder(model, 1, 8, compile=3)
+    assert StaticDecoder(model, 1, 8, compile=True).compile_backend == "inductor"
+
+
 def test_static_decoder_eager_attention_and_errors():
     from transformers import LlamaConfig, LlamaForCausalLM
 

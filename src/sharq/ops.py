@@ -9,7 +9,6 @@ silent fallback.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -23,9 +22,12 @@ from .sparse.decompose import PreparedActivation, check_activation, prepare_acti
 __all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views", "linear_from_prepared", "sharq_linear"]
 
 
-@functools.cache
+# looked up once at import: `resolve_backend` runs inside torch.compile traces, which cannot trace find_spec
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:

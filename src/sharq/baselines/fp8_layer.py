@@ -48,10 +48,12 @@ class Fp8SharedInput:
         else:
             fresh = source is not None and x is source and x._version == self._version
         if not fresh:
+            compiling = torch.compiler.is_compiling()
             self._quantized = quantize_activation(x2d)
             self._source, self._taken = x, 0
-            self._version = 0 if torch.compiler.is_compiling() else x._version
-            self.quantize_count += 1
+            self._version = 0 if compiling else x._version
+            if not compiling:  # eager calls only: a counter read by a traced graph would be a guard
+                self.quantize_count += 1
         quantized = self._quantized
         self._taken += 1
         if self._taken >= self.consumers:

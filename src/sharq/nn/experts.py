@@ -194,7 +194,8 @@ class SharqExperts(nn.Module):
             gate = linear_from_prepared(rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True)
             up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype, one_gemm=True)
             inner = self.act_fn(gate) * up  # (t, I) in the model dtype
-            self.down_prepare_count += 1
+            if not torch.compiler.is_compiling():  # eager calls only: a traced counter would be a guard
+                self.down_prepare_count += 1
             out = linear_from_prepared(
                 prepare_rows(inner, self.config), self.expert_weight("down", idx), self._bias("down", idx), dtype,
                 one_gemm=True,

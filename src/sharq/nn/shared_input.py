@@ -55,7 +55,9 @@ class SharedPreparation:
 
     name:       the group's label, e.g. "model.layers.3.self_attn.qkv" (error messages, reports).
     consumers:  how many linears read the input; after that many `take`s the reference is dropped.
-    prepare_count: how many preparations this group ran (tests and `sharq inspect` read it).
+    prepare_count: how many preparations this group ran eagerly (tests and `sharq inspect` read it);
+                   compiled calls are not counted (a Python counter read by a traced graph would be
+                   a guard, and every call would recompile it).
     """
 
     def __init__(self, config: SharqConfig, consumers: int, name: str) -> None:
@@ -73,8 +75,10 @@ class SharedPreparation:
     def prepare(self, x: torch.Tensor) -> PreparedActivation:
         """Prepare `x` and publish it for the group's consumers (called by the producer)."""
         prepared = prepare_rows(x, self.config)
-        self.prepare_count += 1
-        version = 0 if torch.compiler.is_compiling() else x._version
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            self.prepare_count += 1
+        version = 0 if compiling else x._version
         self._source, self._prepared, self._version, self._taken = x, prepared, version, 0
         return prepared
 
