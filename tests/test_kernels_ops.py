@@ -78,3 +78,66 @@ def test_dequant_op_passes_opcheck():
 
     wq = quantize_weight(torch.randn(24, 96, device=DEVICE) * 0.1, PRESETS["sharq-nvfp4"])
     torch.library.opcheck(torch.ops.sharq.dequantize_fp4_bf16.default, (wq.codes, wq.scales, 96, False, 32))
+
+
+def test_direct_call_only_where_the_op_would_do_the_same():
+    """Eager wrappers skip the dispatcher (host time) only for plain tensors, outside tracing and
+    dispatch modes, and without an input that needs a gradient."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from sharq.kernels.direct import direct_call_ok
+
+    x = torch.ones(2, 3)
+    assert direct_call_ok(x, None)
+    with FakeTensorMode():
+        assert not direct_call_ok(x)
+    w = torch.ones(2, 3, requires_grad=True)
+    assert not direct_call_ok(x, w)
+    with torch.no_grad():
+        assert direct_call_ok(x, w)
+    assert not direct_call_ok(torch.nn.Parameter(torch.ones(1), requires_grad=False))  # a subclass
+
+
+def test_eager_linear_skips_the_dispatcher_and_equals_the_op_path(monkeypatch):
+    """The same Triton linear with the direct implementation calls and with every call through
+    torch.ops gives the same bits; eagerly, torch.ops is not called."""
+    import sharq.kernels.direct as direct_mod
+    from sharq.kernels import gemm_fp4, gemv_nvfp4, prepare_fp4
+
+    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    wq = quantize_weight((torch.randn(48, 96, generator=torch.Generator().manual_seed(1))).to(DEVICE), config)
+    calls = []
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):  # records every op that reaches the dispatcher
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            calls.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    direct_calls = []
+
+    def counted(module, name):  # the custom ops hold the original functions: only direct calls count
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a: direct_calls.append(name) or original(*a))
+
+    outs = {}
+    for m in (1, 12):  # the decode GEMV and the GEMM
+        x = _x(m, 96, seed=m)
+        with torch.no_grad():
+            for module, name in ((prepare_fp4, "_prepare_impl"), (gemm_fp4, "_gemm_impl"), (gemv_nvfp4, "_gemv_impl")):
+                counted(module, name)
+            direct = sharq_linear(x, wq, None, config)
+            assert direct_calls == ["_prepare_impl", "_gemv_impl" if m == 1 else "_gemm_impl"]
+            direct_calls.clear()
+            for module in (prepare_fp4, gemm_fp4, gemv_nvfp4):
+                monkeypatch.setattr(module, "direct_call_ok", lambda *t: False)
+            through_ops = sharq_linear(x, wq, None, config)
+            assert direct_calls == []  # every call went through torch.ops
+            monkeypatch.undo()
+        assert torch.equal(direct, through_ops)
+        outs[m] = direct
+    # a dispatch mode is active: the wrappers must go through torch.ops (and the mode sees them)
+    with torch.no_grad(), Ops():
+        sharq_linear(_x(1, 96), wq, None, config)
+    assert any("sharq.prepare_fp4" in c for c in calls) and any("sharq.fp4_weight_gemv" in c for c in calls)
+    assert direct_mod.direct_call_ok(_x(1, 96))

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
+from .direct import direct_call_ok
 from .gemm_fp4 import _weight_tile, gemm_supports
 
 __all__ = ["dequantize_fp4_bf16"]
@@ -33,8 +34,7 @@ def _dequant_kernel(wc_ptr, ws_ptr, out_ptr, N, K, KW, KS, stride_wc, stride_ws,
     tl.store(out_ptr + offs_n[:, None] * stride_out + cols[None, :], w, mask=n_ok[:, None] & (cols[None, :] < K))
 
 
-@torch.library.custom_op("sharq::dequantize_fp4_bf16", mutates_args=())
-def _dequant_op(w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: bool, wb: int) -> torch.Tensor:
+def _dequant_impl(w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: bool, wb: int) -> torch.Tensor:
     """w_codes (N, Kp/2) uint8 (element 2i in the low nibble), w_scales (N, Kp/wb) uint8 (E4M3, or
     E8M0 when `mx`) -> bf16 (N, k): e(c) · scale, s_w not applied."""
     n = w_codes.shape[0]
@@ -49,6 +49,9 @@ def _dequant_op(w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: bool,
     return out
 
 
+_dequant_op = torch.library.custom_op("sharq::dequantize_fp4_bf16", mutates_args=())(_dequant_impl)
+
+
 @_dequant_op.register_fake
 def _(w_codes, w_scales, k, mx, wb):
     return w_codes.new_empty(w_codes.shape[0], k, dtype=torch.bfloat16)
@@ -60,5 +63,6 @@ def dequantize_fp4_bf16(weight: QuantizedTensor) -> torch.Tensor:
     if not gemm_supports(weight):
         raise ValueError(f"dequantize_fp4_bf16 reads 2-D NVFP4-16/32 or MXFP4-32 weights, got "
                          f"{weight.format.value}-{weight.block} of shape {weight.shape}")
-    return torch.ops.sharq.dequantize_fp4_bf16(weight.codes, weight.scales, weight.shape[1],
+    op = _dequant_impl if direct_call_ok(weight.codes) else torch.ops.sharq.dequantize_fp4_bf16
+    return op(weight.codes, weight.scales, weight.shape[1],
                                                weight.format is Format.MXFP4, weight.block)

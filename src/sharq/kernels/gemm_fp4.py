@@ -32,6 +32,7 @@ import triton.language as tl
 
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
+from .direct import direct_call_ok
 
 __all__ = ["fp4_weight_gemm", "gemm_supports", "operand_dtype"]
 
@@ -190,7 +191,8 @@ def fp4_weight_gemm(
     t = tiles or {}
     if t.get("BLOCK_K", weight.block) % weight.block:
         raise ValueError(f"BLOCK_K {t['BLOCK_K']} must be a multiple of the weight block {weight.block}")
-    return torch.ops.sharq.fp4_weight_gemm(
+    op = _gemm_impl if direct_call_ok(*terms, s_x) else torch.ops.sharq.fp4_weight_gemm
+    return op(
         a, terms[1] if len(terms) == 2 else None, weight.codes, weight.scales, sx, weight.global_scale, bias,
         weight.format is Format.MXFP4, weight.block, out_dtype, [t.get(key, 0) for key in _TILE_KEYS])
 
@@ -198,8 +200,7 @@ def fp4_weight_gemm(
 _TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SCRATCH")
 
 
-@torch.library.custom_op("sharq::fp4_weight_gemm", mutates_args=())
-def _gemm_op(
+def _gemm_impl(
     a: torch.Tensor, r: torch.Tensor | None, w_codes: torch.Tensor, w_scales: torch.Tensor, s_x: torch.Tensor,
     s_w: torch.Tensor | None, bias: torch.Tensor | None, mx: bool, wb: int, out_dtype: torch.dtype,
     tiles: list[int],
@@ -219,9 +220,9 @@ def _gemm_op(
     scratch = cfg.pop("SCRATCH") == 2
     w = w_codes
     if scratch:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
-        from .dequant_fp4 import _dequant_op
+        from .dequant_fp4 import _dequant_impl
 
-        w = _dequant_op(w_codes, w_scales, k, mx, wb)
+        w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     _fp4_weight_gemm_kernel[grid](
         a, rr, w, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,
@@ -231,6 +232,9 @@ def _gemm_op(
         DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
     )
     return y
+
+
+_gemm_op = torch.library.custom_op("sharq::fp4_weight_gemm", mutates_args=())(_gemm_impl)
 
 
 @_gemm_op.register_fake

@@ -46,6 +46,7 @@ from ..config import Format
 from ..formats.pack import unpack_nibbles
 from ..formats.quantized import QuantizedTensor
 from ..formats.scales import decode_e4m3
+from .direct import direct_call_ok
 
 __all__ = ["GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
 
@@ -326,7 +327,8 @@ def fp4_weight_gemv(
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     t = tiles or {}
     two = len(terms) == 4
-    return torch.ops.sharq.fp4_weight_gemv(
+    op = _gemv_impl if direct_call_ok(*terms, s_x) else torch.ops.sharq.fp4_weight_gemv
+    return op(
         terms[0], terms[1], terms[2] if two else None, terms[3] if two else None, weight.codes, weight.scales,
         s_x.reshape(-1).to(torch.float32), weight.global_scale, bias, weight.block, out_dtype,
         [t.get(key, 0) for key in _TILE_KEYS])
@@ -335,8 +337,7 @@ def fp4_weight_gemv(
 _TILE_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps")
 
 
-@torch.library.custom_op("sharq::fp4_weight_gemv", mutates_args=())
-def _gemv_op(
+def _gemv_impl(
     b_codes: torch.Tensor, b_scales: torch.Tensor, r_codes: torch.Tensor | None, r_scales: torch.Tensor | None,
     w_codes: torch.Tensor, w_scales: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None,
     wb: int, out_dtype: torch.dtype, tiles: list[int],
@@ -364,6 +365,9 @@ def _gemv_op(
         num_stages=1, **cfg,
     )
     return y
+
+
+_gemv_op = torch.library.custom_op("sharq::fp4_weight_gemv", mutates_args=())(_gemv_impl)
 
 
 @_gemv_op.register_fake

@@ -37,6 +37,7 @@ from ..formats.nvfp4 import GLOBAL_SCALE_DIVISOR, GLOBAL_SCALE_FLOOR
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
 from . import supports
+from .direct import direct_call_ok
 from .gemv_nvfp4 import GEMV_MAX_M, e2m1_doubled, gemv_padded
 
 __all__ = ["prepare_activation_triton", "supports"]
@@ -374,8 +375,7 @@ def _term_scales(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(m, gemv_padded(k) // 16, dtype=torch.float32, device=x.device)
 
 
-@torch.library.custom_op("sharq::prepare_fp4", mutates_args=())
-def _prepare_op(
+def _prepare_impl(
     x: torch.Tensor, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
     residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, with_sum: bool, terms: int,
     block_m: int, block_k: int, num_warps: int,
@@ -441,6 +441,9 @@ def _prepare_op(
     return outs
 
 
+_prepare_op = torch.library.custom_op("sharq::prepare_fp4", mutates_args=())(_prepare_impl)
+
+
 def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
     """(block_m, block_k, num_warps) of the preparation, from benchmarks/tune_prefill.py's sweep on the
     H100 (prefill-tuning-h100.json): a short batch (decode) in 64-wide chunks on 2 warps, its
@@ -504,7 +507,8 @@ def prepare_activation_triton(
     terms = _TERMS_NONE
     if with_terms:
         terms = _TERMS_GEMV if gemv else (_TERMS_SUMMED if summed else _TERMS_SEPARATE)
-    s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r, t_bs, t_rs = torch.ops.sharq.prepare_fp4(
+    op = _prepare_impl if direct_call_ok(x) else torch.ops.sharq.prepare_fp4
+    s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r, t_bs, t_rs = op(
         x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
         with_sum, terms, block_m or 0, block_k or 0, num_warps or 0)
     s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
