@@ -8,6 +8,8 @@ each timed as a CUDA graph of 50 calls (median of 7 graphs):
                     picks its kernel
   stacked-<backend> the same with SDPA held to one backend (efficient, cudnn, math)
   stacked-bmm       the same as two batched matmuls and a softmax in FP32 (what SDPA's math does)
+  flex-compiled     torch's flex_attention (enable_gqa, the mask as a score_mod) compiled: its
+                    decoding kernel splits the keys across programs
 Also checks that each variant gives the "repeat" output (max |difference|).
 
 usage: python benchmarks/decode_attention.py [--slots 1088] [--visible 1025] [--out DIR]
@@ -57,7 +59,18 @@ def variants(q, k, v, mask):
         scores = scores.masked_fill(~mask, float("-inf"))
         return torch.matmul(scores.softmax(-1), v.float()).to(q.dtype).reshape(b, HEADS, 1, DIM)
 
-    return {"repeat": repeat, "stacked": default, "stacked-efficient": pinned(SDPBackend.EFFICIENT_ATTENTION),
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = torch.compile(flex_attention, fullgraph=True, dynamic=False)
+    visible = mask[:, 0, 0]  # (B, S) bool
+
+    def masked(score, b, h, q_idx, kv_idx):
+        return torch.where(visible[b, kv_idx], score, -float("inf"))
+
+    def flex_compiled():
+        return flex(q, k, v, score_mod=masked, enable_gqa=True, scale=scale)
+
+    return {"repeat": repeat, "flex-compiled": flex_compiled, "stacked": default, "stacked-efficient": pinned(SDPBackend.EFFICIENT_ATTENTION),
             "stacked-cudnn": pinned(SDPBackend.CUDNN_ATTENTION), "stacked-math": pinned(SDPBackend.MATH),
             "stacked-bmm": bmm}
 
