@@ -114,6 +114,11 @@ def test_bench_model_and_generate_in_process(checkpoint, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["what"] == "model" and doc["preset"] == "sharq-nvfp4" and "float" not in doc
     assert doc["sharq"]["prefill_ms"] > 0 and doc["sharq"]["decode_tokens_per_s"] > 0
+    assert doc["decode"] == "eager" == doc["sharq"]["decode"]  # auto on the CPU
+    assert main(["bench", str(out), "--tokens", "8", "--new-tokens", "3", "--repeat", "1", "--json",
+                 "--decode", "graph"]) == 0  # StaticDecoder, its step uncaptured on the CPU
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["decode"] == "graph" and doc["sharq"]["decode_ms_per_token"] > 0
     assert main(["generate", str(out), "--prompt", "abc", "--max-new-tokens", "3", "--sample", "--seed", "1"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("abc") and "3 tokens in" in captured.err

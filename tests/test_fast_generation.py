@@ -123,3 +123,16 @@ def test_decode_mode_resolution():
     from sharq.cli_model import DECODE_CHOICES
 
     assert DECODE_CHOICES == DECODE_MODES
+
+
+def test_bench_model_decode_modes():
+    from sharq.timing import BENCH_DECODE, bench_model
+    from sharq.cli_model import BENCH_DECODE_CHOICES
+
+    assert BENCH_DECODE_CHOICES == BENCH_DECODE
+    model = tiny_model("llama")
+    for decode in ("eager", "graph"):
+        r = bench_model(model, vocab=VOCAB, tokens=6, new_tokens=3, repeat=1, decode=decode)
+        assert r["decode"] == decode and r["decode_ms_per_token"] > 0 and r["prefill_ms"] > 0
+    with pytest.raises(ValueError, match="decode must be one of"):
+        bench_model(model, vocab=VOCAB, tokens=6, new_tokens=3, decode="fast")

@@ -46,6 +46,7 @@ class UsageError(Exception):
     """A command line that cannot work as given: exit code 2, like argparse's own errors."""
 
 
+BENCH_DECODE_CHOICES = ("eager", "graph", "graph-compile")  # = sharq.timing.BENCH_DECODE (no torch at parse time)
 DECODE_CHOICES = ("auto", "eager", "compile", "graph")  # = sharq.generation.DECODE_MODES (not imported: no torch at parse time)
 
 def paragraphs(text: str, width: int = 96) -> str:
@@ -192,7 +193,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .checkpoint import is_sharq_checkpoint
 
         doc = {"what": "model", "model": args.model, "device": device}
-        timing = dict(tokens=args.tokens, new_tokens=args.new_tokens, repeat=args.repeat)
+        decode = args.decode if args.decode != "auto" else ("graph" if device.startswith("cuda") else "eager")
+        doc["decode"] = decode
+        timing = dict(tokens=args.tokens, new_tokens=args.new_tokens, repeat=args.repeat, decode=decode)
         if not is_sharq_checkpoint(args.model):  # the float model first, for the ratio
             from .eval.packaged import load_model
 
@@ -203,8 +206,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model, tokenizer, about = open_model(args.model, preset=args.preset, device=device, dtype=args.dtype,
                                              progress=_progress(args))
         doc.update(preset=about["preset"], sharq=bench_model(model, vocab=len(tokenizer), **timing))
-        lines = [f"{args.model} on {device}, {args.tokens}-token prefill and {args.new_tokens} greedy decode steps, "
-                 f"median of {args.repeat}:"]
+        lines = [f"{args.model} on {device}, {args.tokens}-token prefill and {args.new_tokens} greedy decode steps "
+                 f"({decode}), median of {args.repeat}:"]
         for key in ("float", "sharq"):
             if key in doc:
                 r = doc[key]
@@ -303,6 +306,10 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     b.add_argument("--tokens", type=_positive_int, default=64, help="prefill tokens for a model (default 64)")
     b.add_argument("--new-tokens", type=_positive_int, default=8, help="decode steps for a model (default 8)")
     b.add_argument("--repeat", type=_positive_int, default=5, help="timed repetitions, median reported (default 5)")
+    b.add_argument("--decode", choices=("auto",) + BENCH_DECODE_CHOICES, default="auto",
+                   help="how a model's decode steps run: eager (transformers' generate), graph (static cache, "
+                        "CUDA graph), graph-compile (the same, the step compiled by torch.compile first); "
+                        "auto = graph on CUDA, eager elsewhere")
     b.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                    help="dtype (default: a checkpoint's own; bfloat16 on cuda and float32 on cpu otherwise)")
     _common(b)

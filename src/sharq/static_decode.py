@@ -16,7 +16,8 @@ stacked onto their key/value head instead of transformers' per-head K/V copies).
 compile=True (or a torch.compile backend name) compiles the decode step — forward, mask and greedy
 pick — with torch.compile (fullgraph, static shapes; inductor by default, which fuses the
 elementwise glue around the linears: norms, rotary, residual adds, SiLU·mul) before the CUDA graph
-captures it. The compilation runs at the first `decode` (tens of seconds for an 8B model).
+captures it. The compilation runs at the first `decode` (about a minute for an 8B model on the H100
+host, once per decoder).
 Works with any decoder whose forward takes `position_ids`, `attention_mask`, `past_key_values` and
 `logits_to_keep` (Llama, Qwen2/3, Mistral, Gemma 3 …), attention "sdpa" or "eager".
 """

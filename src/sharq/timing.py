@@ -19,7 +19,7 @@ from .config import SharqConfig
 from .nn.linear import SharqLinear
 from .ops import resolve_backend
 
-__all__ = ["median_seconds", "bench_linear", "bench_model"]
+__all__ = ["median_seconds", "bench_linear", "bench_model", "BENCH_DECODE"]
 
 
 def median_seconds(fn: Callable[[], object], *, repeat: int, warmup: int = 1, device: torch.device) -> float:
@@ -62,16 +62,41 @@ def bench_linear(config: SharqConfig, m: int, k: int, n: int, *, device: torch.d
     }
 
 
+BENCH_DECODE = ("eager", "graph", "graph-compile")
+
+
 def bench_model(model: nn.Module, *, vocab: int, tokens: int, new_tokens: int, repeat: int = 3,
-                seed: int = 0) -> dict:
-    """Prefill of `tokens` random tokens (batch 1) and greedy decode of `new_tokens` more."""
+                seed: int = 0, decode: str = "eager") -> dict:
+    """Prefill of `tokens` random tokens (batch 1) and greedy decode of `new_tokens` more.
+
+    decode: "eager" — transformers' `generate` (dynamic cache; decode time = generate − prefill);
+    "graph" — `StaticDecoder` (StaticCache, the step in a CUDA graph on CUDA, uncaptured elsewhere),
+    the decode steps timed alone after a prefill; "graph-compile" — the same with the step compiled
+    by torch.compile (inductor) first. Compilation and capture happen before the timed runs.
+    """
+    if decode not in BENCH_DECODE:
+        raise ValueError(f"decode must be one of {BENCH_DECODE}, got {decode!r}")
     device = next(itertools.chain(model.parameters(), model.buffers())).device
     ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(seed)).to(device)
     prefill_s = median_seconds(lambda: model(ids), repeat=repeat, device=device)
-    options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
-                   temperature=None, top_p=None, top_k=None)
-    total_s = median_seconds(lambda: model.generate(ids, **options), repeat=repeat, device=device)
-    decode_s = max(total_s - prefill_s, 1e-9)
+    if decode == "eager":
+        options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                       temperature=None, top_p=None, top_k=None)
+        total_s = median_seconds(lambda: model.generate(ids, **options), repeat=repeat, device=device)
+        decode_s = max(total_s - prefill_s, 1e-9)
+    else:
+        from .static_decode import StaticDecoder
+
+        decoder = StaticDecoder(model, 1, tokens + new_tokens + 2, compile=decode == "graph-compile")
+        with torch.no_grad():
+            decoder.prefill(ids)
+            decoder.decode(1, keep=False)  # compiles and captures the step
+
+        def steps():
+            decoder.rewind(tokens)
+            decoder.decode(new_tokens, keep=False)
+
+        decode_s = max(median_seconds(steps, repeat=repeat, device=device), 1e-9)
     return {
         "tokens": tokens,
         "new_tokens": new_tokens,
@@ -79,4 +104,5 @@ def bench_model(model: nn.Module, *, vocab: int, tokens: int, new_tokens: int, r
         "prefill_tokens_per_s": tokens / prefill_s,
         "decode_ms_per_token": decode_s * 1e3 / new_tokens,
         "decode_tokens_per_s": new_tokens / decode_s,
+        "decode": decode,
     }
