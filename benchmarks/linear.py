@@ -32,8 +32,8 @@ from _results import write_json
 from sharq import PRESETS
 from sharq.baselines.fp8 import fp8_linear, quantize_activation, quantize_weight_e4m3
 from sharq.ops import linear_from_prepared, prepare, quantize_weight, sharq_linear
+from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 
-LAYERS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 M_VALUES = (1, 8, 16, 64, 256, 1024, 4096, 8192)
 
 
@@ -86,9 +86,13 @@ def main() -> None:
     ap.add_argument("--preset", default="sharq-nvfp4")
     ap.add_argument("--granularity", default="tensor")
     ap.add_argument("--m", default=",".join(map(str, M_VALUES)))
-    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS),
+                    help="whose layer shapes (benchmarks/shapes.py; default llama-3.1-8b)")
+    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    shapes = layers_of(args.model)
+    args.layers = args.layers or ",".join(shapes)
     import triton
     from triton.testing import do_bench
 
@@ -105,7 +109,7 @@ def main() -> None:
     rows = []
     torch.manual_seed(0)
     for layer in args.layers.split(","):
-        n, k = LAYERS[layer]
+        n, k = shapes[layer]
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         weight_bytes = quantize_weight(w0, config).nbytes
         n_copies = max(1, -(-150_000_000 // weight_bytes))
@@ -138,10 +142,10 @@ def main() -> None:
         torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name()
     doc = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, sharq=sharq.__version__,
-               preset=args.preset, granularity=args.granularity, copy_GBps=copy_gbps,
+               model=args.model, preset=args.preset, granularity=args.granularity, copy_GBps=copy_gbps,
                timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
                rows=rows)
-    path = write_json(doc, args.out, "linear")
+    path = write_json(doc, args.out, "linear" if args.model == DEFAULT_MODEL else f"linear-{args.model}")
     _plot(doc, path.with_suffix(".png"))
     print(f"wrote {path} and .png")
 

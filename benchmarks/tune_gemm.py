@@ -19,8 +19,7 @@ from _results import write_json
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.ops import prepare, quantize_weight
-
-LAYERS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 
 
 def sweep(m: int) -> list[dict]:
@@ -40,16 +39,19 @@ def sweep(m: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", default="1,64,4096")
-    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS))
+    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    shapes = layers_of(args.model)
+    args.layers = args.layers or ",".join(shapes)
     import triton
     from triton.testing import do_bench
 
     config = PRESETS["sharq-nvfp4"].replace(backend="triton")
     results = []
     for layer in args.layers.split(","):
-        n, k = LAYERS[layer]
+        n, k = shapes[layer]
         wq = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, config)
         for m in map(int, args.m.split(",")):
             prepared = prepare(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config)
@@ -71,8 +73,9 @@ def main() -> None:
             best = timed[0]
             print(f"{layer:8s} M={m:5d} best {best['median_ms'] * 1e3:8.1f} us ({best['weight_GBps']:.0f} GB/s) "
                   f"{best['tiles']}; worst {timed[-1]['median_ms'] * 1e3:.1f} us", flush=True)
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, rows=results)
-    print(f"wrote {write_json(doc, args.out, 'gemm-tuning')}")
+    doc = dict(model=args.model, gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, rows=results)
+    stem = "gemm-tuning" if args.model == DEFAULT_MODEL else f"gemm-tuning-{args.model}"
+    print(f"wrote {write_json(doc, args.out, stem)}")
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,8 @@ import itertools
 import torch
 
 from _results import write_json
-from linear import LAYERS, _graph_ms
+from linear import _graph_ms
+from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv, gemv_operand_of
@@ -31,7 +32,8 @@ def sweep(bn: str, bk: str, warps: str) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS))
+    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
     ap.add_argument("--preset", default="sharq-nvfp4")
     ap.add_argument("--m", default="1,2,4,8")
     ap.add_argument("--bn", default="1,2,4", help="BLOCK_N values to sweep")
@@ -39,12 +41,14 @@ def main() -> None:
     ap.add_argument("--warps", default="1,2,4", help="num_warps values to sweep")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    shapes = layers_of(args.model)
+    args.layers = args.layers or ",".join(shapes)
     import triton
 
     config = PRESETS[args.preset].replace(backend="triton")
     rows = []
     for layer in args.layers.split(","):
-        n, k = LAYERS[layer]
+        n, k = shapes[layer]
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         nbytes = quantize_weight(w0, config).nbytes
         copies = max(1, -(-150_000_000 // nbytes))
@@ -75,9 +79,10 @@ def main() -> None:
                   f"err {best[2]:.1e} | tensor-core GEMM {t_gemm * 1e3:6.1f}us", flush=True)
         del wqs
         torch.cuda.empty_cache()
-    doc = dict(sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps), gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+    doc = dict(model=args.model, sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps), gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                preset=args.preset, rows=rows)
-    print("wrote", write_json(doc, args.out, "gemv-tuning"))
+    stem = "gemv-tuning" if args.model == DEFAULT_MODEL else f"gemv-tuning-{args.model}"
+    print("wrote", write_json(doc, args.out, stem))
 
 
 if __name__ == "__main__":

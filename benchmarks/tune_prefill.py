@@ -33,10 +33,8 @@ from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.prepare_fp4 import prepare_activation_triton
 from sharq.ops import prepare, quantize_weight
 
-MODELS = {
-    "llama-3.1-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)},
-    "qwen2.5-7b": {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)},
-}
+from shapes import MODEL_LAYERS as MODELS
+
 SCRATCH_TILES = [  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages
     (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
     (256, 128, 64, 8, 3), (128, 256, 32, 8, 4), (64, 256, 64, 4, 4), (128, 128, 128, 8, 3),
@@ -47,7 +45,7 @@ PREP_TILES = [(8, 64, 4), (8, 128, 4), (16, 128, 8), (8, 256, 8), (4, 256, 4)]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", default="256,1024,4096,8192")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default="llama-3.1-8b,qwen2.5-7b", help=f"any of {','.join(MODELS)}")
     ap.add_argument("--prep-m", type=int, default=4096)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()

@@ -93,3 +93,25 @@ def test_model_configs_have_the_real_hyperparameters():
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
         assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)
+
+
+def test_benchmark_layer_shapes_match_the_model_configs(e2e):
+    """benchmarks/shapes.py: the (N, K) of each model's linears follow from its hyperparameters
+    (the e2e models' configs, and the published ones of Qwen3-30B-A3B and SmolLM2-135M)."""
+    import e2e_models
+    from shapes import MODEL_LAYERS
+
+    def layers(hidden, heads, kv_heads, head_dim, mlp):
+        attn = heads * head_dim
+        return {"qkv": (attn + 2 * kv_heads * head_dim, hidden), "o": (hidden, attn), "gate_up": (2 * mlp, hidden),
+                "down": (hidden, mlp)}
+
+    for name in ("llama-3.1-8b", "qwen2.5-7b"):
+        c = e2e_models.MODELS[name]
+        head_dim = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
+        assert MODEL_LAYERS[name] == layers(c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"],
+                                            head_dim, c["intermediate_size"])
+    assert MODEL_LAYERS["smollm2-135m"] == layers(576, 9, 3, 64, 1536)
+    qwen3 = layers(2048, 32, 4, 128, 768)
+    assert MODEL_LAYERS["qwen3-30b-a3b"] == {"qkv": qwen3["qkv"], "o": qwen3["o"], "expert_gate_up": qwen3["gate_up"],
+                                             "expert_down": qwen3["down"]}
