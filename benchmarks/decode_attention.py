@@ -2,7 +2,7 @@
 
 Llama-3.1-8B's attention (32 query heads, 8 key/value heads, head dim 128) over a StaticCache of
 --slots positions with a boolean mask (the first --visible slots visible), batch 1 and 8. Variants,
-each timed as a CUDA graph of 50 calls (median of 7 graphs):
+each timed as a CUDA graph of 50 calls (median of 7 replays):
   repeat            transformers' masked path: K/V repeated per query head (`repeat_kv`), then SDPA
   stacked           `sharq.decode_attention`: the 4 query heads of a K/V head as 4 query rows, SDPA
                     picks its kernel
@@ -19,13 +19,13 @@ Writes <out>/decode-attention-<gpu>.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from _results import write_json
+from linear import _graph_ms
 
 HEADS, KV_HEADS, DIM = 32, 8, 128
 GROUPS = HEADS // KV_HEADS
@@ -75,27 +75,9 @@ def variants(q, k, v, mask):
             "stacked-bmm": bmm}
 
 
-def time_graph(fn, calls: int = 50, reps: int = 7) -> float:
-    """µs per call: `calls` calls captured in one CUDA graph, median over `reps` replays."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(times)
+def time_graph(fn, calls: int = 50) -> float:
+    """µs per call: `calls` calls captured in one CUDA graph (linear.py's timing), median of 7 replays."""
+    return _graph_ms([fn] * calls, reps=7) * 1e3
 
 
 def main() -> None:
