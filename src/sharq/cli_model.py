@@ -49,6 +49,7 @@ class UsageError(Exception):
 BENCH_DECODE_CHOICES = ("eager", "graph", "graph-compile")  # = sharq.timing.BENCH_DECODE (no torch at parse time)
 DECODE_CHOICES = ("auto", "eager", "compile", "graph")  # = sharq.generation.DECODE_MODES (not imported: no torch at parse time)
 
+
 def paragraphs(text: str, width: int = 96) -> str:
     """`text` wrapped to `width`, paragraphs (separated by blank lines) kept — for help descriptions."""
     return "\n\n".join(textwrap.fill(" ".join(p.split()), width) for p in text.split("\n\n"))
