@@ -24,16 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from transformers.integrations.sdpa_attention import repeat_kv
+
 from _results import write_json
 from linear import _graph_ms
 
 HEADS, KV_HEADS, DIM = 32, 8, 128
 GROUPS = HEADS // KV_HEADS
-
-
-def _repeat(x: torch.Tensor) -> torch.Tensor:
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, GROUPS, s, d).reshape(b, h * GROUPS, s, d)
 
 
 def variants(q, k, v, mask):
@@ -42,7 +39,8 @@ def variants(q, k, v, mask):
     scale = DIM ** -0.5
 
     def repeat():
-        return F.scaled_dot_product_attention(q, _repeat(k), _repeat(v), attn_mask=mask, scale=scale)
+        return F.scaled_dot_product_attention(q, repeat_kv(k, GROUPS), repeat_kv(v, GROUPS), attn_mask=mask,
+                                              scale=scale)
 
     def pinned(backend):
         def run():

@@ -20,20 +20,8 @@ import time
 import torch
 
 from _results import write_json
-from e2e import convert
+from e2e import convert, time_ms
 from e2e_models import build_model
-
-
-def _gpu_ms(fn, reps: int = 5) -> float:
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def _host_ms(fn, reps: int = 5) -> float:
@@ -74,7 +62,7 @@ def main() -> None:
         for _ in range(3):
             forward()
         torch.cuda.synchronize()
-        gpu, host = _gpu_ms(forward), _host_ms(forward)
+        gpu, host = statistics.median(time_ms(forward, device, reps=5, warmup=0)), _host_ms(forward)
         prof = cProfile.Profile()
         prof.enable()
         forward()
