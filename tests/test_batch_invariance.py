@@ -173,9 +173,11 @@ def _tile_key(layer: SharqLinear, m: int):
     from sharq.kernels import gemv_nvfp4
     from sharq.kernels.gemm_fp4 import _tiles
 
-    if m <= gemv_nvfp4.GEMV_MAX_M and layer.config.format.value == "nvfp4":
+    nvfp4 = layer.config.format.value == "nvfp4"
+    if m <= gemv_nvfp4.GEMV_AUTO_MAX_M and nvfp4:
         return ("gemv",) + tuple(sorted(gemv_nvfp4._tiles(m, layer.out_features, layer.in_features).items()))
-    return tuple(sorted(_tiles(m, layer.out_features, layer.in_features).items()))
+    two = layer.config.residual.value != "none"
+    return tuple(sorted(_tiles(m, layer.out_features, layer.in_features, packed=nvfp4, two=two).items()))
 
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4"])

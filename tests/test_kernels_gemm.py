@@ -17,6 +17,8 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS  # noqa: E402
+from sharq.config import Format  # noqa: E402
+from sharq.formats.quantized import QuantizedTensor  # noqa: E402
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm, gemm_supports, operand_dtype  # noqa: E402
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight  # noqa: E402
@@ -189,6 +191,69 @@ def test_bf16_sum_operand_is_the_reference_operand_and_one_term(preset):
         y_tri = sharq_linear(x, wq, None, config.replace(backend="triton"))
         ulp = y_ref.float().abs().clamp_min(1e-3) * 2.0**-7
         assert bool(((y_tri.float() - y_ref.float()).abs() <= ulp).all())
+
+
+def _every_code_and_scale(block: int, device: str) -> QuantizedTensor:
+    """NVFP4 weight (127, 32): row n has E4M3 scale byte n (0: zero, 1-7: subnormal, 8-126: normal)
+    and holds every E2M1 code twice, in a row-dependent order."""
+    n, k = 127, 32
+    codes = (torch.arange(k)[None, :] + torch.arange(n)[:, None]) % 16
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
+    scales = torch.arange(n, dtype=torch.uint8)[:, None].repeat(1, k // block)
+    return QuantizedTensor(format=Format.NVFP4, codes=packed.to(device), scales=scales.to(device), shape=(n, k),
+                           block=block, global_scale=torch.tensor(1.0, device=device))
+
+
+def _check_packed_decode_exact(device: str) -> None:
+    """One-hot activation rows make every output one weight value (no summation): the packed bf16
+    decode (DECODE 2: the asm on the GPU, its per-element twin under the interpreter), stacked or
+    not, gives deq(W) bit for bit, for every code under every scale."""
+    one = torch.ones((), device=device)
+    for block in (16, 32):
+        wq = _every_code_and_scale(block, device)
+        want = wq.dequantize(apply_global_scale=False)  # (127, 32) FP32
+        eye = torch.eye(32, dtype=torch.bfloat16, device=device)
+        for start in (0, 8, 16, 24):
+            rows, zero = eye[start:start + 8], torch.zeros(8, 32, dtype=torch.bfloat16, device=device)
+            for terms in ([rows, zero], [zero, rows]):  # the backbone's and the residual's half of the operand
+                y = fp4_weight_gemm(terms, one, wq, None, torch.float32,
+                                    tiles=dict(DECODE=2, STACK=2, BLOCK_M=8, BLOCK_N=32, BLOCK_K=32))
+                assert torch.equal(y, want[:, start:start + 8].T), (block, start)
+        for start in (0, 16):
+            y = fp4_weight_gemm([eye[start:start + 16]], one, wq, None, torch.float32,
+                                tiles=dict(DECODE=2, STACK=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32))
+            assert torch.equal(y, want[:, start:start + 16].T), (block, start)
+
+
+def test_packed_decode_is_exact_for_every_code_and_scale():
+    _check_packed_decode_exact(DEVICE)
+
+
+@pytest.mark.gpu
+def test_packed_decode_asm_is_exact_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    _check_packed_decode_exact("cuda")
+
+
+def test_packed_decode_routing_and_its_refusals():
+    """Up to 16 NVFP4 rows take the packed decode (stacked terms up to 8 rows with two terms); MXFP4
+    and longer batches the FP32 decode; STACK without two terms or the packed decode is refused."""
+    from sharq.kernels.gemm_fp4 import _tiles
+
+    assert _tiles(5, 4096, 4096, packed=True, two=True)["STACK"] == 2
+    assert _tiles(5, 4096, 4096, packed=True, two=False)["STACK"] == 1
+    assert _tiles(12, 4096, 4096, packed=True)["DECODE"] == 2 and _tiles(12, 4096, 4096, packed=True)["STACK"] == 1
+    assert _tiles(17, 4096, 4096, packed=True)["DECODE"] == 1
+    assert _tiles(5, 4096, 4096, packed=False)["DECODE"] == 1
+    wq = _weight(16, 64, "sharq-nvfp4", seed=0)
+    a = torch.zeros(4, 64, dtype=torch.bfloat16, device=DEVICE)
+    one = torch.ones((), device=DEVICE)
+    with pytest.raises(ValueError, match="STACK"):
+        fp4_weight_gemm([a], one, wq, None, torch.float32, tiles=dict(STACK=2, BLOCK_M=8))
+    with pytest.raises(ValueError, match="STACK"):
+        fp4_weight_gemm([a, a], one, _weight(16, 64, "sharq-mxfp4", seed=0), None, torch.float32,
+                        tiles=dict(STACK=2, BLOCK_M=8))
 
 
 def test_gemm_refuses_bad_input():

@@ -25,7 +25,7 @@ from sharq.formats.pack import pack_nibbles  # noqa: E402
 from sharq.formats.quantized import QuantizedTensor  # noqa: E402
 from sharq.formats.scales import encode_e4m3  # noqa: E402
 from sharq.kernels.gemv_nvfp4 import (  # noqa: E402
-    GEMV_MAX_M, fp4_weight_gemv, gemv_operand, gemv_operand_of, gemv_padded, gemv_supports)
+    GEMV_AUTO_MAX_M, GEMV_MAX_M, fp4_weight_gemv, gemv_operand, gemv_operand_of, gemv_padded, gemv_supports)
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
@@ -145,31 +145,41 @@ def test_prepare_refuses_gemv_layout_where_it_does_not_apply():
 
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
 def test_short_batch_linear_runs_the_gemv_and_equals_the_reference(granularity, monkeypatch):
-    """sharq_linear with 1 to GEMV_MAX_M rows on the Triton backend launches the GEMV kernel
-    (counted) and is within one bf16 ulp of the reference linear; one row more does not launch it."""
-    launches = []
-    kernel = gemv_module._gemv_kernel
+    """sharq_linear with 1 to GEMV_AUTO_MAX_M rows on the Triton backend launches the GEMV kernel
+    (counted); from there to 8 rows the tensor-core GEMM with the packed decode and both terms
+    stacked in one operand, to 16 rows the packed decode unstacked, beyond that the FP32 decode
+    (launch arguments recorded). Every size is within one bf16 ulp of the reference linear."""
+    from sharq.kernels import gemm_fp4
+
+    gemv_launches, gemm_launches = [], []
 
     class Counting:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return kernel[grid]
+        def __init__(self, kernel, log):
+            self.kernel, self.log = kernel, log
 
-    monkeypatch.setattr(gemv_module, "_gemv_kernel", Counting())
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                self.log.append(kwargs)
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(gemv_module, "_gemv_kernel", Counting(gemv_module._gemv_kernel, gemv_launches))
+    monkeypatch.setattr(gemm_fp4, "_fp4_weight_gemm_kernel", Counting(gemm_fp4._fp4_weight_gemm_kernel, gemm_launches))
     config = PRESETS["sharq-nvfp4"].replace(granularity=granularity)
     wq = quantize_weight(torch.randn(40, 96, device=DEVICE) * 0.05, config)
     bias = torch.randn(40, device=DEVICE).to(torch.bfloat16)
     g = torch.Generator().manual_seed(1)
-    x = (torch.randn(1, GEMV_MAX_M + 1, 96, generator=g) * 3).to(torch.bfloat16).to(DEVICE)
-    for m in (1, 5, GEMV_MAX_M):
+    x = (torch.randn(1, 17, 96, generator=g) * 3).to(torch.bfloat16).to(DEVICE)
+    for m in (1, GEMV_AUTO_MAX_M, 3, 8, 9, 16, 17):
         ref = sharq_linear(x[:, :m], wq, bias, config.replace(backend="reference"))
         got = sharq_linear(x[:, :m], wq, bias, config.replace(backend="triton"))
         assert got.shape == ref.shape == (1, m, 40)
         ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
         assert bool(((got.float() - ref.float()).abs() <= ulp).all()), m
-    assert len(launches) == 3
-    sharq_linear(x, wq, bias, config.replace(backend="triton"))
-    assert len(launches) == 3
+    assert len(gemv_launches) == 2
+    packed = 2 if os.environ.get("TRITON_INTERPRET") == "1" else 1  # the twin or the asm
+    assert [(k["FAST"], k["STACK"], k["BLOCK_M"]) for k in gemm_launches] == [
+        (packed, True, 8), (packed, True, 8), (packed, False, 16), (packed, False, 16), (0, False, 32)]
 
 
 def test_gemv_refuses_bad_input():

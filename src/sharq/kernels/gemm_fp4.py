@@ -73,12 +73,115 @@ def _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS,
     return (mag16.to(tl.float32) * scale).to(tl.bfloat16)
 
 
+# PTX of `_bf16_weight_halves` (pack 4: one b32 of 4 payload bytes -> their 4 even-position and
+# 4 odd-position weights, bf16, in 2 b32 each). The low nibbles of the word (even positions) and
+# the high nibbles (odd positions) are first isolated one per byte; prmt spreads two bytes into the
+# two 16-bit halves; times 0x1040 puts a nibble at bits 6-9 and 12-15 of its half, and the mask
+# keeps the magnitude bits at 6-8 and the sign at 15: the E2M1 value times 2^-126 as a bf16 (normal
+# and subnormal codes alike). One bf16x2 multiply by the block scale times 2^119 (exact: at most 6
+# significant bits, |value| in [2^-17, 21], normal) gives value · scale · 2^-7.
+_BF16_HALVES_PTX = tl.constexpr(
+    "{ .reg .b32 s01, s23, lo, hi, x; cvt.rn.bf16x2.f32 s01, $6, $5; cvt.rn.bf16x2.f32 s23, $8, $7; "
+    "and.b32 lo, $4, 0x0F0F0F0F; "
+    "shr.b32 hi, $4, 4; and.b32 hi, hi, 0x0F0F0F0F; "
+    + " ".join(
+        f"prmt.b32 x, {src}, 0, {sel}; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0; "
+        f"mul.rn.bf16x2 {out}, x, {sc};"
+        for src, sel, out, sc in (("lo", "0x4140", "$0", "s01"), ("lo", "0x4342", "$1", "s23"),
+                                  ("hi", "0x4140", "$2", "s01"), ("hi", "0x4342", "$3", "s23")))
+    + " }")
+
+
+@triton.jit
+def _bf16_weight_halves(packed, scale):
+    """uint8 payload (..., B) and FP32 (..., B) block scale · 2^119 of each byte -> (weights of the
+    low nibbles, of the high nibbles), bf16 (..., B) each: E2M1 · scale · 2^-7 exactly."""
+    return tl.inline_asm_elementwise(
+        asm=_BF16_HALVES_PTX, constraints="=r,=r,=r,=r,r,r,r,r,r", args=[packed, scale],
+        dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+
+
+@triton.jit
+def _e2m1_bits_times(code, scale):
+    """Interpreter twin of one nibble of the asm: E2M1 code (int32 0..15) -> bf16 E2M1 · scale · 2^-126,
+    through the same bits (magnitude at 6-8, sign at 15 of a bf16: the top half of an FP32)."""
+    bits = ((code * 0x1040) & 0x81C0) << 16
+    return (bits.to(tl.float32, bitcast=True) * scale).to(tl.bfloat16)
+
+
+@triton.jit
+def _bf16_weight_halves_twin(packed, scale):
+    """`_bf16_weight_halves` element by element, for the interpreter (the CPU tests)."""
+    b = packed.to(tl.int32)
+    return _e2m1_bits_times(b & 15, scale), _e2m1_bits_times(b >> 4, scale)
+
+
+@triton.jit
+def _weight_halves(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WB: tl.constexpr, ASM: tl.constexpr):
+    """The NVFP4 weight tile at K positions k0 … k0 + BLOCK_K times 2^-7 (scaled domain, s_w not
+    applied), exact, as its even and its odd K positions: two bf16 (BLOCK_N, BLOCK_K / 2). ASM: the
+    packed-register decode (GPU); else its per-element twin (the interpreter)."""
+    kc = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(wc_ptr + offs_n[:, None] * stride_wc + kc[None, :],
+                     mask=n_ok[:, None] & (kc[None, :] < KW), other=0)
+    ks = k0 // WB + tl.arange(0, BLOCK_K // WB)
+    bits = tl.load(ws_ptr + offs_n[:, None] * stride_ws + ks[None, :],
+                   mask=n_ok[:, None] & (ks[None, :] < KS), other=0).to(tl.int32)
+    # E4M3 magnitude bits in a float16 are scale · 2^-8; times 2^127 in FP32 (exact)
+    sc = ((bits & 0x7F) << 7).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 1.7014118346046923e38
+    sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BLOCK_N, BLOCK_K // WB, WB // 2)), (BLOCK_N, BLOCK_K // 2))
+    if ASM:
+        return _bf16_weight_halves(packed, sc)
+    else:
+        return _bf16_weight_halves_twin(packed, sc)
+
+
+@triton.jit
+def _dot_tile(acc, t_ptr, offs_m, offs_k, t_ok, stride_t, wt, DOT_F32: tl.constexpr):
+    """acc += term tile (BLOCK_M, BLOCK_K) · wt (BLOCK_K, BLOCK_N)."""
+    t = tl.load(t_ptr + offs_m[:, None] * stride_t + offs_k[None, :], mask=t_ok, other=0.0)
+    if DOT_F32:
+        t = t.to(tl.float32)
+    return tl.dot(t, wt, acc)
+
+
+@triton.jit
+def _dot_halves(acc, t_ptr, offs_m, offs_k, t_ok, stride_t, w_even, w_odd, BLOCK_M: tl.constexpr,
+                BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc += term tile (BLOCK_M, BLOCK_K) · weight tileᵀ, the weight given as its even and odd K
+    positions (BLOCK_N, BLOCK_K / 2) each."""
+    t = tl.load(t_ptr + offs_m[:, None] * stride_t + offs_k[None, :], mask=t_ok, other=0.0)
+    t_even, t_odd = tl.split(tl.reshape(t, (BLOCK_M, BLOCK_K // 2, 2)))
+    if DOT_F32:
+        t_even, t_odd, w_even, w_odd = t_even.to(tl.float32), t_odd.to(tl.float32), w_even.to(tl.float32), w_odd.to(tl.float32)
+    acc = tl.dot(t_even, tl.trans(w_even), acc)
+    return tl.dot(t_odd, tl.trans(w_odd), acc)
+
+
+@triton.jit
+def _dot_halves_stacked(acc, a_ptr, r_ptr, m0, M, offs_k, K, stride_a, stride_r, w_even, w_odd,
+                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc (2 · BLOCK_M, BLOCK_N) += [B rows m0 … m0 + BLOCK_M; R rows m0 …] (2 · BLOCK_M, BLOCK_K) ·
+    weight tileᵀ (given as even and odd K positions): both terms in one MMA operand."""
+    rows = tl.arange(0, 2 * BLOCK_M)
+    om = m0 + rows % BLOCK_M
+    ptrs = tl.where((rows >= BLOCK_M)[:, None], r_ptr + om[:, None] * stride_r, a_ptr + om[:, None] * stride_a)
+    t = tl.load(ptrs + offs_k[None, :], mask=(om < M)[:, None] & (offs_k[None, :] < K), other=0.0)
+    t_even, t_odd = tl.split(tl.reshape(t, (2 * BLOCK_M, BLOCK_K // 2, 2)))
+    if DOT_F32:
+        t_even, t_odd, w_even, w_odd = t_even.to(tl.float32), t_odd.to(tl.float32), w_even.to(tl.float32), w_odd.to(tl.float32)
+    acc = tl.dot(t_even, tl.trans(w_even), acc)
+    return tl.dot(t_odd, tl.trans(w_odd), acc)
+
+
 @triton.jit
 def _fp4_weight_gemm_kernel(
     a_ptr, r_ptr, wc_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
     M, N, K, KW, KS, stride_a, stride_r, stride_wc, stride_ws, stride_sx, stride_y,
     TWO: tl.constexpr, MX: tl.constexpr, WB: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr,
     W_BF16: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FAST: tl.constexpr, STACK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -93,26 +196,40 @@ def _fp4_weight_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if STACK:  # FAST, two terms: B's rows then R's rows, one MMA operand of 2 · BLOCK_M rows
+        acc = tl.zeros((2 * BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a_ok = m_ok[:, None] & (offs_k[None, :] < K)
-        if W_BF16:  # wc_ptr: the weight already dequantized, bf16 (N, K) (dequant_fp4.py)
-            wt = tl.load(wc_ptr + offs_n[None, :] * stride_wc + offs_k[:, None],
-                         mask=n_ok[None, :] & (offs_k[:, None] < K), other=0.0)  # (BLOCK_K, BLOCK_N)
+        if FAST:  # NVFP4, decoded in packed registers, times 2^-7 (undone in the epilogue), even/odd K apart
+            w_even, w_odd = _weight_halves(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N,
+                                           BLOCK_K, WB, FAST == 1)
+            if STACK:
+                acc = _dot_halves_stacked(acc, a_ptr, r_ptr, pid_m * BLOCK_M, M, offs_k, K, stride_a, stride_r,
+                                          w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
+            else:
+                acc = _dot_halves(acc, a_ptr, offs_m, offs_k, a_ok, stride_a, w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
+            if TWO and not STACK:
+                acc = _dot_halves(acc, r_ptr, offs_m, offs_k, a_ok, stride_r, w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
         else:
-            w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
-            wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
-        a = tl.load(a_ptr + offs_m[:, None] * stride_a + offs_k[None, :], mask=a_ok, other=0.0)
-        if DOT_F32:  # the interpreter multiplies bf16 tiles as raw bits; FP32 holds the same values
-            wt = wt.to(tl.float32)
-            a = a.to(tl.float32)
-        acc = tl.dot(a, wt, acc)
-        if TWO:
-            r = tl.load(r_ptr + offs_m[:, None] * stride_r + offs_k[None, :], mask=a_ok, other=0.0)
-            if DOT_F32:
-                r = r.to(tl.float32)
-            acc = tl.dot(r, wt, acc)
+            if W_BF16:  # wc_ptr: the weight already dequantized, bf16 (N, K) (dequant_fp4.py)
+                wt = tl.load(wc_ptr + offs_n[None, :] * stride_wc + offs_k[:, None],
+                             mask=n_ok[None, :] & (offs_k[:, None] < K), other=0.0)  # (BLOCK_K, BLOCK_N)
+            else:
+                w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB,
+                                 MX)
+                wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
+            if DOT_F32:  # the interpreter multiplies bf16 tiles as raw bits; FP32 holds the same values
+                wt = wt.to(tl.float32)
+            acc = _dot_tile(acc, a_ptr, offs_m, offs_k, a_ok, stride_a, wt, DOT_F32)
+            if TWO:
+                acc = _dot_tile(acc, r_ptr, offs_m, offs_k, a_ok, stride_r, wt, DOT_F32)
+    if STACK:  # y = B's rows + R's rows
+        acc = tl.sum(tl.reshape(acc, (2, BLOCK_M, BLOCK_N)), axis=0)
+    if FAST:
+        acc = acc * 128.0  # exact: the weight tile was value · 2^-7
 
     sx = tl.load(sx_ptr + offs_m * stride_sx, mask=m_ok, other=1.0)
     if HAS_SW:
@@ -130,12 +247,29 @@ SCRATCH_MIN_M = 512  # from here on, dequantize the weight once into bf16 scratc
 # at M = 1024 it is 1.15-1.73x faster than dequantizing in the loop on every Llama/Qwen layer; at 256 mixed)
 
 
-def _tiles(m: int, n: int, k: int) -> dict:
-    """Launch tiling by M and layer shape: the best of `benchmarks/tune_gemm.py`'s and
-    `benchmarks/tune_prefill.py`'s sweeps on the H100 at Llama-3.1-8B shapes
-    (benchmarks/results/gemm-tuning-h100.json, prefill-tuning-h100.json). SCRATCH 1: the weight
-    tile is dequantized in the GEMM loop; 2: the weight is dequantized once into a bf16 scratch
-    matrix and the loop is a bf16 GEMM (large M)."""
+def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> dict:
+    """Launch tiling by M and layer shape, from sweeps on the H100 at Llama-3.1-8B shapes.
+
+    packed (NVFP4 weights) and M <= 16: the packed-register decode (DECODE 2), with both terms'
+    rows stacked into one MMA operand up to 8 rows (STACK 2): benchmarks/tune_small_m.py
+    (small-m-tuning-h100.json). Otherwise the FP32 decode (DECODE 1), from tune_gemm.py's and
+    tune_prefill.py's sweeps (gemm-tuning-h100.json, prefill-tuning-h100.json). SCRATCH 1: the
+    weight tile is dequantized in the GEMM loop; 2: the weight is dequantized once into a bf16
+    scratch matrix and the loop is a bf16 GEMM (large M)."""
+    if m <= 16 and packed:
+        stack = m <= 8 and two
+        if n >= 16384:
+            bn, bk, warps = 64, 256, 2
+        elif n >= 6144 and not stack:
+            bn, bk, warps = 32, 256, 2
+        else:
+            bn, bk, warps = 32, 512, 4
+        return dict(BLOCK_M=8 if stack else 16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, num_warps=warps, num_stages=3,
+                    SCRATCH=1, DECODE=2, STACK=2 if stack else 1)
+    return dict(_fp32_decode_tiles(m, n, k), DECODE=1, STACK=1)
+
+
+def _fp32_decode_tiles(m: int, n: int, k: int) -> dict:
     if m <= 16:  # weight streaming: wide N tiles for wide layers, long K tiles otherwise
         if n >= 16384:
             return dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=8, num_stages=3, SCRATCH=1)
@@ -197,7 +331,7 @@ def fp4_weight_gemm(
         weight.format is Format.MXFP4, weight.block, out_dtype, [t.get(key, 0) for key in _TILE_KEYS])
 
 
-_TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SCRATCH")
+_TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SCRATCH", "DECODE", "STACK")
 
 
 def _gemm_impl(
@@ -208,28 +342,38 @@ def _gemm_impl(
     """The GEMM as a torch op (torch.compile, CUDA graphs). a, r: bf16 (M, K); w_codes (N, Kp/2),
     w_scales (N, Kp/wb) uint8; s_x FP32 (1,) or (M,); s_w FP32 (1,)-like or None; bias (N,) or
     None. `tiles`: BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SCRATCH (1: dequantize
-    in the loop, 2: into a bf16 scratch matrix first); 0 = chosen by shape."""
+    in the loop, 2: into a bf16 scratch matrix first), DECODE (1: the FP32 decode, 2: the packed
+    bf16 decode, NVFP4), STACK (1: one MMA per term, 2: both terms' rows in one operand); 0 =
+    chosen by shape."""
     m, k = a.shape
     n = w_codes.shape[0]
     y = torch.empty(m, n, dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return y
-    cfg = _tiles(m, n, k)
-    cfg.update({key: v for key, v in zip(_TILE_KEYS, tiles) if v})
+    over = {key: v for key, v in zip(_TILE_KEYS, tiles) if v}
+    cfg = _tiles(m, n, k, packed=not mx and over.get("DECODE", 2) == 2, two=r is not None)
+    cfg.update(over)
+    if "STACK" not in over and any(key in over for key in ("BLOCK_M", "SCRATCH", "DECODE")):
+        cfg["STACK"] = 1  # an overridden row tiling or decode: stacked only when asked for
     rr = r if r is not None else a
     scratch = cfg.pop("SCRATCH") == 2
+    packed = cfg.pop("DECODE") == 2 and not mx and not scratch
+    stack = cfg.pop("STACK") == 2
+    if stack and not (packed and r is not None):
+        raise ValueError("STACK (both terms in one MMA operand) needs two terms and the packed NVFP4 decode")
     w = w_codes
     if scratch:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
         from .dequant_fp4 import _dequant_impl
 
         w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     _fp4_weight_gemm_kernel[grid](
         a, rr, w, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,
         m, n, k, w_codes.shape[1], w_scales.shape[1], a.stride(0), rr.stride(0),
         w.stride(0), w_scales.stride(0), 0 if s_x.numel() == 1 else 1, y.stride(0),
         TWO=r is not None, MX=mx, WB=wb, HAS_SW=s_w is not None, HAS_BIAS=bias is not None, W_BF16=scratch,
-        DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", **cfg,
+        FAST=(2 if interpret else 1) if packed else 0, STACK=stack, DOT_F32=interpret, **cfg,
     )
     return y
 

@@ -48,10 +48,14 @@ from ..formats.quantized import QuantizedTensor
 from ..formats.scales import decode_e4m3
 from .direct import direct_call_ok
 
-__all__ = ["GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
+__all__ = ["GEMV_AUTO_MAX_M", "GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
 
 GEMV_PAD = 2048  # the operand covers whole multiples of this many K positions (the largest BLOCK_K)
 GEMV_MAX_M = 8  # rows one GEMV launch serves (decode and small decode batches)
+# rows the Triton backend sends to the GEMV: beyond them, the tensor-core GEMM with the packed decode
+# and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json: the four
+# Llama-3.1-8B linears at M = 2 in 90 us on either, at M = 4 in 91 us against the GEMV's 124)
+GEMV_AUTO_MAX_M = 2
 
 # 2·E2M1 magnitude by 3-bit code, as bytes: the prmt table (codes 0-3 low word, 4-7 high word), in _DECODE_PTX
 _LUT_LO = 0x03020100

@@ -38,7 +38,7 @@ from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
 from . import supports
 from .direct import direct_call_ok
-from .gemv_nvfp4 import GEMV_MAX_M, e2m1_doubled, gemv_padded
+from .gemv_nvfp4 import GEMV_AUTO_MAX_M, GEMV_MAX_M, e2m1_doubled, gemv_padded
 
 __all__ = ["prepare_activation_triton", "supports"]
 
@@ -474,7 +474,8 @@ def prepare_activation_triton(
     terms_layout: "rows" (the terms as above), "gemv" (the decode GEMV's operand: per term int8
                 2·E2M1 codes (M, Kg) and FP32 block scales per 16 (M, Kg/16), flat
                 (codes_B, scales_B[, codes_R, scales_R]), `gemv_nvfp4.gemv_operand`; NVFP4, exact
-                operand, up to GEMV_MAX_M rows), or "auto" (gemv where it applies).
+                operand, up to GEMV_MAX_M rows), or "auto" (gemv where it applies and is the faster:
+                up to GEMV_AUTO_MAX_M rows).
     """
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
@@ -503,7 +504,7 @@ def prepare_activation_triton(
     if terms_layout == "gemv" and not gemv_ok:
         raise ValueError(f"the GEMV operand is for 1 to {GEMV_MAX_M} rows of NVFP4 with the exact operand, got {m} "
                          f"rows of {config.format.value}, operand {config.operand.value}")
-    gemv = terms_layout == "gemv" or (terms_layout == "auto" and gemv_ok)
+    gemv = terms_layout == "gemv" or (terms_layout == "auto" and gemv_ok and m <= GEMV_AUTO_MAX_M)
     terms = _TERMS_NONE
     if with_terms:
         terms = _TERMS_GEMV if gemv else (_TERMS_SUMMED if summed else _TERMS_SEPARATE)

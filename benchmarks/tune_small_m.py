@@ -1,0 +1,115 @@
+"""Small-M (decode batches, M = 1-16) tilings of the tensor-core FP4-weight GEMM with the packed-register
+weight decode (`gemm_fp4`, DECODE 2), against the decode GEMV and the GEMM's in-loop FP32 decode.
+
+Timing as benchmarks/linear.py: CUDA graphs cycling >= 150 MB of weight copies (no L2 reuse), median
+of 20 replays, two bf16 terms (the GEMM) or the GEMV operand (the GEMV). Every tiling's output is
+checked against the FP32-decode GEMM (relative error of the largest |y|), and once per layer a
+one-hot activation (each output one product) against it bit for bit. Prints the best per layer and
+M, and writes benchmarks/results/small-m-tuning-<gpu>.json, the data behind `gemm_fp4._tiles`'
+small-M rows and the GEMV/GEMM split by M.
+
+usage: python benchmarks/tune_small_m.py [--model llama-3.1-8b] [--m 1,2,4,8,16] [--layers ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from _results import write_json
+from linear import _graph_ms
+from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
+from sharq import PRESETS
+from sharq.kernels.gemm_fp4 import fp4_weight_gemm
+from sharq.kernels.gemv_nvfp4 import GEMV_MAX_M, fp4_weight_gemv, gemv_operand_of
+from sharq.ops import prepare, quantize_weight
+
+
+def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0") -> list[dict]:
+    """Tilings of the packed decode; stack 1: both terms' 8 rows in one 16-row MMA operand."""
+    return [dict(BLOCK_M=8 if st else 16, BLOCK_N=n, BLOCK_K=k, GROUP_M=1, num_warps=w, num_stages=s, SCRATCH=1,
+                 DECODE=2, STACK=2 if st else 1)
+            for n, k, w, s, st in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps, stages, stack)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS))
+    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
+    ap.add_argument("--m", default="1,2,4,8,16")
+    ap.add_argument("--bn", default="32,64,128")
+    ap.add_argument("--bk", default="128,256,512")
+    ap.add_argument("--warps", default="4,8")
+    ap.add_argument("--stages", default="3,4")
+    ap.add_argument("--stack", default="0,1", help="STACK values (used for M <= 8)")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    shapes = layers_of(args.model)
+    args.layers = args.layers or ",".join(shapes)
+    import triton
+
+    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    rows = []
+    for layer in args.layers.split(","):
+        n, k = shapes[layer]
+        w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        nbytes = quantize_weight(w0, config).nbytes
+        copies = max(1, -(-150_000_000 // nbytes))
+        wqs = [quantize_weight(w0 + 0.001 * torch.randn_like(w0), config) for _ in range(copies)]
+        bf16 = [w0 + 0.001 * torch.randn_like(w0) for _ in range(max(1, -(-150_000_000 // (2 * n * k))))]
+        # one-hot rows: every output is one weight value times s_w, no summation -> bit-exact
+        onehot = torch.zeros(16, k, device="cuda", dtype=torch.bfloat16)
+        onehot[torch.arange(16), torch.randint(0, k, (16,))] = 1.0
+        sx1 = torch.ones(16, 1, device="cuda")
+        want1 = fp4_weight_gemm([onehot], sx1, wqs[0], None, torch.float32, tiles=dict(DECODE=1))
+        for cfg in sweep("64", "128", "4", "3"):  # one term: STACK does not apply
+            got1 = fp4_weight_gemm([onehot], sx1, wqs[0], None, torch.float32, tiles=cfg)
+            if not torch.equal(got1, want1):
+                raise SystemExit(f"{layer}: one-hot mismatch with {cfg}: {(got1 - want1).abs().max()}")
+        for m in (int(v) for v in args.m.split(",")):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            p = prepare(x, config.replace(backend="reference"))
+            terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
+                     p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
+            fp32_decode = dict(DECODE=1)
+            want = fp4_weight_gemm(terms, p.global_scale, wqs[0], None, torch.float32, tiles=fp32_decode)
+            base = dict(layer=layer, M=m, N=n, K=k, weight_bytes=nbytes)
+            t_bf16 = _graph_ms([lambda w=w: torch.nn.functional.linear(x, w) for w in bf16])
+            t_gemm = _graph_ms([lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16,
+                                                             tiles=fp32_decode) for q in wqs])
+            rows += [dict(base, provider="bf16", median_ms=t_bf16), dict(base, provider="gemm-fp32-decode", median_ms=t_gemm)]
+            line = f"{layer:8s} M={m:2d} bf16 {t_bf16 * 1e3:6.1f} gemm {t_gemm * 1e3:6.1f}"
+            if m <= GEMV_MAX_M:
+                gterms = [*gemv_operand_of(p.backbone), *gemv_operand_of(p.residual)]
+                t_gemv = _graph_ms([lambda q=q: fp4_weight_gemv(gterms, p.global_scale, q, None, torch.bfloat16)
+                                    for q in wqs])
+                rows.append(dict(base, provider="gemv", median_ms=t_gemv))
+                line += f" gemv {t_gemv * 1e3:6.1f}"
+            best = None
+            for cfg in sweep(args.bn, args.bk, args.warps, args.stages, args.stack if m <= 8 else "0"):
+                try:
+                    y = fp4_weight_gemm(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg)
+                except Exception as exc:  # out of resources: skip the tiling
+                    print(f"skip {cfg}: {type(exc).__name__}")
+                    continue
+                err = float((y - want).abs().max() / want.abs().max())
+                ms = _graph_ms([lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16, tiles=cfg)
+                                for q in wqs])
+                rows.append(dict(base, provider="gemm-packed", tiles=cfg, median_ms=ms, rel_err_vs_gemm=err))
+                if best is None or ms < best[0]:
+                    best = (ms, cfg, err)
+            print(f"{line} | packed best {best[0] * 1e3:6.1f}us {nbytes / (best[0] * 1e-3) / 1e9:5.0f} GB/s "
+                  f"{ {key: best[1][key] for key in ('BLOCK_N', 'BLOCK_K', 'num_warps', 'num_stages', 'STACK')} } "
+                  f"err {best[2]:.1e}", flush=True)
+        del wqs, bf16
+        torch.cuda.empty_cache()
+    doc = dict(model=args.model, gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+               sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, stack=args.stack), rows=rows)
+    stem = "small-m-tuning" if args.model == DEFAULT_MODEL else f"small-m-tuning-{args.model}"
+    print("wrote", write_json(doc, args.out, stem))
+
+
+if __name__ == "__main__":
+    main()
