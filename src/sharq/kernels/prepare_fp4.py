@@ -336,7 +336,7 @@ def _mask_args(spec) -> tuple[int, int, int]:
 
 
 _SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN = 0, 1, 2
-AMAX_INLINE_MAX_M = 4  # up to this many rows (and K), the preparation computes the amax itself (one
+AMAX_INLINE_MAX_M = 8  # up to this many rows (and K), the preparation computes the amax itself (one
 AMAX_INLINE_MAX_K = 8192  # launch); longer rows: every program rereading the row costs more (measured)
 
 
@@ -445,13 +445,17 @@ _prepare_op = torch.library.custom_op("sharq::prepare_fp4", mutates_args=())(_pr
 
 
 def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
-    """(block_m, block_k, num_warps) of the preparation, from benchmarks/tune_prefill.py's sweep on the
-    H100 (prefill-tuning-h100.json): a short batch (decode) in 64-wide chunks on 2 warps, its
-    programs computing the amax themselves (3.6-4.3 us a call, K <= 8192, against 6.2-6.9 us for
-    the amax kernel + 4-warp preparation before); a long batch in 8 x 128 tiles (at M = 4096
-    0.89-2.0x the speed of 8 x 64 in a noisy sweep, faster in 12 of 16 cases)."""
-    if m <= AMAX_INLINE_MAX_M:
-        return triton.next_power_of_2(m), 64, 2
+    """(block_m, block_k, num_warps) of the preparation. A long batch: 8 x 128 tiles (tune_prefill.py,
+    prefill-tuning-h100.json: at M = 4096 0.89-2.0x the speed of 8 x 64 in a noisy sweep, faster in
+    12 of 16 cases). A short batch (decode), from tune_prep_small_m.py (prep-small-m-tuning*-h100.json,
+    Llama-3.1-8B K): its programs compute the amax themselves where K allows, on all its rows in
+    64-wide chunks (M = 8, K = 4096: 5.5 us a call against 8.5 for the amax kernel + 8-row
+    preparation before); else 2-row tiles (M = 8, K = 14336: 7.4 against 8.8 us; M = 16, K = 4096:
+    6.9 against 9.1 us)."""
+    if m <= AMAX_INLINE_MAX_M and k <= AMAX_INLINE_MAX_K:
+        return triton.next_power_of_2(m), 64, 2 if m <= 2 else 4
+    if m <= 16:
+        return min(2, triton.next_power_of_2(m)), 64 if m <= 8 else 128, 2 if m <= 8 else 4
     return 8, 128, 4
 
 
