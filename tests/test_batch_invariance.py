@@ -7,7 +7,7 @@ What holds, measured on the CPU (reference) and under TRITON_INTERPRET=1 (Triton
 - Other batch sizes: the preparation of a row is the same bit for bit (per-row scale, per-block
   rounding), but the FP32 sums of the matmul are not always in the same order:
   * reference: the CPU BLAS chooses its kernel by M (rows at M = 1, 2 equal, M ≥ 8 differ);
-  * Triton: M = 1 runs the GEMV (NVFP4), M > 1 the GEMM with tiles chosen by M
+  * Triton: M ≤ 2 runs the GEMV (NVFP4), larger M the GEMM with tiles chosen by M
     (`gemm_fp4._tiles`); rows are bit-identical across batch sizes that get the same tiles and
     differ in the last FP32 bits across tile choices.
   Those differences are bounded by the FP32 summation-order bound 2·γ(2K)·s·Σ|a||w| (asserted);

@@ -121,8 +121,9 @@ def linear_from_prepared(
     summation order), the Hopper fast path.
     A preparation that carries `dense` (operand="bf16-sum": bf16(deq(B) + deq(R))) is multiplied
     as it is. A preparation from the Triton backend carries `terms`: bf16 (M, K) rows, which the
-    Triton FP4-weight GEMM multiplies (one weight pass, one bf16 MMA per term, FP32 accumulation),
-    or, for up to 8 NVFP4 rows, int8 codes and FP32 block scales, which the decode GEMV multiplies
+    Triton FP4-weight GEMM multiplies (one weight pass, one bf16 MMA per term or both terms' rows in
+    one operand, FP32 accumulation), or, for up to GEMV_AUTO_MAX_M (2) NVFP4 rows, int8 codes and
+    FP32 block scales, which the decode GEMV multiplies
     with integer dot products (kernels/gemv_nvfp4.py). Both equal this function's reference sum up
     to FP32 summation order.
     """

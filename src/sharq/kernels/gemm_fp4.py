@@ -10,15 +10,24 @@ Operands
   s_x     FP32, one per tensor or one per row (M, 1); s_w FP32 () (NVFP4) — applied in the
           epilogue as (s_x · s_w) · acc, then + bias, then cast: the reference's order.
 
-The weight tile is dequantized in registers with exact bit operations: a code's 3 magnitude bits
-placed in a float16's exponent/mantissa give value · 2^-14 (normal and subnormal codes alike),
-an E4M3 scale's 7 bits likewise give scale · 2^-8; their FP32 product times 2^22 is exact, and so
-is the cast to bf16. Nothing is rounded before the MMA.
+The weight tile is dequantized in registers with exact bit operations, one of two ways:
+- FP32 decode (DECODE 1; MXFP4, and NVFP4 beyond 16 rows): a code's 3 magnitude bits placed in a
+  float16's exponent/mantissa give value · 2^-14 (normal and subnormal codes alike), an E4M3
+  scale's 7 bits likewise give scale · 2^-8; their FP32 product times 2^22 is exact, and so is
+  the cast to bf16.
+- Packed decode (DECODE 2; NVFP4 up to 16 rows): inline asm turns 4 payload bytes into 8 bf16
+  weights in packed registers (`_BF16_HALVES_PTX`), value · scale · 2^-7 exactly, the even and
+  odd K positions as two tiles that multiply the matching halves of the activation tile; the
+  epilogue multiplies the FP32 sum by 2^7 (exact). Up to 8 rows with two terms (STACK), B's and
+  R's rows form one 16-row MMA operand and the two FP32 halves are added at the end: half the
+  tensor-core work of two 16-row MMAs on 8 rows. About 6 SASS instructions per weight against 12.
+Nothing is rounded before the MMA.
 
-One kernel, tiled by M (`_tiles`, from measured sweeps): small M (M ≤ 16: BLOCK_M 16, narrow N
-tiles so every SM streams weights), mid M, and large M (prefill, M ≥ 512: the weight is first
-dequantized once into a bf16 scratch matrix by `dequant_fp4.py`, then the loop is a bf16 GEMM;
-128×256 tiles, grouped launch order for L2 reuse). M ≤ 8 NVFP4 rows go to `gemv_nvfp4.py` instead.
+One kernel, tiled by M (`_tiles`, from measured sweeps): small M (M ≤ 16: the packed decode, narrow
+N tiles so every SM streams weights; benchmarks/tune_small_m.py), mid M, and large M (prefill,
+M ≥ 512: the weight is first dequantized once into a bf16 scratch matrix by `dequant_fp4.py`, then
+the loop is a bf16 GEMM; 128×256 tiles, grouped launch order for L2 reuse). Up to
+GEMV_AUTO_MAX_M NVFP4 rows go to `gemv_nvfp4.py` instead.
 """
 
 from __future__ import annotations
