@@ -156,16 +156,22 @@ def _dot_tile(acc, t_ptr, offs_m, offs_k, t_ok, stride_t, wt, DOT_F32: tl.conste
 
 
 @triton.jit
-def _dot_halves(acc, t_ptr, offs_m, offs_k, t_ok, stride_t, w_even, w_odd, BLOCK_M: tl.constexpr,
-                BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
-    """acc += term tile (BLOCK_M, BLOCK_K) · weight tileᵀ, the weight given as its even and odd K
-    positions (BLOCK_N, BLOCK_K / 2) each."""
-    t = tl.load(t_ptr + offs_m[:, None] * stride_t + offs_k[None, :], mask=t_ok, other=0.0)
-    t_even, t_odd = tl.split(tl.reshape(t, (BLOCK_M, BLOCK_K // 2, 2)))
+def _dot_even_odd(acc, t, w_even, w_odd, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc (ROWS, BLOCK_N) += t (ROWS, BLOCK_K) · weight tileᵀ, the weight given as its even and odd
+    K positions (BLOCK_N, BLOCK_K / 2) each."""
+    t_even, t_odd = tl.split(tl.reshape(t, (ROWS, BLOCK_K // 2, 2)))
     if DOT_F32:
         t_even, t_odd, w_even, w_odd = t_even.to(tl.float32), t_odd.to(tl.float32), w_even.to(tl.float32), w_odd.to(tl.float32)
     acc = tl.dot(t_even, tl.trans(w_even), acc)
     return tl.dot(t_odd, tl.trans(w_odd), acc)
+
+
+@triton.jit
+def _dot_halves(acc, t_ptr, offs_m, offs_k, t_ok, stride_t, w_even, w_odd, BLOCK_M: tl.constexpr,
+                BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc += term tile (BLOCK_M, BLOCK_K) · weight tileᵀ (given as even and odd K positions)."""
+    t = tl.load(t_ptr + offs_m[:, None] * stride_t + offs_k[None, :], mask=t_ok, other=0.0)
+    return _dot_even_odd(acc, t, w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
 
 
 @triton.jit
@@ -177,11 +183,7 @@ def _dot_halves_stacked(acc, a_ptr, r_ptr, m0, M, offs_k, K, stride_a, stride_r,
     om = m0 + rows % BLOCK_M
     ptrs = tl.where((rows >= BLOCK_M)[:, None], r_ptr + om[:, None] * stride_r, a_ptr + om[:, None] * stride_a)
     t = tl.load(ptrs + offs_k[None, :], mask=(om < M)[:, None] & (offs_k[None, :] < K), other=0.0)
-    t_even, t_odd = tl.split(tl.reshape(t, (2 * BLOCK_M, BLOCK_K // 2, 2)))
-    if DOT_F32:
-        t_even, t_odd, w_even, w_odd = t_even.to(tl.float32), t_odd.to(tl.float32), w_even.to(tl.float32), w_odd.to(tl.float32)
-    acc = tl.dot(t_even, tl.trans(w_even), acc)
-    return tl.dot(t_odd, tl.trans(w_odd), acc)
+    return _dot_even_odd(acc, t, w_even, w_odd, 2 * BLOCK_M, BLOCK_K, DOT_F32)
 
 
 @triton.jit
@@ -220,8 +222,9 @@ def _fp4_weight_gemm_kernel(
                                           w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
             else:
                 acc = _dot_halves(acc, a_ptr, offs_m, offs_k, a_ok, stride_a, w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
-            if TWO and not STACK:
-                acc = _dot_halves(acc, r_ptr, offs_m, offs_k, a_ok, stride_r, w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
+                if TWO:
+                    acc = _dot_halves(acc, r_ptr, offs_m, offs_k, a_ok, stride_r, w_even, w_odd, BLOCK_M, BLOCK_K,
+                                      DOT_F32)
         else:
             if W_BF16:  # wc_ptr: the weight already dequantized, bf16 (N, K) (dequant_fp4.py)
                 wt = tl.load(wc_ptr + offs_n[None, :] * stride_wc + offs_k[:, None],
