@@ -10,6 +10,8 @@ each timed as a CUDA graph of 50 calls (median of 7 replays):
   stacked-bmm       the same as two batched matmuls and a softmax in FP32 (what SDPA's math does)
   flex-compiled     torch's flex_attention (enable_gqa, the mask as a score_mod) compiled: its
                     decoding kernel splits the keys across programs
+  stacked-triton    sharq's split-key Triton kernel (kernels/attention_decode.py), what
+                    `sharq.decode_attention` runs on CUDA
 Also checks that each variant gives the "repeat" output (max |difference|).
 
 usage: python benchmarks/decode_attention.py [--slots 1088] [--visible 1025] [--out DIR]
@@ -68,7 +70,12 @@ def variants(q, k, v, mask):
     def flex_compiled():
         return flex(q, k, v, score_mod=masked, enable_gqa=True, scale=scale)
 
-    return {"repeat": repeat, "flex-compiled": flex_compiled, "stacked": default, "stacked-efficient": pinned(SDPBackend.EFFICIENT_ATTENTION),
+    from sharq.kernels.attention_decode import decode_attention_triton
+
+    def triton_split():
+        return decode_attention_triton(q, k, v, mask, scale).transpose(1, 2)
+
+    return {"repeat": repeat, "stacked-triton": triton_split, "flex-compiled": flex_compiled, "stacked": default, "stacked-efficient": pinned(SDPBackend.EFFICIENT_ATTENTION),
             "stacked-cudnn": pinned(SDPBackend.CUDNN_ATTENTION), "stacked-math": pinned(SDPBackend.MATH),
             "stacked-bmm": bmm}
 

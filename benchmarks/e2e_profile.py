@@ -6,7 +6,8 @@ Categories, by kernel name (device time on CUDA, CPU op self time elsewhere):
                `amax`; in a compiled decode step inductor fuses it with the glue around it)
   gemm         GEMMs and GEMVs: cuBLAS / CUTLASS / nvjet kernels, `_scaled_mm`, sharq's
                `_fp4_weight_gemm_kernel` and `_gemv_kernel`
-  attention    flash / memory-efficient / math SDPA kernels
+  attention    flash / memory-efficient / math SDPA kernels, sharq's `_attention_split_kernel` /
+               `_attention_combine_kernel` (one-token decode)
   other        everything else (norms, rotary, elementwise, copies, embedding, reductions),
                including inductor's other fused `triton_*` kernels (their names list every op they
                hold, e.g. `…_scaled_dot_product_cudnn_attention…` for glue next to attention)

@@ -9,6 +9,9 @@ For a single query token the copy is not needed: the `g` query heads that share 
 are stacked as `g` query rows of that head, query (B, H, 1, D) -> (B, H/g, g, D), and one SDPA call
 over the un-repeated K/V (B, H/g, S, D) gives every head's softmax over the same keys. A mask shared
 by the heads, (B, 1, 1, S) or (B, 1, S)-broadcastable, broadcasts over the stacked rows unchanged.
+On CUDA (with Triton) the same stacking runs in `kernels/attention_decode.py`, which also splits the
+keys across programs: SDPA's kernels run one program per (sequence, head) and took ~33 µs a layer at
+Llama-3.1-8B shapes for ~4.5 MB of cache (benchmarks/decode_attention.py).
 
 `DECODE_SDPA` names this attention function in transformers' `AttentionInterface` (registered on
 import). It takes over one-token calls of grouped-query layers and hands every other call (prefill,
@@ -20,10 +23,18 @@ of a `with` block (the decode step of `StaticDecoder`), and back.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# on CUDA, the split-key Triton kernel (kernels/attention_decode.py) instead of SDPA's kernels;
+# SHARQ_DECODE_ATTENTION=sdpa keeps SDPA (the benchmarks' A/B switch)
+_TRITON = os.environ.get("SHARQ_DECODE_ATTENTION", "triton") != "sdpa" and importlib.util.find_spec("triton") is not None
+if _TRITON:
+    from .kernels.attention_decode import decode_attention_supports, decode_attention_triton
 
 __all__ = ["DECODE_SDPA", "decode_sdpa_attention", "decode_attention"]
 
@@ -64,6 +75,8 @@ def decode_sdpa_attention(
     if heads != kv_heads * module.num_key_value_groups:
         raise ValueError(f"{type(module).__name__}: {heads} query heads are not {module.num_key_value_groups} "
                          f"groups of {kv_heads} key/value heads")
+    if query.is_cuda and _TRITON and decode_attention_supports(query, key, value, attention_mask):
+        return decode_attention_triton(query, key, value, attention_mask, scaling), None
     stacked = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # (B, Hkv, g, D): g rows per K/V head
     out = F.scaled_dot_product_attention(stacked, key, value, attn_mask=attention_mask, scale=scaling)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
