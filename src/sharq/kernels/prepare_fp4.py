@@ -39,6 +39,7 @@ from ..sparse.decompose import PreparedActivation
 from . import supports
 from .direct import direct_call_ok
 from .gemv_nvfp4 import GEMV_AUTO_MAX_M, GEMV_MAX_M, e2m1_doubled, gemv_padded
+from .pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 
 __all__ = ["prepare_activation_triton", "supports"]
 
@@ -250,8 +251,11 @@ def _prepare_kernel(
     MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
     RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
     BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KG,
-    AMAX_INLINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    AMAX_INLINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launched as a dependent (pdl.py): wait for x, then let the GEMV's programs start
+        gdc_wait()
+        gdc_launch_dependents()
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     if HAS_S:  # s from the amax bits (stride_s 0: one for the tensor); the first chunk's programs store it
@@ -424,6 +428,7 @@ def _prepare_impl(
     kp = padded_length(max(kp_b, kp_r, kg), block_k)  # GEMV operand: the zero padding is written too
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
+    pdl = pdl_enabled(x.device)
     _prepare_kernel[grid](
         x, amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
         total if with_sum else spare, t_b if terms else spare,
@@ -436,7 +441,7 @@ def _prepare_impl(
         MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
         RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
         WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, KG=kg, AMAX_INLINE=inline, BLOCK_M=block_m, BLOCK_K=block_k,
-        num_warps=num_warps, enable_fp_fusion=False,
+        PDL=pdl, num_warps=num_warps, enable_fp_fusion=False, **({"launch_pdl": True} if pdl else {}),
     )
     return outs
 

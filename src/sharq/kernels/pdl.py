@@ -1,0 +1,90 @@
+"""Programmatic dependent launch (PDL) for the decode kernels: Hopper (sm_90) and later.
+
+At decode, a SharQ linear is a chain of short kernels: the preparation of the activation (a few µs,
+a few dozen programs), then one weight-streaming GEMV per layer reading it (q, k, v share one
+preparation; gate and up another). Launched plainly, each kernel starts only once the previous one
+has finished, and its first weight bytes arrive a DRAM latency later: the preparation's whole
+duration, and the ramp and tail of every GEMV, leave the memory system idle.
+
+With PDL a kernel is launched with `launch_pdl=True` and may start while its predecessor in the
+stream still runs. The protocol every kernel here follows:
+
+  1. before `gdc_wait`: touch nothing a predecessor writes or reads — only constant data (the
+     weight payload, its scales), which the GEMV asks into L2 with `prefetch_l2`;
+  2. `gdc_wait()`: returns once the predecessor grid has completed and its writes are visible (a
+     no-op when the kernel was not launched as a dependent);
+  3. `gdc_launch_dependents()`: the next kernel may launch once every program of this one has
+     passed here (or exited), i.e. during this kernel's tail; its programs then prefetch their
+     weights into the slots this kernel frees.
+
+Every output is written after step 2, so a kernel never overwrites memory a still-running
+predecessor reads (CUDA-graph memory pools reuse buffers). A kernel that waits completes after its
+predecessor, so stream order stays transitive for the plain launches that follow.
+
+The instructions are inline PTX (`griddepcontrol`, `prefetch.global.L2`): the same on every Triton
+version and absent under TRITON_INTERPRET=1, where `pdl_enabled` is False and the kernels compile
+without them. `SHARQ_PDL=0` in the environment turns PDL off (the benchmarks' A/B switch).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enabled", "prefetch_l2", "prefetch_lines"]
+
+# bytes of each weight row a weight-streaming program asks into L2 before it waits (0: none);
+# benchmarks/tune_pdl.py sweeps it
+PREFETCH_ROW_BYTES = 0
+
+
+def _env_on() -> bool:
+    return os.environ.get("SHARQ_PDL", "1") != "0" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """True when kernels on `device` launch with PDL: a CUDA device of compute capability >= 9.0,
+    not under the interpreter, and SHARQ_PDL is not "0"."""
+    if device.type != "cuda" or not _env_on():
+        return False
+    return _capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def prefetch_lines(row_bytes: int) -> int:
+    """128-byte lines per weight row to prefetch (a power of two, 0 for none): the first
+    PREFETCH_ROW_BYTES of a row of `row_bytes`, rounded up."""
+    want = min(row_bytes, PREFETCH_ROW_BYTES)
+    return triton.next_power_of_2(triton.cdiv(want, 128)) if want > 0 else 0
+
+
+@triton.jit
+def gdc_wait():
+    """Block until the predecessor grid has completed and its memory is visible (PTX
+    griddepcontrol.wait; a no-op without a programmatic dependency)."""
+    tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False,
+                              pack=1)
+
+
+@triton.jit
+def gdc_launch_dependents():
+    """Allow the next kernel in the stream to launch once every program got here (PTX
+    griddepcontrol.launch_dependents)."""
+    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """Ask the 128-byte lines holding `ptrs` (any shape, any pointer type) into L2 (PTX
+    prefetch.global.L2); reads nothing into registers."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
