@@ -151,20 +151,12 @@ def test_short_batch_linear_runs_the_gemv_and_equals_the_reference(granularity, 
     (launch arguments recorded). Every size is within one bf16 ulp of the reference linear."""
     from sharq.kernels import gemm_fp4
 
+    from .kernel_launches import RecordingKernel
+
     gemv_launches, gemm_launches = [], []
-
-    class Counting:
-        def __init__(self, kernel, log):
-            self.kernel, self.log = kernel, log
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                self.log.append(kwargs)
-                return self.kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(gemv_module, "_gemv_kernel", Counting(gemv_module._gemv_kernel, gemv_launches))
-    monkeypatch.setattr(gemm_fp4, "_fp4_weight_gemm_kernel", Counting(gemm_fp4._fp4_weight_gemm_kernel, gemm_launches))
+    monkeypatch.setattr(gemv_module, "_gemv_kernel", RecordingKernel(gemv_module._gemv_kernel, gemv_launches))
+    monkeypatch.setattr(gemm_fp4, "_fp4_weight_gemm_kernel",
+                        RecordingKernel(gemm_fp4._fp4_weight_gemm_kernel, gemm_launches))
     config = PRESETS["sharq-nvfp4"].replace(granularity=granularity)
     wq = quantize_weight(torch.randn(40, 96, device=DEVICE) * 0.05, config)
     bias = torch.randn(40, device=DEVICE).to(torch.bfloat16)

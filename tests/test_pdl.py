@@ -25,27 +25,16 @@ from sharq.kernels.pdl import pdl_enabled  # noqa: E402
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
 
+from .kernel_launches import RecordingKernel  # noqa: E402
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-class _Recording:
-    """Wraps a Triton kernel and records the keyword arguments of each launch."""
-
-    def __init__(self, kernel, log):
-        self.kernel, self.log = kernel, log
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.log.append(kwargs)
-            return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
 def _record(monkeypatch):
     prep, gemv = [], []
-    monkeypatch.setattr(prep_module, "_prepare_kernel", _Recording(prep_module._prepare_kernel, prep))
-    monkeypatch.setattr(gemv_module, "_gemv_kernel", _Recording(gemv_module._gemv_kernel, gemv))
+    monkeypatch.setattr(prep_module, "_prepare_kernel", RecordingKernel(prep_module._prepare_kernel, prep))
+    monkeypatch.setattr(gemv_module, "_gemv_kernel", RecordingKernel(gemv_module._gemv_kernel, gemv))
     return prep, gemv
 
 

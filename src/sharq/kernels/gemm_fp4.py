@@ -42,7 +42,7 @@ import triton.language as tl
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
 from .direct import direct_call_ok
-from .pdl import gdc_launch_dependents, gdc_wait, pdl_enabled, prefetch_l2, prefetch_lines
+from .pdl import pdl_enabled, prefetch_lines, weight_stream_start
 
 __all__ = ["fp4_weight_gemm", "gemm_supports", "operand_dtype"]
 
@@ -211,13 +211,8 @@ def _fp4_weight_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    if PDL:  # only the constant weight is touched before the wait
-        if PF_W > 0:
-            last_n = tl.minimum(offs_n, N - 1)[:, None]
-            prefetch_l2(wc_ptr + last_n * stride_wc + tl.minimum(tl.arange(0, PF_W) * 128, KW - 1)[None, :])
-            prefetch_l2(ws_ptr + last_n * stride_ws + tl.minimum(tl.arange(0, PF_S) * 128, KS - 1)[None, :])
-        gdc_wait()
-        gdc_launch_dependents()
+    if PDL:  # only the constant weight is touched before the wait (payload bytes: 128 a line)
+        weight_stream_start(wc_ptr, ws_ptr, offs_n, N, stride_wc, stride_ws, KW, KS, 128, PF_W, PF_S)
     if STACK:  # FAST, two terms: B's rows then R's rows, one MMA operand of 2 · BLOCK_M rows
         acc = tl.zeros((2 * BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:

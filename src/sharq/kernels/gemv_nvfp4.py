@@ -47,7 +47,7 @@ from ..formats.pack import unpack_nibbles
 from ..formats.quantized import QuantizedTensor
 from ..formats.scales import decode_e4m3
 from .direct import direct_call_ok
-from .pdl import gdc_launch_dependents, gdc_wait, pdl_enabled, prefetch_l2, prefetch_lines
+from .pdl import pdl_enabled, prefetch_lines, weight_stream_start
 
 __all__ = ["GEMV_AUTO_MAX_M", "GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
 
@@ -261,13 +261,8 @@ def _gemv_kernel(
     m_ok = rows < M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    if PDL:  # only the constant weight is touched before the wait
-        if PF_W > 0:
-            last_n = tl.minimum(offs_n, N - 1)[:, None]
-            prefetch_l2(w_ptr + last_n * stride_w + tl.minimum(tl.arange(0, PF_W) * 16, KS - 1)[None, :])
-            prefetch_l2(ws_ptr + last_n * stride_ws + tl.minimum(tl.arange(0, PF_S) * 128, KSW - 1)[None, :])
-        gdc_wait()
-        gdc_launch_dependents()
+    if PDL:  # only the constant weight is touched before the wait (int64 words: 16 a line)
+        weight_stream_start(w_ptr, ws_ptr, offs_n, N, stride_w, stride_ws, KS, KSW, 16, PF_W, PF_S)
     sub = tl.arange(0, NS)
     # the activation is read in the full (rows, BLOCK_N, NS) shape (the same address for every n),
     # which gives it the tile's register layout: no layout conversion in the loop

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enabled", "prefetch_l2", "prefetch_lines"]
+__all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enabled", "prefetch_l2", "prefetch_lines", "weight_stream_start"]
 
 # bytes of each weight row a weight-streaming program asks into L2 before it waits (0: none);
 # benchmarks/tune_pdl.py sweeps it
@@ -88,3 +88,18 @@ def prefetch_l2(ptrs):
     prefetch.global.L2); reads nothing into registers."""
     tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
                               is_pure=False, pack=1)
+
+
+@triton.jit
+def weight_stream_start(codes_ptr, scales_ptr, offs_n, N, stride_c, stride_s, codes_len, scales_len,
+                        PER_LINE: tl.constexpr, PF_W: tl.constexpr, PF_S: tl.constexpr):
+    """The PDL start of a weight-streaming program (GEMV, small-M GEMM): its weight rows `offs_n`
+    (clamped to N - 1) asked into L2 — PF_W lines of the codes rows (`codes_len` elements of
+    codes_ptr's type, PER_LINE of them a 128-byte line) and PF_S of the scale rows (bytes) — then
+    the wait for the predecessor, then the next kernel let go."""
+    if PF_W > 0:
+        last_n = tl.minimum(offs_n, N - 1)[:, None]
+        prefetch_l2(codes_ptr + last_n * stride_c + tl.minimum(tl.arange(0, PF_W) * PER_LINE, codes_len - 1)[None, :])
+        prefetch_l2(scales_ptr + last_n * stride_s + tl.minimum(tl.arange(0, PF_S) * 128, scales_len - 1)[None, :])
+    gdc_wait()
+    gdc_launch_dependents()
