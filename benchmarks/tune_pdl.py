@@ -10,7 +10,7 @@ weight copies, median of 20 replays), for each variant:
 and the bf16 F.linear of the same shapes in the same run. Each variant's outputs are checked equal to
 the "off" outputs bit for bit.
 
-usage: python benchmarks/tune_pdl.py [--m 1,2,8] [--out benchmarks/results]
+usage: python benchmarks/tune_pdl.py [--m 1,2,8] [--out benchmarks/results] [--choice-file F]
 Writes <out>/pdl-tuning-<gpu>.json.
 """
 
@@ -36,6 +36,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", default="1,2,8")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--choice-file", default=None,
+                    help="write 1 there if 'pdl' beats 'off' summed over every layer and M (sharq linear), else 0")
     args = ap.parse_args()
     config = PRESETS["sharq-nvfp4"].replace(backend="triton")
     rows = []
@@ -76,6 +78,12 @@ def main() -> None:
     for (m, name), (s, g, b) in sorted(sums.items()):
         print(f"M={m} {name:10s} four linears: sharq {s * 1e3:6.1f} us (gemm alone {g * 1e3:6.1f}), bf16 {b * 1e3:6.1f}"
               f" -> {b / s:.2f}x bf16")
+    if args.choice_file:
+        total = {name: sum(v[0] for (m, n), v in sums.items() if n == name) for name, _, _ in VARIANTS}
+        choice = "1" if total["pdl"] < total["off"] else "0"
+        open(args.choice_file, "w").write(choice)
+        print(f"PDL {'on' if choice == '1' else 'off'}: sums over layers and M: " +
+              ", ".join(f"{k} {v * 1e3:.1f} us" for k, v in total.items()))
     import triton
 
     doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
