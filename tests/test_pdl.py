@@ -1,6 +1,7 @@
 """Programmatic dependent launch (kernels/pdl.py): when it is on, and that it changes no bit.
 
-CPU: PDL is off on the CPU, under the interpreter and with SHARQ_PDL=0, and a launch then passes no
+CPU: PDL is off on the CPU, under the interpreter, with SHARQ_PDL=0 and, for the weight-streaming
+kernels, by default (measured slower, pdl-tuning-h100.json), and a launch then passes no
 `launch_pdl`. `-m gpu` (H100): the preparation and the GEMV launch with PDL, and a chain of decode
 linears — every layer reading the one before, two layers reading one shared preparation — gives
 the same bits with PDL on and off, eagerly and replayed from a CUDA graph with fresh inputs (a
@@ -39,9 +40,11 @@ def _record(monkeypatch):
 
 
 def test_pdl_is_off_on_the_cpu_and_when_switched_off(monkeypatch):
-    assert not pdl_enabled(torch.device("cpu"))
+    assert not pdl_enabled(torch.device("cpu")) and not pdl_enabled(torch.device("cpu"), default=True)
     monkeypatch.setenv("SHARQ_PDL", "0")
-    assert not pdl_enabled(torch.device("cuda", 0))  # decided before any CUDA query
+    assert not pdl_enabled(torch.device("cuda", 0), default=True)  # decided before any CUDA query
+    monkeypatch.delenv("SHARQ_PDL")
+    assert not pdl_enabled(torch.device("cuda", 0))  # unset: the kernel's default (off for the weight streams)
     monkeypatch.setenv("SHARQ_PDL", "1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not pdl_enabled(torch.device("cuda", 0))

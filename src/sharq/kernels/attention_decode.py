@@ -210,7 +210,7 @@ def _attention_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         kind = _MASK_BOOL if mask.dtype == torch.bool else _MASK_ADD
         smb, sms = (m2.stride(0) if m2.shape[0] > 1 else 0), m2.stride(1)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    pdl = pdl_enabled(query.device)
+    pdl = pdl_enabled(query.device, default=True)  # measured with it: 8.5 µs a call (decode_attention.py)
     launch = {"launch_pdl": True} if pdl else {}
     _attention_split_kernel[(b * hkv, nsplit)](
         query, key, value, m2, po, pm, pl, s, hkv, nsplit, per_split * BLOCK_S, scale,

@@ -21,9 +21,16 @@ Every output is written after step 2, so a kernel never overwrites memory a stil
 predecessor reads (CUDA-graph memory pools reuse buffers). A kernel that waits completes after its
 predecessor, so stream order stays transitive for the plain launches that follow.
 
+Measured on the H100 (benchmarks/tune_pdl.py, pdl-tuning-h100.json, 2026-12-06), the four
+Llama-3.1-8B linears summed: at M = 1 79.8 µs plain, 84.0 with PDL, 83.5 with a 512-byte prefetch
+per row, 90.1 prefetching whole rows; at M = 8 118.4, 129.7, 130.6, 141.2. PDL saves ~0.5-1 µs on
+the small layers (qkv, o) but slows gate_up's 28,672 one-warp GEMV programs (29.7 -> 37.2 µs) and the
+8-row preparations. So the weight-streaming kernels launch plainly unless SHARQ_PDL=1; the decode
+attention (a split pass then a combining pass, 8.5 µs a call with PDL) uses it unless SHARQ_PDL=0.
+
 The instructions are inline PTX (`griddepcontrol`, `prefetch.global.L2`): the same on every Triton
 version and absent under TRITON_INTERPRET=1, where `pdl_enabled` is False and the kernels compile
-without them. `SHARQ_PDL=0` in the environment turns PDL off (the benchmarks' A/B switch).
+without them.
 """
 
 from __future__ import annotations
@@ -42,8 +49,11 @@ __all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enabled", "prefetch_l2", "p
 PREFETCH_ROW_BYTES = 0
 
 
-def _env_on() -> bool:
-    return os.environ.get("SHARQ_PDL", "1") != "0" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+def _env_on(default: bool) -> bool:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    flag = os.environ.get("SHARQ_PDL", "")
+    return default if flag == "" else flag != "0"
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,10 +61,11 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def pdl_enabled(device: torch.device) -> bool:
-    """True when kernels on `device` launch with PDL: a CUDA device of compute capability >= 9.0,
-    not under the interpreter, and SHARQ_PDL is not "0"."""
-    if device.type != "cuda" or not _env_on():
+def pdl_enabled(device: torch.device, *, default: bool = False) -> bool:
+    """True when a kernel on `device` launches with PDL: a CUDA device of compute capability >= 9.0,
+    not under the interpreter, and SHARQ_PDL "1" (on), "0" (off) or unset (`default`: the kernel's
+    measured choice)."""
+    if device.type != "cuda" or not _env_on(default):
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
