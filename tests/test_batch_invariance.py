@@ -129,11 +129,13 @@ def test_tensor_granularity_is_not_batch_invariant():
 @pytest.mark.parametrize("kind", ["random", "huge", "nonfinite"])
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4"])
 def test_triton_row_ignores_the_other_rows(preset, kind):
+    """Under the interpreter on the CPU; compiled on a GPU machine (the kernels take CUDA tensors there)."""
     pytest.importorskip("triton")
-    layer = _layer(96, 24, _cfg(preset, "triton"), dtype=torch.bfloat16)
-    x = outlier_rows(6, 96, 3, torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layer = _layer(96, 24, _cfg(preset, "triton"), dtype=torch.bfloat16).to(device)
+    x = outlier_rows(6, 96, 3, torch.bfloat16).to(device)
     y = layer(x)
-    other = _others(kind, 6, 96, 3, torch.bfloat16)
+    other = _others(kind, 6, 96, 3, torch.bfloat16).to(device)
     for row in (0, 4):
         other[row] = x[row]
     y2 = layer(other)
