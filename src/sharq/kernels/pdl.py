@@ -10,12 +10,13 @@ With PDL a kernel is launched with `launch_pdl=True` and may start while its pre
 stream still runs. The protocol every kernel here follows:
 
   1. before `gdc_wait`: touch nothing a predecessor writes or reads — only constant data (the
-     weight payload, its scales), which the GEMV asks into L2 with `prefetch_l2`;
+     weight payload, its scales), which a weight-streaming program may ask into L2 with
+     `prefetch_l2` (`PREFETCH_ROW_BYTES`, 0 by default: measured slower);
   2. `gdc_wait()`: returns once the predecessor grid has completed and its writes are visible (a
      no-op when the kernel was not launched as a dependent);
   3. `gdc_launch_dependents()`: the next kernel may launch once every program of this one has
-     passed here (or exited), i.e. during this kernel's tail; its programs then prefetch their
-     weights into the slots this kernel frees.
+     passed here (or exited), i.e. during this kernel's tail; its programs then take the slots
+     this kernel frees and wait there.
 
 Every output is written after step 2, so a kernel never overwrites memory a still-running
 predecessor reads (CUDA-graph memory pools reuse buffers). A kernel that waits completes after its
