@@ -77,7 +77,7 @@ def main(pdl: bool = False) -> None:
     for bm, bn, bk, nw in GEMV_TILINGS:
         k = _compile(gemv_nvfp4._gemv_kernel,
                      dict(TWO=True, WB=32, HAS_BIAS=False, ASM=True, EVEN_N=True, EVEN_M=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                          PDL=pdl, PF_W=16, PF_S=1), ptrs, nw,
+                          PDL=pdl), ptrs, nw,
                      fusion=True)  # as launched
         _report(k, f"GEMV NVFP4-32, two terms, {bm} rows, BLOCK_N {bn} BLOCK_K {bk} warps {nw}", bn * bk / (32 * nw))
     prep = {"x_ptr": "*bf16", "amax_ptr": "*i32", "s_ptr": "*fp32", "sum_ptr": "*fp32", "tb_ptr": "*bf16",
@@ -93,4 +93,4 @@ def main(pdl: bool = False) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(pdl="--pdl" in sys.argv[1:])  # --pdl: as launched on Hopper (kernels/pdl.py), with the L2 prefetch
+    main(pdl="--pdl" in sys.argv[1:])  # --pdl: with SHARQ_PDL=1 on Hopper (kernels/pdl.py)

@@ -1,14 +1,13 @@
-"""Programmatic dependent launch at decode sizes: off, on, and on with an L2 prefetch of the weight.
+"""Programmatic dependent launch at decode sizes: off and on.
 
 Per Llama-3.1-8B linear (qkv, o, gate_up, down) and M in --m, times the SharQ linear (preparation +
 GEMV/GEMM) and the GEMV/GEMM alone the way linear.py does (CUDA graph over ≥ 150 MB of rotated
 weight copies, median of 20 replays), for each variant:
   off        SHARQ_PDL=0: plain launches
-  pdl        launch_pdl, griddepcontrol wait / launch_dependents, no prefetch
-  pdl-pf<B>  as pdl, each weight-streaming program first asks the first B bytes of its weight rows
-             into L2 (`pdl.PREFETCH_ROW_BYTES`; "row" = the whole row)
+  pdl        SHARQ_PDL=1: launch_pdl, griddepcontrol wait / launch_dependents
 and the bf16 F.linear of the same shapes in the same run. Each variant's outputs are checked equal to
-the "off" outputs bit for bit.
+the "off" outputs bit for bit. (pdl-tuning-h100.json also holds two variants since removed, which
+first asked the first 512 bytes or the whole of each program's weight rows into L2: slower still.)
 
 usage: python benchmarks/tune_pdl.py [--m 1,2,8] [--out benchmarks/results] [--choice-file F]
 Writes <out>/pdl-tuning-<gpu>.json.
@@ -25,11 +24,10 @@ import torch.nn.functional as F
 from _results import write_json
 from linear import _graph_ms
 from sharq import PRESETS
-from sharq.kernels import pdl
 from sharq.ops import linear_from_prepared, prepare, quantize_weight, sharq_linear
 from shapes import DEFAULT_MODEL, layers_of
 
-VARIANTS = (("off", "0", 0), ("pdl", "1", 0), ("pdl-pf512", "1", 512), ("pdl-pfrow", "1", 1 << 20))
+VARIANTS = (("off", "0"), ("pdl", "1"))
 
 
 def main() -> None:
@@ -51,9 +49,8 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t = {"bf16": _graph_ms([lambda w=w: F.linear(x, w) for w in ws])}
             want = None
-            for name, flag, pf in VARIANTS:
+            for name, flag in VARIANTS:
                 os.environ["SHARQ_PDL"] = flag
-                pdl.PREFETCH_ROW_BYTES = pf
                 prepared = prepare(x, config)
                 got = sharq_linear(x, wqs[0], None, config)
                 want = got if want is None else want
@@ -64,7 +61,7 @@ def main() -> None:
                 rows.append(dict(layer=layer, M=m, N=n, K=k, variant=name, sharq_ms=t[name], gemm_ms=t[name + "/gemm"],
                                  bf16_ms=t["bf16"], equal_to_off=same))
             print(f"{layer:8s} M={m} bf16 {t['bf16'] * 1e3:6.1f} | " + " | ".join(
-                f"{name} {t[name] * 1e3:6.1f} ({t[name + '/gemm'] * 1e3:5.1f})" for name, _, _ in VARIANTS), flush=True)
+                f"{name} {t[name] * 1e3:6.1f} ({t[name + '/gemm'] * 1e3:5.1f})" for name, _ in VARIANTS), flush=True)
         del ws, wqs
         torch.cuda.empty_cache()
     os.environ.pop("SHARQ_PDL")
@@ -79,7 +76,7 @@ def main() -> None:
         print(f"M={m} {name:10s} four linears: sharq {s * 1e3:6.1f} us (gemm alone {g * 1e3:6.1f}), bf16 {b * 1e3:6.1f}"
               f" -> {b / s:.2f}x bf16")
     if args.choice_file:
-        total = {name: sum(v[0] for (m, n), v in sums.items() if n == name) for name, _, _ in VARIANTS}
+        total = {name: sum(v[0] for (m, n), v in sums.items() if n == name) for name, _ in VARIANTS}
         choice = "1" if total["pdl"] < total["off"] else "0"
         open(args.choice_file, "w").write(choice)
         print(f"PDL {'on' if choice == '1' else 'off'}: sums over layers and M: " +

@@ -111,13 +111,3 @@ def test_pdl_chain_is_bit_identical_eager_and_in_a_cuda_graph(monkeypatch, m, gr
             graph.replay()
             assert torch.equal(out, want)
 
-
-def test_prefetch_lines_cover_the_asked_bytes(monkeypatch):
-    from sharq.kernels import pdl
-
-    monkeypatch.setattr(pdl, "PREFETCH_ROW_BYTES", 0)
-    assert pdl.prefetch_lines(2048) == 0
-    monkeypatch.setattr(pdl, "PREFETCH_ROW_BYTES", 512)
-    assert pdl.prefetch_lines(2048) == 4 and pdl.prefetch_lines(100) == 1
-    monkeypatch.setattr(pdl, "PREFETCH_ROW_BYTES", 1 << 20)
-    assert pdl.prefetch_lines(2048) == 16 and pdl.prefetch_lines(7168) == 64  # 56 lines, rounded to a power of 2

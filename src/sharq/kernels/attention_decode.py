@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .direct import direct_call_ok
-from .pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
+from .pdl import gdc_wait, pdl_enabled, wait_then_release
 
 __all__ = ["decode_attention_supports", "decode_attention_triton"]
 
@@ -57,8 +57,7 @@ def _attention_split_kernel(
     (B·HKV·NSPLIT, GP) FP32. Program (b·HKV + h, split) covers keys [split·CHUNK, +CHUNK). PDL
     (`pdl.py`): wait for the cache update before reading, then let the combining pass launch."""
     if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+        wait_then_release()
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // HKV

@@ -42,7 +42,7 @@ import triton.language as tl
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
 from .direct import direct_call_ok
-from .pdl import pdl_enabled, prefetch_lines, weight_stream_start
+from .pdl import pdl_enabled, wait_then_release
 
 __all__ = ["fp4_weight_gemm", "gemm_supports", "operand_dtype"]
 
@@ -193,11 +193,10 @@ def _fp4_weight_gemm_kernel(
     M, N, K, KW, KS, stride_a, stride_r, stride_wc, stride_ws, stride_sx, stride_y,
     TWO: tl.constexpr, MX: tl.constexpr, WB: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr,
     W_BF16: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FAST: tl.constexpr, STACK: tl.constexpr, PDL: tl.constexpr, PF_W: tl.constexpr, PF_S: tl.constexpr,
+    FAST: tl.constexpr, STACK: tl.constexpr, PDL: tl.constexpr,
 ):
-    """PDL (packed decode only, `pdl.py`): the program asks its weight rows into L2 (PF_W, PF_S:
-    128-byte lines per row of codes and of scales), waits for the preparation, then lets the next
-    kernel launch."""
+    """PDL (packed decode only, `pdl.py`): the program waits for the preparation, then lets the
+    next kernel launch."""
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
@@ -211,8 +210,8 @@ def _fp4_weight_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    if PDL:  # only the constant weight is touched before the wait (payload bytes: 128 a line)
-        weight_stream_start(wc_ptr, ws_ptr, offs_n, N, stride_wc, stride_ws, KW, KS, 128, PF_W, PF_S)
+    if PDL:
+        wait_then_release()
     if STACK:  # FAST, two terms: B's rows then R's rows, one MMA operand of 2 · BLOCK_M rows
         acc = tl.zeros((2 * BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
@@ -387,15 +386,13 @@ def _gemm_impl(
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     pdl = packed and pdl_enabled(a.device)  # decode-sized launches: the weight stream is the time
-    lines_w = prefetch_lines(w_codes.shape[1]) if pdl else 0  # 128-byte lines of a row asked into L2
-    lines_s = prefetch_lines(w_scales.shape[1]) if lines_w else 0
     _fp4_weight_gemm_kernel[grid](
         a, rr, w, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,
         m, n, k, w_codes.shape[1], w_scales.shape[1], a.stride(0), rr.stride(0),
         w.stride(0), w_scales.stride(0), 0 if s_x.numel() == 1 else 1, y.stride(0),
         TWO=r is not None, MX=mx, WB=wb, HAS_SW=s_w is not None, HAS_BIAS=bias is not None, W_BF16=scratch,
-        FAST=(2 if interpret else 1) if packed else 0, STACK=stack, DOT_F32=interpret, PDL=pdl, PF_W=lines_w,
-        PF_S=lines_s, **cfg, **({"launch_pdl": True} if pdl else {}),
+        FAST=(2 if interpret else 1) if packed else 0, STACK=stack, DOT_F32=interpret, PDL=pdl, **cfg,
+        **({"launch_pdl": True} if pdl else {}),
     )
     return y
 

@@ -47,7 +47,7 @@ from ..formats.pack import unpack_nibbles
 from ..formats.quantized import QuantizedTensor
 from ..formats.scales import decode_e4m3
 from .direct import direct_call_ok
-from .pdl import pdl_enabled, prefetch_lines, weight_stream_start
+from .pdl import pdl_enabled, wait_then_release
 
 __all__ = ["GEMV_AUTO_MAX_M", "GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
 
@@ -245,15 +245,13 @@ def _gemv_kernel(
     M, N, KS, KSW, stride_x, stride_xs, stride_w, stride_ws, stride_sx, stride_y,
     TWO: tl.constexpr, WB: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, EVEN_N: tl.constexpr,
     EVEN_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr, PF_W: tl.constexpr, PF_S: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """bc/rc: int8 (M, Kg) codes viewed as int64 (M, Kg/8) (two halves: positions 0-7, then 8-15, of
     every sub-block; `gemv_operand`); bs/rs FP32 (M, Kg/16); w int64 (N, KS)
     (KS sub-blocks of 16 codes); ws uint8 (N, KSW) E4M3 scales per WB; y (M, N). EVEN_N: N is a
     multiple of BLOCK_N; EVEN_M: M = BLOCK_M. The K steps that lie inside the weight run unmasked, the last one masked.
-    PDL (`pdl.py`): the program asks its weight rows into L2 (PF_W, PF_S: 128-byte lines per row of
-    codes and of scales, powers of two covering the row), waits for the preparation, then lets the
-    next kernel launch."""
+    PDL (`pdl.py`): the program waits for the preparation, then lets the next kernel launch."""
     SPB: tl.constexpr = WB // 16  # sub-blocks per weight block
     NS: tl.constexpr = BLOCK_K // 16  # sub-blocks per K step
     pid_n = tl.program_id(0)
@@ -261,8 +259,8 @@ def _gemv_kernel(
     m_ok = rows < M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    if PDL:  # only the constant weight is touched before the wait (int64 words: 16 a line)
-        weight_stream_start(w_ptr, ws_ptr, offs_n, N, stride_w, stride_ws, KS, KSW, 16, PF_W, PF_S)
+    if PDL:
+        wait_then_release()
     sub = tl.arange(0, NS)
     # the activation is read in the full (rows, BLOCK_N, NS) shape (the same address for every n),
     # which gives it the tile's register layout: no layout conversion in the loop
@@ -367,8 +365,6 @@ def _gemv_impl(
     words = w_codes.view(torch.int64)  # (N, Kp/16): Kp is a multiple of 16, the rows 8-byte aligned
     two = r_codes is not None
     pdl = pdl_enabled(b_codes.device)
-    lines_w = prefetch_lines(words.shape[1] * 8) if pdl else 0  # 128-byte lines of a row asked into L2
-    lines_s = prefetch_lines(w_scales.shape[1]) if lines_w else 0
     _gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
         b_codes.view(torch.int64), b_scales, r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
         r_scales if two else b_scales, words, w_scales, s_x, s_w.reshape(1), bias if bias is not None else s_x, y,
@@ -376,7 +372,7 @@ def _gemv_impl(
         w_scales.stride(0), 1 if s_x.numel() > 1 else 0, y.stride(0),
         TWO=two, WB=wb, HAS_BIAS=bias is not None, ASM=_use_asm(), EVEN_N=n % cfg["BLOCK_N"] == 0,
         EVEN_M=m == triton.next_power_of_2(m), BLOCK_M=triton.next_power_of_2(m),
-        PDL=pdl, PF_W=lines_w, PF_S=lines_s, num_stages=1, **cfg, **({"launch_pdl": True} if pdl else {}),
+        PDL=pdl, num_stages=1, **cfg, **({"launch_pdl": True} if pdl else {}),
     )
     return y
 

@@ -39,7 +39,7 @@ from ..sparse.decompose import PreparedActivation
 from . import supports
 from .direct import direct_call_ok
 from .gemv_nvfp4 import GEMV_AUTO_MAX_M, GEMV_MAX_M, e2m1_doubled, gemv_padded
-from .pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
+from .pdl import pdl_enabled, wait_then_release
 
 __all__ = ["prepare_activation_triton", "supports"]
 
@@ -254,8 +254,7 @@ def _prepare_kernel(
     AMAX_INLINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     if PDL:  # launched as a dependent (pdl.py): wait for x, then let the GEMV's programs start
-        gdc_wait()
-        gdc_launch_dependents()
+        wait_then_release()
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     if HAS_S:  # s from the amax bits (stride_s 0: one for the tensor); the first chunk's programs store it
