@@ -24,6 +24,7 @@ from sharq.config import Format  # noqa: E402
 from sharq.formats.pack import pack_nibbles  # noqa: E402
 from sharq.formats.quantized import QuantizedTensor  # noqa: E402
 from sharq.formats.scales import encode_e4m3  # noqa: E402
+from sharq.kernels import interpreting  # noqa: E402
 from sharq.kernels.gemv_nvfp4 import (  # noqa: E402
     GEMV_AUTO_MAX_M, GEMV_MAX_M, fp4_weight_gemv, gemv_operand, gemv_operand_of, gemv_padded, gemv_supports)
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
@@ -221,7 +222,7 @@ LLAMA_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "d
 def test_gemv_full_shapes_on_cuda(layer, preset, m):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    assert gemv_module._use_asm()  # the asm helpers, not their interpreter twins
+    assert not interpreting()  # the asm helpers, not their interpreter twins
     n, k = LLAMA_8B[layer]
     wq = _weight(n, k, preset, seed=n)
     terms = [_nvfp4_term(m, k, 32, seed=k), _nvfp4_term(m, k, 16, seed=k + 1)]

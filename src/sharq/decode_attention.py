@@ -23,16 +23,17 @@ of a `with` block (the decode step of `StaticDecoder`), and back.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import _triton_installed
+
 # on CUDA, the split-key Triton kernel (kernels/attention_decode.py) instead of SDPA's kernels;
 # SHARQ_DECODE_ATTENTION=sdpa keeps SDPA (the benchmarks' A/B switch)
-_TRITON = os.environ.get("SHARQ_DECODE_ATTENTION", "triton") != "sdpa" and importlib.util.find_spec("triton") is not None
+_TRITON = os.environ.get("SHARQ_DECODE_ATTENTION", "triton") != "sdpa" and _triton_installed()
 if _TRITON:
     from .kernels.attention_decode import decode_attention_supports, decode_attention_triton
 

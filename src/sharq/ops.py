@@ -10,7 +10,6 @@ silent fallback.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 
@@ -38,7 +37,7 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
     installed, and a CUDA device — or TRITON_INTERPRET=1 set before the kernels were imported (CPU,
     for tests).
     """
-    from .kernels import supports
+    from .kernels import interpreting, supports
 
     if config.backend is Backend.REFERENCE:
         return Backend.REFERENCE
@@ -54,7 +53,7 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
         )
     if not _triton_installed():
         raise NotImplementedError("backend='triton' needs the triton package (pip install 'sharq[kernels]')")
-    if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if torch.device(device).type != "cuda" and not interpreting():
         raise NotImplementedError(f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1), got {device}")
     return Backend.TRITON
 

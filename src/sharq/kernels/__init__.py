@@ -10,9 +10,17 @@
 
 from __future__ import annotations
 
+import os
+
 from ..config import Format, SharqConfig
 
-__all__ = ["supports"]
+__all__ = ["interpreting", "supports"]
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run under TRITON_INTERPRET=1 (on the CPU, the tests): no inline asm,
+    bf16 dots as FP32, no PDL."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def supports(config: SharqConfig) -> bool:

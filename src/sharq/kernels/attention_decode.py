@@ -27,12 +27,12 @@ every key masked contributes nothing. Under TRITON_INTERPRET=1 (CPU tests) the p
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from . import interpreting
 from .direct import direct_call_ok
 from .pdl import gdc_wait, pdl_enabled, wait_then_release
 
@@ -208,7 +208,7 @@ def _attention_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             m2 = m2.view(torch.uint8)
         kind = _MASK_BOOL if mask.dtype == torch.bool else _MASK_ADD
         smb, sms = (m2.stride(0) if m2.shape[0] > 1 else 0), m2.stride(1)
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = interpreting()
     pdl = pdl_enabled(query.device, default=True)  # measured with it: 8.5 µs a call (decode_attention.py)
     launch = {"launch_pdl": True} if pdl else {}
     _attention_split_kernel[(b * hkv, nsplit)](

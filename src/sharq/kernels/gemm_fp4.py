@@ -32,7 +32,6 @@ GEMV_AUTO_MAX_M NVFP4 rows go to `gemv_nvfp4.py` instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +40,7 @@ import triton.language as tl
 
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
+from . import interpreting
 from .direct import direct_call_ok
 from .pdl import pdl_enabled, wait_then_release
 
@@ -384,7 +384,7 @@ def _gemm_impl(
 
         w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = interpreting()
     pdl = packed and pdl_enabled(a.device)  # decode-sized launches: the weight stream is the time
     _fp4_weight_gemm_kernel[grid](
         a, rr, w, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,

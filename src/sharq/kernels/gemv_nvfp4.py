@@ -36,8 +36,6 @@ with the same results (`ASM=False`); the GPU tests run the asm.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -46,6 +44,7 @@ from ..config import Format
 from ..formats.pack import unpack_nibbles
 from ..formats.quantized import QuantizedTensor
 from ..formats.scales import decode_e4m3
+from . import interpreting
 from .direct import direct_call_ok
 from .pdl import pdl_enabled, wait_then_release
 
@@ -299,10 +298,6 @@ def _tiles(m: int, n: int, k: int) -> dict:
     return dict(BLOCK_N=4, BLOCK_K=1024, num_warps=1)
 
 
-def _use_asm() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") != "1"
-
-
 def fp4_weight_gemv(
     terms, s_x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
     *, tiles: dict | None = None,
@@ -370,7 +365,7 @@ def _gemv_impl(
         r_scales if two else b_scales, words, w_scales, s_x, s_w.reshape(1), bias if bias is not None else s_x, y,
         m, n, words.shape[1], w_scales.shape[1], b_codes.shape[1] // 8, b_scales.shape[1], words.stride(0),
         w_scales.stride(0), 1 if s_x.numel() > 1 else 0, y.stride(0),
-        TWO=two, WB=wb, HAS_BIAS=bias is not None, ASM=_use_asm(), EVEN_N=n % cfg["BLOCK_N"] == 0,
+        TWO=two, WB=wb, HAS_BIAS=bias is not None, ASM=not interpreting(), EVEN_N=n % cfg["BLOCK_N"] == 0,
         EVEN_M=m == triton.next_power_of_2(m), BLOCK_M=triton.next_power_of_2(m),
         PDL=pdl, num_stages=1, **cfg, **({"launch_pdl": True} if pdl else {}),
     )

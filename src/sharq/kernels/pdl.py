@@ -42,11 +42,13 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreting
+
 __all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enabled", "wait_then_release"]
 
 
 def _env_on(default: bool) -> bool:
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if interpreting():
         return False
     flag = os.environ.get("SHARQ_PDL", "")
     return default if flag == "" else flag != "0"
