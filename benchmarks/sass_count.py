@@ -7,7 +7,7 @@ layout conversions left in the Triton GPU IR, and the loop's most frequent opcod
 include rarely taken paths (the slow path of an IEEE division), so they overstate the executed
 count somewhat; the loop body is what a weight costs at large K.
 
-usage: python benchmarks/sass_count.py [--pdl]   (needs only the CPU)
+usage: python benchmarks/sass_count.py [--pdl]   (needs only the CPU; the GEMV alone and grouped, 3 weights)
 """
 
 from __future__ import annotations
@@ -71,15 +71,18 @@ def _longest_loop(sass: str) -> str:
 GEMV_TILINGS = ((1, 1, 1024, 1), (2, 8, 1024, 2), (4, 4, 1024, 1), (8, 4, 1024, 1))  # as launched (gemv_nvfp4._tiles)
 
 
-def main(pdl: bool = False) -> None:
-    ptrs = {"bc_ptr": "*i64", "rc_ptr": "*i64", "bs_ptr": "*fp32", "rs_ptr": "*fp32", "sx_ptr": "*fp32",
-            "sw_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*bf16", "w_ptr": "*i64", "ws_ptr": "*u8"}
-    for bm, bn, bk, nw in GEMV_TILINGS:
-        k = _compile(gemv_nvfp4._gemv_kernel,
-                     dict(TWO=True, WB=32, HAS_BIAS=False, ASM=True, EVEN_N=True, EVEN_M=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                          PDL=pdl), ptrs, nw,
-                     fusion=True)  # as launched
-        _report(k, f"GEMV NVFP4-32, two terms, {bm} rows, BLOCK_N {bn} BLOCK_K {bk} warps {nw}", bn * bk / (32 * nw))
+def main(pdl: bool = False, groups: tuple[int, ...] = (1, 3)) -> None:
+    ptrs = {"bc_ptr": "*i64", "rc_ptr": "*i64", "bs_ptr": "*fp32", "rs_ptr": "*fp32", "sx_ptr": "*fp32", "y_ptr": "*bf16"}
+    for g in ("", "1", "2"):  # the members of a grouped launch
+        ptrs.update({f"w{g}_ptr": "*i64", f"ws{g}_ptr": "*u8", f"sw{g}_ptr": "*fp32", f"bias{g}_ptr": "*fp32"})
+    for group in groups:
+        for bm, bn, bk, nw in GEMV_TILINGS:
+            k = _compile(gemv_nvfp4._gemv_kernel,
+                         dict(TWO=True, WB=32, HAS_BIAS=False, ASM=True, EVEN_N=True, EVEN_M=True, BLOCK_M=bm, BLOCK_N=bn,
+                              BLOCK_K=bk, GROUP=group, PDL=pdl), ptrs, nw,
+                         fusion=True)  # as launched
+            _report(k, f"GEMV NVFP4-32, two terms, {group} weight(s), {bm} rows, BLOCK_N {bn} BLOCK_K {bk} warps {nw}",
+                    bn * bk / (32 * nw))
     prep = {"x_ptr": "*bf16", "amax_ptr": "*i32", "s_ptr": "*fp32", "sum_ptr": "*fp32", "tb_ptr": "*bf16",
             "tr_ptr": "*bf16", "b_codes": "*u8", "b_scales": "*u8", "r_codes": "*u8", "r_scales": "*u8"}
     for bm, bk, nw in ((8, 64, 4), (8, 128, 4), (16, 128, 4)):

@@ -26,7 +26,8 @@ from sharq.formats.quantized import QuantizedTensor  # noqa: E402
 from sharq.formats.scales import encode_e4m3  # noqa: E402
 from sharq.kernels import interpreting  # noqa: E402
 from sharq.kernels.gemv_nvfp4 import (  # noqa: E402
-    GEMV_AUTO_MAX_M, GEMV_MAX_M, fp4_weight_gemv, gemv_operand, gemv_operand_of, gemv_padded, gemv_supports)
+    GEMV_AUTO_MAX_M, GEMV_GROUP_MAX, GEMV_MAX_M, fp4_weight_gemv, fp4_weight_gemv_group, gemv_group_supports,
+    gemv_operand, gemv_operand_of, gemv_padded, gemv_supports)
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
@@ -91,6 +92,51 @@ def test_gemv_tilings_agree():
     for tiles in (dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4), dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
                   dict(BLOCK_N=1, BLOCK_K=2048, num_warps=1)):
         assert _rel_err(fp4_weight_gemv(_operand(terms), s_x, wq, None, torch.float32, tiles=tiles), want) < 1e-6, tiles
+
+
+@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("sizes", [(16, 8, 8), (8, 24)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_grouped_gemv_equals_one_launch_per_weight(m, sizes, with_bias):
+    """One launch over q/k/v- or gate/up-like weights of one K writes, in each weight's columns,
+    exactly what that weight's own launch writes (same programs, same summation order)."""
+    k = 1100  # a masked last K step
+    weights = [_weight(n, k, "sharq-nvfp4", seed=10 + i) for i, n in enumerate(sizes)]
+    weights[1] = quantize_weight(weights[1].dequantize() * 300.0, PRESETS["sharq-nvfp4"])  # another s_w
+    biases = [torch.randn(n, device=DEVICE).to(torch.bfloat16) if with_bias else None for n in sizes]
+    terms = _operand([_nvfp4_term(m, k, 32, seed=1), _nvfp4_term(m, k, 16, seed=2)])
+    s_x = torch.rand(m, 1, device=DEVICE) + 0.5
+    assert gemv_group_supports(weights, m)
+    y = fp4_weight_gemv_group(terms, s_x, weights, biases, torch.bfloat16)
+    assert y.shape == (m, sum(sizes)) and y.dtype == torch.bfloat16
+    alone = torch.cat([fp4_weight_gemv(terms, s_x, w, b, torch.bfloat16) for w, b in zip(weights, biases)], dim=1)
+    assert torch.equal(y, alone)
+
+
+def test_grouped_gemv_refuses_what_one_launch_cannot_serve():
+    k = 96
+    c, sc = gemv_operand(torch.zeros(2, k, dtype=torch.uint8, device=DEVICE), torch.ones(2, k // 16, device=DEVICE))
+    one = torch.ones((), device=DEVICE)
+    q, kv = _weight(16, k, "sharq-nvfp4", seed=0), _weight(8, k, "sharq-nvfp4", seed=1)
+    assert gemv_group_supports([q, kv, kv], 2) and not gemv_group_supports([q, kv] * 2, 2)
+    with pytest.raises(ValueError, match=f"1 to {GEMV_GROUP_MAX} weights"):
+        fp4_weight_gemv_group([c, sc], one, [q, kv, kv, kv], [None] * 4, torch.float32)
+    with pytest.raises(ValueError, match="one bias"):
+        fp4_weight_gemv_group([c, sc], one, [q, kv], [None], torch.float32)
+    odd = _weight(12, k, "sharq-nvfp4", seed=2)  # 12 rows: not a multiple of the 2-row launch's BLOCK_N (8)
+    assert not gemv_group_supports([q, odd], 2) and gemv_group_supports([q, odd], 1)
+    with pytest.raises(ValueError, match="multiple of BLOCK_N"):
+        fp4_weight_gemv_group([c, sc], one, [q, odd], [None, None], torch.float32)
+    other_k = _weight(8, 2 * k, "sharq-nvfp4", seed=3)
+    assert not gemv_group_supports([q, other_k], 1)
+    w16 = _weight(8, k, "sharq-nvfp4-w16", seed=4)
+    assert not gemv_group_supports([q, w16], 1)  # another weight block
+    with pytest.raises(ValueError, match="for every weight or for none"):
+        fp4_weight_gemv_group([c, sc], one, [q, kv], [torch.zeros(16, device=DEVICE), None], torch.float32)
+    with pytest.raises(ValueError, match="one dtype"):
+        fp4_weight_gemv_group([c, sc], one, [q, kv], [torch.zeros(16, device=DEVICE),
+                                                       torch.zeros(8, device=DEVICE, dtype=torch.bfloat16)],
+                              torch.float32)
 
 
 def test_gemv_decodes_every_code_of_both_operands():
@@ -205,10 +251,13 @@ def test_gemv_op_passes_opcheck():
     wq = _weight(24, 96, "sharq-nvfp4", seed=2)
     bc, bs, rc, rs = _operand([_nvfp4_term(3, 96, 32, seed=5), _nvfp4_term(3, 96, 16, seed=6)])
     one = torch.ones(1, device=DEVICE)
-    for args in ((bc, bs, rc, rs, wq.codes, wq.scales, one, wq.global_scale, torch.randn(24, device=DEVICE), 32,
+    kv = _weight(8, 96, "sharq-nvfp4", seed=3)
+    for args in ((bc, bs, rc, rs, [wq.codes], [wq.scales], one, [wq.global_scale], [torch.randn(24, device=DEVICE)], 32,
                   torch.bfloat16, [0] * 3),
-                 (bc, bs, None, None, wq.codes, wq.scales, torch.ones(3, device=DEVICE), wq.global_scale, None, 32,
-                  torch.float32, [8, 512, 2])):
+                 (bc, bs, None, None, [wq.codes], [wq.scales], torch.ones(3, device=DEVICE), [wq.global_scale], [], 32,
+                  torch.float32, [8, 512, 2]),
+                 (bc, bs, rc, rs, [wq.codes, kv.codes, kv.codes], [wq.scales, kv.scales, kv.scales], one,
+                  [wq.global_scale, kv.global_scale, kv.global_scale], [], 32, torch.bfloat16, [8, 0, 0])):
         torch.library.opcheck(torch.ops.sharq.fp4_weight_gemv.default, args)
 
 
@@ -235,3 +284,19 @@ def test_gemv_full_shapes_on_cuda(layer, preset, m):
     got = sharq_linear(x, wq, None, config.replace(backend="triton"))
     ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
     assert bool(((got.float() - ref.float()).abs() <= ulp).all())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sizes", [(4096, 1024, 1024), (14336, 14336)])  # Llama-3.1-8B q/k/v and gate/up
+@pytest.mark.parametrize("m", [1, 2])
+def test_grouped_gemv_full_shapes_on_cuda(sizes, m):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    k = 4096
+    weights = [_weight(n, k, "sharq-nvfp4", seed=i) for i, n in enumerate(sizes)]
+    terms = _operand([_nvfp4_term(m, k, 32, seed=k), _nvfp4_term(m, k, 16, seed=k + 1)])
+    s_x = torch.rand(m, 1, device=DEVICE) + 0.5
+    y = fp4_weight_gemv_group(terms, s_x, weights, [None] * len(sizes), torch.bfloat16)
+    alone = [fp4_weight_gemv(terms, s_x, w, None, torch.bfloat16) for w in weights]
+    assert torch.equal(y, torch.cat(alone, dim=1))
+

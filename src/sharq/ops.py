@@ -18,7 +18,8 @@ from .formats.quantized import QuantizedTensor
 from .formats.registry import quantize
 from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
 
-__all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views", "linear_from_prepared", "sharq_linear"]
+__all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views", "linear_from_prepared",
+           "grouped_linear_from_prepared", "sharq_linear"]
 
 
 # looked up once at import: `resolve_backend` runs inside torch.compile traces, which cannot trace find_spec
@@ -154,6 +155,28 @@ def linear_from_prepared(
     if bias is not None:
         y = y + bias.float()
     return y.to(out_dtype)
+
+
+def grouped_linear_from_prepared(
+    prepared: PreparedActivation, weights: list[QuantizedTensor], biases: list[torch.Tensor | None],
+    out_dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The linears of one prepared input with each of `weights` (N_g, K) in one launch: (M, Σ N_g) in
+    `out_dtype`, weight g's outputs in its columns, each equal to `linear_from_prepared` with that
+    weight — or None where one launch does not serve them: it does for a short batch prepared as the
+    decode GEMV's operand (Triton backend, up to GEMV_AUTO_MAX_M NVFP4 rows) with weights the GEMV
+    reads of one K and block (`kernels.gemv_nvfp4.gemv_group_supports`) and biases all None or of
+    one dtype."""
+    if prepared.terms is None or prepared.terms[0].dtype != torch.int8:
+        return None
+    from .kernels.gemv_nvfp4 import fp4_weight_gemv_group, gemv_group_supports
+
+    with_bias = [b is not None for b in biases]
+    if any(with_bias) and (not all(with_bias) or len({b.dtype for b in biases}) > 1):
+        return None
+    if not gemv_group_supports(weights, prepared.terms[0].shape[0]):
+        return None
+    return fp4_weight_gemv_group(prepared.terms, prepared.global_scale, weights, biases, out_dtype)
 
 
 def _check_linear_operands(x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None) -> None:

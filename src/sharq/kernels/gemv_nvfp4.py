@@ -48,10 +48,12 @@ from . import interpreting
 from .direct import direct_call_ok
 from .pdl import pdl_enabled, wait_then_release
 
-__all__ = ["GEMV_AUTO_MAX_M", "GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
+__all__ = ["GEMV_AUTO_MAX_M", "GEMV_GROUP_MAX", "GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "fp4_weight_gemv_group",
+           "gemv_group_supports", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
 
 GEMV_PAD = 2048  # the operand covers whole multiples of this many K positions (the largest BLOCK_K)
 GEMV_MAX_M = 8  # rows one GEMV launch serves (decode and small decode batches)
+GEMV_GROUP_MAX = 3  # weights of one input one launch serves (q/k/v; gate/up)
 # rows the Triton backend sends to the GEMV: beyond them, the tensor-core GEMM with the packed decode
 # and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json: the four
 # Llama-3.1-8B linears at M = 2 in 90 us on either, at M = 4 in 91 us against the GEMV's 124)
@@ -239,25 +241,49 @@ def _gemv_step(acc, k0, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n
 
 
 @triton.jit
+def _member(row0, N0, N1, w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr, ws1_ptr, sw1_ptr, bias1_ptr,
+            w2_ptr, ws2_ptr, sw2_ptr, bias2_ptr, GROUP: tl.constexpr):
+    """The weight a grouped launch's program reads: the member whose rows hold global row `row0`
+    (members 0, 1, 2 own rows [0, N0), [N0, N0 + N1), [N0 + N1, ...)). Returns its weight codes,
+    scales, global scale and bias pointers and its first global row."""
+    base = row0 * 0
+    if GROUP >= 2:
+        if row0 >= N0:
+            w_ptr, ws_ptr, sw_ptr, bias_ptr, base = w1_ptr, ws1_ptr, sw1_ptr, bias1_ptr, N0
+    if GROUP >= 3:
+        if row0 >= N0 + N1:
+            w_ptr, ws_ptr, sw_ptr, bias_ptr, base = w2_ptr, ws2_ptr, sw2_ptr, bias2_ptr, N0 + N1
+    return w_ptr, ws_ptr, sw_ptr, bias_ptr, base
+
+
+@triton.jit
 def _gemv_kernel(
-    bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
-    M, N, KS, KSW, stride_x, stride_xs, stride_w, stride_ws, stride_sx, stride_y,
+    bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr, ws1_ptr, sw1_ptr, bias1_ptr,
+    w2_ptr, ws2_ptr, sw2_ptr, bias2_ptr, sx_ptr, y_ptr,
+    M, N, N0, N1, KS, KSW, stride_x, stride_xs, stride_w, stride_ws, stride_sx, stride_y,
     TWO: tl.constexpr, WB: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, EVEN_N: tl.constexpr,
     EVEN_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr,
+    GROUP: tl.constexpr, PDL: tl.constexpr,
 ):
     """bc/rc: int8 (M, Kg) codes viewed as int64 (M, Kg/8) (two halves: positions 0-7, then 8-15, of
-    every sub-block; `gemv_operand`); bs/rs FP32 (M, Kg/16); w int64 (N, KS)
-    (KS sub-blocks of 16 codes); ws uint8 (N, KSW) E4M3 scales per WB; y (M, N). EVEN_N: N is a
-    multiple of BLOCK_N; EVEN_M: M = BLOCK_M. The K steps that lie inside the weight run unmasked, the last one masked.
+    every sub-block; `gemv_operand`); bs/rs FP32 (M, Kg/16); per member g of the GROUP (1 to 3) weights
+    that share K: w int64 (N_g, KS) (KS sub-blocks of 16 codes), ws uint8 (N_g, KSW) E4M3 scales per
+    WB, sw FP32 () global scale, bias (N_g,); y (M, N), N = Σ N_g, member g's outputs in its columns.
+    N0, N1: the first two members' rows (a grouped launch needs every N_g a multiple of BLOCK_N, so no
+    program straddles two members). EVEN_N: N is a multiple of BLOCK_N; EVEN_M: M = BLOCK_M. The K
+    steps that lie inside the weight run unmasked, the last one masked.
     PDL (`pdl.py`): the program waits for the preparation, then lets the next kernel launch."""
     SPB: tl.constexpr = WB // 16  # sub-blocks per weight block
     NS: tl.constexpr = BLOCK_K // 16  # sub-blocks per K step
     pid_n = tl.program_id(0)
+    row0 = pid_n * BLOCK_N
+    w_ptr, ws_ptr, sw_ptr, bias_ptr, base = _member(row0, N0, N1, w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr, ws1_ptr,
+                                                    sw1_ptr, bias1_ptr, w2_ptr, ws2_ptr, sw2_ptr, bias2_ptr, GROUP)
     rows = tl.arange(0, BLOCK_M)
     m_ok = rows < M
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
+    cols = row0 + tl.arange(0, BLOCK_N)  # global output columns
+    n_ok = cols < N
+    offs_n = cols - base  # the member's weight rows
     if PDL:
         wait_then_release()
     sub = tl.arange(0, NS)
@@ -282,7 +308,7 @@ def _gemv_kernel(
     y = (s_x[:, None] * (tl.load(sw_ptr) * 64.0)) * total
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows[:, None] * stride_y + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -298,6 +324,20 @@ def _tiles(m: int, n: int, k: int) -> dict:
     return dict(BLOCK_N=4, BLOCK_K=1024, num_warps=1)
 
 
+def gemv_group_supports(weights, m: int, *, tiles: dict | None = None) -> bool:
+    """True when one GEMV launch serves all of `weights` for `m` rows: 1 to GEMV_GROUP_MAX NVFP4
+    weights that the GEMV reads, of one K, weight block and device, and (two or more of them) each N
+    a multiple of the launch's BLOCK_N, so that no program straddles two weights."""
+    if not 1 <= len(weights) <= GEMV_GROUP_MAX or not 1 <= m <= GEMV_MAX_M:
+        return False
+    first = weights[0]
+    if not all(gemv_supports(w) and w.shape[1] == first.shape[1] and w.block == first.block
+               and w.device == first.device and w.codes.shape[1] == first.codes.shape[1] for w in weights):
+        return False
+    block_n = (tiles or {}).get("BLOCK_N") or _tiles(m, 0, 0)["BLOCK_N"]
+    return len(weights) == 1 or all(w.shape[0] % block_n == 0 for w in weights)
+
+
 def fp4_weight_gemv(
     terms, s_x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
     *, tiles: dict | None = None,
@@ -308,10 +348,29 @@ def fp4_weight_gemv(
     term (`gemv_operand`, as the Triton preparation writes them); s_x FP32 () or (M, 1); weight
     NVFP4-16/32 (N, K).
     """
-    if not gemv_supports(weight):
-        raise ValueError(f"the Triton GEMV reads 2-D NVFP4-16/32 weights, got {weight.format.value}-{weight.block} "
-                         f"of shape {weight.shape}")
-    n, k = weight.shape
+    return fp4_weight_gemv_group(terms, s_x, [weight], [bias], out_dtype, tiles=tiles)
+
+
+def fp4_weight_gemv_group(
+    terms, s_x: torch.Tensor, weights, biases, out_dtype: torch.dtype, *, tiles: dict | None = None,
+) -> torch.Tensor:
+    """`fp4_weight_gemv` of one activation against 1 to GEMV_GROUP_MAX weights in one launch (q/k/v,
+    gate/up): y (M, N_0 + N_1 + ...) in `out_dtype`, weight g's outputs in columns
+    [N_0 + ... + N_{g-1}, ... + N_g), each as `fp4_weight_gemv` computes it alone.
+
+    weights: NVFP4-16/32 (N_g, K) of one K and block (`gemv_group_supports`); biases: one per weight,
+    all None or all (N_g,) tensors of one dtype.
+    """
+    weights, biases = list(weights), list(biases)
+    if not weights or len(weights) > GEMV_GROUP_MAX or len(biases) != len(weights):
+        raise ValueError(f"the GEMV serves 1 to {GEMV_GROUP_MAX} weights with one bias (or None) each, got "
+                         f"{len(weights)} weights and {len(biases)} biases")
+    for weight in weights:
+        if not isinstance(weight, QuantizedTensor) or not gemv_supports(weight):
+            what = f"{weight.format.value}-{weight.block} of shape {weight.shape}" if isinstance(
+                weight, QuantizedTensor) else type(weight).__name__
+            raise ValueError(f"the Triton GEMV reads 2-D NVFP4-16/32 weights, got {what}")
+    k = weights[0].shape[1]
     if len(terms) not in (2, 4):
         raise ValueError(f"GEMV terms must be (codes, scales) of 1 or 2 terms, got {len(terms)} tensors")
     m = terms[0].shape[0] if terms[0].dim() == 2 else -1
@@ -321,21 +380,29 @@ def fp4_weight_gemv(
         if (t.dtype, tuple(t.shape)) != want or not t.is_contiguous():
             raise ValueError(f"GEMV operand {i} must be a contiguous {want[0]} {want[1]} tensor for K={k}, got "
                              f"{t.dtype} {tuple(t.shape)}")
-        if t.device != weight.device:
-            raise ValueError(f"GEMV operand on {t.device}, weight on {weight.device}")
+        if t.device != weights[0].device:
+            raise ValueError(f"GEMV operand on {t.device}, weight on {weights[0].device}")
     if not 1 <= m <= GEMV_MAX_M:
         raise ValueError(f"the GEMV serves 1 to {GEMV_MAX_M} rows, got {m}")
+    if not gemv_group_supports(weights, m, tiles=tiles):
+        raise ValueError(f"one GEMV launch cannot serve weights of shapes {[tuple(w.shape) for w in weights]} "
+                         f"(blocks {[w.block for w in weights]}) at M={m}: they need one K, block and device, and "
+                         "each N a multiple of BLOCK_N")
     if s_x.numel() not in (1, m):
         raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
-    if bias is not None and bias.shape != (n,):
-        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if any(b is None for b in biases) and any(b is not None for b in biases):
+        raise ValueError("a grouped GEMV takes a bias for every weight or for none")
+    for weight, bias in zip(weights, biases):
+        if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != biases[0].dtype):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) and one dtype for the group, got "
+                             f"{bias.dtype} {tuple(bias.shape)}")
     t = tiles or {}
     two = len(terms) == 4
     op = _gemv_impl if direct_call_ok(*terms, s_x) else torch.ops.sharq.fp4_weight_gemv
     return op(
-        terms[0], terms[1], terms[2] if two else None, terms[3] if two else None, weight.codes, weight.scales,
-        s_x.reshape(-1).to(torch.float32), weight.global_scale, bias, weight.block, out_dtype,
-        [t.get(key, 0) for key in _TILE_KEYS])
+        terms[0], terms[1], terms[2] if two else None, terms[3] if two else None, [w.codes for w in weights],
+        [w.scales for w in weights], s_x.reshape(-1).to(torch.float32), [w.global_scale for w in weights],
+        [b for b in biases if b is not None], weights[0].block, out_dtype, [t.get(key, 0) for key in _TILE_KEYS])
 
 
 _TILE_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps")
@@ -343,13 +410,16 @@ _TILE_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps")
 
 def _gemv_impl(
     b_codes: torch.Tensor, b_scales: torch.Tensor, r_codes: torch.Tensor | None, r_scales: torch.Tensor | None,
-    w_codes: torch.Tensor, w_scales: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None,
-    wb: int, out_dtype: torch.dtype, tiles: list[int],
+    w_codes: list[torch.Tensor], w_scales: list[torch.Tensor], s_x: torch.Tensor, s_w: list[torch.Tensor],
+    biases: list[torch.Tensor], wb: int, out_dtype: torch.dtype, tiles: list[int],
 ) -> torch.Tensor:
     """The GEMV as a torch op (torch.compile, CUDA graphs). b/r codes int8 (M, Kg), scales FP32
-    (M, Kg/16); w_codes (N, Kp/2), w_scales (N, Kp/wb) uint8; s_x FP32 (1,) or (M,); s_w FP32 ();
-    bias (N,) or None. `tiles`: BLOCK_N, BLOCK_K, num_warps; 0 = chosen by shape."""
-    m, n = b_codes.shape[0], w_codes.shape[0]
+    (M, Kg/16); per weight g (1 to 3): w_codes (N_g, Kp/2), w_scales (N_g, Kp/wb) uint8, s_w FP32 ();
+    s_x FP32 (1,) or (M,); biases: empty or (N_g,) per weight. Returns (M, Σ N_g). `tiles`: BLOCK_N,
+    BLOCK_K, num_warps; 0 = chosen by shape."""
+    m = b_codes.shape[0]
+    sizes = [c.shape[0] for c in w_codes]
+    n = sum(sizes)
     y = torch.empty(m, n, dtype=out_dtype, device=b_codes.device)
     if n == 0 or m == 0:
         return y
@@ -357,16 +427,25 @@ def _gemv_impl(
     cfg.update({key: v for key, v in zip(_TILE_KEYS, tiles) if v})
     if GEMV_PAD % cfg["BLOCK_K"] or cfg["BLOCK_K"] % wb:
         raise ValueError(f"BLOCK_K {cfg['BLOCK_K']} must divide {GEMV_PAD} and be a multiple of the weight block {wb}")
-    words = w_codes.view(torch.int64)  # (N, Kp/16): Kp is a multiple of 16, the rows 8-byte aligned
+    group = len(w_codes)
+    if group > 1 and any(size % cfg["BLOCK_N"] for size in sizes):
+        raise ValueError(f"a grouped GEMV needs every N a multiple of BLOCK_N {cfg['BLOCK_N']}, got {sizes}")
+    # (N_g, Kp/16): Kp is a multiple of 16, the rows 8-byte aligned
+    words = [c.view(torch.int64) for c in w_codes] + [w_codes[0].view(torch.int64)] * (GEMV_GROUP_MAX - group)
+    scales = list(w_scales) + [w_scales[0]] * (GEMV_GROUP_MAX - group)
+    globals_ = [g.reshape(1) for g in s_w] + [s_w[0].reshape(1)] * (GEMV_GROUP_MAX - group)
+    bias = list(biases) + [biases[0]] * (GEMV_GROUP_MAX - group) if biases else [s_x] * GEMV_GROUP_MAX
     two = r_codes is not None
     pdl = pdl_enabled(b_codes.device)
+    members = [a for g in range(GEMV_GROUP_MAX) for a in (words[g], scales[g], globals_[g], bias[g])]
     _gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
         b_codes.view(torch.int64), b_scales, r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
-        r_scales if two else b_scales, words, w_scales, s_x, s_w.reshape(1), bias if bias is not None else s_x, y,
-        m, n, words.shape[1], w_scales.shape[1], b_codes.shape[1] // 8, b_scales.shape[1], words.stride(0),
-        w_scales.stride(0), 1 if s_x.numel() > 1 else 0, y.stride(0),
-        TWO=two, WB=wb, HAS_BIAS=bias is not None, ASM=not interpreting(), EVEN_N=n % cfg["BLOCK_N"] == 0,
-        EVEN_M=m == triton.next_power_of_2(m), BLOCK_M=triton.next_power_of_2(m),
+        r_scales if two else b_scales, *members, s_x, y,
+        m, n, sizes[0], sizes[1] if group > 1 else 0, words[0].shape[1], w_scales[0].shape[1],
+        b_codes.shape[1] // 8, b_scales.shape[1], words[0].stride(0), w_scales[0].stride(0),
+        1 if s_x.numel() > 1 else 0, y.stride(0),
+        TWO=two, WB=wb, HAS_BIAS=bool(biases), ASM=not interpreting(), EVEN_N=n % cfg["BLOCK_N"] == 0,
+        EVEN_M=m == triton.next_power_of_2(m), BLOCK_M=triton.next_power_of_2(m), GROUP=group,
         PDL=pdl, num_stages=1, **cfg, **({"launch_pdl": True} if pdl else {}),
     )
     return y
@@ -376,5 +455,5 @@ _gemv_op = torch.library.custom_op("sharq::fp4_weight_gemv", mutates_args=())(_g
 
 
 @_gemv_op.register_fake
-def _(b_codes, b_scales, r_codes, r_scales, w_codes, w_scales, s_x, s_w, bias, wb, out_dtype, tiles):
-    return b_codes.new_empty(b_codes.shape[0], w_codes.shape[0], dtype=out_dtype)
+def _(b_codes, b_scales, r_codes, r_scales, w_codes, w_scales, s_x, s_w, biases, wb, out_dtype, tiles):
+    return b_codes.new_empty(b_codes.shape[0], sum(c.shape[0] for c in w_codes), dtype=out_dtype)

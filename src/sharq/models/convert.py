@@ -280,6 +280,8 @@ def _share_inputs(
         shared = SharedPreparation(config, len(consumers), group.name)
         for c in consumers:
             quantized[c].shared_input = shared
+        if all(isinstance(quantized[c], SharqLinear) for c in consumers):
+            shared.set_members([quantized[c] for c in consumers])  # one decode GEMV launch for the group
         report.groups[group.name] = consumers
         if group.norm is not None:
             fused[group.norm] = FusedRMSNormPrep.from_norm(modules[group.norm], arch.norm_variant, shared, name=group.norm)

@@ -151,7 +151,12 @@ class SharqLinear(nn.Module):
         if x.numel() == 0:
             resolve_backend(self.config, x.device)  # an unavailable backend errors even on empty input
             return x.new_zeros(*x.shape[:-1], self.out_features)
-        prepared = self.shared_input.take(x) if self.shared_input is not None else None
+        if self.shared_input is not None:  # q/k/v, gate/up: one preparation, maybe one launch
+            return self.shared_input.linear(x, self)
+        return self.linear_prepared(x, None)
+
+    def linear_prepared(self, x: torch.Tensor, prepared) -> torch.Tensor:
+        """y (..., N) for x (..., K), from x's preparation as (M, K) rows when given (else prepared here)."""
         # one GEMM over deq(B) + deq(R): SPEC §7's equal form, the path the GPU kernels take
         return sharq_linear(x, self.quantized_weight, self.bias, self.config, prepared=prepared, one_gemm=True)
 

@@ -11,6 +11,13 @@ place since). Any other input
 is prepared by the consumer itself, so sharing can change how often the preparation runs, never
 what a layer computes. The published tensors are dropped once every consumer has taken them.
 
+The group's linears (q/k/v, gate/up: `members`, registered by `sharq.quantize_`) can also share
+their launch: for a short decode batch on the Triton backend, whose preparation is the decode
+GEMV's operand, the first member called runs one GEMV over every member's weight (one K, one
+launch instead of two or three, `kernels.gemv_nvfp4.fp4_weight_gemv_group`) and the others take
+their columns of its output — the same values their own launches compute, under the same rule of
+the same input tensor.
+
 Under CUDA-graph capture the hand-over runs once, at capture, and the graph replays the kernels
 that read the published buffers, which the replay itself rewrites first (nothing stale). Traced by
 torch.compile (dynamo), `Tensor._version` and `_base` are not traceable (each read would break the
@@ -23,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..config import SharqConfig
-from ..ops import prepare
+from ..ops import grouped_linear_from_prepared, prepare
 from ..sparse.decompose import PreparedActivation
 
 __all__ = ["SharedPreparation", "prepare_rows"]
@@ -71,6 +78,16 @@ class SharedPreparation:
         self._prepared: PreparedActivation | None = None
         self._version = 0
         self._taken = 0
+        self.members: tuple = ()  # the group's SharqLinear layers, in column order (`set_members`)
+        self._group_out: torch.Tensor | None = None  # (M, Σ out_features): every member's output
+
+    def set_members(self, members) -> None:
+        """Let the group's layers share one decode GEMV launch (`linear`): `members` are SharqLinear
+        layers of this group reading one input, in the order their outputs sit side by side."""
+        members = tuple(members)
+        if any(getattr(m, "shared_input", None) is not self for m in members):
+            raise ValueError(f"{self.name}: the members of a shared launch must consume this shared preparation")
+        self.members = members
 
     def prepare(self, x: torch.Tensor) -> PreparedActivation:
         """Prepare `x` and publish it for the group's consumers (called by the producer)."""
@@ -80,32 +97,55 @@ class SharedPreparation:
             self.prepare_count += 1
         version = 0 if compiling else x._version
         self._source, self._prepared, self._version, self._taken = x, prepared, version, 0
+        self._group_out = None
         return prepared
+
+    def _is_fresh(self, x: torch.Tensor) -> bool:
+        """True when `x` is the published source (unchanged since)."""
+        source = self._source
+        if torch.compiler.is_compiling():
+            # Traced by torch.compile: `_version` and `_base` are not traceable, and a traced graph
+            # has no in-place change of a norm output; only the very tensor published is reused.
+            return source is not None and x is source
+        return source is not None and source._version == self._version and _same_data(x, source)
+
+    def _count_take(self) -> None:
+        self._taken += 1
+        if self._taken >= self.consumers:
+            self.clear()
 
     def take(self, x: torch.Tensor) -> PreparedActivation:
         """The preparation of `x`: the published one when `x` is its source, else a new one.
 
         A new one is published in turn, so the group's next consumers reuse it (lazy sharing).
         """
-        source = self._source
-        if torch.compiler.is_compiling():
-            # Traced by torch.compile: `_version` and `_base` are not traceable, and a traced graph
-            # has no in-place change of a norm output; only the very tensor published is reused.
-            fresh = source is not None and x is source
-        else:
-            fresh = source is not None and source._version == self._version and _same_data(x, source)
-        if fresh:
-            prepared = self._prepared
-        else:
-            prepared = self.prepare(x)
-        self._taken += 1
-        if self._taken >= self.consumers:
-            self.clear()
+        prepared = self._prepared if self._is_fresh(x) else self.prepare(x)
+        self._count_take()
         return prepared
+
+    def linear(self, x: torch.Tensor, member) -> torch.Tensor:
+        """`member`'s output for `x` (..., K) -> (..., member.out_features): its columns of one GEMV
+        launch over every member's weight when one launch serves them (computed by the first member
+        called on the published input), else `member.linear_prepared` of the shared preparation."""
+        prepared = self._prepared if self._is_fresh(x) else self.prepare(x)
+        out, start = self._group_out, None
+        offset = 0
+        for m in self.members:
+            if m is member:
+                start = offset
+            offset += m.out_features
+        if start is not None and out is None and len(self.members) > 1:
+            out = grouped_linear_from_prepared(prepared, [m.quantized_weight for m in self.members],
+                                               [m.bias for m in self.members], x.dtype)
+            self._group_out = out
+        self._count_take()
+        if start is None or out is None:
+            return member.linear_prepared(x, prepared)
+        return out[:, start:start + member.out_features].reshape(*x.shape[:-1], member.out_features)
 
     def clear(self) -> None:
         """Drop the published tensors (they are never needed after the last consumer)."""
-        self._source, self._prepared, self._taken = None, None, 0
+        self._source, self._prepared, self._taken, self._group_out = None, None, 0, None
 
     def __repr__(self) -> str:
         return f"SharedPreparation({self.name!r}, consumers={self.consumers})"
