@@ -54,6 +54,9 @@ __all__ = ["GEMV_AUTO_MAX_M", "GEMV_GROUP_MAX", "GEMV_MAX_M", "GEMV_PAD", "fp4_w
 GEMV_PAD = 2048  # the operand covers whole multiples of this many K positions (the largest BLOCK_K)
 GEMV_MAX_M = 8  # rows one GEMV launch serves (decode and small decode batches)
 GEMV_GROUP_MAX = 3  # weights of one input one launch serves (q/k/v; gate/up)
+# launches of up to this many programs use PDL (kernels/pdl.py) unless SHARQ_PDL says otherwise:
+# measured faster for Llama's qkv, o and down (4,096-6,144 programs), slower for gate_up's 28,672
+GEMV_PDL_MAX_PROGRAMS = 8192
 # rows the Triton backend sends to the GEMV: beyond them, the tensor-core GEMM with the packed decode
 # and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json: the four
 # Llama-3.1-8B linears at M = 2 in 90 us on either, at M = 4 in 91 us against the GEMV's 124)
@@ -436,9 +439,10 @@ def _gemv_impl(
     globals_ = [g.reshape(1) for g in s_w] + [s_w[0].reshape(1)] * (GEMV_GROUP_MAX - group)
     bias = list(biases) + [biases[0]] * (GEMV_GROUP_MAX - group) if biases else [s_x] * GEMV_GROUP_MAX
     two = r_codes is not None
-    pdl = pdl_enabled(b_codes.device)
+    programs = triton.cdiv(n, cfg["BLOCK_N"])
+    pdl = pdl_enabled(b_codes.device, default=programs <= GEMV_PDL_MAX_PROGRAMS)
     members = [a for g in range(GEMV_GROUP_MAX) for a in (words[g], scales[g], globals_[g], bias[g])]
-    _gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+    _gemv_kernel[(programs,)](
         b_codes.view(torch.int64), b_scales, r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
         r_scales if two else b_scales, *members, s_x, y,
         m, n, sizes[0], sizes[1] if group > 1 else 0, words[0].shape[1], w_scales[0].shape[1],

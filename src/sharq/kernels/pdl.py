@@ -25,8 +25,12 @@ Llama-3.1-8B linears summed: at M = 1 79.8 µs plain, 84.0 with PDL, 83.5 and 90
 program also asked the first 512 bytes or the whole of its weight rows into L2 (prefetch.global.L2)
 before waiting; at M = 8 118.4, 129.7, 130.6, 141.2 (the prefetch has since been removed). PDL saves ~0.5-1 µs on
 the small layers (qkv, o) but slows gate_up's 28,672 one-warp GEMV programs (29.7 -> 37.2 µs) and the
-8-row preparations. So the weight-streaming kernels launch plainly unless SHARQ_PDL=1; the decode
-attention (a split pass then a combining pass, 8.5 µs a call with PDL) uses it unless SHARQ_PDL=0.
+8-row preparations. So by default (SHARQ_PDL unset) PDL launches the decode attention (a split pass
+then a combining pass, 8.5 µs a call), the preparation of the GEMV's 1-2 rows and GEMV launches of
+up to 8,192 programs (Llama's grouped q/k/v, o and down; not gate_up); the small-M GEMM and longer
+preparations launch plainly. Measured end to end (experiments/e2e-decode-pdl-policy-h100.json,
+Llama-3.1-8B decode batch 1, one H100 call): 3.61 ms a token with this choice, 3.66 with PDL for the
+attention alone, 3.61 again. SHARQ_PDL=1 / 0 forces it on / off for every kernel.
 
 The instructions are inline PTX (`griddepcontrol`): the same on every Triton
 version and absent under TRITON_INTERPRET=1, where `pdl_enabled` is False and the kernels compile
