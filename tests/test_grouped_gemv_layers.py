@@ -140,3 +140,21 @@ def test_grouped_launches_compile_to_one_graph(launches):
     assert len(graphs) == 1
     gemvs = [n for n in graphs[0].graph.nodes if n.op == "call_function" and "fp4_weight_gemv" in str(n.target)]
     assert len(gemvs) == 4 * model.config.num_hidden_layers
+
+
+@pytest.mark.slow  # ~3 min under the interpreter
+def test_static_decoder_steps_with_grouped_launches_give_the_ungrouped_tokens():
+    """The decode steps over transformers' StaticCache, compiled (aot_eager: traced, not fused) and
+    eager, hand the grouped outputs over as the plain model does: the same greedy tokens as one
+    launch per linear."""
+    from sharq.static_decode import StaticDecoder
+
+    torch._dynamo.reset()
+    model = _quantized("llama")
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    compiled = StaticDecoder(model, 2, 12, graph=False, compile="aot_eager").generate(ids, 3)
+    grouped = StaticDecoder(model, 2, 12, graph=False).generate(ids, 3)
+    for g in _groups(model):
+        g.set_members(())
+    alone = StaticDecoder(model, 2, 12, graph=False).generate(ids, 3)
+    assert torch.equal(grouped, alone) and torch.equal(compiled, alone)
