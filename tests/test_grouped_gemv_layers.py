@@ -142,7 +142,7 @@ def test_grouped_launches_compile_to_one_graph(launches):
     assert len(gemvs) == 4 * model.config.num_hidden_layers
 
 
-@pytest.mark.slow  # ~3 min under the interpreter
+@pytest.mark.slow  # ~2 min under the interpreter
 def test_static_decoder_steps_with_grouped_launches_give_the_ungrouped_tokens():
     """The decode steps over transformers' StaticCache, compiled (aot_eager: traced, not fused) and
     eager, hand the grouped outputs over as the plain model does: the same greedy tokens as one
