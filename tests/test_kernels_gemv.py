@@ -131,6 +131,10 @@ def test_grouped_gemv_refuses_what_one_launch_cannot_serve():
     assert not gemv_group_supports([q, other_k], 1)
     w16 = _weight(8, k, "sharq-nvfp4-w16", seed=4)
     assert not gemv_group_supports([q, w16], 1)  # another weight block
+    b16, b8 = torch.zeros(16, device=DEVICE), torch.zeros(8, device=DEVICE)
+    assert gemv_group_supports([q, kv], 1, biases=[b16, b8]) and gemv_group_supports([q, kv], 1, biases=[None, None])
+    assert not gemv_group_supports([q, kv], 1, biases=[b16, None])
+    assert not gemv_group_supports([q, kv], 1, biases=[b16, b8.to(torch.bfloat16)])
     with pytest.raises(ValueError, match="for every weight or for none"):
         fp4_weight_gemv_group([c, sc], one, [q, kv], [torch.zeros(16, device=DEVICE), None], torch.float32)
     with pytest.raises(ValueError, match="one dtype"):

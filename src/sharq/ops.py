@@ -171,10 +171,7 @@ def grouped_linear_from_prepared(
         return None
     from .kernels.gemv_nvfp4 import fp4_weight_gemv_group, gemv_group_supports
 
-    with_bias = [b is not None for b in biases]
-    if any(with_bias) and (not all(with_bias) or len({b.dtype for b in biases}) > 1):
-        return None
-    if not gemv_group_supports(weights, prepared.terms[0].shape[0]):
+    if not gemv_group_supports(weights, prepared.terms[0].shape[0], biases=biases):
         return None
     return fp4_weight_gemv_group(prepared.terms, prepared.global_scale, weights, biases, out_dtype)
 

@@ -38,7 +38,7 @@ from .pdl import gdc_wait, pdl_enabled, wait_then_release
 
 __all__ = ["decode_attention_supports", "decode_attention_triton"]
 
-_LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e), seen by the kernel
 _MASK_NONE, _MASK_BOOL, _MASK_ADD = 0, 1, 2
 BLOCK_S = 64  # keys per step of a program
 TARGET_PROGRAMS = 512  # pass-1 programs aimed at (a few per SM on the H100's 132)
@@ -84,13 +84,13 @@ def _attention_split_kernel(
             s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))  # (GP, BS) FP32
-        s = s * (scale * 1.4426950408889634)  # log2 domain: exp2 below
+        s = s * (scale * _LOG2E)  # log2 domain: exp2 below
         if MASK == 1:
             keep = tl.load(mask_ptr + b * stride_mb + cols * stride_ms, mask=ok, other=0) != 0
             ok = ok & keep
         if MASK == 2:
             add = tl.load(mask_ptr + b * stride_mb + cols * stride_ms, mask=ok, other=0.0).to(tl.float32)
-            s = s + tl.where(add > -1e30, add * 1.4426950408889634, float("-inf"))[None, :]  # "min" masks: -inf
+            s = s + tl.where(add > -1e30, add * _LOG2E, float("-inf"))[None, :]  # "min" masks: -inf
         s = tl.where(ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # every key so far masked: nothing to scale

@@ -333,11 +333,15 @@ def _tiles(m: int, n: int, k: int) -> dict:
     return dict(BLOCK_N=4, BLOCK_K=1024, num_warps=1)
 
 
-def gemv_group_supports(weights, m: int, *, tiles: dict | None = None) -> bool:
+def gemv_group_supports(weights, m: int, *, biases=None, tiles: dict | None = None) -> bool:
     """True when one GEMV launch serves all of `weights` for `m` rows: 1 to GEMV_GROUP_MAX NVFP4
     weights that the GEMV reads, of one K, weight block and device, and (two or more of them) each N
-    a multiple of the launch's BLOCK_N, so that no program straddles two weights."""
+    a multiple of the launch's BLOCK_N, so that no program straddles two weights; `biases` (one per
+    weight, when given) all None or all of one dtype."""
     if not 1 <= len(weights) <= GEMV_GROUP_MAX or not 1 <= m <= GEMV_MAX_M:
+        return False
+    if biases is not None and (len(biases) != len(weights) or (
+            any(b is not None for b in biases) and len({None if b is None else b.dtype for b in biases}) > 1)):
         return False
     first = weights[0]
     if not all(gemv_supports(w) and w.shape[1] == first.shape[1] and w.block == first.block
