@@ -7,7 +7,8 @@ layout conversions left in the Triton GPU IR, and the loop's most frequent opcod
 include rarely taken paths (the slow path of an IEEE division), so they overstate the executed
 count somewhat; the loop body is what a weight costs at large K.
 
-usage: python benchmarks/sass_count.py [--pdl]   (needs only the CPU; the GEMV alone and grouped, 3 weights)
+usage: python benchmarks/sass_count.py [--pdl] [--prep]   (needs only the CPU; the GEMV alone and grouped, 3
+       weights; --prep: the preparations alone)
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import collections
 import os
 import re
 import subprocess
+import sys
 import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sharq.kernels import gemv_nvfp4, prepare_fp4
+from sharq.kernels import gemv_nvfp4, prepare_fp4, prepare_split
 
 
 def _compile(fn, consts: dict, ptr_types: dict, num_warps: int, fusion: bool):
@@ -76,7 +78,7 @@ def main(pdl: bool = False, groups: tuple[int, ...] = (1, 3)) -> None:
     for g in ("", "1", "2"):  # the members of a grouped launch
         ptrs.update({f"w{g}_ptr": "*i64", f"ws{g}_ptr": "*u8", f"sw{g}_ptr": "*fp32", f"bias{g}_ptr": "*fp32"})
     for group in groups:
-        for bm, bn, bk, nw in GEMV_TILINGS:
+        for bm, bn, bk, nw in GEMV_TILINGS if "--prep" not in sys.argv[1:] else ():
             k = _compile(gemv_nvfp4._gemv_kernel,
                          dict(TWO=True, WB=32, HAS_BIAS=False, ASM=True, EVEN_N=True, EVEN_M=True, BLOCK_M=bm, BLOCK_N=bn,
                               BLOCK_K=bk, GROUP=group, PDL=pdl), ptrs, nw,
@@ -91,9 +93,15 @@ def main(pdl: bool = False, groups: tuple[int, ...] = (1, 3)) -> None:
                       PDL=pdl)
         k = _compile(prepare_fp4._prepare_kernel, consts, prep, nw, fusion=False)  # as launched: exact
         _report(k, f"preparation sharq-nvfp4, bf16 terms, {bm}x{bk} warps {nw}", bm * bk / (32 * nw))
+    split = {"x_ptr": "*bf16", "amax_ptr": "*i32", "s_ptr": "*fp32", "t_ptr": "*bf16", "r_ptr": "*bf16"}
+    for two in (False, True):
+        for bm, bk, nw in ((4, 128, 4), (8, 128, 4), (4, 64, 2)):
+            consts = dict(TOKEN=True, MASK=1, MASK_N=2, MASK_M=8, RESIDUAL=1, RMASK=0, RMASK_N=1, RMASK_M=1, BB=32,
+                          RB=16, TWO=two, ROUND_ASM=True, BLOCK_M=bm, BLOCK_K=bk)
+            k = _compile(prepare_split._prepare_split_kernel, consts, split, nw, fusion=False)
+            what = "deq(B), deq(R)" if two else "bf16(deq(B) + deq(R))"
+            _report(k, f"pair-split preparation sharq-nvfp4 -> {what}, {bm}x{bk} warps {nw}", bm * bk / (32 * nw))
 
 
 if __name__ == "__main__":
-    import sys
-
     main(pdl="--pdl" in sys.argv[1:])  # --pdl: with SHARQ_PDL=1 on Hopper (kernels/pdl.py)

@@ -31,6 +31,8 @@ __all__ = [
     "Format",
     "Residual",
     "Granularity",
+    "Operand",
+    "AUTO_EXACT_MAX_ROWS",
     "Backend",
     "MaskSpec",
     "parse_mask",
@@ -63,13 +65,25 @@ class Granularity(str, enum.Enum):
     TOKEN = "token"  # one scale per row of the flattened (M, K) activation: batch invariant
 
 
+# SPEC §7: `operand="auto"` is exact for calls of at most this many rows (the flattened (M, K)
+# activation of one call), bf16-sum above. Change it only with a measurement, everywhere at once.
+AUTO_EXACT_MAX_ROWS = 16
+
+
 class Operand(str, enum.Enum):
     """How the linear consumes the two activation terms (SPEC §7)."""
 
     EXACT = "exact"  # deq(B) · Wᵀ + deq(R) · Wᵀ with FP32 accumulation: SPEC §7 (two bf16 MMAs on Hopper)
-    # One matmul on bf16(deq(B) + deq(R)), the FP32 sum rounded to nearest even: an approximation
-    # of SPEC §7 (one bf16 MMA on Hopper instead of two); opt-in, labelled.
+    # One matmul on bf16(deq(B) + deq(R)), the FP32 sum rounded to nearest even (one bf16 MMA on
+    # Hopper instead of two).
     BF16_SUM = "bf16-sum"
+    AUTO = "auto"  # EXACT for calls of at most AUTO_EXACT_MAX_ROWS rows, BF16_SUM above (the default)
+
+    def for_rows(self, rows: int) -> "Operand":
+        """The operand a call of `rows` activation rows computes: EXACT or BF16_SUM."""
+        if self is Operand.AUTO:
+            return Operand.EXACT if rows <= AUTO_EXACT_MAX_ROWS else Operand.BF16_SUM
+        return self
 
 
 class Backend(str, enum.Enum):
@@ -153,8 +167,10 @@ class SharqConfig:
       granularity:     "tensor" or "token" FP32 second-level activation scale (NVFP4 only; the
                        other formats have no second level and are batch invariant either way).
       backend:         "auto", "reference" or "triton".
-      operand:         "exact" (SPEC §7) or "bf16-sum": the linear multiplies bf16(deq(B) + deq(R)),
-                       an approximation that halves the MMA work of Hopper prefill (opt-in).
+      operand:         what the linear multiplies (SPEC §7): "exact" (deq(B) and deq(R), two
+                       products), "bf16-sum" (bf16(deq(B) + deq(R)), one product: half the MMA
+                       work on Hopper) or "auto" (the default: exact for calls of at most
+                       AUTO_EXACT_MAX_ROWS = 16 rows, bf16-sum above; `Operand.for_rows`).
       check_finite:    raise `ValueError` naming the layer on NaN/Inf input instead of NaN rows.
     """
 
@@ -167,7 +183,7 @@ class SharqConfig:
     weight_block: int = 32
     granularity: Granularity = Granularity.TENSOR
     backend: Backend = Backend.AUTO
-    operand: Operand = Operand.EXACT
+    operand: Operand = Operand.AUTO
     check_finite: bool = False
 
     def __post_init__(self) -> None:
@@ -296,5 +312,5 @@ PRESETS: dict[str, SharqConfig] = {
 
 def preset_name(config: SharqConfig) -> str | None:
     """The PRESETS key `config` is, ignoring granularity, backend, operand and check_finite; None if custom."""
-    base = config.replace(granularity="tensor", backend="auto", operand="exact", check_finite=False)
+    base = config.replace(granularity="tensor", backend="auto", operand="auto", check_finite=False)
     return next((name for name, preset in PRESETS.items() if preset == base), None)

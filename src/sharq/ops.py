@@ -13,7 +13,7 @@ import importlib.util
 
 import torch
 
-from .config import Backend, Format, SharqConfig
+from .config import Backend, Format, Operand, Residual, SharqConfig
 from .formats.quantized import QuantizedTensor
 from .formats.registry import quantize
 from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
@@ -60,17 +60,35 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
 
 
 def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
-    """The preparation of a 2-D activation (M, K) on `config`'s backend (`prepare_activation`'s
-    numerics, bit for bit, on either)."""
-    if resolve_backend(config, x.device) is Backend.TRITON:
-        from .kernels.prepare_fp4 import prepare_activation_triton
+    """The preparation of a 2-D activation (M, K) as `kernels.plan.plan_linear` plans it: the reference
+    (`prepare_activation`), or the Triton kernel that writes the planned GEMM's operand (codes, scales
+    and s_x bit for bit the reference's where written)."""
+    from .kernels.plan import plan_linear
 
-        check_activation(x)
-        if config.check_finite and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
-        prepared, _ = prepare_activation_triton(x, config, with_terms=True, terms_layout="auto")
-        return prepared
-    return prepare_activation(x, config)
+    plan = plan_linear(x.shape[0], config, x.device)
+    if plan.preparation == "reference":
+        return prepare_activation(x, config)
+    check_activation(x)
+    if config.check_finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
+    if plan.preparation == "pair-split":
+        from .kernels.prepare_split import prepare_split
+
+        s, terms = prepare_split(x, config, two=plan.operand is Operand.EXACT)
+        m, k = x.shape
+        unwritten = x.new_empty(m, 0, dtype=torch.uint8)
+        gs = s if config.has_global_scale else None
+
+        def term(block: int) -> QuantizedTensor:
+            return QuantizedTensor(format=config.format, codes=unwritten, scales=unwritten, shape=(m, k), block=block,
+                                   global_scale=gs)
+
+        residual = term(config.residual_block) if config.residual is not Residual.NONE else None
+        return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout="pair-split")
+    from .kernels.prepare_fp4 import prepare_activation_triton
+
+    prepared, _ = prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation)
+    return prepared
 
 
 def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTensor:
@@ -119,22 +137,23 @@ def linear_from_prepared(
     weight:   quantized (N, K). Returns (M, N) in `out_dtype`.
     one_gemm=True computes (deq(B) + deq(R)) · deq(W)ᵀ — SPEC §7's equal form (up to FP32
     summation order), the Hopper fast path.
-    A preparation that carries `dense` (operand="bf16-sum": bf16(deq(B) + deq(R))) is multiplied
-    as it is. A preparation from the Triton backend carries `terms`: bf16 (M, K) rows, which the
-    Triton FP4-weight GEMM multiplies (one weight pass, one bf16 MMA per term or both terms' rows in
-    one operand, FP32 accumulation), or, for up to GEMV_AUTO_MAX_M (2) NVFP4 rows, int8 codes and
-    FP32 block scales, which the decode GEMV multiplies
-    with integer dot products (kernels/gemv_nvfp4.py). Both equal this function's reference sum up
-    to FP32 summation order.
+    A preparation that carries `dense` (bf16(deq(B) + deq(R)), operand bf16-sum) is multiplied as it
+    is. One that carries Triton operands (`prepared.layout`, kernels/plan.py) runs the planned kernel:
+    the decode GEMV ("gemv"), the small-M GEMM ("rows") or the pair-split GEMM ("pair-split"); each
+    equals this function's reference sum up to FP32 summation order.
     """
-    if prepared.terms is not None:
-        if prepared.terms[0].dtype == torch.int8:  # a short batch in the decode GEMV's operand
-            from .kernels.gemv_nvfp4 import fp4_weight_gemv
+    if prepared.layout == "gemv":  # a short exact batch: the decode GEMV's operand
+        from .kernels.gemv_nvfp4 import fp4_weight_gemv
 
-            return fp4_weight_gemv(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
+        return fp4_weight_gemv(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
+    if prepared.layout == "rows":
         from .kernels.gemm_fp4 import fp4_weight_gemm
 
         return fp4_weight_gemm(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
+    if prepared.layout == "pair-split":
+        from .kernels.gemm_nvfp4_split import fp4_weight_gemm_split
+
+        return fp4_weight_gemm_split(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
     sparse_view, dense_view = weight_scale_views(weight)
     s_w = weight.global_scale if weight.global_scale is not None else torch.ones((), device=weight.device)
     w_sparse = weight.dequantize(apply_global_scale=False, scale_block=sparse_view)  # (N, K) fp32
@@ -167,7 +186,7 @@ def grouped_linear_from_prepared(
     decode GEMV's operand (Triton backend, up to GEMV_AUTO_MAX_M NVFP4 rows) with weights the GEMV
     reads of one K and block (`kernels.gemv_nvfp4.gemv_group_supports`) and biases all None or of
     one dtype."""
-    if prepared.terms is None or prepared.terms[0].dtype != torch.int8:
+    if prepared.layout != "gemv":
         return None
     from .kernels.gemv_nvfp4 import fp4_weight_gemv_group, gemv_group_supports
 

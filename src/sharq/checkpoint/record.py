@@ -5,7 +5,8 @@
     "format_version": 1,                      # layout of the files; a loader refuses any other
     "sharq_version": "0.1.0",                 # package that wrote it; another major version is refused
     "preset": "sharq-nvfp4",                  # PRESETS name of `config`, or null for a custom config
-    "config": {SharqConfig fields},           # the scheme every quantized module uses
+    "config": {SharqConfig fields},           # the scheme every quantized module uses (no "operand":
+                                               # written before operand modes, loads as "exact")
     "model_class": "LlamaForCausalLM",        # transformers class the skeleton is built from
     "architecture": "Llama",                  # sharq's name for it ("generic": no norm fusion)
     "modules": {qualified name: {"type": "linear", "shape": [N, K], "bias": false,
@@ -108,8 +109,12 @@ class CheckpointRecord:
                 f"{field}.sharq_version: written by sharq {written} (major version {major_version(written)}), "
                 f"this is sharq {__version__} (major version {major_version(__version__)}); refusing to load it"
             )
+        raw = data.get("config")
+        if isinstance(raw, dict) and "operand" not in raw:
+            # written before SPEC §7 had operand modes: those checkpoints computed the exact operand
+            raw = {**raw, "operand": "exact"}
         try:
-            config = SharqConfig.from_dict(data.get("config"))
+            config = SharqConfig.from_dict(raw)
         except (TypeError, ValueError) as err:
             raise fail(f"{field}.config: {err}") from None
         if not config.quantizes:

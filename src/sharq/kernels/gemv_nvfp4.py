@@ -53,6 +53,7 @@ from ..formats.scales import decode_e4m3
 from . import interpreting
 from .direct import direct_call_ok
 from .pdl import pdl_enabled, wait_then_release
+from .plan import GEMV_AUTO_MAX_M  # rows the plan sends to the GEMV
 
 __all__ = ["GEMV_AUTO_MAX_M", "GEMV_GROUP_MAX", "GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "fp4_weight_gemv_group",
            "gemv_group_supports", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
@@ -63,10 +64,6 @@ GEMV_GROUP_MAX = 3  # weights of one input one launch serves (q/k/v; gate/up)
 # launches of up to this many programs use PDL (kernels/pdl.py) unless SHARQ_PDL says otherwise:
 # measured faster for Llama's qkv, o and down (4,096-6,144 programs), slower for gate_up's 28,672
 GEMV_PDL_MAX_PROGRAMS = 8192
-# rows the Triton backend sends to the GEMV: beyond them, the tensor-core GEMM with the packed decode
-# and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json: the four
-# Llama-3.1-8B linears at M = 2 in 90 us on either, at M = 4 in 91 us against the GEMV's 124)
-GEMV_AUTO_MAX_M = 2
 
 # 2·E2M1 magnitude by 3-bit code, as bytes: the prmt table (codes 0-3 low word, 4-7 high word), in _DECODE_PTX
 _LUT_LO = 0x03020100

@@ -500,7 +500,7 @@ def prepare_activation_triton(
         scale = _SCALE_TOKEN if config.granularity is Granularity.TOKEN else _SCALE_TENSOR
     bb = config.backbone_block
     has_r = config.residual is not Residual.NONE
-    summed = config.operand is Operand.BF16_SUM
+    summed = config.operand.for_rows(m) is Operand.BF16_SUM
     rb = config.residual_block if has_r else bb
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
@@ -528,10 +528,11 @@ def prepare_activation_triton(
 
     backbone = qt(b_codes, b_scales, bb)
     residual_qt = qt(r_codes, r_scales, rb) if has_r else None
+    layout = None
     if not with_terms:
         terms = None
     elif gemv:
-        terms = (t_b, t_bs, t_r, t_rs) if has_r else (t_b, t_bs)
+        terms, layout = ((t_b, t_bs, t_r, t_rs) if has_r else (t_b, t_bs)), "gemv"
     else:
-        terms = (t_b, t_r) if has_r and not summed else (t_b,)
-    return PreparedActivation(backbone, residual_qt, s, terms=terms), (total if with_sum else None)
+        terms, layout = ((t_b, t_r) if has_r and not summed else (t_b,)), "rows"
+    return PreparedActivation(backbone, residual_qt, s, terms=terms, layout=layout), (total if with_sum else None)

@@ -46,14 +46,18 @@ class PreparedActivation(NamedTuple):
     backbone: QuantizedTensor
     residual: QuantizedTensor | None
     global_scale: torch.Tensor
-    # FP32 (M, K) operand of the linear in the scaled domain, when set: deq(B) + deq(R) (the Triton
-    # kernel's optional sum), or bf16(deq(B) + deq(R)) for operand="bf16-sum". The linear multiplies
-    # it instead of dequantizing the codes.
+    # FP32 (M, K) operand of the linear in the scaled domain, when set: bf16(deq(B) + deq(R)), for
+    # operand="bf16-sum" and for "auto" on calls of more than AUTO_EXACT_MAX_ROWS rows (SPEC §7).
+    # The linear multiplies it instead of dequantizing the codes.
     dense: torch.Tensor | None = None
-    # deq(B) [and deq(R)] in the scaled domain when the Triton preparation wrote them, the
-    # operands of its GEMMs: bf16 (M, K) rows (each value exact in bf16), or, for a short NVFP4
-    # batch, the decode GEMV's int8 codes and FP32 scales per 16 of each term (kernels/gemv_nvfp4.py).
+    # The Triton kernels' operands, written by the Triton preparation, in the layout `layout` names
+    # (kernels/plan.py): "rows" — bf16 (M, K) deq(B) [, deq(R)] (each exact in bf16) or their bf16
+    # sum; "gemv" — per term int8 2·E2M1 codes (M, Kg) and FP32 scales per 16 (kernels/gemv_nvfp4.py);
+    # "pair-split" — bf16 (M, Kp) deq(B) [, deq(R)] or their bf16 sum, every 64 positions along K
+    # stored evens first (kernels/prepare_split.py). With "pair-split" the backbone's and residual's
+    # codes and scales are not written: they are empty (M, 0) tensors.
     terms: tuple[torch.Tensor, ...] | None = None
+    layout: str | None = None
 
 
 class Decomposition(NamedTuple):
@@ -105,7 +109,8 @@ def prepare_activation(x: torch.Tensor, config: SharqConfig) -> PreparedActivati
     if s is None:
         s = torch.ones((), dtype=torch.float32, device=x.device)
     dense = None
-    if config.operand is Operand.BF16_SUM:  # the operand the linear multiplies: bf16(deq(B) + deq(R))
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if config.operand.for_rows(rows) is Operand.BF16_SUM:  # the linear multiplies bf16(deq(B) + deq(R))
         total = backbone.dequantize(apply_global_scale=False)
         if residual is not None:
             total = total + residual.dequantize(apply_global_scale=False)
@@ -162,4 +167,5 @@ def select_rows(prepared: PreparedActivation, rows: torch.Tensor) -> PreparedAct
         gs if gs.dim() == 0 else gs[rows],
         None if prepared.dense is None else prepared.dense[rows],
         None if prepared.terms is None else tuple(t[rows] for t in prepared.terms),
+        prepared.layout,
     )

@@ -1,0 +1,251 @@
+"""SharQ preparation for calls of more than 16 rows, in Triton: x (M, K) -> the GEMM operand alone.
+
+Twin of `sparse.decompose.prepare_activation` for NVFP4 (every mask the Triton kernels take, a
+quantized or naive residual, an optional residual mask), written for throughput. It writes only what
+the large-M GEMM (`gemm_nvfp4_split.py`) reads — no E2M1 codes, no block scales:
+
+  SUM  (operand bf16-sum): bf16(deq(B) + deq(R))                     one bf16 (M, Kp) tensor
+  TWO  (operand exact):    deq(B) and deq(R), each exact in bf16     two bf16 (M, Kp) tensors
+
+in the *pair-split layout* the GEMM multiplies without shuffles: every run of 64 positions along K
+holds its 32 even positions, then its 32 odd ones (`split_positions`). Kp = K rounded up to 64; the
+padding holds zeros. Plus s_x: FP32 (M,) per row ("token") or (1,) ("tensor").
+
+One program takes BLOCK_M rows and a share of K. "token": each program reads its rows' whole K for
+the row amax first (from L2 after the first program), so the preparation is one launch; "tensor":
+the amax kernel of `prepare_fp4` runs first. Per element, with the rounding of the reference:
+
+  xs = x / s                 correctly rounded: q0 = x·(1/s), then one FMA correction (Markstein;
+                             1/s correctly rounded, once per row); non-finite cases take q0
+  b  = xs ⊙ mask(xs)         `prepare_fp4._apply_mask`
+  per block: s_b = E4M3(amax/6); q = b / s_b correctly rounded as above (1/s_b once per block)
+  e2m1(q)                    RTNE to {0, ±.5, ±1, ±1.5, ±2, ±3, ±4, ±6} by adding and subtracting
+                             ±2^(e+22), e = max(floor(log2 |q|), 0): the FP32 sum drops exactly the
+                             bits E2M1 has not, ties to even; a zero is +0 (the reference's code 0)
+  deq = e2m1(q) · s_b
+  r  = xs − deq(B); R likewise (blocks of RB)
+
+The results equal the reference's bit for bit (tests/test_kernels_prepare_split.py) — values whose
+quotient would be an FP32 subnormal may differ from it in their last bit, and none of them can move
+an output: they are below every nonzero block scale's rounding threshold.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..config import Format, Granularity, Residual, SharqConfig
+from . import supports
+from .direct import direct_call_ok
+from .prepare_fp4 import _amax_kernel, _apply_mask, _global_scale, _mask_args, _round_bf16, _round_e4m3
+
+__all__ = ["SPLIT", "split_positions", "split_padded", "prepare_split", "prepare_split_supports"]
+
+SPLIT = 64  # the pair-split layout's run along K: 32 even positions, then 32 odd ones
+
+
+def split_padded(k: int) -> int:
+    """Kp: K rounded up to a multiple of SPLIT."""
+    return -(-k // SPLIT) * SPLIT
+
+
+def split_positions(k: int, device=None) -> torch.Tensor:
+    """int64 (Kp,): the K position stored at each column of the pair-split layout (tests, reference)."""
+    kp = split_padded(k)
+    col = torch.arange(kp, device=device)
+    run, within = col // SPLIT, col % SPLIT
+    return run * SPLIT + 2 * (within % (SPLIT // 2)) + within // (SPLIT // 2)
+
+
+def prepare_split_supports(config: SharqConfig) -> bool:
+    """True for the configs this kernel prepares: NVFP4 (a second-level scale), the masks the Triton
+    kernels take, blocks dividing SPLIT."""
+    return (config.format is Format.NVFP4 and supports(config)
+            and SPLIT % config.backbone_block == 0 and SPLIT % config.residual_block == 0)
+
+
+@triton.jit
+def _div_markstein(a, b, inv_b):
+    """a / b correctly rounded for normal quotients, given inv_b = RN(1 / b): Markstein's correction
+    of q0 = a · inv_b (NaN where a or b is not finite, or the quotient overflows)."""
+    q0 = a * inv_b
+    return tl.fma(tl.fma(-q0, b, a), inv_b, q0)
+
+
+@triton.jit
+def _div_by(a, b, inv_b):
+    """a / b as IEEE division rounds it, special values included: the Markstein quotient, or q0 =
+    a · inv_b where that is NaN (a non-finite a or b, an overflow: q0 is then the quotient's own ±Inf,
+    NaN, or 0 for a finite a over an infinite b)."""
+    q0 = a * inv_b
+    q1 = tl.fma(tl.fma(-q0, b, a), inv_b, q0)
+    return tl.where(q1 == q1, q1, q0)
+
+
+@triton.jit
+def _e2m1_round(q):
+    """FP32 q rounded to the signed E2M1 values, ties to even, saturating at ±6; a zero result is +0.
+    Adding and subtracting ±2^(e + 22), e = max(floor(log2 |q|), 0), drops exactly the bits E2M1 has
+    not (the sum's ulp is E2M1's step at q); x − x is +0."""
+    bits = q.to(tl.int32, bitcast=True)
+    e = tl.maximum((bits & 0x7FFFFFFF) >> 23, 127)  # biased exponent, at least 2^0
+    magic = (((e + 22) << 23) | (bits & -2147483648)).to(tl.float32, bitcast=True)  # ±2^(e + 22), q's sign
+    return tl.minimum(tl.maximum((q + magic) - magic, -6.0), 6.0)
+
+
+@triton.jit
+def _deq_blocks(v, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr):
+    """NVFP4 (E4M3 scale = amax/6 per BLOCK) quantize-dequantize of FP32 v (BM, BK), scaled domain.
+    A block holding NaN or ±Inf has a NaN scale, so its values are NaN whatever the quotients are."""
+    blk = tl.reshape(v, (BM, BK // BLOCK, BLOCK))
+    # |v| as bits: an integer max keeps NaN (above +Inf), as the reference's amax does
+    amax = tl.max(blk.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2).to(tl.float32, bitcast=True)
+    scale = _round_e4m3(tl.math.div_rn(amax, 6.0))  # (BM, BK // BLOCK)
+    inv = tl.where(scale == 0.0, 0.0, tl.math.div_rn(1.0, tl.where(scale == 0.0, 1.0, scale)))  # 0: codes 0
+    q = _div_markstein(blk, scale[:, :, None], inv[:, :, None])
+    return tl.reshape(_e2m1_round(q) * scale[:, :, None], (BM, BK))
+
+
+@triton.jit
+def _store_split(ptr, v, rows, row_ok, k0, stride, BM: tl.constexpr, BK: tl.constexpr):
+    """Store bf16 v (BM, BK), K positions k0 … k0 + BK (BK a multiple of 64), in the pair-split layout."""
+    even, odd = tl.split(tl.reshape(v, (BM, BK // 2, 2)))
+    j = tl.arange(0, BK // 2)
+    col = k0 + (j // 32) * 64 + j % 32
+    base = ptr + rows[:, None] * stride + col[None, :]
+    tl.store(base, even, mask=row_ok[:, None])
+    tl.store(base + 32, odd, mask=row_ok[:, None])
+
+
+@triton.jit
+def _prepare_split_kernel(
+    x_ptr, amax_ptr, s_ptr, t_ptr, r_ptr, M, K, KP, stride_x, stride_t, stride_s,
+    TOKEN: tl.constexpr, MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
+    RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
+    BB: tl.constexpr, RB: tl.constexpr, TWO: tl.constexpr, ROUND_ASM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    if TOKEN:  # this program's rows' amax, as FP32 bits (non-negative floats order as their bits)
+        best = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        for k0 in range(0, K, 1024):
+            cols = k0 + tl.arange(0, 1024)
+            a = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K),
+                        other=0.0).to(tl.float32)
+            best = tl.maximum(best, tl.max(a.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1))
+        amax = best
+    else:
+        amax = tl.load(amax_ptr + rows * 0)
+    s = _global_scale(amax.to(tl.float32, bitcast=True))  # (BLOCK_M,)
+    inv_s = tl.math.div_rn(1.0, s)
+    if tl.program_id(1) == 0:
+        tl.store(s_ptr + rows * stride_s, s, mask=row_ok & ((rows == 0) | (rows * stride_s != 0)))
+    for k0 in range(tl.program_id(1) * BLOCK_K, KP, tl.num_programs(1) * BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K),
+                    other=0.0).to(tl.float32)
+        xs = _div_by(x, s[:, None], inv_s[:, None])
+        if MASK != 0:
+            b = _apply_mask(xs, BLOCK_M, BLOCK_K, MASK, MASK_N, MASK_M)
+        else:
+            b = xs
+        total = _deq_blocks(b, BLOCK_M, BLOCK_K, BB)
+        if TWO:
+            _store_split(t_ptr, total.to(tl.bfloat16), rows, row_ok, k0, stride_t, BLOCK_M, BLOCK_K)
+        if RESIDUAL != 0:
+            if RESIDUAL == 1:
+                r = xs - total
+            else:
+                r = xs - b
+            if RMASK != 0:
+                r = _apply_mask(r, BLOCK_M, BLOCK_K, RMASK, RMASK_N, RMASK_M)
+            deq_r = _deq_blocks(r, BLOCK_M, BLOCK_K, RB)
+            if TWO:
+                _store_split(r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, stride_t, BLOCK_M, BLOCK_K)
+            total = total + deq_r
+        if not TWO:
+            if ROUND_ASM:  # the hardware's round-to-nearest-even cast
+                out = total.to(tl.bfloat16)
+            else:  # the interpreter's cast truncates
+                out = _round_bf16(total).to(tl.bfloat16)
+            _store_split(t_ptr, out, rows, row_ok, k0, stride_t, BLOCK_M, BLOCK_K)
+
+
+def _split_tiles(m: int, kp: int) -> tuple[int, int, int, int]:
+    """(block_m, block_k, k_programs, num_warps): 4-row tiles; K shared among programs only while
+    there are too few row tiles to fill the GPU (the row amax is then read once per program)."""
+    block_m, block_k = 4, 128 if kp % 128 == 0 else 64
+    row_tiles = triton.cdiv(m, block_m)
+    k_programs = max(1, min(kp // block_k, triton.cdiv(264, row_tiles)))
+    return block_m, block_k, k_programs, 4
+
+
+def _prepare_split_impl(
+    x: torch.Tensor, token: bool, mask: int, mask_n: int, mask_m: int, residual: int, rmask: int, rmask_n: int,
+    rmask_m: int, bb: int, rb: int, two: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel as a torch op: x (M, K) contiguous -> (s_x FP32 (M,) or (1,), first operand bf16
+    (M, Kp), second operand bf16 (M, Kp) or empty)."""
+    from . import interpreting
+
+    m, k = x.shape
+    kp = split_padded(k)
+    s = torch.empty(m if token else 1, dtype=torch.float32, device=x.device)
+    t = torch.empty(m, kp, dtype=torch.bfloat16, device=x.device)
+    r = torch.empty(m, kp, dtype=torch.bfloat16, device=x.device) if two else t.new_empty(0)
+    if m == 0:
+        if not token:
+            s.fill_(1e-9)  # amax of nothing is 0: the floor
+        return s, t, r
+    amax = s
+    if not token:  # one amax over the tensor: a grid-wide atomic max into a zeroed word
+        amax = torch.zeros(1, dtype=torch.int32, device=x.device)
+        bm = min(8, triton.next_power_of_2(m))
+        _amax_kernel[(triton.cdiv(m, bm), min(triton.cdiv(k, 512), 65535))](
+            x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512)
+    block_m, block_k, k_programs, warps = _split_tiles(m, kp)
+    _prepare_split_kernel[(triton.cdiv(m, block_m), k_programs)](
+        x, amax, s, t, r if two else t, m, k, kp, x.stride(0), t.stride(0), 1 if token else 0,
+        TOKEN=token, MASK=mask, MASK_N=mask_n, MASK_M=mask_m, RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n,
+        RMASK_M=rmask_m, BB=bb, RB=rb, TWO=two, ROUND_ASM=not interpreting(), BLOCK_M=block_m, BLOCK_K=block_k,
+        num_warps=warps, enable_fp_fusion=False,
+    )
+    return s, t, r
+
+
+_prepare_split_op = torch.library.custom_op("sharq::prepare_split", mutates_args=())(_prepare_split_impl)
+
+
+@_prepare_split_op.register_fake
+def _(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two):
+    m, k = x.shape
+    kp = split_padded(k)
+    s = x.new_empty(m if token else 1, dtype=torch.float32)
+    t = x.new_empty(m, kp, dtype=torch.bfloat16)
+    return s, t, (x.new_empty(m, kp, dtype=torch.bfloat16) if two else t.new_empty(0))
+
+
+def prepare_split(x: torch.Tensor, config: SharqConfig, *, two: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(s_x, operands) of x (M, K) for `config` (NVFP4): s_x FP32 (M, 1) ("token") or (); operands:
+    `two` — (deq(B), deq(R)) — or (bf16(deq(B) + deq(R)),), bf16 (M, Kp) in the pair-split layout.
+    A config without a residual gives (deq(B),) either way."""
+    if not prepare_split_supports(config):
+        raise ValueError(f"prepare_split prepares NVFP4 with blocks dividing {SPLIT} and the Triton masks, "
+                         f"got {config.format.value}, mask {config.mask}, blocks {config.backbone_block}/"
+                         f"{config.residual_block}")
+    if x.dim() != 2:
+        raise ValueError(f"prepare_split expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
+    x = x.contiguous()
+    token = config.granularity is Granularity.TOKEN
+    mask, mask_n, mask_m = _mask_args(config.mask_spec)
+    rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
+    residual = {Residual.NONE: 0, Residual.QUANTIZED: 1, Residual.NAIVE: 2}[config.residual]
+    two = two and residual != 0
+    op = _prepare_split_impl if direct_call_ok(x) else torch.ops.sharq.prepare_split
+    s, t, r = op(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, config.backbone_block,
+                 config.residual_block, two)
+    s = s.reshape(-1, 1) if token else s.reshape(())
+    return s, ((t, r) if two else (t,))
