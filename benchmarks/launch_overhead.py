@@ -51,7 +51,7 @@ def main() -> None:
     doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, n=n, k=k, rows=[])
     for m in [int(v) for v in args.m.split(",")]:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        prepared, _ = prepare_activation_triton(x, config, with_terms=True, terms_layout="auto")
+        prepared = prepare_activation_triton(x, config, with_terms=True, terms_layout="auto")
         pieces = {
             "linear": lambda: layer(x),
             "prepare": lambda: prepare_activation_triton(x, config, with_terms=True, terms_layout="auto"),

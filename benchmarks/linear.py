@@ -1,22 +1,29 @@
-"""Per-linear-layer speed at Llama-3.1-8B shapes: bf16, FP8, SharQ (prep + GEMM), SharQ GEMM alone.
+"""Per-linear-layer speed at a model's shapes: SharQ (prep + GEMM) against bf16, FP8 and gemlite.
 
 Providers, all timed in the same run the way decode runs them: captured in a CUDA graph (no Python
 or launch overhead), the graph cycling through enough copies of the layer's weights (≥ 150 MB of
 the smallest payload, at M ≤ 256) that no weight is served from the 50 MB L2; median of 20
 replays, divided by the copies:
-  bf16        F.linear(x, W) in bf16 (cuBLAS)
-  fp8         dynamic per-token E4M3 activation quantization + torch._scaled_mm with per-channel
-              E4M3 weight scales, bf16 out — what serving engines call fp8 (`sharq.baselines.fp8`;
-              since issue 6 the quantization is one compiled kernel, before it was eager torch ops)
-  sharq       sharq_linear on the Triton backend: global scale, fused preparation, FP4-weight GEMM
-  sharq-gemm  the FP4-weight GEMM alone (the GEMV at M = 1), on prepared operands
-  sharq-bf16sum  sharq with operand="bf16-sum" (one MMA on bf16(deq(B) + deq(R)): an approximation)
-  copy        a device-to-device copy of the SharQ weight's bytes (payload + scales): the time the
-              weight stream would take at copy bandwidth
-plus `copy_GBps`: (read + written bytes) / time of a 1 GiB device copy (do_bench).
+  bf16          F.linear(x, W) in bf16 (cuBLAS)
+  fp8-sharq     sharq.baselines.fp8: per-token E4M3 activation quantization (one compiled kernel) +
+                torch._scaled_mm with per-channel E4M3 weight scales, bf16 out
+  gemlite-fp8   gemlite's A8W8_fp8_dynamic (Triton), its shipped H100 config loaded
+  fp8           the faster of fp8-sharq and gemlite-fp8 at each (layer, M): the FP8 peer
+  gemlite-int4  gemlite's A16W4_HQQ_INT: int4 weights in groups of 64 along K, bf16 activations —
+                the Triton W4A16 peer (its A16W4_NVFP does not compile on sm_90 with Triton 3.6)
+  sharq         sharq_linear with the preset's default config (operand "auto": exact up to 16 rows,
+                bf16-sum above), Triton backend: preparation + the planned GEMM (kernels/plan.py)
+  sharq-exact   the same with operand "exact" (SPEC §7's two products at every M)
+  sharq-gemm    the planned GEMM alone (the GEMV at M ≤ 2) on prepared operands
+  copy          a device-to-device copy of the SharQ weight's bytes (payload + scales): the time the
+                weight stream would take at copy bandwidth
+plus `copy_GBps`: (read + written bytes) / time of a 1 GiB device copy (do_bench), and `summary`: the
+four layers summed per M and provider (a decoder layer's linears), as ratios to bf16.
+gemlite (PyPI gemlite==0.6.0.post2, pure Python + Triton >= 3.6) is optional: without it its
+providers are absent and `fp8` is fp8-sharq.
 
-usage: python benchmarks/linear.py [--preset sharq-nvfp4] [--granularity tensor] [--m 1,8,...]
-Writes benchmarks/results/linear-<gpu>.json and .png.
+usage: python benchmarks/linear.py [--preset sharq-nvfp4] [--granularity tensor] [--m 1,8,...] [--model ...]
+Writes benchmarks/results/linear[-<model>]-<gpu>.json and .png.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from sharq.baselines.fp8 import fp8_linear, quantize_activation, quantize_weight
 from sharq.ops import linear_from_prepared, prepare, quantize_weight, sharq_linear
 from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 
-M_VALUES = (1, 8, 16, 64, 256, 1024, 4096, 8192)
+M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192)
 
 
 def _fp8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +88,45 @@ def _copy_gbps(bench) -> float:
     return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
+def _gemlite():
+    """gemlite with its shipped H100 config loaded, or None where it is not installed."""
+    try:
+        import gemlite
+    except ImportError:
+        return None
+    config = Path(gemlite.__file__).parent / "configs" / "h100.json"
+    if "H100" in torch.cuda.get_device_name() and config.exists():
+        gemlite.load_config(str(config))
+    return gemlite
+
+
+def _gemlite_layers(gemlite, ws: list[torch.Tensor]) -> dict[str, list]:
+    """gemlite-fp8 and gemlite-int4 layers for each weight copy (random int4 codes for the W4A16 peer:
+    its speed does not depend on the values)."""
+    from gemlite.helper import A8W8_fp8_dynamic, A16W4_HQQ_INT
+
+    out: dict[str, list] = {"gemlite-fp8": [], "gemlite-int4": []}
+    for w in ws:
+        n, k = w.shape
+        lin = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda")
+        lin.weight.data.copy_(w)
+        out["gemlite-fp8"].append(A8W8_fp8_dynamic(device="cuda", dtype=torch.bfloat16).from_linear(lin, del_orig=False))
+        codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda")
+        scales = torch.rand(n, k // 64, dtype=torch.bfloat16, device="cuda") * 0.01
+        zeros = torch.full((n, k // 64), 7.5, dtype=torch.bfloat16, device="cuda")
+        out["gemlite-int4"].append(A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(codes, scales, zeros))
+    return out
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per M and provider: the layers' median times summed (ms) and the ratio bf16 / provider."""
+    by: dict = {}
+    for r in rows:
+        by.setdefault(r["M"], {}).setdefault(r["provider"], 0.0)
+        by[r["M"]][r["provider"]] += r["median_ms"]
+    return {m: {p: dict(ms=t, vs_bf16=by[m]["bf16"] / t) for p, t in ps.items()} for m, ps in sorted(by.items())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="sharq-nvfp4")
@@ -103,9 +149,10 @@ def main() -> None:
         return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
     config = PRESETS[args.preset].replace(granularity=args.granularity, backend="triton")
-    summed = config.replace(operand="bf16-sum")
+    exact = config.replace(operand="exact")
+    gemlite = _gemlite()
     copy_gbps = _copy_gbps(bench)
-    print(f"device copy: {copy_gbps:.0f} GB/s (read + written)")
+    print(f"device copy: {copy_gbps:.0f} GB/s (read + written); gemlite {getattr(gemlite, '__version__', 'absent')}")
     rows = []
     torch.manual_seed(0)
     for layer in args.layers.split(","):
@@ -116,6 +163,7 @@ def main() -> None:
         ws = [w0] + [w0 + 0.001 * torch.randn_like(w0) for _ in range(n_copies - 1)]
         wqs = [quantize_weight(w, config) for w in ws]
         fp8s = [_fp8_weight(w) for w in ws]
+        peers = _gemlite_layers(gemlite, ws) if gemlite is not None else {}
         blobs = [(torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
                   torch.empty(weight_bytes, dtype=torch.uint8, device="cuda")) for _ in ws]
         for m in map(int, args.m.split(",")):
@@ -124,56 +172,78 @@ def main() -> None:
             c = n_copies if m <= 256 else 1
             providers = {
                 "bf16": [lambda w=w: F.linear(x, w) for w in ws[:c]],
-                "fp8": [lambda f=f: _fp8_linear(x, *f) for f in fp8s[:c]],
+                "fp8-sharq": [lambda f=f: _fp8_linear(x, *f) for f in fp8s[:c]],
+                **{name: [lambda g=g: g(x) for g in layers[:c]] for name, layers in peers.items()},
                 "sharq": [lambda q=q: sharq_linear(x, q, None, config) for q in wqs[:c]],
+                "sharq-exact": [lambda q=q: sharq_linear(x, q, None, exact) for q in wqs[:c]],
                 "sharq-gemm": [lambda q=q: linear_from_prepared(prepared, q, None, torch.bfloat16) for q in wqs[:c]],
                 "copy": [lambda b=b: b[1].copy_(b[0]) for b in blobs[:c]],
-                "sharq-bf16sum": [lambda q=q: sharq_linear(x, q, None, summed) for q in wqs[:c]],
             }
             t = {}
             for name, fns in providers.items():
-                t[name] = _graph_ms(fns)
+                try:
+                    t[name] = _graph_ms(fns)
+                except Exception as err:  # a peer that cannot run this shape is reported, not timed
+                    print(f"{layer} M={m} {name}: {type(err).__name__}: {str(err)[:200]}")
+                    continue
                 rows.append(dict(layer=layer, M=m, N=n, K=k, provider=name, median_ms=t[name], weight_copies=c))
+            fp8_name = min((p for p in ("fp8-sharq", "gemlite-fp8") if p in t), key=t.get)
+            t["fp8"] = t[fp8_name]
+            rows.append(dict(layer=layer, M=m, N=n, K=k, provider="fp8", median_ms=t["fp8"], source=fp8_name,
+                             weight_copies=c))
             print(f"{layer:8s} M={m:5d} " + " ".join(f"{p} {v * 1e3:7.1f}us" for p, v in t.items()) +
-                  f" | sharq {t['bf16'] / t['sharq']:.2f}x bf16, {t['fp8'] / t['sharq']:.2f}x fp8; gemm alone "
-                  f"{t['bf16'] / t['sharq-gemm']:.2f}x bf16, streams {weight_bytes / (t['sharq-gemm'] * 1e-3) / 1e9:.0f}"
-                  f" GB/s; prep {100 * (t['sharq'] - t['sharq-gemm']) / t['sharq']:.0f}%", flush=True)
-        del ws, wqs, fp8s, blobs
+                  f" | sharq {t['bf16'] / t['sharq']:.2f}x bf16, {t['fp8'] / t['sharq']:.2f}x fp8 ({fp8_name})"
+                  + (f", {t['gemlite-int4'] / t['sharq']:.2f}x gemlite-int4" if "gemlite-int4" in t else ""),
+                  flush=True)
+        del ws, wqs, fp8s, blobs, peers
         torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name()
+    summary = summarize(rows)
+    print("layers summed, ratio to bf16:")
+    names = list(next(iter(summary.values())))
+    print("      M " + " ".join(f"{p:>13s}" for p in names))
+    for m, ps in summary.items():
+        print(f"{m:7d} " + " ".join(f"{ps[p]['vs_bf16']:13.2f}" if p in ps else " " * 13 for p in names))
     doc = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, sharq=sharq.__version__,
-               model=args.model, preset=args.preset, granularity=args.granularity, copy_GBps=copy_gbps,
+               gemlite=getattr(gemlite, "__version__", None), model=args.model, preset=args.preset,
+               granularity=args.granularity, config=config.to_dict(), copy_GBps=copy_gbps,
                timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
-               rows=rows)
+               rows=rows, summary={str(m): v for m, v in summary.items()})
     path = write_json(doc, args.out, "linear" if args.model == DEFAULT_MODEL else f"linear-{args.model}")
     _plot(doc, path.with_suffix(".png"))
     print(f"wrote {path} and .png")
 
 
+PLOTTED = ("fp8", "gemlite-fp8", "gemlite-int4", "sharq", "sharq-exact", "sharq-gemm")
+
+
 def _plot(doc: dict, path: Path) -> None:
+    """Speed-up over bf16 vs M: the layers summed (first panel), then each layer; every provider."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     layers = list(dict.fromkeys(r["layer"] for r in doc["rows"]))
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        rows = [r for r in doc["rows"] if r["layer"] == layer]
+    fig, axes = plt.subplots(1, len(layers) + 1, figsize=(4.2 * (len(layers) + 1), 3.8), squeeze=False)
+    panels = [("layers summed", doc["rows"], None)] + [(layer, [r for r in doc["rows"] if r["layer"] == layer], layer)
+                                                       for layer in layers]
+    for ax, (title, rows, layer) in zip(axes[0], panels):
+        t: dict = {}
+        for r in rows:
+            t[(r["provider"], r["M"])] = t.get((r["provider"], r["M"]), 0.0) + r["median_ms"]
         ms = sorted({r["M"] for r in rows})
-        t = {(r["provider"], r["M"]): r["median_ms"] for r in rows}
-        for provider in ("fp8", "sharq", "sharq-gemm", "sharq-bf16sum"):
-            if (provider, ms[0]) not in t:
-                continue
-            ax.plot(ms, [t[("bf16", m)] / t[(provider, m)] for m in ms], marker="o", label=provider)
+        for provider in PLOTTED:
+            if all((provider, m) in t for m in ms):
+                ax.plot(ms, [t[("bf16", m)] / t[(provider, m)] for m in ms], marker="o", ms=3, label=provider)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{layer} ({rows[0]['N']}×{rows[0]['K']})")
+        ax.set_title(title if layer is None else f"{layer} ({rows[0]['N']}×{rows[0]['K']})", fontsize=9)
         ax.set_xlabel("M (tokens)")
         ax.set_ylabel("speed-up over bf16")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{doc['preset']} ({doc['granularity']}) linear layers, {doc['gpu']}, torch {doc['torch']}, "
-                 f"triton {doc['triton']}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{doc['model']} {doc['preset']} ({doc['granularity']}), {doc['gpu']}, torch {doc['torch']}, "
+                 f"triton {doc['triton']}, gemlite {doc.get('gemlite')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

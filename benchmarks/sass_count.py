@@ -70,7 +70,7 @@ def _longest_loop(sass: str) -> str:
     return best
 
 
-GEMV_TILINGS = ((1, 1, 1024, 1), (2, 8, 1024, 2), (4, 4, 1024, 1), (8, 4, 1024, 1))  # as launched (gemv_nvfp4._tiles)
+GEMV_TILINGS = ((1, 1, 1024, 1), (2, 8, 1024, 2))  # as launched (gemv_nvfp4._tiles)
 
 
 def main(pdl: bool = False, groups: tuple[int, ...] = (1, 3)) -> None:
@@ -97,7 +97,7 @@ def main(pdl: bool = False, groups: tuple[int, ...] = (1, 3)) -> None:
     for two in (False, True):
         for bm, bk, nw in ((4, 128, 4), (8, 128, 4), (4, 64, 2)):
             consts = dict(TOKEN=True, MASK=1, MASK_N=2, MASK_M=8, RESIDUAL=1, RMASK=0, RMASK_N=1, RMASK_M=1, BB=32,
-                          RB=16, TWO=two, ROUND_ASM=True, BLOCK_M=bm, BLOCK_K=bk)
+                          RB=16, TWO=two, ROUND_ASM=True, SPLIT_LAYOUT=True, BLOCK_M=bm, BLOCK_K=bk)
             k = _compile(prepare_split._prepare_split_kernel, consts, split, nw, fusion=False)
             what = "deq(B), deq(R)" if two else "bf16(deq(B) + deq(R))"
             _report(k, f"pair-split preparation sharq-nvfp4 -> {what}, {bm}x{bk} warps {nw}", bm * bk / (32 * nw))

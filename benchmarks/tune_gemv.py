@@ -4,7 +4,7 @@ Timing as benchmarks/linear.py: CUDA graphs cycling ≥ 150 MB of weight copies 
 median of 20 replays, M rows (default 1, 2, 4, 8), two terms. Each tiling is checked against the
 tensor-core GEMM (relative error), which is timed too. Prints the best per layer and M with its
 weight stream in GB/s and writes benchmarks/results/gemv-tuning-<gpu>.json, the data behind
-`gemv_nvfp4._tiles` and GEMV_MAX_M.
+`gemv_nvfp4._tiles` and the plan's GEMV_AUTO_MAX_M.
 
 usage: python benchmarks/tune_gemv.py [--layers qkv,o,gate_up,down] [--m 1,2,4,8]
 """

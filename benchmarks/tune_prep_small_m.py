@@ -45,7 +45,7 @@ def main() -> None:
     for k, m in itertools.product(map(int, args.k.split(",")), map(int, args.m.split(","))):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         layout = "gemv" if m <= GEMV_AUTO_MAX_M else "rows"
-        want, _ = prepare_activation_triton(x, config, with_terms=True, terms_layout=layout)
+        want = prepare_activation_triton(x, config, with_terms=True, terms_layout=layout)
         t0 = _graph_ms([lambda: prepare_activation_triton(x, config, with_terms=True, terms_layout=layout)] * 20)
         rows.append(dict(M=m, K=k, layout=layout, tiles="default", median_ms=t0))
         best = (t0, "default")
@@ -53,7 +53,7 @@ def main() -> None:
             if bm > triton.next_power_of_2(m):
                 continue
             kw = dict(with_terms=True, terms_layout=layout, block_m=bm, block_k=bk, num_warps=w)
-            got, _ = prepare_activation_triton(x, config, **kw)
+            got = prepare_activation_triton(x, config, **kw)
             same = all(torch.equal(a, b) for a, b in zip(got.terms, want.terms))
             same = same and torch.equal(got.backbone.codes, want.backbone.codes)
             ms = _graph_ms([lambda kw=kw: prepare_activation_triton(x, config, **kw)] * 20)

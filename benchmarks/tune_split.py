@@ -88,7 +88,7 @@ def main() -> None:
                                                                                    tiles=dflt) for q in wq])
             row["best_two_ms"] = _graph_ms([lambda q=q: fp4_weight_gemm_split(
                 terms2, s, q, None, torch.bfloat16, tiles=dict(zip(KEYS, best[0]))) for q in wq])
-            old, _ = prepare_activation_triton(x, config, with_terms=True, terms_layout="rows")
+            old = prepare_activation_triton(x, config, with_terms=True, terms_layout="rows")
             row["old_prep_ms"] = _graph_ms([lambda: prepare_activation_triton(x, config, with_terms=True,
                                                                               terms_layout="rows")])
             row["old_gemm_ms"] = _graph_ms([lambda q=q: fp4_weight_gemm(old.terms, old.global_scale, q, None,

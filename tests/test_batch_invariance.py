@@ -34,8 +34,10 @@ TOKEN_PRESETS = ["sharq-nvfp4", "sharq-nvfp4-w16", "nvfp4", "dense-dense", "shar
 U = 2.0**-24  # FP32 unit roundoff
 
 
-def _cfg(preset: str, backend: str, granularity: str = "token"):
-    cfg = PRESETS[preset].replace(backend=backend)
+def _cfg(preset: str, backend: str, granularity: str = "token", operand: str = "exact"):
+    # across batch sizes only the summation order may change: one operand at every size (operand
+    # "auto" switches at 16 rows by design; test_operand_auto.py pins that switch)
+    cfg = PRESETS[preset].replace(backend=backend, operand=operand)
     return cfg.replace(granularity=granularity) if cfg.has_global_scale else cfg
 
 
@@ -173,13 +175,12 @@ def test_reference_across_batch_sizes_within_the_order_bound(preset, dtype):
 def _tile_key(layer: SharqLinear, m: int):
     """Which kernel and tiles the Triton backend uses for m rows (rows sharing it sum alike)."""
     from sharq.kernels import gemv_nvfp4
-    from sharq.kernels.gemm_fp4 import _tiles
+    from sharq.kernels.plan import plan_linear
 
-    nvfp4 = layer.config.format.value == "nvfp4"
-    if m <= gemv_nvfp4.GEMV_AUTO_MAX_M and nvfp4:
+    plan = plan_linear(m, layer.config, layer.weight_codes.device)
+    if plan.gemm == "gemv":
         return ("gemv",) + tuple(sorted(gemv_nvfp4._tiles(m, layer.out_features, layer.in_features).items()))
-    two = layer.config.residual.value != "none"
-    return tuple(sorted(_tiles(m, layer.out_features, layer.in_features, packed=nvfp4, two=two).items()))
+    return (plan.gemm,) + tuple(sorted(plan.tiles(layer.out_features, layer.in_features).items()))
 
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4"])

@@ -19,7 +19,7 @@ triton = pytest.importorskip("triton")
 from sharq import PRESETS  # noqa: E402
 from sharq.config import Format  # noqa: E402
 from sharq.formats.quantized import QuantizedTensor  # noqa: E402
-from sharq.kernels.gemm_fp4 import fp4_weight_gemm, gemm_supports, operand_dtype  # noqa: E402
+from sharq.kernels.gemm_fp4 import fp4_weight_gemm, gemm_supports  # noqa: E402
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
@@ -59,7 +59,7 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_gemm_matches_fp32_matmul_of_its_operands(preset, m, n, k):
     wq = _weight(n, k, preset, seed=m + n)
     g = torch.Generator().manual_seed(k)
-    dtype = operand_dtype(wq.format)
+    dtype = torch.bfloat16
     terms = [(torch.randn(m, k, generator=g) * s).to(dtype).to(DEVICE) for s in (4.0, 0.3)]
     s_x = (torch.rand(m, 1, generator=g) + 0.5).to(DEVICE)
     bias = torch.randn(n, generator=g).to(DEVICE)
@@ -73,7 +73,7 @@ def test_gemm_tilings_agree_and_cover_partial_tiles():
     """Every launch tiling (decode, mid, prefill) over shapes that leave partial tiles in M, N, K."""
     for preset in ("sharq-nvfp4", "sharq-mxfp4"):
         wq = _weight(80, 224, preset, seed=1)
-        a = _activation(37, 224, seed=2).to(operand_dtype(wq.format))
+        a = _activation(37, 224, seed=2).to(torch.bfloat16)
         s_x = torch.tensor(0.75, device=DEVICE)
         want = _expected([a], s_x, wq, None)
         for tiles in (dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64), dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128),
@@ -126,7 +126,7 @@ def test_gemm_subnormal_and_zero_weight_scales(preset):
     wq = quantize_weight(w.to(DEVICE), PRESETS[preset])
     if wq.format.value == "nvfp4":
         assert bool((wq.scales[1] < 8).any()) and bool((wq.scales[1] > 0).any())  # subnormal E4M3 bit patterns
-    a = (torch.randn(3, 128, generator=g) * 2).to(operand_dtype(wq.format)).to(DEVICE)
+    a = (torch.randn(3, 128, generator=g) * 2).to(torch.bfloat16).to(DEVICE)
     s_x = torch.tensor(1.5, device=DEVICE)
     y = fp4_weight_gemm([a], s_x, wq, None, torch.float32)
     want = _expected([a], s_x, wq, None)
@@ -141,14 +141,14 @@ def test_gemm_subnormal_and_zero_weight_scales(preset):
 def test_prepared_terms_are_the_reference_terms_bit_for_bit(preset, granularity):
     config = PRESETS[preset].replace(granularity=granularity)
     x = _activation(9, 160, seed=3)
-    got, _ = prepare_activation_triton(x, config, with_terms=True)
+    got = prepare_activation_triton(x, config, with_terms=True)
     ref = prepare_activation(x, config)
     want = [ref.backbone.dequantize(apply_global_scale=False)]
     if ref.residual is not None:
         want.append(ref.residual.dequantize(apply_global_scale=False))
     assert got.terms is not None and len(got.terms) == len(want)
     for t, w in zip(got.terms, want):
-        assert t.dtype == operand_dtype(config.format) and torch.equal(t.float(), w)  # exact in its type
+        assert t.dtype == torch.bfloat16 and torch.equal(t.float(), w)  # exact in its type
 
 
 def test_linear_on_triton_equals_reference_linear():
@@ -178,7 +178,7 @@ def test_bf16_sum_operand_is_the_reference_operand_and_one_term(preset):
     for granularity in ("tensor", "token"):
         config = PRESETS[preset].replace(granularity=granularity, operand="bf16-sum")
         x = _activation(11, 96, seed=5)
-        got, _ = prepare_activation_triton(x, config, with_terms=True)
+        got = prepare_activation_triton(x, config, with_terms=True)
         ref = prepare_activation(x, config)
         assert got.terms is not None and len(got.terms) == 1
         assert torch.equal(got.terms[0].float(), ref.dense)
@@ -258,7 +258,7 @@ def test_packed_decode_routing_and_its_refusals():
 
 def test_gemm_refuses_bad_input():
     wq = _weight(16, 64, "sharq-nvfp4", seed=0)
-    a = torch.zeros(2, 64, dtype=operand_dtype(wq.format), device=DEVICE)
+    a = torch.zeros(2, 64, dtype=torch.bfloat16, device=DEVICE)
     one = torch.ones((), device=DEVICE)
     with pytest.raises(ValueError, match="bf16"):
         fp4_weight_gemm([a.float()], one, wq, None, torch.float32)
@@ -278,7 +278,7 @@ def test_gemm_refuses_bad_input():
 
 def test_empty_batch():
     wq = _weight(16, 64, "sharq-nvfp4", seed=0)
-    y = fp4_weight_gemm([torch.zeros(0, 64, dtype=operand_dtype(wq.format), device=DEVICE)], torch.ones((), device=DEVICE),
+    y = fp4_weight_gemm([torch.zeros(0, 64, dtype=torch.bfloat16, device=DEVICE)], torch.ones((), device=DEVICE),
                         wq, None, torch.bfloat16)
     assert y.shape == (0, 16)
 
@@ -295,7 +295,7 @@ def test_gemm_full_shapes_on_cuda(layer, preset):
     n, k = LLAMA_8B[layer]
     wq = _weight(n, k, preset, seed=n)
     for m in (1, 7, 16, 100, 1024, 4099):  # 1024 and up: the bf16 scratch path
-        terms = [(torch.randn(m, k, device=DEVICE) * s).to(operand_dtype(wq.format)) for s in (4.0, 0.3)]
+        terms = [(torch.randn(m, k, device=DEVICE) * s).to(torch.bfloat16) for s in (4.0, 0.3)]
         s_x = torch.rand(m, 1, device=DEVICE) + 0.5
         y = fp4_weight_gemm(terms, s_x, wq, None, torch.float32)
         assert _rel_err(y, _expected(terms, s_x, wq, None)) < 1e-3, (layer, m)

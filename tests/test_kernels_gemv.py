@@ -72,7 +72,7 @@ def _rel_err(got, want) -> float:
 
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-nvfp4-w16"])
-@pytest.mark.parametrize("m,n,k", [(1, 48, 64), (1, 13, 200), (3, 9, 2100), (8, 20, 96)])
+@pytest.mark.parametrize("m,n,k", [(1, 48, 64), (1, 13, 200), (2, 9, 2100), (2, 20, 96)])
 def test_gemv_matches_fp64_matmul_of_its_operands(preset, m, n, k):
     wq = _weight(n, k, preset, seed=n + k)
     terms = [_nvfp4_term(m, k, 32, seed=k), _nvfp4_term(m, k, 16, seed=k + 1)]  # SharQ: B per 32, R per 16
@@ -144,7 +144,7 @@ def test_grouped_gemv_refuses_what_one_launch_cannot_serve():
 
 
 def test_gemv_decodes_every_code_of_both_operands():
-    """A Latin square of all 16 E2M1 weight codes against activation rows that, over two calls of 8
+    """A Latin square of all 16 E2M1 weight codes against activation rows that, over eight calls of 2
     rows, put every code at every column: each output is a sum of small exact products, so it
     equals the FP64 value rounded once by the per-tensor scale."""
     e2m1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
@@ -152,9 +152,9 @@ def test_gemv_decodes_every_code_of_both_operands():
     wq = quantize_weight(torch.cat([square, square.flip(1)], dim=1).to(DEVICE) * 0.01, PRESETS["sharq-nvfp4"])
     deq = wq.dequantize(apply_global_scale=False).double()
     assert set(range(16)) - {8} <= set(torch.cat([wq.codes & 15, wq.codes >> 4], dim=1).unique().tolist())
-    scales = torch.ones(8, 2, device=DEVICE)
-    for call in range(2):
-        codes = ((torch.arange(8)[:, None] + 8 * call + torch.arange(32)[None, :]) % 16).to(torch.uint8).to(DEVICE)
+    scales = torch.ones(2, 2, device=DEVICE)
+    for call in range(8):
+        codes = ((torch.arange(2)[:, None] + 2 * call + torch.arange(32)[None, :]) % 16).to(torch.uint8).to(DEVICE)
         y = fp4_weight_gemv(list(gemv_operand(codes, scales)), torch.tensor(1.0, device=DEVICE), wq, None,
                             torch.float32)
         exact = (e2m1.double()[codes.long().cpu()].to(DEVICE) @ deq.T).float()
@@ -163,12 +163,12 @@ def test_gemv_decodes_every_code_of_both_operands():
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "nvfp4", "sparse-only", "sharq-nvfp4-w16"])
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
-@pytest.mark.parametrize("m", [1, 3, 8])
+@pytest.mark.parametrize("m", [1, 2])
 def test_prepared_gemv_operand_is_the_reference_bit_for_bit(preset, granularity, m):
     config = PRESETS[preset].replace(granularity=granularity)
     g = torch.Generator().manual_seed(7 + m)
     x = (torch.randn(m, 200, generator=g) * torch.exp(torch.randn(m, 200, generator=g))).to(torch.bfloat16).to(DEVICE)
-    got, _ = prepare_activation_triton(x, config, with_terms=True, terms_layout="gemv")
+    got = prepare_activation_triton(x, config, with_terms=True, terms_layout="gemv")
     ref = prepare_activation(x, config)
     want = _operand([ref.backbone] + ([ref.residual] if ref.residual is not None else []))
     assert got.terms is not None and len(got.terms) == len(want)
@@ -190,7 +190,7 @@ def test_prepare_refuses_gemv_layout_where_it_does_not_apply():
                                   terms_layout="gemv")
     with pytest.raises(ValueError, match="terms_layout"):
         prepare_activation_triton(x, PRESETS["sharq-nvfp4"], with_terms=True, terms_layout="cols")
-    got, _ = prepare_activation_triton(x, PRESETS["sharq-nvfp4"], with_terms=True, terms_layout="auto")
+    got = prepare_activation_triton(x, PRESETS["sharq-nvfp4"], with_terms=True, terms_layout="auto")
     assert got.terms[0].dtype == torch.bfloat16  # 9 rows: the GEMM's rows
 
 
@@ -271,7 +271,7 @@ LLAMA_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "d
 @pytest.mark.gpu
 @pytest.mark.parametrize("layer", list(LLAMA_8B))
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-nvfp4-w16"])
-@pytest.mark.parametrize("m", [1, 8])
+@pytest.mark.parametrize("m", [1, 2])
 def test_gemv_full_shapes_on_cuda(layer, preset, m):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")

@@ -33,7 +33,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _check(x: torch.Tensor, config: SharqConfig, **kw) -> None:
-    got, total = prepare_activation_triton(x, config, with_sum=True, **kw)
+    got = prepare_activation_triton(x, config, with_terms=True, terms_layout="rows", **kw)
     ref = prepare_activation(x, config)
     pairs = [(got.backbone, ref.backbone)]
     if ref.residual is not None:
@@ -45,10 +45,15 @@ def _check(x: torch.Tensor, config: SharqConfig, **kw) -> None:
         assert torch.equal(g.scales, r.scales), "scales"
         assert g.shape == r.shape and g.block == r.block
     assert _same(got.global_scale, ref.global_scale)
-    want = ref.backbone.dequantize(apply_global_scale=False)
-    if ref.residual is not None:
-        want = want + ref.residual.dequantize(apply_global_scale=False)
-    assert _same(total, want), "deq(B) + deq(R)"
+    if ref.dense is not None:  # operand bf16-sum ("auto" above 16 rows): bf16(deq(B) + deq(R))
+        want = (ref.dense,)
+    else:  # exact: deq(B) [and deq(R)], each exact in bf16
+        want = (ref.backbone.dequantize(apply_global_scale=False),)
+        if ref.residual is not None:
+            want += (ref.residual.dequantize(apply_global_scale=False),)
+    assert got.layout == "rows" and len(got.terms) == len(want)
+    for t, w in zip(got.terms, want):
+        assert t.dtype == torch.bfloat16 and _same(t.float(), w), "the GEMM operands"
 
 
 def _outliers(m: int, k: int, seed: int, dtype=torch.bfloat16) -> torch.Tensor:
@@ -133,9 +138,9 @@ def test_short_batch_inline_amax_equals_the_amax_kernel_path(granularity, monkey
     y[2, 2050] = float("inf")
     for inp in (x, x[:1], y):
         _check(inp, config)  # inline: m <= AMAX_INLINE_MAX_M
-        inline, _ = prepare_activation_triton(inp, config)
+        inline = prepare_activation_triton(inp, config)
         monkeypatch.setattr(prep, "AMAX_INLINE_MAX_M", 0)
-        separate, _ = prepare_activation_triton(inp, config)
+        separate = prepare_activation_triton(inp, config)
         monkeypatch.setattr(prep, "AMAX_INLINE_MAX_M", 4)
         assert _same(inline.global_scale, separate.global_scale)
         assert torch.equal(inline.backbone.codes, separate.backbone.codes)

@@ -67,7 +67,7 @@ def _chain(xs, weights, config):
     next h is their sum (so every preparation depends on the GEMVs before it)."""
     h = xs
     for w_a, w_b in weights:
-        prepared, _ = prepare_activation_triton(h, config, with_terms=True, terms_layout="auto")
+        prepared = prepare_activation_triton(h, config, with_terms=True, terms_layout="auto")
         a = sharq_linear(h, w_a, None, config, prepared=prepared)
         b = sharq_linear(h, w_b, None, config, prepared=prepared)
         h = (a.float() + b.float()).to(torch.bfloat16) * 4

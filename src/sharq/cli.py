@@ -58,6 +58,7 @@ def _eval_settings(args: argparse.Namespace):
         model=args.model, presets=tuple(presets), granularities=args.granularity, tasks=tuple(tasks),
         limit=args.limit, ppl_tokens=args.ppl_tokens, seq_len=args.seq_len, device=args.device,
         dtype=args.dtype, batch_tokens=args.batch_tokens, ppl_batch=args.ppl_batch, backend=args.backend,
+        operand=getattr(args, "operand", None),
     )
 
 
@@ -98,6 +99,8 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
                    help="model dtype (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--backend", choices=("auto", "reference", "triton"), default="auto",
                    help="activation preparation: reference (auto) or the fused Triton kernel (CUDA)")
+    p.add_argument("--operand", choices=("auto", "exact", "bf16-sum"),
+                   help="what the linears multiply (SPEC §7; default: the preset's own, auto)")
     p.add_argument("--batch-tokens", type=_positive_int, help="padded tokens per scoring batch")
     p.add_argument("--ppl-batch", type=_positive_int, help="windows per perplexity batch")
     p.add_argument("--out", default="results", help="results folder (default results/)")

@@ -71,10 +71,11 @@ def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
     check_activation(x)
     if config.check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
-    if plan.preparation == "pair-split":
+    if plan.preparation in ("operand-rows", "operand-split"):
         from .kernels.prepare_split import prepare_split
 
-        s, terms = prepare_split(x, config, two=plan.operand is Operand.EXACT)
+        layout = "pair-split" if plan.preparation == "operand-split" else "rows"
+        s, terms = prepare_split(x, config, two=plan.operand is Operand.EXACT, layout=layout)
         m, k = x.shape
         unwritten = x.new_empty(m, 0, dtype=torch.uint8)
         gs = s if config.has_global_scale else None
@@ -84,10 +85,10 @@ def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
                                    global_scale=gs)
 
         residual = term(config.residual_block) if config.residual is not Residual.NONE else None
-        return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout="pair-split")
+        return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout=layout)
     from .kernels.prepare_fp4 import prepare_activation_triton
 
-    prepared, _ = prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation)
+    prepared = prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation)
     return prepared
 
 

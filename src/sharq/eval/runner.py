@@ -55,6 +55,7 @@ class EvalSettings:
     batch_tokens: int | None = None  # padded tokens per scoring batch (None: 32768 cuda / 4096 cpu)
     ppl_batch: int | None = None  # windows per perplexity batch (None: 8 cuda / 1 cpu)
     backend: str = "auto"  # SharqConfig.backend of every run ("triton": the fused preparation kernel)
+    operand: str | None = None  # SharqConfig.operand of every run (None: the preset's own, "auto")
 
     def resolved(self) -> "EvalSettings":
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,7 +183,8 @@ def evaluate(
             log(f"{preset} ({granularity}): already in {json_path}, skipped")
             continue
         start = time.perf_counter()
-        config = SharqConfig.from_preset(preset, granularity=granularity, backend=settings.backend)
+        config = SharqConfig.from_preset(preset, granularity=granularity, backend=settings.backend,
+                                         **({"operand": settings.operand} if settings.operand else {}))
         model = copy.deepcopy(base).to(settings.device)
         quantize_(model, config)
         backend = resolve_backend(config, torch.device(settings.device)).value if config.quantizes else "-"

@@ -6,7 +6,7 @@ the layer's weight once into a bf16 (N, K) scratch matrix — 2 bytes a weight w
 again, small against the GEMM's work when M is large — lets the GEMM loop be a plain bf16 one.
 
 The values are exact: deq(W) = e(c) · scale (the scaled domain, s_w not applied) has at most six
-significant bits and lies within bf16's range (`gemm_fp4._weight_tile`, the same bit operations).
+significant bits and lies within bf16's range (`weight_decode._weight_tile`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import triton.language as tl
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
 from .direct import direct_call_ok
-from .gemm_fp4 import _weight_tile, gemm_supports
+from .weight_decode import _weight_tile, gemm_supports
 
 __all__ = ["dequantize_fp4_bf16"]
 

@@ -10,7 +10,7 @@ Operands
           reference's epilogue order.
 
 The weight is the MMA's first operand: the program computes an output tile transposed, yᵀ (BLOCK_N,
-BLOCK_M) = W tile · T tileᵀ, so the weight tile decoded in registers (`gemm_fp4._weight_halves`:
+BLOCK_M) = W tile · T tileᵀ, so the weight tile decoded in registers (`weight_decode._weight_halves`:
 4 payload bytes -> 8 bf16 weights in packed registers, value · scale · 2^-7 exactly) feeds the
 tensor cores without a trip through shared memory, and the activation tile — the operand that is
 only loaded — is the one the pipeline stages. The decode gives a tile's even and its odd K
@@ -32,7 +32,7 @@ from ..config import Format
 from ..formats.quantized import QuantizedTensor
 from . import interpreting
 from .direct import direct_call_ok
-from .gemm_fp4 import _weight_halves
+from .weight_decode import _weight_halves
 from .prepare_split import SPLIT, split_padded
 
 __all__ = ["split_gemm_supports", "fp4_weight_gemm_split", "split_gemm_tiles"]

@@ -59,7 +59,7 @@ __all__ = ["GEMV_AUTO_MAX_M", "GEMV_GROUP_MAX", "GEMV_MAX_M", "GEMV_PAD", "fp4_w
            "gemv_group_supports", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
 
 GEMV_PAD = 2048  # the operand covers whole multiples of this many K positions (the largest BLOCK_K)
-GEMV_MAX_M = 8  # rows one GEMV launch serves (decode and small decode batches)
+GEMV_MAX_M = 2  # rows one GEMV launch serves: the rows the plan sends it (GEMV_AUTO_MAX_M)
 GEMV_GROUP_MAX = 3  # weights of one input one launch serves (q/k/v; gate/up)
 # launches of up to this many programs use PDL (kernels/pdl.py) unless SHARQ_PDL says otherwise:
 # measured faster for Llama's qkv, o and down (4,096-6,144 programs), slower for gate_up's 28,672
@@ -322,12 +322,10 @@ def _tiles(m: int, n: int, k: int) -> dict:
     """Launch tiling by shape, from benchmarks/tune_gemv.py's sweeps on the H100 (gemv-tuning-h100.json,
     Llama-3.1-8B shapes, best summed over the four layers): one weight row per 1-warp program and
     1024-long K steps at M = 1 (62.6 us for the four, against 66.9 for the next tiling); 8 rows on
-    2 warps at M = 2; 4 rows on 1 warp from M = 3 (the decoded weights serve every activation row)."""
+    2 warps at M = 2."""
     if m == 1:
         return dict(BLOCK_N=1, BLOCK_K=1024, num_warps=1)
-    if m == 2:
-        return dict(BLOCK_N=8, BLOCK_K=1024, num_warps=2)
-    return dict(BLOCK_N=4, BLOCK_K=1024, num_warps=1)
+    return dict(BLOCK_N=8, BLOCK_K=1024, num_warps=2)
 
 
 def gemv_group_supports(weights, m: int, *, biases=None, tiles: dict | None = None) -> bool:

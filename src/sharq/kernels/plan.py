@@ -4,14 +4,21 @@
 execute it and nothing else decides. `python -m sharq.kernels.plan` prints the table for the
 Llama-3.1-8B layers. Regimes (NVFP4 on CUDA, `backend="auto"`; M = rows of the flattened call):
 
-  operand  M        preparation                      GEMM
-  exact    1-2      int8 codes + FP32 scales/16      decode GEMV, integer dot products (gemv_nvfp4)
-  exact    3-16     bf16 deq(B), deq(R) rows         small-M GEMM, packed weight decode (gemm_fp4)
-  exact    > 16     bf16 deq(B), deq(R) pair-split   weight-as-A GEMM, two MMAs a tile (gemm_nvfp4_split)
-  bf16-sum any      bf16(deq(B) + deq(R)) pair-split weight-as-A GEMM, one MMA a tile
+  operand   M         preparation                         GEMM
+  exact     1-2       int8 codes + FP32 scales/16 (1)     decode GEMV, integer dot products (gemv_nvfp4)
+  exact     3-16      bf16 deq(B), deq(R) rows (1)        small-M GEMM, packed weight decode (gemm_fp4)
+  any       17-255    operand rows (2)                    FP32-decode GEMM (gemm_fp4)
+  any       256-511   operand, pair-split layout (2)      weight-as-A GEMM (gemm_nvfp4_split)
+  any       >= 512    operand rows (2)                    bf16 GEMM over a scratch weight (gemm_fp4 +
+                                                          dequant_fp4)
+  (1) prepare_fp4: codes, scales and the operand; (2) prepare_split: the operand alone — bf16(deq(B) +
+  deq(R)) for bf16-sum, deq(B) and deq(R) (two MMAs) for exact.
 
+The M > 16 boundaries are from benchmarks/tune_split.py (split-tuning-llama-3.1-8b-h100.json, the four
+Llama-3.1-8B linears summed, H100): the weight-as-A GEMM is the fastest at M = 256 (509 us against
+779 for the FP32 decode), the FP32 decode at M = 64 (270 against 378), the scratch GEMM from M = 1024.
 `operand="auto"` is exact up to AUTO_EXACT_MAX_ROWS (16) rows and bf16-sum above (SPEC §7), so its
-calls take rows 1-3 above and then row 4. MXFP4 prepares bf16 rows and runs `gemm_fp4`'s FP32
+calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows and runs `gemm_fp4`'s FP32
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
 The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
 and `tiles` reports them.
@@ -31,6 +38,8 @@ __all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M"]
 # the packed decode and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json:
 # the four Llama-3.1-8B linears at M = 2 in 90 us on either, at M = 4 in 91 us against the GEMV's 124)
 GEMV_AUTO_MAX_M = 2
+SPLIT_MIN_M = 256  # from here to SCRATCH_MIN_M - 1 rows: the pair-split operand and weight-as-A GEMM
+SCRATCH_MIN_M = 512  # from here on gemm_fp4 multiplies a bf16 scratch weight (gemm_fp4._tiles reads it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +48,12 @@ class LinearPlan:
 
     backend:     REFERENCE or TRITON.
     operand:     EXACT or BF16_SUM (config.operand resolved for `rows`).
-    preparation: "reference" | "gemv" (int8 codes + FP32 scales) | "rows" (bf16 (M, K) terms) |
-                 "pair-split" (bf16 (M, Kp) terms in the split layout, no codes written).
-    gemm:        "reference" | "gemv" | "small-m" (gemm_fp4, packed decode) | "fp32-decode" (gemm_fp4,
-                 MXFP4) | "pair-split" (gemm_nvfp4_split).
+    preparation: "reference" | "gemv" (int8 codes + FP32 scales) | "rows" (prepare_fp4: codes and bf16
+                 (M, K) terms) | "operand-rows" / "operand-split" (prepare_split: the bf16 operand
+                 alone, (M, K) rows or (M, Kp) in the pair-split layout; no codes written).
+    gemm:        "reference" | "gemv" | "small-m" (gemm_fp4, packed decode) | "fp32-decode" (gemm_fp4)
+                 | "bf16-scratch" (gemm_fp4 over dequant_fp4's scratch weight) | "pair-split"
+                 (gemm_nvfp4_split).
     """
 
     rows: int
@@ -57,7 +68,7 @@ class LinearPlan:
             from .gemm_nvfp4_split import split_gemm_tiles
 
             return split_gemm_tiles(self.rows, n, k)
-        if self.gemm in ("small-m", "fp32-decode"):
+        if self.gemm in ("small-m", "fp32-decode", "bf16-scratch"):
             from .gemm_fp4 import _tiles
 
             return _tiles(self.rows, n, k, packed=self.gemm == "small-m", two=self.operand is Operand.EXACT)
@@ -86,8 +97,14 @@ def plan_linear(rows: int, config: SharqConfig, device: torch.device | str) -> L
         if exact and rows <= 16:
             return LinearPlan(rows, backend, operand, "rows", "small-m")
         if prepare_split_supports(config):
-            return LinearPlan(rows, backend, operand, "pair-split", "pair-split")
-    return LinearPlan(rows, backend, operand, "rows", "fp32-decode")
+            if SPLIT_MIN_M <= rows < SCRATCH_MIN_M:
+                return LinearPlan(rows, backend, operand, "operand-split", "pair-split")
+            return LinearPlan(rows, backend, operand, "operand-rows", _rows_gemm(rows))
+    return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows))
+
+
+def _rows_gemm(rows: int) -> str:
+    return "bf16-scratch" if rows >= SCRATCH_MIN_M else "fp32-decode"
 
 
 def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: list[int],

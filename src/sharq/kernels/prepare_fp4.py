@@ -244,13 +244,13 @@ def _global_scale(amax):
 
 @triton.jit
 def _prepare_kernel(
-    x_ptr, amax_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, sum_ptr, tb_ptr, tr_ptr, tbs_ptr, trs_ptr,
-    M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_sum, stride_t,
+    x_ptr, amax_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, tb_ptr, tr_ptr, tbs_ptr, trs_ptr,
+    M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_t,
     wb_codes, wb_scales, wr_codes, wr_scales,
     MX: tl.constexpr, HAS_S: tl.constexpr,
     MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
     RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, WRITE_SUM: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KG,
+    BB: tl.constexpr, RB: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KG,
     AMAX_INLINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     if PDL:  # launched as a dependent (pdl.py): wait for x, then let the GEMV's programs start
@@ -309,8 +309,6 @@ def _prepare_kernel(
                                     RB)
         if WRITE_TERMS == 2:  # one term: the FP32 sum rounded to bf16 (operand="bf16-sum")
             tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], _round_bf16(total).to(tl.bfloat16), mask=ok)
-        if WRITE_SUM:
-            tl.store(sum_ptr + rows[:, None] * stride_sum + cols[None, :], total, mask=ok)
 
 
 @triton.jit
@@ -348,7 +346,7 @@ AMAX_INLINE_MAX_K = 8192  # launch); longer rows: every program rereading the ro
 _TERMS_NONE, _TERMS_SEPARATE, _TERMS_SUMMED, _TERMS_GEMV = 0, 1, 2, 3
 
 
-def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool, with_sum: bool, terms: int):
+def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool, terms: int):
     m, k = x.shape
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     u8 = dict(dtype=torch.uint8, device=x.device)
@@ -358,7 +356,6 @@ def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool,
         torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8),
         torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
         torch.empty(m, kp_r // rb, **u8) if has_r else none.clone(),
-        torch.empty(m, k, dtype=torch.float32, device=x.device) if with_sum else none.clone(),
         _term(x, terms) if terms else none.clone(),
         _term(x, terms) if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else none.clone(),
         _term_scales(x) if terms == _TERMS_GEMV else none.float(),
@@ -380,22 +377,22 @@ def _term_scales(x: torch.Tensor) -> torch.Tensor:
 
 def _prepare_impl(
     x: torch.Tensor, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
-    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, with_sum: bool, terms: int,
+    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, terms: int,
     block_m: int, block_k: int, num_warps: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor, torch.Tensor]:
+           torch.Tensor, torch.Tensor]:
     """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
     scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row. Returns s (FP32 (1,) or
-    (M,); 1 without a scale), B codes/scales, R codes/scales, FP32 sum, and the GEMM operands:
+    (M,); 1 without a scale), B codes/scales, R codes/scales, and the GEMM operands:
     terms 1: bf16 deq(B), bf16 deq(R); terms 2: bf16(deq(B) + deq(R)) alone; terms 3: the decode
     GEMV's int8 codes of B and R, then their FP32 scales per 16 (`gemv_nvfp4`). The outputs not
-    asked for (no residual, no sum, no terms) are empty. Kernels: the amax (per
+    asked for (no residual, no terms) are empty. Kernels: the amax (per
     row: one pass; per tensor: a grid-wide atomic max over a zeroed word), then the preparation;
     for a short batch (M <= block_m, e.g. decode) the preparation's programs compute the amax
     themselves: one launch. block_m, block_k, num_warps: 0 = chosen by shape (`_prep_tiles`)."""
     has_r = residual != _RES_NONE
-    outs = _prepare_outputs(x, scale, bb, rb, has_r, with_sum, terms)
-    s_out, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r, t_bs, t_rs = outs
+    outs = _prepare_outputs(x, scale, bb, rb, has_r, terms)
+    s_out, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = outs
     m, k = x.shape
     if scale == _SCALE_NONE:
         s_out.fill_(1.0)
@@ -430,16 +427,15 @@ def _prepare_impl(
     pdl = pdl_enabled(x.device, default=gemv)  # measured: faster for the GEMV's 1-2 rows, slower at 8
     _prepare_kernel[grid](
         x, amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
-        total if with_sum else spare, t_b if terms else spare,
+        t_b if terms else spare,
         t_r if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else spare,
         t_bs if gemv else spare, t_rs if gemv and has_r else spare,
         m, k, x.stride(0), 1 if scale == _SCALE_TOKEN else 0, b_codes.stride(0), b_scales.stride(0),
-        r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0,
-        total.stride(0) if with_sum else 0, t_b.stride(0) if terms else 0,
+        r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0, t_b.stride(0) if terms else 0,
         kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
         MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
         RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-        WRITE_SUM=with_sum, WRITE_TERMS=terms, KP=kp, KG=kg, AMAX_INLINE=inline, BLOCK_M=block_m, BLOCK_K=block_k,
+        WRITE_TERMS=terms, KP=kp, KG=kg, AMAX_INLINE=inline, BLOCK_M=block_m, BLOCK_K=block_k,
         PDL=pdl, num_warps=num_warps, enable_fp_fusion=False, **({"launch_pdl": True} if pdl else {}),
     )
     return outs
@@ -464,18 +460,17 @@ def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
 
 
 @_prepare_op.register_fake
-def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, with_sum, terms,
+def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms,
       block_m, block_k, num_warps):
-    return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, with_sum, terms)
+    return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, terms)
 
 
 def prepare_activation_triton(
-    x: torch.Tensor, config: SharqConfig, *, with_sum: bool = False, with_terms: bool = False,
+    x: torch.Tensor, config: SharqConfig, *, with_terms: bool = False,
     terms_layout: str = "rows", block_m: int | None = None, block_k: int | None = None, num_warps: int | None = None,
-) -> tuple[PreparedActivation, torch.Tensor | None]:
+) -> PreparedActivation:
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
-    with_sum:   also return the FP32 (M, K) sum deq(B) + deq(R) in the scaled domain.
     with_terms: also fill `PreparedActivation.terms` with the operands of the Triton GEMM: bf16
                 (M, K) deq(B) [and deq(R)] (each exact in bf16), or, for operand="bf16-sum", the
                 one term bf16(deq(B) + deq(R)).
@@ -517,9 +512,9 @@ def prepare_activation_triton(
     if with_terms:
         terms = _TERMS_GEMV if gemv else (_TERMS_SUMMED if summed else _TERMS_SEPARATE)
     op = _prepare_impl if direct_call_ok(x) else torch.ops.sharq.prepare_fp4
-    s, b_codes, b_scales, r_codes, r_scales, total, t_b, t_r, t_bs, t_rs = op(
+    s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = op(
         x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
-        with_sum, terms, block_m or 0, block_k or 0, num_warps or 0)
+        terms, block_m or 0, block_k or 0, num_warps or 0)
     s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
     gs = s if config.has_global_scale else None
 
@@ -535,4 +530,4 @@ def prepare_activation_triton(
         terms, layout = ((t_b, t_bs, t_r, t_rs) if has_r else (t_b, t_bs)), "gemv"
     else:
         terms, layout = ((t_b, t_r) if has_r and not summed else (t_b,)), "rows"
-    return PreparedActivation(backbone, residual_qt, s, terms=terms, layout=layout), (total if with_sum else None)
+    return PreparedActivation(backbone, residual_qt, s, terms=terms, layout=layout)

@@ -7,9 +7,10 @@ the large-M GEMM (`gemm_nvfp4_split.py`) reads — no E2M1 codes, no block scale
   SUM  (operand bf16-sum): bf16(deq(B) + deq(R))                     one bf16 (M, Kp) tensor
   TWO  (operand exact):    deq(B) and deq(R), each exact in bf16     two bf16 (M, Kp) tensors
 
-in the *pair-split layout* the GEMM multiplies without shuffles: every run of 64 positions along K
-holds its 32 even positions, then its 32 odd ones (`split_positions`). Kp = K rounded up to 64; the
-padding holds zeros. Plus s_x: FP32 (M,) per row ("token") or (1,) ("tensor").
+in the *pair-split layout* the weight-as-A GEMM multiplies without shuffles: every run of 64
+positions along K holds its 32 even positions, then its 32 odd ones (`split_positions`; Kp = K
+rounded up to 64, the padding holds zeros) — or as plain (M, K) rows for `gemm_fp4`. Plus s_x: FP32
+(M,) per row ("token") or (1,) ("tensor").
 
 One program takes BLOCK_M rows and a share of K. "token": each program reads its rows' whole K for
 the row amax first (from L2 after the first program), so the preparation is one launch; "tensor":
@@ -109,14 +110,19 @@ def _deq_blocks(v, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _store_split(ptr, v, rows, row_ok, k0, stride, BM: tl.constexpr, BK: tl.constexpr):
-    """Store bf16 v (BM, BK), K positions k0 … k0 + BK (BK a multiple of 64), in the pair-split layout."""
-    even, odd = tl.split(tl.reshape(v, (BM, BK // 2, 2)))
-    j = tl.arange(0, BK // 2)
-    col = k0 + (j // 32) * 64 + j % 32
-    base = ptr + rows[:, None] * stride + col[None, :]
-    tl.store(base, even, mask=row_ok[:, None])
-    tl.store(base + 32, odd, mask=row_ok[:, None])
+def _store_operand(ptr, v, rows, row_ok, k0, K, stride, BM: tl.constexpr, BK: tl.constexpr, SPLIT_LAYOUT: tl.constexpr):
+    """Store bf16 v (BM, BK), K positions k0 … k0 + BK (BK a multiple of 64): in the pair-split layout
+    (zero padding included), or as plain (M, K) rows."""
+    if SPLIT_LAYOUT:
+        even, odd = tl.split(tl.reshape(v, (BM, BK // 2, 2)))
+        j = tl.arange(0, BK // 2)
+        col = k0 + (j // 32) * 64 + j % 32
+        base = ptr + rows[:, None] * stride + col[None, :]
+        tl.store(base, even, mask=row_ok[:, None])
+        tl.store(base + 32, odd, mask=row_ok[:, None])
+    else:
+        cols = k0 + tl.arange(0, BK)
+        tl.store(ptr + rows[:, None] * stride + cols[None, :], v, mask=row_ok[:, None] & (cols[None, :] < K))
 
 
 @triton.jit
@@ -124,7 +130,7 @@ def _prepare_split_kernel(
     x_ptr, amax_ptr, s_ptr, t_ptr, r_ptr, M, K, KP, stride_x, stride_t, stride_s,
     TOKEN: tl.constexpr, MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
     RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, TWO: tl.constexpr, ROUND_ASM: tl.constexpr,
+    BB: tl.constexpr, RB: tl.constexpr, TWO: tl.constexpr, ROUND_ASM: tl.constexpr, SPLIT_LAYOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -154,7 +160,7 @@ def _prepare_split_kernel(
             b = xs
         total = _deq_blocks(b, BLOCK_M, BLOCK_K, BB)
         if TWO:
-            _store_split(t_ptr, total.to(tl.bfloat16), rows, row_ok, k0, stride_t, BLOCK_M, BLOCK_K)
+            _store_operand(t_ptr, total.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT)
         if RESIDUAL != 0:
             if RESIDUAL == 1:
                 r = xs - total
@@ -164,14 +170,14 @@ def _prepare_split_kernel(
                 r = _apply_mask(r, BLOCK_M, BLOCK_K, RMASK, RMASK_N, RMASK_M)
             deq_r = _deq_blocks(r, BLOCK_M, BLOCK_K, RB)
             if TWO:
-                _store_split(r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, stride_t, BLOCK_M, BLOCK_K)
+                _store_operand(r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT)
             total = total + deq_r
         if not TWO:
             if ROUND_ASM:  # the hardware's round-to-nearest-even cast
                 out = total.to(tl.bfloat16)
             else:  # the interpreter's cast truncates
                 out = _round_bf16(total).to(tl.bfloat16)
-            _store_split(t_ptr, out, rows, row_ok, k0, stride_t, BLOCK_M, BLOCK_K)
+            _store_operand(t_ptr, out, rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT)
 
 
 def _split_tiles(m: int, kp: int) -> tuple[int, int, int, int]:
@@ -185,17 +191,18 @@ def _split_tiles(m: int, kp: int) -> tuple[int, int, int, int]:
 
 def _prepare_split_impl(
     x: torch.Tensor, token: bool, mask: int, mask_n: int, mask_m: int, residual: int, rmask: int, rmask_n: int,
-    rmask_m: int, bb: int, rb: int, two: bool,
+    rmask_m: int, bb: int, rb: int, two: bool, split_layout: bool, tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel as a torch op: x (M, K) contiguous -> (s_x FP32 (M,) or (1,), first operand bf16
-    (M, Kp), second operand bf16 (M, Kp) or empty)."""
+    (M, Kp) pair-split or (M, K) rows, second operand likewise or empty). tiles: block_m, block_k,
+    num_warps (0: chosen by shape)."""
     from . import interpreting
 
     m, k = x.shape
-    kp = split_padded(k)
+    width = split_padded(k) if split_layout else k
     s = torch.empty(m if token else 1, dtype=torch.float32, device=x.device)
-    t = torch.empty(m, kp, dtype=torch.bfloat16, device=x.device)
-    r = torch.empty(m, kp, dtype=torch.bfloat16, device=x.device) if two else t.new_empty(0)
+    t = torch.empty(m, width, dtype=torch.bfloat16, device=x.device)
+    r = torch.empty(m, width, dtype=torch.bfloat16, device=x.device) if two else t.new_empty(0)
     if m == 0:
         if not token:
             s.fill_(1e-9)  # amax of nothing is 0: the floor
@@ -206,12 +213,16 @@ def _prepare_split_impl(
         bm = min(8, triton.next_power_of_2(m))
         _amax_kernel[(triton.cdiv(m, bm), min(triton.cdiv(k, 512), 65535))](
             x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512)
+    kp = split_padded(k)
     block_m, block_k, k_programs, warps = _split_tiles(m, kp)
+    if any(tiles):
+        block_m, block_k, warps = tiles[0] or block_m, tiles[1] or block_k, tiles[2] or warps
+        k_programs = max(1, min(triton.cdiv(kp, block_k), triton.cdiv(264, triton.cdiv(m, block_m))))
     _prepare_split_kernel[(triton.cdiv(m, block_m), k_programs)](
         x, amax, s, t, r if two else t, m, k, kp, x.stride(0), t.stride(0), 1 if token else 0,
         TOKEN=token, MASK=mask, MASK_N=mask_n, MASK_M=mask_m, RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n,
-        RMASK_M=rmask_m, BB=bb, RB=rb, TWO=two, ROUND_ASM=not interpreting(), BLOCK_M=block_m, BLOCK_K=block_k,
-        num_warps=warps, enable_fp_fusion=False,
+        RMASK_M=rmask_m, BB=bb, RB=rb, TWO=two, ROUND_ASM=not interpreting(), SPLIT_LAYOUT=split_layout,
+        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, enable_fp_fusion=False,
     )
     return s, t, r
 
@@ -220,24 +231,32 @@ _prepare_split_op = torch.library.custom_op("sharq::prepare_split", mutates_args
 
 
 @_prepare_split_op.register_fake
-def _(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two):
+def _(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles):
     m, k = x.shape
-    kp = split_padded(k)
+    width = split_padded(k) if split_layout else k
     s = x.new_empty(m if token else 1, dtype=torch.float32)
-    t = x.new_empty(m, kp, dtype=torch.bfloat16)
-    return s, t, (x.new_empty(m, kp, dtype=torch.bfloat16) if two else t.new_empty(0))
+    t = x.new_empty(m, width, dtype=torch.bfloat16)
+    return s, t, (x.new_empty(m, width, dtype=torch.bfloat16) if two else t.new_empty(0))
 
 
-def prepare_split(x: torch.Tensor, config: SharqConfig, *, two: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+def prepare_split(
+    x: torch.Tensor, config: SharqConfig, *, two: bool, layout: str = "pair-split", tiles: dict | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(s_x, operands) of x (M, K) for `config` (NVFP4): s_x FP32 (M, 1) ("token") or (); operands:
-    `two` — (deq(B), deq(R)) — or (bf16(deq(B) + deq(R)),), bf16 (M, Kp) in the pair-split layout.
-    A config without a residual gives (deq(B),) either way."""
+    `two` — (deq(B), deq(R)) — or (bf16(deq(B) + deq(R)),), bf16, in `layout`: "pair-split" (M, Kp)
+    or "rows" (M, K). A config without a residual gives (deq(B),) either way. `tiles` (BLOCK_M,
+    BLOCK_K, num_warps) overrides the launch tiling (benchmarks)."""
     if not prepare_split_supports(config):
         raise ValueError(f"prepare_split prepares NVFP4 with blocks dividing {SPLIT} and the Triton masks, "
                          f"got {config.format.value}, mask {config.mask}, blocks {config.backbone_block}/"
                          f"{config.residual_block}")
     if x.dim() != 2:
         raise ValueError(f"prepare_split expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
+    if layout not in ("pair-split", "rows"):
+        raise ValueError(f"layout must be 'pair-split' or 'rows', got {layout!r}")
+    t = tiles or {}
+    if t.get("BLOCK_K", 64) % 64:
+        raise ValueError(f"BLOCK_K must be a multiple of {SPLIT}, got {t['BLOCK_K']}")
     x = x.contiguous()
     token = config.granularity is Granularity.TOKEN
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
@@ -245,7 +264,8 @@ def prepare_split(x: torch.Tensor, config: SharqConfig, *, two: bool) -> tuple[t
     residual = {Residual.NONE: 0, Residual.QUANTIZED: 1, Residual.NAIVE: 2}[config.residual]
     two = two and residual != 0
     op = _prepare_split_impl if direct_call_ok(x) else torch.ops.sharq.prepare_split
-    s, t, r = op(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, config.backbone_block,
-                 config.residual_block, two)
+    s, a, b = op(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, config.backbone_block,
+                 config.residual_block, two, layout == "pair-split",
+                 [t.get(key, 0) for key in ("BLOCK_M", "BLOCK_K", "num_warps")])
     s = s.reshape(-1, 1) if token else s.reshape(())
-    return s, ((t, r) if two else (t,))
+    return s, ((a, b) if two else (a,))

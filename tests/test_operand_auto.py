@@ -1,0 +1,148 @@
+"""operand="auto" (SPEC §7): exact for calls of at most 16 rows, bf16-sum above, on both backends;
+the default of every preset; old checkpoints load as exact; each planned kernel actually runs; a
+tiny model's logits on the Triton backend equal the reference's up to FP32 summation order.
+
+Without a GPU the Triton kernels run under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
+
+from sharq import PRESETS, SharqConfig, SharqLinear  # noqa: E402
+from sharq.config import AUTO_EXACT_MAX_ROWS, Operand  # noqa: E402
+from sharq.sparse.decompose import prepare_activation  # noqa: E402
+
+from .kernel_launches import RecordingKernel  # noqa: E402
+from .tiny_models import tiny_model  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_auto_is_the_default_and_switches_after_16_rows():
+    assert AUTO_EXACT_MAX_ROWS == 16
+    assert SharqConfig().operand is Operand.AUTO
+    assert all(cfg.operand is Operand.AUTO for cfg in PRESETS.values())
+    assert [Operand.AUTO.for_rows(m) for m in (0, 1, 16, 17, 4096)] == [Operand.EXACT] * 3 + [Operand.BF16_SUM] * 2
+    assert Operand.EXACT.for_rows(10**6) is Operand.EXACT and Operand.BF16_SUM.for_rows(1) is Operand.BF16_SUM
+    assert SharqConfig.from_json(SharqConfig().to_json()).operand is Operand.AUTO
+    with pytest.raises(ValueError, match="operand"):
+        SharqConfig(operand="fast")
+
+
+def test_reference_preparation_follows_the_rule():
+    config = PRESETS["sharq-nvfp4"]
+    x = torch.randn(17, 64)
+    assert prepare_activation(x[:16], config).dense is None  # exact: the two terms
+    dense = prepare_activation(x, config).dense  # 17 rows: bf16(deq(B) + deq(R))
+    assert torch.equal(dense, prepare_activation(x, config.replace(operand="bf16-sum")).dense)
+    # the rule counts the rows of the flattened call
+    assert prepare_activation(x[:16].reshape(2, 8, 64), config).dense is None
+    assert prepare_activation(torch.randn(3, 6, 64), config).dense is not None
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("granularity", ["token", "tensor"])
+def test_auto_equals_exact_up_to_16_rows_and_bf16_sum_from_17(backend, granularity):
+    pytest.importorskip("triton") if backend == "triton" else None
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(128, 48, dtype=torch.bfloat16)
+    x = (torch.randn(17, 128) * torch.exp(torch.randn(1, 128))).to(torch.bfloat16).to(DEVICE)
+    layers = {op: SharqLinear.from_float(linear, PRESETS["sharq-nvfp4"].replace(
+        operand=op, backend=backend, granularity=granularity)).to(DEVICE) for op in ("auto", "exact", "bf16-sum")}
+    with torch.no_grad():
+        for m in (1, 2, 8, 16):
+            assert torch.equal(layers["auto"](x[:m]), layers["exact"](x[:m])), m
+        assert torch.equal(layers["auto"](x), layers["bf16-sum"](x))
+        assert not torch.equal(layers["auto"](x), layers["exact"](x))  # the switch is real on this input
+
+
+def test_checkpoint_without_operand_loads_as_exact():
+    from sharq.checkpoint.record import CheckpointRecord
+
+    record = CheckpointRecord(config=PRESETS["sharq-nvfp4"], preset="sharq-nvfp4", model_class="LlamaForCausalLM",
+                              architecture="Llama", tied_weights={}, quantized_weights=64 * 128, weight_bits=4.25,
+                              modules={"model.layers.0.mlp.down_proj": {"type": "linear", "shape": [64, 128],
+                                                                         "bias": False, "format": "nvfp4",
+                                                                         "weight_block": 32}},
+                              sharq_version="0.1.0")
+    data = record.to_dict()
+    assert data["config"]["operand"] == "auto"
+    assert CheckpointRecord.from_dict(data, "config.json").config.operand is Operand.AUTO
+    old = copy.deepcopy(data)
+    del old["config"]["operand"]  # written before SPEC §7 had operand modes
+    loaded = CheckpointRecord.from_dict(old, "config.json")
+    assert loaded.config.operand is Operand.EXACT and loaded.preset == "sharq-nvfp4"
+
+
+def _record_launches(monkeypatch) -> dict[str, list]:
+    import sharq.kernels.gemm_fp4 as gemm_fp4
+    import sharq.kernels.gemm_nvfp4_split as split_gemm
+    import sharq.kernels.gemv_nvfp4 as gemv
+    import sharq.kernels.prepare_fp4 as prep
+    import sharq.kernels.prepare_split as prep_split
+
+    log = {name: [] for name in ("prep", "prep_split", "gemv", "small_m", "split")}
+    for module, attr, key in ((prep, "_prepare_kernel", "prep"), (prep_split, "_prepare_split_kernel", "prep_split"),
+                              (gemv, "_gemv_kernel", "gemv"), (gemm_fp4, "_fp4_weight_gemm_kernel", "small_m"),
+                              (split_gemm, "_gemm_split_kernel", "split")):
+        monkeypatch.setattr(module, attr, RecordingKernel(getattr(module, attr), log[key]))
+    return log
+
+
+@pytest.mark.parametrize("operand", ["auto", "exact"])
+def test_each_planned_kernel_runs(monkeypatch, operand):
+    """The plan's regimes, counted at the kernels: 1-2 rows the GEMV, 3-16 the small-M GEMM, 17+ the
+    pair-split preparation and GEMM (two terms for exact, one for auto)."""
+    pytest.importorskip("triton")
+    from sharq.kernels.plan import plan_linear
+
+    config = PRESETS["sharq-nvfp4"].replace(backend="triton", operand=operand)
+    layer = SharqLinear.from_float(torch.nn.Linear(128, 64, dtype=torch.bfloat16), config).to(DEVICE)
+    expect = {1: ("prep", "gemv"), 2: ("prep", "gemv"), 3: ("prep", "small_m"), 16: ("prep", "small_m"),
+              17: ("prep_split", "split"), 40: ("prep_split", "split")}
+    for m, kernels in expect.items():
+        log = _record_launches(monkeypatch)
+        with torch.no_grad():
+            layer(torch.randn(m, 128, dtype=torch.bfloat16, device=DEVICE))
+        ran = {name for name, calls in log.items() if calls}
+        assert ran == set(kernels), (m, ran)
+        plan = plan_linear(m, config, DEVICE)
+        assert plan.operand is Operand(operand).for_rows(m)
+        if "split" in kernels:
+            assert log["split"][0]["TWO"] == (operand == "exact")
+            assert log["prep_split"][0]["TWO"] == (operand == "exact")
+        monkeypatch.undo()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+@pytest.mark.parametrize("operand", ["exact", "auto"])
+def test_tiny_model_triton_logits_equal_reference(operand):
+    """Logits of a tiny Llama on the Triton backend = the reference backend's up to FP32 summation
+    order, at 1, 16, 17 and 600 rows a call (every regime of the plan)."""
+    pytest.importorskip("triton")
+    from sharq import quantize_
+
+    base = tiny_model("llama", dtype=torch.float32)
+    models = {}
+    for backend in ("reference", "triton"):
+        model = copy.deepcopy(base).to(DEVICE)
+        quantize_(model, PRESETS["sharq-nvfp4"].replace(backend=backend, operand=operand, granularity="token"))
+        models[backend] = model
+    g = torch.Generator().manual_seed(5)
+    for batch, length in ((1, 1), (1, 16), (1, 17), (2, 300)):
+        ids = torch.randint(0, 256, (batch, length), generator=g).to(DEVICE)
+        ref, got = _logits(models["reference"], ids), _logits(models["triton"], ids)
+        err = float((got - ref).abs().max() / ref.abs().max())
+        assert err < 1e-4, (batch * length, err)  # FP32 summation order (a flipped FP4 rounding is ~1e-2)
