@@ -198,8 +198,9 @@ def test_prepare_refuses_gemv_layout_where_it_does_not_apply():
 def test_short_batch_linear_runs_the_gemv_and_equals_the_reference(granularity, monkeypatch):
     """sharq_linear with 1 to GEMV_AUTO_MAX_M rows on the Triton backend launches the GEMV kernel
     (counted); from there to 8 rows the tensor-core GEMM with the packed decode and both terms
-    stacked in one operand, to 16 rows the packed decode unstacked, beyond that the FP32 decode
-    (launch arguments recorded). Every size is within one bf16 ulp of the reference linear."""
+    stacked in one operand, to 16 rows the packed decode unstacked, beyond that (operand auto:
+    bf16-sum, one term) the FP32 decode (launch arguments recorded). Every size is within one bf16
+    ulp of the reference linear."""
     from sharq.kernels import gemm_fp4
 
     from .kernel_launches import RecordingKernel
