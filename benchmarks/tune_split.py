@@ -14,6 +14,7 @@ Writes benchmarks/results/split-tuning-<model>-<gpu>.json.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ def main() -> None:
 
     doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                model=args.model, granularity=args.granularity, rows=rows)
-    print(write_json(doc, "benchmarks/results", f"split-tuning-{args.model}"))
+    print(write_json(doc, Path(__file__).parent / "results", f"split-tuning-{args.model}"))
 
 
 if __name__ == "__main__":
