@@ -28,7 +28,7 @@ from .fill import convert_skeleton, fill_skeleton
 from .format import CONFIG_FILE, CheckpointError
 from .reader import CheckpointFiles, open_checkpoint
 
-__all__ = ["load_quantized", "load_tokenizer"]
+__all__ = ["load_quantized", "load_tokenizer", "has_tokenizer", "TOKENIZER_FILES"]
 
 
 def _skeleton(ckpt: CheckpointFiles) -> nn.Module:
@@ -114,11 +114,23 @@ def _generation_config(model: nn.Module, root: Path) -> None:
         raise CheckpointError(f"{root / 'generation_config.json'}: cannot be read ({err})") from None
 
 
+# Files any of which means a folder holds a tokenizer (fast, sentencepiece, BPE or WordPiece vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                   "vocab.txt")
+
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """True when the folder `path` holds one of TOKENIZER_FILES (nothing is loaded or checked)."""
+    root = Path(path)
+    return root.is_dir() and any((root / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(path: str | os.PathLike):
     """The tokenizer saved with a checkpoint (`save_quantized(..., tokenizer=...)`, `sharq quantize`)."""
     root = Path(path)
-    if not ((root / "tokenizer.json").is_file() or (root / "tokenizer_config.json").is_file()):
-        raise CheckpointError(f"{root}: no tokenizer was saved with this checkpoint (tokenizer.json is missing)")
+    if not has_tokenizer(root):
+        raise CheckpointError(f"{root}: no tokenizer was saved with this checkpoint (no tokenizer.json or "
+                              "tokenizer_config.json)")
     from transformers import AutoTokenizer
 
     try:
