@@ -97,6 +97,20 @@ def test_generate_dtype_and_device_map(tmp_path):
     assert f32.model.layers[0].self_attn.q_proj.weight_codes.dtype == torch.uint8  # packed: never cast
 
 
+def test_sharded_checkpoint_and_loading_info(tmp_path):
+    model = tiny_model("qwen3_moe")
+    sharq.quantize_(model, "sharq-nvfp4")
+    saved = sharq.save_quantized(model, tmp_path / "ckpt", max_shard_size="100KB")
+    assert len(saved.files) > 2  # shards + the index
+    got, info = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ids = _ids()
+    assert torch.equal(_logits(got, ids), _logits(model, ids))
+    # transformers' own patterns again, without the checkpoint's names
+    assert not any("weight_codes" in pattern for pattern in got._keys_to_ignore_on_load_unexpected or ())
+    assert "model.embed_tokens.weight" in got.state_dict()  # the load-nothing hook is gone
+
+
 @pytest.mark.parametrize(
     "device_map, message",
     [
