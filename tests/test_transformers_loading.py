@@ -198,3 +198,19 @@ def test_without_import_sharq_transformers_is_unchanged(tmp_path):
 
     done = _python("import sys, sharq; print('transformers' in sys.modules)")
     assert done.returncode == 0 and done.stdout.split() == ["False"], done.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device_map", ["cuda:0", 0, {"": "cuda"}])
+def test_from_pretrained_onto_cuda_equals_load_quantized(tmp_path, device_map):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    path = _saved(tmp_path / "ckpt", "qwen3_moe")
+    expected = sharq.load_quantized(path, device="cuda")
+    got = AutoModelForCausalLM.from_pretrained(path, device_map=device_map)
+    have = _tensors(got)
+    for name, t in _tensors(expected).items():
+        assert have[name].device.type == "cuda" and torch.equal(have[name], t), name
+    for ids in (_ids(batch=1, length=1), _ids(batch=2, length=12)):
+        ids = ids.cuda()
+        assert torch.equal(_logits(got, ids), _logits(expected, ids))
