@@ -97,6 +97,20 @@ def test_generate_dtype_and_device_map(tmp_path):
     assert f32.model.layers[0].self_attn.q_proj.weight_codes.dtype == torch.uint8  # packed: never cast
 
 
+def test_dtype_cast_of_biased_quantized_linears(tmp_path):
+    """Qwen2's quantized q/k/v carry biases: from_pretrained(dtype=float32) builds them in float32,
+    and the stored bf16 biases are cast, as load_quantized(dtype=float32) casts them."""
+    path = _saved(tmp_path / "ckpt", "qwen2")
+    expected = sharq.load_quantized(path, dtype=torch.float32)
+    got = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert got.model.layers[0].self_attn.q_proj.bias.dtype == torch.float32
+    have = _tensors(got)
+    for name, t in _tensors(expected).items():
+        assert have[name].dtype == t.dtype and torch.equal(have[name], t), name
+    ids = _ids()
+    assert torch.equal(_logits(got, ids), _logits(expected, ids))
+
+
 def test_sharded_checkpoint_and_loading_info(tmp_path):
     model = tiny_model("qwen3_moe")
     sharq.quantize_(model, "sharq-nvfp4")

@@ -42,8 +42,13 @@ def _all_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(named)
 
 
-def _check_layout(ckpt: CheckpointFiles, model: nn.Module, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """The skeleton tensors to fill, by name, after checking names, shapes and dtypes against the files."""
+def _check_layout(ckpt: CheckpointFiles, model: nn.Module, modules: dict[str, nn.Module],
+                  cast: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The skeleton tensors to fill, by name, after checking names, shapes and dtypes against the files.
+
+    A floating-point tensor may be stored in another float dtype than the skeleton's outside the
+    quantized modules (the dtype it was saved in), and anywhere when a `cast` dtype is asked for
+    (the skeleton is then built in that dtype, and the tensor is cast to it)."""
     where = ckpt.root / CONFIG_FILE
     for fqn, entry in ckpt.record.modules.items():
         built = module_entry(modules[fqn])
@@ -81,8 +86,8 @@ def _check_layout(ckpt: CheckpointFiles, model: nn.Module, modules: dict[str, nn
     for name, tensor in wanted.items():
         file, info = stored[name]
         want = dtype_name(stored_dtype(name, tensor, scale_names))
-        # a tensor outside the quantized modules may keep another float dtype (the one it was saved in)
-        both_float = info.dtype.startswith(("F", "BF")) and tensor.is_floating_point() and not name.startswith(quantized)
+        both_float = (info.dtype.startswith(("F", "BF")) and tensor.is_floating_point()
+                      and (cast is not None or not name.startswith(quantized)))
         if tuple(info.shape) != tuple(tensor.shape) or (info.dtype != want and not both_float):
             raise CheckpointError(
                 f"{file}: tensor {name!r} is {info.dtype} {list(info.shape)}, the model built from config.json "
@@ -119,7 +124,7 @@ def fill_skeleton(
     `model.sharq_report`; returns the model.
     """
     model = conversion.model
-    wanted = _check_layout(ckpt, model, conversion.modules)
+    wanted = _check_layout(ckpt, model, conversion.modules, dtype)
     scale_names = global_scale_names(conversion.modules)
 
     from safetensors import SafetensorError, safe_open
