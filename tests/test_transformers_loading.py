@@ -210,8 +210,15 @@ def test_without_import_sharq_transformers_is_unchanged(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["SharqLinear", "SharqHfQuantizer"]
 
-    done = _python("import sys, sharq; print('transformers' in sys.modules)")
-    assert done.returncode == 0 and done.stdout.split() == ["False"], done.stderr
+    done = _python(f"""
+        import sys, sharq
+        print("transformers" in sys.modules)
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(path)!r})
+        print(type(model.model.layers[0].self_attn.q_proj).__name__)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "SharqLinear"]
 
 
 @pytest.mark.gpu
