@@ -102,7 +102,7 @@ def test_resave_of_a_loaded_model_is_the_same_data(tmp_path):
 
 
 def test_loaders_of_unquantized_models_refuse_a_checkpoint(tmp_path):
-    """transformers would skip the unknown quant_method and leave the linears random: refused instead."""
+    """sharq's float-model loader (eval, inspect, quantize) takes no checkpoint: it would quantize twice."""
     from sharq.eval import load_model
 
     sharq.save_quantized(_quantized(), tmp_path / "ckpt")

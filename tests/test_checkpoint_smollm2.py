@@ -35,3 +35,22 @@ def test_packaged_smollm2_round_trip(tmp_path):
     size = (out / "model.safetensors").stat().st_size
     embed = model.model.embed_tokens.weight
     assert size < doc["quantized_weights"] * 4.26 / 8 + embed.numel() * 2 + 2**20
+
+
+def test_packaged_smollm2_from_pretrained_after_import_sharq(tmp_path):
+    """transformers' from_pretrained on the `sharq quantize` folder: the load_quantized model, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from sharq.eval import load_model
+
+    model, tokenizer = load_model("smollm2", dtype=torch.bfloat16)
+    sharq.quantize_(model, "sharq-nvfp4")
+    sharq.save_quantized(model, tmp_path / "ckpt", tokenizer=tokenizer)
+    expected = sharq.load_quantized(tmp_path / "ckpt")
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert type(got.model.layers[0].mlp.down_proj).__name__ == "SharqLinear"
+    ids = tokenizer("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = got(ids).logits
+        assert torch.equal(logits, expected(ids).logits)
+        assert torch.equal(logits, model(ids).logits)

@@ -13,7 +13,7 @@ import sharq
 from sharq.cli import main
 from sharq.generation import generate_text
 
-from .tiny_models import tiny_folder
+from .tiny_models import tiny_folder, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -97,6 +97,41 @@ def test_errors_are_one_line_with_exit_codes(checkpoint, folder, tmp_path):
     done = _sharq("quantize", folder, "--out", out, "--no-progress")  # exists: never overwritten silently
     assert done.returncode == 1 and "not empty" in done.stderr and done.stderr.count("\n") == 1
 
+
+
+def test_a_folder_without_tokenizer_quantizes_and_generates_with_tokenizer_path(tmp_path):
+    """config.json + model.safetensors only (save_pretrained alone): quantize needs no tokenizer;
+    generate says in one line that there is none and takes one from --tokenizer."""
+    bare = tmp_path / "bare"
+    model = tiny_model("llama", seed=3)
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(bare)
+    assert sorted(p.name for p in bare.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    out = tmp_path / "bare-sharq"
+    done = _sharq("quantize", bare, "--out", out, "--device", "cpu", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tokenizer"] is False
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+
+    done = _sharq("generate", out, "--max-new-tokens", 2)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"sharq generate: error: {out} has no tokenizer (no tokenizer.json or tokenizer_config.json); "
+                           "give one with --tokenizer PATH, e.g. the original model's folder\n")
+
+    words = tmp_path / "tokenizer"
+    tiny_tokenizer().save_pretrained(words)
+    done = _sharq("generate", out, "--tokenizer", words, "--prompt", "hello world", "--max-new-tokens", 5, "--json")
+    assert done.returncode == 0, done.stderr
+    with torch.no_grad():
+        sharq.quantize_(model, "sharq-nvfp4")
+    expected = generate_text(model, tiny_tokenizer(), "hello world", max_new_tokens=5)
+    assert json.loads(done.stdout)["new_token_ids"] == expected.new_token_ids
+
+    done = _sharq("generate", out, "--tokenizer", bare, "--max-new-tokens", 2)  # a folder without one: named
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"sharq generate: error: --tokenizer {bare}: no tokenizer there")
+    # bench draws ids from the embedding's rows when there is no tokenizer
+    assert main(["bench", str(out), "--tokens", "4", "--new-tokens", "1", "--repeat", "1", "--json"]) == 0
 
 
 def test_bench_linear_json():

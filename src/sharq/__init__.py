@@ -10,6 +10,9 @@ Public API:
   quantize_(model, config)       swap a transformers decoder's linears in place, RMSNorm fused
   save_quantized(model, dir)     write the quantized model (packed FP4 safetensors + config.json)
   load_quantized(dir)            rebuild it without the original weights, bit-identical
+
+After `import sharq`, transformers' `from_pretrained(dir)` loads such a folder as `load_quantized`
+does (quant_method "sharq" is registered when transformers' quantizer registry is imported).
 """
 
 from .checkpoint import CheckpointError, load_quantized, load_tokenizer, save_quantized
@@ -22,6 +25,10 @@ from .ops import quantize_weight, sharq_linear
 from .sparse import Decomposition, PreparedActivation, decompose, nm_mask, prepare_activation
 
 __version__ = "0.1.0"
+
+from .checkpoint.transformers_hook import install as _install_transformers_quantizer  # noqa: E402
+
+_install_transformers_quantizer()
 
 __all__ = [
     "PRESETS",

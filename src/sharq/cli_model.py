@@ -12,6 +12,7 @@ import json
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 __all__ = ["UsageError", "add_model_commands", "open_model"]
 
@@ -29,7 +30,8 @@ _EPILOG_GENERATE = """\
 examples:
   sharq generate smollm2-sharq --prompt "The capital of France is" --max-new-tokens 20
   sharq generate smollm2-sharq --chat --prompt "Write a haiku about rain" --sample --seed 3
-  sharq generate smollm2 --preset sharq-hif4 --prompt "Hello" --json   # quantize on the fly"""
+  sharq generate smollm2 --preset sharq-hif4 --prompt "Hello" --json   # quantize on the fly
+  sharq generate ckpt --tokenizer path/to/original-model              # a folder saved without a tokenizer"""
 
 _EPILOG_BENCH = """\
 examples:
@@ -67,12 +69,42 @@ def _default_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _tokenizer_from(path: str):
+    """The tokenizer of `--tokenizer PATH` (a folder, or a model's files); a one-line error naming PATH."""
+    from transformers import AutoTokenizer
+
+    from .checkpoint import has_tokenizer
+
+    if not Path(path).exists():
+        raise ValueError(f"--tokenizer {path}: no such file or folder")
+    if Path(path).is_dir() and not has_tokenizer(path):
+        raise ValueError(f"--tokenizer {path}: no tokenizer there (no tokenizer.json or tokenizer_config.json)")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # transformers raises many kinds for a path it cannot read
+        raise ValueError(f"--tokenizer {path}: cannot load a tokenizer from it ({' '.join(str(err).split())})") from None
+
+
+def _no_tokenizer(source: str) -> ValueError:
+    return ValueError(f"{source} has no tokenizer (no tokenizer.json or tokenizer_config.json); give one with "
+                      "--tokenizer PATH, e.g. the original model's folder")
+
+
 def open_model(source: str, *, preset: str | None, device: str, dtype: str | None, progress: bool | None,
-               granularity: str = "tensor"):
-    """(model, tokenizer, description) — a checkpoint as saved, or a model quantized with `preset`."""
+               granularity: str = "tensor", tokenizer: str | None = None, require_tokenizer: bool = True):
+    """(model, tokenizer, description) — a checkpoint as saved, or a model quantized with `preset`.
+
+    tokenizer: a path to load the tokenizer from instead of `source` (which may have none); without
+    it, a `source` folder without tokenizer files is refused before the model is loaded — unless
+    `require_tokenizer` is False, and the tokenizer is then None.
+    """
     import torch
 
-    from .checkpoint import is_sharq_checkpoint, load_quantized, load_tokenizer
+    from .checkpoint import has_tokenizer, is_sharq_checkpoint, load_quantized, load_tokenizer
+
+    if tokenizer is None and require_tokenizer and Path(source).is_dir() and not has_tokenizer(source):
+        raise _no_tokenizer(source)
+    given = _tokenizer_from(tokenizer) if tokenizer is not None else None  # a bad PATH fails before the model loads
 
     torch_dtype = getattr(torch, dtype) if dtype else None
     if is_sharq_checkpoint(source):
@@ -80,18 +112,25 @@ def open_model(source: str, *, preset: str | None, device: str, dtype: str | Non
             raise UsageError(f"{source} is a sharq checkpoint, already quantized; --preset applies to an unquantized MODEL")
         model = load_quantized(source, device=device, dtype=torch_dtype, progress=progress)
         record = model.sharq_checkpoint
-        return model, load_tokenizer(source), {"source": source, "checkpoint": True,
-                                               "preset": record.preset, "config": record.config.to_dict()}
+        if given is not None:
+            loaded = given
+        else:
+            loaded = load_tokenizer(source) if has_tokenizer(source) else None
+        return model, loaded, {"source": source, "checkpoint": True,
+                               "preset": record.preset, "config": record.config.to_dict()}
     from .config import SharqConfig
     from .eval.packaged import load_model
     from .models import quantize_
 
     if torch_dtype is None:
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model, tokenizer = load_model(source, dtype=torch_dtype, device=device)
+    model, loaded = load_model(source, dtype=torch_dtype, device=device,
+                               require_tokenizer=require_tokenizer and tokenizer is None)
+    if given is not None:
+        loaded = given
     config = SharqConfig.from_preset(preset or "sharq-nvfp4", granularity=granularity)
     quantize_(model, config, progress=progress)
-    return model, tokenizer, {"source": source, "checkpoint": False, "preset": preset or "sharq-nvfp4",
+    return model, loaded, {"source": source, "checkpoint": False, "preset": preset or "sharq-nvfp4",
                               "config": config.to_dict()}
 
 
@@ -117,7 +156,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     config = SharqConfig.from_preset(args.preset, granularity=args.granularity)
     start = time.perf_counter()
     device = _default_device(args.device)
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device, require_tokenizer=False)
     report = quantize_(model, config, modules_to_not_convert=args.exclude, progress=_progress(args))
     saved = save_quantized(model, args.out, tokenizer=tokenizer, max_shard_size=args.max_shard_size,
                            overwrite=args.force, progress=_progress(args))
@@ -126,13 +165,17 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         doc = {"path": str(saved.path), "files": saved.files, "file_bytes": saved.file_bytes, "tensors": saved.tensors,
                **{k: v for k, v in saved.record.to_dict().items() if k != "modules"},
                "quantized_modules": len(saved.record.modules), "fused_norms": len(report.fused_norms),
-               "model": args.model, "device": device, "dtype": args.dtype, "seconds": round(seconds, 2)}
+               "model": args.model, "tokenizer": tokenizer is not None, "device": device, "dtype": args.dtype,
+               "seconds": round(seconds, 2)}
         print(json.dumps(doc, indent=1))
     else:
         print(report.summary())
         print(saved.summary())
-        print(f"done in {seconds:.1f} s; load it with sharq.load_quantized({str(saved.path)!r}) "
-              f"or run `sharq generate {saved.path}`")
+        run = f"sharq generate {saved.path}"
+        if tokenizer is None:
+            print(f"{args.model} has no tokenizer files, so the checkpoint has none either")
+            run += " --tokenizer PATH"
+        print(f"done in {seconds:.1f} s; load it with sharq.load_quantized({str(saved.path)!r}) or run `{run}`")
     return 0
 
 
@@ -143,7 +186,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     device = _default_device(args.device)
     model, tokenizer, about = open_model(args.model, preset=args.preset, device=device, dtype=args.dtype,
-                                         progress=_progress(args))
+                                         progress=_progress(args), tokenizer=args.tokenizer)
     result = generate_text(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, sample=args.sample,
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, chat=args.chat,
                            decode=args.decode)
@@ -169,6 +212,11 @@ def _shape(text: str) -> tuple[int, int, int]:
     if min(m, k, n) <= 0:
         raise argparse.ArgumentTypeError(f"M, K and N must be positive, got {text!r}")
     return m, k, n
+
+
+def _vocab(model, tokenizer) -> int:
+    """Token ids the bench may draw: the tokenizer's, else the rows of the model's input embedding."""
+    return len(tokenizer) if tokenizer is not None else model.get_input_embeddings().num_embeddings
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -201,12 +249,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             from .eval.packaged import load_model
 
             dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
-            model, tokenizer = load_model(args.model, dtype=dtype, device=device)
-            doc["float"] = bench_model(model, vocab=len(tokenizer), **timing)
+            model, tokenizer = load_model(args.model, dtype=dtype, device=device, require_tokenizer=False)
+            doc["float"] = bench_model(model, vocab=_vocab(model, tokenizer), **timing)
             del model
         model, tokenizer, about = open_model(args.model, preset=args.preset, device=device, dtype=args.dtype,
-                                             progress=_progress(args))
-        doc.update(preset=about["preset"], sharq=bench_model(model, vocab=len(tokenizer), **timing))
+                                             progress=_progress(args), require_tokenizer=False)
+        doc.update(preset=about["preset"], sharq=bench_model(model, vocab=_vocab(model, tokenizer), **timing))
         lines = [f"{args.model} on {device}, {args.tokens}-token prefill and {args.new_tokens} greedy decode steps "
                  f"({decode}), median of {args.repeat}:"]
         for key in ("float", "sharq"):
@@ -278,6 +326,9 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
                    help="a checkpoint folder, or 'smollm2' (default), a .gguf file, a local HF folder")
     g.add_argument("--preset", choices=presets, metavar="PRESET", help="preset for a MODEL that is not a checkpoint (default sharq-nvfp4)")
     g.add_argument("--prompt", default="Once upon a time", help="the prompt; '-' reads it from stdin")
+    g.add_argument("--tokenizer", metavar="PATH",
+                   help="load the tokenizer from PATH (a folder with tokenizer.json, e.g. the original model's) "
+                        "instead of DIR_OR_MODEL, for a folder saved without one")
     g.add_argument("--max-new-tokens", type=_positive_int, default=32, help="tokens to generate (default 32)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")

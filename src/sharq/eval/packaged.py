@@ -80,9 +80,14 @@ def _forget_gguf_quantization(model) -> None:
         pass
 
 
-def load_model(source: str | os.PathLike | None = None, *, dtype=None, device: str | None = None):
+def load_model(source: str | os.PathLike | None = None, *, dtype=None, device: str | None = None,
+               require_tokenizer: bool = True):
     """(model, tokenizer) for `source`: "smollm2" / None (the packaged default), a `.gguf` file, or a
     local Hugging Face folder. Weights are loaded as plain `nn.Linear`s in `dtype` on `device`.
+
+    require_tokenizer: a Hugging Face folder without tokenizer files (config.json + weights only) is
+    refused, naming the folder; False loads it with None as its tokenizer. Tokenizer files that
+    are present must load either way.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,14 +107,20 @@ def load_model(source: str | os.PathLike | None = None, *, dtype=None, device: s
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs, **_gguf_kwargs())
         _forget_gguf_quantization(model)
     else:
-        from ..checkpoint import is_sharq_checkpoint
+        from ..checkpoint import has_tokenizer, is_sharq_checkpoint
 
-        if is_sharq_checkpoint(path):  # transformers would skip the unknown quant_method: random linears
+        if is_sharq_checkpoint(path):  # this loads float models, to be quantized or evaluated
             raise ValueError(
                 f"{path} is a sharq checkpoint (already quantized); load it with sharq.load_quantized() — "
                 "`sharq generate`, `sharq bench` and `sharq inspect` take it as it is"
             )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        if has_tokenizer(path):
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        elif require_tokenizer:
+            raise ValueError(f"{path} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocabulary "
+                             "file); this needs a model folder with its tokenizer")
+        else:
+            tokenizer = None
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.eval()
     if device is not None:
