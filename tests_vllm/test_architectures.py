@@ -3,7 +3,7 @@ layer's output equals the checkpoint's SharqLinear modules' bit for bit; greedy 
 
 import pytest
 
-from conftest import TINY_PROMPTS, run_vllm
+from serving_helpers import TINY_PROMPTS, run_vllm
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])

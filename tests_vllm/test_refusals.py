@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import run_vllm
+from serving_helpers import run_vllm
 
 LOADING = "Starting to load model"  # vLLM's log line when a worker begins building the model
 

@@ -14,7 +14,7 @@ moved by up to 0.58 between sdpa and eager attention; vLLM vs load_quantized (sd
 
 import json
 
-from conftest import SMOLLM2_PROMPTS, run_vllm
+from serving_helpers import SMOLLM2_PROMPTS, run_vllm
 
 TOP5_TOLERANCE = 1.0  # nats, float32 (see the module docstring)
 

@@ -1,6 +1,6 @@
 """Tensor parallelism (CPU, gloo): TP=2 and TP=3 give TP=1's logprobs within FP32 summation order.
 
-The tiny model has 6 heads of 32 (hidden 192) and an MLP of 384: o_proj's K slices are 96 / 64
+The tiny model has 6 heads of 32 (hidden 192), an MLP of 384 and 384 tokens: o_proj's K slices are 96 / 64
 columns, down_proj's 192 / 128 — whole 32-blocks — and the row-parallel ranks quantize their K
 slice with the whole row's scale (MAX all-reduce of the row amax, SPEC §3). Measured on the CPU:
 TP=2 vs TP=1 within 5e-7 (float32). A TP size whose K slice breaks a block is refused by name.
@@ -8,9 +8,10 @@ TP=2 vs TP=1 within 5e-7 (float32). A TP size whose K slice breaks a block is re
 
 import pytest
 
-from conftest import TINY_PROMPTS, run_vllm
+from serving_helpers import TINY_PROMPTS, run_vllm
 
-SHAPES = dict(hidden_size=192, num_attention_heads=6, num_key_value_heads=6, head_dim=32, intermediate_size=384)
+SHAPES = dict(hidden_size=192, num_attention_heads=6, num_key_value_heads=6, head_dim=32, intermediate_size=384,
+              vocab_size=384)  # vLLM splits the vocabulary too
 TOLERANCE = 1e-4  # float32 logprobs: summation order only (the codes are the single-device codes)
 
 
