@@ -51,7 +51,7 @@ def row_parallel_k_slice(k: int, tp_size: int, config: SharqConfig, name: str = 
     align = k_alignment(config)
     if k % tp_size == 0 and (k // tp_size) % align == 0:
         return k // tp_size
-    works = [t for t in range(1, 17) if k % t == 0 and (k // t) % align == 0]
+    works = [1] + [t for t in range(2, 17) if k % t == 0 and (k // t) % align == 0]  # 1: no split
     raise ValueError(
         f"sharq: tensor-parallel size {tp_size} splits the input K={k} of row-parallel layer {name} into "
         f"slices of {k / tp_size:g} columns, not a multiple of {align} (the blocks and mask groups of "
