@@ -10,6 +10,9 @@ process: vLLM's global state is not meant to host several engines one after anot
            of load_quantized's model; with --generate N, N greedy tokens (and text).
   logprobs the last-position top-20 logprobs of --prompts, with --tp ranks.
   load     build the engine only; a refusal is reported as {"error": type, "message": str}.
+  refusals FOLDER is a JSON list of {"folder", "quantization"}: each is built in turn (refusals
+           happen while vLLM validates its config, before any engine exists) and reported as
+           `load` does; the first one that builds an engine ends the run ({"loaded": folder}).
 
 Prompts are token ids (a tiny random model has no tokenizer): --prompts '[[1, 5, 9], [3, 4]]'.
 """
@@ -24,7 +27,7 @@ import sys
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("layers", "logprobs", "load"))
+    p.add_argument("mode", choices=("layers", "logprobs", "load", "refusals"))
     p.add_argument("folder")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--dtype", default="auto")
@@ -96,8 +99,29 @@ def layers(args, llm) -> dict:
     return result
 
 
+def refusals(args) -> None:
+    from vllm import LLM
+
+    report = []
+    for case in json.loads(open(args.folder).read()):
+        kwargs = dict(model=case["folder"], enforce_eager=True, skip_tokenizer_init=True, max_model_len=256)
+        if case.get("quantization"):
+            kwargs["quantization"] = case["quantization"]
+        try:
+            LLM(**kwargs)
+        except Exception as err:  # what the user sees
+            report.append({"folder": case["folder"], "error": type(err).__name__, "message": str(err)})
+            continue
+        report.append({"folder": case["folder"], "loaded": True})
+        break
+    print("RESULT " + json.dumps(report), flush=True)
+    os._exit(0)
+
+
 def main() -> None:
     args = _args()
+    if args.mode == "refusals":
+        refusals(args)
     from vllm import LLM, SamplingParams
 
     kwargs = dict(model=args.folder, enforce_eager=True, skip_tokenizer_init=not args.tokenizer, max_model_len=256,
