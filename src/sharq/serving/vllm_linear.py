@@ -27,7 +27,8 @@ from functools import partial
 import torch
 from vllm.distributed import get_tp_group
 from vllm.model_executor.layers.linear import (
-    LinearBase, LinearMethodBase, MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear,
+    ColumnParallelLinear, LinearBase, LinearMethodBase, MergedColumnParallelLinear, QKVParallelLinear,
+    RowParallelLinear,
 )
 from vllm.model_executor.utils import set_weight_attrs
 
@@ -144,28 +145,33 @@ def _all_reduce_max(t: torch.Tensor) -> None:
 
 
 # --- weight loaders ----------------------------------------------------------------------------------
-def _shard(layer: LinearBase, shard_id) -> tuple[int, int]:
-    """(index of the logical matrix in the layer, which block of its rows this rank holds)."""
+def _shard(layer: LinearBase, shard_id) -> tuple[int, int, int]:
+    """(index of the logical matrix in the layer, which block of its rows this rank holds, into how
+    many blocks the checkpoint's matrix is cut)."""
+    tp = getattr(layer, "tp_size", 1)
     if isinstance(layer, QKVParallelLinear):
         if shard_id not in _QKV_INDEX:
             raise ValueError(f"sharq: {layer.prefix} takes shard ids q, k, v; got {shard_id!r}")
         index = _QKV_INDEX[shard_id]
-        block = layer.tp_rank if index == 0 else layer.tp_rank // layer.num_kv_head_replicas
-        return index, block
+        if index == 0:
+            return index, layer.tp_rank, tp
+        replicas = layer.num_kv_head_replicas  # k/v heads shared by this many ranks
+        return index, layer.tp_rank // replicas, tp // replicas
     if isinstance(layer, MergedColumnParallelLinear):
         if not isinstance(shard_id, int) or not 0 <= shard_id < len(layer.sharq_partition_sizes):
             raise ValueError(f"sharq: {layer.prefix} takes integer shard ids; got {shard_id!r}")
-        return shard_id, layer.tp_rank
+        return shard_id, layer.tp_rank, tp
     if shard_id is not None:
         raise ValueError(f"sharq: {layer.prefix} is not a fused layer; got shard id {shard_id!r}")
-    column_parallel = not isinstance(layer, RowParallelLinear) and getattr(layer, "tp_size", 1) > 1
-    return 0, layer.tp_rank if column_parallel else 0
+    if isinstance(layer, ColumnParallelLinear):
+        return 0, layer.tp_rank, tp
+    return 0, 0, 1  # row-parallel (whole rows, K cut in _load) or replicated
 
 
 def _load(layer: LinearBase, field: str, row_parallel: bool, param: torch.nn.Parameter,
           loaded: torch.Tensor, shard_id=None) -> None:
     """Copy this rank's part of one checkpoint tensor (a whole logical matrix's `field`) into `param`."""
-    index, block = _shard(layer, shard_id)
+    index, block, blocks = _shard(layer, shard_id)
     what = f"sharq: checkpoint tensor {field} of {layer.prefix} (shard {shard_id!r})"
     if loaded.dtype != param.dtype:
         raise ValueError(f"{what} is {loaded.dtype}, expected {param.dtype}")
@@ -177,11 +183,13 @@ def _load(layer: LinearBase, field: str, row_parallel: bool, param: torch.nn.Par
     sizes = layer.sharq_partition_sizes
     n = sizes[index]
     offset = sum(sizes[:index])
-    if loaded.dim() != 2 or loaded.shape[0] < (block + 1) * n:
-        raise ValueError(f"{what} has shape {tuple(loaded.shape)}; rows {block * n}..{(block + 1) * n} are needed")
+    if loaded.dim() != 2 or loaded.shape[0] != blocks * n:
+        raise ValueError(f"{what} has shape {tuple(loaded.shape)}; expected {blocks * n} rows ({blocks} x {n})")
     part = loaded[block * n:(block + 1) * n]
     width = param.shape[1]
     if row_parallel:  # this rank's K columns; whole blocks (checked when the layer was built)
+        if part.shape[1] != width * layer.tp_size:
+            raise ValueError(f"{what} has shape {tuple(loaded.shape)}; expected {width * layer.tp_size} columns")
         part = part[:, layer.tp_rank * width:(layer.tp_rank + 1) * width]
     if part.shape[1] != width:
         raise ValueError(f"{what} has shape {tuple(loaded.shape)}; expected {width} columns on this rank")
