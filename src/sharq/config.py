@@ -32,6 +32,7 @@ __all__ = [
     "Residual",
     "Granularity",
     "Backend",
+    "WeightScale",
     "MaskSpec",
     "parse_mask",
     "SharqConfig",
@@ -70,6 +71,15 @@ class Operand(str, enum.Enum):
     # One matmul on bf16(deq(B) + deq(R)), the FP32 sum rounded to nearest even: an approximation
     # of SPEC §7 (one bf16 MMA on Hopper instead of two); opt-in, labelled.
     BF16_SUM = "bf16-sum"
+
+
+class WeightScale(str, enum.Enum):
+    """How each weight block's scale is chosen (SPEC §6). Same payload and format either way."""
+
+    AMAX = "amax"  # the format's fixed rule: E4M3(amax/6) (NVFP4), 2^(floor(log2 amax) - 2) (MXFP4)
+    # Among a few candidates (formats/scale_search.py), the one with the smallest squared error of
+    # the block's dequantized values; ties to the larger. NVFP4 and MXFP4 weights only.
+    MSE = "mse"
 
 
 class Backend(str, enum.Enum):
@@ -156,6 +166,8 @@ class SharqConfig:
       operand:         "exact" (SPEC §7) or "bf16-sum": the linear multiplies bf16(deq(B) + deq(R)),
                        an approximation that halves the MMA work of Hopper prefill (opt-in).
       check_finite:    raise `ValueError` naming the layer on NaN/Inf input instead of NaN rows.
+      weight_scale:    "amax" (the format's fixed block-scale rule) or "mse" (each weight block's
+                       scale chosen among candidates by squared error; NVFP4 / MXFP4, SPEC §6).
     """
 
     format: Format = Format.NVFP4
@@ -169,6 +181,7 @@ class SharqConfig:
     backend: Backend = Backend.AUTO
     operand: Operand = Operand.EXACT
     check_finite: bool = False
+    weight_scale: WeightScale = WeightScale.AMAX
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -177,6 +190,7 @@ class SharqConfig:
         set_("granularity", _coerce_enum(Granularity, self.granularity, "granularity"))
         set_("backend", _coerce_enum(Backend, self.backend, "backend"))
         set_("operand", _coerce_enum(Operand, self.operand, "operand"))
+        set_("weight_scale", _coerce_enum(WeightScale, self.weight_scale, "weight_scale"))
         for name in ("mask", "residual_mask"):
             value = getattr(self, name)
             if value is not None:
@@ -188,6 +202,11 @@ class SharqConfig:
         if not isinstance(self.check_finite, bool):
             raise TypeError(f"SharqConfig.check_finite must be a bool, got {self.check_finite!r}")
 
+        if self.weight_scale is WeightScale.MSE and self.format not in (Format.NVFP4, Format.MXFP4):
+            raise ValueError(
+                f"SharqConfig.weight_scale='mse' needs format 'nvfp4' or 'mxfp4' (a weight block-scale "
+                f"search is defined for E4M3 and E8M0 scales), got format={self.format.value!r}"
+            )
         if self.format is Format.NONE:
             if self.mask is not None or self.residual is not Residual.NONE or self.residual_mask:
                 raise ValueError(
@@ -291,6 +310,10 @@ PRESETS: dict[str, SharqConfig] = {
     "dense-dense": _SHARQ_NVFP4.replace(mask=None, backbone_block=16),
     "sparse-sparse": _SHARQ_NVFP4.replace(residual_mask="pair4of8"),
     "naive-residual": _SHARQ_NVFP4.replace(residual=Residual.NAIVE),
+    # Beyond the paper (SPEC §6): weight block scales chosen by squared error, same payload.
+    "nvfp4-mse": _plain(Format.NVFP4, 16).replace(weight_scale=WeightScale.MSE),
+    "sharq-nvfp4-mse": _SHARQ_NVFP4.replace(weight_scale=WeightScale.MSE),
+    "sharq-nvfp4-w16-mse": _SHARQ_NVFP4.replace(weight_block=16, weight_scale=WeightScale.MSE),
 }
 
 
