@@ -39,7 +39,10 @@ def quantize(
     if x.dim() == 0:
         raise ValueError("quantize: x is a scalar; expected shape (..., K)")
     format = Format(format)
-    scale_rule = WeightScale(scale_rule)
+    try:
+        scale_rule = WeightScale(scale_rule)
+    except ValueError:
+        raise ValueError(f"quantize: scale_rule={scale_rule!r} is not 'amax' or 'mse'") from None
     if format is Format.NVFP4:
         return quantize_nvfp4(x, block, granularity=granularity, global_scale=global_scale, scale_rule=scale_rule)
     if global_scale is not None:
