@@ -187,3 +187,30 @@ def test_tree_sum_is_a_sum_and_refuses_other_lengths():
     assert torch.equal(tree_sum_last(torch.arange(8.0).reshape(1, 8)), torch.tensor([28.0]))
     with pytest.raises(ValueError, match="power-of-two"):
         tree_sum_last(torch.ones(3, 12))
+
+
+def test_magnitude_rounding_equals_the_code_rounding():
+    from sharq.formats.elements import _E2M1_MIDPOINTS, round_e2m1_magnitudes
+
+    mids = torch.tensor(_E2M1_MIDPOINTS)
+    around = [mids]
+    for target in (10.0, 0.0):  # 4 floats above and below every midpoint (ties and their neighbours)
+        x = mids
+        for _ in range(4):
+            x = torch.nextafter(x, torch.full_like(x, target))
+            around.append(x)
+    g = torch.Generator().manual_seed(0)
+    a = torch.cat(around + [torch.rand(200_000, generator=g) * 8, torch.tensor([0.0, 1e-45, 6.0, 6.5, 7.0, 3e38])])
+    assert torch.equal(round_e2m1_magnitudes(a), decode_e2m1(round_to_e2m1_codes(a)))
+
+
+def test_block_error_is_the_signed_error():
+    from sharq.formats.scale_search import block_sse_e2m1
+
+    g = torch.Generator().manual_seed(1)
+    blocks = torch.randn(50, 4, 16, generator=g) * torch.exp(torch.randn(50, 4, 1, generator=g))
+    scale = round_e4m3(blocks.abs().amax(-1) / 5.0)
+    scale[0, 0] = 0.0
+    got = block_sse_e2m1(blocks.abs(), scale)
+    assert torch.allclose(got.double(), _sse64(blocks, scale), rtol=1e-5, atol=0)
+    assert torch.isclose(got[0, 0], (blocks[0, 0] ** 2).sum(), rtol=1e-6)  # scale 0: the block is lost

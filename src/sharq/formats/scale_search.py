@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .elements import decode_e2m1, round_to_e2m1_codes
+from .elements import round_e2m1_magnitudes
 
 __all__ = ["tree_sum_last", "block_sse_e2m1", "choose_block_scales"]
 
@@ -37,17 +37,17 @@ def tree_sum_last(t: torch.Tensor) -> torch.Tensor:
     return t[..., 0]
 
 
-def block_sse_e2m1(blocks: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Squared error of E2M1-quantizing FP32 `blocks` (..., nb, B) with FP32 `scale` (..., nb).
+def block_sse_e2m1(magnitudes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Squared error of E2M1-quantizing blocks with FP32 `scale` (..., nb), given their FP32
+    magnitudes |x| (..., nb, B).
 
-    The dequantized block is `scale * E2M1(blocks / scale)` (SPEC §2: divide by the rounded scale,
-    round to nearest even, saturate at 6), and 0 where `scale == 0`. Returns FP32 (..., nb).
+    The dequantized block is `scale * E2M1(x / scale)` (SPEC §2: divide by the rounded scale, round
+    to nearest even, saturate at 6), and 0 where `scale == 0`. The rule is symmetric, so the error
+    of each value is exactly |x| - scale * E2M1(|x| / scale) up to sign. Returns FP32 (..., nb).
     """
-    zero = scale == 0
-    divisor = torch.where(zero, torch.ones_like(scale), scale).unsqueeze(-1)
-    deq = decode_e2m1(round_to_e2m1_codes(blocks / divisor)) * divisor
-    deq = torch.where(zero.unsqueeze(-1), torch.zeros_like(deq), deq)
-    err = blocks - deq
+    divisor = torch.where(scale == 0, torch.ones_like(scale), scale).unsqueeze(-1)
+    deq = round_e2m1_magnitudes(magnitudes / divisor) * scale.unsqueeze(-1)  # scale 0: all 0
+    err = magnitudes - deq
     return tree_sum_last(err * err)
 
 
@@ -60,10 +60,11 @@ def choose_block_scales(blocks: torch.Tensor, candidates: Sequence[torch.Tensor]
     """
     if not candidates:
         raise ValueError("choose_block_scales needs at least one candidate scale")
+    magnitudes = blocks.abs()
     best = candidates[0]
-    best_sse = block_sse_e2m1(blocks, best)
+    best_sse = block_sse_e2m1(magnitudes, best)
     for cand in candidates[1:]:
-        sse = block_sse_e2m1(blocks, cand)
+        sse = block_sse_e2m1(magnitudes, cand)
         better = (sse < best_sse) | ((sse == best_sse) & (cand > best))
         best = torch.where(better, cand, best)
         best_sse = torch.where(better, sse, best_sse)
