@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 from sharq import SharqConfig, decompose
+from sharq.formats.nvfp4 import nvfp4_global_scale
+from sharq.formats.registry import quantize
+from sharq.sparse.masks import apply_mask
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
 from sharq.eval.perplexity import corpus_tokens, perplexity
@@ -64,15 +67,29 @@ def fake_weight(w: torch.Tensor, block: int, rule: str, sw_mults: list[float]) -
     return best
 
 
+def act_search(x: torch.Tensor, cfg: SharqConfig, act_rule: str) -> torch.Tensor:
+    """x̂ of SharQ-NVFP4 (SPEC §5) with the block-scale search on the residual ("res-mse") or on
+    both terms ("both-mse"); an experiment, not the package's numerics."""
+    s = nvfp4_global_scale(x, cfg.granularity)
+    xs = x.float() / s
+    first = apply_mask(xs, cfg.mask_spec) if cfg.mask is not None else xs
+    rule_b = "mse" if act_rule == "both-mse" else "amax"
+    b = quantize(first, "nvfp4", cfg.backbone_block, global_scale=torch.ones(()), scale_rule=rule_b).dequantize()
+    r = quantize(xs - b, "nvfp4", cfg.residual_block, global_scale=torch.ones(()), scale_rule="mse").dequantize()
+    return (b + r) * s
+
+
 class FakeLinear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias, config: SharqConfig | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias, config: SharqConfig | None, act_rule: str = "amax") -> None:
         super().__init__()
-        self.weight, self.bias, self.config = weight, bias, config
+        self.weight, self.bias, self.config, self.act_rule = weight, bias, config, act_rule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
-        if self.config is not None:
+        if self.config is not None and self.act_rule != "amax":
+            x2 = act_search(x2, self.config, self.act_rule)
+        elif self.config is not None:
             d = decompose(x2, self.config)
             x2 = d.backbone + d.residual
         y = x2.float() @ self.weight.T
@@ -86,7 +103,8 @@ def main() -> None:
     ap.add_argument("--preset", required=True)
     ap.add_argument("--rules", nargs="+", required=True)
     ap.add_argument("--sw", default="1", help="comma-separated s_w multipliers searched per matrix")
-    ap.add_argument("--part", default="both", choices=("both", "weights"))
+    ap.add_argument("--part", default="both", choices=("both", "weights", "activations"))
+    ap.add_argument("--act-rule", default="amax", choices=("amax", "res-mse", "both-mse"))
     ap.add_argument("--tokens", type=int, default=4088)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--out", default=None)
@@ -102,14 +120,17 @@ def main() -> None:
         t0 = time.perf_counter()
         for name in targets:
             lin = model.get_submodule(name)
-            w = fake_weight(lin.weight.detach(), cfg.weight_block, rule, sw)
+            w = lin.weight.detach().float()
+            if args.part != "activations":
+                w = fake_weight(w, cfg.weight_block, rule, sw)
             b = None if lin.bias is None else lin.bias.detach().float()
-            model.set_submodule(name, FakeLinear(w, b, cfg if args.part == "both" else None))
+            model.set_submodule(name, FakeLinear(w, b, cfg if args.part != "weights" else None, args.act_rule))
         tq = time.perf_counter() - t0
         res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
-        rows.append(dict(preset=args.preset, rule=rule, sw=sw, part=args.part, ppl=res.ppl, nll=res.nll,
+        rows.append(dict(preset=args.preset, rule=rule, sw=sw, part=args.part, act_rule=args.act_rule,
+                         ppl=res.ppl, nll=res.nll,
                          tokens=res.tokens, quantize_s=round(tq, 1)))
-        print(f"{args.preset} {rule:14s} sw={args.sw} {args.part}: ppl {res.ppl:.3f} ({res.tokens} tok, q {tq:.1f}s)",
+        print(f"{args.preset} {rule:14s} sw={args.sw} {args.part} act={args.act_rule}: ppl {res.ppl:.3f} ({res.tokens} tok, q {tq:.1f}s)",
               flush=True)
     if args.out:
         doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF)", caveat=PRETRAINED_CAVEAT, rows=rows)
