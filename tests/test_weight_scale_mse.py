@@ -47,6 +47,7 @@ def test_nvfp4_mse_scale_is_a_candidate_with_minimal_block_error(block):
     xs = w / qt.global_scale
     blocks = to_blocks(xs, block)
     amax = blocks.abs().amax(-1)
+    assert {6.0, 4.0} <= set(NVFP4_MSE_DIVISORS)  # at least amax/6 and amax/4 (Four Over Six)
     cands = torch.stack([round_e4m3(div_rn(amax, d)) for d in NVFP4_MSE_DIVISORS])  # (C, N, nb)
     chosen = qt.scale_values()
     assert bool(((cands == chosen).any(0)).all())  # always one of the candidates
@@ -122,7 +123,7 @@ def test_subnormal_and_saturating_scales():
     qt = quantize_nvfp4(x, 16, global_scale=ONE, scale_rule="mse")
     blocks = x.reshape(1, 16)
     cands = [round_e4m3(div_rn(blocks.abs().amax(-1), d)) for d in NVFP4_MSE_DIVISORS]
-    assert cands[0].item() == 3 * s and cands[1].item() == 4 * s
+    assert {3 * s, 4 * s} <= {c.item() for c in cands}
     best = min(_sse64(blocks, c).item() for c in cands)
     assert _sse64(blocks, qt.scale_values()).item() == best
     # saturation: amax/6 and amax/4 above 448 both clamp to 448 (a tie of equal scales)
