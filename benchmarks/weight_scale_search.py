@@ -105,6 +105,9 @@ def main() -> None:
     ap.add_argument("--sw", default="1", help="comma-separated s_w multipliers searched per matrix")
     ap.add_argument("--part", default="both", choices=("both", "weights", "activations"))
     ap.add_argument("--act-rule", default="amax", choices=("amax", "res-mse", "both-mse"))
+    ap.add_argument("--act-divisors", default=None,
+                    help="comma-separated E4M3(amax/d) candidates of the activation-side search "
+                         "(default: the package's NVFP4_MSE_DIVISORS)")
     ap.add_argument("--tokens", type=int, default=4088)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--out", default=None)
@@ -114,6 +117,10 @@ def main() -> None:
     targets = [n for n, kind in conversion_targets(base).items() if kind == "linear"]
     cfg = SharqConfig.from_preset(args.preset)
     sw = [float(v) for v in args.sw.split(",")]
+    if args.act_divisors:
+        import sharq.formats.nvfp4 as nvfp4_module
+
+        nvfp4_module.NVFP4_MSE_DIVISORS = tuple(float(v) for v in args.act_divisors.split(","))
     rows = []
     for rule in args.rules:
         model = copy.deepcopy(base)
@@ -128,6 +135,7 @@ def main() -> None:
         tq = time.perf_counter() - t0
         res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
         rows.append(dict(preset=args.preset, rule=rule, sw=sw, part=args.part, act_rule=args.act_rule,
+                         act_divisors=args.act_divisors,
                          ppl=res.ppl, nll=res.nll,
                          tokens=res.tokens, quantize_s=round(tq, 1)))
         print(f"{args.preset} {rule:14s} sw={args.sw} {args.part} act={args.act_rule}: ppl {res.ppl:.3f} ({res.tokens} tok, q {tq:.1f}s)",
