@@ -9,6 +9,7 @@ y = x̃ · W̃ᵀ in FP32 (rounded to the model dtype), where
 Q4_1 weights!). Writes results/error-budget-smollm2.json.
 
 usage: python benchmarks/error_budget.py [--tokens 8176] [--seq-len 512] [--device cpu]
+           [--presets nvfp4,sharq-nvfp4,sharq-nvfp4-w16] [--parts weights,activations,both]
 """
 
 from __future__ import annotations
@@ -56,13 +57,21 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default="results/error-budget-smollm2.json")
+    ap.add_argument("--presets", default="nvfp4,sharq-nvfp4,sharq-nvfp4-w16",
+                    help="comma-separated presets (e.g. the -mse ones: nvfp4-mse,sharq-nvfp4-mse,...)")
+    ap.add_argument("--parts", default="weights,activations,both", help="which of weights,activations,both")
     args = ap.parse_args()
     base, tok = load_model("smollm2", dtype=getattr(torch, args.dtype))
     tokens = corpus_tokens(tok, wiki_texts())
     targets = [n for n, kind in conversion_targets(base).items() if kind == "linear"]
     runs = [("bf16", None, False, False)]
-    for preset in ("nvfp4", "sharq-nvfp4", "sharq-nvfp4-w16"):
-        runs += [(preset, "weights", True, False), (preset, "activations", False, True), (preset, "both", True, True)]
+    parts = {"weights": (True, False), "activations": (False, True), "both": (True, True)}
+    chosen = args.parts.split(",")
+    unknown = sorted(set(chosen) - set(parts))
+    if unknown:
+        raise SystemExit(f"--parts: unknown part(s) {', '.join(unknown)}; choose from weights, activations, both")
+    for preset in args.presets.split(","):
+        runs += [(preset, part, *parts[part]) for part in chosen]
     rows = []
     for preset, part, w, a in runs:
         model = copy.deepcopy(base).to(args.device)

@@ -11,6 +11,7 @@ from sharq.config import preset_name
 EXPECTED_PRESETS = {
     "bf16", "nvfp4", "mxfp4", "hif4", "sharq-nvfp4", "sharq-mxfp4", "sharq-hif4",
     "sparse-only", "dense-dense", "sparse-sparse", "naive-residual", "sharq-nvfp4-w16",
+    "nvfp4-mse", "sharq-nvfp4-mse", "sharq-nvfp4-w16-mse",
 }
 
 

@@ -153,8 +153,9 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     for name, cfg in PRESETS.items():
         d = cfg.to_dict()
         desc = ", ".join(f"{k}={d[k]}" for k in ("format", "mask", "residual", "residual_mask",
-                                                  "backbone_block", "residual_block", "weight_block"))
-        print(f"{name:16s} {desc}")
+                                                  "backbone_block", "residual_block", "weight_block",
+                                                  "weight_scale"))
+        print(f"{name:20s} {desc}")
     return 0
 
 

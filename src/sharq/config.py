@@ -34,6 +34,7 @@ __all__ = [
     "Operand",
     "AUTO_EXACT_MAX_ROWS",
     "Backend",
+    "WeightScale",
     "MaskSpec",
     "parse_mask",
     "SharqConfig",
@@ -84,6 +85,15 @@ class Operand(str, enum.Enum):
         if self is Operand.AUTO:
             return Operand.EXACT if rows <= AUTO_EXACT_MAX_ROWS else Operand.BF16_SUM
         return self
+
+
+class WeightScale(str, enum.Enum):
+    """How each weight block's scale is chosen (SPEC §6). Same payload and format either way."""
+
+    AMAX = "amax"  # the format's fixed rule: E4M3(amax/6) (NVFP4), 2^(floor(log2 amax) - 2) (MXFP4)
+    # Among a few candidates (formats/scale_search.py), the one with the smallest squared error of
+    # the block's dequantized values; ties to the larger. NVFP4 and MXFP4 weights only.
+    MSE = "mse"
 
 
 class Backend(str, enum.Enum):
@@ -172,6 +182,8 @@ class SharqConfig:
                        work on Hopper) or "auto" (the default: exact for calls of at most
                        AUTO_EXACT_MAX_ROWS = 16 rows, bf16-sum above; `Operand.for_rows`).
       check_finite:    raise `ValueError` naming the layer on NaN/Inf input instead of NaN rows.
+      weight_scale:    "amax" (the format's fixed block-scale rule) or "mse" (each weight block's
+                       scale chosen among candidates by squared error; NVFP4 / MXFP4, SPEC §6).
     """
 
     format: Format = Format.NVFP4
@@ -185,6 +197,7 @@ class SharqConfig:
     backend: Backend = Backend.AUTO
     operand: Operand = Operand.AUTO
     check_finite: bool = False
+    weight_scale: WeightScale = WeightScale.AMAX
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -193,6 +206,7 @@ class SharqConfig:
         set_("granularity", _coerce_enum(Granularity, self.granularity, "granularity"))
         set_("backend", _coerce_enum(Backend, self.backend, "backend"))
         set_("operand", _coerce_enum(Operand, self.operand, "operand"))
+        set_("weight_scale", _coerce_enum(WeightScale, self.weight_scale, "weight_scale"))
         for name in ("mask", "residual_mask"):
             value = getattr(self, name)
             if value is not None:
@@ -204,6 +218,11 @@ class SharqConfig:
         if not isinstance(self.check_finite, bool):
             raise TypeError(f"SharqConfig.check_finite must be a bool, got {self.check_finite!r}")
 
+        if self.weight_scale is WeightScale.MSE and self.format not in (Format.NVFP4, Format.MXFP4):
+            raise ValueError(
+                f"SharqConfig.weight_scale='mse' needs format 'nvfp4' or 'mxfp4' (a weight block-scale "
+                f"search is defined for E4M3 and E8M0 scales), got format={self.format.value!r}"
+            )
         if self.format is Format.NONE:
             if self.mask is not None or self.residual is not Residual.NONE or self.residual_mask:
                 raise ValueError(
@@ -307,6 +326,10 @@ PRESETS: dict[str, SharqConfig] = {
     "dense-dense": _SHARQ_NVFP4.replace(mask=None, backbone_block=16),
     "sparse-sparse": _SHARQ_NVFP4.replace(residual_mask="pair4of8"),
     "naive-residual": _SHARQ_NVFP4.replace(residual=Residual.NAIVE),
+    # Beyond the paper (SPEC §6): weight block scales chosen by squared error, same payload.
+    "nvfp4-mse": _plain(Format.NVFP4, 16).replace(weight_scale=WeightScale.MSE),
+    "sharq-nvfp4-mse": _SHARQ_NVFP4.replace(weight_scale=WeightScale.MSE),
+    "sharq-nvfp4-w16-mse": _SHARQ_NVFP4.replace(weight_block=16, weight_scale=WeightScale.MSE),
 }
 
 

@@ -97,6 +97,9 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
 
     NVFP4: s_w = max(amax(W) / 2688, 1e-9) per matrix, then `config.weight_block` E4M3 scales.
     MXFP4 / HiF4: their block format, no second level. Non-finite weights are rejected.
+    `config.weight_scale` picks the block scales: "amax" (the format's fixed rule) or "mse" (each
+    block's scale searched among candidates, `formats.nvfp4.nvfp4_block_scales` /
+    `formats.mxfp4.quantize_mxfp4_scaled`); the payload's format is the same either way.
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError(f"weight must be a 2-D tensor (N, K), got {getattr(weight, 'shape', type(weight))}")
@@ -109,7 +112,8 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
         raise ValueError("quantize_weight: the config quantizes nothing (format='none')")
     if not bool(torch.isfinite(weight).all()):
         raise ValueError("weight contains NaN or Inf; refusing to quantize it")
-    return quantize(weight, config.format, config.weight_block)  # NVFP4: one s_w ("tensor" granularity)
+    # NVFP4: one s_w ("tensor" granularity)
+    return quantize(weight, config.format, config.weight_block, scale_rule=config.weight_scale)
 
 
 def weight_scale_views(weight: QuantizedTensor) -> tuple[int | None, int | None]:

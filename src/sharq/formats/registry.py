@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Format, Granularity
+from ..config import Format, Granularity, WeightScale
 from .hif4 import decode_scales_hif4, element_values_hif4, quantize_hif4
 from .mxfp4 import decode_scales_mxfp4, quantize_mxfp4
 from .nvfp4 import decode_scales_nvfp4, element_values_e2m1, quantize_nvfp4
@@ -20,8 +20,12 @@ def quantize(
     *,
     granularity: Granularity | str = Granularity.TENSOR,
     global_scale: torch.Tensor | None = None,
+    scale_rule: WeightScale | str = WeightScale.AMAX,
 ) -> QuantizedTensor:
     """Quantize `x` (..., K) to `format` with `block`-value scales (see each format's module).
+
+    `scale_rule` picks the block scales: "amax" (each format's fixed rule) or "mse" (a search
+    among candidates by squared error, NVFP4 and MXFP4 only; HiF4 refuses it with a ValueError).
 
     `granularity` and `global_scale` apply to NVFP4 only (the other formats have no second level;
     passing a `global_scale` for them is an error). `x` must be a real floating-point tensor with a
@@ -35,12 +39,18 @@ def quantize(
     if x.dim() == 0:
         raise ValueError("quantize: x is a scalar; expected shape (..., K)")
     format = Format(format)
+    try:
+        scale_rule = WeightScale(scale_rule)
+    except ValueError:
+        raise ValueError(f"quantize: scale_rule={scale_rule!r} is not 'amax' or 'mse'") from None
     if format is Format.NVFP4:
-        return quantize_nvfp4(x, block, granularity=granularity, global_scale=global_scale)
+        return quantize_nvfp4(x, block, granularity=granularity, global_scale=global_scale, scale_rule=scale_rule)
     if global_scale is not None:
         raise ValueError(f"{format.value} has no second-level (global) scale")
     if format is Format.MXFP4:
-        return quantize_mxfp4(x, block)
+        return quantize_mxfp4(x, block, scale_rule=scale_rule)
+    if scale_rule is not WeightScale.AMAX:
+        raise ValueError(f"scale_rule={scale_rule.value!r}: {format.value} has no block-scale search (amax only)")
     if format is Format.HIF4:
         return quantize_hif4(x, block)
     raise ValueError(f"format {format.value!r} does not quantize")
