@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a small, fast evaluation of SmolLM2-135M (bf16 vs NVFP4 vs SharQ-NVFP4); `make demo`",
         description="The evaluation of `sharq eval` with small defaults that finish in a few minutes on 2 CPU "
         "cores: perplexity on the first 2,044 tokens of each corpus (512-token windows) and the first 10 "
-        "documents of every zero-shot task. The numbers are noisy at these sizes; the README has the full table.",
+        "documents of every zero-shot task. The numbers are noisy at these sizes; docs/accuracy-tables.md has the full-set table.",
         epilog="example: sharq demo --presets bf16,nvfp4,sharq-nvfp4,sharq-nvfp4-w16 --limit 20",
     )
     _add_eval_arguments(quick, presets="bf16,nvfp4,sharq-nvfp4", granularity="tensor", tasks="all", limit=10,
