@@ -92,7 +92,7 @@ def plan_linear(rows: int, config: SharqConfig, device: torch.device | str) -> L
 
         exact = operand is Operand.EXACT
         blocks16 = config.backbone_block % 16 == 0 and config.residual_block % 16 == 0
-        if exact and rows <= GEMV_AUTO_MAX_M and blocks16:
+        if exact and 1 <= rows <= GEMV_AUTO_MAX_M and blocks16:
             return LinearPlan(rows, backend, operand, "gemv", "gemv")
         if exact and rows <= 16:
             return LinearPlan(rows, backend, operand, "rows", "small-m")
