@@ -7,7 +7,8 @@ process: vLLM's global state is not meant to host several engines one after anot
            is fed a fixed input, and its output compared bit for bit with the checkpoint's
            `SharqLinear` modules (sharq.load_quantized, served with token granularity), side by
            side for a fused layer; with --prompts, the last-position top-20 logprobs of vLLM and
-           of load_quantized's model; with --generate N, N greedy tokens (and text).
+           of load_quantized's model (each prompt alone and all prompts in one call to vLLM;
+           load_quantized's with the checkpoint's operand and with "bf16-sum"); with --generate N, N greedy tokens (and text).
   logprobs the last-position top-20 logprobs of --prompts, with --tp ranks.
   load     build the engine only; a refusal is reported as {"error": type, "message": str}.
   refusals FOLDER is a JSON list of {"folder", "quantization"}: each is built in turn (refusals
@@ -43,14 +44,14 @@ def _sharq_layers(model) -> dict:
     return {name: m for name, m in model.named_modules() if hasattr(m, "sharq_weights")}
 
 
-def _as_token_granularity(model) -> None:
+def _as_token_granularity(model, **changes) -> None:
     """Serve `model` (sharq.load_quantized) as vLLM does: token granularity in every SharqLinear
-    and in the preparations they share."""
+    and in the preparations they share (plus any other `SharqConfig` field in `changes`)."""
     from sharq import SharqLinear
 
     for m in model.modules():
         if isinstance(m, SharqLinear):
-            m.config = m.config.replace(granularity="token")
+            m.config = m.config.replace(granularity="token", **changes)
             if m.shared_input is not None:
                 m.shared_input.config = m.config
 
@@ -95,7 +96,11 @@ def layers(args, llm) -> dict:
     result = {"layers": report}
     prompts = json.loads(args.prompts)
     if prompts:
+        # one prompt per call: operand auto gives exact for a prompt of <= 16 tokens
         result["hf_logprobs"] = _hf_logprobs(hf, prompts, hf.dtype)
+        # what a batched vLLM step of > 16 rows computes under auto
+        _as_token_granularity(hf, operand="bf16-sum")
+        result["hf_logprobs_bf16_sum"] = _hf_logprobs(hf, prompts, hf.dtype)
     return result
 
 
@@ -139,7 +144,10 @@ def main() -> None:
     prompts = [{"prompt_token_ids": ids} for ids in json.loads(args.prompts)]
     if prompts:
         params = SamplingParams(max_tokens=1, temperature=0, logprobs=20, detokenize=False)
-        result["vllm_logprobs"] = _top_logprobs(llm.generate(prompts, params, use_tqdm=False))
+        # each prompt alone (a step of its own tokens), then all of them submitted together (one
+        # step over every prompt's tokens: under operand auto the row count picks the operand)
+        result["vllm_logprobs"] = [_top_logprobs(llm.generate([p], params, use_tqdm=False))[0] for p in prompts]
+        result["vllm_logprobs_batched"] = _top_logprobs(llm.generate(prompts, params, use_tqdm=False))
     if args.generate:
         params = SamplingParams(max_tokens=args.generate, temperature=0, detokenize=args.tokenizer)
         outs = llm.generate(prompts[:1], params, use_tqdm=False)
