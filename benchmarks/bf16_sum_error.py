@@ -42,7 +42,7 @@ def main() -> None:
         quantizes = sharq.PRESETS[preset].quantizes
         for mode in ("exact", "bf16-sum") if quantizes else ("exact",):
             model = copy.deepcopy(base)
-            sharq.quantize_(model, sharq.SharqConfig.from_preset(preset, backend="reference", operand=mode))
+            sharq.quantize_(model, sharq.SharqConfig.from_preset(preset, operand=mode), backend="reference")
             start = time.perf_counter()
             res = perplexity(model, tokenizer, tokens, seq_len=args.seq_len, max_tokens=args.tokens, batch_size=1)
             rows.append(dict(preset=preset, operand=mode, ppl_wiki=res.ppl, tokens=res.tokens,

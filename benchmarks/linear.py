@@ -148,7 +148,7 @@ def main() -> None:
     def bench(fn) -> float:
         return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
-    config = PRESETS[args.preset].replace(granularity=args.granularity, backend="triton")
+    config = PRESETS[args.preset].replace(granularity=args.granularity)
     exact = config.replace(operand="exact")
     gemlite = _gemlite()
     copy_gbps = _copy_gbps(bench)

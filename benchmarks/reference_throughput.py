@@ -42,7 +42,7 @@ def main() -> None:
 
         model = copy.deepcopy(base).to(device)
         config = sharq.SharqConfig.from_preset(preset)
-        sharq.quantize_(model, config.replace(backend=args.backend) if config.quantizes else config)
+        sharq.quantize_(model, config, backend=args.backend)
         with torch.no_grad():
             model(input_ids=ids[:1, :128], logits_to_keep=1)
             if device == "cuda":

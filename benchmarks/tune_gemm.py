@@ -48,7 +48,7 @@ def main() -> None:
     import triton
     from triton.testing import do_bench
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     results = []
     for layer in args.layers.split(","):
         n, k = shapes[layer]

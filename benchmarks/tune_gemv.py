@@ -20,6 +20,7 @@ from _results import write_json
 from linear import _graph_ms
 from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 from sharq import PRESETS
+from sharq.options import RuntimeOptions
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv, gemv_operand_of
 from sharq.ops import prepare, quantize_weight
@@ -45,7 +46,7 @@ def main() -> None:
     args.layers = args.layers or ",".join(shapes)
     import triton
 
-    config = PRESETS[args.preset].replace(backend="triton")
+    config = PRESETS[args.preset]  # backend auto: Triton on CUDA
     rows = []
     for layer in args.layers.split(","):
         n, k = shapes[layer]
@@ -54,7 +55,7 @@ def main() -> None:
         copies = max(1, -(-150_000_000 // nbytes))
         wqs = [quantize_weight(w0 + 0.001 * torch.randn_like(w0), config) for _ in range(copies)]
         for m in (int(v) for v in args.m.split(",")):
-            p = prepare(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config.replace(backend="reference"))
+            p = prepare(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config, RuntimeOptions(backend="reference"))
             rows_terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
                           p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
             terms = [*gemv_operand_of(p.backbone), *gemv_operand_of(p.residual)]

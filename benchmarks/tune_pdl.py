@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--choice-file", default=None,
                     help="write 1 there if 'pdl' beats 'off' summed over every layer and M (sharq linear), else 0")
     args = ap.parse_args()
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     rows = []
     torch.manual_seed(0)
     for layer, (n, k) in layers_of(DEFAULT_MODEL).items():

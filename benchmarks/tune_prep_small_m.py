@@ -40,7 +40,7 @@ def main() -> None:
     if args.inline_max_m is not None:
         prepare_fp4.AMAX_INLINE_MAX_M = args.inline_max_m
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     rows = []
     for k, m in itertools.product(map(int, args.k.split(",")), map(int, args.m.split(","))):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

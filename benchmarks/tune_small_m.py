@@ -22,6 +22,7 @@ from _results import write_json
 from linear import _graph_ms
 from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 from sharq import PRESETS
+from sharq.options import RuntimeOptions
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.gemv_nvfp4 import GEMV_MAX_M, fp4_weight_gemv, gemv_operand_of
 from sharq.ops import prepare, quantize_weight
@@ -50,7 +51,7 @@ def main() -> None:
     args.layers = args.layers or ",".join(shapes)
     import triton
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     rows = []
     for layer in args.layers.split(","):
         n, k = shapes[layer]
@@ -70,7 +71,7 @@ def main() -> None:
                 raise SystemExit(f"{layer}: one-hot mismatch with {cfg}: {(got1 - want1).abs().max()}")
         for m in (int(v) for v in args.m.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            p = prepare(x, config.replace(backend="reference"))
+            p = prepare(x, config, RuntimeOptions(backend="reference"))
             terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
                      p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
             fp32_decode = dict(DECODE=1)

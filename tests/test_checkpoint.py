@@ -117,7 +117,9 @@ def test_load_dtype_device_and_backend(tmp_path):
     assert f32.model.embed_tokens.weight.dtype == torch.float32
     q = f32.model.layers[0].self_attn.q_proj
     ref = model.model.layers[0].self_attn.q_proj
-    assert q.config.backend.value == "reference"
+    assert q.options.backend.value == "reference"
+    assert "backend" not in f32.sharq_checkpoint.config.to_dict()  # runtime options are never recorded
+    assert sharq.load_quantized(tmp_path / "ckpt").model.layers[0].self_attn.q_proj.options == sharq.RuntimeOptions()
     assert q.weight_codes.dtype == torch.uint8 and torch.equal(q.weight_codes, ref.weight_codes)  # never cast
     assert torch.equal(q.weight_global_scale, ref.weight_global_scale)
     assert torch.equal(q.dequantized_weight(), ref.dequantized_weight())

@@ -25,7 +25,7 @@ from .tiny_models import VOCAB, tiny_model  # noqa: E402
 def _model(kind: str, provider: str):
     model = tiny_model(kind).cuda()
     if provider == "sharq":
-        sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"].replace(backend="triton"))
+        sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"], backend="triton")
     elif provider == "fp8":
         fp8_quantize_(model)
     return model

@@ -19,7 +19,7 @@ from sharq.static_decode import StaticDecoder  # noqa: E402
 
 from .tiny_models import COMMON, VOCAB, tiny_model, tiny_tokenizer  # noqa: E402
 
-REFERENCE = sharq.PRESETS["sharq-nvfp4"].replace(backend="reference")
+REFERENCE = sharq.PRESETS["sharq-nvfp4"]  # on the CPU: the reference backend
 
 
 def _greedy(model, ids, n, **options):

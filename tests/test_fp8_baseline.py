@@ -164,7 +164,7 @@ def test_fp8_quantize_swaps_what_quantize_swaps_and_stays_close(kind):
         out = model(ids).logits.float()
     # 8-bit weights and activations: closer to the bf16 model than SharQ's 4-bit ones
     sharq_model = tiny_model(kind)
-    sharq.quantize_(sharq_model, sharq.PRESETS["sharq-nvfp4"].replace(backend="reference"))
+    sharq.quantize_(sharq_model, sharq.PRESETS["sharq-nvfp4"], backend="reference")
     with torch.no_grad():
         fp4 = sharq_model(ids).logits.float()
     err_fp8, err_fp4 = (out - ref).norm() / ref.norm(), (fp4 - ref).norm() / ref.norm()

@@ -8,14 +8,11 @@ a CUDA graph too.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 pytest.importorskip("triton")
 
 import sharq.kernels.attention_decode as attention_module  # noqa: E402

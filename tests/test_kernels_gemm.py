@@ -7,16 +7,14 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes; `-m gpu`
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS  # noqa: E402
+from sharq.options import RuntimeOptions
 from sharq.config import Format  # noqa: E402
 from sharq.formats.quantized import QuantizedTensor  # noqa: E402
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm, gemm_supports  # noqa: E402
@@ -161,8 +159,8 @@ def test_linear_on_triton_equals_reference_linear():
             wq = quantize_weight(torch.randn(64, 96, device=DEVICE) * 0.05, config)
             x = _activation(2 * 5, 96, seed=4).reshape(2, 5, 96)
             bias = torch.randn(64, device=DEVICE).to(torch.bfloat16)
-            ref = sharq_linear(x, wq, bias, config.replace(backend="reference"))
-            got = sharq_linear(x, wq, bias, config.replace(backend="triton"))
+            ref = sharq_linear(x, wq, bias, config, options=RuntimeOptions(backend="reference"))
+            got = sharq_linear(x, wq, bias, config, options=RuntimeOptions(backend="triton"))
             assert got.shape == ref.shape == (2, 5, 64) and got.dtype == torch.bfloat16
             ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
             assert bool(((got.float() - ref.float()).abs() <= ulp).all()), (preset, granularity)
@@ -187,8 +185,8 @@ def test_bf16_sum_operand_is_the_reference_operand_and_one_term(preset):
             exact = exact + ref.residual.dequantize(apply_global_scale=False)
         assert torch.equal(ref.dense, exact.to(torch.bfloat16).float())
         wq = quantize_weight(torch.randn(48, 96, device=DEVICE) * 0.05, config)
-        y_ref = sharq_linear(x, wq, None, config.replace(backend="reference"))
-        y_tri = sharq_linear(x, wq, None, config.replace(backend="triton"))
+        y_ref = sharq_linear(x, wq, None, config, options=RuntimeOptions(backend="reference"))
+        y_tri = sharq_linear(x, wq, None, config, options=RuntimeOptions(backend="triton"))
         ulp = y_ref.float().abs().clamp_min(1e-3) * 2.0**-7
         assert bool(((y_tri.float() - y_ref.float()).abs() <= ulp).all())
 

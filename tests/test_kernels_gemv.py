@@ -14,12 +14,11 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 import sharq.kernels.gemv_nvfp4 as gemv_module  # noqa: E402
 from sharq import PRESETS  # noqa: E402
+from sharq.options import RuntimeOptions
 from sharq.config import Format  # noqa: E402
 from sharq.formats.pack import pack_nibbles  # noqa: E402
 from sharq.formats.quantized import QuantizedTensor  # noqa: E402
@@ -215,8 +214,8 @@ def test_short_batch_linear_runs_the_gemv_and_equals_the_reference(granularity, 
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(1, 17, 96, generator=g) * 3).to(torch.bfloat16).to(DEVICE)
     for m in (1, GEMV_AUTO_MAX_M, 3, 8, 9, 16, 17):
-        ref = sharq_linear(x[:, :m], wq, bias, config.replace(backend="reference"))
-        got = sharq_linear(x[:, :m], wq, bias, config.replace(backend="triton"))
+        ref = sharq_linear(x[:, :m], wq, bias, config, options=RuntimeOptions(backend="reference"))
+        got = sharq_linear(x[:, :m], wq, bias, config, options=RuntimeOptions(backend="triton"))
         assert got.shape == ref.shape == (1, m, 40)
         ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
         assert bool(((got.float() - ref.float()).abs() <= ulp).all()), m
@@ -285,8 +284,8 @@ def test_gemv_full_shapes_on_cuda(layer, preset, m):
     assert _rel_err(y, _expected(terms, s_x, wq, None)) < 1e-6
     x = (torch.randn(m, k, device=DEVICE) * 2).to(torch.bfloat16)
     config = PRESETS[preset]
-    ref = sharq_linear(x, wq, None, config.replace(backend="reference"))
-    got = sharq_linear(x, wq, None, config.replace(backend="triton"))
+    ref = sharq_linear(x, wq, None, config, options=RuntimeOptions(backend="reference"))
+    got = sharq_linear(x, wq, None, config, options=RuntimeOptions(backend="triton"))
     ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
     assert bool(((got.float() - ref.float()).abs() <= ulp).all())
 

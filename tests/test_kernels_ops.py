@@ -8,13 +8,10 @@ the kernels run under TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 import sharq.kernels.gemm_fp4  # noqa: E402,F401  (registers sharq::fp4_weight_gemm)
@@ -22,9 +19,11 @@ import sharq.kernels.gemm_nvfp4_split  # noqa: E402,F401  (registers sharq::fp4_
 import sharq.kernels.prepare_fp4  # noqa: E402,F401  (registers sharq::prepare_fp4)
 import sharq.kernels.prepare_split  # noqa: E402,F401  (registers sharq::prepare_split)
 from sharq import PRESETS  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = RuntimeOptions(backend="triton")
 
 
 def _x(m: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -83,12 +82,12 @@ def test_sharq_linear_compiles_in_one_graph(preset):
     """torch.compile(fullgraph=True) traces the Triton linear through the ops' fake implementations
     and the compiled function returns exactly what the eager one does."""
     torch._dynamo.reset()
-    config = PRESETS[preset].replace(backend="triton", granularity="token")
+    config = PRESETS[preset].replace(granularity="token")
     wq = quantize_weight(torch.randn(40, 96, device=DEVICE) * 0.05, config)
     bias = torch.randn(40, device=DEVICE).to(torch.bfloat16)
 
     def layer(x):
-        return sharq_linear(x, wq, bias, config)
+        return sharq_linear(x, wq, bias, config, options=TRITON)
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     for m in (3, 7):
@@ -127,7 +126,7 @@ def test_eager_linear_skips_the_dispatcher_and_equals_the_op_path(monkeypatch):
     import sharq.kernels.direct as direct_mod
     from sharq.kernels import gemm_fp4, gemv_nvfp4, prepare_fp4
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]
     wq = quantize_weight((torch.randn(48, 96, generator=torch.Generator().manual_seed(1))).to(DEVICE), config)
     calls = []
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -149,18 +148,18 @@ def test_eager_linear_skips_the_dispatcher_and_equals_the_op_path(monkeypatch):
         with torch.no_grad():
             for module, name in ((prepare_fp4, "_prepare_impl"), (gemm_fp4, "_gemm_impl"), (gemv_nvfp4, "_gemv_impl")):
                 counted(module, name)
-            direct = sharq_linear(x, wq, None, config)
+            direct = sharq_linear(x, wq, None, config, options=TRITON)
             assert direct_calls == ["_prepare_impl", "_gemv_impl" if m == 1 else "_gemm_impl"]
             direct_calls.clear()
             for module in (prepare_fp4, gemm_fp4, gemv_nvfp4):
                 monkeypatch.setattr(module, "direct_call_ok", lambda *t: False)
-            through_ops = sharq_linear(x, wq, None, config)
+            through_ops = sharq_linear(x, wq, None, config, options=TRITON)
             assert direct_calls == []  # every call went through torch.ops
             monkeypatch.undo()
         assert torch.equal(direct, through_ops)
         outs[m] = direct
     # a dispatch mode is active: the wrappers must go through torch.ops (and the mode sees them)
     with torch.no_grad(), Ops():
-        sharq_linear(_x(1, 96), wq, None, config)
+        sharq_linear(_x(1, 96), wq, None, config, options=TRITON)
     assert any("sharq.prepare_fp4" in c for c in calls) and any("sharq.fp4_weight_gemv" in c for c in calls)
     assert direct_mod.direct_call_ok(_x(1, 96))

@@ -7,13 +7,10 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes; `-m gpu`
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS  # noqa: E402

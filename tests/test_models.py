@@ -9,7 +9,9 @@ from torch import nn
 pytest.importorskip("transformers")
 
 import sharq.ops as ops_mod  # noqa: E402
-from sharq import PRESETS, SharqConfig, SharqLinear, sqnr_db  # noqa: E402
+from sharq import PRESETS, SharqConfig, SharqLinear  # noqa: E402
+from sharq.metrics import sqnr_db  # noqa: E402
+from sharq.metrics import sqnr_db
 from sharq.models import quantize_  # noqa: E402
 from sharq.nn.experts import SharqExperts  # noqa: E402
 from sharq.nn.fused_norm import FusedRMSNormPrep  # noqa: E402

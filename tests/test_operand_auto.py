@@ -8,15 +8,13 @@ Without a GPU the Triton kernels run under TRITON_INTERPRET=1.
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 
 from sharq import PRESETS, SharqConfig, SharqLinear  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.config import AUTO_EXACT_MAX_ROWS, Operand  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
@@ -55,8 +53,9 @@ def test_auto_equals_exact_up_to_16_rows_and_bf16_sum_from_17(backend, granulari
     torch.manual_seed(3)
     linear = torch.nn.Linear(128, 48, dtype=torch.bfloat16)
     x = (torch.randn(17, 128) * torch.exp(torch.randn(1, 128))).to(torch.bfloat16).to(DEVICE)
-    layers = {op: SharqLinear.from_float(linear, PRESETS["sharq-nvfp4"].replace(
-        operand=op, backend=backend, granularity=granularity)).to(DEVICE) for op in ("auto", "exact", "bf16-sum")}
+    layers = {op: SharqLinear.from_float(linear, PRESETS["sharq-nvfp4"].replace(operand=op, granularity=granularity),
+                                         options=RuntimeOptions(backend=backend)).to(DEVICE)
+              for op in ("auto", "exact", "bf16-sum")}
     with torch.no_grad():
         for m in (1, 2, 8, 16):
             assert torch.equal(layers["auto"](x[:m]), layers["exact"](x[:m])), m
@@ -107,8 +106,9 @@ def test_each_planned_kernel_runs(monkeypatch, operand):
     pytest.importorskip("triton")
     from sharq.kernels.plan import plan_linear
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton", operand=operand)
-    layer = SharqLinear.from_float(torch.nn.Linear(64, 32, dtype=torch.bfloat16), config).to(DEVICE)
+    config = PRESETS["sharq-nvfp4"].replace(operand=operand)
+    layer = SharqLinear.from_float(torch.nn.Linear(64, 32, dtype=torch.bfloat16), config,
+                                   options=RuntimeOptions(backend="triton")).to(DEVICE)
     expect = {1: ("prep", "gemv"), 2: ("prep", "gemv"), 3: ("prep", "gemm_fp4"), 16: ("prep", "gemm_fp4"),
               17: ("prep_split", "gemm_fp4"), 255: ("prep_split", "gemm_fp4"), 256: ("prep_split", "split"),
               512: ("prep_split", "dequant", "gemm_fp4")}
@@ -118,7 +118,7 @@ def test_each_planned_kernel_runs(monkeypatch, operand):
             layer(torch.randn(m, 64, dtype=torch.bfloat16, device=DEVICE))
         ran = {name for name, calls in log.items() if calls}
         assert ran == set(kernels), (m, ran)
-        plan = plan_linear(m, config, DEVICE)
+        plan = plan_linear(m, config, DEVICE, layer.options)
         assert plan.operand is Operand(operand).for_rows(m)
         two = operand == "exact"
         if m > 16:
@@ -153,7 +153,7 @@ def test_tiny_model_triton_logits_equal_reference(operand, rows):
     models = {}
     for backend in ("reference", "triton"):
         model = copy.deepcopy(base).to(DEVICE)
-        quantize_(model, PRESETS["sharq-nvfp4"].replace(backend=backend, operand=operand, granularity="token"))
+        quantize_(model, PRESETS["sharq-nvfp4"].replace(operand=operand, granularity="token"), backend=backend)
         models[backend] = model
     g = torch.Generator().manual_seed(5)
     shapes = {1: (1, 1), 16: (1, 16), 17: (1, 17), 600: (2, 300)}

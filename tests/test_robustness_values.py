@@ -26,6 +26,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sharq import PRESETS, SharqLinear, decompose, prepare_activation, quantize_weight, sharq_linear
+from sharq.options import RuntimeOptions
 
 PRESET_NAMES = ["sharq-nvfp4", "sharq-mxfp4", "sharq-hif4", "nvfp4", "mxfp4", "hif4", "dense-dense",
                 "sparse-sparse"]
@@ -35,7 +36,7 @@ KINDS = ["normal", "zeros", "subnormal", "huge", "mixed"]
 
 
 def _cfg(preset: str, granularity: str = "tensor", **changes):
-    cfg = PRESETS[preset].replace(backend="reference", **changes)
+    cfg = PRESETS[preset].replace(**changes)  # on the CPU: the reference
     return cfg.replace(granularity=granularity) if cfg.has_global_scale else cfg
 
 
@@ -193,13 +194,15 @@ def test_nan_and_inf_never_come_out_finite(case):
 
 @given(bad_values)
 def test_check_finite_raises_instead(case):
-    cfg = _cfg(case["preset"], case["granularity"], check_finite=True)
+    cfg = _cfg(case["preset"], case["granularity"])
+    checked = RuntimeOptions(check_finite=True)
     x, _ = _with_bad(case)
     layer = SharqLinear.from_float(torch.nn.Linear(case["k"], 8), cfg, name="model.layers.4.mlp.up_proj")
+    layer.options = checked
     with pytest.raises(ValueError, match=r"model\.layers\.4\.mlp\.up_proj: input contains NaN or Inf"):
         layer(x)
-    for call in (lambda: prepare_activation(x, cfg), lambda: decompose(x, cfg),
-                 lambda: sharq_linear(x, layer.quantized_weight, layer.bias, cfg)):
+    for call in (lambda: prepare_activation(x, cfg, check_finite=True), lambda: decompose(x, cfg, check_finite=True),
+                 lambda: sharq_linear(x, layer.quantized_weight, layer.bias, cfg, options=checked)):
         with pytest.raises(ValueError, match="NaN or Inf"):
             call()
     finite = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)

@@ -43,8 +43,8 @@ def test_triton_and_reference_backends_give_the_same_perplexity(granularity):
     models = {}
     for backend in ("reference", "triton"):
         model = copy.deepcopy(base)
-        quantize_(model, PRESETS["sharq-nvfp4"].replace(granularity=granularity, backend=backend))
-        assert all(m.config.backend.value == backend for m in model.modules() if isinstance(m, SharqLinear))
+        quantize_(model, PRESETS["sharq-nvfp4"].replace(granularity=granularity), backend=backend)
+        assert all(m.options.backend.value == backend for m in model.modules() if isinstance(m, SharqLinear))
         models[backend] = model
     g = torch.Generator().manual_seed(1)
     for length in (200, 1024):

@@ -16,7 +16,7 @@ def test_mse_presets_change_only_the_weight_scale_rule(name, base):
     assert SharqConfig.from_json(cfg.to_json()) == cfg
     assert cfg.to_dict()["weight_scale"] == "mse"
     assert preset_name(cfg) == name
-    assert preset_name(cfg.replace(granularity="token", backend="reference")) == name
+    assert preset_name(cfg.replace(granularity="token", operand="exact")) == name
     assert preset_name(cfg.replace(weight_scale="amax")) == base
 
 

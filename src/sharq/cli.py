@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import __version__
+    from .version import __version__
     from .demo import format_table, rows_to_json, run_demo
 
     start = time.perf_counter()

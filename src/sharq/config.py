@@ -33,7 +33,6 @@ __all__ = [
     "Granularity",
     "Operand",
     "AUTO_EXACT_MAX_ROWS",
-    "Backend",
     "WeightScale",
     "MaskSpec",
     "parse_mask",
@@ -96,14 +95,6 @@ class WeightScale(str, enum.Enum):
     MSE = "mse"
 
 
-class Backend(str, enum.Enum):
-    """Which implementation computes the numerics."""
-
-    AUTO = "auto"  # the fastest available backend for the tensor's device
-    REFERENCE = "reference"  # pure torch, the executable SPEC
-    TRITON = "triton"  # fused Triton kernels (CUDA)
-
-
 # Block sizes each format allows (SPEC §2).
 _ALLOWED_BLOCKS = {
     Format.NVFP4: (16, 32),
@@ -151,6 +142,10 @@ def parse_mask(spec: str) -> MaskSpec:
     return MaskSpec(n, m)
 
 
+# fields of records written before runtime options left the scheme (dropped by `from_dict`)
+_LEGACY_RUNTIME_FIELDS = ("backend", "check_finite")
+
+
 def _coerce_enum(cls: type[enum.Enum], value: Any, field: str) -> enum.Enum:
     if isinstance(value, cls):
         return value
@@ -163,7 +158,9 @@ def _coerce_enum(cls: type[enum.Enum], value: Any, field: str) -> enum.Enum:
 
 @dataclasses.dataclass(frozen=True)
 class SharqConfig:
-    """One quantization scheme: activation split + formats + weight format + execution options.
+    """One quantization scheme: activation split + formats + weight format — what a checkpoint
+    records and what decides every output value. How it runs (backend, NaN checks) is not part of
+    it: see `sharq.options.RuntimeOptions`.
 
     Fields (enum fields also accept their string values):
       format:          element/scale format of every quantized tensor (`Format`).
@@ -176,12 +173,10 @@ class SharqConfig:
       weight_block:    block size of the weight's scales.
       granularity:     "tensor" or "token" FP32 second-level activation scale (NVFP4 only; the
                        other formats have no second level and are batch invariant either way).
-      backend:         "auto", "reference" or "triton".
       operand:         what the linear multiplies (SPEC §7): "exact" (deq(B) and deq(R), two
                        products), "bf16-sum" (bf16(deq(B) + deq(R)), one product: half the MMA
                        work on Hopper) or "auto" (the default: exact for calls of at most
                        AUTO_EXACT_MAX_ROWS = 16 rows, bf16-sum above; `Operand.for_rows`).
-      check_finite:    raise `ValueError` naming the layer on NaN/Inf input instead of NaN rows.
       weight_scale:    "amax" (the format's fixed block-scale rule) or "mse" (each weight block's
                        scale chosen among candidates by squared error; NVFP4 / MXFP4, SPEC §6).
     """
@@ -194,17 +189,24 @@ class SharqConfig:
     residual_block: int = 16
     weight_block: int = 32
     granularity: Granularity = Granularity.TENSOR
-    backend: Backend = Backend.AUTO
     operand: Operand = Operand.AUTO
-    check_finite: bool = False
     weight_scale: WeightScale = WeightScale.AMAX
+    # Runtime options are not scheme fields; given here they are refused with a pointer (below).
+    backend: dataclasses.InitVar[Any] = None
+    check_finite: dataclasses.InitVar[Any] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, backend: Any = None, check_finite: Any = None) -> None:
+        for name, value in (("backend", backend), ("check_finite", check_finite)):
+            if value is not None:
+                raise TypeError(
+                    f"SharqConfig({name}=...): {name} is a runtime option, not part of the quantization "
+                    f"scheme; pass {name}= to sharq.quantize_, sharq.load_quantized or "
+                    "sharq.set_runtime_options"
+                )
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("format", _coerce_enum(Format, self.format, "format"))
         set_("residual", _coerce_enum(Residual, self.residual, "residual"))
         set_("granularity", _coerce_enum(Granularity, self.granularity, "granularity"))
-        set_("backend", _coerce_enum(Backend, self.backend, "backend"))
         set_("operand", _coerce_enum(Operand, self.operand, "operand"))
         set_("weight_scale", _coerce_enum(WeightScale, self.weight_scale, "weight_scale"))
         for name in ("mask", "residual_mask"):
@@ -215,8 +217,6 @@ class SharqConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"SharqConfig.{name} must be an int, got {value!r}")
-        if not isinstance(self.check_finite, bool):
-            raise TypeError(f"SharqConfig.check_finite must be a bool, got {self.check_finite!r}")
 
         if self.weight_scale is WeightScale.MSE and self.format not in (Format.NVFP4, Format.MXFP4):
             raise ValueError(
@@ -276,8 +276,11 @@ class SharqConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SharqConfig":
+        """The scheme of `data` (`to_dict`'s output). Records written before the scheme / runtime split
+        also hold `backend` and `check_finite`: they are runtime options and are ignored here."""
         if not isinstance(data, dict):
             raise TypeError(f"SharqConfig.from_dict needs a dict, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k not in _LEGACY_RUNTIME_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -334,6 +337,6 @@ PRESETS: dict[str, SharqConfig] = {
 
 
 def preset_name(config: SharqConfig) -> str | None:
-    """The PRESETS key `config` is, ignoring granularity, backend, operand and check_finite; None if custom."""
-    base = config.replace(granularity="tensor", backend="auto", operand="auto", check_finite=False)
+    """The PRESETS key `config` is, ignoring granularity and operand; None if custom."""
+    base = config.replace(granularity="tensor", operand="auto")
     return next((name for name, preset in PRESETS.items() if preset == base), None)

@@ -13,9 +13,10 @@ import importlib.util
 
 import torch
 
-from .config import Backend, Format, Operand, Residual, SharqConfig
+from .config import Format, Operand, Residual, SharqConfig
+from .options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 from .formats.quantized import QuantizedTensor
-from .formats.registry import quantize
+from .formats.registry import quantize_tensor
 from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
 
 __all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views", "linear_from_prepared",
@@ -30,8 +31,8 @@ def _triton_installed() -> bool:
     return _TRITON_INSTALLED
 
 
-def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
-    """The backend that runs `config` on `device`; never a silent substitute.
+def resolve_backend(config: SharqConfig, device: torch.device, options: RuntimeOptions = DEFAULT_OPTIONS) -> Backend:
+    """The backend that runs `config` on `device` under `options.backend`; never a silent substitute.
 
     AUTO picks Triton for a CUDA tensor whose format the kernels implement (and triton installed),
     the reference otherwise. TRITON needs a format the kernels implement (NVFP4, MXFP4), triton
@@ -40,9 +41,9 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
     """
     from .kernels import interpreting, supports
 
-    if config.backend is Backend.REFERENCE:
+    if options.backend is Backend.REFERENCE:
         return Backend.REFERENCE
-    if config.backend is Backend.AUTO:
+    if options.backend is Backend.AUTO:
         cuda = torch.device(device).type == "cuda"
         usable = cuda and supports(config) and _triton_installed()
         return Backend.TRITON if usable else Backend.REFERENCE
@@ -59,17 +60,17 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
     return Backend.TRITON
 
 
-def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
+def prepare(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS) -> PreparedActivation:
     """The preparation of a 2-D activation (M, K) as `kernels.plan.plan_linear` plans it: the reference
     (`prepare_activation`), or the Triton kernel that writes the planned GEMM's operand (codes, scales
     and s_x bit for bit the reference's where written)."""
     from .kernels.plan import plan_linear
 
-    plan = plan_linear(x.shape[0], config, x.device)
+    plan = plan_linear(x.shape[0], config, x.device, options)
     if plan.preparation == "reference":
-        return prepare_activation(x, config)
+        return prepare_activation(x, config, check_finite=options.check_finite)
     check_activation(x)
-    if config.check_finite and not bool(torch.isfinite(x).all()):
+    if options.check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
     if plan.preparation in ("operand-rows", "operand-split"):
         from .kernels.prepare_split import prepare_split
@@ -113,7 +114,7 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
     if not bool(torch.isfinite(weight).all()):
         raise ValueError("weight contains NaN or Inf; refusing to quantize it")
     # NVFP4: one s_w ("tensor" granularity)
-    return quantize(weight, config.format, config.weight_block, scale_rule=config.weight_scale)
+    return quantize_tensor(weight, config.format, config.weight_block, scale_rule=config.weight_scale)
 
 
 def weight_scale_views(weight: QuantizedTensor) -> tuple[int | None, int | None]:
@@ -229,19 +230,21 @@ def sharq_linear(
     *,
     one_gemm: bool = False,
     prepared: PreparedActivation | None = None,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
 ) -> torch.Tensor:
     """SharQ linear of `x` (..., K) with a quantized weight (N, K): returns (..., N) in x's dtype.
 
     `prepared`: x's preparation as (M, K) rows when it was already computed (shared by q/k/v or
-    gate/up, SPEC §9); it must be `prepare_activation(x.reshape(-1, K), config)`.
+    gate/up, SPEC §9); it must be `prepare_activation(x.reshape(-1, K), config)`. `options`: the
+    backend and NaN check (`sharq.options.RuntimeOptions`).
     Refused before any computation: a weight that is not a `QuantizedTensor` (TypeError), x of a
     dtype other than float32/bfloat16/float16 (TypeError), a scalar x, x's last dimension not the
     weight's K, x or bias on another device than the weight, a bias not of shape (N,) (ValueError).
     """
     _check_linear_operands(x, weight, bias)
-    resolve_backend(config, x.device)
+    resolve_backend(config, x.device, options)
     k = x.shape[-1]
     if prepared is None:
-        prepared = prepare(x.reshape(-1, k), config)  # (M, K) terms
+        prepared = prepare(x.reshape(-1, k), config, options)  # (M, K) terms
     y = linear_from_prepared(prepared, weight, bias, x.dtype, one_gemm=one_gemm)
     return y.reshape(*x.shape[:-1], y.shape[-1])

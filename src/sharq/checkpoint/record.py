@@ -99,7 +99,7 @@ class CheckpointRecord:
         fmt = data.get("format_version")
         if fmt != FORMAT_VERSION:
             raise fail(f"{field}.format_version is {fmt!r}; this sharq reads checkpoint format {FORMAT_VERSION} only")
-        from .. import __version__
+        from ..version import __version__
 
         written = data.get("sharq_version")
         if major_version(written) is None:

@@ -25,6 +25,7 @@ import torch
 from ..config import PRESETS, SharqConfig
 from ..models import quantize_
 from ..ops import resolve_backend
+from ..options import RuntimeOptions
 from .data import lambada_pairs, wiki_texts
 from .packaged import PRETRAINED_CAVEAT, SMOLLM2, load_model
 from .perplexity import corpus_tokens, perplexity
@@ -54,7 +55,7 @@ class EvalSettings:
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     batch_tokens: int | None = None  # padded tokens per scoring batch (None: 32768 cuda / 4096 cpu)
     ppl_batch: int | None = None  # windows per perplexity batch (None: 8 cuda / 1 cpu)
-    backend: str = "auto"  # SharqConfig.backend of every run ("triton": the fused preparation kernel)
+    backend: str = "auto"  # the runtime backend of every run ("triton": the fused preparation kernel)
     operand: str | None = None  # SharqConfig.operand of every run (None: the preset's own, "auto")
 
     def resolved(self) -> "EvalSettings":
@@ -87,7 +88,7 @@ def plan_runs(presets: Sequence[str], granularities: Sequence[str]) -> list[tupl
 def _machine(settings: EvalSettings) -> dict:
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     info = {
         "device": settings.device,
@@ -183,11 +184,12 @@ def evaluate(
             log(f"{preset} ({granularity}): already in {json_path}, skipped")
             continue
         start = time.perf_counter()
-        config = SharqConfig.from_preset(preset, granularity=granularity, backend=settings.backend,
+        config = SharqConfig.from_preset(preset, granularity=granularity,
                                          **({"operand": settings.operand} if settings.operand else {}))
+        options = RuntimeOptions(backend=settings.backend)
         model = copy.deepcopy(base).to(settings.device)
-        quantize_(model, config)
-        backend = resolve_backend(config, torch.device(settings.device)).value if config.quantizes else "-"
+        quantize_(model, config, backend=options.backend)
+        backend = resolve_backend(config, torch.device(settings.device), options).value if config.quantizes else "-"
         rows, extra = [], []
         for metric, tokens in corpora.items():
             total = len(tokens) if settings.ppl_tokens is None else min(settings.ppl_tokens, len(tokens))

@@ -30,7 +30,8 @@ import dataclasses
 
 import torch
 
-from ..config import Backend, Format, Operand, SharqConfig
+from ..config import Format, Operand, SharqConfig
+from ..options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 
 __all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M"]
 
@@ -78,12 +79,13 @@ class LinearPlan:
         return f"M={self.rows}: {self.backend.value}, operand {self.operand.value}, {self.preparation} -> {self.gemm}"
 
 
-def plan_linear(rows: int, config: SharqConfig, device: torch.device | str) -> LinearPlan:
-    """The plan of a call of `rows` rows (the flattened (M, K) activation) of `config` on `device`.
-    Raises what `ops.resolve_backend` raises for a backend that cannot run there."""
+def plan_linear(rows: int, config: SharqConfig, device: torch.device | str,
+                options: RuntimeOptions = DEFAULT_OPTIONS) -> LinearPlan:
+    """The plan of a call of `rows` rows (the flattened (M, K) activation) of `config` on `device`,
+    with `options.backend`. Raises what `ops.resolve_backend` raises for a backend that cannot run there."""
     from ..ops import resolve_backend
 
-    backend = resolve_backend(config, torch.device(device))
+    backend = resolve_backend(config, torch.device(device), options)
     operand = config.operand.for_rows(rows)
     if backend is Backend.REFERENCE:
         return LinearPlan(rows, backend, operand, "reference", "reference")

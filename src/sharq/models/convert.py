@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 from ..config import SharqConfig, preset_name
+from ..options import Backend, RuntimeOptions, set_runtime_options
 from ..nn.experts import SharqExperts, expert_projections
 from ..nn.fused_norm import FusedRMSNormPrep
 from ..nn.linear import SharqLinear
@@ -217,6 +218,8 @@ def quantize_(
     modules_to_not_convert: Iterable[str] = ("lm_head",),
     filter_fn: FilterFn | None = None,
     progress: bool | None = False,
+    backend: str | Backend = "auto",
+    check_finite: bool = False,
 ) -> ConversionReport:
     """Quantize `model` in place with SharQ (no calibration data); return what was done.
 
@@ -228,6 +231,8 @@ def quantize_(
                              tower, say) can be selected too; without it, a supported decoder gets
                              its decoder linears and any non-transformers module all its linears.
     progress:                a progress bar over the modules (None: only on a terminal).
+    backend, check_finite:   runtime options of the new modules (`sharq.options.RuntimeOptions`;
+                             not part of the scheme, changeable later with `set_runtime_options`).
 
     The "bf16" preset (format='none') changes nothing. Raises ValueError / TypeError (and leaves the
     model untouched) for an unsupported decoder, an already-quantized model, or a module it cannot
@@ -239,6 +244,7 @@ def quantize_(
         raise TypeError(f"config must be a SharqConfig or a preset name, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_ needs a torch.nn.Module, got {type(model).__name__}")
+    options = RuntimeOptions(backend=backend, check_finite=check_finite)
     patterns = (modules_to_not_convert,) if isinstance(modules_to_not_convert, str) else tuple(modules_to_not_convert)
     for name, module in model.named_modules():
         if isinstance(module, (SharqLinear, SharqExperts, FusedRMSNormPrep)):
@@ -261,6 +267,7 @@ def quantize_(
 
     for fqn, module in new_modules.items():
         model.set_submodule(fqn, module)
+    set_runtime_options(model, backend=options.backend, check_finite=options.check_finite, strict=False)
     report.converted = list(selected)
     model.sharq_report = report
     return report

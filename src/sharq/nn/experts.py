@@ -29,6 +29,7 @@ from ..config import Format, SharqConfig
 from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
 from ..ops import linear_from_prepared, quantize_weight, resolve_backend
+from ..options import DEFAULT_OPTIONS, RuntimeOptions
 from ..sparse.decompose import check_activation, select_rows
 from .shared_input import SharedPreparation, prepare_rows
 from .weight_storage import buffers, store_weight, weight_view
@@ -77,8 +78,11 @@ class SharqExperts(nn.Module):
     """E experts (gate, up, down) with SharQ activations and packed FP4 weights.
 
     forward(hidden_states (T, H), top_k_index (T, k) int, top_k_weights (T, k)) -> (T, H) in the
-    input dtype — the signature of transformers' fused-experts modules.
+    input dtype — the signature of transformers' fused-experts modules. `options` (`RuntimeOptions`)
+    is set by `sharq.quantize_` / `load_quantized` / `set_runtime_options`.
     """
+
+    options: RuntimeOptions = DEFAULT_OPTIONS
 
     def __init__(
         self,
@@ -172,14 +176,14 @@ class SharqExperts(nn.Module):
         check_activation(hidden_states, f"{label} input")
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden:
             raise ValueError(f"{label}: expected hidden_states (T, {self.hidden}), got {tuple(hidden_states.shape)}")
-        resolve_backend(self.config, hidden_states.device)
+        resolve_backend(self.config, hidden_states.device, self.options)
         final = torch.zeros_like(hidden_states)
         if hidden_states.shape[0] == 0:
             return final
         if self.shared_input is not None:
             prepared = self.shared_input.take(hidden_states)
         else:
-            prepared = prepare_rows(hidden_states, self.config)
+            prepared = prepare_rows(hidden_states, self.config, self.options)
         dtype = hidden_states.dtype
         with torch.no_grad():
             expert_mask = torch.nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1)
@@ -197,7 +201,7 @@ class SharqExperts(nn.Module):
             if not torch.compiler.is_compiling():  # eager calls only: a traced counter would be a guard
                 self.down_prepare_count += 1
             out = linear_from_prepared(
-                prepare_rows(inner, self.config), self.expert_weight("down", idx), self._bias("down", idx), dtype,
+                prepare_rows(inner, self.config, self.options), self.expert_weight("down", idx), self._bias("down", idx), dtype,
                 one_gemm=True,
             )
             out = out * top_k_weights[token_idx, top_k_pos, None]

@@ -31,14 +31,15 @@ import torch
 
 from ..config import SharqConfig
 from ..ops import grouped_linear_from_prepared, prepare
+from ..options import DEFAULT_OPTIONS, RuntimeOptions
 from ..sparse.decompose import PreparedActivation
 
 __all__ = ["SharedPreparation", "prepare_rows"]
 
 
-def prepare_rows(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
+def prepare_rows(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS) -> PreparedActivation:
     """Prepare `x` (..., K) as a 2-D activation (M, K), M = x.numel() // K (the layers' layout)."""
-    return prepare(x.reshape(-1, x.shape[-1]), config)
+    return prepare(x.reshape(-1, x.shape[-1]), config, options)
 
 
 def _same_data(x: torch.Tensor, source: torch.Tensor) -> bool:
@@ -65,7 +66,10 @@ class SharedPreparation:
     prepare_count: how many preparations this group ran eagerly (tests and `sharq inspect` read it);
                    compiled calls are not counted (a Python counter read by a traced graph would be
                    a guard, and every call would recompile it).
+    options:    `RuntimeOptions` (backend, NaN check), set with the consumers' by `sharq.set_runtime_options`.
     """
+
+    options: RuntimeOptions = DEFAULT_OPTIONS
 
     def __init__(self, config: SharqConfig, consumers: int, name: str) -> None:
         if consumers <= 0:
@@ -91,7 +95,7 @@ class SharedPreparation:
 
     def prepare(self, x: torch.Tensor) -> PreparedActivation:
         """Prepare `x` and publish it for the group's consumers (called by the producer)."""
-        prepared = prepare_rows(x, self.config)
+        prepared = prepare_rows(x, self.config, self.options)
         compiling = torch.compiler.is_compiling()
         if not compiling:
             self.prepare_count += 1

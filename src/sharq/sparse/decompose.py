@@ -19,7 +19,7 @@ import torch
 from ..config import Granularity, Operand, Residual, SharqConfig
 from ..formats.nvfp4 import nvfp4_global_scale
 from ..formats.quantized import QuantizedTensor
-from ..formats.registry import quantize
+from ..formats.registry import quantize_tensor
 from .masks import apply_mask
 
 __all__ = [
@@ -81,13 +81,14 @@ def check_activation(x: torch.Tensor, what: str = "activation") -> None:
 def _quantize_scaled(xs: torch.Tensor, config: SharqConfig, block: int, s: torch.Tensor | None) -> QuantizedTensor:
     """Quantize scaled-domain FP32 `xs`; the result carries `s` as its global scale (NVFP4)."""
     if s is None:
-        return quantize(xs, config.format, block)
-    qt = quantize(xs, config.format, block, global_scale=torch.ones((), dtype=torch.float32, device=xs.device))
+        return quantize_tensor(xs, config.format, block)
+    qt = quantize_tensor(xs, config.format, block, global_scale=torch.ones((), dtype=torch.float32, device=xs.device))
     return dataclasses.replace(qt, global_scale=s)
 
 
 def prepare_activation(
-    x: torch.Tensor, config: SharqConfig, *, global_scale: torch.Tensor | None = None
+    x: torch.Tensor, config: SharqConfig, *, global_scale: torch.Tensor | None = None,
+    check_finite: bool = False,
 ) -> PreparedActivation:
     """Split and quantize `x` (..., K) as `config` says (reference numerics, FP32 math).
 
@@ -95,12 +96,13 @@ def prepare_activation(
     "tensor" granularity, (..., 1) for "token". It is how a rank holding a K slice of the activation
     (tensor parallelism, SPEC §3) quantizes with the scale of the whole row: with the scale of the
     full tensor, the preparation of a block-aligned K slice is that slice of the full preparation.
-    Formats without a second-level scale (MXFP4, HiF4) refuse it.
+    Formats without a second-level scale (MXFP4, HiF4) refuse it. `check_finite`: raise on NaN/Inf
+    input (`RuntimeOptions.check_finite`) instead of NaN outputs.
     """
     check_activation(x)
     if not config.quantizes:
         raise ValueError("prepare_activation: the config quantizes nothing (format='none')")
-    if config.check_finite and not bool(torch.isfinite(x).all()):
+    if check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
     if global_scale is not None:
         s = _checked_global_scale(global_scale, x, config)
@@ -145,7 +147,7 @@ def _checked_global_scale(global_scale: torch.Tensor, x: torch.Tensor, config: S
     return global_scale.float()
 
 
-def decompose(x: torch.Tensor, config: SharqConfig) -> Decomposition:
+def decompose(x: torch.Tensor, config: SharqConfig, *, check_finite: bool = False) -> Decomposition:
     """SharQ-decompose `x` (..., K): dequantized backbone and residual in x's unscaled domain.
 
     For `format='none'` (bf16) the backbone is x itself (as FP32) and the residual zero.
@@ -154,7 +156,7 @@ def decompose(x: torch.Tensor, config: SharqConfig) -> Decomposition:
     if not config.quantizes:
         ones = torch.ones((), dtype=torch.float32, device=x.device)
         return Decomposition(x.float(), torch.zeros_like(x, dtype=torch.float32), ones)
-    return dequantize_prepared(prepare_activation(x, config))
+    return dequantize_prepared(prepare_activation(x, config, check_finite=check_finite))
 
 
 def dequantize_prepared(prepared: PreparedActivation) -> Decomposition:
