@@ -4,14 +4,14 @@ Llama-3.1-8B's attention (32 query heads, 8 key/value heads, head dim 128) over 
 --slots positions with a boolean mask (the first --visible slots visible), batch 1 and 8. Variants,
 each timed as a CUDA graph of 50 calls (median of 7 replays):
   repeat            transformers' masked path: K/V repeated per query head (`repeat_kv`), then SDPA
-  stacked           `sharq.decode_attention`: the 4 query heads of a K/V head as 4 query rows, SDPA
+  stacked           `sharq.runtime.decode_attention`: the 4 query heads of a K/V head as 4 query rows, SDPA
                     picks its kernel
   stacked-<backend> the same with SDPA held to one backend (efficient, cudnn, math)
   stacked-bmm       the same as two batched matmuls and a softmax in FP32 (what SDPA's math does)
   flex-compiled     torch's flex_attention (enable_gqa, the mask as a score_mod) compiled: its
                     decoding kernel splits the keys across programs
   stacked-triton    sharq's split-key Triton kernel (kernels/attention_decode.py), what
-                    `sharq.decode_attention` runs on CUDA
+                    `sharq.runtime.decode_attention` runs on CUDA
 Also checks that each variant gives the "repeat" output (max |difference|).
 
 usage: python benchmarks/decode_attention.py [--slots 1088] [--visible 1025] [--out DIR]

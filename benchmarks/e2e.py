@@ -9,7 +9,7 @@ and measured, same code for every provider:
   prefill_1024, prefill_4096  ms for one forward of 1 × T tokens (eager forward, as transformers'
                               generate runs its prefill; logits of the last position only)
   decode_b1, decode_b8        ms per decode step at batch 1 / 8 after a --context (1024) token
-                              prefill: `sharq.static_decode.StaticDecoder`, transformers' StaticCache
+                              prefill: `sharq.runtime.StaticDecoder`, transformers' StaticCache
                               and forward, the step compiled by torch.compile (inductor on CUDA;
                               --compile none: not compiled) and captured in a CUDA graph, the median over
                               --reps runs of --decode-steps steps
@@ -48,7 +48,7 @@ import sharq  # noqa: E402
 from _results import gpu_tag  # noqa: E402
 from e2e_models import MODELS, build_model, weight_bytes  # noqa: E402
 from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
-from sharq.static_decode import StaticDecoder  # noqa: E402
+from sharq.runtime import StaticDecoder  # noqa: E402
 
 PROVIDERS = ("sharq", "bf16", "fp8")  # run order: the one under test first, should a run be cut short
 SCENARIOS = ("prefill_1024", "prefill_4096", "decode_b1", "decode_b8", "serving_mix", "weight_bytes", "peak_bytes")

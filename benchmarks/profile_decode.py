@@ -24,7 +24,7 @@ from _results import write_json
 from e2e import convert
 from e2e_models import build_model
 from e2e_profile import profile_forward
-from sharq.static_decode import StaticDecoder
+from sharq.runtime import StaticDecoder
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import torch
 
 import sharq
 from sharq.cli import main
-from sharq.generation import generate_text
+from sharq.runtime.generation import generate_text
 
 from .tiny_models import tiny_folder, tiny_model, tiny_tokenizer
 

@@ -1,4 +1,4 @@
-"""`sharq.decode_attention`: one-token grouped-query SDPA without per-head K/V copies.
+"""`sharq.runtime.decode_attention`: one-token grouped-query SDPA without per-head K/V copies.
 
 The stacked call must give what transformers' own path (repeat_kv + SDPA) gives, hand every other
 call to transformers unchanged, and `decode_attention` must switch only "sdpa" configs and restore
@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward  # noqa: E402
 
-from sharq.decode_attention import DECODE_SDPA, decode_attention, decode_sdpa_attention  # noqa: E402
+from sharq.runtime.decode_attention import DECODE_SDPA, decode_attention, decode_sdpa_attention  # noqa: E402
 
 from .tiny_models import tiny_model  # noqa: E402
 

@@ -17,7 +17,7 @@ import sharq  # noqa: E402
 from sharq.baselines import fp8_quantize_, quantize_rows_e4m3  # noqa: E402
 from sharq.baselines.fp8 import fused_quantization, quantize_activation  # noqa: E402
 from sharq.nn.fused_norm import FusedRMSNormPrep  # noqa: E402
-from sharq.static_decode import StaticDecoder  # noqa: E402
+from sharq.runtime import StaticDecoder  # noqa: E402
 
 from .tiny_models import VOCAB, tiny_model  # noqa: E402
 

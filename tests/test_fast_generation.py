@@ -14,8 +14,8 @@ pytest.importorskip("transformers")
 
 import sharq  # noqa: E402
 from sharq.baselines import fp8_quantize_  # noqa: E402
-from sharq.generation import DECODE_MODES, generate_text, resolve_decode  # noqa: E402
-from sharq.static_decode import StaticDecoder  # noqa: E402
+from sharq.runtime.generation import DECODE_MODES, generate_text, resolve_decode  # noqa: E402
+from sharq.runtime import StaticDecoder  # noqa: E402
 
 from .tiny_models import COMMON, VOCAB, tiny_model, tiny_tokenizer  # noqa: E402
 
@@ -124,14 +124,14 @@ def test_decode_mode_resolution():
         resolve_decode("graph", cuda, True)
     with pytest.raises(ValueError, match="decode must be one of"):
         resolve_decode("fast", cpu, False)
-    from sharq.cli_model import DECODE_CHOICES
+    from sharq.cli.model_commands import DECODE_CHOICES
 
     assert DECODE_CHOICES == DECODE_MODES
 
 
 def test_bench_model_decode_modes():
-    from sharq.timing import BENCH_DECODE, bench_model
-    from sharq.cli_model import BENCH_DECODE_CHOICES
+    from sharq.runtime.timing import BENCH_DECODE, bench_model
+    from sharq.cli.model_commands import BENCH_DECODE_CHOICES
 
     assert BENCH_DECODE_CHOICES == BENCH_DECODE
     model = tiny_model("llama")

@@ -144,7 +144,7 @@ def test_static_decoder_steps_with_grouped_launches_give_the_ungrouped_tokens():
     """The decode steps over transformers' StaticCache, compiled (aot_eager: traced, not fused) and
     eager, hand the grouped outputs over as the plain model does: the same greedy tokens as one
     launch per linear."""
-    from sharq.static_decode import StaticDecoder
+    from sharq.runtime import StaticDecoder
 
     torch._dynamo.reset()
     model = _quantized("llama")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 import time
 from pathlib import Path
 
-__all__ = ["UsageError", "add_model_commands", "open_model"]
+from .args import UsageError, csv_or_empty, paragraphs, positive_int
+
+__all__ = ["add_model_commands", "open_model"]
 
 _EPILOG_QUANTIZE = """\
 examples:
@@ -44,21 +45,12 @@ Quick wall-clock medians for a first look (CUDA synchronized around each call); 
 the careful measurements."""
 
 
-class UsageError(Exception):
-    """A command line that cannot work as given: exit code 2, like argparse's own errors."""
-
-
-BENCH_DECODE_CHOICES = ("eager", "graph", "graph-compile")  # = sharq.timing.BENCH_DECODE (no torch at parse time)
-DECODE_CHOICES = ("auto", "eager", "compile", "graph")  # = sharq.generation.DECODE_MODES (not imported: no torch at parse time)
-
-
-def paragraphs(text: str, width: int = 96) -> str:
-    """`text` wrapped to `width`, paragraphs (separated by blank lines) kept — for help descriptions."""
-    return "\n\n".join(textwrap.fill(" ".join(p.split()), width) for p in text.split("\n\n"))
+BENCH_DECODE_CHOICES = ("eager", "graph", "graph-compile")  # = sharq.runtime.timing.BENCH_DECODE (no torch at parse time)
+DECODE_CHOICES = ("auto", "eager", "compile", "graph")  # = sharq.runtime.generation.DECODE_MODES (not imported: no torch at parse time)
 
 
 def _quantizing_presets() -> list[str]:
-    from .config import PRESETS
+    from ..config import PRESETS
 
     return [name for name, cfg in PRESETS.items() if cfg.quantizes]
 
@@ -73,7 +65,7 @@ def _tokenizer_from(path: str):
     """The tokenizer of `--tokenizer PATH` (a folder, or a model's files); a one-line error naming PATH."""
     from transformers import AutoTokenizer
 
-    from .checkpoint import has_tokenizer
+    from ..checkpoint import has_tokenizer
 
     if not Path(path).exists():
         raise ValueError(f"--tokenizer {path}: no such file or folder")
@@ -100,7 +92,7 @@ def open_model(source: str, *, preset: str | None, device: str, dtype: str | Non
     """
     import torch
 
-    from .checkpoint import has_tokenizer, is_sharq_checkpoint, load_quantized, load_tokenizer
+    from ..checkpoint import has_tokenizer, is_sharq_checkpoint, load_quantized, load_tokenizer
 
     if tokenizer is None and require_tokenizer and Path(source).is_dir() and not has_tokenizer(source):
         raise _no_tokenizer(source)
@@ -118,9 +110,9 @@ def open_model(source: str, *, preset: str | None, device: str, dtype: str | Non
             loaded = load_tokenizer(source) if has_tokenizer(source) else None
         return model, loaded, {"source": source, "checkpoint": True,
                                "preset": record.preset, "config": record.config.to_dict()}
-    from .config import SharqConfig
-    from .eval.packaged import load_model
-    from .models import quantize_
+    from ..config import SharqConfig
+    from ..eval.packaged import load_model
+    from ..models import quantize_
 
     if torch_dtype is None:
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -142,12 +134,12 @@ def _progress(args: argparse.Namespace) -> bool | None:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import is_sharq_checkpoint, save_quantized
-    from .checkpoint.format import parse_size
-    from .checkpoint.save import check_output_folder
-    from .config import SharqConfig
-    from .eval.packaged import load_model
-    from .models import quantize_
+    from ..checkpoint import is_sharq_checkpoint, save_quantized
+    from ..checkpoint.format import parse_size
+    from ..checkpoint.save import check_output_folder
+    from ..config import SharqConfig
+    from ..eval.packaged import load_model
+    from ..models import quantize_
 
     parse_size(args.max_shard_size)  # a bad size fails before the model is loaded
     check_output_folder(args.out, args.force)
@@ -181,7 +173,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 # --- generate -------------------------------------------------------------------------------------
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generation import generate_text
+    from ..runtime.generation import generate_text
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     device = _default_device(args.device)
@@ -222,8 +214,8 @@ def _vocab(model, tokenizer) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import SharqConfig
-    from .timing import bench_linear, bench_model
+    from ..config import SharqConfig
+    from ..runtime.timing import bench_linear, bench_model
 
     device = _default_device(args.device)
     if args.model is None:
@@ -239,14 +231,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                  f"({doc['weight_bits']:.3f} bits/weight)",
                  f"  SharqLinear is {doc['sharq_vs_dense']:.2f}x the speed of nn.Linear"]
     else:
-        from .checkpoint import is_sharq_checkpoint
+        from ..checkpoint import is_sharq_checkpoint
 
         doc = {"what": "model", "model": args.model, "device": device}
         decode = args.decode if args.decode != "auto" else ("graph" if device.startswith("cuda") else "eager")
         doc["decode"] = decode
         timing = dict(tokens=args.tokens, new_tokens=args.new_tokens, repeat=args.repeat, decode=decode)
         if not is_sharq_checkpoint(args.model):  # the float model first, for the ratio
-            from .eval.packaged import load_model
+            from ..eval.packaged import load_model
 
             dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
             model, tokenizer = load_model(args.model, dtype=dtype, device=device, require_tokenizer=False)
@@ -268,20 +260,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --- parsers --------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
@@ -308,7 +286,7 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
                    help="NVFP4 activation scale: one per call (tensor, default) or per token (batch invariant)")
     q.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                    help="dtype of the model's unquantized tensors (default bfloat16)")
-    q.add_argument("--exclude", type=_csv, default=("lm_head",), metavar="NAMES",
+    q.add_argument("--exclude", type=csv_or_empty, default=("lm_head",), metavar="NAMES",
                    help="comma-separated module names kept unquantized (default lm_head)")
     q.add_argument("--max-shard-size", default="4GB", metavar="SIZE", help="bytes per safetensors file, e.g. 500MB, 2GB (default 4GB)")
     q.add_argument("--force", action="store_true", help="overwrite DIR when it holds a sharq checkpoint already")
@@ -329,7 +307,7 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     g.add_argument("--tokenizer", metavar="PATH",
                    help="load the tokenizer from PATH (a folder with tokenizer.json, e.g. the original model's) "
                         "instead of DIR_OR_MODEL, for a folder saved without one")
-    g.add_argument("--max-new-tokens", type=_positive_int, default=32, help="tokens to generate (default 32)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate (default 32)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
@@ -355,9 +333,9 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     b.add_argument("--preset", choices=presets, metavar="PRESET", help="preset (default sharq-nvfp4; not for a checkpoint)")
     b.add_argument("--shape", type=_shape, default=(16, 2048, 2048), metavar="M,K,N",
                    help="linear shape: M tokens, K in, N out (default 16,2048,2048)")
-    b.add_argument("--tokens", type=_positive_int, default=64, help="prefill tokens for a model (default 64)")
-    b.add_argument("--new-tokens", type=_positive_int, default=8, help="decode steps for a model (default 8)")
-    b.add_argument("--repeat", type=_positive_int, default=5, help="timed repetitions, median reported (default 5)")
+    b.add_argument("--tokens", type=positive_int, default=64, help="prefill tokens for a model (default 64)")
+    b.add_argument("--new-tokens", type=positive_int, default=8, help="decode steps for a model (default 8)")
+    b.add_argument("--repeat", type=positive_int, default=5, help="timed repetitions, median reported (default 5)")
     b.add_argument("--decode", choices=("auto",) + BENCH_DECODE_CHOICES, default="auto",
                    help="how a model's decode steps run: eager (transformers' generate), graph (static cache, "
                         "CUDA graph), graph-compile (the same, the step compiled by torch.compile first); "

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import SharqConfig
-from .nn.linear import SharqLinear
-from .ops import resolve_backend
+from ..config import SharqConfig
+from ..nn.linear import SharqLinear
+from ..ops import resolve_backend
 
 __all__ = ["median_seconds", "bench_linear", "bench_model", "BENCH_DECODE"]
 

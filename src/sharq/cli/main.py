@@ -12,14 +12,15 @@ import os
 import sys
 import time
 
-from .cli_model import UsageError, add_model_commands, paragraphs
+from .args import UsageError, csv_list, paragraphs, positive_int
+from .model_commands import add_model_commands
 
 __all__ = ["main"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .version import __version__
-    from .demo import format_table, rows_to_json, run_demo
+    from ..version import __version__
+    from .layer_demo import format_table, rows_to_json, run_demo
 
     start = time.perf_counter()
     rows = run_demo(args.tokens, args.k, args.n, seed=args.seed)
@@ -42,15 +43,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
-
-
 def _eval_settings(args: argparse.Namespace):
-    from .eval import DEFAULT_PRESETS, TASKS, EvalSettings
+    from ..eval import DEFAULT_PRESETS, TASKS, EvalSettings
 
     presets = DEFAULT_PRESETS if args.presets == ("all",) else args.presets
     tasks = TASKS if args.tasks == ("all",) else (() if args.tasks == ("none",) else args.tasks)
@@ -63,8 +57,8 @@ def _eval_settings(args: argparse.Namespace):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .eval import evaluate
-    from .eval.report import markdown
+    from ..eval import evaluate
+    from ..eval.report import markdown
 
     start = time.perf_counter()
     # with --json, stdout carries the JSON document only; the running log goes to stderr
@@ -83,17 +77,17 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
                         limit: int | None, ppl_tokens: int | None, seq_len: int, name: str) -> None:
     p.add_argument("--model", default="smollm2",
                    help="'smollm2' (the packaged SmolLM2-135M-Instruct, default), a .gguf file or a local HF folder")
-    p.add_argument("--presets", type=_csv, default=_csv(presets),
+    p.add_argument("--presets", type=csv_list, default=csv_list(presets),
                    help=f"comma-separated presets, or 'all' (default {presets})")
-    p.add_argument("--granularity", type=_csv, default=_csv(granularity),
+    p.add_argument("--granularity", type=csv_list, default=csv_list(granularity),
                    help=f"tensor and/or token; token runs only for NVFP4 presets (default {granularity})")
-    p.add_argument("--tasks", type=_csv, default=_csv(tasks),
+    p.add_argument("--tasks", type=csv_list, default=csv_list(tasks),
                    help=f"zero-shot tasks, 'all' or 'none' (default {tasks})")
-    p.add_argument("--limit", type=_positive_int, default=limit,
+    p.add_argument("--limit", type=positive_int, default=limit,
                    help=f"documents per task (default {'all' if limit is None else limit})")
-    p.add_argument("--ppl-tokens", type=_positive_int, default=ppl_tokens,
+    p.add_argument("--ppl-tokens", type=positive_int, default=ppl_tokens,
                    help=f"tokens per perplexity corpus (default {'all' if ppl_tokens is None else ppl_tokens})")
-    p.add_argument("--seq-len", type=_positive_int, default=seq_len, help=f"window / max length (default {seq_len})")
+    p.add_argument("--seq-len", type=positive_int, default=seq_len, help=f"window / max length (default {seq_len})")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                    help="model dtype (default: bfloat16 on cuda, float32 on cpu)")
@@ -101,8 +95,8 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
                    help="activation preparation: reference (auto) or the fused Triton kernel (CUDA)")
     p.add_argument("--operand", choices=("auto", "exact", "bf16-sum"),
                    help="what the linears multiply (SPEC §7; default: the preset's own, auto)")
-    p.add_argument("--batch-tokens", type=_positive_int, help="padded tokens per scoring batch")
-    p.add_argument("--ppl-batch", type=_positive_int, help="windows per perplexity batch")
+    p.add_argument("--batch-tokens", type=positive_int, help="padded tokens per scoring batch")
+    p.add_argument("--ppl-batch", type=positive_int, help="windows per perplexity batch")
     p.add_argument("--out", default="results", help="results folder (default results/)")
     p.add_argument("--name", default=name, help=f"results file stem (default {name})")
     p.add_argument("--resume", action="store_true", help="skip runs already in the results JSON")
@@ -112,7 +106,7 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
 
 
 def _cmd_inspect_checkpoint(args: argparse.Namespace) -> int:
-    from .checkpoint import checkpoint_info, format_info
+    from ..checkpoint import checkpoint_info, format_info
 
     given = [flag for flag, value in (("--model", args.model), ("--preset", args.preset)) if value is not None]
     if given:
@@ -123,7 +117,7 @@ def _cmd_inspect_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .eval.inspection import format_inspect_table, inspect_model
+    from ..eval.inspection import format_inspect_table, inspect_model
 
     if args.checkpoint is not None:
         return _cmd_inspect_checkpoint(args)
@@ -145,7 +139,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from .config import PRESETS
+    from ..config import PRESETS
 
     if args.json:
         print(json.dumps({name: cfg.to_dict() for name, cfg in PRESETS.items()}, indent=2))
@@ -157,13 +151,6 @@ def _cmd_presets(args: argparse.Namespace) -> int:
                                                   "weight_scale"))
         print(f"{name:20s} {desc}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         "print activation / weight / output SQNR and bits per value.",
         epilog="example: sharq layer-demo --tokens 256 --json demo.json",
     )
-    demo.add_argument("--tokens", type=_positive_int, default=512, help="activation rows M (default 512)")
-    demo.add_argument("--k", type=_positive_int, default=2048, help="in_features K (default 2048)")
-    demo.add_argument("--n", type=_positive_int, default=2048, help="out_features N (default 2048)")
+    demo.add_argument("--tokens", type=positive_int, default=512, help="activation rows M (default 512)")
+    demo.add_argument("--k", type=positive_int, default=2048, help="in_features K (default 2048)")
+    demo.add_argument("--n", type=positive_int, default=2048, help="out_features N (default 2048)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     demo.set_defaults(func=_cmd_demo)
@@ -235,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--model", help="'smollm2' (default), a .gguf file or a local HF folder")
     ins.add_argument("--preset", help="the preset to inspect (default sharq-nvfp4)")
     ins.add_argument("--granularity", choices=("tensor", "token"), default="tensor")
-    ins.add_argument("--tokens", type=_positive_int, default=2048, help="Wikipedia tokens fed (default 2048)")
-    ins.add_argument("--seq-len", type=_positive_int, default=512, help="sequence length (default 512)")
+    ins.add_argument("--tokens", type=positive_int, default=2048, help="Wikipedia tokens fed (default 2048)")
+    ins.add_argument("--seq-len", type=positive_int, default=512, help="sequence length (default 512)")
     ins.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     ins.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="model dtype")
     ins.add_argument("--out", default="results", help="results folder (default results/)")

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import _triton_installed
+from ..ops import _triton_installed
 
 # on CUDA, the split-key Triton kernel (kernels/attention_decode.py) instead of SDPA's kernels;
 # SHARQ_DECODE_ATTENTION=sdpa keeps SDPA (the benchmarks' A/B switch)
 _TRITON = os.environ.get("SHARQ_DECODE_ATTENTION", "triton") != "sdpa" and _triton_installed()
 if _TRITON:
-    from .kernels.attention_decode import decode_attention_supports, decode_attention_triton
+    from ..kernels.attention_decode import decode_attention_supports, decode_attention_triton
 
 __all__ = ["DECODE_SDPA", "decode_sdpa_attention", "decode_attention"]
 
