@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 
 import torch
+
+from harness import environment, graph_ms, write_json
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from transformers.integrations.sdpa_attention import repeat_kv
 
-from _results import write_json
-from linear import _graph_ms
 
 HEADS, KV_HEADS, DIM = 32, 8, 128
 GROUPS = HEADS // KV_HEADS
@@ -82,7 +82,7 @@ def variants(q, k, v, mask):
 
 def time_graph(fn, calls: int = 50) -> float:
     """µs per call: `calls` calls captured in one CUDA graph (linear.py's timing), median of 7 replays."""
-    return _graph_ms([fn] * calls, reps=7) * 1e3
+    return graph_ms([fn] * calls, reps=7) * 1e3
 
 
 def main() -> None:
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.manual_seed(0)
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, heads=HEADS, kv_heads=KV_HEADS,
+    doc = dict(**environment(), heads=HEADS, kv_heads=KV_HEADS,
                head_dim=DIM, slots=args.slots, visible=args.visible, rows=[])
     for batch in (1, 8):
         q = torch.randn(batch, HEADS, 1, DIM, device="cuda", dtype=torch.bfloat16)

@@ -45,7 +45,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sharq  # noqa: E402
-from _results import gpu_tag  # noqa: E402
+from harness import gpu_tag  # noqa: E402
 from e2e_models import MODELS, build_model, weight_bytes  # noqa: E402
 from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
 from sharq.runtime import StaticDecoder  # noqa: E402

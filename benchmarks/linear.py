@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import sharq
-from _results import write_json
+from harness import copies_beyond_l2, environment, graph_ms, write_json
 from sharq import PRESETS
 from sharq.baselines.fp8 import fp8_linear, quantize_activation, quantize_weight_e4m3
 from sharq.ops import linear_from_prepared, prepare, quantize_weight, sharq_linear
@@ -52,33 +52,6 @@ def _fp8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
     x8, x_scale = quantize_activation(x)  # per-token E4M3 (one compiled kernel on CUDA)
     return fp8_linear(x8, x_scale, w8, w_scale, None, torch.bfloat16)
-
-
-def _graph_ms(fns, reps: int = 20) -> float:
-    """Median ms of one call, timing a CUDA graph that runs every fn in `fns` once."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up (Triton compiles, cuBLAS picks) outside the capture
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fns:
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(fns))
-    del graph
-    return sorted(times)[len(times) // 2]
 
 
 def _copy_gbps(bench) -> float:
@@ -159,7 +132,7 @@ def main() -> None:
         n, k = shapes[layer]
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         weight_bytes = quantize_weight(w0, config).nbytes
-        n_copies = max(1, -(-150_000_000 // weight_bytes))
+        n_copies = copies_beyond_l2(weight_bytes)
         ws = [w0] + [w0 + 0.001 * torch.randn_like(w0) for _ in range(n_copies - 1)]
         wqs = [quantize_weight(w, config) for w in ws]
         fp8s = [_fp8_weight(w) for w in ws]
@@ -182,7 +155,7 @@ def main() -> None:
             t = {}
             for name, fns in providers.items():
                 try:
-                    t[name] = _graph_ms(fns)
+                    t[name] = graph_ms(fns)
                 except Exception as err:  # a peer that cannot run this shape is reported, not timed
                     print(f"{layer} M={m} {name}: {type(err).__name__}: {str(err)[:200]}")
                     continue
@@ -197,15 +170,13 @@ def main() -> None:
                   flush=True)
         del ws, wqs, fp8s, blobs, peers
         torch.cuda.empty_cache()
-    gpu = torch.cuda.get_device_name()
     summary = summarize(rows)
     print("layers summed, ratio to bf16:")
     names = list(next(iter(summary.values())))
     print("      M " + " ".join(f"{p:>13s}" for p in names))
     for m, ps in summary.items():
         print(f"{m:7d} " + " ".join(f"{ps[p]['vs_bf16']:13.2f}" if p in ps else " " * 13 for p in names))
-    doc = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, sharq=sharq.__version__,
-               gemlite=getattr(gemlite, "__version__", None), model=args.model, preset=args.preset,
+    doc = dict(**environment(), gemlite=getattr(gemlite, "__version__", None), model=args.model, preset=args.preset,
                granularity=args.granularity, config=config.to_dict(), copy_GBps=copy_gbps,
                timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
                rows=rows, summary={str(m): v for m, v in summary.items()})

@@ -20,7 +20,7 @@ import statistics
 
 import torch
 
-from _results import write_json
+from harness import environment, write_json
 from e2e import convert
 from e2e_models import build_model
 from e2e_profile import profile_forward
@@ -40,7 +40,7 @@ def main() -> None:
 
     e2e_models.MODELS["llama-3.1-8b"] = dict(e2e_models.MODELS["llama-3.1-8b"], num_hidden_layers=args.layers)
     device = torch.device("cuda")
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers, batch=args.batch,
+    doc = dict(**environment(), layers=args.layers, batch=args.batch,
                context=args.context, compile="inductor" if args.compile else None, providers={})
     for provider in args.providers.split(","):
         model = build_model("llama-3.1-8b", device)

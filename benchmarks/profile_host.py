@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _results import write_json
+from harness import environment, write_json
 from e2e import convert, time_ms
 from e2e_models import build_model
 
@@ -48,7 +48,7 @@ def main() -> None:
 
     e2e_models.MODELS["llama-3.1-8b"] = dict(e2e_models.MODELS["llama-3.1-8b"], num_hidden_layers=args.layers)
     device = torch.device("cuda")
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers, tokens=args.tokens,
+    doc = dict(**environment(), layers=args.layers, tokens=args.tokens,
                providers={})
     for provider in args.providers.split(","):
         model = build_model("llama-3.1-8b", device)

@@ -15,7 +15,7 @@ import time
 import torch
 
 import sharq
-from _results import write_json
+from harness import write_json
 
 
 def main() -> None:

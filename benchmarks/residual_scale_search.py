@@ -24,7 +24,7 @@ from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
 from sharq.eval.perplexity import corpus_tokens
 from sharq.formats.nvfp4 import nvfp4_global_scale
-from sharq.formats.registry import quantize
+from sharq.formats.registry import quantize_tensor
 from sharq.models.convert import conversion_targets
 from sharq.sparse.masks import apply_mask
 
@@ -37,9 +37,9 @@ def x_hat(x: torch.Tensor, cfg, rule: str) -> torch.Tensor:
     xs = x.float() / s
     first = apply_mask(xs, cfg.mask_spec)
     one = torch.ones(())
-    b = quantize(first, "nvfp4", cfg.backbone_block, global_scale=one,
+    b = quantize_tensor(first, "nvfp4", cfg.backbone_block, global_scale=one,
                  scale_rule="mse" if rule == "both-mse" else "amax").dequantize()
-    r = quantize(xs - b, "nvfp4", cfg.residual_block, global_scale=one, scale_rule="mse").dequantize()
+    r = quantize_tensor(xs - b, "nvfp4", cfg.residual_block, global_scale=one, scale_rule="mse").dequantize()
     return (b + r) * s
 
 

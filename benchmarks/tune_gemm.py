@@ -15,7 +15,7 @@ import itertools
 
 import torch
 
-from _results import write_json
+from harness import environment, write_json
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.ops import prepare, quantize_weight
@@ -73,7 +73,7 @@ def main() -> None:
             best = timed[0]
             print(f"{layer:8s} M={m:5d} best {best['median_ms'] * 1e3:8.1f} us ({best['weight_GBps']:.0f} GB/s) "
                   f"{best['tiles']}; worst {timed[-1]['median_ms'] * 1e3:.1f} us", flush=True)
-    doc = dict(model=args.model, gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, rows=results)
+    doc = dict(**environment(), model=args.model, rows=results)
     stem = "gemm-tuning" if args.model == DEFAULT_MODEL else f"gemm-tuning-{args.model}"
     print(f"wrote {write_json(doc, args.out, stem)}")
 

@@ -16,8 +16,8 @@ import itertools
 
 import torch
 
-from _results import write_json
-from linear import _graph_ms
+from harness import best_tiling, copies_beyond_l2, environment, graph_ms, write_json
+
 from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 from sharq import PRESETS
 from sharq.options import RuntimeOptions
@@ -44,15 +44,13 @@ def main() -> None:
     args = ap.parse_args()
     shapes = layers_of(args.model)
     args.layers = args.layers or ",".join(shapes)
-    import triton
-
     config = PRESETS[args.preset]  # backend auto: Triton on CUDA
     rows = []
     for layer in args.layers.split(","):
         n, k = shapes[layer]
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         nbytes = quantize_weight(w0, config).nbytes
-        copies = max(1, -(-150_000_000 // nbytes))
+        copies = copies_beyond_l2(nbytes)
         wqs = [quantize_weight(w0 + 0.001 * torch.randn_like(w0), config) for _ in range(copies)]
         for m in (int(v) for v in args.m.split(",")):
             p = prepare(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config, RuntimeOptions(backend="reference"))
@@ -60,27 +58,22 @@ def main() -> None:
                           p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
             terms = [*gemv_operand_of(p.backbone), *gemv_operand_of(p.residual)]
             want = fp4_weight_gemm(rows_terms, p.global_scale, wqs[0], None, torch.float32)
-            t_gemm = _graph_ms([lambda q=q: fp4_weight_gemm(rows_terms, p.global_scale, q, None, torch.bfloat16)
+            t_gemm = graph_ms([lambda q=q: fp4_weight_gemm(rows_terms, p.global_scale, q, None, torch.bfloat16)
                                 for q in wqs])
-            best = None
-            for cfg in sweep(args.bn, args.bk, args.warps):
-                try:
-                    y = fp4_weight_gemv(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg)
-                except Exception as exc:  # out of resources: skip the tiling
-                    print(f"skip {cfg}: {type(exc).__name__}")
-                    continue
-                err = float((y - want).abs().max() / want.abs().max())
-                ms = _graph_ms([lambda q=q: fp4_weight_gemv(terms, p.global_scale, q, None, torch.bfloat16, tiles=cfg)
-                                for q in wqs])
-                rows.append(dict(layer=layer, M=m, N=n, K=k, **cfg, median_ms=ms, GBps=nbytes / (ms * 1e-3) / 1e9,
-                                 rel_err_vs_gemm=err, tc_gemm_ms=t_gemm))
-                if best is None or ms < best[0]:
-                    best = (ms, cfg, err)
-            print(f"{layer:8s} M={m} best {best[0] * 1e3:6.1f}us {nbytes / (best[0] * 1e-3) / 1e9:5.0f} GB/s {best[1]} "
-                  f"err {best[2]:.1e} | tensor-core GEMM {t_gemm * 1e3:6.1f}us", flush=True)
+            tried, best = best_tiling(
+                sweep(args.bn, args.bk, args.warps),
+                run=lambda cfg: fp4_weight_gemv(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg),
+                check=lambda y: float((y - want).abs().max() / want.abs().max()),
+                time=lambda cfg: graph_ms([lambda q=q: fp4_weight_gemv(terms, p.global_scale, q, None, torch.bfloat16,
+                                                                        tiles=cfg) for q in wqs]))
+            rows += [dict(layer=layer, M=m, N=n, K=k, **r["tiles"], median_ms=r["ms"],
+                          GBps=nbytes / (r["ms"] * 1e-3) / 1e9, rel_err_vs_gemm=r["err"], tc_gemm_ms=t_gemm)
+                     for r in tried]
+            print(f"{layer:8s} M={m} best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
+                  f"{best['tiles']} err {best['err']:.1e} | tensor-core GEMM {t_gemm * 1e3:6.1f}us", flush=True)
         del wqs
         torch.cuda.empty_cache()
-    doc = dict(model=args.model, sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps), gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+    doc = dict(**environment(), model=args.model, sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps),
                preset=args.preset, rows=rows)
     stem = "gemv-tuning" if args.model == DEFAULT_MODEL else f"gemv-tuning-{args.model}"
     print("wrote", write_json(doc, args.out, stem))

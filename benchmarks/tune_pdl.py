@@ -19,10 +19,10 @@ import argparse
 import os
 
 import torch
+
+from harness import copies_beyond_l2, environment, graph_ms, write_json
 import torch.nn.functional as F
 
-from _results import write_json
-from linear import _graph_ms
 from sharq import PRESETS
 from sharq.ops import linear_from_prepared, prepare, quantize_weight, sharq_linear
 from shapes import DEFAULT_MODEL, layers_of
@@ -42,12 +42,12 @@ def main() -> None:
     torch.manual_seed(0)
     for layer, (n, k) in layers_of(DEFAULT_MODEL).items():
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        copies = max(1, -(-150_000_000 // quantize_weight(w0, config).nbytes))
+        copies = copies_beyond_l2(quantize_weight(w0, config).nbytes)
         ws = [w0] + [w0 + 0.001 * torch.randn_like(w0) for _ in range(copies - 1)]
         wqs = [quantize_weight(w, config) for w in ws]
         for m in map(int, args.m.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            t = {"bf16": _graph_ms([lambda w=w: F.linear(x, w) for w in ws])}
+            t = {"bf16": graph_ms([lambda w=w: F.linear(x, w) for w in ws])}
             want = None
             for name, flag in VARIANTS:
                 os.environ["SHARQ_PDL"] = flag
@@ -55,8 +55,8 @@ def main() -> None:
                 got = sharq_linear(x, wqs[0], None, config)
                 want = got if want is None else want
                 same = bool(torch.equal(got, want))
-                t[name] = _graph_ms([lambda q=q: sharq_linear(x, q, None, config) for q in wqs])
-                t[name + "/gemm"] = _graph_ms([lambda q=q: linear_from_prepared(prepared, q, None, torch.bfloat16)
+                t[name] = graph_ms([lambda q=q: sharq_linear(x, q, None, config) for q in wqs])
+                t[name + "/gemm"] = graph_ms([lambda q=q: linear_from_prepared(prepared, q, None, torch.bfloat16)
                                                for q in wqs])
                 rows.append(dict(layer=layer, M=m, N=n, K=k, variant=name, sharq_ms=t[name], gemm_ms=t[name + "/gemm"],
                                  bf16_ms=t["bf16"], equal_to_off=same))
@@ -83,8 +83,7 @@ def main() -> None:
               ", ".join(f"{k} {v * 1e3:.1f} us" for k, v in total.items()))
     import triton
 
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               preset="sharq-nvfp4", variants=[v[0] for v in VARIANTS], rows=rows)
+    doc = dict(**environment(), preset="sharq-nvfp4", variants=[v[0] for v in VARIANTS], rows=rows)
     print(f"wrote {write_json(doc, args.out, 'pdl-tuning')}")
 
 

@@ -22,10 +22,10 @@ import argparse
 import itertools
 
 import torch
+
+from harness import environment, graph_ms, write_json
 import torch.nn.functional as F
 
-from _results import write_json
-from linear import _graph_ms
 from sharq import PRESETS
 from sharq.kernels import prepare_fp4
 from sharq.kernels.dequant_fp4 import dequantize_fp4_bf16
@@ -71,7 +71,7 @@ def main() -> None:
             x1 = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
             for inline, bk, nw in itertools.product((4, 0), (64, 256), (2, 4)):
                 prepare_fp4.AMAX_INLINE_MAX_M = inline
-                ms = _graph_ms([lambda: prepare_activation_triton(x1, config, with_terms=True, terms_layout="auto",
+                ms = graph_ms([lambda: prepare_activation_triton(x1, config, with_terms=True, terms_layout="auto",
                                                                   block_k=bk, num_warps=nw)] * 32)
                 record(model, layer, 1, n, k, f"prep1-{'inline' if inline else 'separate'}-bk{bk}w{nw}", ms)
             prepare_fp4.AMAX_INLINE_MAX_M = 4
@@ -106,8 +106,7 @@ def main() -> None:
                       f"loop2 {t['loop-2'] * 1e3:7.1f} loop1 {t['loop-1'] * 1e3:7.1f} | best exact {best2[0] * 1e3:7.1f} "
                       f"({t['bf16'] / best2[0]:.2f}x) {best2[1]} | best sum {best1[0] * 1e3:7.1f} "
                       f"({t['bf16'] / best1[0]:.2f}x) {best1[1]} | cublas {t['cublas-ceiling'] * 1e3:7.1f}", flush=True)
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               timing="do_bench median (prep1-*: CUDA graph of 32 calls, per call)", rows=rows)
+    doc = dict(**environment(), timing="do_bench median (prep1-*: CUDA graph of 32 calls, per call)", rows=rows)
     path = write_json(doc, args.out, "prefill-tuning")
     print(f"wrote {path}")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from _results import write_json
-from linear import _graph_ms
+from harness import environment, graph_ms, write_json
+
 from sharq import PRESETS
 from sharq.kernels.prepare_fp4 import prepare_activation_triton
 from sharq.kernels.prepare_split import prepare_split
@@ -38,7 +38,7 @@ def main() -> None:
         for k in sorted({k for _, k in layers_of(args.model).values()}):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             row = dict(M=m, K=k)
-            row["generic_ms"] = _graph_ms([lambda: prepare_activation_triton(x, config, with_terms=True,
+            row["generic_ms"] = graph_ms([lambda: prepare_activation_triton(x, config, with_terms=True,
                                                                              terms_layout="rows")])
             want = prepare_split(x, config, two=False, layout="rows")[1][0]
             for bm, bk, nw in CANDIDATES:
@@ -47,9 +47,9 @@ def main() -> None:
                     got = prepare_split(x, config, two=False, layout=layout, tiles=tiles)[1][0]
                     if layout == "rows":
                         assert torch.equal(got, want), tiles
-                    row[f"{layout}_{bm}x{bk}w{nw}_ms"] = _graph_ms(
+                    row[f"{layout}_{bm}x{bk}w{nw}_ms"] = graph_ms(
                         [lambda lay=layout, t=tiles: prepare_split(x, config, two=False, layout=lay, tiles=t)])
-            row["default_rows_ms"] = _graph_ms([lambda: prepare_split(x, config, two=False, layout="rows")])
+            row["default_rows_ms"] = graph_ms([lambda: prepare_split(x, config, two=False, layout="rows")])
             best = min((v, key) for key, v in row.items() if key.startswith("rows_"))
             row["best_rows"] = best[1]
             rows.append(row)
@@ -57,8 +57,7 @@ def main() -> None:
                   f" best {best[0]*1e3:7.1f} {best[1]} | memory {4 * m * k / 3.0e12 * 1e6:6.1f}us", flush=True)
     import triton
 
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               model=args.model, granularity=args.granularity, rows=rows)
+    doc = dict(**environment(), model=args.model, granularity=args.granularity, rows=rows)
     print(write_json(doc, Path(__file__).parent / "results", f"prep-split-tuning-{args.model}"))
 
 

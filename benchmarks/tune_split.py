@@ -17,10 +17,10 @@ import argparse
 from pathlib import Path
 
 import torch
+
+from harness import environment, graph_ms, write_json
 import torch.nn.functional as F
 
-from _results import write_json
-from linear import _graph_ms
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.gemm_nvfp4_split import fp4_weight_gemm_split, split_gemm_tiles
@@ -55,15 +55,15 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             x[:, :8] *= 30  # a few outlier channels
             row = dict(M=m, layer=name, N=n, K=k)
-            row["bf16_ms"] = _graph_ms([lambda w=w: F.linear(x, w) for w in ws])
+            row["bf16_ms"] = graph_ms([lambda w=w: F.linear(x, w) for w in ws])
             s, terms = prepare_split(x, config, two=False)
             ref = prepare_activation(x, config)
             want = torch.zeros(m, split_padded(k), device="cuda")
             want[:, :k] = ref.dense
             want = want[:, split_positions(k, device="cuda")]
             row["prep_exact_bits"] = bool(torch.equal(terms[0].float(), want) and torch.equal(s, ref.global_scale))
-            row["prep_sum_ms"] = _graph_ms([lambda: prepare_split(x, config, two=False)])
-            row["prep_two_ms"] = _graph_ms([lambda: prepare_split(x, config, two=True)])
+            row["prep_sum_ms"] = graph_ms([lambda: prepare_split(x, config, two=False)])
+            row["prep_two_ms"] = graph_ms([lambda: prepare_split(x, config, two=True)])
             _, terms2 = prepare_split(x, config, two=True)
             base = None
             best = None
@@ -71,7 +71,7 @@ def main() -> None:
                 tiles = dict(zip(KEYS, cand))
                 try:
                     y = fp4_weight_gemm_split(terms, s, wq[0], None, torch.bfloat16, tiles=tiles)
-                    ms = _graph_ms([lambda q=q: fp4_weight_gemm_split(terms, s, q, None, torch.bfloat16, tiles=tiles)
+                    ms = graph_ms([lambda q=q: fp4_weight_gemm_split(terms, s, q, None, torch.bfloat16, tiles=tiles)
                                     for q in wq])
                 except Exception as err:  # out of shared memory / registers: not a candidate here
                     row[f"gemm_{cand}"] = f"failed: {type(err).__name__}"
@@ -85,14 +85,14 @@ def main() -> None:
             row["best"], row["best_gemm_ms"] = best
             row["default_tiles"] = split_gemm_tiles(m, n, k)
             dflt = split_gemm_tiles(m, n, k)
-            row["default_gemm_ms"] = _graph_ms([lambda q=q: fp4_weight_gemm_split(terms, s, q, None, torch.bfloat16,
+            row["default_gemm_ms"] = graph_ms([lambda q=q: fp4_weight_gemm_split(terms, s, q, None, torch.bfloat16,
                                                                                    tiles=dflt) for q in wq])
-            row["best_two_ms"] = _graph_ms([lambda q=q: fp4_weight_gemm_split(
+            row["best_two_ms"] = graph_ms([lambda q=q: fp4_weight_gemm_split(
                 terms2, s, q, None, torch.bfloat16, tiles=dict(zip(KEYS, best[0]))) for q in wq])
             old = prepare_activation_triton(x, config, with_terms=True, terms_layout="rows")
-            row["old_prep_ms"] = _graph_ms([lambda: prepare_activation_triton(x, config, with_terms=True,
+            row["old_prep_ms"] = graph_ms([lambda: prepare_activation_triton(x, config, with_terms=True,
                                                                               terms_layout="rows")])
-            row["old_gemm_ms"] = _graph_ms([lambda q=q: fp4_weight_gemm(old.terms, old.global_scale, q, None,
+            row["old_gemm_ms"] = graph_ms([lambda q=q: fp4_weight_gemm(old.terms, old.global_scale, q, None,
                                                                         torch.bfloat16) for q in wq])
             y_old = fp4_weight_gemm(old.terms, old.global_scale, wq[0], None, torch.float32)
             y_new = fp4_weight_gemm_split(terms, s, wq[0], None, torch.float32)
@@ -106,8 +106,7 @@ def main() -> None:
             del ws, wq
     import triton
 
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               model=args.model, granularity=args.granularity, rows=rows)
+    doc = dict(**environment(), model=args.model, granularity=args.granularity, rows=rows)
     print(write_json(doc, Path(__file__).parent / "results", f"split-tuning-{args.model}"))
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from sharq import SharqConfig, decompose
 from sharq.formats.nvfp4 import nvfp4_global_scale
-from sharq.formats.registry import quantize
+from sharq.formats.registry import quantize_tensor
 from sharq.sparse.masks import apply_mask
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
@@ -74,8 +74,8 @@ def act_search(x: torch.Tensor, cfg: SharqConfig, act_rule: str) -> torch.Tensor
     xs = x.float() / s
     first = apply_mask(xs, cfg.mask_spec) if cfg.mask is not None else xs
     rule_b = "mse" if act_rule == "both-mse" else "amax"
-    b = quantize(first, "nvfp4", cfg.backbone_block, global_scale=torch.ones(()), scale_rule=rule_b).dequantize()
-    r = quantize(xs - b, "nvfp4", cfg.residual_block, global_scale=torch.ones(()), scale_rule="mse").dequantize()
+    b = quantize_tensor(first, "nvfp4", cfg.backbone_block, global_scale=torch.ones(()), scale_rule=rule_b).dequantize()
+    r = quantize_tensor(xs - b, "nvfp4", cfg.residual_block, global_scale=torch.ones(()), scale_rule="mse").dequantize()
     return (b + r) * s
 
 
