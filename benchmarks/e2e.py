@@ -249,7 +249,7 @@ def _decode_rows(model, provider, args, device, results: Results, vocab: int) ->
                 decoder.prefill(prompts)
                 _guarded(results, name, provider,
                          lambda: {**decode_ms(decoder, context, args.decode_steps, args.reps, device), **note})
-        del decoder
+        decoder = None  # (not del: the timed lambdas above close over the name)
         gc.collect()
 
 
@@ -306,7 +306,7 @@ def run_provider(provider: str, args, device: torch.device, results: Results, pr
                                                          "activations, CUDA-graph pools"})
         else:
             results.add("peak_bytes", provider, {"value": None, "unit": "bytes", "note": "not measured on the CPU"})
-    del model
+    model = None  # (not del: the timed lambdas above close over the name)
     gc.collect()
 
 

@@ -76,7 +76,7 @@ def main() -> None:
         print(f"{provider}: GPU {gpu:.2f} ms, host issue {host:.2f} ms ({args.layers} layers, {args.tokens} tokens)")
         for row in top[:18]:
             print(f"   {row['own_ms']:8.2f} ms own {row['cum_ms']:8.2f} cum x{row['calls']:5d}  {row['function'][:90]}")
-        del model
+        model = None  # (not del: forward() closes over the name)
         torch.cuda.empty_cache()
     print(f"wrote {write_json(doc, args.out, 'profile-host')}")
 

@@ -71,7 +71,7 @@ def main() -> None:
                      for r in tried]
             print(f"{layer:8s} M={m} best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
                   f"{best['tiles']} err {best['err']:.1e} | tensor-core GEMM {t_gemm * 1e3:6.1f}us", flush=True)
-        del wqs
+        wqs = None  # (not del: the timed lambdas close over the name)
         torch.cuda.empty_cache()
     doc = dict(**environment(), model=args.model, sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps),
                preset=args.preset, rows=rows)

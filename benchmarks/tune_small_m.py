@@ -18,7 +18,7 @@ import itertools
 
 import torch
 
-from harness import copies_beyond_l2, environment, graph_ms, write_json
+from harness import best_tiling, copies_beyond_l2, environment, graph_ms, write_json
 
 from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 from sharq import PRESETS
@@ -99,7 +99,7 @@ def main() -> None:
             print(f"{line} | packed best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
                   f"{ {key: best['tiles'][key] for key in ('BLOCK_N', 'BLOCK_K', 'num_warps', 'num_stages', 'STACK')} } "
                   f"err {best['err']:.1e}", flush=True)
-        del wqs, bf16
+        wqs = bf16 = None  # (not del: the timed lambdas close over the names)
         torch.cuda.empty_cache()
     doc = dict(**environment(), model=args.model,
                sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, stack=args.stack), rows=rows)
