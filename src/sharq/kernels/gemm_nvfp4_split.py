@@ -107,10 +107,9 @@ _TILE_KEYS = ("BLOCK_N", "BLOCK_M", "BLOCK_K", "GROUP_N", "num_warps", "num_stag
 
 
 def split_gemm_tiles(m: int, n: int, k: int) -> dict:
-    """The launch tiling by M and N: the fastest of benchmarks/tune_split.py's candidates at the
-    Llama-3.1-8B shapes (experiments/split-tuning-llama-3.1-8b-h100.txt, H100): at M = 256 128-row
-    weight tiles × 128 activation rows, K steps of 128 (64 for the 28,672-wide gate_up); the plan
-    sends this kernel 256-511 rows."""
+    """The launch tiling by M and N, the fastest of benchmarks/tune_split.py's candidates at the
+    Llama-3.1-8B shapes: 128-row weight tiles × 128 activation rows, K steps of 128 (64 for N ≥ 16384);
+    small tiles at M ≤ 64. The plan sends this kernel 256-511 rows."""
     if m <= 64:
         return dict(BLOCK_N=128, BLOCK_M=32, BLOCK_K=128, GROUP_N=1, num_warps=4, num_stages=4)
     if n >= 16384:

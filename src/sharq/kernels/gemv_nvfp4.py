@@ -25,10 +25,8 @@ product then 20 bits) before the FP32 accumulation. Every product is exact and e
            next to each other, in the weight tile's register layout.
   per row  four `dp4a` per term and sub-block, one convert, one FMA into the FP32 accumulator.
 
-Measured on the H100 (benchmarks/linear.py, linear-h100.json, 2026-11-23): the four Llama-3.1-8B
-linears of a decoder layer in 63 us at M = 1 (bf16: 167 us; the FP32 GEMV before: 99 us),
-gate_up streaming 2.0 TB/s (68% of copy bandwidth); 4.5 SASS instructions per weight in the main
-loop (benchmarks/sass_count.py). At M = 8, 176 us, level with the tensor-core GEMM.
+Its speed and instruction counts (benchmarks/linear.py, benchmarks/sass_count.py): docs/performance.md,
+"Decode GEMV".
 
 One launch may serve up to GEMV_GROUP_MAX weights of one K that read the same activation (q/k/v,
 gate/up: `fp4_weight_gemv_group`): each program picks its weight by its first output row and

@@ -14,9 +14,7 @@ Llama-3.1-8B layers. Regimes (NVFP4 on CUDA, `backend="auto"`; M = rows of the f
   (1) prepare_fp4: codes, scales and the operand; (2) prepare_split: the operand alone — bf16(deq(B) +
   deq(R)) for bf16-sum, deq(B) and deq(R) (two MMAs) for exact.
 
-The M > 16 boundaries are from benchmarks/tune_split.py (split-tuning-llama-3.1-8b-h100.json, the four
-Llama-3.1-8B linears summed, H100): the weight-as-A GEMM is the fastest at M = 256 (509 us against
-779 for the FP32 decode), the FP32 decode at M = 64 (270 against 378), the scratch GEMM from M = 1024.
+The M > 16 boundaries come from benchmarks/tune_split.py's sweeps (docs/performance.md, "Kernel plan").
 `operand="auto"` is exact up to AUTO_EXACT_MAX_ROWS (16) rows and bf16-sum above (SPEC §7), so its
 calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows and runs `gemm_fp4`'s FP32
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
