@@ -129,9 +129,9 @@ def test_preparation_runs_once_per_shared_input(arch, monkeypatch):
     calls = []
     real = ops_mod.prepare_activation
 
-    def counting(x, config):
+    def counting(x, config, **kwargs):
         calls.append(tuple(x.shape))
-        return real(x, config)
+        return real(x, config, **kwargs)
 
     monkeypatch.setattr(ops_mod, "prepare_activation", counting)  # every preparation goes through ops
     groups = {
