@@ -21,33 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from sharq import SharqConfig, decompose, quantize_weight
+from fake_quant import FakeQuantLinear, sharq_activation
+from sharq import SharqConfig, quantize_weight
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
 from sharq.eval.perplexity import corpus_tokens, perplexity
 from sharq.models.convert import conversion_targets
-
-
-class FakeQuantLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, config: SharqConfig, weights: bool, activations: bool) -> None:
-        super().__init__()
-        w = linear.weight.detach()
-        self.weight = quantize_weight(w, config).dequantize() if weights else w.float()  # (N, K) fp32
-        self.bias = None if linear.bias is None else linear.bias.detach().float()
-        self.config = config if activations else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = x.shape[-1]
-        x2 = x.reshape(-1, k)
-        if self.config is not None:
-            d = decompose(x2, self.config)
-            x2 = d.backbone + d.residual
-        y = x2.float() @ self.weight.T
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
 def main() -> None:
@@ -78,7 +58,10 @@ def main() -> None:
         if preset != "bf16":
             cfg = SharqConfig.from_preset(preset)
             for name in targets:
-                model.set_submodule(name, FakeQuantLinear(model.get_submodule(name), cfg, w, a))
+                linear = model.get_submodule(name)
+                weight = quantize_weight(linear.weight.detach(), cfg).dequantize() if w else linear.weight.detach()
+                bias = None if linear.bias is None else linear.bias.detach()
+                model.set_submodule(name, FakeQuantLinear(weight, bias, sharq_activation(cfg) if a else None))
         start = time.perf_counter()
         res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
         rows.append(dict(preset=preset, quantized=part or "nothing", ppl=res.ppl, tokens=res.tokens,

@@ -8,10 +8,13 @@ the machine and versions every JSON names, and where results are written.
   write_json(doc, out, stem)   <out>/<stem>-<gpu tag>.json
   best_tiling(...)      the sweep loop of the tune_* scripts: try each tiling, skip those that do
                         not fit, time the rest, keep the fastest
+  layer_parser / selected_layers / rotated_weights   their command line (--model --layers --m
+                        --out), the layer shapes it selects, and the rotated weight copies
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 from collections.abc import Callable, Iterable
@@ -19,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["graph_ms", "copies_beyond_l2", "environment", "gpu_tag", "write_json", "best_tiling"]
+__all__ = ["graph_ms", "copies_beyond_l2", "environment", "gpu_tag", "write_json", "best_tiling", "layer_parser",
+           "selected_layers", "rotated_weights"]
 
 L2_FLUSH_BYTES = 150_000_000
 
@@ -100,3 +104,33 @@ def best_tiling(candidates: Iterable[dict], run: Callable[[dict], object], time:
             continue
         rows.append(dict(tiles=tiles, ms=time(tiles), err=None if check is None else check(result)))
     return rows, min(rows, key=lambda r: r["ms"], default=None)
+
+
+def layer_parser(m: str, description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of a per-layer sweep: --model (shapes.MODEL_LAYERS), --layers, --m (a
+    comma-separated list of row counts, default `m`), --out (the results folder)."""
+    from shapes import DEFAULT_MODEL, MODEL_LAYERS
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS))
+    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
+    ap.add_argument("--m", default=m, help=f"comma-separated row counts (default {m})")
+    ap.add_argument("--out", default="benchmarks/results")
+    return ap
+
+
+def selected_layers(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
+    """name -> (N, K) of the layers `layer_parser`'s arguments select, in the model's order."""
+    from shapes import layers_of
+
+    shapes = layers_of(args.model)
+    names = args.layers.split(",") if args.layers else list(shapes)
+    unknown = [name for name in names if name not in shapes]
+    if unknown:
+        raise SystemExit(f"--layers: {', '.join(unknown)} not in {args.model}'s layers {', '.join(shapes)}")
+    return {name: shapes[name] for name in names}
+
+
+def rotated_weights(w0: torch.Tensor, quantize: Callable[[torch.Tensor], object], nbytes: int) -> list:
+    """`copies_beyond_l2(nbytes)` quantized copies of w0, each perturbed a little (different bytes)."""
+    return [quantize(w0 + 0.001 * torch.randn_like(w0)) for _ in range(copies_beyond_l2(nbytes))]

@@ -10,16 +10,15 @@ usage: python benchmarks/tune_gemm.py [--m 1,16,4096] [--layers qkv,o,gate_up,do
 
 from __future__ import annotations
 
-import argparse
 import itertools
 
 import torch
 
-from harness import environment, write_json
+from harness import environment, layer_parser, selected_layers, write_json
+from shapes import DEFAULT_MODEL
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.ops import prepare, quantize_weight
-from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 
 
 def sweep(m: int) -> list[dict]:
@@ -37,21 +36,13 @@ def sweep(m: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--m", default="1,64,4096")
-    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS))
-    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
-    shapes = layers_of(args.model)
-    args.layers = args.layers or ",".join(shapes)
-    import triton
+    args = layer_parser(m="1,64,4096").parse_args()
+    shapes = selected_layers(args)
     from triton.testing import do_bench
 
     config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     results = []
-    for layer in args.layers.split(","):
-        n, k = shapes[layer]
+    for layer, (n, k) in shapes.items():
         wq = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, config)
         for m in map(int, args.m.split(",")):
             prepared = prepare(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config)

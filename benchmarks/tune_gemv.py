@@ -11,19 +11,25 @@ usage: python benchmarks/tune_gemv.py [--layers qkv,o,gate_up,down] [--m 1,2,4,8
 
 from __future__ import annotations
 
-import argparse
 import itertools
 
 import torch
 
-from harness import best_tiling, copies_beyond_l2, environment, graph_ms, write_json
-
-from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
+from harness import (
+    best_tiling,
+    environment,
+    graph_ms,
+    layer_parser,
+    rotated_weights,
+    selected_layers,
+    write_json,
+)
+from shapes import DEFAULT_MODEL
 from sharq import PRESETS
-from sharq.options import RuntimeOptions
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv, gemv_operand_of
 from sharq.ops import prepare, quantize_weight
+from sharq.options import RuntimeOptions
 
 
 def sweep(bn: str, bk: str, warps: str) -> list[dict]:
@@ -32,26 +38,19 @@ def sweep(bn: str, bk: str, warps: str) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS))
-    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
+    ap = layer_parser(m="1,2")
     ap.add_argument("--preset", default="sharq-nvfp4")
-    ap.add_argument("--m", default="1,2,4,8")
     ap.add_argument("--bn", default="1,2,4", help="BLOCK_N values to sweep")
     ap.add_argument("--bk", default="1024,2048", help="BLOCK_K values to sweep")
     ap.add_argument("--warps", default="1,2,4", help="num_warps values to sweep")
-    ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
-    shapes = layers_of(args.model)
-    args.layers = args.layers or ",".join(shapes)
+    shapes = selected_layers(args)
     config = PRESETS[args.preset]  # backend auto: Triton on CUDA
     rows = []
-    for layer in args.layers.split(","):
-        n, k = shapes[layer]
+    for layer, (n, k) in shapes.items():
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         nbytes = quantize_weight(w0, config).nbytes
-        copies = copies_beyond_l2(nbytes)
-        wqs = [quantize_weight(w0 + 0.001 * torch.randn_like(w0), config) for _ in range(copies)]
+        wqs = rotated_weights(w0, lambda w: quantize_weight(w, config), nbytes)
         for m in (int(v) for v in args.m.split(",")):
             p = prepare(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config, RuntimeOptions(backend="reference"))
             rows_terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),

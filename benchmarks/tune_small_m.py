@@ -13,19 +13,26 @@ usage: python benchmarks/tune_small_m.py [--model llama-3.1-8b] [--m 1,2,4,8,16]
 
 from __future__ import annotations
 
-import argparse
 import itertools
 
 import torch
 
-from harness import best_tiling, copies_beyond_l2, environment, graph_ms, write_json
-
-from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
+from harness import (
+    best_tiling,
+    copies_beyond_l2,
+    environment,
+    graph_ms,
+    layer_parser,
+    rotated_weights,
+    selected_layers,
+    write_json,
+)
+from shapes import DEFAULT_MODEL
 from sharq import PRESETS
-from sharq.options import RuntimeOptions
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.gemv_nvfp4 import GEMV_MAX_M, fp4_weight_gemv, gemv_operand_of
 from sharq.ops import prepare, quantize_weight
+from sharq.options import RuntimeOptions
 
 
 def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0") -> list[dict]:
@@ -36,29 +43,20 @@ def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0") -> list[d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS))
-    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
-    ap.add_argument("--m", default="1,2,4,8,16")
+    ap = layer_parser(m="1,2,4,8,16")
     ap.add_argument("--bn", default="32,64,128")
     ap.add_argument("--bk", default="128,256,512")
     ap.add_argument("--warps", default="4,8")
     ap.add_argument("--stages", default="3,4")
     ap.add_argument("--stack", default="0,1", help="STACK values (used for M <= 8)")
-    ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
-    shapes = layers_of(args.model)
-    args.layers = args.layers or ",".join(shapes)
-    import triton
-
+    shapes = selected_layers(args)
     config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     rows = []
-    for layer in args.layers.split(","):
-        n, k = shapes[layer]
+    for layer, (n, k) in shapes.items():
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         nbytes = quantize_weight(w0, config).nbytes
-        copies = copies_beyond_l2(nbytes)
-        wqs = [quantize_weight(w0 + 0.001 * torch.randn_like(w0), config) for _ in range(copies)]
+        wqs = rotated_weights(w0, lambda w: quantize_weight(w, config), nbytes)
         bf16 = [w0 + 0.001 * torch.randn_like(w0) for _ in range(copies_beyond_l2((2 * n * k)))]
         # one-hot rows: every output is one weight value times s_w, no summation -> bit-exact
         onehot = torch.zeros(16, k, device="cuda", dtype=torch.bfloat16)
