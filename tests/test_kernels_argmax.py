@@ -143,3 +143,7 @@ def test_static_decoder_picks_with_the_split_argmax(monkeypatch):
     assert len(calls) == 4  # the prefill's pick and three steps
     compiled = StaticDecoder(model, 2, 12, split_argmax=True, compile="aot_eager")
     assert torch.equal(compiled.generate(ids, 4), want)
+
+
+def test_op_passes_opcheck():
+    torch.library.opcheck(torch.ops.sharq.split_argmax.default, (torch.randn(3, BLOCK + 9, device=DEVICE),))

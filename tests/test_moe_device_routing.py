@@ -316,3 +316,30 @@ def test_static_decoder_compiles_the_moe_step_into_one_graph():
     experts.routing = "host"
     with pytest.raises(Exception, match="(?i)nonzero|data-dependent|dynamic shape|graph break"):
         StaticDecoder(model, 1, 8, compile="aot_eager", split_argmax=False).generate(ids, 2)
+
+
+def test_ops_pass_opcheck():
+    """Schema, fake implementations and autograd registration of the routing ops and the experts
+    GEMV (every output row written: one tile per row), and the preparation with a given amax."""
+    from sharq.kernels.prepare_fp4 import prepare_activation_triton
+
+    idx = torch.tensor([[2, 0], [2, 1], [0, 3]], device=DEVICE)
+    torch.library.opcheck(torch.ops.sharq.route_experts.default, (idx, 4, 2, 5))
+    route = route_experts(idx, 4, 1, 6)
+    y = torch.randn(6, 32, device=DEVICE).to(torch.bfloat16)
+    w = torch.rand(3, 2, device=DEVICE)
+    torch.library.opcheck(torch.ops.sharq.combine_experts.default,
+                          (y, w, route.order, route.slots, route.sorted_expert, 4, torch.bfloat16))
+    torch.library.opcheck(torch.ops.sharq.segment_amax.default, (y, route.sorted_expert))
+    module = _experts(e=4, h=32, i=16)
+    pairs = route_experts(idx, 4, 2, 5)  # 4 tiles of 1-2 rows cover the 6 rows, one unused
+    inner = torch.randn(6, 16, device=DEVICE).to(torch.bfloat16)
+    prepared = prepare_activation_triton(inner, module._gemv_config, with_terms=True, terms_layout="gemv",
+                                         gemv_rows=6)
+    (down,) = module._members("down")
+    torch.library.opcheck(torch.ops.sharq.experts_gemv.default, (
+        *prepared.terms, None, prepared.global_scale.reshape(-1), pairs.tiles, [down["codes"]], [down["scales"]],
+        [down["global_scale"]], [], 32, 6, torch.bfloat16, 2, 32, 1024, 2))
+    amax = segment_amax(y, route.sorted_expert)
+    torch.library.opcheck(torch.ops.sharq.prepare_fp4.default,
+                          (y, 3, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 3, 0, 0, 0, amax))
