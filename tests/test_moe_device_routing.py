@@ -134,7 +134,7 @@ def _experts(e=4, h=128, i=32, *, config=TRITON, bias=False, seed=0, dtype=torch
     with torch.no_grad():
         hf.gate_up_proj.normal_(0, 0.1)
         hf.down_proj.normal_(0, 0.1)
-    module = SharqExperts.from_experts(hf.to(dtype), config, name="experts")
+    module = SharqExperts.from_experts(hf.to(DEVICE, dtype), config, name="experts")
     if bias:
         for proj, n in (("gate", i), ("up", i), ("down", h)):
             setattr(module, f"{proj}_bias", torch.nn.Parameter(0.1 * torch.randn(e, n).to(dtype), requires_grad=False))
@@ -343,3 +343,89 @@ def test_ops_pass_opcheck():
     amax = segment_amax(y, route.sorted_expert)
     torch.library.opcheck(torch.ops.sharq.prepare_fp4.default,
                           (y, 3, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 3, 0, 0, 0, amax))
+
+
+# --- on the GPU (-m gpu): Qwen3-30B-A3B expert shapes, the asm kernels, a CUDA graph -----------------------
+def _routing(t: int, e: int, k: int, seed: int):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    probs = torch.softmax(torch.randn(t, e, device="cuda", generator=g), dim=-1)
+    w, idx = torch.topk(probs, k, dim=-1)
+    return idx, (w / w.sum(-1, keepdim=True)).to(torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("t", [1, 2, 8, 16])
+def test_qwen3_30b_experts_on_the_gpu_route_capture_and_match(t):
+    """128 experts of hidden 2048 / MLP 768, top 8: device routing equals the host loop bit for bit
+    with the compiled asm kernels, synchronises nothing (set_sync_debug_mode raises on a sync), and a
+    CUDA graph of the layer replays new routings to the host loop's bits."""
+    module = _experts(e=128, h=2048, i=768)
+    x = torch.randn(t, 2048, device="cuda").to(torch.bfloat16)
+    idx, w = _routing(t, 128, 8, seed=t)
+    host, device = _both(module, x, idx, w)
+    assert torch.equal(host, device)
+    module.routing = "device"
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        module(x, idx, w)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    static = [x.clone(), idx.clone(), w.clone()]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        module(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = module(*static)
+    for seed in (100, 101):
+        x2 = torch.randn(t, 2048, device="cuda").to(torch.bfloat16)
+        idx2, w2 = _routing(t, 128, 8, seed=seed)
+        for buf, new in zip(static, (x2, idx2, w2)):
+            buf.copy_(new)
+        graph.replay()
+        module.routing = "host"
+        assert torch.equal(out, module(x2, idx2, w2))
+        module.routing = "device"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_experts_gemv_equals_the_decode_gemv_on_the_gpu():
+    """With the asm helpers and each routing's tiling (1 row: the decode GEMV's M = 1 tiling; 2-row
+    tiles: its M = 2 tiling), every routed row equals `fp4_weight_gemv` of that row (1 row) or row
+    pair, bit for bit: one accumulation code (`_gemv_rows`), one tiling."""
+    module = _experts(e=8, h=2048, i=768)
+    x = torch.randn(4, 2048, device="cuda").to(torch.bfloat16)
+    for tokens, rows in ((1, [0]), (4, [3, 1])):
+        plan = plan_experts(tokens, 2, 8, module.config, "cuda", intermediate=768)
+        prepared = prepare(x[:tokens], module.config, plan=plan.input)
+        src = torch.tensor(rows, device="cuda", dtype=torch.int32)
+        got = experts_gemv(prepared.terms, prepared.global_scale, src, host_tiles(5, len(rows), plan.tile_rows, "cuda"),
+                           module._members("gate", "up"), len(rows), torch.bfloat16, plan.tiles)
+        one = tuple(t[src.long()] for t in prepared.terms)
+        want = torch.cat([fp4_weight_gemv(one, prepared.global_scale, module.expert_weight(p, 5), None,
+                                          torch.bfloat16) for p in ("gate", "up")], dim=1)
+        assert torch.equal(got, want), tokens
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile_", [False, "inductor"])
+def test_static_decoder_captures_the_moe_step_on_the_gpu(compile_):
+    """The tiny Qwen3-MoE decode step in a CUDA graph (eager step or inductor-compiled) gives the
+    tokens of the uncaptured host loop."""
+    from sharq.static_decode import StaticDecoder
+
+    model, experts = _moe_model()
+    ids = torch.randint(1, 64, (2, 5), generator=torch.Generator().manual_seed(4)).to("cuda")
+    experts.routing = "host"
+    want = StaticDecoder(model, 2, 16, graph=False).generate(ids, 6)
+    experts.routing = "auto"
+    torch._dynamo.reset()
+    decoder = StaticDecoder(model, 2, 16, graph=True, compile=compile_)
+    assert torch.equal(decoder.generate(ids, 6), want)
+    assert decoder._graph is not None
