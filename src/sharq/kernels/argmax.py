@@ -29,7 +29,7 @@ __all__ = ["argmax_reference", "split_argmax", "argmax_splits"]
 
 BLOCK = 1024  # positions per step of a stage-1 program
 MAX_SPLITS = 128  # programs per row; vocab 128k: 126 slices of 1024
-_INT32_MIN = -(2**31)
+_INT32_MIN = tl.constexpr(-(2**31))  # a constexpr: compiled kernels may read no other globals
 
 
 def argmax_reference(logits: torch.Tensor) -> torch.Tensor:

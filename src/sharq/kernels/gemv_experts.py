@@ -100,11 +100,11 @@ def _experts_gemv_impl(
     two = r_codes is not None
     group = len(w_codes)
     second = 1 if group > 1 else 0
-    bias = list(biases) if biases else [s_x, s_x]
+    bias = list(biases) if biases else [s_x, s_x]  # without biases: any valid pointer, never read
     _experts_gemv_kernel[(triton.cdiv(n, block_n), g)](
         b_codes.view(torch.int64), b_scales, r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
         r_scales if two else b_scales, src if src is not None else tiles, s_x, tiles, y,
-        words[0], w_scales[0], s_w[0], bias[0], words[second], w_scales[second], s_w[second], bias[second if biases else 0],
+        words[0], w_scales[0], s_w[0], bias[0], words[second], w_scales[second], s_w[second], bias[second],
         n, sizes[0], g, words[0].shape[2], w_scales[0].shape[2], b_codes.shape[1] // 8, b_scales.shape[1],
         words[0].stride(0), words[0].stride(1), w_scales[0].stride(0), w_scales[0].stride(1),
         biases[0].stride(0) if biases else 0, 1 if s_x.numel() > 1 else 0, y.stride(0),

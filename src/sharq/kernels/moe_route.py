@@ -128,7 +128,8 @@ def route_experts(top_k_index: torch.Tensor, num_experts: int, tile_rows: int, m
     to `tile_rows` rows of one expert, `max_tiles` of them (enough for the worst case:
     `kernels.plan.plan_experts`). One launch, no host synchronisation."""
     if top_k_index.dim() != 2 or top_k_index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"top_k_index must be (T, k) int64 or int32, got {top_k_index.dtype} {tuple(top_k_index.shape)}")
+        raise ValueError(f"top_k_index must be (T, k) int64 or int32, got {top_k_index.dtype} "
+                         f"{tuple(top_k_index.shape)}")
     op = _route_impl if direct_call_ok(top_k_index) else torch.ops.sharq.route_experts
     return ExpertsRoute(*op(top_k_index, num_experts, tile_rows, max_tiles))
 
