@@ -179,7 +179,8 @@ def _both(module, x, idx, w):
                                            pytest.param(33, "tensor", marks=pytest.mark.slow),
                                            pytest.param(33, "token", marks=pytest.mark.slow)])
 def test_device_routing_equals_the_host_loop(t, granularity, monkeypatch):
-    """Bit for bit, with repeated experts across tokens and an expert no token picks; 33 tokens run
+    """Bit for bit, with repeated experts across tokens, an expert no token picks and (2 tokens) a
+    pair routed nowhere; 33 tokens run
     with the exact operand and the token limit of the experts GEMV raised (a routing test: 66 pairs)."""
     config = TRITON.replace(granularity=granularity)
     if t > plan_module.EXPERTS_GEMV_MAX_TOKENS:
@@ -190,6 +191,8 @@ def test_device_routing_equals_the_host_loop(t, granularity, monkeypatch):
     x = (torch.randn(t, 32, device=DEVICE) * torch.linspace(0.2, 4, 32, device=DEVICE)).to(torch.bfloat16)
     idx = _top_k(t, k, e, seed=t, unused=(3,))
     idx[0] = torch.tensor([5, 0], device=DEVICE)  # the higher expert in the first slot: sums go by expert
+    if t == 2:
+        idx[1, 1] = e  # a pair routed nowhere (expert parallelism): no tile, adds nothing
     w = torch.softmax(torch.randn(t, k, device=DEVICE), dim=-1).to(torch.bfloat16)
     plan = module.plan(t, k, x.device, w.dtype)
     assert plan.routing == "device" and plan.expert_gemm == "experts-gemv"
