@@ -3,7 +3,7 @@
 For each M and K of the model's layers: the operand-only preparation with each (BLOCK_M, BLOCK_K,
 num_warps) candidate, against the generic preparation (prepare_fp4) it replaces above 16 rows, and the
 bytes it moves at copy bandwidth (x read, operand written). Outputs equal across tilings, checked.
-Times: CUDA-graph replays (`linear._graph_ms`), median.
+Times: CUDA-graph replays (`harness.graph_ms`), median.
 
 usage: python benchmarks/tune_prep_split.py [--model llama-3.1-8b] [--m 64,1024,4096]
 Writes benchmarks/results/prep-split-tuning-<model>-<gpu>.json.

@@ -5,7 +5,7 @@ the pair-split GEMM with each candidate tiling (one term: bf16-sum; the best als
 exact), and the path it replaces (the generic preparation + gemm_fp4, bf16-sum). Every GEMM output
 is checked against the first candidate's (equal up to FP32 summation order) and the preparation
 against the reference (bit for bit). Times: CUDA-graph replays over rotating weight copies
-(`linear._graph_ms`), median.
+(`harness.graph_ms`), median.
 
 usage: python benchmarks/tune_split.py [--model llama-3.1-8b] [--m 32,64,...]
 Writes benchmarks/results/split-tuning-<model>-<gpu>.json.

@@ -60,13 +60,18 @@ def resolve_backend(config: SharqConfig, device: torch.device, options: RuntimeO
     return Backend.TRITON
 
 
-def prepare(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS) -> PreparedActivation:
-    """The preparation of a 2-D activation (M, K) as `kernels.plan.plan_linear` plans it: the reference
-    (`prepare_activation`), or the Triton kernel that writes the planned GEMM's operand (codes, scales
-    and s_x bit for bit the reference's where written)."""
+def prepare(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS, *,
+            plan=None) -> PreparedActivation:
+    """The preparation of a 2-D activation (M, K) as `kernels.plan.plan_linear` plans it (or as `plan`,
+    a `LinearPlan` of M rows, says: a MoE layer's input, `kernels.plan.experts_input_plan`): the
+    reference (`prepare_activation`), or the Triton kernel that writes the planned GEMM's operand
+    (codes, scales and s_x bit for bit the reference's where written). `options`: backend, NaN check."""
     from .kernels.plan import plan_linear
 
-    plan = plan_linear(x.shape[0], config, x.device, options)
+    if plan is None:
+        plan = plan_linear(x.shape[0], config, x.device, options)
+    elif plan.rows != x.shape[0]:
+        raise ValueError(f"a plan of {plan.rows} rows cannot prepare an activation of {x.shape[0]} rows")
     if plan.preparation == "reference":
         return prepare_activation(x, config, check_finite=options.check_finite)
     check_activation(x)
@@ -89,8 +94,10 @@ def prepare(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFA
         return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout=layout)
     from .kernels.prepare_fp4 import prepare_activation_triton
 
-    prepared = prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation)
-    return prepared
+    # the plan chose the layout: the GEMV operand here serves any row count (MoE layers send up to
+    # EXPERTS_GEMV_MAX_TOKENS rows to the experts GEMV)
+    return prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation,
+                                     gemv_rows=x.shape[0])
 
 
 def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTensor:

@@ -290,11 +290,27 @@ def _gemv_kernel(
     offs_n = cols - base  # the member's weight rows
     if PDL:
         wait_then_release()
-    sub = tl.arange(0, NS)
     # the activation is read in the full (rows, BLOCK_N, NS) shape (the same address for every n),
     # which gives it the tile's register layout: no layout conversion in the loop
-    m3 = rows[:, None, None] + 0 * offs_n[None, :, None] + 0 * sub[None, None, :]
-    ok3 = m3 < M
+    m3 = rows[:, None, None] + 0 * offs_n[None, :, None] + 0 * tl.arange(0, NS)[None, None, :]
+    total = _gemv_rows(bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, m3 < M, KS, KSW,
+                       stride_x, stride_xs, stride_w, stride_ws, TWO, SPB, ASM, EVEN_N, EVEN_M, BLOCK_M, BLOCK_N,
+                       BLOCK_K, NS)
+    s_x = tl.load(sx_ptr + rows * stride_sx, mask=m_ok, other=0.0)
+    y = _gemv_epilogue(total, s_x, tl.load(sw_ptr), bias_ptr, offs_n, n_ok, HAS_BIAS)
+    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _gemv_rows(bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
+               stride_x, stride_xs, stride_w, stride_ws, TWO: tl.constexpr, SPB: tl.constexpr, ASM: tl.constexpr,
+               EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, NS: tl.constexpr):
+    """Σ over K of the integer block products: FP32 (BLOCK_M, BLOCK_N), the rows of the activation
+    operand that `m3` (BLOCK_M, BLOCK_N, NS) names against weight rows `offs_n`. The one accumulation
+    of every GEMV launch (`_gemv_kernel`, and the experts' routed GEMV in gemv_experts.py): FP32
+    lanes per sub-block position, BLOCK_K-long steps, the last one masked, then one sum over lanes."""
     acc = tl.zeros((BLOCK_M, BLOCK_N, NS), dtype=tl.float32)
     full = (KS * 16) // BLOCK_K * BLOCK_K
     for k0 in range(0, full, BLOCK_K):
@@ -305,15 +321,17 @@ def _gemv_kernel(
         acc = _gemv_step(acc, full, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
                          stride_x, stride_xs, stride_w, stride_ws, TWO, SPB, ASM, not EVEN_N, True,
                          not EVEN_M, NS)
+    return tl.sum(acc, axis=2)
 
-    total = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N)
-    s_x = tl.load(sx_ptr + rows * stride_sx, mask=m_ok, other=0.0)
-    # the codes are 2·E2M1 on both sides (/4) and the weight scales were read as scale · 2^-8
-    y = (s_x[:, None] * (tl.load(sw_ptr) * 64.0)) * total
+
+@triton.jit
+def _gemv_epilogue(total, s_x, s_w, bias_ptr, offs_n, n_ok, HAS_BIAS: tl.constexpr):
+    """y (BLOCK_M, BLOCK_N) FP32 = s_x · s_w · total / 4 · 2^8 + bias: the codes are 2·E2M1 on both
+    sides (/4) and the weight scales were read as scale · 2^-8."""
+    y = (s_x[:, None] * (s_w * 64.0)) * total
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    return y
 
 
 def _tiles(m: int, n: int, k: int) -> dict:

@@ -20,6 +20,20 @@ calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 pr
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
 The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
 and `tiles` reports them.
+
+Mixture-of-experts layers (`nn.experts.SharqExperts`) take one more decision, `plan_experts`: a layer
+call of T tokens, top-k routing over E experts, either
+  device routing  the (token, expert) pairs are bucketed by expert on the GPU (`kernels.moe_route`)
+                  and one experts-GEMV launch (`kernels.gemv_experts`) runs every (expert, row-block)
+                  tile for gate+up, one for down, then one weighted combine: no host synchronisation,
+                  a fixed grid sized by the worst case, so the step captures in a CUDA graph;
+  host routing    the hit experts are found on the host and each runs on its rows (a Python loop).
+Up to EXPERTS_GEMV_MAX_TOKENS tokens with the exact operand (NVFP4 on the Triton backend), both
+routings run the experts GEMV on tiles of `tile_rows` rows with one tiling (`ExpertsPlan.tiles`), so
+they are bit-identical; "auto" takes device routing there. Elsewhere (longer calls, other formats,
+the reference backend, `check_finite`) host routing runs every expert as a plain linear of its rows,
+planned by `plan_linear` for its row count. `python -m sharq.kernels.plan` prints the table for
+Qwen3-30B-A3B.
 """
 
 from __future__ import annotations
@@ -31,7 +45,8 @@ import torch
 from ..config import Format, Operand, SharqConfig
 from ..options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 
-__all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M"]
+__all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M", "ExpertsPlan", "plan_experts",
+           "experts_input_plan", "experts_max_tiles", "experts_plan_table", "EXPERTS_GEMV_MAX_TOKENS", "ROUTINGS"]
 
 # the decode GEMV takes exact NVFP4 calls of up to this many rows; beyond them the tensor-core GEMM with
 # the packed decode and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json:
@@ -39,6 +54,10 @@ __all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M"]
 GEMV_AUTO_MAX_M = 2
 SPLIT_MIN_M = 256  # from here to SCRATCH_MIN_M - 1 rows: the pair-split operand and weight-as-A GEMM
 SCRATCH_MIN_M = 512  # from here on gemm_fp4 multiplies a bf16 scratch weight (gemm_fp4._tiles reads it)
+# MoE layers: calls of up to this many tokens run the experts GEMV (decode); it is the exact operand's
+# limit under operand="auto" (AUTO_EXACT_MAX_ROWS), and no expert sees more rows than the call has tokens
+EXPERTS_GEMV_MAX_TOKENS = 16
+ROUTINGS = ("auto", "device", "host")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +141,146 @@ def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: li
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertsPlan:
+    """What one call of a mixture-of-experts layer runs (`plan_experts`).
+
+    tokens, top_k, num_experts: T, k, E of the call; pairs = T·k (token, expert) assignments.
+    backend, operand:  as `plan_linear` resolves them for T rows.
+    routing:     "device" (GPU bucketing, one experts-GEMV launch per projection pair, capturable) or
+                 "host" (hit experts found on the host, one call per expert).
+    expert_gemm: "experts-gemv" (the routed decode GEMV on (expert, row-block) tiles, both routings) or
+                 "per-call" (each expert's rows as a plain linear, `plan_linear` of its row count).
+    input:       the plan of the layer input's preparation (T rows; "gemv" for the experts GEMV).
+    tile_rows:   rows of one tile (1 or 2; 0 for per-call).
+    tiles:       the experts GEMV's launch tiling: BLOCK_M (= tile_rows), BLOCK_N, BLOCK_K, num_warps.
+    max_tiles:   the tile axis of the launch grid: the most tiles any routing of `pairs` assignments
+                 over E experts needs (programs past the routed tiles return at once).
+    reason:      why the call routes on the host (empty for device routing).
+    """
+
+    tokens: int
+    top_k: int
+    num_experts: int
+    backend: Backend
+    operand: Operand
+    routing: str
+    expert_gemm: str
+    input: LinearPlan
+    tile_rows: int = 0
+    tiles: dict = dataclasses.field(default_factory=dict)
+    max_tiles: int = 0
+    reason: str = ""
+
+    @property
+    def pairs(self) -> int:
+        return self.tokens * self.top_k
+
+    def describe(self) -> str:
+        head = (f"T={self.tokens} top-{self.top_k}/{self.num_experts}: {self.backend.value}, operand "
+                f"{self.operand.value}, input {self.input.preparation}, {self.routing} routing")
+        if self.expert_gemm == "experts-gemv":
+            tiles = " ".join(f"{k}={v}" for k, v in self.tiles.items())
+            return (f"{head} -> experts GEMV, {self.tile_rows}-row tiles, grid {self.max_tiles} tiles "
+                    f"for {self.pairs} pairs ({tiles})" + (f" [{self.reason}]" if self.reason else ""))
+        return f"{head} -> per-expert linears (plan_linear of each expert's rows) [{self.reason}]"
+
+
+def _experts_gemv_reason(tokens: int, config: SharqConfig, backend: Backend, operand: Operand,
+                         intermediate: int | None) -> str:
+    """Why the experts GEMV does not serve a call ("" when it does)."""
+    if backend is not Backend.TRITON:
+        return "reference backend"
+    if config.format is not Format.NVFP4:
+        return f"{config.format.value}: the experts GEMV reads NVFP4"
+    if not 1 <= tokens <= EXPERTS_GEMV_MAX_TOKENS:
+        return f"{tokens} tokens > {EXPERTS_GEMV_MAX_TOKENS}"
+    if operand is not Operand.EXACT:
+        return f"operand {operand.value}"
+    if config.backbone_block % 16 or config.residual_block % 16 or config.weight_block not in (16, 32):
+        return "blocks the GEMV does not read"
+    if intermediate is not None and intermediate % _experts_tiles(tokens)["BLOCK_N"]:
+        return f"intermediate size {intermediate} not a multiple of BLOCK_N"
+    return ""
+
+
+def _experts_tiles(tokens: int) -> dict:
+    """The experts GEMV's tiling: the decode GEMV's tuned tiling of tile_rows rows (1 row per tile at
+    T = 1, where every hit expert has one row; 2 rows from T = 2)."""
+    from .gemv_nvfp4 import _tiles
+
+    rows = 1 if tokens <= 1 else 2
+    return {"BLOCK_M": rows, **_tiles(rows, 0, 0)}
+
+
+def experts_max_tiles(pairs: int, num_experts: int, tile_rows: int) -> int:
+    """The most tiles of up to `tile_rows` rows of one expert that `pairs` (token, expert) pairs over
+    `num_experts` experts can need: Σ_e ceil(c_e / R) <= (pairs + hit · (R - 1)) / R with at most
+    min(E, pairs) experts hit, and never more than one tile per pair."""
+    return min(pairs, (pairs + min(num_experts, pairs) * (tile_rows - 1)) // tile_rows)
+
+
+def experts_input_plan(tokens: int, config: SharqConfig, device: torch.device | str,
+                       intermediate: int | None = None, options: RuntimeOptions = DEFAULT_OPTIONS) -> LinearPlan:
+    """The preparation plan of a MoE layer's input of `tokens` rows: the GEMV operand where the
+    experts GEMV serves the call, else `plan_linear`'s."""
+    from ..ops import resolve_backend
+
+    backend = resolve_backend(config, torch.device(device), options)
+    operand = config.operand.for_rows(tokens)
+    if _experts_gemv_reason(tokens, config, backend, operand, intermediate):
+        return plan_linear(tokens, config, device, options)
+    return LinearPlan(tokens, backend, operand, "gemv", "experts-gemv")
+
+
+def plan_experts(tokens: int, top_k: int, num_experts: int, config: SharqConfig, device: torch.device | str, *,
+                 intermediate: int | None = None, routing: str = "auto",
+                 weights_dtype: torch.dtype | None = None, options: RuntimeOptions = DEFAULT_OPTIONS) -> ExpertsPlan:
+    """The plan of a MoE layer call: `tokens` rows, `top_k` experts each out of `num_experts`.
+
+    routing: "auto" (device routing wherever the experts GEMV serves the call), "device" (a
+    ValueError naming the reason where it cannot), or "host". intermediate: the experts' MLP width
+    (the gate/up launch needs it a multiple of BLOCK_N); weights_dtype: the routing weights' dtype
+    (the device combine takes float32, bfloat16 and float16).
+    """
+    from ..ops import resolve_backend
+
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    backend = resolve_backend(config, torch.device(device), options)
+    operand = config.operand.for_rows(tokens)
+    input_plan = experts_input_plan(tokens, config, device, intermediate, options)
+    reason = _experts_gemv_reason(tokens, config, backend, operand, intermediate)
+    common = dict(tokens=tokens, top_k=top_k, num_experts=num_experts, backend=backend, operand=operand,
+                  input=input_plan)
+    if reason:
+        if routing == "device":
+            raise ValueError(f"device routing needs the experts GEMV, which does not serve this call: {reason}")
+        return ExpertsPlan(routing="host", expert_gemm="per-call", reason=reason, **common)
+    tiles = _experts_tiles(tokens)
+    rows = tiles["BLOCK_M"]
+    max_tiles = experts_max_tiles(tokens * top_k, num_experts, rows)
+    device_reason = ""
+    if options.check_finite:
+        device_reason = "check_finite reads values on the host"
+    elif weights_dtype is not None and weights_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        device_reason = f"routing weights of dtype {weights_dtype}"
+    if routing == "device" and device_reason:
+        raise ValueError(f"device routing cannot run this call: {device_reason}")
+    chosen = "host" if routing == "host" or device_reason else "device"
+    if routing == "host":
+        device_reason = "routing='host'"
+    return ExpertsPlan(routing=chosen, expert_gemm="experts-gemv", tile_rows=rows, tiles=tiles,
+                       max_tiles=max_tiles, reason=device_reason if chosen == "host" else "", **common)
+
+
+def experts_plan_table(config: SharqConfig, num_experts: int, top_k: int, intermediate: int, tokens: list[int],
+                       device: str = "cuda") -> str:
+    """A printable table of `plan_experts` for each token count (no GPU needed for "cuda")."""
+    return "\n".join(plan_experts(t, top_k, num_experts, config, device, intermediate=intermediate).describe()
+                     for t in tokens)
+
+
 if __name__ == "__main__":
     from ..config import PRESETS
 
@@ -129,3 +288,5 @@ if __name__ == "__main__":
     for preset in ("sharq-nvfp4", "sharq-mxfp4"):
         print(f"== {preset} (operand auto)")
         print(plan_table(PRESETS[preset], llama, [1, 2, 8, 16, 17, 64, 256, 1024, 4096]))
+    print("== sharq-nvfp4, Qwen3-30B-A3B experts (128 experts, top 8, MLP 768)")
+    print(experts_plan_table(PRESETS["sharq-nvfp4"], 128, 8, 768, [1, 2, 8, 16, 17, 64, 1024]))

@@ -336,7 +336,8 @@ def _mask_args(spec) -> tuple[int, int, int]:
     return _MASK_NM, spec.n, spec.m
 
 
-_SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN = 0, 1, 2
+# s: none (MXFP4), one for the tensor, one per row from the row's amax, one per row from a given amax
+_SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN, _SCALE_GIVEN = 0, 1, 2, 3
 AMAX_INLINE_MAX_M = 8  # up to this many rows (and K), the preparation computes the amax itself (one
 AMAX_INLINE_MAX_K = 8192  # launch); longer rows: every program rereading the row costs more (measured)
 
@@ -352,7 +353,7 @@ def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool,
     u8 = dict(dtype=torch.uint8, device=x.device)
     none = torch.empty(0, **u8)
     return (
-        torch.empty(m if scale == _SCALE_TOKEN else 1, dtype=torch.float32, device=x.device),
+        torch.empty(m if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else 1, dtype=torch.float32, device=x.device),
         torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8),
         torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
         torch.empty(m, kp_r // rb, **u8) if has_r else none.clone(),
@@ -378,12 +379,13 @@ def _term_scales(x: torch.Tensor) -> torch.Tensor:
 def _prepare_impl(
     x: torch.Tensor, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
     residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, terms: int,
-    block_m: int, block_k: int, num_warps: int,
+    block_m: int, block_k: int, num_warps: int, row_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
-    scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row. Returns s (FP32 (1,) or
-    (M,); 1 without a scale), B codes/scales, R codes/scales, and the GEMM operands:
+    scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row, 3 one per row from
+    `row_amax` (int32 (M,): FP32 bit patterns of each row's amax, as the amax kernel writes them; a
+    MoE layer gives every row its expert's amax). Returns s (FP32 (1,) or (M,); 1 without a scale), B codes/scales, R codes/scales, and the GEMM operands:
     terms 1: bf16 deq(B), bf16 deq(R); terms 2: bf16(deq(B) + deq(R)) alone; terms 3: the decode
     GEMV's int8 codes of B and R, then their FP32 scales per 16 (`gemv_nvfp4`). The outputs not
     asked for (no residual, no terms) are empty. Kernels: the amax (per
@@ -403,7 +405,11 @@ def _prepare_impl(
     auto_m, auto_k, auto_w = _prep_tiles(m, k)
     block_m, block_k, num_warps = block_m or auto_m, block_k or auto_k, num_warps or auto_w
     inline = 0
-    if scale != _SCALE_NONE and m <= min(block_m, AMAX_INLINE_MAX_M) and k <= AMAX_INLINE_MAX_K:
+    if scale == _SCALE_GIVEN:
+        if row_amax is None or row_amax.dtype != torch.int32 or tuple(row_amax.shape) != (m,):
+            raise ValueError(f"a given amax must be int32 of shape ({m},)")
+        amax = row_amax
+    elif scale != _SCALE_NONE and m <= min(block_m, AMAX_INLINE_MAX_M) and k <= AMAX_INLINE_MAX_K:
         inline = 1 if scale == _SCALE_TOKEN else 2
         amax = s_out  # unused
     elif scale != _SCALE_NONE:
@@ -417,20 +423,20 @@ def _prepare_impl(
         amax = s_out
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     gemv = terms == _TERMS_GEMV
-    if gemv and (m > GEMV_MAX_M or mx or bb % 16 or rb % 16):
-        raise ValueError(f"the GEMV operand is for up to {GEMV_MAX_M} rows of NVFP4 with 16-multiple blocks, "
-                         f"got {m} rows, {'MXFP4' if mx else 'NVFP4'}, blocks {bb}/{rb}")
+    if gemv and (mx or bb % 16 or rb % 16):
+        raise ValueError(f"the GEMV operand is for NVFP4 with 16-multiple blocks, got {'MXFP4' if mx else 'NVFP4'}, "
+                         f"blocks {bb}/{rb}")
     kg = gemv_padded(k) if gemv else 0
     kp = padded_length(max(kp_b, kp_r, kg), block_k)  # GEMV operand: the zero padding is written too
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
-    pdl = pdl_enabled(x.device, default=gemv)  # measured: faster for the GEMV's 1-2 rows, slower at 8
+    pdl = pdl_enabled(x.device, default=gemv and m <= GEMV_MAX_M)  # measured: faster for 1-2 rows, slower at 8
     _prepare_kernel[grid](
         x, amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
         t_b if terms else spare,
         t_r if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else spare,
         t_bs if gemv else spare, t_rs if gemv and has_r else spare,
-        m, k, x.stride(0), 1 if scale == _SCALE_TOKEN else 0, b_codes.stride(0), b_scales.stride(0),
+        m, k, x.stride(0), 1 if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else 0, b_codes.stride(0), b_scales.stride(0),
         r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0, t_b.stride(0) if terms else 0,
         kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
         MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
@@ -461,13 +467,14 @@ def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
 
 @_prepare_op.register_fake
 def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms,
-      block_m, block_k, num_warps):
+      block_m, block_k, num_warps, row_amax=None):
     return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, terms)
 
 
 def prepare_activation_triton(
     x: torch.Tensor, config: SharqConfig, *, with_terms: bool = False,
     terms_layout: str = "rows", block_m: int | None = None, block_k: int | None = None, num_warps: int | None = None,
+    gemv_rows: int = GEMV_MAX_M, row_amax: torch.Tensor | None = None,
 ) -> PreparedActivation:
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
@@ -477,8 +484,13 @@ def prepare_activation_triton(
     terms_layout: "rows" (the terms as above), "gemv" (the decode GEMV's operand: per term int8
                 2·E2M1 codes (M, Kg) and FP32 block scales per 16 (M, Kg/16), flat
                 (codes_B, scales_B[, codes_R, scales_R]), `gemv_nvfp4.gemv_operand`; NVFP4, exact
-                operand, up to GEMV_MAX_M rows), or "auto" (gemv where it applies and is the faster:
+                operand, up to `gemv_rows` rows), or "auto" (gemv where it applies and is the faster:
                 up to GEMV_AUTO_MAX_M rows).
+    gemv_rows:  the most rows a "gemv" layout is written for (default GEMV_MAX_M, the rows one GEMV
+                launch serves; a MoE layer's experts GEMV reads more, `kernels.plan.plan_experts`).
+    row_amax:   None, or int32 (M,) FP32 bit patterns of the amax each row's s is computed from
+                (NVFP4): s = max(amax / 2688, 1e-9) per row, returned as (M, 1). A MoE layer gives
+                each expert's rows the amax of all of them, so they get the expert's "tensor" scale.
     """
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
@@ -489,7 +501,11 @@ def prepare_activation_triton(
     m, k = x.shape
     x = x.contiguous()
     mx = config.format is Format.MXFP4
-    if not config.has_global_scale:
+    if row_amax is not None:
+        if not config.has_global_scale:
+            raise ValueError(f"row_amax sets the NVFP4 second-level scale; {config.format.value} has none")
+        scale = _SCALE_GIVEN
+    elif not config.has_global_scale:
         scale = _SCALE_NONE
     else:
         scale = _SCALE_TOKEN if config.granularity is Granularity.TOKEN else _SCALE_TENSOR
@@ -502,10 +518,10 @@ def prepare_activation_triton(
     residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
     if terms_layout not in ("rows", "gemv", "auto"):
         raise ValueError(f"terms_layout must be 'rows', 'gemv' or 'auto', got {terms_layout!r}")
-    gemv_ok = (1 <= m <= GEMV_MAX_M and config.format is Format.NVFP4 and not summed
+    gemv_ok = (1 <= m <= gemv_rows and config.format is Format.NVFP4 and not summed
                and bb % 16 == 0 and rb % 16 == 0)
     if terms_layout == "gemv" and not gemv_ok:
-        raise ValueError(f"the GEMV operand is for 1 to {GEMV_MAX_M} rows of NVFP4 with the exact operand, got {m} "
+        raise ValueError(f"the GEMV operand is for 1 to {gemv_rows} rows of NVFP4 with the exact operand, got {m} "
                          f"rows of {config.format.value}, operand {config.operand.value}")
     gemv = terms_layout == "gemv" or (terms_layout == "auto" and gemv_ok and m <= GEMV_AUTO_MAX_M)
     terms = _TERMS_NONE
@@ -514,8 +530,8 @@ def prepare_activation_triton(
     op = _prepare_impl if direct_call_ok(x) else torch.ops.sharq.prepare_fp4
     s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = op(
         x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
-        terms, block_m or 0, block_k or 0, num_warps or 0)
-    s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
+        terms, block_m or 0, block_k or 0, num_warps or 0, row_amax)
+    s = s.reshape(m, 1) if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else s.reshape(())
     gs = s if config.has_global_scale else None
 
     def qt(codes, scales, block):

@@ -37,9 +37,12 @@ from ..sparse.decompose import PreparedActivation
 __all__ = ["SharedPreparation", "prepare_rows"]
 
 
-def prepare_rows(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS) -> PreparedActivation:
-    """Prepare `x` (..., K) as a 2-D activation (M, K), M = x.numel() // K (the layers' layout)."""
-    return prepare(x.reshape(-1, x.shape[-1]), config, options)
+def prepare_rows(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS,
+                 planner=None) -> PreparedActivation:
+    """Prepare `x` (..., K) as a 2-D activation (M, K), M = x.numel() // K (the layers' layout).
+    planner: None (`plan_linear`) or a function (rows, device) -> LinearPlan (a MoE layer's input)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return prepare(rows, config, options, plan=None if planner is None else planner(rows.shape[0], rows.device))
 
 
 def _same_data(x: torch.Tensor, source: torch.Tensor) -> bool:
@@ -83,6 +86,9 @@ class SharedPreparation:
         self._version = 0
         self._taken = 0
         self.members: tuple = ()  # the group's SharqLinear layers, in column order (`set_members`)
+        # how the input is prepared: None (`plan_linear`), or a function (rows, device) -> LinearPlan
+        # that the consumer sets (a MoE layer's experts GEMV reads the GEMV operand up to 16 rows)
+        self.planner = None
         self._group_out: torch.Tensor | None = None  # (M, Σ out_features): every member's output
 
     def set_members(self, members) -> None:
@@ -95,7 +101,7 @@ class SharedPreparation:
 
     def prepare(self, x: torch.Tensor) -> PreparedActivation:
         """Prepare `x` and publish it for the group's consumers (called by the producer)."""
-        prepared = prepare_rows(x, self.config, self.options)
+        prepared = prepare_rows(x, self.config, self.options, self.planner)
         compiling = torch.compiler.is_compiling()
         if not compiling:
             self.prepare_count += 1

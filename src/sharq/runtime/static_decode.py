@@ -13,6 +13,10 @@ given: its own mask construction reads tensor values on the host, which a CUDA g
 A model on "sdpa" attention runs its decode steps on `sharq.runtime.decode_attention` (grouped-query heads
 stacked onto their key/value head instead of transformers' per-head K/V copies).
 
+The greedy pick is `kernels.argmax.split_argmax` on CUDA (a two-stage split argmax: many programs
+each reduce a slice of the vocabulary, one small pass combines; torch.argmax's indices exactly,
+first maximum on ties, first NaN), torch.argmax elsewhere (`split_argmax=` forces either).
+
 compile=True (or a torch.compile backend name) compiles the decode step — forward, mask and greedy
 pick — with torch.compile (fullgraph, static shapes; inductor by default, which fuses the
 elementwise glue around the linears: norms, rotary, residual adds, SiLU·mul) before the CUDA graph
@@ -54,10 +58,12 @@ class StaticDecoder:
     graph: capture the decode step in a CUDA graph (default: on CUDA). The graph is captured at the
     first `decode` and reused for every later prefill of the same batch size.
     compile: False, True (torch.compile with inductor) or a torch.compile backend name, for the step.
+    split_argmax: pick greedy tokens with the split-argmax kernel (default: on CUDA with triton
+    installed; True on the CPU needs TRITON_INTERPRET=1) instead of torch.argmax. Same indices.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, max_cache_len: int, *, graph: bool | None = None,
-                 compile: bool | str = False) -> None:
+                 compile: bool | str = False, split_argmax: bool | None = None) -> None:
         from transformers import StaticCache
 
         if batch_size <= 0 or max_cache_len <= 1:
@@ -69,6 +75,11 @@ class StaticDecoder:
         if self.graph_enabled and self.device.type != "cuda":
             raise ValueError(f"StaticDecoder: CUDA-graph capture needs a CUDA model, this one is on {self.device}")
         self.batch_size, self.max_cache_len = batch_size, max_cache_len
+        if split_argmax is None:
+            from ..ops import _triton_installed
+
+            split_argmax = self.device.type == "cuda" and _triton_installed()
+        self.split_argmax = bool(split_argmax)
         self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
         dev = dict(device=self.device)
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, **dev)  # next input token per sequence
@@ -109,7 +120,15 @@ class StaticDecoder:
         out = self.model(input_ids=ids, attention_mask=self._mask(position), position_ids=position,
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
-        return logits, logits.argmax(dim=-1, keepdim=True)
+        return logits, self._pick(logits)
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy tokens of logits (B, vocab): int64 (B, 1)."""
+        if self.split_argmax:
+            from ..kernels.argmax import split_argmax
+
+            return split_argmax(logits, keepdim=True)
+        return logits.argmax(dim=-1, keepdim=True)
 
     def _step(self) -> None:
         with decode_attention(self.model):
@@ -159,7 +178,7 @@ class StaticDecoder:
                          use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
         self.length = t
-        self.ids.copy_(logits.argmax(dim=-1, keepdim=True))
+        self.ids.copy_(self._pick(logits))
         self.position.fill_(t)
         return self.ids[:, 0].clone()
 
