@@ -26,7 +26,7 @@ triton = pytest.importorskip("triton")
 pytest.importorskip("transformers")
 
 import sharq.kernels.plan as plan_module  # noqa: E402
-from sharq import PRESETS  # noqa: E402
+from sharq import PRESETS, RuntimeOptions  # noqa: E402
 from sharq.kernels.gemv_experts import experts_gemv, host_tiles  # noqa: E402
 from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv  # noqa: E402
 from sharq.kernels.moe_route import (  # noqa: E402
@@ -36,7 +36,8 @@ from sharq.nn.experts import SharqExperts  # noqa: E402
 from sharq.ops import prepare  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON = PRESETS["sharq-nvfp4"].replace(backend="triton")
+TRITON = PRESETS["sharq-nvfp4"]  # run with backend "triton" (TRITON_OPTIONS)
+TRITON_OPTIONS = RuntimeOptions(backend="triton")
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +84,7 @@ def test_route_worst_case_fills_the_grid():
     """The plan's grid is the most tiles any routing needs: reached when all experts are hit with odd
     counts, never exceeded."""
     t, k, e = 3, 2, 4  # 6 pairs over 4 experts: counts (1, 1, 1, 3) give 1 + 1 + 1 + 2 = 5 tiles of 2
-    plan = plan_experts(t, k, e, TRITON, "cuda")
+    plan = plan_experts(t, k, e, TRITON, "cuda", options=TRITON_OPTIONS)
     assert plan.tile_rows == 2 and plan.max_tiles == 5
     idx = torch.tensor([[0, 3], [1, 3], [2, 3]], device=DEVICE)
     route = route_experts(idx, e, 2, plan.max_tiles)
@@ -135,6 +136,7 @@ def _experts(e=4, h=128, i=32, *, config=TRITON, bias=False, seed=0, dtype=torch
         hf.gate_up_proj.normal_(0, 0.1)
         hf.down_proj.normal_(0, 0.1)
     module = SharqExperts.from_experts(hf.to(DEVICE, dtype), config, name="experts")
+    module.options = TRITON_OPTIONS
     if bias:
         for proj, n in (("gate", i), ("up", i), ("down", h)):
             setattr(module, f"{proj}_bias", torch.nn.Parameter(0.1 * torch.randn(e, n).to(dtype), requires_grad=False))
@@ -147,8 +149,8 @@ def test_experts_gemv_equals_the_decode_gemv_of_each_expert(granularity):
     computes for that row with expert e's gate and up weights (with biases), bit for bit."""
     module = _experts(e=3, h=64, i=16, config=TRITON.replace(granularity=granularity), bias=True)
     x = torch.randn(5, 64, device=DEVICE).to(torch.bfloat16)
-    plan = plan_experts(5, 2, 3, module.config, DEVICE, intermediate=16)
-    prepared = prepare(x, module.config, plan=plan.input)
+    plan = plan_experts(5, 2, 3, module.config, DEVICE, intermediate=16, options=TRITON_OPTIONS)
+    prepared = prepare(x, module.config, TRITON_OPTIONS, plan=plan.input)
     assert prepared.layout == "gemv" and plan.tiles["BLOCK_M"] == 2
     rows = torch.tensor([4, 0, 2], device=DEVICE)
     expert = 2
@@ -238,25 +240,25 @@ def test_device_routing_reads_nothing_on_the_host():
 
 
 def test_plan_decides_and_prints():
-    plan = plan_experts(8, 8, 128, TRITON, "cuda", intermediate=768)
+    plan = plan_experts(8, 8, 128, TRITON, "cuda", intermediate=768, options=TRITON_OPTIONS)
     assert (plan.routing, plan.expert_gemm, plan.tile_rows, plan.max_tiles, plan.input.preparation) == (
         "device", "experts-gemv", 2, 64, "gemv")
     assert "device routing" in plan.describe() and "64 tiles" in plan.describe()
-    one = plan_experts(1, 8, 128, TRITON, "cuda", intermediate=768)
+    one = plan_experts(1, 8, 128, TRITON, "cuda", intermediate=768, options=TRITON_OPTIONS)
     assert (one.tile_rows, one.max_tiles, one.tiles["BLOCK_N"] if DEVICE == "cuda" else 1) == (1, 8, 1)
-    long = plan_experts(17, 8, 128, TRITON, "cuda", intermediate=768)
+    long = plan_experts(17, 8, 128, TRITON, "cuda", intermediate=768, options=TRITON_OPTIONS)
     assert (long.routing, long.expert_gemm, long.input.preparation) == ("host", "per-call", "operand-rows")
     ref = plan_experts(1, 8, 128, PRESETS["sharq-nvfp4"], "cpu")
     assert (ref.routing, ref.reason) == ("host", "reference backend")
-    assert plan_experts(4, 2, 8, TRITON, "cuda", routing="host").routing == "host"
-    assert plan_experts(4, 2, 8, TRITON.replace(check_finite=True), "cuda").routing == "host"
-    assert plan_experts(4, 2, 8, TRITON, "cuda", weights_dtype=torch.float64).routing == "host"
+    assert plan_experts(4, 2, 8, TRITON, "cuda", routing="host", options=TRITON_OPTIONS).routing == "host"
+    assert plan_experts(4, 2, 8, TRITON, "cuda", options=RuntimeOptions(check_finite=True)).routing == "host"
+    assert plan_experts(4, 2, 8, TRITON, "cuda", weights_dtype=torch.float64, options=TRITON_OPTIONS).routing == "host"
     with pytest.raises(ValueError, match="17 tokens"):
-        plan_experts(17, 8, 128, TRITON, "cuda", routing="device")
+        plan_experts(17, 8, 128, TRITON, "cuda", routing="device", options=TRITON_OPTIONS)
     with pytest.raises(ValueError, match="mxfp4"):
-        plan_experts(1, 8, 128, PRESETS["sharq-mxfp4"].replace(backend="triton"), "cuda", routing="device")
+        plan_experts(1, 8, 128, PRESETS["sharq-mxfp4"], "cuda", routing="device", options=TRITON_OPTIONS)
     with pytest.raises(ValueError, match="routing must be"):
-        plan_experts(1, 8, 128, TRITON, "cuda", routing="gpu")
+        plan_experts(1, 8, 128, TRITON, "cuda", routing="gpu", options=TRITON_OPTIONS)
     table = plan_module.experts_plan_table(TRITON, 128, 8, 768, [1, 8, 17])
     assert len(table.splitlines()) == 3 and "per-expert linears" in table.splitlines()[2]
 
@@ -275,7 +277,7 @@ def _moe_model():
                          num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1, norm_topk_prob=True,
                          tie_word_embeddings=False)
     model = Qwen3MoeForCausalLM(cfg).eval().to(DEVICE)
-    report = sharq.quantize_(model, TRITON, modules_to_not_convert=["self_attn"])
+    report = sharq.quantize_(model, TRITON, modules_to_not_convert=["self_attn"], backend="triton")
     assert report.converted == ["model.layers.0.mlp.experts"]
     experts = model.model.layers[0].mlp.experts
     assert isinstance(experts, SharqExperts) and experts.shared_input.planner == experts.input_plan
@@ -404,8 +406,8 @@ def test_experts_gemv_equals_the_decode_gemv_on_the_gpu():
     module = _experts(e=8, h=2048, i=768)
     x = torch.randn(4, 2048, device="cuda").to(torch.bfloat16)
     for tokens, rows in ((1, [0]), (4, [3, 1])):
-        plan = plan_experts(tokens, 2, 8, module.config, "cuda", intermediate=768)
-        prepared = prepare(x[:tokens], module.config, plan=plan.input)
+        plan = plan_experts(tokens, 2, 8, module.config, "cuda", intermediate=768, options=TRITON_OPTIONS)
+        prepared = prepare(x[:tokens], module.config, TRITON_OPTIONS, plan=plan.input)
         src = torch.tensor(rows, device="cuda", dtype=torch.int32)
         got = experts_gemv(prepared.terms, prepared.global_scale, src, host_tiles(5, len(rows), plan.tile_rows, "cuda"),
                            module._members("gate", "up"), len(rows), torch.bfloat16, plan.tiles)
