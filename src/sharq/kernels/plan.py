@@ -20,7 +20,8 @@ Llama-3.1-8B linears summed, H100): the weight-as-A GEMM is the fastest at M = 2
 `operand="auto"` is exact up to AUTO_EXACT_MAX_ROWS (16) rows and bf16-sum above (SPEC §7), so its
 calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows and runs `gemm_fp4`'s FP32
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
-The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
+The weight-only quantized lm_head has its own small plan (`plan_lm_head`: W4A16 GEMV, then gemm_fp4 with
+one bf16 term). The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
 and `tiles` reports them.
 """
 
@@ -32,7 +33,7 @@ import torch
 
 from ..config import Backend, Format, Operand, SharqConfig
 
-__all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M"]
+__all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M", "LM_HEAD_GEMV_MAX_M", "plan_lm_head"]
 
 # the decode GEMV takes exact NVFP4 calls of up to this many rows; beyond them the tensor-core GEMM with
 # the packed decode and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json:
@@ -101,6 +102,22 @@ def plan_linear(rows: int, config: SharqConfig, device: torch.device | str) -> L
                 return LinearPlan(rows, backend, operand, "operand-split", "pair-split")
             return LinearPlan(rows, backend, operand, "operand-rows", _rows_gemm(rows))
     return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows))
+
+
+# The weight-only quantized lm_head (SPEC §9, `ops.lm_head_linear`) on the Triton backend: its input is
+# one bf16 term (the hidden state, s_x = 1), no preparation. Up to this many rows the W4A16 GEMV
+# (gemv_w4a16.py); above, gemm_fp4 with that one term: the packed decode up to 16 rows, the FP32
+# decode below SCRATCH_MIN_M, the bf16 scratch weight from there. The 2 follows GEMV_AUTO_MAX_M; it
+# was not tuned for the W4A16 GEMV (no GPU measurement of it yet).
+LM_HEAD_GEMV_MAX_M = 2
+
+
+def plan_lm_head(rows: int) -> str:
+    """The kernel a Triton lm_head call of `rows` rows runs: "w4a16-gemv" | "small-m" | "fp32-decode" |
+    "bf16-scratch" (the names of `LinearPlan.gemm`)."""
+    if rows <= LM_HEAD_GEMV_MAX_M:
+        return "w4a16-gemv"
+    return "small-m" if rows <= 16 else _rows_gemm(rows)
 
 
 def _rows_gemm(rows: int) -> str:
