@@ -7,6 +7,7 @@ Public API:
   quantize(x, format, block)     block-quantize one tensor (NVFP4 / MXFP4 / HiF4) to packed storage
   quantize_weight(w, config)     the packed weight payload of SPEC §6
   SharqLinear                    nn.Module holding the packed weight, computing SPEC §7
+  SharqLMHead                    the opt-in weight-only NVFP4-16 lm_head (SharqConfig.lm_head, SPEC §9)
   quantize_(model, config)       swap a transformers decoder's linears in place, RMSNorm fused
   save_quantized(model, dir)     write the quantized model (packed FP4 safetensors + config.json)
   load_quantized(dir)            rebuild it without the original weights, bit-identical
@@ -20,7 +21,7 @@ from .config import PRESETS, Backend, Format, Granularity, MaskSpec, Operand, Re
 from .formats import QuantizedTensor, quantize
 from .metrics import sqnr_db
 from .models import ConversionReport, quantize_
-from .nn import SharqLinear
+from .nn import SharqLinear, SharqLMHead
 from .ops import quantize_weight, sharq_linear
 from .sparse import Decomposition, PreparedActivation, decompose, nm_mask, prepare_activation
 
@@ -45,6 +46,7 @@ __all__ = [
     "quantize_weight",
     "sharq_linear",
     "SharqLinear",
+    "SharqLMHead",
     "Decomposition",
     "PreparedActivation",
     "decompose",
