@@ -77,7 +77,7 @@ def test_triton_equals_reference_bit_for_bit(m, bias):
     assert torch.equal(got32, want32)
 
 
-@pytest.mark.parametrize("m, block, tiles", [(1, 16, dict(BLOCK_N=4, BLOCK_K=32)),
+@pytest.mark.parametrize("m, block, tiles", [(1, 16, dict(BLOCK_N=8, BLOCK_K=32, num_warps=1)),
                                             (2, 32, dict(BLOCK_N=8, BLOCK_K=64, num_warps=2))])
 def test_gemv_tilings_with_partial_tiles_bit_for_bit(m, block, tiles):
     """K = 208 / 224 (not a multiple of BLOCK_K: the last step is masked), N = 37 (a partial N tile),
@@ -158,3 +158,39 @@ def test_non_finite_inputs_give_non_finite_rows():
     for y, row in ((lm_head_linear(x, w, None, Backend.TRITON), _bf16_as_stored(clean)),
                    (lm_head_reference(x.float(), w, None), clean)):
         assert y[0].isnan().all() and torch.equal(y[1], row)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(49152, 576), (128256, 4096)])  # SmolLM2-135M, Llama-3.1-8B lm_heads
+@pytest.mark.parametrize("m", [1, 2, 16, 300, 1024])
+def test_full_shapes_on_cuda(shape, m):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    assert not interpreting()  # the asm decode, not its interpreter twin
+    n, k = shape
+    g = torch.Generator().manual_seed(m)
+    w = quantize_lm_head_weight((torch.randn(n, k, generator=g) * 0.02).to(DEVICE), HEAD)
+    x = (torch.randn(m, k, generator=g) * 3).to(torch.bfloat16).to(DEVICE)
+    exact = _fp64(x, w)
+    bound = 1e-5 * (w.global_scale.double() * (x.double().abs() @ w.dequantize(apply_global_scale=False).double().abs().T))
+    y = lm_head_linear(x, w, None, Backend.AUTO)
+    assert y.dtype == torch.bfloat16
+    assert ((y.double() - exact).abs() <= bound + exact.abs() * 2**-8).all()  # + half a bf16 ulp (RTNE)
+
+
+@pytest.mark.gpu
+def test_module_in_a_cuda_graph_equals_eager():
+    """The decode call of the lm_head (one row) captured in a CUDA graph gives the eager bits."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from sharq.nn import SharqLMHead
+
+    linear = torch.nn.Linear(576, 49152, bias=False, dtype=torch.bfloat16, device=DEVICE)
+    head = SharqLMHead.from_float(linear, HEAD)
+    x = torch.randn(1, 1, 576, dtype=torch.bfloat16, device=DEVICE)
+    eager = head(x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = head(x)
+    graph.replay()
+    assert torch.equal(out, eager)

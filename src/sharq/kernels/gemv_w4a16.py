@@ -18,9 +18,8 @@ elementwise FP32 accumulator over the K steps, reduced along K at the end), mult
 to FP32 summation order (for products inside FP32's normal range: the 2^-7 moves where underflow
 starts by 7 binades).
 
-The tiling (`_tiles`) follows the SharQ decode GEMV's measured one (gemv_nvfp4._tiles: one weight row
-per 1-warp program with long K steps at M = 1, 8 rows on 2 warps at M = 2); it was not tuned for this
-kernel (no GPU measurement of it yet).
+The tiling (`_tiles`: 16 weight rows a 4-warp program, K steps of up to 512) was chosen without a
+measurement (no GPU run of this kernel yet): benchmarks/lm_head_speed.py times it against cuBLAS.
 """
 
 from __future__ import annotations
@@ -76,11 +75,11 @@ def _w4a16_gemv_kernel(
 
 
 def _tiles(m: int, k: int) -> dict:
-    """Launch tiling (see the module docstring: borrowed from the SharQ GEMV, not tuned here)."""
-    block_k = min(1024, max(32, triton.next_power_of_2(k)))
-    if m == 1:
-        return dict(BLOCK_N=1, BLOCK_K=block_k, num_warps=1)
-    return dict(BLOCK_N=8, BLOCK_K=block_k, num_warps=2)
+    """Launch tiling (not tuned: see the module docstring). Every thread holds a multiple of 4 payload
+    bytes of the weight tile, as the packed decode's asm takes them (pack 4): BLOCK_N · BLOCK_K / 2
+    is at least 4 · 32 · num_warps."""
+    block_k = min(512, max(64, triton.next_power_of_2(k)))
+    return dict(BLOCK_N=16, BLOCK_K=block_k, num_warps=4)
 
 
 _TILE_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps")
@@ -91,7 +90,8 @@ def w4a16_gemv(x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | No
     """y (M, N) = s_w · (x · deq(weight)ᵀ) + bias, FP32 accumulation, in `out_dtype`.
 
     x: bf16 (M, K) contiguous; weight: NVFP4-16/32 (N, K) (`w4a16_supports`); bias (N,) or None.
-    `tiles` overrides BLOCK_N, BLOCK_K (a power of two ≥ 32), num_warps (tests, benchmarks).
+    `tiles` overrides BLOCK_N, BLOCK_K (a power of two ≥ 32), num_warps (tests, benchmarks); compiled,
+    BLOCK_N · BLOCK_K / 2 must be a multiple of 4 · 32 · num_warps (`_tiles`).
     """
     if not w4a16_supports(weight):
         raise ValueError(f"the W4A16 GEMV reads 2-D NVFP4-16/32 weights with their s_w, got "
