@@ -251,6 +251,27 @@ def test_from_pretrained_equals_load_quantized(tmp_path):
     assert got.get_input_embeddings().weight is not None and got.config.tie_word_embeddings is False
 
 
+@pytest.mark.parametrize("kind", ["gemma3", "qwen3_vl"])  # a scaled embedding; a composite config (text_config)
+def test_other_architectures_tied_round_trip_and_from_pretrained(tmp_path, kind):
+    import transformers
+
+    model = tiny_model(kind)
+    for config in (model.config, model.config.get_text_config()):
+        config.tie_word_embeddings = True
+    model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    report = sharq.quantize_(model, HEAD)
+    assert report.lm_head_untied_from == next(n for n, p in model.named_parameters()
+                                              if p is model.get_input_embeddings().weight)
+    assert not model.config.tie_word_embeddings and not model.config.get_text_config().tie_word_embeddings
+    sharq.save_quantized(model, tmp_path / "ckpt")
+    name = sharq.load_quantized(tmp_path / "ckpt").sharq_checkpoint.model_class
+    cls = transformers.AutoModelForCausalLM if name.endswith("ForCausalLM") else getattr(transformers, name)
+    ids = _ids()
+    for loaded in (sharq.load_quantized(tmp_path / "ckpt"), cls.from_pretrained(tmp_path / "ckpt")):
+        assert isinstance(loaded.get_output_embeddings(), SharqLMHead)
+        assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+
+
 # --- CLI ----------------------------------------------------------------------------------------
 def _sharq(*args):
     return subprocess.run([sys.executable, "-m", "sharq", *map(str, args)], capture_output=True, text=True,
