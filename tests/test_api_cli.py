@@ -15,7 +15,7 @@ import sharq
 def test_public_api_names():
     """__all__ is the API docs/usage.md documents, every name exists, and nothing else is exported."""
     documented = {"SharqConfig", "PRESETS", "Format", "Granularity", "Operand", "Residual", "WeightScale",
-                  "Backend", "RuntimeOptions", "set_runtime_options", "quantize_", "ConversionReport",
+                  "LmHead", "SharqLMHead", "Backend", "RuntimeOptions", "set_runtime_options", "quantize_", "ConversionReport",
                   "save_quantized", "load_quantized", "load_tokenizer", "CheckpointError", "SharqLinear",
                   "decompose", "Decomposition", "prepare_activation", "PreparedActivation", "quantize_weight",
                   "sharq_linear", "quantize_tensor", "QuantizedTensor", "__version__"}

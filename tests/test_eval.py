@@ -224,6 +224,28 @@ def test_evaluate_writes_json_markdown_png_and_resumes(tokenizer, tmp_path, monk
     assert doc2["rows"] == doc["rows"]
 
 
+def test_evaluate_with_the_quantized_lm_head(tokenizer, tmp_path, monkeypatch):
+    """`EvalSettings.lm_head` reaches every quantizing preset (bf16 keeps its own lm_head), is recorded
+    on every row, and a resume or a merge with another lm_head is refused."""
+    monkeypatch.setattr(runner, "load_model", lambda source, dtype=None, device=None: (tiny_llama(dtype=dtype),
+                                                                                      tokenizer))
+    monkeypatch.setattr(runner, "wiki_texts", lambda: ["The cat sat on the mat and looked at the dog. " * 4])
+    monkeypatch.setattr(runner, "lambada_pairs", lambda: [("It was a dark and stormy", " night")] * 3)
+    docs = {}
+    for head in ("model-dtype", "nvfp4-w16"):
+        settings = runner.EvalSettings(presets=("bf16", "sharq-nvfp4"), granularities=("tensor",), tasks=(),
+                                       ppl_tokens=40, seq_len=32, device="cpu", lm_head=head)
+        docs[head] = runner.evaluate(settings, out_dir=tmp_path, name=head, progress=False, log=lambda s: None)
+    value = {h: {(r["preset"], r["metric"]): (r["value"], r["lm_head"]) for r in d["rows"]} for h, d in docs.items()}
+    assert value["nvfp4-w16"][("bf16", "ppl_wiki")] == value["model-dtype"][("bf16", "ppl_wiki")]
+    assert value["nvfp4-w16"][("sharq-nvfp4", "ppl_wiki")][1] == "nvfp4-w16"
+    assert value["nvfp4-w16"][("sharq-nvfp4", "ppl_wiki")][0] != value["model-dtype"][("sharq-nvfp4", "ppl_wiki")][0]
+    with pytest.raises(ValueError, match="another lm_head"):
+        runner.evaluate(settings, out_dir=tmp_path, name="model-dtype", resume=True, progress=False, log=lambda s: None)
+    with pytest.raises(ValueError, match="different lm_head"):
+        merge_docs(docs["model-dtype"], docs["nvfp4-w16"])
+
+
 # --- inspect --------------------------------------------------------------------------------------
 def test_inspect_layers_reports_every_converted_linear():
     from sharq import SharqConfig

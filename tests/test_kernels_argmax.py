@@ -8,13 +8,10 @@ Without a GPU the kernels run under TRITON_INTERPRET=1; `-m gpu` runs them compi
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 from sharq.kernels.argmax import BLOCK, argmax_splits, split_argmax  # noqa: E402

@@ -15,13 +15,10 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 pytest.importorskip("transformers")
 

@@ -9,6 +9,7 @@ Public API (README, docs/usage.md):
   set_runtime_options(model, ...)    backend ("auto" | "reference" | "triton") and NaN checks: how a
                                      model runs, never what it computes (RuntimeOptions)
   SharqLinear                        nn.Module holding the packed weight, computing SPEC §7
+  SharqLMHead                        the opt-in weight-only NVFP4-16 lm_head (SharqConfig.lm_head, SPEC §9)
   decompose(x, config)               dequantized backbone + residual + global scale(s) of an activation
   prepare_activation(x, config)      the packed quantized terms of an activation
   quantize_weight(w, config)         the packed weight payload of SPEC §6
@@ -25,10 +26,10 @@ from __future__ import annotations
 import warnings
 
 from .checkpoint import CheckpointError, load_quantized, load_tokenizer, save_quantized
-from .config import PRESETS, Format, Granularity, Operand, Residual, SharqConfig, WeightScale
+from .config import PRESETS, Format, Granularity, LmHead, Operand, Residual, SharqConfig, WeightScale
 from .formats import QuantizedTensor, quantize_tensor
 from .models import ConversionReport, quantize_
-from .nn import SharqLinear
+from .nn import SharqLinear, SharqLMHead
 from .ops import quantize_weight, sharq_linear
 from .options import Backend, RuntimeOptions, set_runtime_options
 from .sparse import Decomposition, PreparedActivation, decompose, prepare_activation
@@ -56,6 +57,7 @@ __all__ = [
     "Operand",
     "Residual",
     "WeightScale",
+    "LmHead",
     "Backend",
     "RuntimeOptions",
     "set_runtime_options",
@@ -66,6 +68,7 @@ __all__ = [
     "load_tokenizer",
     "CheckpointError",
     "SharqLinear",
+    "SharqLMHead",
     "decompose",
     "Decomposition",
     "prepare_activation",

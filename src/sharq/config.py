@@ -34,6 +34,8 @@ __all__ = [
     "Operand",
     "AUTO_EXACT_MAX_ROWS",
     "WeightScale",
+    "LmHead",
+    "LM_HEAD_WEIGHT_BLOCK",
     "MaskSpec",
     "parse_mask",
     "SharqConfig",
@@ -93,6 +95,19 @@ class WeightScale(str, enum.Enum):
     # Among a few candidates (formats/scale_search.py), the one with the smallest squared error of
     # the block's dequantized values; ties to the larger. NVFP4 and MXFP4 weights only.
     MSE = "mse"
+
+
+class LmHead(str, enum.Enum):
+    """What `quantize_` does with the model's `lm_head` (SPEC §9). Its activations stay in the model dtype."""
+
+    MODEL_DTYPE = "model-dtype"  # left as it is (the paper's choice and the default)
+    # Beyond the paper, opt-in: weight-only NVFP4 in LM_HEAD_WEIGHT_BLOCK-blocks (E4M3 block scales, one
+    # FP32 s_w), the hidden state multiplied in the model dtype with FP32 accumulation (nn/lm_head.py).
+    NVFP4_W16 = "nvfp4-w16"
+
+
+# Block along K of the weight-only quantized lm_head's E4M3 scales (LmHead.NVFP4_W16).
+LM_HEAD_WEIGHT_BLOCK = 16
 
 
 # Block sizes each format allows (SPEC §2).
@@ -179,6 +194,11 @@ class SharqConfig:
                        AUTO_EXACT_MAX_ROWS = 16 rows, bf16-sum above; `Operand.for_rows`).
       weight_scale:    "amax" (the format's fixed block-scale rule) or "mse" (each weight block's
                        scale chosen among candidates by squared error; NVFP4 / MXFP4, SPEC §6).
+                       Applies to a quantized lm_head too.
+      lm_head:         "model-dtype" (default: the lm_head stays as it is) or "nvfp4-w16" (opt-in,
+                       beyond the paper: its weight in NVFP4-16, its input in the model dtype;
+                       `LmHead`, SPEC §9). The same with every quantizing `format`; refused
+                       with format 'none'.
     """
 
     format: Format = Format.NVFP4
@@ -191,6 +211,7 @@ class SharqConfig:
     granularity: Granularity = Granularity.TENSOR
     operand: Operand = Operand.AUTO
     weight_scale: WeightScale = WeightScale.AMAX
+    lm_head: LmHead = LmHead.MODEL_DTYPE
     # Runtime options are not scheme fields; given here they are refused with a pointer (below).
     backend: dataclasses.InitVar[Any] = None
     check_finite: dataclasses.InitVar[Any] = None
@@ -209,6 +230,7 @@ class SharqConfig:
         set_("granularity", _coerce_enum(Granularity, self.granularity, "granularity"))
         set_("operand", _coerce_enum(Operand, self.operand, "operand"))
         set_("weight_scale", _coerce_enum(WeightScale, self.weight_scale, "weight_scale"))
+        set_("lm_head", _coerce_enum(LmHead, self.lm_head, "lm_head"))
         for name in ("mask", "residual_mask"):
             value = getattr(self, name)
             if value is not None:
@@ -224,6 +246,11 @@ class SharqConfig:
                 f"search is defined for E4M3 and E8M0 scales), got format={self.format.value!r}"
             )
         if self.format is Format.NONE:
+            if self.lm_head is not LmHead.MODEL_DTYPE:
+                raise ValueError(
+                    f"SharqConfig.lm_head={self.lm_head.value!r} needs a quantizing format; format='none' "
+                    "quantizes nothing, so the lm_head stays 'model-dtype'"
+                )
             if self.mask is not None or self.residual is not Residual.NONE or self.residual_mask:
                 raise ValueError(
                     "SharqConfig(format='none') quantizes nothing: it needs mask=None, "
@@ -256,6 +283,11 @@ class SharqConfig:
     @property
     def residual_mask_spec(self) -> MaskSpec | None:
         return None if self.residual_mask is None else parse_mask(self.residual_mask)
+
+    @property
+    def quantizes_lm_head(self) -> bool:
+        """True when `quantize_` replaces the lm_head by a weight-only quantized one (`LmHead`)."""
+        return self.lm_head is not LmHead.MODEL_DTYPE
 
     @property
     def has_global_scale(self) -> bool:
@@ -337,6 +369,7 @@ PRESETS: dict[str, SharqConfig] = {
 
 
 def preset_name(config: SharqConfig) -> str | None:
-    """The PRESETS key `config` is, ignoring granularity and operand; None if custom."""
-    base = config.replace(granularity="tensor", operand="auto")
+    """The PRESETS key `config` is, ignoring granularity, operand and lm_head (the presets name the
+    decoder linears' scheme); None if custom."""
+    base = config.replace(granularity="tensor", operand="auto", lm_head=LmHead.MODEL_DTYPE)
     return next((name for name, preset in PRESETS.items() if preset == base), None)

@@ -13,14 +13,15 @@ import importlib.util
 
 import torch
 
-from .config import Format, Operand, Residual, SharqConfig
+from .config import LM_HEAD_WEIGHT_BLOCK, Format, Operand, Residual, SharqConfig
 from .options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 from .formats.quantized import QuantizedTensor
 from .formats.registry import quantize_tensor
 from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
 
 __all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views", "linear_from_prepared",
-           "grouped_linear_from_prepared", "sharq_linear"]
+           "grouped_linear_from_prepared", "sharq_linear", "quantize_lm_head_weight", "resolve_lm_head_backend",
+           "lm_head_reference", "lm_head_linear"]
 
 
 # looked up once at import: `resolve_backend` runs inside torch.compile traces, which cannot trace find_spec
@@ -109,6 +110,16 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
     block's scale searched among candidates, `formats.nvfp4.nvfp4_block_scales` /
     `formats.mxfp4.quantize_mxfp4_scaled`); the payload's format is the same either way.
     """
+    _check_weight(weight)
+    if not config.quantizes:
+        raise ValueError("quantize_weight: the config quantizes nothing (format='none')")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight contains NaN or Inf; refusing to quantize it")
+    # NVFP4: one s_w ("tensor" granularity)
+    return quantize_tensor(weight, config.format, config.weight_block, scale_rule=config.weight_scale)
+
+
+def _check_weight(weight: torch.Tensor) -> None:
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError(f"weight must be a 2-D tensor (N, K), got {getattr(weight, 'shape', type(weight))}")
     if not weight.is_floating_point():
@@ -116,12 +127,22 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
     if weight.device.type == "meta":
         raise ValueError("weight is on the meta device and holds no values to quantize; build an empty layer "
                          "(SharqLinear.empty_like) and load a checkpoint into it instead")
-    if not config.quantizes:
-        raise ValueError("quantize_weight: the config quantizes nothing (format='none')")
+
+
+def quantize_lm_head_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTensor:
+    """The packed weight (N, K) of a weight-only quantized lm_head (`config.lm_head`, SPEC §9).
+
+    NVFP4 in LM_HEAD_WEIGHT_BLOCK (16) blocks whatever `config.format` is: s_w = max(amax(W) / 2688,
+    1e-9) per matrix, E4M3 block scales by `config.weight_scale` ("amax" or "mse"), the same
+    quantizer and payload as a SharQ weight (SPEC §6). Non-finite weights are rejected.
+    """
+    _check_weight(weight)
+    if not config.quantizes_lm_head:
+        raise ValueError(f"quantize_lm_head_weight: SharqConfig.lm_head is {config.lm_head.value!r}; "
+                         "the lm_head stays in the model dtype")
     if not bool(torch.isfinite(weight).all()):
-        raise ValueError("weight contains NaN or Inf; refusing to quantize it")
-    # NVFP4: one s_w ("tensor" granularity)
-    return quantize_tensor(weight, config.format, config.weight_block, scale_rule=config.weight_scale)
+        raise ValueError("lm_head weight contains NaN or Inf; refusing to quantize it")
+    return quantize_tensor(weight, Format.NVFP4, LM_HEAD_WEIGHT_BLOCK, scale_rule=config.weight_scale)
 
 
 def weight_scale_views(weight: QuantizedTensor) -> tuple[int | None, int | None]:
@@ -254,4 +275,77 @@ def sharq_linear(
     if prepared is None:
         prepared = prepare(x.reshape(-1, k), config, options)  # (M, K) terms
     y = linear_from_prepared(prepared, weight, bias, x.dtype, one_gemm=one_gemm)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+# --- the weight-only quantized lm_head (SPEC §9, beyond the paper) ---------------------------------
+
+def resolve_lm_head_backend(backend: Backend, x: torch.Tensor) -> Backend:
+    """The backend a weight-only lm_head call on `x` runs; never a silent substitute.
+
+    The Triton kernels multiply a bf16 input (the operand of the bf16 tensor-core GEMM, and what the
+    GEMV reads). AUTO: Triton for a bf16 CUDA input with triton installed, the reference otherwise
+    (float32 / float16 inputs, the CPU). TRITON: refused (NotImplementedError) for another dtype,
+    without triton, or off CUDA unless TRITON_INTERPRET=1 (the CPU tests).
+    """
+    from .kernels import interpreting
+
+    backend = Backend(backend)
+    if backend is Backend.REFERENCE:
+        return backend
+    if backend is Backend.AUTO:
+        usable = x.device.type == "cuda" and x.dtype == torch.bfloat16 and _triton_installed()
+        return Backend.TRITON if usable else Backend.REFERENCE
+    if x.dtype != torch.bfloat16:
+        raise NotImplementedError(f"backend='triton' runs the quantized lm_head on bfloat16 input, got {x.dtype}; "
+                                  "use backend='reference' or 'auto'")
+    if not _triton_installed():
+        raise NotImplementedError("backend='triton' needs the triton package (pip install 'sharq[kernels]')")
+    if x.device.type != "cuda" and not interpreting():
+        raise NotImplementedError(f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1), got {x.device}")
+    return Backend.TRITON
+
+
+def lm_head_reference(x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = s_w · (x · deq(Wq)ᵀ) (+ bias), the reference of the weight-only quantized lm_head.
+
+    x (M, K) float32 / bfloat16 / float16, taken exactly into FP32; deq(Wq) the (N, K) weight in
+    the scaled domain (E2M1 value · E4M3 block scale, exact in FP32); the products summed in FP32,
+    multiplied by the FP32 s_w once, the bias added in FP32; returned (M, N) in x's dtype.
+    """
+    w = weight.dequantize(apply_global_scale=False)  # (N, K) fp32
+    y = weight.global_scale * (x.float() @ w.T)  # (M, N) fp32
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def lm_head_linear(x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None,
+                   backend: Backend | str = Backend.AUTO) -> torch.Tensor:
+    """The weight-only quantized lm_head on `x` (..., K): (..., N) in x's dtype (`lm_head_reference`).
+
+    `weight` is 2-D NVFP4 (`quantize_lm_head_weight`). Triton (`resolve_lm_head_backend`):
+    `kernels.plan.plan_lm_head` picks the W4A16 GEMV (few rows) or the FP4-weight GEMM with the input
+    as its one bf16 term and s_x = 1; either equals the reference up to FP32 summation order.
+    """
+    _check_linear_operands(x, weight, bias)
+    if weight.format is not Format.NVFP4 or weight.global_scale is None:
+        raise ValueError(f"the quantized lm_head takes an NVFP4 weight with its s_w, got {weight.format.value}")
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if resolve_lm_head_backend(backend, x) is Backend.REFERENCE:
+        y = lm_head_reference(x2, weight, bias)
+    else:
+        from .kernels.plan import plan_lm_head
+
+        x2 = x2.contiguous()
+        if plan_lm_head(x2.shape[0]) == "w4a16-gemv":
+            from .kernels.gemv_w4a16 import w4a16_gemv
+
+            y = w4a16_gemv(x2, weight, bias, x.dtype)
+        else:
+            from .kernels.gemm_fp4 import fp4_weight_gemm
+
+            one = torch.ones((), dtype=torch.float32, device=x.device)
+            y = fp4_weight_gemm([x2], one, weight, bias, x.dtype)
     return y.reshape(*x.shape[:-1], y.shape[-1])

@@ -64,6 +64,7 @@ def set_runtime_options(model: Any, *, backend: Backend | str | None = None, che
 
     from .nn.experts import SharqExperts
     from .nn.linear import SharqLinear
+    from .nn.lm_head import SharqLMHead
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"set_runtime_options needs a torch.nn.Module, got {type(model).__name__}")
@@ -71,9 +72,9 @@ def set_runtime_options(model: Any, *, backend: Backend | str | None = None, che
     RuntimeOptions(**changes)  # validates before any module changes
     count = 0
     for module in model.modules():
-        if isinstance(module, (SharqLinear, SharqExperts)):
+        if isinstance(module, (SharqLinear, SharqExperts, SharqLMHead)):
             module.options = module.options.replace(**changes)
-            if module.shared_input is not None:
+            if getattr(module, "shared_input", None) is not None:
                 module.shared_input.options = module.options
             count += 1
     if count == 0 and strict:

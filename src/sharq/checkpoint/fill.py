@@ -29,11 +29,16 @@ __all__ = ["convert_skeleton", "fill_skeleton"]
 
 
 def convert_skeleton(ckpt: CheckpointFiles, model: nn.Module, config: SharqConfig) -> EmptyConversion:
-    """`convert_empty_` of the recorded modules on the meta device, its refusal as a CheckpointError."""
+    """`convert_empty_` of the recorded modules on the meta device, its refusal as a CheckpointError.
+    A recorded lm_head gets its `untied_from` from the record."""
     try:
-        return convert_empty_(model, config, ckpt.record.targets, device="meta")
+        conversion = convert_empty_(model, config, ckpt.record.targets, device="meta")
     except ValueError as err:
         raise CheckpointError(f"{ckpt.root / CONFIG_FILE}: quantization_config.modules: {err}") from None
+    for fqn, entry in ckpt.record.modules.items():
+        if entry["type"] == "lm_head":
+            conversion.modules[fqn].untied_from = entry.get("untied_from")
+    return conversion
 
 
 def _all_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -59,6 +64,13 @@ def _check_layout(ckpt: CheckpointFiles, model: nn.Module, modules: dict[str, nn
                     f"built from config.json has {built[key]!r} there"
                 )
     skeleton = _all_tensors(model)
+    for fqn, entry in ckpt.record.modules.items():
+        untied = entry.get("untied_from") if entry["type"] == "lm_head" else None
+        if untied is not None and (untied not in skeleton or list(skeleton[untied].shape) != entry["shape"]):
+            raise CheckpointError(
+                f"{where}: quantization_config.modules[{fqn!r}].untied_from names {untied!r}, which the model built "
+                f"from config.json does not have with shape {entry['shape']}"
+            )
     tied = ckpt.record.tied_weights
     for alias, target in tied.items():
         if alias not in skeleton or target not in skeleton or target in tied:

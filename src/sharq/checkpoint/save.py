@@ -42,8 +42,11 @@ class SavedCheckpoint:
 
     def summary(self) -> str:
         rec = self.record
+        what = rec.preset or "custom config"
+        if rec.config.quantizes_lm_head:
+            what += f", lm_head {rec.config.lm_head.value}"
         return (
-            f"wrote {self.path}: {len(rec.modules)} quantized modules ({rec.preset or 'custom config'}), "
+            f"wrote {self.path}: {len(rec.modules)} quantized modules ({what}), "
             f"{rec.quantized_weights:,} quantized weights at {rec.weight_bits:.3f} bits each, "
             f"{self.tensors} tensors in {len([f for f in self.files if f.endswith('.safetensors')])} file(s), "
             f"{self.file_bytes / 2**20:.1f} MiB"

@@ -3,7 +3,7 @@
   model_tensors(model)      every parameter and buffer (non-persistent ones too, such as the rotary
                             `inv_freq`, so that a loaded model is bit-identical even where the saved
                             one had them cast), each tensor once; names that share a tensor are "tied"
-  quantized_modules(model)  the SharqLinear / SharqExperts modules by qualified name
+  quantized_modules(model)  the SharqLinear / SharqExperts / SharqLMHead modules by qualified name
   module_entry(module)      what the record says about one of them (type, shape, bias, format)
   stored_dtype(...)         the dtype a tensor has in the file (the int32 global-scale bits are FP32)
 """
@@ -18,6 +18,7 @@ from torch import nn
 
 from ..nn.experts import SharqExperts
 from ..nn.linear import SharqLinear
+from ..nn.lm_head import SharqLMHead
 from .format import weight_storage_field
 
 __all__ = ["model_tensors", "quantized_modules", "module_entry", "global_scale_names", "storage_bytes",
@@ -41,12 +42,18 @@ def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {fqn: m for fqn, m in model.named_modules() if isinstance(m, (SharqLinear, SharqExperts))}
+    return {fqn: m for fqn, m in model.named_modules() if isinstance(m, (SharqLinear, SharqExperts, SharqLMHead))}
 
 
 def module_entry(module: nn.Module) -> dict[str, Any]:
-    """{"type", "shape", "bias", "format", "weight_block"} of a SharqLinear ([N, K]) or SharqExperts ([E, H, I])."""
+    """{"type", "shape", "bias", "format", "weight_block"} of a SharqLinear ([N, K]) or SharqExperts
+    ([E, H, I]); a SharqLMHead: "type" "lm_head", [N, K], its own format ("nvfp4", 16), and
+    "untied_from" (the parameter its weight was tied to before quantization, or None)."""
     cfg = module.config
+    if isinstance(module, SharqLMHead):
+        return {"type": "lm_head", "shape": [module.out_features, module.in_features], "bias": module.bias is not None,
+                "format": module.quantized_weight.format.value, "weight_block": module.quantized_weight.block,
+                "untied_from": module.untied_from}
     if isinstance(module, SharqLinear):
         kind, shape, bias = "linear", [module.out_features, module.in_features], module.bias is not None
     elif isinstance(module, SharqExperts):

@@ -52,7 +52,7 @@ def _eval_settings(args: argparse.Namespace):
         model=args.model, presets=tuple(presets), granularities=args.granularity, tasks=tuple(tasks),
         limit=args.limit, ppl_tokens=args.ppl_tokens, seq_len=args.seq_len, device=args.device,
         dtype=args.dtype, batch_tokens=args.batch_tokens, ppl_batch=args.ppl_batch, backend=args.backend,
-        operand=getattr(args, "operand", None),
+        operand=getattr(args, "operand", None), lm_head=getattr(args, "lm_head", "model-dtype"),
     )
 
 
@@ -95,6 +95,9 @@ def _add_eval_arguments(p: argparse.ArgumentParser, *, presets: str, granularity
                    help="activation preparation: reference (auto) or the fused Triton kernel (CUDA)")
     p.add_argument("--operand", choices=("auto", "exact", "bf16-sum"),
                    help="what the linears multiply (SPEC §7; default: the preset's own, auto)")
+    p.add_argument("--lm-head", choices=("model-dtype", "nvfp4-w16"), default="model-dtype",
+                   help="SharqConfig.lm_head of the quantizing presets: model-dtype (default) or nvfp4-w16 "
+                        "(weight-only NVFP4-16 lm_head, opt-in)")
     p.add_argument("--batch-tokens", type=positive_int, help="padded tokens per scoring batch")
     p.add_argument("--ppl-batch", type=positive_int, help="windows per perplexity batch")
     p.add_argument("--out", default="results", help="results folder (default results/)")

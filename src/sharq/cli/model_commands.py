@@ -22,6 +22,7 @@ examples:
   sharq quantize --preset sharq-nvfp4 --out smollm2-sharq        # the packaged SmolLM2-135M
   sharq quantize path/to/hf-folder --preset sharq-nvfp4-w16 --out ckpt --max-shard-size 2GB
   sharq quantize model.gguf --out ckpt --json                     # machine-readable summary
+  sharq quantize --lm-head nvfp4-w16 --out smollm2-sharq-lmh      # + weight-only NVFP4-16 lm_head
 
 The folder holds model.safetensors (packed FP4 codes, uint8 block scales, FP32 global scales, every
 other tensor in the model dtype), config.json with a "quantization_config", the generation config and
@@ -47,6 +48,7 @@ the careful measurements."""
 
 BENCH_DECODE_CHOICES = ("eager", "graph", "graph-compile")  # = sharq.runtime.timing.BENCH_DECODE (no torch at parse time)
 DECODE_CHOICES = ("auto", "eager", "compile", "graph")  # = sharq.runtime.generation.DECODE_MODES (not imported: no torch at parse time)
+LM_HEAD_CHOICES = ("model-dtype", "nvfp4-w16")  # = sharq.config.LmHead values (no torch at parse time)
 
 
 def _quantizing_presets() -> list[str]:
@@ -145,7 +147,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     check_output_folder(args.out, args.force)
     if is_sharq_checkpoint(args.model):
         raise ValueError(f"{args.model} is already a sharq checkpoint; quantize the original model instead")
-    config = SharqConfig.from_preset(args.preset, granularity=args.granularity)
+    config = SharqConfig.from_preset(args.preset, granularity=args.granularity, lm_head=args.lm_head)
     start = time.perf_counter()
     device = _default_device(args.device)
     model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype), device=device, require_tokenizer=False)
@@ -287,7 +289,11 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
     q.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                    help="dtype of the model's unquantized tensors (default bfloat16)")
     q.add_argument("--exclude", type=csv_or_empty, default=("lm_head",), metavar="NAMES",
-                   help="comma-separated module names kept unquantized (default lm_head)")
+                   help="comma-separated module names kept out of the SharQ conversion (default lm_head)")
+    q.add_argument("--lm-head", choices=LM_HEAD_CHOICES, default="model-dtype",
+                   help="SharqConfig.lm_head: model-dtype (default: the lm_head stays as it is) or nvfp4-w16 "
+                        "(opt-in, beyond the paper: weight-only NVFP4 with 16-blocks, input in the model dtype; "
+                        "a tied embedding is untied and keeps its weight)")
     q.add_argument("--max-shard-size", default="4GB", metavar="SIZE", help="bytes per safetensors file, e.g. 500MB, 2GB (default 4GB)")
     q.add_argument("--force", action="store_true", help="overwrite DIR when it holds a sharq checkpoint already")
     _common(q)

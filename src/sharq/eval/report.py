@@ -146,12 +146,14 @@ def merge_docs(base: dict, *others: dict) -> dict:
     """One document holding the runs of `base` and `others` (evaluations of the same model with the same
     metric settings, e.g. run as parallel processes): a run found in a later document replaces the
     same (preset, granularity) before it. Raises ValueError when model or measurement settings differ."""
-    keys = ("model", "limit", "ppl_tokens", "seq_len", "tasks", "dtype")
+    keys = ("model", "limit", "ppl_tokens", "seq_len", "tasks", "dtype", "lm_head")
+    default = {"lm_head": "model-dtype"}  # documents written before the setting existed
     merged = {**base, "rows": list(base["rows"]), "extra_rows": list(base.get("extra_rows", [])),
               "run_seconds": dict(base.get("run_seconds", {}))}
     for doc in others:
         for key in keys:
-            a, b = base.get("settings", {}).get(key), doc.get("settings", {}).get(key)
+            a = base.get("settings", {}).get(key, default.get(key))
+            b = doc.get("settings", {}).get(key, default.get(key))
             if a != b:
                 raise ValueError(f"cannot merge evaluations with different {key}: {a!r} vs {b!r}")
         runs = {(r["preset"], r["granularity"]) for r in doc["rows"]}

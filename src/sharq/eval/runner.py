@@ -57,6 +57,7 @@ class EvalSettings:
     ppl_batch: int | None = None  # windows per perplexity batch (None: 8 cuda / 1 cpu)
     backend: str = "auto"  # the runtime backend of every run ("triton": the fused preparation kernel)
     operand: str | None = None  # SharqConfig.operand of every run (None: the preset's own, "auto")
+    lm_head: str = "model-dtype"  # SharqConfig.lm_head of every quantizing preset's run (bf16 keeps its own)
 
     def resolved(self) -> "EvalSettings":
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,6 +167,9 @@ def evaluate(
     doc = _load_existing(json_path) if resume else None
     if doc is not None and doc.get("settings", {}).get("model") != settings.model:
         raise ValueError(f"{json_path} holds results for another model; pass another name or drop resume")
+    if doc is not None and doc.get("settings", {}).get("lm_head", "model-dtype") != settings.lm_head:
+        raise ValueError(f"{json_path} holds results with another lm_head (SharqConfig.lm_head); pass another name "
+                         "or drop resume")
     if doc is None:
         doc = {"model": _model_label(settings.model), "caveat": PRETRAINED_CAVEAT if settings.model == SMOLLM2 else None,
                "rows": [], "extra_rows": []}
@@ -184,7 +188,8 @@ def evaluate(
             log(f"{preset} ({granularity}): already in {json_path}, skipped")
             continue
         start = time.perf_counter()
-        config = SharqConfig.from_preset(preset, granularity=granularity,
+        head = settings.lm_head if PRESETS[preset].quantizes else "model-dtype"
+        config = SharqConfig.from_preset(preset, granularity=granularity, lm_head=head,
                                          **({"operand": settings.operand} if settings.operand else {}))
         options = RuntimeOptions(backend=settings.backend)
         model = copy.deepcopy(base).to(settings.device)
@@ -199,17 +204,18 @@ def evaluate(
             bar.close()
             log(f"  {preset} ({granularity}) {metric}: {res.describe()}")
             rows.append(dict(preset=preset, granularity=granularity, metric=metric, value=res.ppl, n=res.tokens,
-                             windows=res.windows, corpus_tokens=res.corpus_tokens, backend=backend))
+                             windows=res.windows, corpus_tokens=res.corpus_tokens, backend=backend, lm_head=head))
         if settings.tasks:
             task_results = run_tasks(model, tokenizer, settings.tasks, limit=settings.limit,
                                      max_length=settings.seq_len, max_batch_tokens=settings.batch_tokens,
                                      encode_cache=encode_cache, progress=progress)
             for task, res in task_results.items():
-                head = HEADLINE_METRIC[task]
-                rows.append(dict(preset=preset, granularity=granularity, metric=task, value=res[head], n=res["n"],
-                                 stderr=res.get(f"{head}_stderr"), lm_eval_metric=head, backend=backend))
+                metric = HEADLINE_METRIC[task]
+                rows.append(dict(preset=preset, granularity=granularity, metric=task, value=res[metric], n=res["n"],
+                                 stderr=res.get(f"{metric}_stderr"), lm_eval_metric=metric, backend=backend,
+                                 lm_head=head))
                 for key, value in res.items():
-                    if key not in ("n", head, f"{head}_stderr") and not key.endswith("_stderr"):
+                    if key not in ("n", metric, f"{metric}_stderr") and not key.endswith("_stderr"):
                         extra.append(dict(preset=preset, granularity=granularity, metric=f"{task}_{key}",
                                           value=value, n=res["n"], stderr=res.get(f"{key}_stderr")))
         del model

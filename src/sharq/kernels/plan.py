@@ -18,7 +18,8 @@ The M > 16 boundaries come from benchmarks/tune_split.py's sweeps (docs/performa
 `operand="auto"` is exact up to AUTO_EXACT_MAX_ROWS (16) rows and bf16-sum above (SPEC §7), so its
 calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows and runs `gemm_fp4`'s FP32
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
-The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
+The weight-only quantized lm_head has its own small plan (`plan_lm_head`: W4A16 GEMV, then gemm_fp4 with
+one bf16 term). The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
 and `tiles` reports them.
 
 Mixture-of-experts layers (`nn.experts.SharqExperts`) take one more decision, `plan_experts`: a layer
@@ -46,7 +47,8 @@ from ..config import Format, Operand, SharqConfig
 from ..options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 
 __all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M", "ExpertsPlan", "plan_experts",
-           "experts_input_plan", "experts_max_tiles", "experts_plan_table", "EXPERTS_GEMV_MAX_TOKENS", "ROUTINGS"]
+           "experts_input_plan", "experts_max_tiles", "experts_plan_table", "EXPERTS_GEMV_MAX_TOKENS", "ROUTINGS",
+           "LM_HEAD_GEMV_MAX_M", "plan_lm_head"]
 
 # the decode GEMV takes exact NVFP4 calls of up to this many rows; beyond them the tensor-core GEMM with
 # the packed decode and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json:
@@ -120,6 +122,22 @@ def plan_linear(rows: int, config: SharqConfig, device: torch.device | str,
                 return LinearPlan(rows, backend, operand, "operand-split", "pair-split")
             return LinearPlan(rows, backend, operand, "operand-rows", _rows_gemm(rows))
     return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows))
+
+
+# The weight-only quantized lm_head (SPEC §9, `ops.lm_head_linear`) on the Triton backend: its input is
+# one bf16 term (the hidden state, s_x = 1), no preparation. Up to this many rows the W4A16 GEMV
+# (gemv_w4a16.py); above, gemm_fp4 with that one term: the packed decode up to 16 rows, the FP32
+# decode below SCRATCH_MIN_M, the bf16 scratch weight from there. The 2 follows GEMV_AUTO_MAX_M; it
+# was not tuned for the W4A16 GEMV (no GPU measurement of it yet).
+LM_HEAD_GEMV_MAX_M = 2
+
+
+def plan_lm_head(rows: int) -> str:
+    """The kernel a Triton lm_head call of `rows` rows runs: "w4a16-gemv" | "small-m" | "fp32-decode" |
+    "bf16-scratch" (the names of `LinearPlan.gemm`)."""
+    if rows <= LM_HEAD_GEMV_MAX_M:
+        return "w4a16-gemv"
+    return "small-m" if rows <= 16 else _rows_gemm(rows)
 
 
 def _rows_gemm(rows: int) -> str:
