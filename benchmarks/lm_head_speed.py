@@ -25,10 +25,10 @@ from sharq.config import SharqConfig
 from sharq.kernels.plan import plan_lm_head
 from sharq.nn import SharqLMHead
 from sharq.ops import resolve_lm_head_backend
-from sharq.timing import median_seconds
+from sharq.runtime.timing import median_seconds
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_json  # noqa: E402
+from harness import write_json  # noqa: E402
 
 SHAPES = {"smollm2": (49152, 576), "llama3-8b": (128256, 4096)}  # (vocabulary N, hidden K)
 

@@ -18,7 +18,7 @@ from sharq import SharqConfig
 from sharq.checkpoint import CheckpointError
 from sharq.checkpoint.reader import open_checkpoint
 from sharq.config import Format, preset_name
-from sharq.formats import quantize
+from sharq.formats import quantize_tensor
 from sharq.nn import SharqLMHead
 from sharq.ops import lm_head_reference
 
@@ -69,7 +69,7 @@ def test_module_holds_the_shared_quantizers_payload_and_computes_the_reference(w
     with torch.no_grad():
         linear.weight.copy_(torch.randn(40, 72, generator=g) * torch.exp(torch.randn(40, 1, generator=g)))
     head = SharqLMHead.from_float(linear, HEAD.replace(weight_scale=weight_scale))
-    want = quantize(linear.weight.detach(), Format.NVFP4, 16, scale_rule=weight_scale)
+    want = quantize_tensor(linear.weight.detach(), Format.NVFP4, 16, scale_rule=weight_scale)
     qt = head.quantized_weight
     assert (qt.format, qt.block, qt.shape) == (Format.NVFP4, 16, (40, 72))
     assert torch.equal(qt.codes, want.codes) and torch.equal(qt.scales, want.scales)
@@ -126,7 +126,7 @@ def test_quantize_unties_and_the_embedding_keeps_its_weight():
         want = lm_head_reference(hidden.reshape(-1, hidden.shape[-1]), head, None).reshape(2, 11, VOCAB)
         assert torch.equal(model(ids).logits, want)
         # the float head of the untied weight is the embedding's: it was quantized from it
-        assert torch.equal(head.codes, quantize(before, Format.NVFP4, 16).codes)
+        assert torch.equal(head.codes, quantize_tensor(before, Format.NVFP4, 16).codes)
 
 
 def test_untied_model_records_no_untying_and_errors_name_the_field():
