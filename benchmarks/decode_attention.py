@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-
-from harness import environment, graph_ms, write_json
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
 from transformers.integrations.sdpa_attention import repeat_kv
 
+from harness import environment, graph_ms, write_json
 
 HEADS, KV_HEADS, DIM = 32, 8, 128
 GROUPS = HEADS // KV_HEADS
@@ -38,17 +36,19 @@ GROUPS = HEADS // KV_HEADS
 def variants(q, k, v, mask):
     b = q.shape[0]
     stacked = q.reshape(b, KV_HEADS, GROUPS, DIM)
-    scale = DIM ** -0.5
+    scale = DIM**-0.5
 
     def repeat():
-        return F.scaled_dot_product_attention(q, repeat_kv(k, GROUPS), repeat_kv(v, GROUPS), attn_mask=mask,
-                                              scale=scale)
+        return F.scaled_dot_product_attention(
+            q, repeat_kv(k, GROUPS), repeat_kv(v, GROUPS), attn_mask=mask, scale=scale
+        )
 
     def pinned(backend):
         def run():
             with sdpa_kernel([backend]):
                 out = F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask, scale=scale)
             return out.reshape(b, HEADS, 1, DIM)
+
         return run
 
     def default():
@@ -75,9 +75,16 @@ def variants(q, k, v, mask):
     def triton_split():
         return decode_attention_triton(q, k, v, mask, scale).transpose(1, 2)
 
-    return {"repeat": repeat, "stacked-triton": triton_split, "flex-compiled": flex_compiled, "stacked": default, "stacked-efficient": pinned(SDPBackend.EFFICIENT_ATTENTION),
-            "stacked-cudnn": pinned(SDPBackend.CUDNN_ATTENTION), "stacked-math": pinned(SDPBackend.MATH),
-            "stacked-bmm": bmm}
+    return {
+        "repeat": repeat,
+        "stacked-triton": triton_split,
+        "flex-compiled": flex_compiled,
+        "stacked": default,
+        "stacked-efficient": pinned(SDPBackend.EFFICIENT_ATTENTION),
+        "stacked-cudnn": pinned(SDPBackend.CUDNN_ATTENTION),
+        "stacked-math": pinned(SDPBackend.MATH),
+        "stacked-bmm": bmm,
+    }
 
 
 def time_graph(fn, calls: int = 50) -> float:
@@ -92,8 +99,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.manual_seed(0)
-    doc = dict(**environment(), heads=HEADS, kv_heads=KV_HEADS,
-               head_dim=DIM, slots=args.slots, visible=args.visible, rows=[])
+    doc = dict(
+        **environment(), heads=HEADS, kv_heads=KV_HEADS, head_dim=DIM, slots=args.slots, visible=args.visible, rows=[]
+    )
     for batch in (1, 8):
         q = torch.randn(batch, HEADS, 1, DIM, device="cuda", dtype=torch.bfloat16)
         k, v = (torch.randn(batch, KV_HEADS, args.slots, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))

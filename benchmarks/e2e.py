@@ -52,8 +52,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sharq  # noqa: E402
-from harness import gpu_tag  # noqa: E402
 from e2e_models import MODELS, build_model, is_moe, weight_bytes  # noqa: E402
+from harness import gpu_tag  # noqa: E402
 from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
 from sharq.runtime import StaticDecoder  # noqa: E402
 
@@ -103,8 +103,11 @@ def time_ms(fn, device: torch.device, *, reps: int, warmup: int = 1, setup=None)
 
 
 def _stats(values: list[float]) -> dict:
-    return {"value": statistics.median(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "samples": len(values)}
+    return {
+        "value": statistics.median(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "samples": len(values),
+    }
 
 
 # --- providers -------------------------------------------------------------------------------------
@@ -114,14 +117,20 @@ def convert(model: nn.Module, provider: str) -> dict:
         return {"linear": "torch.nn.Linear bf16 (cuBLAS)"}
     if provider == "fp8":
         report = fp8_quantize_(model)
-        return {"linear": "Fp8Linear: E4M3 per-channel weight, per-token E4M3 activation, torch._scaled_mm",
-                "converted": len(report.converted)}
+        return {
+            "linear": "Fp8Linear: E4M3 per-channel weight, per-token E4M3 activation, torch._scaled_mm",
+            "converted": len(report.converted),
+        }
     if provider == "sharq":
         report = sharq.quantize_(model, "sharq-nvfp4")
         device = next(model.parameters()).device
         backend = sharq.ops.resolve_backend(report.config, device).value
-        facts = {"linear": "SharqLinear sharq-nvfp4", "backend": backend, "converted": len(report.converted),
-                 "summary": report.summary()}
+        facts = {
+            "linear": "SharqLinear sharq-nvfp4",
+            "backend": backend,
+            "converted": len(report.converted),
+            "summary": report.summary(),
+        }
         plans = experts_plans(model, device)
         if plans:
             facts["experts_plans"] = plans
@@ -141,8 +150,10 @@ def experts_plans(model: nn.Module, device: torch.device) -> dict:
     if experts is None:
         return {}
     top_k = model.config.num_experts_per_tok
-    return {name: experts.plan(tokens, top_k, device).describe()
-            for name, tokens in (("decode_b1", 1), (f"decode_b{SERVING_BATCH}", SERVING_BATCH), ("prefill_1024", 1024))}
+    return {
+        name: experts.plan(tokens, top_k, device).describe()
+        for name, tokens in (("decode_b1", 1), (f"decode_b{SERVING_BATCH}", SERVING_BATCH), ("prefill_1024", 1024))
+    }
 
 
 # --- scenarios -------------------------------------------------------------------------------------
@@ -154,19 +165,26 @@ def _ids(batch: int, length: int, vocab: int, device: torch.device, seed: int) -
 def prefill_ms(model, tokens: int, vocab: int, device, reps: int) -> dict:
     ids = _ids(1, tokens, vocab, device, seed=tokens)
     with torch.no_grad():
-        times = time_ms(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, reps=reps,
-                        warmup=2)
+        times = time_ms(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, reps=reps, warmup=2)
     return {**_stats(times), "unit": "ms", "tokens": tokens}
 
 
 def decode_ms(decoder: StaticDecoder, context: int, steps: int, reps: int, device) -> dict:
     """ms per decode step at `context` cached tokens (after a prefill of `context`; the cache is
     rewound to it before each run)."""
-    times = time_ms(lambda: decoder.decode(steps, keep=False), device, reps=reps, warmup=1,
-                    setup=lambda: decoder.rewind(context))
+    times = time_ms(
+        lambda: decoder.decode(steps, keep=False), device, reps=reps, warmup=1, setup=lambda: decoder.rewind(context)
+    )
     per_token = [t / steps for t in times]
-    return {**_stats(per_token), "unit": "ms/token", "batch": decoder.batch_size, "context": context,
-            "steps": steps, "cuda_graph": decoder.graph_enabled, "compiled": decoder.compile_backend}
+    return {
+        **_stats(per_token),
+        "unit": "ms/token",
+        "batch": decoder.batch_size,
+        "context": context,
+        "steps": steps,
+        "cuda_graph": decoder.graph_enabled,
+        "compiled": decoder.compile_backend,
+    }
 
 
 def serving_tokens_per_s(decoder: StaticDecoder, prompts: torch.Tensor, new_tokens: int, reps: int, device) -> dict:
@@ -178,8 +196,14 @@ def serving_tokens_per_s(decoder: StaticDecoder, prompts: torch.Tensor, new_toke
 
     times = time_ms(run, device, reps=reps, warmup=1)
     rates = [batch * new_tokens / (t / 1e3) for t in times]
-    return {**_stats(rates), "unit": "tokens/s", "batch": batch, "input_tokens": prompts.shape[1],
-            "new_tokens": new_tokens, "ms": statistics.median(times)}
+    return {
+        **_stats(rates),
+        "unit": "tokens/s",
+        "batch": batch,
+        "input_tokens": prompts.shape[1],
+        "new_tokens": new_tokens,
+        "ms": statistics.median(times),
+    }
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -261,8 +285,10 @@ def _decode_rows(model, provider, args, device, results: Results, vocab: int) ->
                 decoder.decode(2, keep=False)  # captures the step (graph=True)
                 break
             except Exception as err:
-                log(f"  {provider:5s} StaticDecoder(batch {batch}, graph={graph}, compile={step_compile}) failed: "
-                    f"{type(err).__name__}: {err}")
+                log(
+                    f"  {provider:5s} StaticDecoder(batch {batch}, graph={graph}, compile={step_compile}) failed: "
+                    f"{type(err).__name__}: {err}"
+                )
                 decoder = None
                 gc.collect()
         if decoder is None:
@@ -277,12 +303,20 @@ def _decode_rows(model, provider, args, device, results: Results, vocab: int) ->
         note = {"note": "; ".join(notes)} if notes else {}
         for name in names:
             if name == "serving_mix":
-                _guarded(results, name, provider, lambda: {**serving_tokens_per_s(
-                    decoder, prompts, new, max(1, args.reps // 2), device), **note})
+                _guarded(
+                    results,
+                    name,
+                    provider,
+                    lambda: {**serving_tokens_per_s(decoder, prompts, new, max(1, args.reps // 2), device), **note},
+                )
             else:
                 decoder.prefill(prompts)
-                _guarded(results, name, provider,
-                         lambda: {**decode_ms(decoder, context, args.decode_steps, args.reps, device), **note})
+                _guarded(
+                    results,
+                    name,
+                    provider,
+                    lambda: {**decode_ms(decoder, context, args.decode_steps, args.reps, device), **note},
+                )
         decoder = None  # (not del: the timed lambdas above close over the name)
         gc.collect()
 
@@ -313,12 +347,16 @@ def run_provider(provider: str, args, device: torch.device, results: Results, pr
     if "weight_bytes" in scenarios:
         total, linear = weight_bytes(model, _LINEARS)
         results.add("weight_bytes", provider, {"value": total, "unit": "bytes", "linear_bytes": linear})
-        results.add("weight_bytes_linear", provider, {"value": linear, "unit": "bytes",
-                                                      "note": "quantized linears only (no embeddings, lm_head, norms)"})
+        results.add(
+            "weight_bytes_linear",
+            provider,
+            {"value": linear, "unit": "bytes", "note": "quantized linears only (no embeddings, lm_head, norms)"},
+        )
     for tokens in (1024, 4096):
         if f"prefill_{tokens}" in scenarios:
-            _guarded(results, f"prefill_{tokens}", provider,
-                     lambda: prefill_ms(model, tokens, vocab, device, args.reps))
+            _guarded(
+                results, f"prefill_{tokens}", provider, lambda: prefill_ms(model, tokens, vocab, device, args.reps)
+            )
     if args.profile:
         try:
             ids = _ids(1, args.profile_tokens, vocab, device, seed=7)
@@ -328,16 +366,24 @@ def run_provider(provider: str, args, device: torch.device, results: Results, pr
                 from e2e_profile import profile_forward
 
                 profiles[provider] = {"tokens": args.profile_tokens, **profile_forward(forward, device)}
-            log(f"  {provider:5s} profile of prefill {args.profile_tokens}: " +
-                ", ".join(f"{c} {100 * v:.0f}%" for c, v in profiles[provider]["share"].items()))
+            log(
+                f"  {provider:5s} profile of prefill {args.profile_tokens}: "
+                + ", ".join(f"{c} {100 * v:.0f}%" for c, v in profiles[provider]["share"].items())
+            )
         except Exception as err:
             log(f"  {provider:5s} profile FAILED: {type(err).__name__}: {err}")
     _decode_rows(model, provider, args, device, results, vocab)
     if "peak_bytes" in scenarios:
         if cuda:
-            results.add("peak_bytes", provider, {"value": torch.cuda.max_memory_allocated(device), "unit": "bytes",
-                                                 "note": "after conversion: model, KV caches (batch 1 and 8), "
-                                                         "activations, CUDA-graph pools"})
+            results.add(
+                "peak_bytes",
+                provider,
+                {
+                    "value": torch.cuda.max_memory_allocated(device),
+                    "unit": "bytes",
+                    "note": "after conversion: model, KV caches (batch 1 and 8), activations, CUDA-graph pools",
+                },
+            )
         else:
             results.add("peak_bytes", provider, {"value": None, "unit": "bytes", "note": "not measured on the CPU"})
     model = None  # (not del: the timed lambdas above close over the name)
@@ -362,14 +408,19 @@ def _csv(choices):
         if bad or not items:
             raise argparse.ArgumentTypeError(f"unknown {bad or 'empty list'}; choose from {','.join(choices)}")
         return items
+
     return parse
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="llama-3.1-8b")
-    ap.add_argument("--providers", type=_csv(PROVIDERS), default=None,
-                    help="default: all three; sharq,bf16 for a MoE model (the fp8 baseline refuses experts)")
+    ap.add_argument(
+        "--providers",
+        type=_csv(PROVIDERS),
+        default=None,
+        help="default: all three; sharq,bf16 for a MoE model (the fp8 baseline refuses experts)",
+    )
     ap.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS))
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
@@ -377,15 +428,27 @@ def parse_args(argv=None):
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt in serving_mix (128)")
     ap.add_argument("--decode-steps", type=int, default=32, help="decode steps per timed decode run (32)")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions, median reported (5)")
-    ap.add_argument("--compile", default=None, choices=["inductor", "none"],
-                    help="torch.compile backend of the decode step before the CUDA graph captures it "
-                         "(default: inductor on CUDA, none on the CPU; none: the eager step is captured)")
-    ap.add_argument("--layers", type=int, default=None,
-                    help="decoder layers to build (default: the model's; fewer run the same layer shapes faster)")
+    ap.add_argument(
+        "--compile",
+        default=None,
+        choices=["inductor", "none"],
+        help="torch.compile backend of the decode step before the CUDA graph captures it "
+        "(default: inductor on CUDA, none on the CPU; none: the eager step is captured)",
+    )
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="decoder layers to build (default: the model's; fewer run the same layer shapes faster)",
+    )
     ap.add_argument("--profile", action="store_true", help="profile one prefill per provider (time by category)")
     ap.add_argument("--profile-tokens", type=int, default=1024)
-    ap.add_argument("--budget-s", type=float, default=float("inf"),
-                    help="start no new measurement after this many seconds (the JSON and charts are still written)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=float("inf"),
+        help="start no new measurement after this many seconds (the JSON and charts are still written)",
+    )
     args = ap.parse_args(argv)
     if args.context < 1 or args.new_tokens < 2 or args.decode_steps < 1 or args.reps < 1:
         ap.error("--context, --decode-steps and --reps must be >= 1 and --new-tokens >= 2")
@@ -411,15 +474,28 @@ def main(argv=None) -> Path:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    doc = {"gpu": gpu, "torch": torch.__version__, "triton": triton_version, "transformers": transformers.__version__,
-           "sharq": sharq.__version__, "model": args.model, "config": {k: v for k, v in MODELS[args.model].items()},
-           "settings": {"context": args.context, "new_tokens": args.new_tokens, "decode_steps": args.decode_steps,
-                        "reps": args.reps, "serving_batch": SERVING_BATCH, "decode_compile": args.compile,
-                        "layers": args.layers or MODELS[args.model]["num_hidden_layers"]},
-           "timing": "CUDA events, warm-up excluded, median; prefill: eager forward (logits of the last token); "
-                     "decode/serving: StaticCache + decode step (torch.compile unless decode_compile is none) in a "
-                     "CUDA graph, greedy on device",
-           "rows": []}
+    doc = {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "transformers": transformers.__version__,
+        "sharq": sharq.__version__,
+        "model": args.model,
+        "config": {k: v for k, v in MODELS[args.model].items()},
+        "settings": {
+            "context": args.context,
+            "new_tokens": args.new_tokens,
+            "decode_steps": args.decode_steps,
+            "reps": args.reps,
+            "serving_batch": SERVING_BATCH,
+            "decode_compile": args.compile,
+            "layers": args.layers or MODELS[args.model]["num_hidden_layers"],
+        },
+        "timing": "CUDA events, warm-up excluded, median; prefill: eager forward (logits of the last token); "
+        "decode/serving: StaticCache + decode step (torch.compile unless decode_compile is none) in a "
+        "CUDA graph, greedy on device",
+        "rows": [],
+    }
     results = Results(out / f"{stem}.json", doc)
     log(f"{args.model} on {gpu}: providers {args.providers}, scenarios {args.scenarios}")
     profiles: dict = {}
@@ -442,7 +518,8 @@ def main(argv=None) -> Path:
         if profiles:
             prof_doc = {k: doc[k] for k in ("gpu", "torch", "triton", "transformers", "sharq", "model")}
             (out / f"{stem.replace('e2e', 'e2e-profile', 1)}.json").write_text(
-                json.dumps({**prof_doc, "providers": profiles}, indent=1))
+                json.dumps({**prof_doc, "providers": profiles}, indent=1)
+            )
     try:
         from e2e_plot import plot
 

@@ -37,8 +37,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default="results/error-budget-smollm2.json")
-    ap.add_argument("--presets", default="nvfp4,sharq-nvfp4,sharq-nvfp4-w16",
-                    help="comma-separated presets (e.g. the -mse ones: nvfp4-mse,sharq-nvfp4-mse,...)")
+    ap.add_argument(
+        "--presets",
+        default="nvfp4,sharq-nvfp4,sharq-nvfp4-w16",
+        help="comma-separated presets (e.g. the -mse ones: nvfp4-mse,sharq-nvfp4-mse,...)",
+    )
     ap.add_argument("--parts", default="weights,activations,both", help="which of weights,activations,both")
     args = ap.parse_args()
     base, tok = load_model("smollm2", dtype=getattr(torch, args.dtype))
@@ -64,11 +67,25 @@ def main() -> None:
                 model.set_submodule(name, FakeQuantLinear(weight, bias, sharq_activation(cfg) if a else None))
         start = time.perf_counter()
         res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
-        rows.append(dict(preset=preset, quantized=part or "nothing", ppl=res.ppl, tokens=res.tokens,
-                         seconds=round(time.perf_counter() - start, 1)))
+        rows.append(
+            dict(
+                preset=preset,
+                quantized=part or "nothing",
+                ppl=res.ppl,
+                tokens=res.tokens,
+                seconds=round(time.perf_counter() - start, 1),
+            )
+        )
         print(f"{preset:16s} {part or 'nothing':12s} ppl {res.ppl:8.3f}  ({res.describe()})", flush=True)
-    doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF)", caveat=PRETRAINED_CAVEAT, device=args.device,
-               dtype=args.dtype, torch=torch.__version__, seq_len=args.seq_len, rows=rows)
+    doc = dict(
+        model="SmolLM2-135M-Instruct (Q4_1 GGUF)",
+        caveat=PRETRAINED_CAVEAT,
+        device=args.device,
+        dtype=args.dtype,
+        torch=torch.__version__,
+        seq_len=args.seq_len,
+        rows=rows,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(f"wrote {args.out}")

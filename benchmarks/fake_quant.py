@@ -15,9 +15,11 @@ __all__ = ["FakeQuantLinear", "sharq_activation"]
 
 def sharq_activation(config: SharqConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     """x (M, K) -> x̂ = deq(B) + deq(R) (FP32, x's domain) under `config` (the reference numerics)."""
+
     def act(x: torch.Tensor) -> torch.Tensor:
         d = decompose(x, config)
         return d.backbone + d.residual
+
     return act
 
 
@@ -25,8 +27,9 @@ class FakeQuantLinear(nn.Module):
     """weight (N, K) FP32 as given; bias (N,) FP32 or None; act: x (M, K) -> x̂ (M, K), or None for
     x itself. Input (..., K) in any float dtype -> (..., N) in that dtype."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
-                 act: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, act: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
         super().__init__()
         self.weight, self.bias, self.act = weight.float(), None if bias is None else bias.float(), act
 

@@ -22,8 +22,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["graph_ms", "copies_beyond_l2", "environment", "gpu_tag", "write_json", "best_tiling", "layer_parser",
-           "selected_layers", "rotated_weights"]
+__all__ = [
+    "graph_ms",
+    "copies_beyond_l2",
+    "environment",
+    "gpu_tag",
+    "write_json",
+    "best_tiling",
+    "layer_parser",
+    "selected_layers",
+    "rotated_weights",
+]
 
 L2_FLUSH_BYTES = 150_000_000
 
@@ -72,8 +81,15 @@ def environment(device: str | torch.device = "cuda") -> dict:
 
     device = torch.device(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return dict(gpu=gpu, torch=torch.__version__, triton=version("triton"), transformers=version("transformers"),
-                sharq=__version__, cuda=torch.version.cuda, date=datetime.date.today().isoformat())
+    return dict(
+        gpu=gpu,
+        torch=torch.__version__,
+        triton=version("triton"),
+        transformers=version("transformers"),
+        sharq=__version__,
+        cuda=torch.version.cuda,
+        date=datetime.date.today().isoformat(),
+    )
 
 
 def gpu_tag(gpu: str) -> str:
@@ -90,8 +106,12 @@ def write_json(doc: dict, out_dir: str | Path, stem: str) -> Path:
     return path
 
 
-def best_tiling(candidates: Iterable[dict], run: Callable[[dict], object], time: Callable[[dict], float],
-                check: Callable[[object], float] | None = None) -> tuple[list[dict], dict | None]:
+def best_tiling(
+    candidates: Iterable[dict],
+    run: Callable[[dict], object],
+    time: Callable[[dict], float],
+    check: Callable[[object], float] | None = None,
+) -> tuple[list[dict], dict | None]:
     """Each candidate tiling: `run(tiles)` once (a tiling that does not fit the GPU raises and is
     skipped), `check(result)` (an error to record, e.g. relative to a reference), `time(tiles)` in ms.
     Returns (one row per tiling that ran: {"tiles", "ms", "err"}, the fastest row or None)."""

@@ -55,8 +55,7 @@ def main() -> None:
         pieces = {
             "linear": lambda: layer(x),
             "prepare": lambda: prepare_activation_triton(x, config, with_terms=True, terms_layout="auto"),
-            "gemm": lambda: linear_from_prepared(prepared, layer.quantized_weight, None, torch.bfloat16,
-                                                 one_gemm=True),
+            "gemm": lambda: linear_from_prepared(prepared, layer.quantized_weight, None, torch.bfloat16, one_gemm=True),
             "empty": lambda: torch.empty(m, n, device="cuda", dtype=torch.bfloat16),
         }
         with torch.no_grad():

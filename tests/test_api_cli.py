@@ -3,10 +3,9 @@
 import json
 import subprocess
 import sys
-
-import pytest
 from pathlib import Path
 
+import pytest
 import torch
 
 import sharq
@@ -14,11 +13,36 @@ import sharq
 
 def test_public_api_names():
     """__all__ is the API docs/usage.md documents, every name exists, and nothing else is exported."""
-    documented = {"SharqConfig", "PRESETS", "Format", "Granularity", "Operand", "Residual", "WeightScale",
-                  "LmHead", "SharqLMHead", "Backend", "RuntimeOptions", "set_runtime_options", "quantize_", "ConversionReport",
-                  "save_quantized", "load_quantized", "load_tokenizer", "CheckpointError", "SharqLinear",
-                  "decompose", "Decomposition", "prepare_activation", "PreparedActivation", "quantize_weight",
-                  "sharq_linear", "quantize_tensor", "QuantizedTensor", "__version__"}
+    documented = {
+        "SharqConfig",
+        "PRESETS",
+        "Format",
+        "Granularity",
+        "Operand",
+        "Residual",
+        "WeightScale",
+        "LmHead",
+        "SharqLMHead",
+        "Backend",
+        "RuntimeOptions",
+        "set_runtime_options",
+        "quantize_",
+        "ConversionReport",
+        "save_quantized",
+        "load_quantized",
+        "load_tokenizer",
+        "CheckpointError",
+        "SharqLinear",
+        "decompose",
+        "Decomposition",
+        "prepare_activation",
+        "PreparedActivation",
+        "quantize_weight",
+        "sharq_linear",
+        "quantize_tensor",
+        "QuantizedTensor",
+        "__version__",
+    }
     assert set(sharq.__all__) == documented
     assert all(hasattr(sharq, name) for name in documented)
     usage = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()

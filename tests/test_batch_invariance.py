@@ -17,12 +17,10 @@ What holds, measured on the CPU (reference) and under TRITON_INTERPRET=1 (Triton
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 
 from sharq import PRESETS, SharqLinear  # noqa: E402
 from sharq.options import RuntimeOptions  # noqa: E402

@@ -24,7 +24,7 @@ def bench_path():
 def test_benchmark_imports(bench_path, name):
     pytest.importorskip("matplotlib")
     module = importlib.import_module(name)
-    if "__name__ == \"__main__\"" in (BENCH / f"{name}.py").read_text():
+    if '__name__ == "__main__"' in (BENCH / f"{name}.py").read_text():
         assert callable(getattr(module, "main", None)), f"{name}.py runs as a script but has no main()"
 
 
@@ -43,7 +43,8 @@ def test_harness_rules(bench_path):
             raise RuntimeError("out of resources")
         return tiles["n"] * 10
 
-    rows, best = harness.best_tiling([{"n": 1}, {"n": 2}, {"n": 3}], run=run, time=lambda t: 5.0 - t["n"],
-                                     check=lambda y: y / 100)
+    rows, best = harness.best_tiling(
+        [{"n": 1}, {"n": 2}, {"n": 3}], run=run, time=lambda t: 5.0 - t["n"], check=lambda y: y / 100
+    )
     assert calls == [1, 2, 3] and [r["tiles"]["n"] for r in rows] == [1, 3]
     assert best == {"tiles": {"n": 3}, "ms": 2.0, "err": 0.3}

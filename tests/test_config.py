@@ -11,9 +11,21 @@ from sharq import PRESETS, Backend, Format, Granularity, Operand, Residual, Runt
 from sharq.config import parse_mask, preset_name
 
 EXPECTED_PRESETS = {
-    "bf16", "nvfp4", "mxfp4", "hif4", "sharq-nvfp4", "sharq-mxfp4", "sharq-hif4",
-    "sparse-only", "dense-dense", "sparse-sparse", "naive-residual", "sharq-nvfp4-w16",
-    "nvfp4-mse", "sharq-nvfp4-mse", "sharq-nvfp4-w16-mse",
+    "bf16",
+    "nvfp4",
+    "mxfp4",
+    "hif4",
+    "sharq-nvfp4",
+    "sharq-mxfp4",
+    "sharq-hif4",
+    "sparse-only",
+    "dense-dense",
+    "sparse-sparse",
+    "naive-residual",
+    "sharq-nvfp4-w16",
+    "nvfp4-mse",
+    "sharq-nvfp4-mse",
+    "sharq-nvfp4-w16-mse",
 }
 
 
@@ -35,10 +47,22 @@ def test_json_round_trip(name):
 def test_presets_follow_the_spec_tables():
     s = PRESETS["sharq-nvfp4"]
     assert (s.format, s.mask, s.residual, s.backbone_block, s.residual_block, s.weight_block) == (
-        Format.NVFP4, "pair4of8", Residual.QUANTIZED, 32, 16, 32)
+        Format.NVFP4,
+        "pair4of8",
+        Residual.QUANTIZED,
+        32,
+        16,
+        32,
+    )
     assert PRESETS["sharq-nvfp4-w16"] == s.replace(weight_block=16)
     m = PRESETS["sharq-mxfp4"]
-    assert (m.format, m.mask, m.backbone_block, m.residual_block, m.weight_block) == (Format.MXFP4, "pair4of8", 32, 32, 32)
+    assert (m.format, m.mask, m.backbone_block, m.residual_block, m.weight_block) == (
+        Format.MXFP4,
+        "pair4of8",
+        32,
+        32,
+        32,
+    )
     h = PRESETS["sharq-hif4"]
     assert (h.format, h.mask, h.backbone_block, h.residual_block, h.weight_block) == (Format.HIF4, "2:4", 64, 64, 64)
     n = PRESETS["nvfp4"]
@@ -52,8 +76,9 @@ def test_presets_follow_the_spec_tables():
 
 
 def test_strings_coerced_and_frozen():
-    cfg = SharqConfig(format="mxfp4", backbone_block=32, residual_block=32, weight_block=32, granularity="token",
-                      operand="bf16-sum")
+    cfg = SharqConfig(
+        format="mxfp4", backbone_block=32, residual_block=32, weight_block=32, granularity="token", operand="bf16-sum"
+    )
     assert cfg.format is Format.MXFP4 and cfg.granularity is Granularity.TOKEN and cfg.operand is Operand.BF16_SUM
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.format = Format.NVFP4  # type: ignore[misc]
@@ -129,8 +154,10 @@ def test_old_records_with_runtime_fields_load_as_the_scheme():
         SharqConfig.from_dict({**old, "colour": "red"})
 
 
-@pytest.mark.parametrize("kwargs,match", [({"backend": "cuda"}, "backend='cuda' is not one of"),
-                                          ({"check_finite": 1}, "check_finite must be a bool")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"backend": "cuda"}, "backend='cuda' is not one of"), ({"check_finite": 1}, "check_finite must be a bool")],
+)
 def test_runtime_options_validate(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         RuntimeOptions(**kwargs)

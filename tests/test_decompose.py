@@ -15,8 +15,8 @@ import torch
 
 import sharq
 from sharq import PRESETS, SharqConfig, decompose, prepare_activation
-from sharq.metrics import sqnr_db
 from sharq.formats import quantize_nvfp4, unpack_nibbles
+from sharq.metrics import sqnr_db
 from sharq.sparse.masks import apply_mask, nm_mask
 
 ONE = torch.ones((), dtype=torch.float32)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 from sharq import PRESETS, SharqLinear, prepare_activation, quantize_weight  # noqa: E402
 from sharq.options import RuntimeOptions  # noqa: E402
 
@@ -96,8 +95,9 @@ def test_triton_repeats_bit_for_bit(preset, granularity, m):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["triton", "reference"])
-@pytest.mark.parametrize("preset,granularity", [("sharq-nvfp4", "token"), ("sharq-nvfp4", "tensor"),
-                                                ("sharq-mxfp4", "tensor")])
+@pytest.mark.parametrize(
+    "preset,granularity", [("sharq-nvfp4", "token"), ("sharq-nvfp4", "tensor"), ("sharq-mxfp4", "tensor")]
+)
 def test_cuda_repeats_bit_for_bit(preset, granularity, backend):
     """K = N = 4096 on CUDA, M in {1, 16, 300}: five calls, one output; quantizing the weight
     twice gives the same bytes."""

@@ -71,8 +71,15 @@ def test_compiled_graph_decode_is_close_to_eager_steps(provider):
 def test_static_decoder_matches_transformers_static_generate_on_cuda():
     model = _model("llama", "sharq")
     ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(0)).cuda()
-    expected = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
-                              cache_implementation="static", disable_compile=True)
+    expected = model.generate(
+        ids,
+        max_new_tokens=8,
+        min_new_tokens=8,
+        do_sample=False,
+        pad_token_id=0,
+        cache_implementation="static",
+        disable_compile=True,
+    )
     assert torch.equal(StaticDecoder(model, 2, 15, graph=True).generate(ids, 8), expected)
 
 

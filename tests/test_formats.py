@@ -179,8 +179,10 @@ def test_1d_2d_3d_agree(fmt, block):
     assert torch.equal(q3.reshape(-1), q1)
 
 
-@pytest.mark.parametrize("fmt,block,bits", [(Format.NVFP4, 16, 4.5), (Format.NVFP4, 32, 4.25),
-                                            (Format.MXFP4, 32, 4.25), (Format.HIF4, 64, 4.5)])
+@pytest.mark.parametrize(
+    "fmt,block,bits",
+    [(Format.NVFP4, 16, 4.5), (Format.NVFP4, 32, 4.25), (Format.MXFP4, 32, 4.25), (Format.HIF4, 64, 4.5)],
+)
 def test_real_packed_storage_bits_per_value(fmt, block, bits):
     x = torch.randn(256, 1024, dtype=torch.bfloat16)
     qt = quantize_tensor(x, fmt, block)

@@ -13,7 +13,6 @@ marked slow there); with one, on CUDA.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -31,8 +30,15 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # one small layer: the one-row GEMV runs a program per output row, slow under the interpreter
-SMALL = dict(COMMON, hidden_size=64, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
-             head_dim=32, num_hidden_layers=1)
+SMALL = dict(
+    COMMON,
+    hidden_size=64,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    num_hidden_layers=1,
+)
 
 
 def _quantized(arch: str):

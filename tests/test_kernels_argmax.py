@@ -8,7 +8,6 @@ Without a GPU the kernels run under TRITON_INTERPRET=1; `-m gpu` runs them compi
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -51,7 +50,7 @@ def test_ties_nan_inf_and_signed_zero(dtype):
     rows[6] = -inf
     rows[6, v - 1] = -1e30 if dtype != torch.float16 else -6e4  # one finite value at the very end
     rows[7] = 0.0
-    rows[7, :BLOCK + 4] = -0.0  # -0.0 == +0.0: the first of them
+    rows[7, : BLOCK + 4] = -0.0  # -0.0 == +0.0: the first of them
     rows[8, [BLOCK - 1, BLOCK]] = inf  # a tie on both sides of a slice boundary
     rows[9, torch.arange(0, v, 2)] = nan  # NaN at every even position
     x = rows.to(dtype).to(DEVICE)

@@ -8,7 +8,6 @@ the kernels run under TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -19,8 +18,8 @@ import sharq.kernels.gemm_nvfp4_split  # noqa: E402,F401  (registers sharq::fp4_
 import sharq.kernels.prepare_fp4  # noqa: E402,F401  (registers sharq::prepare_fp4)
 import sharq.kernels.prepare_split  # noqa: E402,F401  (registers sharq::prepare_split)
 from sharq import PRESETS  # noqa: E402
-from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON = RuntimeOptions(backend="triton")
@@ -36,11 +35,13 @@ def test_prepare_op_passes_opcheck():
     # sharq-nvfp4 per token and per tensor (pair4of8 backbone, quantized residual, every output), and
     # plain MXFP4 (no second-level scale, no residual)
     # and 2 rows, whose amax the preparation computes itself (per token, per tensor)
-    for args in ((x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 64, 0),
-                 (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 2, 4, 32, 2),
-                 (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, 1, 0, 32, 0),
-                 (x[:2], 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0),
-                 (x[:2], 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0)):
+    for args in (
+        (x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 64, 0),
+        (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 2, 4, 32, 2),
+        (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, 1, 0, 32, 0),
+        (x[:2], 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0),
+        (x[:2], 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0),
+    ):
         torch.library.opcheck(torch.ops.sharq.prepare_fp4.default, args)
 
 
@@ -48,8 +49,9 @@ def test_prepare_split_op_passes_opcheck():
     x = _x(20, 128)
     # sharq-nvfp4 per token / per tensor, bf16 sum and two terms, pair-split and rows layouts
     for token, two, split in ((True, False, True), (False, True, True), (True, True, False), (False, False, False)):
-        torch.library.opcheck(torch.ops.sharq.prepare_split.default,
-                              (x, token, 1, 2, 8, 1, 0, 1, 1, 32, 16, two, split, [0, 0, 0]))
+        torch.library.opcheck(
+            torch.ops.sharq.prepare_split.default, (x, token, 1, 2, 8, 1, 0, 1, 1, 32, 16, two, split, [0, 0, 0])
+        )
 
 
 def test_gemm_op_passes_opcheck():
@@ -57,10 +59,11 @@ def test_gemm_op_passes_opcheck():
     a, r = _x(5, 96, 1), _x(5, 96, 2)
     sx = torch.full((5,), 0.5, device=DEVICE)
     bias = torch.randn(24, device=DEVICE)
-    for args in ((a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.bfloat16, [0] * 7),
-                 (a, None, wq.codes, wq.scales, sx[:1], None, None, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 0]),
-                 (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.float32,
-                  [16, 16, 32, 1, 4, 2, 2])):  # the bf16-scratch path
+    for args in (
+        (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.bfloat16, [0] * 7),
+        (a, None, wq.codes, wq.scales, sx[:1], None, None, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 0]),
+        (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 2]),
+    ):  # the bf16-scratch path
         torch.library.opcheck(torch.ops.sharq.fp4_weight_gemm.default, args)
 
 
@@ -71,9 +74,10 @@ def test_split_gemm_op_passes_opcheck():
     wq = quantize_weight(torch.randn(24, 96, device=DEVICE) * 0.1, config)
     s, (t, r) = prepare_split(_x(20, 96, 1), config.replace(granularity="token"), two=True)
     bias = torch.randn(24, device=DEVICE)
-    for args in ((t, r, wq.codes, wq.scales, s.reshape(-1), wq.global_scale, bias, 32, torch.bfloat16, [0] * 6),
-                 (t, None, wq.codes, wq.scales, s.reshape(-1)[:1], None, None, 32, torch.float32,
-                  [32, 16, 64, 1, 4, 2])):
+    for args in (
+        (t, r, wq.codes, wq.scales, s.reshape(-1), wq.global_scale, bias, 32, torch.bfloat16, [0] * 6),
+        (t, None, wq.codes, wq.scales, s.reshape(-1)[:1], None, None, 32, torch.float32, [32, 16, 64, 1, 4, 2]),
+    ):
         torch.library.opcheck(torch.ops.sharq.fp4_weight_gemm_split.default, args)
 
 

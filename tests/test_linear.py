@@ -10,8 +10,8 @@ from torch import nn
 
 import sharq
 from sharq import PRESETS, RuntimeOptions, SharqConfig, SharqLinear, prepare_activation, sharq_linear
-from sharq.metrics import sqnr_db
 from sharq.formats import quantize_nvfp4
+from sharq.metrics import sqnr_db
 
 QUANT_PRESETS = [name for name, cfg in PRESETS.items() if cfg.quantizes]
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -141,7 +141,7 @@ def test_no_float_weight_is_kept(preset):
             assert t.dtype in (torch.uint8, torch.int32), (name, t.dtype)
     for name, p in layer.named_parameters():
         assert tuple(p.shape) != (n, k), name
-    assert not hasattr(layer, "weight") or not isinstance(getattr(layer, "weight"), torch.Tensor)
+    assert not hasattr(layer, "weight") or not isinstance(layer.weight, torch.Tensor)
     assert sd["weight_codes"].shape == (n, k // 2)
 
 
@@ -289,8 +289,9 @@ def test_nonfinite_input_other_formats(preset, bad):
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_check_finite_raises_naming_the_layer(bad):
-    layer = SharqLinear.from_float(make_linear(64, 8), PRESETS["sharq-nvfp4"], name="layers.0.q_proj",
-                                   options=RuntimeOptions(check_finite=True))
+    layer = SharqLinear.from_float(
+        make_linear(64, 8), PRESETS["sharq-nvfp4"], name="layers.0.q_proj", options=RuntimeOptions(check_finite=True)
+    )
     x = activations(3, 64)
     assert bool(torch.isfinite(layer(x)).all())  # finite input passes
     x[0, 0] = bad
@@ -334,8 +335,9 @@ def test_errors():
         triton_layer(torch.randn(2, 64))
     hif4_layer = SharqLinear.from_float(make_linear(64, 8), hif4)
     with pytest.raises(NotImplementedError, match="does not implement hif4"):
-        sharq_linear(torch.randn(2, 64), hif4_layer.quantized_weight, None, hif4,
-                     options=RuntimeOptions(backend="triton"))
+        sharq_linear(
+            torch.randn(2, 64), hif4_layer.quantized_weight, None, hif4, options=RuntimeOptions(backend="triton")
+        )
 
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-hif4"])

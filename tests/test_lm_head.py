@@ -155,11 +155,21 @@ def test_round_trip_of_a_tied_model_is_bit_identical(tmp_path):
     record = doc["quantization_config"]
     assert doc["tie_word_embeddings"] is False and record["tied_weights"] == {}
     assert record["preset"] == "sharq-nvfp4" and record["config"]["lm_head"] == "nvfp4-w16"
-    assert record["modules"]["lm_head"] == {"type": "lm_head", "shape": [VOCAB, 128], "bias": False, "format": "nvfp4",
-                                            "weight_block": 16, "untied_from": "model.embed_tokens.weight"}
+    assert record["modules"]["lm_head"] == {
+        "type": "lm_head",
+        "shape": [VOCAB, 128],
+        "bias": False,
+        "format": "nvfp4",
+        "weight_block": 16,
+        "untied_from": "model.embed_tokens.weight",
+    }
     stored = open_checkpoint(tmp_path / "ckpt").tensors
-    assert {"model.embed_tokens.weight", "lm_head.weight_codes", "lm_head.weight_scales",
-            "lm_head.weight_global_scale"} <= set(stored) and "lm_head.weight" not in stored
+    assert {
+        "model.embed_tokens.weight",
+        "lm_head.weight_codes",
+        "lm_head.weight_scales",
+        "lm_head.weight_global_scale",
+    } <= set(stored) and "lm_head.weight" not in stored
 
     loaded = sharq.load_quantized(tmp_path / "ckpt")
     ids = _ids()
@@ -204,8 +214,10 @@ def test_inconsistent_records_are_refused_naming_the_field(tmp_path):
         (lambda r: r["modules"].pop("lm_head"), r"config\.lm_head is 'nvfp4-w16' but .*modules holds 0 lm_head"),
         (lambda r: r["config"].update(lm_head="model-dtype"), r"config\.lm_head is 'model-dtype' but .* holds 1"),
         (lambda r: r["modules"]["lm_head"].update(weight_block=32), r"modules\['lm_head'\] is 'nvfp4'/32, a quantized"),
-        (lambda r: r["modules"]["lm_head"].update(untied_from="model.nope.weight"),
-         r"modules\['lm_head'\]\.untied_from names 'model\.nope\.weight'"),
+        (
+            lambda r: r["modules"]["lm_head"].update(untied_from="model.nope.weight"),
+            r"modules\['lm_head'\]\.untied_from names 'model\.nope\.weight'",
+        ),
         (lambda r: r["modules"]["lm_head"].update(type="lmhead"), r"'linear', 'experts' or 'lm_head'"),
     ]
     for i, (change, message) in enumerate(cases):
@@ -214,8 +226,10 @@ def test_inconsistent_records_are_refused_naming_the_field(tmp_path):
         for f in (tmp_path / "ckpt").iterdir():
             (broken / f.name).write_bytes(f.read_bytes())
         if i == 0:  # keep quantized_weights consistent, so the lm_head count is what fails
-            change = (lambda r: (r["modules"].pop("lm_head"),
-                                 r.update(quantized_weights=r["quantized_weights"] - VOCAB * 128)))
+            change = lambda r: (
+                r["modules"].pop("lm_head"),
+                r.update(quantized_weights=r["quantized_weights"] - VOCAB * 128),
+            )
         _edit(broken, change)
         with pytest.raises(CheckpointError, match=message):
             sharq.load_quantized(broken)
@@ -260,8 +274,9 @@ def test_other_architectures_tied_round_trip_and_from_pretrained(tmp_path, kind)
         config.tie_word_embeddings = True
     model.get_output_embeddings().weight = model.get_input_embeddings().weight
     report = sharq.quantize_(model, HEAD)
-    assert report.lm_head_untied_from == next(n for n, p in model.named_parameters()
-                                              if p is model.get_input_embeddings().weight)
+    assert report.lm_head_untied_from == next(
+        n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight
+    )
     assert not model.config.tie_word_embeddings and not model.config.get_text_config().tie_word_embeddings
     sharq.save_quantized(model, tmp_path / "ckpt")
     name = sharq.load_quantized(tmp_path / "ckpt").sharq_checkpoint.model_class
@@ -274,8 +289,7 @@ def test_other_architectures_tied_round_trip_and_from_pretrained(tmp_path, kind)
 
 # --- CLI ----------------------------------------------------------------------------------------
 def _sharq(*args):
-    return subprocess.run([sys.executable, "-m", "sharq", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "sharq", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_quantize_flag(tmp_path):

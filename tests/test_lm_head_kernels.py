@@ -8,7 +8,6 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes; `-m gpu`
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -16,12 +15,12 @@ triton = pytest.importorskip("triton")
 
 from sharq import SharqConfig  # noqa: E402
 from sharq.config import Format  # noqa: E402
-from sharq.options import Backend  # noqa: E402
 from sharq.formats.pack import pack_nibbles  # noqa: E402
 from sharq.formats.quantized import QuantizedTensor  # noqa: E402
 from sharq.kernels import gemm_fp4, gemv_w4a16, interpreting  # noqa: E402
 from sharq.kernels.plan import LM_HEAD_GEMV_MAX_M, plan_lm_head  # noqa: E402
 from sharq.ops import lm_head_linear, lm_head_reference, quantize_lm_head_weight  # noqa: E402
+from sharq.options import Backend  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HEAD = SharqConfig(lm_head="nvfp4-w16")
@@ -35,8 +34,9 @@ def _exact_weight(n: int, k: int, seed: int, block: int = 16) -> QuantizedTensor
     exponent = torch.randint(5, 9, (n, k // block), generator=g, dtype=torch.uint8)  # E4M3 bias 7
     scales = (exponent << 3) | torch.randint(0, 8, (n, k // block), generator=g, dtype=torch.uint8)
     s_w = (torch.rand((), generator=g) * 1e-3 + 1e-4).float()
-    return QuantizedTensor(format=Format.NVFP4, codes=pack_nibbles(codes), scales=scales, shape=(n, k), block=block,
-                           global_scale=s_w).to(DEVICE)
+    return QuantizedTensor(
+        format=Format.NVFP4, codes=pack_nibbles(codes), scales=scales, shape=(n, k), block=block, global_scale=s_w
+    ).to(DEVICE)
 
 
 def _exact_input(m: int, k: int, seed: int) -> torch.Tensor:
@@ -75,8 +75,10 @@ def test_triton_equals_reference_bit_for_bit(m, bias):
     assert torch.equal(got32, want32)
 
 
-@pytest.mark.parametrize("m, block, tiles", [(1, 16, dict(BLOCK_N=8, BLOCK_K=32, num_warps=1)),
-                                            (2, 32, dict(BLOCK_N=8, BLOCK_K=64, num_warps=2))])
+@pytest.mark.parametrize(
+    "m, block, tiles",
+    [(1, 16, dict(BLOCK_N=8, BLOCK_K=32, num_warps=1)), (2, 32, dict(BLOCK_N=8, BLOCK_K=64, num_warps=2))],
+)
 def test_gemv_tilings_with_partial_tiles_bit_for_bit(m, block, tiles):
     """K = 208 / 224 (not a multiple of BLOCK_K: the last step is masked), N = 37 (a partial N tile),
     16- and 32-blocks."""
@@ -103,7 +105,9 @@ def test_realistic_operands_within_fp32_rounding(m):
     x[:, torch.randperm(k, generator=g)[:4]] *= 30.0
     x = x.to(torch.bfloat16).to(DEVICE)
     exact = _fp64(x, w)
-    bound = 1e-5 * (w.global_scale.double() * (x.double().abs() @ w.dequantize(apply_global_scale=False).double().abs().T))
+    bound = 1e-5 * (
+        w.global_scale.double() * (x.double().abs() @ w.dequantize(apply_global_scale=False).double().abs().T)
+    )
     for y in (lm_head_linear(x, w, None, Backend.TRITON).double(), lm_head_reference(x, w, None).double()):
         assert ((y - exact).abs() <= bound + exact.abs() * 2**-7).all()  # bf16 output: an ulp (interpreter truncates)
     if plan_lm_head(m) == "w4a16-gemv":
@@ -115,8 +119,15 @@ def test_realistic_operands_within_fp32_rounding(m):
 
 def test_plan_routes_rows_to_the_kernel_that_runs(monkeypatch):
     """Each M runs the planned kernel and only it; the reference does not run on the Triton backend."""
-    assert [plan_lm_head(m) for m in (1, 2, 3, 16, 17, 511, 512)] == \
-        ["w4a16-gemv", "w4a16-gemv", "small-m", "small-m", "fp32-decode", "fp32-decode", "bf16-scratch"]
+    assert [plan_lm_head(m) for m in (1, 2, 3, 16, 17, 511, 512)] == [
+        "w4a16-gemv",
+        "w4a16-gemv",
+        "small-m",
+        "small-m",
+        "fp32-decode",
+        "fp32-decode",
+        "bf16-scratch",
+    ]
     assert LM_HEAD_GEMV_MAX_M == 2
     calls = []
     real_gemv, real_gemm = gemv_w4a16.w4a16_gemv, gemm_fp4.fp4_weight_gemm
@@ -153,8 +164,10 @@ def test_non_finite_inputs_give_non_finite_rows():
     x = _exact_input(2, 64, seed=2)
     x[0, 5] = float("nan")
     clean = lm_head_reference(x[1:].float(), w, None)[0]
-    for y, row in ((lm_head_linear(x, w, None, Backend.TRITON), _bf16_as_stored(clean)),
-                   (lm_head_reference(x.float(), w, None), clean)):
+    for y, row in (
+        (lm_head_linear(x, w, None, Backend.TRITON), _bf16_as_stored(clean)),
+        (lm_head_reference(x.float(), w, None), clean),
+    ):
         assert y[0].isnan().all() and torch.equal(y[1], row)
 
 
@@ -170,7 +183,9 @@ def test_full_shapes_on_cuda(shape, m):
     w = quantize_lm_head_weight((torch.randn(n, k, generator=g) * 0.02).to(DEVICE), HEAD)
     x = (torch.randn(m, k, generator=g) * 3).to(torch.bfloat16).to(DEVICE)
     exact = _fp64(x, w)
-    bound = 1e-5 * (w.global_scale.double() * (x.double().abs() @ w.dequantize(apply_global_scale=False).double().abs().T))
+    bound = 1e-5 * (
+        w.global_scale.double() * (x.double().abs() @ w.dequantize(apply_global_scale=False).double().abs().T)
+    )
     y = lm_head_linear(x, w, None, Backend.AUTO)
     assert y.dtype == torch.bfloat16
     assert ((y.double() - exact).abs() <= bound + exact.abs() * 2**-8).all()  # + half a bf16 ulp (RTNE)

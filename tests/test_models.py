@@ -11,7 +11,6 @@ pytest.importorskip("transformers")
 import sharq.ops as ops_mod  # noqa: E402
 from sharq import PRESETS, SharqConfig, SharqLinear  # noqa: E402
 from sharq.metrics import sqnr_db  # noqa: E402
-from sharq.metrics import sqnr_db
 from sharq.models import quantize_  # noqa: E402
 from sharq.nn.experts import SharqExperts  # noqa: E402
 from sharq.nn.fused_norm import FusedRMSNormPrep  # noqa: E402
@@ -83,8 +82,16 @@ def test_bf16_preset_is_bit_identical(arch):
 # architectures minus ~1 dB (Gemma 3 is the low one: its random norms and sqrt(H) embedding scale
 # amplify the error). A broken plumbing (wrong rows, wrong scale) lands far below these.
 SQNR_BARS = {
-    "nvfp4": 3.0, "mxfp4": 1.0, "hif4": 4.0, "sharq-nvfp4": 5.0, "sharq-nvfp4-w16": 5.5,
-    "sharq-mxfp4": 3.0, "sharq-hif4": 5.5, "sparse-only": -2.5, "dense-dense": 5.5, "sparse-sparse": 3.0,
+    "nvfp4": 3.0,
+    "mxfp4": 1.0,
+    "hif4": 4.0,
+    "sharq-nvfp4": 5.0,
+    "sharq-nvfp4-w16": 5.5,
+    "sharq-mxfp4": 3.0,
+    "sharq-hif4": 5.5,
+    "sparse-only": -2.5,
+    "dense-dense": 5.5,
+    "sparse-sparse": 3.0,
     "naive-residual": 3.0,
 }
 
@@ -134,9 +141,7 @@ def test_preparation_runs_once_per_shared_input(arch, monkeypatch):
         return real(x, config, **kwargs)
 
     monkeypatch.setattr(ops_mod, "prepare_activation", counting)  # every preparation goes through ops
-    groups = {
-        m.shared_input for m in model.modules() if isinstance(m, (SharqLinear, SharqExperts)) and m.shared_input
-    }
+    groups = {m.shared_input for m in model.modules() if isinstance(m, (SharqLinear, SharqExperts)) and m.shared_input}
     assert {g.name for g in groups} == set(report.groups)
     ids = _ids(batch=2, seq=7)
     _logits(model, ids)
@@ -163,7 +168,9 @@ def test_fusion_changes_nothing_numerically(arch, granularity):
     plain = tiny_model(arch)  # the same layers swapped one by one: no fused norm, no sharing
     for name in fused.sharq_report.converted:
         old = plain.get_submodule(name)
-        cls = SharqExperts.from_experts if isinstance(fused.get_submodule(name), SharqExperts) else SharqLinear.from_float
+        cls = (
+            SharqExperts.from_experts if isinstance(fused.get_submodule(name), SharqExperts) else SharqLinear.from_float
+        )
         plain.set_submodule(name, cls(old, config, name=name))
     assert all(not isinstance(m, FusedRMSNormPrep) for m in plain.modules())
     assert torch.equal(_logits(fused, ids), _logits(plain, ids))
@@ -310,7 +317,7 @@ class _LegacyMoeBlock(nn.Module):
             mlp = Qwen3MoeMLP(config, intermediate_size=i2 // 2).to(experts.gate_up_proj.dtype)
             with torch.no_grad():
                 mlp.gate_proj.weight.copy_(experts.gate_up_proj[idx, : i2 // 2])
-                mlp.up_proj.weight.copy_(experts.gate_up_proj[idx, i2 // 2:])
+                mlp.up_proj.weight.copy_(experts.gate_up_proj[idx, i2 // 2 :])
                 mlp.down_proj.weight.copy_(experts.down_proj[idx])
             self.experts.append(mlp)
 

@@ -15,7 +15,6 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -26,8 +25,7 @@ import sharq.kernels.plan as plan_module  # noqa: E402
 from sharq import PRESETS, RuntimeOptions  # noqa: E402
 from sharq.kernels.gemv_experts import experts_gemv, host_tiles  # noqa: E402
 from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv  # noqa: E402
-from sharq.kernels.moe_route import (  # noqa: E402
-    combine_experts, combine_reference, route_experts, route_reference, segment_amax)
+from sharq.kernels.moe_route import combine_experts, combine_reference, route_experts, route_reference, segment_amax  # noqa: E402
 from sharq.kernels.plan import experts_max_tiles, plan_experts  # noqa: E402
 from sharq.nn.experts import SharqExperts  # noqa: E402
 from sharq.ops import prepare  # noqa: E402
@@ -98,9 +96,16 @@ def test_segment_amax_is_each_experts_amax():
     assert torch.equal(got, want) and got[2] == 300.0
 
 
-@pytest.mark.parametrize("y_dtype,w_dtype", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
-                                             (torch.float16, torch.float16), (torch.float32, torch.float32),
-                                             (torch.float16, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "y_dtype,w_dtype",
+    [
+        (torch.bfloat16, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float16),
+        (torch.float32, torch.float32),
+        (torch.float16, torch.bfloat16),
+    ],
+)
 def test_combine_equals_index_add_per_expert(y_dtype, w_dtype):
     t, k, e = 7, 3, 6
     idx = _top_k(t, k, e, seed=5, unused=(4,), nowhere=0.15)
@@ -151,15 +156,29 @@ def test_experts_gemv_equals_the_decode_gemv_of_each_expert(granularity):
     assert prepared.layout == "gemv" and plan.tiles["BLOCK_M"] == 2
     rows = torch.tensor([4, 0, 2], device=DEVICE)
     expert = 2
-    got = experts_gemv(prepared.terms, prepared.global_scale, rows.int(), host_tiles(expert, 3, 2, DEVICE),
-                       module._members("gate", "up"), 3, torch.float32, plan.tiles)
+    got = experts_gemv(
+        prepared.terms,
+        prepared.global_scale,
+        rows.int(),
+        host_tiles(expert, 3, 2, DEVICE),
+        module._members("gate", "up"),
+        3,
+        torch.float32,
+        plan.tiles,
+    )
     for r in range(3):
-        one = tuple(t[rows[r]:rows[r] + 1] for t in prepared.terms)
+        one = tuple(t[rows[r] : rows[r] + 1] for t in prepared.terms)
         s_x = prepared.global_scale if prepared.global_scale.dim() == 0 else prepared.global_scale[rows[r]]
         for col, proj in ((0, "gate"), (16, "up")):
-            want = fp4_weight_gemv(one, s_x, module.expert_weight(proj, expert), module._bias(proj, expert),
-                                   torch.float32, tiles={"BLOCK_N": 16})
-            assert torch.equal(got[r:r + 1, col:col + 16], want), (r, proj)
+            want = fp4_weight_gemv(
+                one,
+                s_x,
+                module.expert_weight(proj, expert),
+                module._bias(proj, expert),
+                torch.float32,
+                tiles={"BLOCK_N": 16},
+            )
+            assert torch.equal(got[r : r + 1, col : col + 16], want), (r, proj)
 
 
 # --- SharqExperts: device routing == host loop ------------------------------------------------------------
@@ -172,11 +191,17 @@ def _both(module, x, idx, w):
     return host, device
 
 
-@pytest.mark.parametrize("t,granularity", [(1, "tensor"), (2, "token"),
-                                           pytest.param(8, "tensor", marks=pytest.mark.slow),
-                                           pytest.param(8, "token", marks=pytest.mark.slow),
-                                           pytest.param(33, "tensor", marks=pytest.mark.slow),
-                                           pytest.param(33, "token", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "t,granularity",
+    [
+        (1, "tensor"),
+        (2, "token"),
+        pytest.param(8, "tensor", marks=pytest.mark.slow),
+        pytest.param(8, "token", marks=pytest.mark.slow),
+        pytest.param(33, "tensor", marks=pytest.mark.slow),
+        pytest.param(33, "token", marks=pytest.mark.slow),
+    ],
+)
 def test_device_routing_equals_the_host_loop(t, granularity, monkeypatch):
     """Bit for bit, with repeated experts across tokens, an expert no token picks and (2 tokens) a
     pair routed nowhere; 33 tokens run
@@ -205,8 +230,21 @@ def test_device_routing_equals_the_host_loop(t, granularity, monkeypatch):
 class _SyncDetector(torch.utils._python_dispatch.TorchDispatchMode):
     """Records every op that reads a tensor value on the host (or sizes its output by one)."""
 
-    SYNCING = {"nonzero", "_local_scalar_dense", "item", "is_nonzero", "equal", "masked_select", "_unique2",
-               "unique_consecutive", "unique_dim", "bincount", "repeat_interleave", "allclose", "to_list"}
+    SYNCING = {
+        "nonzero",
+        "_local_scalar_dense",
+        "item",
+        "is_nonzero",
+        "equal",
+        "masked_select",
+        "_unique2",
+        "unique_consecutive",
+        "unique_dim",
+        "bincount",
+        "repeat_interleave",
+        "allclose",
+        "to_list",
+    }
 
     def __init__(self):
         super().__init__()
@@ -239,7 +277,12 @@ def test_device_routing_reads_nothing_on_the_host():
 def test_plan_decides_and_prints():
     plan = plan_experts(8, 8, 128, TRITON, "cuda", intermediate=768, options=TRITON_OPTIONS)
     assert (plan.routing, plan.expert_gemm, plan.tile_rows, plan.max_tiles, plan.input.preparation) == (
-        "device", "experts-gemv", 2, 64, "gemv")
+        "device",
+        "experts-gemv",
+        2,
+        64,
+        "gemv",
+    )
     assert "device routing" in plan.describe() and "64 tiles" in plan.describe()
     one = plan_experts(1, 8, 128, TRITON, "cuda", intermediate=768, options=TRITON_OPTIONS)
     assert (one.tile_rows, one.max_tiles, one.tiles["BLOCK_N"] if DEVICE == "cuda" else 1) == (1, 8, 1)
@@ -269,10 +312,22 @@ def _moe_model():
     import sharq
 
     torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
-                         head_dim=16, num_hidden_layers=1, vocab_size=64, max_position_embeddings=64, num_experts=4,
-                         num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1, norm_topk_prob=True,
-                         tie_word_embeddings=False)
+    cfg = Qwen3MoeConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        num_hidden_layers=1,
+        vocab_size=64,
+        max_position_embeddings=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        decoder_sparse_step=1,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+    )
     model = Qwen3MoeForCausalLM(cfg).eval().to(DEVICE)
     report = sharq.quantize_(model, TRITON, modules_to_not_convert=["self_attn"], backend="triton")
     assert report.converted == ["model.layers.0.mlp.experts"]
@@ -330,21 +385,40 @@ def test_ops_pass_opcheck():
     route = route_experts(idx, 4, 1, 6)
     y = torch.randn(6, 32, device=DEVICE).to(torch.bfloat16)
     w = torch.rand(3, 2, device=DEVICE)
-    torch.library.opcheck(torch.ops.sharq.combine_experts.default,
-                          (y, w, route.order, route.slots, route.sorted_expert, 4, torch.bfloat16))
+    torch.library.opcheck(
+        torch.ops.sharq.combine_experts.default,
+        (y, w, route.order, route.slots, route.sorted_expert, 4, torch.bfloat16),
+    )
     torch.library.opcheck(torch.ops.sharq.segment_amax.default, (y, route.sorted_expert))
     module = _experts(e=4, h=32, i=16)
     pairs = route_experts(idx, 4, 2, 5)  # 4 tiles of 1-2 rows cover the 6 rows, one unused
     inner = torch.randn(6, 16, device=DEVICE).to(torch.bfloat16)
-    prepared = prepare_activation_triton(inner, module._gemv_config, with_terms=True, terms_layout="gemv",
-                                         gemv_rows=6)
+    prepared = prepare_activation_triton(inner, module._gemv_config, with_terms=True, terms_layout="gemv", gemv_rows=6)
     (down,) = module._members("down")
-    torch.library.opcheck(torch.ops.sharq.experts_gemv.default, (
-        *prepared.terms, None, prepared.global_scale.reshape(-1), pairs.tiles, [down["codes"]], [down["scales"]],
-        [down["global_scale"]], [], 32, 6, torch.bfloat16, 2, 32, 1024, 2))
+    torch.library.opcheck(
+        torch.ops.sharq.experts_gemv.default,
+        (
+            *prepared.terms,
+            None,
+            prepared.global_scale.reshape(-1),
+            pairs.tiles,
+            [down["codes"]],
+            [down["scales"]],
+            [down["global_scale"]],
+            [],
+            32,
+            6,
+            torch.bfloat16,
+            2,
+            32,
+            1024,
+            2,
+        ),
+    )
     amax = segment_amax(y, route.sorted_expert)
-    torch.library.opcheck(torch.ops.sharq.prepare_fp4.default,
-                          (y, 3, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 3, 0, 0, 0, amax))
+    torch.library.opcheck(
+        torch.ops.sharq.prepare_fp4.default, (y, 3, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 3, 0, 0, 0, amax)
+    )
 
 
 # --- on the GPU (-m gpu): Qwen3-30B-A3B expert shapes, the asm kernels, a CUDA graph -----------------------
@@ -406,11 +480,24 @@ def test_experts_gemv_equals_the_decode_gemv_on_the_gpu():
         plan = plan_experts(tokens, 2, 8, module.config, "cuda", intermediate=768, options=TRITON_OPTIONS)
         prepared = prepare(x[:tokens], module.config, TRITON_OPTIONS, plan=plan.input)
         src = torch.tensor(rows, device="cuda", dtype=torch.int32)
-        got = experts_gemv(prepared.terms, prepared.global_scale, src, host_tiles(5, len(rows), plan.tile_rows, "cuda"),
-                           module._members("gate", "up"), len(rows), torch.bfloat16, plan.tiles)
+        got = experts_gemv(
+            prepared.terms,
+            prepared.global_scale,
+            src,
+            host_tiles(5, len(rows), plan.tile_rows, "cuda"),
+            module._members("gate", "up"),
+            len(rows),
+            torch.bfloat16,
+            plan.tiles,
+        )
         one = tuple(t[src.long()] for t in prepared.terms)
-        want = torch.cat([fp4_weight_gemv(one, prepared.global_scale, module.expert_weight(p, 5), None,
-                                          torch.bfloat16) for p in ("gate", "up")], dim=1)
+        want = torch.cat(
+            [
+                fp4_weight_gemv(one, prepared.global_scale, module.expert_weight(p, 5), None, torch.bfloat16)
+                for p in ("gate", "up")
+            ],
+            dim=1,
+        )
         assert torch.equal(got, want), tokens
 
 

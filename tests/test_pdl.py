@@ -10,7 +10,6 @@ kernel reading before its predecessor finished would show as a difference).
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -19,10 +18,10 @@ pytest.importorskip("triton")
 import sharq.kernels.gemv_nvfp4 as gemv_module  # noqa: E402
 import sharq.kernels.prepare_fp4 as prep_module  # noqa: E402
 from sharq import PRESETS  # noqa: E402
-from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.kernels.pdl import pdl_enabled  # noqa: E402
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 
 from .kernel_launches import RecordingKernel  # noqa: E402
 
@@ -81,8 +80,10 @@ def test_pdl_chain_is_bit_identical_eager_and_in_a_cuda_graph(monkeypatch, m, gr
     config = PRESETS["sharq-nvfp4"].replace(granularity=granularity)
     g = torch.Generator().manual_seed(3)
     k = 4096
-    weights = [tuple(quantize_weight((torch.randn(k, k, generator=g) * 0.02).to(DEVICE), config) for _ in range(2))
-               for _ in range(3)]
+    weights = [
+        tuple(quantize_weight((torch.randn(k, k, generator=g) * 0.02).to(DEVICE), config) for _ in range(2))
+        for _ in range(3)
+    ]
     inputs = [(torch.randn(m, k, generator=g) * 2).to(torch.bfloat16).to(DEVICE) for _ in range(4)]
 
     monkeypatch.setenv("SHARQ_PDL", "0")
@@ -109,4 +110,3 @@ def test_pdl_chain_is_bit_identical_eager_and_in_a_cuda_graph(monkeypatch, m, gr
             static.copy_(x)
             graph.replay()
             assert torch.equal(out, want)
-

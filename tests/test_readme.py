@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _python_block() -> str:
     text = README.read_text()
-    section = text[text.index("## Python"):]
+    section = text[text.index("## Python") :]
     return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
@@ -23,9 +23,11 @@ def test_readme_python_example_runs(tmp_path, capsys):
     code = _python_block()
     assert '"path/to/model"' in code and '"model-sharq"' in code  # what the substitution relies on
     folder = tiny_folder(tmp_path / "model")
-    code = (code.replace('"path/to/model"', repr(str(folder)))
-                .replace('"model-sharq"', repr(str(tmp_path / "model-sharq")))
-                .replace(".cuda()", ""))
+    code = (
+        code.replace('"path/to/model"', repr(str(folder)))
+        .replace('"model-sharq"', repr(str(tmp_path / "model-sharq")))
+        .replace(".cuda()", "")
+    )
     scope: dict = {}
     exec(compile(code, str(README), "exec"), scope)
     out = capsys.readouterr().out

@@ -111,8 +111,12 @@ def test_float64_activation_is_refused_naming_the_dtypes():
     x = _x(3, 64).double()
     cfg = _cfg("sharq-nvfp4")
     layer = _layer(64, 8)
-    for call in (lambda: prepare_activation(x, cfg), lambda: decompose(x, cfg),
-                 lambda: sharq_linear(x, layer.quantized_weight, None, cfg), lambda: layer(x)):
+    for call in (
+        lambda: prepare_activation(x, cfg),
+        lambda: decompose(x, cfg),
+        lambda: sharq_linear(x, layer.quantized_weight, None, cfg),
+        lambda: layer(x),
+    ):
         with pytest.raises(TypeError, match=r"torch\.float64.*float32, bfloat16 or float16"):
             call()
 
@@ -144,9 +148,14 @@ def test_scalar_input_is_refused():
     s = torch.tensor(1.0)
     cfg = _cfg("sharq-nvfp4")
     layer = _layer(64, 8)
-    for call in (lambda: quantize_tensor(s, "nvfp4", 16), lambda: prepare_activation(s, cfg), lambda: decompose(s, cfg),
-                 lambda: sharq_linear(s, layer.quantized_weight, None, cfg), lambda: layer(s),
-                 lambda: nm_mask(s, "2:4")):
+    for call in (
+        lambda: quantize_tensor(s, "nvfp4", 16),
+        lambda: prepare_activation(s, cfg),
+        lambda: decompose(s, cfg),
+        lambda: sharq_linear(s, layer.quantized_weight, None, cfg),
+        lambda: layer(s),
+        lambda: nm_mask(s, "2:4"),
+    ):
         with pytest.raises(ValueError, match="scalar|last dimension"):
             call()
 
@@ -254,7 +263,9 @@ def test_k_off_the_block_is_zero_padding(preset, granularity, m, k, seed):
     assert not full.backbone[:, k:].any() and not full.residual[:, k:].any()
     assert torch.equal(got.global_scale, full.global_scale)
     fmt, block = FORMAT_BLOCKS[seed % len(FORMAT_BLOCKS)]
-    assert torch.equal(quantize_tensor(x, fmt, block).dequantize(), quantize_tensor(padded, fmt, block).dequantize()[:, :k])
+    assert torch.equal(
+        quantize_tensor(x, fmt, block).dequantize(), quantize_tensor(padded, fmt, block).dequantize()[:, :k]
+    )
 
 
 def _non_contiguous(x: torch.Tensor, how: str) -> torch.Tensor:

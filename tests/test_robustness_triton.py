@@ -20,8 +20,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from sharq import PRESETS, SharqLinear, sharq_linear  # noqa: E402
-from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.ops import prepare  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,8 +36,9 @@ def _cfg(preset: str, granularity: str = "token", **changes):
     return cfg.replace(granularity=granularity) if cfg.has_global_scale else cfg
 
 
-def _layer(preset: str = "sharq-nvfp4", granularity: str = "token", check_finite: bool = False,
-           **changes) -> SharqLinear:
+def _layer(
+    preset: str = "sharq-nvfp4", granularity: str = "token", check_finite: bool = False, **changes
+) -> SharqLinear:
     g = torch.Generator().manual_seed(7)
     lin = torch.nn.Linear(K, N).to(torch.bfloat16)
     with torch.no_grad():
@@ -59,8 +60,7 @@ def test_wrong_k_is_refused(m):
     returned a result; now a ValueError naming both sizes, before any kernel runs."""
     layer = _layer()
     with pytest.raises(ValueError, match=r"last dimension 64.*K=96"):
-        sharq_linear(_x(m, 64), layer.quantized_weight, layer.bias, layer.config,
-                     options=layer.options)
+        sharq_linear(_x(m, 64), layer.quantized_weight, layer.bias, layer.config, options=layer.options)
     with pytest.raises(ValueError, match=r"last dimension 64.*in_features=96"):
         layer(_x(m, 64))
 
@@ -69,22 +69,27 @@ def test_device_mismatch_is_refused():
     layer = _layer()
     other = "cpu" if DEVICE == "cuda" else "meta"
     with pytest.raises(ValueError, match=rf"activation is on {other}.* weight is on {DEVICE}"):
-        sharq_linear(_x(3).to(other), layer.quantized_weight, layer.bias, layer.config,
-                     options=layer.options)
+        sharq_linear(_x(3).to(other), layer.quantized_weight, layer.bias, layer.config, options=layer.options)
     with pytest.raises(ValueError, match=rf"input is on {other}"):
         layer(_x(3).to(other))
 
 
-@pytest.mark.parametrize("preset,granularity", [("sharq-nvfp4", "tensor"), ("sharq-nvfp4", "token"),
-                                                ("sharq-mxfp4", "tensor")])
+@pytest.mark.parametrize(
+    "preset,granularity", [("sharq-nvfp4", "tensor"), ("sharq-nvfp4", "token"), ("sharq-mxfp4", "tensor")]
+)
 def test_empty_batch(preset, granularity):
     layer = _layer(preset, granularity, check_finite=True)
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for shape in ((0, K), (2, 0, K), (0, 1, 3, K)):
             y = layer(torch.zeros(shape, dtype=dtype, device=DEVICE))
             assert y.shape == (*shape[:-1], N) and y.dtype == dtype
-        y = sharq_linear(torch.zeros(0, K, dtype=dtype, device=DEVICE), layer.quantized_weight, None, layer.config,
-                         options=layer.options)
+        y = sharq_linear(
+            torch.zeros(0, K, dtype=dtype, device=DEVICE),
+            layer.quantized_weight,
+            None,
+            layer.config,
+            options=layer.options,
+        )
         assert y.shape == (0, N)
 
 
@@ -100,9 +105,12 @@ def test_non_contiguous_and_nd_inputs_equal_contiguous_2d(preset, granularity):
         assert torch.equal(layer(view), want)
     assert torch.equal(layer(x.reshape(2, 3, K)), want.reshape(2, 3, N))
     assert torch.equal(layer(x.reshape(3, 1, 2, K)), want.reshape(3, 1, 2, N))
-    assert torch.equal(sharq_linear(transposed.reshape(2, 3, K), layer.quantized_weight, layer.bias, layer.config,
-                     options=layer.options),
-                       want.reshape(2, 3, N))
+    assert torch.equal(
+        sharq_linear(
+            transposed.reshape(2, 3, K), layer.quantized_weight, layer.bias, layer.config, options=layer.options
+        ),
+        want.reshape(2, 3, N),
+    )
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

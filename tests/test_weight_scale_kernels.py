@@ -4,17 +4,16 @@ FP4-weight GEMM equals an FP64 matmul of its dequantized operands."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS  # noqa: E402
-from sharq.options import RuntimeOptions
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm  # noqa: E402
 from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv, gemv_operand_of  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import warnings
 
 from .checkpoint import CheckpointError, load_quantized, load_tokenizer, save_quantized
+from .checkpoint.transformers_hook import install as _install_transformers_quantizer  # noqa: E402
 from .config import PRESETS, Format, Granularity, LmHead, Operand, Residual, SharqConfig, WeightScale
 from .formats import QuantizedTensor, quantize_tensor
 from .models import ConversionReport, quantize_
@@ -33,19 +34,19 @@ from .nn import SharqLinear, SharqLMHead
 from .ops import quantize_weight, sharq_linear
 from .options import Backend, RuntimeOptions, set_runtime_options
 from .sparse import Decomposition, PreparedActivation, decompose, prepare_activation
-
 from .version import __version__
-
-from .checkpoint.transformers_hook import install as _install_transformers_quantizer  # noqa: E402
 
 _install_transformers_quantizer()
 
 
 def quantize(*args, **kwargs) -> QuantizedTensor:
     """Deprecated name of `quantize_tensor` (one tensor; `quantize_` is the model-level function)."""
-    warnings.warn("sharq.quantize is deprecated and will be removed in the next release; use "
-                  "sharq.quantize_tensor (one tensor) or sharq.quantize_ (a model, in place)",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "sharq.quantize is deprecated and will be removed in the next release; use "
+        "sharq.quantize_tensor (one tensor) or sharq.quantize_ (a model, in place)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return quantize_tensor(*args, **kwargs)
 
 

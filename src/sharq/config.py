@@ -81,7 +81,7 @@ class Operand(str, enum.Enum):
     BF16_SUM = "bf16-sum"
     AUTO = "auto"  # EXACT for calls of at most AUTO_EXACT_MAX_ROWS rows, BF16_SUM above (the default)
 
-    def for_rows(self, rows: int) -> "Operand":
+    def for_rows(self, rows: int) -> Operand:
         """The operand a call of `rows` activation rows computes: EXACT or BF16_SUM."""
         if self is Operand.AUTO:
             return Operand.EXACT if rows <= AUTO_EXACT_MAX_ROWS else Operand.BF16_SUM
@@ -294,7 +294,7 @@ class SharqConfig:
         """Whether the format has the FP32 second-level scale of SPEC §3 (NVFP4 only)."""
         return self.format is Format.NVFP4
 
-    def replace(self, **changes: Any) -> "SharqConfig":
+    def replace(self, **changes: Any) -> SharqConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -307,7 +307,7 @@ class SharqConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SharqConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SharqConfig:
         """The scheme of `data` (`to_dict`'s output). Records written before the scheme / runtime split
         also hold `backend` and `check_finite`: they are runtime options and are ignored here."""
         if not isinstance(data, dict):
@@ -323,11 +323,11 @@ class SharqConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "SharqConfig":
+    def from_json(cls, text: str) -> SharqConfig:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def from_preset(cls, name: str, **changes: Any) -> "SharqConfig":
+    def from_preset(cls, name: str, **changes: Any) -> SharqConfig:
         """The preset `name` (a key of `PRESETS`), with optional field changes."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
@@ -336,8 +336,12 @@ class SharqConfig:
 
 def _plain(fmt: Format, block: int) -> SharqConfig:
     return SharqConfig(
-        format=fmt, mask=None, residual=Residual.NONE,
-        backbone_block=block, residual_block=block, weight_block=block,
+        format=fmt,
+        mask=None,
+        residual=Residual.NONE,
+        backbone_block=block,
+        residual_block=block,
+        weight_block=block,
     )
 
 
@@ -353,9 +357,7 @@ PRESETS: dict[str, SharqConfig] = {
     "sharq-mxfp4": SharqConfig(
         format=Format.MXFP4, mask="pair4of8", backbone_block=32, residual_block=32, weight_block=32
     ),
-    "sharq-hif4": SharqConfig(
-        format=Format.HIF4, mask="2:4", backbone_block=64, residual_block=64, weight_block=64
-    ),
+    "sharq-hif4": SharqConfig(format=Format.HIF4, mask="2:4", backbone_block=64, residual_block=64, weight_block=64),
     # Ablations of SharQ-NVFP4 (SPEC §8): each changes exactly one thing.
     "sparse-only": _SHARQ_NVFP4.replace(residual=Residual.NONE),
     "dense-dense": _SHARQ_NVFP4.replace(mask=None, backbone_block=16),

@@ -14,14 +14,24 @@ import importlib.util
 import torch
 
 from .config import LM_HEAD_WEIGHT_BLOCK, Format, Operand, Residual, SharqConfig
-from .options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 from .formats.quantized import QuantizedTensor
 from .formats.registry import quantize_tensor
+from .options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
 
-__all__ = ["resolve_backend", "prepare", "quantize_weight", "weight_scale_views", "linear_from_prepared",
-           "grouped_linear_from_prepared", "sharq_linear", "quantize_lm_head_weight", "resolve_lm_head_backend",
-           "lm_head_reference", "lm_head_linear"]
+__all__ = [
+    "resolve_backend",
+    "prepare",
+    "quantize_weight",
+    "weight_scale_views",
+    "linear_from_prepared",
+    "grouped_linear_from_prepared",
+    "sharq_linear",
+    "quantize_lm_head_weight",
+    "resolve_lm_head_backend",
+    "lm_head_reference",
+    "lm_head_linear",
+]
 
 
 # looked up once at import: `resolve_backend` runs inside torch.compile traces, which cannot trace find_spec
@@ -61,8 +71,9 @@ def resolve_backend(config: SharqConfig, device: torch.device, options: RuntimeO
     return Backend.TRITON
 
 
-def prepare(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS, *,
-            plan=None) -> PreparedActivation:
+def prepare(
+    x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS, *, plan=None
+) -> PreparedActivation:
     """The preparation of a 2-D activation (M, K) as `kernels.plan.plan_linear` plans it (or as `plan`,
     a `LinearPlan` of M rows, says: a MoE layer's input, `kernels.plan.experts_input_plan`): the
     reference (`prepare_activation`), or the Triton kernel that writes the planned GEMM's operand
@@ -88,8 +99,9 @@ def prepare(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFA
         gs = s if config.has_global_scale else None
 
         def term(block: int) -> QuantizedTensor:
-            return QuantizedTensor(format=config.format, codes=unwritten, scales=unwritten, shape=(m, k), block=block,
-                                   global_scale=gs)
+            return QuantizedTensor(
+                format=config.format, codes=unwritten, scales=unwritten, shape=(m, k), block=block, global_scale=gs
+            )
 
         residual = term(config.residual_block) if config.residual is not Residual.NONE else None
         return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout=layout)
@@ -97,8 +109,7 @@ def prepare(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFA
 
     # the plan chose the layout: the GEMV operand here serves any row count (MoE layers send up to
     # EXPERTS_GEMV_MAX_TOKENS rows to the experts GEMV)
-    return prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation,
-                                     gemv_rows=x.shape[0])
+    return prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation, gemv_rows=x.shape[0])
 
 
 def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTensor:
@@ -125,8 +136,10 @@ def _check_weight(weight: torch.Tensor) -> None:
     if not weight.is_floating_point():
         raise TypeError(f"weight has dtype {weight.dtype}; expected a floating-point tensor")
     if weight.device.type == "meta":
-        raise ValueError("weight is on the meta device and holds no values to quantize; build an empty layer "
-                         "(SharqLinear.empty_like) and load a checkpoint into it instead")
+        raise ValueError(
+            "weight is on the meta device and holds no values to quantize; build an empty layer "
+            "(SharqLinear.empty_like) and load a checkpoint into it instead"
+        )
 
 
 def quantize_lm_head_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTensor:
@@ -138,8 +151,10 @@ def quantize_lm_head_weight(weight: torch.Tensor, config: SharqConfig) -> Quanti
     """
     _check_weight(weight)
     if not config.quantizes_lm_head:
-        raise ValueError(f"quantize_lm_head_weight: SharqConfig.lm_head is {config.lm_head.value!r}; "
-                         "the lm_head stays in the model dtype")
+        raise ValueError(
+            f"quantize_lm_head_weight: SharqConfig.lm_head is {config.lm_head.value!r}; "
+            "the lm_head stays in the model dtype"
+        )
     if not bool(torch.isfinite(weight).all()):
         raise ValueError("lm_head weight contains NaN or Inf; refusing to quantize it")
     return quantize_tensor(weight, Format.NVFP4, LM_HEAD_WEIGHT_BLOCK, scale_rule=config.weight_scale)
@@ -211,7 +226,9 @@ def linear_from_prepared(
 
 
 def grouped_linear_from_prepared(
-    prepared: PreparedActivation, weights: list[QuantizedTensor], biases: list[torch.Tensor | None],
+    prepared: PreparedActivation,
+    weights: list[QuantizedTensor],
+    biases: list[torch.Tensor | None],
     out_dtype: torch.dtype,
 ) -> torch.Tensor | None:
     """The linears of one prepared input with each of `weights` (N_g, K) in one launch: (M, Σ N_g) in
@@ -239,8 +256,10 @@ def _check_linear_operands(x: torch.Tensor, weight: QuantizedTensor, bias: torch
         raise ValueError(f"weight must be 2-D (N, K), got shape {tuple(weight.shape)}")
     n, k = weight.shape
     if x.shape[-1] != k:
-        raise ValueError(f"activation of shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
-                         f"but the weight of shape {tuple(weight.shape)} has K={k}")
+        raise ValueError(
+            f"activation of shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
+            f"but the weight of shape {tuple(weight.shape)} has K={k}"
+        )
     if x.device != weight.device:
         raise ValueError(f"activation is on {x.device} but the weight is on {weight.device}")
     if bias is not None:
@@ -280,6 +299,7 @@ def sharq_linear(
 
 # --- the weight-only quantized lm_head (SPEC §9, beyond the paper) ---------------------------------
 
+
 def resolve_lm_head_backend(backend: Backend, x: torch.Tensor) -> Backend:
     """The backend a weight-only lm_head call on `x` runs; never a silent substitute.
 
@@ -297,8 +317,10 @@ def resolve_lm_head_backend(backend: Backend, x: torch.Tensor) -> Backend:
         usable = x.device.type == "cuda" and x.dtype == torch.bfloat16 and _triton_installed()
         return Backend.TRITON if usable else Backend.REFERENCE
     if x.dtype != torch.bfloat16:
-        raise NotImplementedError(f"backend='triton' runs the quantized lm_head on bfloat16 input, got {x.dtype}; "
-                                  "use backend='reference' or 'auto'")
+        raise NotImplementedError(
+            f"backend='triton' runs the quantized lm_head on bfloat16 input, got {x.dtype}; "
+            "use backend='reference' or 'auto'"
+        )
     if not _triton_installed():
         raise NotImplementedError("backend='triton' needs the triton package (pip install 'sharq[kernels]')")
     if x.device.type != "cuda" and not interpreting():
@@ -320,8 +342,9 @@ def lm_head_reference(x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tens
     return y.to(x.dtype)
 
 
-def lm_head_linear(x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None,
-                   backend: Backend | str = Backend.AUTO) -> torch.Tensor:
+def lm_head_linear(
+    x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None, backend: Backend | str = Backend.AUTO
+) -> torch.Tensor:
     """The weight-only quantized lm_head on `x` (..., K): (..., N) in x's dtype (`lm_head_reference`).
 
     `weight` is 2-D NVFP4 (`quantize_lm_head_weight`). Triton (`resolve_lm_head_backend`):

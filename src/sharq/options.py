@@ -47,15 +47,16 @@ class RuntimeOptions:
         if not isinstance(self.check_finite, bool):
             raise TypeError(f"check_finite must be a bool, got {self.check_finite!r}")
 
-    def replace(self, **changes: Any) -> "RuntimeOptions":
+    def replace(self, **changes: Any) -> RuntimeOptions:
         return dataclasses.replace(self, **changes)
 
 
 DEFAULT_OPTIONS = RuntimeOptions()
 
 
-def set_runtime_options(model: Any, *, backend: Backend | str | None = None, check_finite: bool | None = None,
-                        strict: bool = True) -> int:
+def set_runtime_options(
+    model: Any, *, backend: Backend | str | None = None, check_finite: bool | None = None, strict: bool = True
+) -> int:
     """Set the runtime options of every SharQ module of `model` (an `nn.Module`) and of the input
     preparations they share; a None argument keeps each module's current value. Returns how many
     modules were changed; with `strict`, a model with no SharQ module is an error (nothing would

@@ -36,8 +36,12 @@ def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
     lm_head = None
     if heads:  # the weight-only quantized lm_head (config.lm_head), counted among the quantized modules
         entry = record.modules[heads[0]]
-        lm_head = {"module": heads[0], "format": f"{entry['format']}-{entry['weight_block']}",
-                   "weight_bits": bits[heads[0]], "untied_from": entry.get("untied_from")}
+        lm_head = {
+            "module": heads[0],
+            "format": f"{entry['format']}-{entry['weight_block']}",
+            "weight_bits": bits[heads[0]],
+            "untied_from": entry.get("untied_from"),
+        }
     return {
         "path": str(ckpt.root),
         "sharq_version": record.sharq_version,
@@ -77,8 +81,10 @@ def format_info(info: dict[str, Any]) -> str:
     head = info.get("lm_head")
     if head:
         untied = f", untied from {head['untied_from']} (which keeps its weight)" if head["untied_from"] else ""
-        lines.append(f"  lm_head     {head['module']}: weight-only {head['format']}, {head['weight_bits']:.4f} "
-                     f"bits/weight, input in the model dtype{untied}")
+        lines.append(
+            f"  lm_head     {head['module']}: weight-only {head['format']}, {head['weight_bits']:.4f} "
+            f"bits/weight, input in the model dtype{untied}"
+        )
     if info["tied_weights"]:
         lines.append("  tied        " + ", ".join(f"{a} = {t}" for a, t in info["tied_weights"].items()))
     for name, size in info["files"].items():

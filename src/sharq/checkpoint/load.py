@@ -117,8 +117,14 @@ def _generation_config(model: nn.Module, root: Path) -> None:
 
 
 # Files any of which means a folder holds a tokenizer (fast, sentencepiece, BPE or WordPiece vocabularies).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
-                   "vocab.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
 
 
 def has_tokenizer(path: str | os.PathLike) -> bool:
@@ -131,8 +137,9 @@ def load_tokenizer(path: str | os.PathLike):
     """The tokenizer saved with a checkpoint (`save_quantized(..., tokenizer=...)`, `sharq quantize`)."""
     root = Path(path)
     if not has_tokenizer(root):
-        raise CheckpointError(f"{root}: no tokenizer was saved with this checkpoint (no tokenizer.json or "
-                              "tokenizer_config.json)")
+        raise CheckpointError(
+            f"{root}: no tokenizer was saved with this checkpoint (no tokenizer.json or tokenizer_config.json)"
+        )
     from transformers import AutoTokenizer
 
     try:

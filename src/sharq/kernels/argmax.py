@@ -103,8 +103,9 @@ def _split_argmax_impl(logits: torch.Tensor) -> torch.Tensor:
     splits, slice_ = argmax_splits(vocab)
     keys = torch.empty(rows, splits, dtype=torch.int32, device=logits.device)
     idx = torch.empty(rows, splits, dtype=torch.int32, device=logits.device)
-    _argmax_partial_kernel[(rows, splits)](logits, keys, idx, vocab, logits.stride(0), splits, SLICE=slice_,
-                                           BLOCK=BLOCK, num_warps=4)
+    _argmax_partial_kernel[(rows, splits)](
+        logits, keys, idx, vocab, logits.stride(0), splits, SLICE=slice_, BLOCK=BLOCK, num_warps=4
+    )
     _argmax_combine_kernel[(rows,)](keys, idx, out, splits, SPLITS_P2=triton.next_power_of_2(splits), num_warps=4)
     return out
 

@@ -33,12 +33,46 @@ __all__ = ["experts_gemv", "host_tiles"]
 
 @triton.jit
 def _experts_gemv_kernel(
-    bc_ptr, bs_ptr, rc_ptr, rs_ptr, src_ptr, sx_ptr, tiles_ptr, y_ptr,
-    w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr, ws1_ptr, sw1_ptr, bias1_ptr,
-    N, N0, G, KS, KSW, stride_x, stride_xs, stride_we, stride_w, stride_wse, stride_ws, stride_be, stride_sx,
+    bc_ptr,
+    bs_ptr,
+    rc_ptr,
+    rs_ptr,
+    src_ptr,
+    sx_ptr,
+    tiles_ptr,
+    y_ptr,
+    w_ptr,
+    ws_ptr,
+    sw_ptr,
+    bias_ptr,
+    w1_ptr,
+    ws1_ptr,
+    sw1_ptr,
+    bias1_ptr,
+    N,
+    N0,
+    G,
+    KS,
+    KSW,
+    stride_x,
+    stride_xs,
+    stride_we,
+    stride_w,
+    stride_wse,
+    stride_ws,
+    stride_be,
+    stride_sx,
     stride_y,
-    TWO: tl.constexpr, WB: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SRC: tl.constexpr, ASM: tl.constexpr,
-    EVEN_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+    TWO: tl.constexpr,
+    WB: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_SRC: tl.constexpr,
+    ASM: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     """bc/rc int8 (rows, Kg) viewed as int64, bs/rs FP32 (rows, Kg/16): the GEMV operand (1 or 2
     terms); src int32 (P,): operand row of each output row (HAS_SRC; else the row itself); sx FP32:
@@ -54,9 +88,24 @@ def _experts_gemv_kernel(
         expert = tl.load(tiles_ptr + g).to(tl.int64)
         start = tl.load(tiles_ptr + G + g)
         row0 = pid_n * BLOCK_N
-        w_ptr, ws_ptr, sw_ptr, bias_ptr, base = _member(row0, N0, 0, w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr,
-                                                        ws1_ptr, sw1_ptr, bias1_ptr, w1_ptr, ws1_ptr, sw1_ptr,
-                                                        bias1_ptr, GROUP)
+        w_ptr, ws_ptr, sw_ptr, bias_ptr, base = _member(
+            row0,
+            N0,
+            0,
+            w_ptr,
+            ws_ptr,
+            sw_ptr,
+            bias_ptr,
+            w1_ptr,
+            ws1_ptr,
+            sw1_ptr,
+            bias1_ptr,
+            w1_ptr,
+            ws1_ptr,
+            sw1_ptr,
+            bias1_ptr,
+            GROUP,
+        )
         w_ptr = w_ptr + expert * stride_we
         ws_ptr = ws_ptr + expert * stride_wse
         bias_ptr = bias_ptr + expert * stride_be
@@ -73,20 +122,61 @@ def _experts_gemv_kernel(
         zero3 = 0 * offs_n[None, :, None] + 0 * tl.arange(0, NS)[None, None, :]
         m3 = src[:, None, None] + zero3
         ok3 = (rows[:, None, None] + zero3) < count
-        total = _gemv_rows(bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
-                           stride_x, stride_xs, stride_w, stride_ws, TWO, SPB, ASM, EVEN_N, BLOCK_M == 1, BLOCK_M,
-                           BLOCK_N, BLOCK_K, NS)
+        total = _gemv_rows(
+            bc_ptr,
+            bs_ptr,
+            rc_ptr,
+            rs_ptr,
+            w_ptr,
+            ws_ptr,
+            offs_n,
+            n_ok,
+            m3,
+            ok3,
+            KS,
+            KSW,
+            stride_x,
+            stride_xs,
+            stride_w,
+            stride_ws,
+            TWO,
+            SPB,
+            ASM,
+            EVEN_N,
+            BLOCK_M == 1,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            NS,
+        )
         s_x = tl.load(sx_ptr + src * stride_sx, mask=m_ok, other=0.0)
         y = _gemv_epilogue(total, s_x, tl.load(sw_ptr + expert), bias_ptr, offs_n, n_ok, HAS_BIAS)
-        tl.store(y_ptr + pos[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
+        tl.store(
+            y_ptr + pos[:, None] * stride_y + cols[None, :],
+            y.to(y_ptr.dtype.element_ty),
+            mask=m_ok[:, None] & n_ok[None, :],
+        )
 
 
 def _experts_gemv_impl(
-    b_codes: torch.Tensor, b_scales: torch.Tensor, r_codes: torch.Tensor | None, r_scales: torch.Tensor | None,
-    src: torch.Tensor | None, s_x: torch.Tensor, tiles: torch.Tensor, w_codes: list[torch.Tensor],
-    w_scales: list[torch.Tensor], s_w: list[torch.Tensor], biases: list[torch.Tensor], wb: int, rows: int,
-    out_dtype: torch.dtype, block_m: int, block_n: int, block_k: int, num_warps: int,
+    b_codes: torch.Tensor,
+    b_scales: torch.Tensor,
+    r_codes: torch.Tensor | None,
+    r_scales: torch.Tensor | None,
+    src: torch.Tensor | None,
+    s_x: torch.Tensor,
+    tiles: torch.Tensor,
+    w_codes: list[torch.Tensor],
+    w_scales: list[torch.Tensor],
+    s_w: list[torch.Tensor],
+    biases: list[torch.Tensor],
+    wb: int,
+    rows: int,
+    out_dtype: torch.dtype,
+    block_m: int,
+    block_n: int,
+    block_k: int,
+    num_warps: int,
 ) -> torch.Tensor:
     """The launch as a torch op (torch.compile, CUDA graphs): see `experts_gemv`. Returns y (rows, Σ N_g)
     with the routed rows written (the others are left as allocated)."""
@@ -102,15 +192,48 @@ def _experts_gemv_impl(
     second = 1 if group > 1 else 0
     bias = list(biases) if biases else [s_x, s_x]  # without biases: any valid pointer, never read
     _experts_gemv_kernel[(triton.cdiv(n, block_n), g)](
-        b_codes.view(torch.int64), b_scales, r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
-        r_scales if two else b_scales, src if src is not None else tiles, s_x, tiles, y,
-        words[0], w_scales[0], s_w[0], bias[0], words[second], w_scales[second], s_w[second], bias[second],
-        n, sizes[0], g, words[0].shape[2], w_scales[0].shape[2], b_codes.shape[1] // 8, b_scales.shape[1],
-        words[0].stride(0), words[0].stride(1), w_scales[0].stride(0), w_scales[0].stride(1),
-        biases[0].stride(0) if biases else 0, 1 if s_x.numel() > 1 else 0, y.stride(0),
-        TWO=two, WB=wb, HAS_BIAS=bool(biases), HAS_SRC=src is not None, ASM=not interpreting(),
-        EVEN_N=n % block_n == 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=group,
-        num_warps=num_warps, num_stages=1,
+        b_codes.view(torch.int64),
+        b_scales,
+        r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
+        r_scales if two else b_scales,
+        src if src is not None else tiles,
+        s_x,
+        tiles,
+        y,
+        words[0],
+        w_scales[0],
+        s_w[0],
+        bias[0],
+        words[second],
+        w_scales[second],
+        s_w[second],
+        bias[second],
+        n,
+        sizes[0],
+        g,
+        words[0].shape[2],
+        w_scales[0].shape[2],
+        b_codes.shape[1] // 8,
+        b_scales.shape[1],
+        words[0].stride(0),
+        words[0].stride(1),
+        w_scales[0].stride(0),
+        w_scales[0].stride(1),
+        biases[0].stride(0) if biases else 0,
+        1 if s_x.numel() > 1 else 0,
+        y.stride(0),
+        TWO=two,
+        WB=wb,
+        HAS_BIAS=bool(biases),
+        HAS_SRC=src is not None,
+        ASM=not interpreting(),
+        EVEN_N=n % block_n == 0,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        GROUP=group,
+        num_warps=num_warps,
+        num_stages=1,
     )
     return y
 
@@ -119,13 +242,39 @@ _experts_gemv_op = torch.library.custom_op("sharq::experts_gemv", mutates_args=(
 
 
 @_experts_gemv_op.register_fake
-def _(b_codes, b_scales, r_codes, r_scales, src, s_x, tiles, w_codes, w_scales, s_w, biases, wb, rows, out_dtype,
-      block_m, block_n, block_k, num_warps):
+def _(
+    b_codes,
+    b_scales,
+    r_codes,
+    r_scales,
+    src,
+    s_x,
+    tiles,
+    w_codes,
+    w_scales,
+    s_w,
+    biases,
+    wb,
+    rows,
+    out_dtype,
+    block_m,
+    block_n,
+    block_k,
+    num_warps,
+):
     return b_codes.new_empty(rows, sum(c.shape[1] for c in w_codes), dtype=out_dtype)
 
 
-def experts_gemv(terms, s_x: torch.Tensor, src: torch.Tensor | None, tiles: torch.Tensor, weights: list[dict],
-                 rows: int, out_dtype: torch.dtype, plan_tiles: dict) -> torch.Tensor:
+def experts_gemv(
+    terms,
+    s_x: torch.Tensor,
+    src: torch.Tensor | None,
+    tiles: torch.Tensor,
+    weights: list[dict],
+    rows: int,
+    out_dtype: torch.dtype,
+    plan_tiles: dict,
+) -> torch.Tensor:
     """y (rows, Σ N_g) in `out_dtype`: for every row of every tile, s_x · s_w · Σ_t t · deq(W_e)ᵀ + b_e
     of its operand row against its tile's expert e, for each member weight (gate and up side by side,
     or down alone). Rows no tile covers are not written.
@@ -145,11 +294,16 @@ def experts_gemv(terms, s_x: torch.Tensor, src: torch.Tensor | None, tiles: torc
     half = first["codes"].shape[2]
     kg = terms[0].shape[1]
     if kg != gemv_padded(half * 2):
-        raise ValueError(f"GEMV operand of width {kg} does not match weights of {half * 2} positions "
-                         f"(expected {gemv_padded(half * 2)})")
+        raise ValueError(
+            f"GEMV operand of width {kg} does not match weights of {half * 2} positions "
+            f"(expected {gemv_padded(half * 2)})"
+        )
     for w in weights:
-        if (w["codes"].shape != first["codes"].shape or w["scales"].shape != first["scales"].shape
-                or w["block"] != first["block"]):
+        if (
+            w["codes"].shape != first["codes"].shape
+            or w["scales"].shape != first["scales"].shape
+            or w["block"] != first["block"]
+        ):
             raise ValueError("the experts GEMV's members need one shape (experts, N, K) and block")
     if len(weights) == 2 and first["codes"].shape[1] % plan_tiles["BLOCK_N"]:
         raise ValueError(f"a two-member launch needs member 0's N a multiple of BLOCK_N {plan_tiles['BLOCK_N']}")
@@ -158,10 +312,26 @@ def experts_gemv(terms, s_x: torch.Tensor, src: torch.Tensor | None, tiles: torc
         raise ValueError("the experts GEMV takes a bias for every member or for none")
     biases = [] if biases[0] is None else biases
     two = len(terms) == 4
-    args = (terms[0], terms[1], terms[2] if two else None, terms[3] if two else None, src,
-            s_x.reshape(-1).to(torch.float32), tiles, [w["codes"] for w in weights], [w["scales"] for w in weights],
-            [w["global_scale"] for w in weights], biases, first["block"], rows, out_dtype, plan_tiles["BLOCK_M"],
-            plan_tiles["BLOCK_N"], plan_tiles["BLOCK_K"], plan_tiles["num_warps"])
+    args = (
+        terms[0],
+        terms[1],
+        terms[2] if two else None,
+        terms[3] if two else None,
+        src,
+        s_x.reshape(-1).to(torch.float32),
+        tiles,
+        [w["codes"] for w in weights],
+        [w["scales"] for w in weights],
+        [w["global_scale"] for w in weights],
+        biases,
+        first["block"],
+        rows,
+        out_dtype,
+        plan_tiles["BLOCK_M"],
+        plan_tiles["BLOCK_N"],
+        plan_tiles["BLOCK_K"],
+        plan_tiles["num_warps"],
+    )
     op = _experts_gemv_impl if direct_call_ok(*terms, s_x, tiles) else torch.ops.sharq.experts_gemv
     return op(*args)
 

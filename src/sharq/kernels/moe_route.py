@@ -33,8 +33,7 @@ import triton.language as tl
 from .direct import direct_call_ok
 from .prepare_fp4 import _round_bf16
 
-__all__ = ["ExpertsRoute", "route_experts", "route_reference", "segment_amax", "combine_experts",
-           "combine_reference"]
+__all__ = ["ExpertsRoute", "route_experts", "route_reference", "segment_amax", "combine_experts", "combine_reference"]
 
 
 class ExpertsRoute(NamedTuple):
@@ -56,8 +55,23 @@ class ExpertsRoute(NamedTuple):
 
 # --- routing -----------------------------------------------------------------------------------------
 @triton.jit
-def _route_kernel(idx_ptr, stride_it, stride_ik, tok_out, exp_out, tiles_ptr, order_ptr, slot_ptr, T, E, G,
-                  K: tl.constexpr, R: tl.constexpr, PB: tl.constexpr, GB: tl.constexpr):
+def _route_kernel(
+    idx_ptr,
+    stride_it,
+    stride_ik,
+    tok_out,
+    exp_out,
+    tiles_ptr,
+    order_ptr,
+    slot_ptr,
+    T,
+    E,
+    G,
+    K: tl.constexpr,
+    R: tl.constexpr,
+    PB: tl.constexpr,
+    GB: tl.constexpr,
+):
     """One program. idx (T, K) integer expert indices; writes the ExpertsRoute fields (G tiles of up
     to R rows). PB, GB: powers of two >= P = T·K and >= G."""
     p = tl.arange(0, PB)
@@ -93,21 +107,38 @@ def _route_kernel(idx_ptr, stride_it, stride_ik, tok_out, exp_out, tiles_ptr, or
     tl.store(slot_ptr + tok * K + j, slot, mask=valid)
 
 
-def _route_impl(top_k_index: torch.Tensor, num_experts: int, tile_rows: int, max_tiles: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _route_impl(
+    top_k_index: torch.Tensor, num_experts: int, tile_rows: int, max_tiles: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The op: the ExpertsRoute fields of `top_k_index` (T, k) (`route_experts`)."""
     t, k = top_k_index.shape
     dev = dict(dtype=torch.int32, device=top_k_index.device)
     p = t * k
-    outs = (torch.empty(p, **dev), torch.empty(p, **dev), torch.empty(3, max_tiles, **dev), torch.empty(t, k, **dev),
-            torch.empty(t, k, **dev))
+    outs = (
+        torch.empty(p, **dev),
+        torch.empty(p, **dev),
+        torch.empty(3, max_tiles, **dev),
+        torch.empty(t, k, **dev),
+        torch.empty(t, k, **dev),
+    )
     if p == 0:
         outs[2].zero_()
         return outs
     pb = triton.next_power_of_2(p)
-    _route_kernel[(1,)](top_k_index, top_k_index.stride(0), top_k_index.stride(1), *outs, t, num_experts, max_tiles,
-                        K=k, R=tile_rows, PB=pb, GB=triton.next_power_of_2(max(max_tiles, 1)),
-                        num_warps=4 if pb <= 64 else 8)
+    _route_kernel[(1,)](
+        top_k_index,
+        top_k_index.stride(0),
+        top_k_index.stride(1),
+        *outs,
+        t,
+        num_experts,
+        max_tiles,
+        K=k,
+        R=tile_rows,
+        PB=pb,
+        GB=triton.next_power_of_2(max(max_tiles, 1)),
+        num_warps=4 if pb <= 64 else 8,
+    )
     return outs
 
 
@@ -119,8 +150,13 @@ def _(top_k_index, num_experts, tile_rows, max_tiles):
     t, k = top_k_index.shape
     new = top_k_index.new_empty
     i32 = torch.int32
-    return (new(t * k, dtype=i32), new(t * k, dtype=i32), new(3, max_tiles, dtype=i32), new(t, k, dtype=i32),
-            new(t, k, dtype=i32))
+    return (
+        new(t * k, dtype=i32),
+        new(t * k, dtype=i32),
+        new(3, max_tiles, dtype=i32),
+        new(t, k, dtype=i32),
+        new(t, k, dtype=i32),
+    )
 
 
 def route_experts(top_k_index: torch.Tensor, num_experts: int, tile_rows: int, max_tiles: int) -> ExpertsRoute:
@@ -128,8 +164,9 @@ def route_experts(top_k_index: torch.Tensor, num_experts: int, tile_rows: int, m
     to `tile_rows` rows of one expert, `max_tiles` of them (enough for the worst case:
     `kernels.plan.plan_experts`). One launch, no host synchronisation."""
     if top_k_index.dim() != 2 or top_k_index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"top_k_index must be (T, k) int64 or int32, got {top_k_index.dtype} "
-                         f"{tuple(top_k_index.shape)}")
+        raise ValueError(
+            f"top_k_index must be (T, k) int64 or int32, got {top_k_index.dtype} {tuple(top_k_index.shape)}"
+        )
     op = _route_impl if direct_call_ok(top_k_index) else torch.ops.sharq.route_experts
     return ExpertsRoute(*op(top_k_index, num_experts, tile_rows, max_tiles))
 
@@ -179,8 +216,9 @@ def _segment_amax_impl(x: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     p, k = x.shape
     out = torch.empty(p, dtype=torch.int32, device=x.device)
     if p:
-        _segment_amax_kernel[(p,)](x, segments, out, p, k, x.stride(0), PB=triton.next_power_of_2(p), CHUNK=256,
-                                   num_warps=2)
+        _segment_amax_kernel[(p,)](
+            x, segments, out, p, k, x.stride(0), PB=triton.next_power_of_2(p), CHUNK=256, num_warps=2
+        )
     return out
 
 
@@ -217,8 +255,24 @@ def _round_to(v, KIND: tl.constexpr):
 
 
 @triton.jit
-def _combine_kernel(y_ptr, w_ptr, order_ptr, slot_ptr, exp_ptr, out_ptr, H, E, stride_y, stride_wt, stride_wk,
-                    stride_o, K: tl.constexpr, PROD: tl.constexpr, OUT: tl.constexpr, BLOCK_H: tl.constexpr):
+def _combine_kernel(
+    y_ptr,
+    w_ptr,
+    order_ptr,
+    slot_ptr,
+    exp_ptr,
+    out_ptr,
+    H,
+    E,
+    stride_y,
+    stride_wt,
+    stride_wk,
+    stride_o,
+    K: tl.constexpr,
+    PROD: tl.constexpr,
+    OUT: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """Program (t, column block): out[t] = Σ_j round_OUT(round_PROD(y[order[t, j]] · w[t, slots[t, j]])),
     each sum rounded to OUT, j ascending, pairs of expert E skipped."""
     t = tl.program_id(0)
@@ -236,8 +290,15 @@ def _combine_kernel(y_ptr, w_ptr, order_ptr, slot_ptr, exp_ptr, out_ptr, H, E, s
     tl.store(out_ptr + t.to(tl.int64) * stride_o + cols, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def _combine_impl(y: torch.Tensor, weights: torch.Tensor, order: torch.Tensor, slots: torch.Tensor,
-                  sorted_expert: torch.Tensor, num_experts: int, out_dtype: torch.dtype) -> torch.Tensor:
+def _combine_impl(
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    order: torch.Tensor,
+    slots: torch.Tensor,
+    sorted_expert: torch.Tensor,
+    num_experts: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     t, k = order.shape
     h = y.shape[1]
     out = torch.empty(t, h, dtype=out_dtype, device=y.device)
@@ -246,9 +307,25 @@ def _combine_impl(y: torch.Tensor, weights: torch.Tensor, order: torch.Tensor, s
     block_h = min(1024, triton.next_power_of_2(h))
     prod = torch.promote_types(y.dtype, weights.dtype)
     _combine_kernel[(t, triton.cdiv(h, block_h))](
-        y, weights, order, slots, sorted_expert, out, h, num_experts, y.stride(0), weights.stride(0),
-        weights.stride(1), out.stride(0), K=k, PROD=_KIND[prod], OUT=_KIND[out_dtype], BLOCK_H=block_h,
-        num_warps=4, enable_fp_fusion=False)
+        y,
+        weights,
+        order,
+        slots,
+        sorted_expert,
+        out,
+        h,
+        num_experts,
+        y.stride(0),
+        weights.stride(0),
+        weights.stride(1),
+        out.stride(0),
+        K=k,
+        PROD=_KIND[prod],
+        OUT=_KIND[out_dtype],
+        BLOCK_H=block_h,
+        num_warps=4,
+        enable_fp_fusion=False,
+    )
     return out
 
 
@@ -260,8 +337,9 @@ def _(y, weights, order, slots, sorted_expert, num_experts, out_dtype):
     return y.new_empty(order.shape[0], y.shape[1], dtype=out_dtype)
 
 
-def combine_experts(y: torch.Tensor, weights: torch.Tensor, route: ExpertsRoute, num_experts: int,
-                    out_dtype: torch.dtype) -> torch.Tensor:
+def combine_experts(
+    y: torch.Tensor, weights: torch.Tensor, route: ExpertsRoute, num_experts: int, out_dtype: torch.dtype
+) -> torch.Tensor:
     """The weighted sum of each token's expert outputs: y (P, H) in sorted order (float32 / bf16 /
     fp16), weights (T, k) the routing weights (same dtypes) -> (T, H) in `out_dtype` (module docstring)."""
     for what, dtype in (("expert outputs", y.dtype), ("routing weights", weights.dtype), ("output", out_dtype)):
@@ -273,8 +351,14 @@ def combine_experts(y: torch.Tensor, weights: torch.Tensor, route: ExpertsRoute,
     return op(y, weights, route.order, route.slots, route.sorted_expert, num_experts, out_dtype)
 
 
-def combine_reference(y: torch.Tensor, weights: torch.Tensor, top_k_index: torch.Tensor, pos: torch.Tensor,
-                      num_experts: int, out_dtype: torch.dtype) -> torch.Tensor:
+def combine_reference(
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    top_k_index: torch.Tensor,
+    pos: torch.Tensor,
+    num_experts: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """The host loop's combine (tests): for each expert in ascending order, index_add_ of its rows'
     y (sorted positions `pos` (T, k) of each pair) times their weights, into zeros of `out_dtype`."""
     t, k = top_k_index.shape

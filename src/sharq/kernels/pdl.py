@@ -51,7 +51,7 @@ def _env_on(default: bool) -> bool:
     return default if flag == "" else flag != "0"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
@@ -69,16 +69,16 @@ def pdl_enabled(device: torch.device, *, default: bool = False) -> bool:
 def gdc_wait():
     """Block until the predecessor grid has completed and its memory is visible (PTX
     griddepcontrol.wait; a no-op without a programmatic dependency)."""
-    tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False,
-                              pack=1)
+    tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
 def gdc_launch_dependents():
     """Allow the next kernel in the stream to launch once every program got here (PTX
     griddepcontrol.launch_dependents)."""
-    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                              is_pure=False, pack=1)
+    tl.inline_asm_elementwise(
+        "griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1
+    )
 
 
 @triton.jit

@@ -16,10 +16,12 @@ Llama-3.1-8B layers. Regimes (NVFP4 on CUDA, `backend="auto"`; M = rows of the f
 
 The M > 16 boundaries come from benchmarks/tune_split.py's sweeps (docs/performance.md, "Kernel plan").
 `operand="auto"` is exact up to AUTO_EXACT_MAX_ROWS (16) rows and bf16-sum above (SPEC §7), so its
-calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows and runs `gemm_fp4`'s FP32
+calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows
+and runs `gemm_fp4`'s FP32
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
 The weight-only quantized lm_head has its own small plan (`plan_lm_head`: W4A16 GEMV, then gemm_fp4 with
-one bf16 term). The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
+one bf16 term). The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`,
+`gemm_nvfp4_split.split_gemm_tiles`)
 and `tiles` reports them.
 
 Mixture-of-experts layers (`nn.experts.SharqExperts`) take one more decision, `plan_experts`: a layer
@@ -46,9 +48,21 @@ import torch
 from ..config import Format, Operand, SharqConfig
 from ..options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 
-__all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M", "ExpertsPlan", "plan_experts",
-           "experts_input_plan", "experts_max_tiles", "experts_plan_table", "EXPERTS_GEMV_MAX_TOKENS", "ROUTINGS",
-           "LM_HEAD_GEMV_MAX_M", "plan_lm_head"]
+__all__ = [
+    "LinearPlan",
+    "plan_linear",
+    "plan_table",
+    "GEMV_AUTO_MAX_M",
+    "ExpertsPlan",
+    "plan_experts",
+    "experts_input_plan",
+    "experts_max_tiles",
+    "experts_plan_table",
+    "EXPERTS_GEMV_MAX_TOKENS",
+    "ROUTINGS",
+    "LM_HEAD_GEMV_MAX_M",
+    "plan_lm_head",
+]
 
 # the decode GEMV takes exact NVFP4 calls of up to this many rows; beyond them the tensor-core GEMM with
 # the packed decode and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json:
@@ -98,8 +112,9 @@ class LinearPlan:
         return f"M={self.rows}: {self.backend.value}, operand {self.operand.value}, {self.preparation} -> {self.gemm}"
 
 
-def plan_linear(rows: int, config: SharqConfig, device: torch.device | str,
-                options: RuntimeOptions = DEFAULT_OPTIONS) -> LinearPlan:
+def plan_linear(
+    rows: int, config: SharqConfig, device: torch.device | str, options: RuntimeOptions = DEFAULT_OPTIONS
+) -> LinearPlan:
     """The plan of a call of `rows` rows (the flattened (M, K) activation) of `config` on `device`,
     with `options.backend`. Raises what `ops.resolve_backend` raises for a backend that cannot run there."""
     from ..ops import resolve_backend
@@ -144,8 +159,7 @@ def _rows_gemm(rows: int) -> str:
     return "bf16-scratch" if rows >= SCRATCH_MIN_M else "fp32-decode"
 
 
-def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: list[int],
-               device: str = "cuda") -> str:
+def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: list[int], device: str = "cuda") -> str:
     """A printable table: for each M, the plan and each layer's GEMM tiles. `shapes`: name -> (N, K).
     Planning for "cuda" needs no GPU (the plan looks at the device type only)."""
     lines = []
@@ -195,17 +209,22 @@ class ExpertsPlan:
         return self.tokens * self.top_k
 
     def describe(self) -> str:
-        head = (f"T={self.tokens} top-{self.top_k}/{self.num_experts}: {self.backend.value}, operand "
-                f"{self.operand.value}, input {self.input.preparation}, {self.routing} routing")
+        head = (
+            f"T={self.tokens} top-{self.top_k}/{self.num_experts}: {self.backend.value}, operand "
+            f"{self.operand.value}, input {self.input.preparation}, {self.routing} routing"
+        )
         if self.expert_gemm == "experts-gemv":
             tiles = " ".join(f"{k}={v}" for k, v in self.tiles.items())
-            return (f"{head} -> experts GEMV, {self.tile_rows}-row tiles, grid {self.max_tiles} tiles "
-                    f"for {self.pairs} pairs ({tiles})" + (f" [{self.reason}]" if self.reason else ""))
+            return (
+                f"{head} -> experts GEMV, {self.tile_rows}-row tiles, grid {self.max_tiles} tiles "
+                f"for {self.pairs} pairs ({tiles})" + (f" [{self.reason}]" if self.reason else "")
+            )
         return f"{head} -> per-expert linears (plan_linear of each expert's rows) [{self.reason}]"
 
 
-def _experts_gemv_reason(tokens: int, config: SharqConfig, backend: Backend, operand: Operand,
-                         intermediate: int | None) -> str:
+def _experts_gemv_reason(
+    tokens: int, config: SharqConfig, backend: Backend, operand: Operand, intermediate: int | None
+) -> str:
     """Why the experts GEMV does not serve a call ("" when it does)."""
     if backend is not Backend.TRITON:
         return "reference backend"
@@ -238,8 +257,13 @@ def experts_max_tiles(pairs: int, num_experts: int, tile_rows: int) -> int:
     return min(pairs, (pairs + min(num_experts, pairs) * (tile_rows - 1)) // tile_rows)
 
 
-def experts_input_plan(tokens: int, config: SharqConfig, device: torch.device | str,
-                       intermediate: int | None = None, options: RuntimeOptions = DEFAULT_OPTIONS) -> LinearPlan:
+def experts_input_plan(
+    tokens: int,
+    config: SharqConfig,
+    device: torch.device | str,
+    intermediate: int | None = None,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+) -> LinearPlan:
     """The preparation plan of a MoE layer's input of `tokens` rows: the GEMV operand where the
     experts GEMV serves the call, else `plan_linear`'s."""
     from ..ops import resolve_backend
@@ -251,9 +275,18 @@ def experts_input_plan(tokens: int, config: SharqConfig, device: torch.device | 
     return LinearPlan(tokens, backend, operand, "gemv", "experts-gemv")
 
 
-def plan_experts(tokens: int, top_k: int, num_experts: int, config: SharqConfig, device: torch.device | str, *,
-                 intermediate: int | None = None, routing: str = "auto",
-                 weights_dtype: torch.dtype | None = None, options: RuntimeOptions = DEFAULT_OPTIONS) -> ExpertsPlan:
+def plan_experts(
+    tokens: int,
+    top_k: int,
+    num_experts: int,
+    config: SharqConfig,
+    device: torch.device | str,
+    *,
+    intermediate: int | None = None,
+    routing: str = "auto",
+    weights_dtype: torch.dtype | None = None,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+) -> ExpertsPlan:
     """The plan of a MoE layer call: `tokens` rows, `top_k` experts each out of `num_experts`.
 
     routing: "auto" (device routing wherever the experts GEMV serves the call), "device" (a
@@ -269,8 +302,9 @@ def plan_experts(tokens: int, top_k: int, num_experts: int, config: SharqConfig,
     operand = config.operand.for_rows(tokens)
     input_plan = experts_input_plan(tokens, config, device, intermediate, options)
     reason = _experts_gemv_reason(tokens, config, backend, operand, intermediate)
-    common = dict(tokens=tokens, top_k=top_k, num_experts=num_experts, backend=backend, operand=operand,
-                  input=input_plan)
+    common = dict(
+        tokens=tokens, top_k=top_k, num_experts=num_experts, backend=backend, operand=operand, input=input_plan
+    )
     if reason:
         if routing == "device":
             raise ValueError(f"device routing needs the experts GEMV, which does not serve this call: {reason}")
@@ -288,15 +322,24 @@ def plan_experts(tokens: int, top_k: int, num_experts: int, config: SharqConfig,
     chosen = "host" if routing == "host" or device_reason else "device"
     if routing == "host":
         device_reason = "routing='host'"
-    return ExpertsPlan(routing=chosen, expert_gemm="experts-gemv", tile_rows=rows, tiles=tiles,
-                       max_tiles=max_tiles, reason=device_reason if chosen == "host" else "", **common)
+    return ExpertsPlan(
+        routing=chosen,
+        expert_gemm="experts-gemv",
+        tile_rows=rows,
+        tiles=tiles,
+        max_tiles=max_tiles,
+        reason=device_reason if chosen == "host" else "",
+        **common,
+    )
 
 
-def experts_plan_table(config: SharqConfig, num_experts: int, top_k: int, intermediate: int, tokens: list[int],
-                       device: str = "cuda") -> str:
+def experts_plan_table(
+    config: SharqConfig, num_experts: int, top_k: int, intermediate: int, tokens: list[int], device: str = "cuda"
+) -> str:
     """A printable table of `plan_experts` for each token count (no GPU needed for "cuda")."""
-    return "\n".join(plan_experts(t, top_k, num_experts, config, device, intermediate=intermediate).describe()
-                     for t in tokens)
+    return "\n".join(
+        plan_experts(t, top_k, num_experts, config, device, intermediate=intermediate).describe() for t in tokens
+    )
 
 
 if __name__ == "__main__":

@@ -195,8 +195,9 @@ def _store_codes(ptr, codes, rows, row_ok, k0, stride, width, BM: tl.constexpr, 
 @triton.jit
 def _store_scales(ptr, bits, rows, row_ok, k0, stride, width, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr):
     cols = k0 // BLOCK + tl.arange(0, BK // BLOCK)
-    tl.store(ptr + rows[:, None] * stride + cols[None, :], bits.to(tl.uint8),
-             mask=row_ok[:, None] & (cols[None, :] < width))
+    tl.store(
+        ptr + rows[:, None] * stride + cols[None, :], bits.to(tl.uint8), mask=row_ok[:, None] & (cols[None, :] < width)
+    )
 
 
 # --- second-level scale (NVFP4): amax per row ("token") or over the tensor ("tensor") -------------
@@ -229,8 +230,11 @@ def _rows_amax(x_ptr, rows, row_ok, K, stride_x, BLOCK_M: tl.constexpr, CHUNK: t
     best = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for k0 in range(0, K, CHUNK):
         cols = k0 + tl.arange(0, CHUNK)
-        a = tl.abs(tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K),
-                           other=0.0).to(tl.float32))
+        a = tl.abs(
+            tl.load(
+                x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0.0
+            ).to(tl.float32)
+        )
         best = tl.maximum(best, tl.max(a.to(tl.int32, bitcast=True), axis=1))
     return best
 
@@ -244,14 +248,48 @@ def _global_scale(amax):
 
 @triton.jit
 def _prepare_kernel(
-    x_ptr, amax_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, tb_ptr, tr_ptr, tbs_ptr, trs_ptr,
-    M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_t,
-    wb_codes, wb_scales, wr_codes, wr_scales,
-    MX: tl.constexpr, HAS_S: tl.constexpr,
-    MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
-    RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KG,
-    AMAX_INLINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    x_ptr,
+    amax_ptr,
+    s_ptr,
+    b_codes,
+    b_scales,
+    r_codes,
+    r_scales,
+    tb_ptr,
+    tr_ptr,
+    tbs_ptr,
+    trs_ptr,
+    M,
+    K,
+    stride_x,
+    stride_s,
+    stride_bc,
+    stride_bs,
+    stride_rc,
+    stride_rs,
+    stride_t,
+    wb_codes,
+    wb_scales,
+    wr_codes,
+    wr_scales,
+    MX: tl.constexpr,
+    HAS_S: tl.constexpr,
+    MASK: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_M: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    RMASK: tl.constexpr,
+    RMASK_N: tl.constexpr,
+    RMASK_M: tl.constexpr,
+    BB: tl.constexpr,
+    RB: tl.constexpr,
+    WRITE_TERMS: tl.constexpr,
+    KP: tl.constexpr,
+    KG,
+    AMAX_INLINE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     if PDL:  # launched as a dependent (pdl.py): wait for x, then let the GEMV's programs start
         wait_then_release()
@@ -305,15 +343,15 @@ def _prepare_kernel(
             if WRITE_TERMS == 1:
                 tl.store(tr_ptr + rows[:, None] * stride_t + cols[None, :], deq_r.to(tl.bfloat16), mask=ok)
             if WRITE_TERMS == 3:
-                _store_gemv_operand(tr_ptr, trs_ptr, r_c, scale_r, rows, row_ok, k0, stride_t, KG, BLOCK_M, BLOCK_K,
-                                    RB)
+                _store_gemv_operand(tr_ptr, trs_ptr, r_c, scale_r, rows, row_ok, k0, stride_t, KG, BLOCK_M, BLOCK_K, RB)
         if WRITE_TERMS == 2:  # one term: the FP32 sum rounded to bf16 (operand="bf16-sum")
             tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], _round_bf16(total).to(tl.bfloat16), mask=ok)
 
 
 @triton.jit
-def _store_gemv_operand(c_ptr, s_ptr, codes, scale, rows, row_ok, k0, stride, KG, BM: tl.constexpr,
-                        BK: tl.constexpr, BLOCK: tl.constexpr):
+def _store_gemv_operand(
+    c_ptr, s_ptr, codes, scale, rows, row_ok, k0, stride, KG, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr
+):
     """codes as int8 2·E2M1 values (M, KG) and the block scales repeated per 16 positions, FP32
     (M, KG / 16): the decode GEMV's operand (`gemv_nvfp4.gemv_operand`)."""
     val = e2m1_doubled(codes)
@@ -322,7 +360,9 @@ def _store_gemv_operand(c_ptr, s_ptr, codes, scale, rows, row_ok, k0, stride, KG
     tl.store(c_ptr + rows[:, None] * stride + at[None, :], val.to(tl.int8), mask=row_ok[:, None] & (cols[None, :] < KG))
     s16 = tl.reshape(tl.broadcast_to(scale[:, :, None], (BM, BK // BLOCK, BLOCK // 16)), (BM, BK // 16))
     c16 = k0 // 16 + tl.arange(0, BK // 16)
-    tl.store(s_ptr + rows[:, None] * (stride // 16) + c16[None, :], s16, mask=row_ok[:, None] & (c16[None, :] < KG // 16))
+    tl.store(
+        s_ptr + rows[:, None] * (stride // 16) + c16[None, :], s16, mask=row_ok[:, None] & (c16[None, :] < KG // 16)
+    )
 
 
 # --- host side -------------------------------------------------------------------------------------
@@ -354,7 +394,8 @@ def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool,
     none = torch.empty(0, **u8)
     return (
         torch.empty(m if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else 1, dtype=torch.float32, device=x.device),
-        torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8),
+        torch.empty(m, kp_b // 2, **u8),
+        torch.empty(m, kp_b // bb, **u8),
         torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
         torch.empty(m, kp_r // rb, **u8) if has_r else none.clone(),
         _term(x, terms) if terms else none.clone(),
@@ -377,15 +418,39 @@ def _term_scales(x: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare_impl(
-    x: torch.Tensor, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
-    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, terms: int,
-    block_m: int, block_k: int, num_warps: int, row_amax: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    scale: int,
+    mx: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    terms: int,
+    block_m: int,
+    block_k: int,
+    num_warps: int,
+    row_amax: torch.Tensor | None = None,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
     """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
     scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row, 3 one per row from
     `row_amax` (int32 (M,): FP32 bit patterns of each row's amax, as the amax kernel writes them; a
-    MoE layer gives every row its expert's amax). Returns s (FP32 (1,) or (M,); 1 without a scale), B codes/scales, R codes/scales, and the GEMM operands:
+    MoE layer gives every row its expert's amax). Returns s (FP32 (1,) or (M,); 1 without a scale),
+    B codes/scales, R codes/scales, and the GEMM operands:
     terms 1: bf16 deq(B), bf16 deq(R); terms 2: bf16(deq(B) + deq(R)) alone; terms 3: the decode
     GEMV's int8 codes of B and R, then their FP32 scales per 16 (`gemv_nvfp4`). The outputs not
     asked for (no residual, no terms) are empty. Kernels: the amax (per
@@ -414,7 +479,11 @@ def _prepare_impl(
         amax = s_out  # unused
     elif scale != _SCALE_NONE:
         per_row = scale == _SCALE_TOKEN
-        amax = torch.empty(m, dtype=torch.int32, device=x.device) if per_row else torch.zeros(1, dtype=torch.int32, device=x.device)
+        amax = (
+            torch.empty(m, dtype=torch.int32, device=x.device)
+            if per_row
+            else torch.zeros(1, dtype=torch.int32, device=x.device)
+        )
         bm = min(8, triton.next_power_of_2(m))
         bk = 1024 if per_row else 512
         amax_grid = (triton.cdiv(m, bm),) if per_row else (triton.cdiv(m, bm), min(triton.cdiv(k, bk), 65535))
@@ -424,25 +493,60 @@ def _prepare_impl(
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     gemv = terms == _TERMS_GEMV
     if gemv and (mx or bb % 16 or rb % 16):
-        raise ValueError(f"the GEMV operand is for NVFP4 with 16-multiple blocks, got {'MXFP4' if mx else 'NVFP4'}, "
-                         f"blocks {bb}/{rb}")
+        raise ValueError(
+            f"the GEMV operand is for NVFP4 with 16-multiple blocks, got {'MXFP4' if mx else 'NVFP4'}, blocks {bb}/{rb}"
+        )
     kg = gemv_padded(k) if gemv else 0
     kp = padded_length(max(kp_b, kp_r, kg), block_k)  # GEMV operand: the zero padding is written too
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     pdl = pdl_enabled(x.device, default=gemv and m <= GEMV_MAX_M)  # measured: faster for 1-2 rows, slower at 8
     _prepare_kernel[grid](
-        x, amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
+        x,
+        amax,
+        s_out,
+        b_codes,
+        b_scales,
+        r_codes if has_r else spare,
+        r_scales if has_r else spare,
         t_b if terms else spare,
         t_r if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else spare,
-        t_bs if gemv else spare, t_rs if gemv and has_r else spare,
-        m, k, x.stride(0), 1 if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else 0, b_codes.stride(0), b_scales.stride(0),
-        r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0, t_b.stride(0) if terms else 0,
-        kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
-        MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
-        RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-        WRITE_TERMS=terms, KP=kp, KG=kg, AMAX_INLINE=inline, BLOCK_M=block_m, BLOCK_K=block_k,
-        PDL=pdl, num_warps=num_warps, enable_fp_fusion=False, **({"launch_pdl": True} if pdl else {}),
+        t_bs if gemv else spare,
+        t_rs if gemv and has_r else spare,
+        m,
+        k,
+        x.stride(0),
+        1 if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else 0,
+        b_codes.stride(0),
+        b_scales.stride(0),
+        r_codes.stride(0) if has_r else 0,
+        r_scales.stride(0) if has_r else 0,
+        t_b.stride(0) if terms else 0,
+        kp_b // 2,
+        kp_b // bb,
+        kp_r // 2,
+        kp_r // rb,
+        MX=mx,
+        HAS_S=scale != _SCALE_NONE,
+        MASK=mask,
+        MASK_N=mask_n,
+        MASK_M=mask_m,
+        RESIDUAL=residual,
+        RMASK=rmask,
+        RMASK_N=rmask_n,
+        RMASK_M=rmask_m,
+        BB=bb,
+        RB=rb,
+        WRITE_TERMS=terms,
+        KP=kp,
+        KG=kg,
+        AMAX_INLINE=inline,
+        BLOCK_M=block_m,
+        BLOCK_K=block_k,
+        PDL=pdl,
+        num_warps=num_warps,
+        enable_fp_fusion=False,
+        **({"launch_pdl": True} if pdl else {}),
     )
     return outs
 
@@ -466,15 +570,39 @@ def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
 
 
 @_prepare_op.register_fake
-def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms,
-      block_m, block_k, num_warps, row_amax=None):
+def _(
+    x,
+    scale,
+    mx,
+    mask,
+    mask_n,
+    mask_m,
+    residual,
+    rmask,
+    rmask_n,
+    rmask_m,
+    bb,
+    rb,
+    terms,
+    block_m,
+    block_k,
+    num_warps,
+    row_amax=None,
+):
     return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, terms)
 
 
 def prepare_activation_triton(
-    x: torch.Tensor, config: SharqConfig, *, with_terms: bool = False,
-    terms_layout: str = "rows", block_m: int | None = None, block_k: int | None = None, num_warps: int | None = None,
-    gemv_rows: int = GEMV_MAX_M, row_amax: torch.Tensor | None = None,
+    x: torch.Tensor,
+    config: SharqConfig,
+    *,
+    with_terms: bool = False,
+    terms_layout: str = "rows",
+    block_m: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
+    gemv_rows: int = GEMV_MAX_M,
+    row_amax: torch.Tensor | None = None,
 ) -> PreparedActivation:
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
@@ -515,27 +643,48 @@ def prepare_activation_triton(
     rb = config.residual_block if has_r else bb
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
-    residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
+    residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[
+        config.residual
+    ]
     if terms_layout not in ("rows", "gemv", "auto"):
         raise ValueError(f"terms_layout must be 'rows', 'gemv' or 'auto', got {terms_layout!r}")
-    gemv_ok = (1 <= m <= gemv_rows and config.format is Format.NVFP4 and not summed
-               and bb % 16 == 0 and rb % 16 == 0)
+    gemv_ok = 1 <= m <= gemv_rows and config.format is Format.NVFP4 and not summed and bb % 16 == 0 and rb % 16 == 0
     if terms_layout == "gemv" and not gemv_ok:
-        raise ValueError(f"the GEMV operand is for 1 to {gemv_rows} rows of NVFP4 with the exact operand, got {m} "
-                         f"rows of {config.format.value}, operand {config.operand.value}")
+        raise ValueError(
+            f"the GEMV operand is for 1 to {gemv_rows} rows of NVFP4 with the exact operand, got {m} "
+            f"rows of {config.format.value}, operand {config.operand.value}"
+        )
     gemv = terms_layout == "gemv" or (terms_layout == "auto" and gemv_ok and m <= GEMV_AUTO_MAX_M)
     terms = _TERMS_NONE
     if with_terms:
         terms = _TERMS_GEMV if gemv else (_TERMS_SUMMED if summed else _TERMS_SEPARATE)
     op = _prepare_impl if direct_call_ok(x) else torch.ops.sharq.prepare_fp4
     s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = op(
-        x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
-        terms, block_m or 0, block_k or 0, num_warps or 0, row_amax)
+        x,
+        scale,
+        mx,
+        mask,
+        mask_n,
+        mask_m,
+        residual,
+        rmask,
+        rmask_n,
+        rmask_m,
+        bb,
+        rb,
+        terms,
+        block_m or 0,
+        block_k or 0,
+        num_warps or 0,
+        row_amax,
+    )
     s = s.reshape(m, 1) if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else s.reshape(())
     gs = s if config.has_global_scale else None
 
     def qt(codes, scales, block):
-        return QuantizedTensor(format=config.format, codes=codes, scales=scales, shape=(m, k), block=block, global_scale=gs)
+        return QuantizedTensor(
+            format=config.format, codes=codes, scales=scales, shape=(m, k), block=block, global_scale=gs
+        )
 
     backbone = qt(b_codes, b_scales, bb)
     residual_qt = qt(r_codes, r_scales, rb) if has_r else None

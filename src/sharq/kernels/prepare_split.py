@@ -63,8 +63,12 @@ def split_positions(k: int, device=None) -> torch.Tensor:
 def prepare_split_supports(config: SharqConfig) -> bool:
     """True for the configs this kernel prepares: NVFP4 (a second-level scale), the masks the Triton
     kernels take, blocks dividing SPLIT."""
-    return (config.format is Format.NVFP4 and supports(config)
-            and SPLIT % config.backbone_block == 0 and SPLIT % config.residual_block == 0)
+    return (
+        config.format is Format.NVFP4
+        and supports(config)
+        and SPLIT % config.backbone_block == 0
+        and SPLIT % config.residual_block == 0
+    )
 
 
 @triton.jit
@@ -127,11 +131,32 @@ def _store_operand(ptr, v, rows, row_ok, k0, K, stride, BM: tl.constexpr, BK: tl
 
 @triton.jit
 def _prepare_split_kernel(
-    x_ptr, amax_ptr, s_ptr, t_ptr, r_ptr, M, K, KP, stride_x, stride_t, stride_s,
-    TOKEN: tl.constexpr, MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
-    RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, TWO: tl.constexpr, ROUND_ASM: tl.constexpr, SPLIT_LAYOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    amax_ptr,
+    s_ptr,
+    t_ptr,
+    r_ptr,
+    M,
+    K,
+    KP,
+    stride_x,
+    stride_t,
+    stride_s,
+    TOKEN: tl.constexpr,
+    MASK: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_M: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    RMASK: tl.constexpr,
+    RMASK_N: tl.constexpr,
+    RMASK_M: tl.constexpr,
+    BB: tl.constexpr,
+    RB: tl.constexpr,
+    TWO: tl.constexpr,
+    ROUND_ASM: tl.constexpr,
+    SPLIT_LAYOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
@@ -139,8 +164,9 @@ def _prepare_split_kernel(
         best = tl.zeros((BLOCK_M,), dtype=tl.int32)
         for k0 in range(0, K, 1024):
             cols = k0 + tl.arange(0, 1024)
-            a = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K),
-                        other=0.0).to(tl.float32)
+            a = tl.load(
+                x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0.0
+            ).to(tl.float32)
             best = tl.maximum(best, tl.max(a.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1))
         amax = best
     else:
@@ -151,8 +177,9 @@ def _prepare_split_kernel(
         tl.store(s_ptr + rows * stride_s, s, mask=row_ok & ((rows == 0) | (rows * stride_s != 0)))
     for k0 in range(tl.program_id(1) * BLOCK_K, KP, tl.num_programs(1) * BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K),
-                    other=0.0).to(tl.float32)
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0.0
+        ).to(tl.float32)
         xs = _div_by(x, s[:, None], inv_s[:, None])
         if MASK != 0:
             b = _apply_mask(xs, BLOCK_M, BLOCK_K, MASK, MASK_N, MASK_M)
@@ -170,7 +197,9 @@ def _prepare_split_kernel(
                 r = _apply_mask(r, BLOCK_M, BLOCK_K, RMASK, RMASK_N, RMASK_M)
             deq_r = _deq_blocks(r, BLOCK_M, BLOCK_K, RB)
             if TWO:
-                _store_operand(r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT)
+                _store_operand(
+                    r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT
+                )
             total = total + deq_r
         if not TWO:
             if ROUND_ASM:  # the hardware's round-to-nearest-even cast
@@ -190,8 +219,20 @@ def _split_tiles(m: int, kp: int) -> tuple[int, int, int, int]:
 
 
 def _prepare_split_impl(
-    x: torch.Tensor, token: bool, mask: int, mask_n: int, mask_m: int, residual: int, rmask: int, rmask_n: int,
-    rmask_m: int, bb: int, rb: int, two: bool, split_layout: bool, tiles: list[int],
+    x: torch.Tensor,
+    token: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    two: bool,
+    split_layout: bool,
+    tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel as a torch op: x (M, K) contiguous -> (s_x FP32 (M,) or (1,), first operand bf16
     (M, Kp) pair-split or (M, K) rows, second operand likewise or empty). tiles: block_m, block_k,
@@ -212,17 +253,42 @@ def _prepare_split_impl(
         amax = torch.zeros(1, dtype=torch.int32, device=x.device)
         bm = min(8, triton.next_power_of_2(m))
         _amax_kernel[(triton.cdiv(m, bm), min(triton.cdiv(k, 512), 65535))](
-            x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512)
+            x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512
+        )
     kp = split_padded(k)
     block_m, block_k, k_programs, warps = _split_tiles(m, kp)
     if any(tiles):
         block_m, block_k, warps = tiles[0] or block_m, tiles[1] or block_k, tiles[2] or warps
         k_programs = max(1, min(triton.cdiv(kp, block_k), triton.cdiv(264, triton.cdiv(m, block_m))))
     _prepare_split_kernel[(triton.cdiv(m, block_m), k_programs)](
-        x, amax, s, t, r if two else t, m, k, kp, x.stride(0), t.stride(0), 1 if token else 0,
-        TOKEN=token, MASK=mask, MASK_N=mask_n, MASK_M=mask_m, RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n,
-        RMASK_M=rmask_m, BB=bb, RB=rb, TWO=two, ROUND_ASM=not interpreting(), SPLIT_LAYOUT=split_layout,
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, enable_fp_fusion=False,
+        x,
+        amax,
+        s,
+        t,
+        r if two else t,
+        m,
+        k,
+        kp,
+        x.stride(0),
+        t.stride(0),
+        1 if token else 0,
+        TOKEN=token,
+        MASK=mask,
+        MASK_N=mask_n,
+        MASK_M=mask_m,
+        RESIDUAL=residual,
+        RMASK=rmask,
+        RMASK_N=rmask_n,
+        RMASK_M=rmask_m,
+        BB=bb,
+        RB=rb,
+        TWO=two,
+        ROUND_ASM=not interpreting(),
+        SPLIT_LAYOUT=split_layout,
+        BLOCK_M=block_m,
+        BLOCK_K=block_k,
+        num_warps=warps,
+        enable_fp_fusion=False,
     )
     return s, t, r
 
@@ -240,16 +306,23 @@ def _(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb,
 
 
 def prepare_split(
-    x: torch.Tensor, config: SharqConfig, *, two: bool, layout: str = "pair-split", tiles: dict | None = None,
+    x: torch.Tensor,
+    config: SharqConfig,
+    *,
+    two: bool,
+    layout: str = "pair-split",
+    tiles: dict | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(s_x, operands) of x (M, K) for `config` (NVFP4): s_x FP32 (M, 1) ("token") or (); operands:
     `two` — (deq(B), deq(R)) — or (bf16(deq(B) + deq(R)),), bf16, in `layout`: "pair-split" (M, Kp)
     or "rows" (M, K). A config without a residual gives (deq(B),) either way. `tiles` (BLOCK_M,
     BLOCK_K, num_warps) overrides the launch tiling (benchmarks)."""
     if not prepare_split_supports(config):
-        raise ValueError(f"prepare_split prepares NVFP4 with blocks dividing {SPLIT} and the Triton masks, "
-                         f"got {config.format.value}, mask {config.mask}, blocks {config.backbone_block}/"
-                         f"{config.residual_block}")
+        raise ValueError(
+            f"prepare_split prepares NVFP4 with blocks dividing {SPLIT} and the Triton masks, "
+            f"got {config.format.value}, mask {config.mask}, blocks {config.backbone_block}/"
+            f"{config.residual_block}"
+        )
     if x.dim() != 2:
         raise ValueError(f"prepare_split expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
     if layout not in ("pair-split", "rows"):
@@ -264,8 +337,21 @@ def prepare_split(
     residual = {Residual.NONE: 0, Residual.QUANTIZED: 1, Residual.NAIVE: 2}[config.residual]
     two = two and residual != 0
     op = _prepare_split_impl if direct_call_ok(x) else torch.ops.sharq.prepare_split
-    s, a, b = op(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, config.backbone_block,
-                 config.residual_block, two, layout == "pair-split",
-                 [t.get(key, 0) for key in ("BLOCK_M", "BLOCK_K", "num_warps")])
+    s, a, b = op(
+        x,
+        token,
+        mask,
+        mask_n,
+        mask_m,
+        residual,
+        rmask,
+        rmask_n,
+        rmask_m,
+        config.backbone_block,
+        config.residual_block,
+        two,
+        layout == "pair-split",
+        [t.get(key, 0) for key in ("BLOCK_M", "BLOCK_K", "num_warps")],
+    )
     s = s.reshape(-1, 1) if token else s.reshape(())
     return s, ((a, b) if two else (a,))

@@ -25,16 +25,24 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 from ..config import SharqConfig, preset_name
-from ..options import Backend, RuntimeOptions, set_runtime_options
 from ..nn.experts import SharqExperts, expert_projections
 from ..nn.fused_norm import FusedRMSNormPrep
 from ..nn.linear import SharqLinear
 from ..nn.lm_head import SharqLMHead
 from ..nn.shared_input import SharedPreparation
+from ..options import Backend, RuntimeOptions, set_runtime_options
 from ..progress import with_progress
 from .architectures import DecoderArchitecture, decoder_layers, find_architecture, model_type_of, supported_names
 
-__all__ = ["quantize_", "conversion_targets", "conversion_groups", "convert_empty_", "EmptyConversion", "ConversionReport", "FilterFn"]
+__all__ = [
+    "quantize_",
+    "conversion_targets",
+    "conversion_groups",
+    "convert_empty_",
+    "EmptyConversion",
+    "ConversionReport",
+    "FilterFn",
+]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -118,11 +126,18 @@ def _plan_decoder(model: nn.Module, arch: DecoderArchitecture) -> _Plan:
             fqn = f"{prefix}.{arch.attn}.{proj}"
             _check_linear(getattr(attn, proj, None), fqn)
             plan.targets[fqn] = "linear"
-        plan.groups.append(_Group(f"{prefix}.{arch.attn}.qkv", f"{prefix}.{arch.attn_norm}",
-                                  [f"{prefix}.{arch.attn}.{p}" for p in arch.qkv]))
+        plan.groups.append(
+            _Group(
+                f"{prefix}.{arch.attn}.qkv",
+                f"{prefix}.{arch.attn_norm}",
+                [f"{prefix}.{arch.attn}.{p}" for p in arch.qkv],
+            )
+        )
         mlp_attr = next((a for a in arch.mlp if hasattr(layer, a)), None)
         if mlp_attr is None or not hasattr(layer, arch.mlp_norm):
-            raise ValueError(f"{prefix}: no `{'`/`'.join(arch.mlp)}` or `{arch.mlp_norm}`; not a {arch.name} layer sharq knows")
+            raise ValueError(
+                f"{prefix}: no `{'`/`'.join(arch.mlp)}` or `{arch.mlp_norm}`; not a {arch.name} layer sharq knows"
+            )
         mlp, mlp_fqn = getattr(layer, mlp_attr), f"{prefix}.{mlp_attr}"
         experts = getattr(mlp, "experts", None)
         if experts is None:  # dense MLP (also the dense layers of a MoE model)
@@ -170,8 +185,10 @@ def _find_lm_head(model: nn.Module, selected: dict[str, str], config: SharqConfi
     if head is None:
         found = [(fqn, m) for fqn, m in model.named_modules() if fqn.rsplit(".", 1)[-1] == "lm_head"]
         if len(found) != 1:
-            raise ValueError(f"{field}: the model has no output projection to quantize (get_output_embeddings() is "
-                             f"None and {len(found)} modules are named 'lm_head')")
+            raise ValueError(
+                f"{field}: the model has no output projection to quantize (get_output_embeddings() is "
+                f"None and {len(found)} modules are named 'lm_head')"
+            )
         fqn, head = found[0]
     else:
         fqn = next((name for name, m in model.named_modules() if m is head), None)
@@ -180,8 +197,10 @@ def _find_lm_head(model: nn.Module, selected: dict[str, str], config: SharqConfi
     if isinstance(head, SharqLMHead):
         raise ValueError(f"{fqn} is already a sharq module; the model was quantized before")
     if fqn in selected:
-        raise ValueError(f"{field} asks for a weight-only quantized {fqn}, and the SharQ conversion selected it too "
-                         "(filter_fn / modules_to_not_convert): choose one")
+        raise ValueError(
+            f"{field} asks for a weight-only quantized {fqn}, and the SharQ conversion selected it too "
+            "(filter_fn / modules_to_not_convert): choose one"
+        )
     if type(head) is not nn.Linear:
         raise ValueError(f"{field}: the output projection {fqn} is a {type(head).__name__}, not a plain nn.Linear")
     return fqn, head
@@ -190,8 +209,9 @@ def _find_lm_head(model: nn.Module, selected: dict[str, str], config: SharqConfi
 def _tied_to(model: nn.Module, fqn: str, head: nn.Linear) -> str | None:
     """The first other parameter name (module order) that holds `head`'s weight, or None."""
     own = f"{fqn}.weight"
-    return next((name for name, p in model.named_parameters(remove_duplicate=False)
-                 if p is head.weight and name != own), None)
+    return next(
+        (name for name, p in model.named_parameters(remove_duplicate=False) if p is head.weight and name != own), None
+    )
 
 
 def _untie_output_embeddings(model: nn.Module, fqn: str) -> None:
@@ -358,8 +378,12 @@ def quantize_(
 
 
 def _share_inputs(
-    plan: _Plan, arch: DecoderArchitecture | None, quantized: dict[str, nn.Module], modules: dict[str, nn.Module],
-    config: SharqConfig, report: ConversionReport,
+    plan: _Plan,
+    arch: DecoderArchitecture | None,
+    quantized: dict[str, nn.Module],
+    modules: dict[str, nn.Module],
+    config: SharqConfig,
+    report: ConversionReport,
 ) -> dict[str, FusedRMSNormPrep]:
     """Give the `quantized` layers of each group one SharedPreparation; return the fused norms
     (built from the norms in `modules`, not yet installed) by qualified name."""
@@ -375,7 +399,9 @@ def _share_inputs(
             shared.set_members([quantized[c] for c in consumers])  # one decode GEMV launch for the group
         report.groups[group.name] = consumers
         if group.norm is not None:
-            fused[group.norm] = FusedRMSNormPrep.from_norm(modules[group.norm], arch.norm_variant, shared, name=group.norm)
+            fused[group.norm] = FusedRMSNormPrep.from_norm(
+                modules[group.norm], arch.norm_variant, shared, name=group.norm
+            )
             report.fused_norms[group.norm] = group.name
     return fused
 
@@ -394,8 +420,9 @@ class EmptyConversion:
         """Share the preparations and fuse the norms, once the model holds its real weights (the
         fused norm is checked bit for bit against the norm it replaces, on the norm's device)."""
         current = dict(self.model.named_modules())
-        for fqn, module in _share_inputs(self.plan, self.arch, self.modules, current, self.report.config,
-                                         self.report).items():
+        for fqn, module in _share_inputs(
+            self.plan, self.arch, self.modules, current, self.report.config, self.report
+        ).items():
             self.model.set_submodule(fqn, module)
         if self.report.lm_head is not None:
             self.report.lm_head_untied_from = self.modules[self.report.lm_head].untied_from
@@ -420,8 +447,9 @@ def convert_empty_(
     heads = [fqn for fqn, kind in targets.items() if kind == "lm_head"]
     wanted = {fqn: kind for fqn, kind in targets.items() if kind != "lm_head"}
     if len(heads) > 1 or bool(heads) != config.quantizes_lm_head:
-        raise ValueError(f"SharqConfig.lm_head is {config.lm_head.value!r} but the targets hold {len(heads)} lm_head "
-                         "modules")
+        raise ValueError(
+            f"SharqConfig.lm_head is {config.lm_head.value!r} but the targets hold {len(heads)} lm_head modules"
+        )
     arch, plan, selected, kept = _select(model, (), lambda module, fqn: fqn in wanted)
     head_fqn = None
     if heads:
@@ -442,8 +470,14 @@ def convert_empty_(
         built[head_fqn] = SharqLMHead.empty_like(head, config, name=head_fqn, device=device)
     for fqn, module in built.items():
         model.set_submodule(fqn, module)
-    report = ConversionReport(arch.name if arch else "generic", _preset_of(config), config,
-                              converted=list(wanted), kept=sorted(k for k in kept if k != head_fqn), lm_head=head_fqn)
+    report = ConversionReport(
+        arch.name if arch else "generic",
+        _preset_of(config),
+        config,
+        converted=list(wanted),
+        kept=sorted(k for k in kept if k != head_fqn),
+        lm_head=head_fqn,
+    )
     if head_fqn is not None:
         _untie_output_embeddings(model, head_fqn)
     return EmptyConversion(model, arch, plan, built, report)

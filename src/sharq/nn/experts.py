@@ -71,7 +71,11 @@ def expert_projections(experts: nn.Module) -> dict[str, torch.Tensor]:
     if apply_gate is not None and apply_gate.__name__ != "_default_apply_gate":
         raise ValueError(f"{name}: a custom expert gating (`_apply_gate`) is not supported")
     gate_up, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
-    if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor)) or gate_up.dim() != 3 or down.dim() != 3:
+    if (
+        not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor))
+        or gate_up.dim() != 3
+        or down.dim() != 3
+    ):
         raise ValueError(f"{name}: expected 3-D `gate_up_proj` and `down_proj` parameters")
     if getattr(experts, "is_transposed", False):  # stored (E, K, N)
         gate_up, down = gate_up.transpose(1, 2), down.transpose(1, 2)
@@ -153,27 +157,44 @@ class SharqExperts(nn.Module):
 
     @classmethod
     def empty_like(
-        cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None,
+        cls,
+        experts: nn.Module,
+        config: SharqConfig,
+        *,
+        name: str | None = None,
         device: torch.device | str | None = None,
-    ) -> "SharqExperts":
+    ) -> SharqExperts:
         """Zero storage of `experts`' sizes, bias and dtype on `device` (default: the experts' device,
         "meta" allowed); the weights are not read. A checkpoint loader fills it."""
         return cls._empty(expert_projections(experts), experts, config, name, device)
 
     @classmethod
-    def _empty(cls, weights: dict[str, torch.Tensor], experts: nn.Module, config: SharqConfig,
-               name: str | None, device: torch.device | str | None) -> "SharqExperts":
+    def _empty(
+        cls,
+        weights: dict[str, torch.Tensor],
+        experts: nn.Module,
+        config: SharqConfig,
+        name: str | None,
+        device: torch.device | str | None,
+    ) -> SharqExperts:
         act_fn = getattr(experts, "act_fn", None)
         if not isinstance(act_fn, nn.Module):
             raise ValueError(f"{name or type(experts).__name__}: experts module has no `act_fn` module")
         e, i, h = weights["gate"].shape
         return cls(
-            e, h, i, config=config, act_fn=act_fn, bias="gate_bias" in weights,
-            dtype=weights["gate"].dtype, device=weights["gate"].device if device is None else device, name=name,
+            e,
+            h,
+            i,
+            config=config,
+            act_fn=act_fn,
+            bias="gate_bias" in weights,
+            dtype=weights["gate"].dtype,
+            device=weights["gate"].device if device is None else device,
+            name=name,
         )
 
     @classmethod
-    def from_experts(cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None) -> "SharqExperts":
+    def from_experts(cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None) -> SharqExperts:
         """Quantize a transformers fused-experts module (see `expert_projections`), no calibration."""
         weights = expert_projections(experts)
         module = cls._empty(weights, experts, config, name, None)
@@ -209,15 +230,27 @@ class SharqExperts(nn.Module):
         """The preparation plan of an input of `rows` tokens (`kernels.plan.experts_input_plan`)."""
         return experts_input_plan(rows, self.config, device, self.intermediate, self.options)
 
-    def plan(self, tokens: int, top_k: int, device: torch.device, weights_dtype: torch.dtype | None = None
-             ) -> ExpertsPlan:
+    def plan(
+        self, tokens: int, top_k: int, device: torch.device, weights_dtype: torch.dtype | None = None
+    ) -> ExpertsPlan:
         """How a call of `tokens` rows with `top_k` experts each runs on `device` (`plan_experts`)."""
         if self.routing not in ROUTINGS:
             raise ValueError(f"{self.name or 'SharqExperts'}: routing must be one of {ROUTINGS}, got {self.routing!r}")
-        return plan_experts(tokens, top_k, self.num_experts, self.config, device, intermediate=self.intermediate,
-                            routing=self.routing, weights_dtype=weights_dtype, options=self.options)
+        return plan_experts(
+            tokens,
+            top_k,
+            self.num_experts,
+            self.config,
+            device,
+            intermediate=self.intermediate,
+            routing=self.routing,
+            weights_dtype=weights_dtype,
+            options=self.options,
+        )
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         label = self.name or "SharqExperts"
         check_activation(hidden_states, f"{label} input")
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden:
@@ -234,8 +267,14 @@ class SharqExperts(nn.Module):
             return self._forward_device(prepared, top_k_index, top_k_weights, plan, hidden_states.dtype)
         return self._forward_host(prepared, top_k_index, top_k_weights, plan, hidden_states)
 
-    def _forward_host(self, prepared: PreparedActivation, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
-                      plan: ExpertsPlan, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _forward_host(
+        self,
+        prepared: PreparedActivation,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+        plan: ExpertsPlan,
+        hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
         """Host routing: the hit experts found on the host, one after the other (ascending index)."""
         final = torch.zeros_like(hidden_states)
         dtype = hidden_states.dtype
@@ -256,39 +295,63 @@ class SharqExperts(nn.Module):
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
 
-    def _expert_linears(self, prepared: PreparedActivation, token_idx: torch.Tensor, idx: int,
-                        dtype: torch.dtype) -> torch.Tensor:
+    def _expert_linears(
+        self, prepared: PreparedActivation, token_idx: torch.Tensor, idx: int, dtype: torch.dtype
+    ) -> torch.Tensor:
         """Expert `idx` on its rows `token_idx` as plain linears (per-call plans): (t, H) in `dtype`."""
         rows = select_rows(prepared, token_idx)
-        gate = linear_from_prepared(rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True)
+        gate = linear_from_prepared(
+            rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True
+        )
         up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype, one_gemm=True)
         inner = self.act_fn(gate) * up  # (t, I) in the model dtype
         if not torch.compiler.is_compiling():  # eager calls only: a traced counter would be a guard
             self.down_prepare_count += 1
         return linear_from_prepared(
-            prepare_rows(inner, self.config, self.options), self.expert_weight("down", idx), self._bias("down", idx), dtype,
+            prepare_rows(inner, self.config, self.options),
+            self.expert_weight("down", idx),
+            self._bias("down", idx),
+            dtype,
             one_gemm=True,
         )
 
-    def _expert_gemv(self, prepared: PreparedActivation, token_idx: torch.Tensor, idx: int, plan: ExpertsPlan,
-                     dtype: torch.dtype) -> torch.Tensor:
+    def _expert_gemv(
+        self, prepared: PreparedActivation, token_idx: torch.Tensor, idx: int, plan: ExpertsPlan, dtype: torch.dtype
+    ) -> torch.Tensor:
         """Expert `idx` on its rows `token_idx` through the experts GEMV, its tiles alone: (t, H)."""
         from ..kernels.gemv_experts import experts_gemv, host_tiles
 
         t = token_idx.numel()
         tiles = host_tiles(idx, t, plan.tile_rows, token_idx.device)
-        gate_up = experts_gemv(prepared.terms, prepared.global_scale, token_idx.to(torch.int32), tiles,
-                               self._members("gate", "up"), t, dtype, plan.tiles)  # (t, 2I)
-        inner = self.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate:]  # (t, I)
+        gate_up = experts_gemv(
+            prepared.terms,
+            prepared.global_scale,
+            token_idx.to(torch.int32),
+            tiles,
+            self._members("gate", "up"),
+            t,
+            dtype,
+            plan.tiles,
+        )  # (t, 2I)
+        inner = self.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]  # (t, I)
         if not torch.compiler.is_compiling():
             self.down_prepare_count += 1
         down_plan = LinearPlan(t, plan.backend, Operand.EXACT, "gemv", "experts-gemv")
-        down_in = prepare(inner, self._gemv_config, self.options, plan=down_plan)  # s over this expert's rows ("tensor")
-        return experts_gemv(down_in.terms, down_in.global_scale, None, tiles, self._members("down"), t, dtype,
-                            plan.tiles)
+        down_in = prepare(
+            inner, self._gemv_config, self.options, plan=down_plan
+        )  # s over this expert's rows ("tensor")
+        return experts_gemv(
+            down_in.terms, down_in.global_scale, None, tiles, self._members("down"), t, dtype, plan.tiles
+        )
 
-    def _forward_device(self, prepared: PreparedActivation, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
-                        plan: ExpertsPlan, dtype: torch.dtype) -> torch.Tensor:
+    def _forward_device(
+        self,
+        prepared: PreparedActivation,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+        plan: ExpertsPlan,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
         """Device routing: every (token, expert) pair in a fixed number of launches, no host sync."""
         from ..kernels.gemv_experts import experts_gemv
         from ..kernels.moe_route import combine_experts, route_experts, segment_amax
@@ -296,34 +359,56 @@ class SharqExperts(nn.Module):
 
         route = route_experts(top_k_index, self.num_experts, plan.tile_rows, plan.max_tiles)
         pairs = plan.pairs
-        gate_up = experts_gemv(prepared.terms, prepared.global_scale, route.sorted_token, route.tiles,
-                               self._members("gate", "up"), pairs, dtype, plan.tiles)  # (P, 2I), sorted pairs
-        inner = self.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate:]  # (P, I)
+        gate_up = experts_gemv(
+            prepared.terms,
+            prepared.global_scale,
+            route.sorted_token,
+            route.tiles,
+            self._members("gate", "up"),
+            pairs,
+            dtype,
+            plan.tiles,
+        )  # (P, 2I), sorted pairs
+        inner = self.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]  # (P, I)
         if not torch.compiler.is_compiling():
             self.down_prepare_count += 1
         row_amax = None
         if self.config.granularity is Granularity.TENSOR:  # each expert's rows: the amax of all of them
             row_amax = segment_amax(inner, route.sorted_expert)
-        down_in = prepare_activation_triton(inner, self._gemv_config, with_terms=True, terms_layout="gemv",
-                                            gemv_rows=pairs, row_amax=row_amax)
-        down = experts_gemv(down_in.terms, down_in.global_scale, None, route.tiles, self._members("down"), pairs,
-                            dtype, plan.tiles)  # (P, H)
+        down_in = prepare_activation_triton(
+            inner, self._gemv_config, with_terms=True, terms_layout="gemv", gemv_rows=pairs, row_amax=row_amax
+        )
+        down = experts_gemv(
+            down_in.terms, down_in.global_scale, None, route.tiles, self._members("down"), pairs, dtype, plan.tiles
+        )  # (P, H)
         return combine_experts(down, top_k_weights, route, self.num_experts, dtype)
 
     def _members(self, *projs: str) -> list[dict]:
         """The stacked weights of `projs` as the experts GEMV takes them."""
-        return [{"codes": getattr(self, f"{p}_codes"), "scales": getattr(self, f"{p}_scales"),
-                 "global_scale": getattr(self, f"{p}_global_scale").view(torch.float32),
-                 "bias": getattr(self, f"{p}_bias"), "block": self.config.weight_block} for p in projs]
+        return [
+            {
+                "codes": getattr(self, f"{p}_codes"),
+                "scales": getattr(self, f"{p}_scales"),
+                "global_scale": getattr(self, f"{p}_global_scale").view(torch.float32),
+                "bias": getattr(self, f"{p}_bias"),
+                "block": self.config.weight_block,
+            }
+            for p in projs
+        ]
 
     def _bias(self, proj: str, idx: int) -> torch.Tensor | None:
         bias = getattr(self, f"{proj}_bias")
         return None if bias is None else bias[idx]
 
     def extra_repr(self) -> str:
-        parts = [f"num_experts={self.num_experts}", f"hidden={self.hidden}", f"intermediate={self.intermediate}",
-                 f"format={self.config.format.value}", f"mask={self.config.mask}",
-                 f"granularity={self.config.granularity.value}"]
+        parts = [
+            f"num_experts={self.num_experts}",
+            f"hidden={self.hidden}",
+            f"intermediate={self.intermediate}",
+            f"format={self.config.format.value}",
+            f"mask={self.config.mask}",
+            f"granularity={self.config.granularity.value}",
+        ]
         if self.routing != "auto":
             parts.append(f"routing={self.routing}")
         if self.shared_input is not None:

@@ -64,7 +64,7 @@ class FusedRMSNormPrep(nn.Module):
         self.original_class = "RMSNorm"
 
     @classmethod
-    def from_norm(cls, norm: nn.Module, variant: str, shared: SharedPreparation, *, name: str) -> "FusedRMSNormPrep":
+    def from_norm(cls, norm: nn.Module, variant: str, shared: SharedPreparation, *, name: str) -> FusedRMSNormPrep:
         """Wrap `norm` (which must hold `weight` (H,) and an eps), verified bit-exact on a probe."""
         weight = getattr(norm, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 1:

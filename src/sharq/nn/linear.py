@@ -62,9 +62,7 @@ class SharqLinear(nn.Module):
         if not isinstance(config, SharqConfig):
             raise TypeError(f"config must be a SharqConfig, got {type(config).__name__}")
         if not config.quantizes:
-            raise ValueError(
-                "SharqLinear needs a quantizing config; the 'bf16' preset (format='none') keeps nn.Linear"
-            )
+            raise ValueError("SharqLinear needs a quantizing config; the 'bf16' preset (format='none') keeps nn.Linear")
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"SharqLinear needs positive sizes, got in={in_features}, out={out_features}")
         self.in_features = in_features
@@ -93,9 +91,14 @@ class SharqLinear(nn.Module):
     # --- construction ----------------------------------------------------------------------------
     @classmethod
     def empty_like(
-        cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None,
-        device: torch.device | str | None = None, options: RuntimeOptions | None = None,
-    ) -> "SharqLinear":
+        cls,
+        linear: nn.Linear,
+        config: SharqConfig,
+        *,
+        name: str | None = None,
+        device: torch.device | str | None = None,
+        options: RuntimeOptions | None = None,
+    ) -> SharqLinear:
         """A layer of `linear`'s sizes, bias and dtype with zero storage on `device` (default: the
         weight's device, "meta" allowed); the weight is not read. A checkpoint loader fills it."""
         if not isinstance(linear, nn.Linear):
@@ -112,8 +115,9 @@ class SharqLinear(nn.Module):
         )
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None,
-                   options: RuntimeOptions | None = None) -> "SharqLinear":
+    def from_float(
+        cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None, options: RuntimeOptions | None = None
+    ) -> SharqLinear:
         """Quantize a trained `nn.Linear` (weight (N, K), optional bias) once, no calibration data.
         `options`: runtime options (backend, NaN check), default `RuntimeOptions()`."""
         if not isinstance(linear, nn.Linear):
@@ -133,8 +137,9 @@ class SharqLinear(nn.Module):
     @property
     def quantized_weight(self) -> QuantizedTensor:
         """The packed weight as a `QuantizedTensor` (views of the buffers, no copy)."""
-        return weight_view(buffers(self, "weight"), self.config.format, (self.out_features, self.in_features),
-                           self.config.weight_block)
+        return weight_view(
+            buffers(self, "weight"), self.config.format, (self.out_features, self.in_features), self.config.weight_block
+        )
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight the layer multiplies, s_w · deq(Wq), as (N, K) in `dtype`."""
@@ -170,8 +175,9 @@ class SharqLinear(nn.Module):
     def linear_prepared(self, x: torch.Tensor, prepared) -> torch.Tensor:
         """y (..., N) for x (..., K), from x's preparation as (M, K) rows when given (else prepared here)."""
         # one GEMM over deq(B) + deq(R): SPEC §7's equal form, the path the GPU kernels take
-        return sharq_linear(x, self.quantized_weight, self.bias, self.config, prepared=prepared, one_gemm=True,
-                            options=self.options)
+        return sharq_linear(
+            x, self.quantized_weight, self.bias, self.config, prepared=prepared, one_gemm=True, options=self.options
+        )
 
     def extra_repr(self) -> str:
         preset = preset_name(self.config)

@@ -87,17 +87,30 @@ class SharqLMHead(nn.Module):
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
-    def empty_like(cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None,
-                   device: torch.device | str | None = None) -> "SharqLMHead":
+    def empty_like(
+        cls,
+        linear: nn.Linear,
+        config: SharqConfig,
+        *,
+        name: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> SharqLMHead:
         """An lm_head of `linear`'s sizes, bias and dtype with zero storage on `device` (default: the
         weight's device, "meta" allowed); the weight is not read. A checkpoint loader fills it."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"expected an nn.Linear, got {type(linear).__name__}")
-        return cls(linear.in_features, linear.out_features, bias=linear.bias is not None, config=config,
-                   dtype=linear.weight.dtype, device=linear.weight.device if device is None else device, name=name)
+        return cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            config=config,
+            dtype=linear.weight.dtype,
+            device=linear.weight.device if device is None else device,
+            name=name,
+        )
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None) -> "SharqLMHead":
+    def from_float(cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None) -> SharqLMHead:
         """Quantize a trained output projection (`nn.Linear`, weight (N, K)) once, no calibration data.
         `linear` is only read: a weight it shares with the input embedding stays as it is."""
         if not isinstance(linear, nn.Linear):
@@ -116,8 +129,9 @@ class SharqLMHead(nn.Module):
     @property
     def quantized_weight(self) -> QuantizedTensor:
         """The packed weight as a `QuantizedTensor` (views of the buffers, no copy)."""
-        return weight_view(buffers(self, "weight"), Format.NVFP4, (self.out_features, self.in_features),
-                           LM_HEAD_WEIGHT_BLOCK)
+        return weight_view(
+            buffers(self, "weight"), Format.NVFP4, (self.out_features, self.in_features), LM_HEAD_WEIGHT_BLOCK
+        )
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight the layer multiplies, s_w · deq(Wq), as (N, K) in `dtype`."""
@@ -135,8 +149,10 @@ class SharqLMHead(nn.Module):
         label = self._label()
         check_activation(x, f"{label} input")
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"{label}: input shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
-                             f"expected in_features={self.in_features}")
+            raise ValueError(
+                f"{label}: input shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
+                f"expected in_features={self.in_features}"
+            )
         if x.device != self.weight_codes.device:
             raise ValueError(f"{label}: input is on {x.device} but the layer's weight is on {self.weight_codes.device}")
         if self.options.check_finite and not bool(torch.isfinite(x).all()):
@@ -147,6 +163,8 @@ class SharqLMHead(nn.Module):
         return lm_head_linear(x, self.quantized_weight, self.bias, self.options.backend)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"weight=nvfp4-{LM_HEAD_WEIGHT_BLOCK} ({self.config.weight_scale.value} scales), "
-                f"input=model dtype, backend={self.options.backend.value}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"weight=nvfp4-{LM_HEAD_WEIGHT_BLOCK} ({self.config.weight_scale.value} scales), "
+            f"input=model dtype, backend={self.options.backend.value}"
+        )

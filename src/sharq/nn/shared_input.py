@@ -37,8 +37,9 @@ from ..sparse.decompose import PreparedActivation
 __all__ = ["SharedPreparation", "prepare_rows"]
 
 
-def prepare_rows(x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS,
-                 planner=None) -> PreparedActivation:
+def prepare_rows(
+    x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS, planner=None
+) -> PreparedActivation:
     """Prepare `x` (..., K) as a 2-D activation (M, K), M = x.numel() // K (the layers' layout).
     planner: None (`plan_linear`) or a function (rows, device) -> LinearPlan (a MoE layer's input)."""
     rows = x.reshape(-1, x.shape[-1])
@@ -145,13 +146,14 @@ class SharedPreparation:
                 start = offset
             offset += m.out_features
         if start is not None and out is None and len(self.members) > 1:
-            out = grouped_linear_from_prepared(prepared, [m.quantized_weight for m in self.members],
-                                               [m.bias for m in self.members], x.dtype)
+            out = grouped_linear_from_prepared(
+                prepared, [m.quantized_weight for m in self.members], [m.bias for m in self.members], x.dtype
+            )
             self._group_out = out
         self._count_take()
         if start is None or out is None:
             return member.linear_prepared(x, prepared)
-        return out[:, start:start + member.out_features].reshape(*x.shape[:-1], member.out_features)
+        return out[:, start : start + member.out_features].reshape(*x.shape[:-1], member.out_features)
 
     def clear(self) -> None:
         """Drop the published tensors (they are never needed after the last consumer)."""

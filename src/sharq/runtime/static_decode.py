@@ -62,13 +62,22 @@ class StaticDecoder:
     installed; True on the CPU needs TRITON_INTERPRET=1) instead of torch.argmax. Same indices.
     """
 
-    def __init__(self, model: nn.Module, batch_size: int, max_cache_len: int, *, graph: bool | None = None,
-                 compile: bool | str = False, split_argmax: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batch_size: int,
+        max_cache_len: int,
+        *,
+        graph: bool | None = None,
+        compile: bool | str = False,
+        split_argmax: bool | None = None,
+    ) -> None:
         from transformers import StaticCache
 
         if batch_size <= 0 or max_cache_len <= 1:
-            raise ValueError(f"StaticDecoder needs batch_size >= 1 and max_cache_len >= 2, got {batch_size}, "
-                             f"{max_cache_len}")
+            raise ValueError(
+                f"StaticDecoder needs batch_size >= 1 and max_cache_len >= 2, got {batch_size}, {max_cache_len}"
+            )
         self.model = model
         self.device = _device_of(model)
         self.graph_enabled = self.device.type == "cuda" if graph is None else graph
@@ -93,8 +102,13 @@ class StaticDecoder:
         if compile is not False and not isinstance(compile, str):
             raise TypeError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
         self.compile_backend = compile or None
-        self._forward = self._decode_forward if self.compile_backend is None else torch.compile(
-            _own_code(self._decode_forward), backend=self.compile_backend, fullgraph=True, dynamic=False)
+        self._forward = (
+            self._decode_forward
+            if self.compile_backend is None
+            else torch.compile(
+                _own_code(self._decode_forward), backend=self.compile_backend, fullgraph=True, dynamic=False
+            )
+        )
         attn = getattr(model.config, "_attn_implementation", "sdpa")
         if attn not in ("sdpa", "eager"):
             raise ValueError(f"StaticDecoder supports attention 'sdpa' or 'eager', the model uses {attn!r}")
@@ -102,8 +116,10 @@ class StaticDecoder:
         self._mask_dtype = next(model.parameters()).dtype
         text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
-            raise ValueError("StaticDecoder supports full-attention decoders only; this model has "
-                             f"{sorted(set(text.layer_types))} layers (sliding windows need their own mask)")
+            raise ValueError(
+                "StaticDecoder supports full-attention decoders only; this model has "
+                f"{sorted(set(text.layer_types))} layers (sliding windows need their own mask)"
+            )
 
     # --- the decode step ---------------------------------------------------------------------------
     def _mask(self, position: torch.Tensor) -> torch.Tensor:
@@ -112,13 +128,18 @@ class StaticDecoder:
         if not self._additive_mask:
             return visible
         dtype = self._mask_dtype
-        return torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(~visible,
-                                                                                        torch.finfo(dtype).min)
+        return torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(~visible, torch.finfo(dtype).min)
 
     def _decode_forward(self, ids: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step: ids, position (B, 1) int64 -> logits (B, vocab), greedy next ids (B, 1)."""
-        out = self.model(input_ids=ids, attention_mask=self._mask(position), position_ids=position,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self._mask(position),
+            position_ids=position,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         logits = out.logits[:, -1]
         return logits, self._pick(logits)
 
@@ -174,8 +195,13 @@ class StaticDecoder:
             raise ValueError(f"prefill of {t} tokens does not fit a cache of {self.max_cache_len} (room for decoding)")
         self.cache.reset()
         positions = torch.arange(t, device=self.device).unsqueeze(0).expand(self.batch_size, -1)
-        out = self.model(input_ids=input_ids.to(self.device), position_ids=positions, past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         logits = out.logits[:, -1]
         self.length = t
         self.ids.copy_(self._pick(logits))

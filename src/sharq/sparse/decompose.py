@@ -1,12 +1,12 @@
 """The SharQ decomposition of one activation tensor (SPEC §5) and every ablation of SPEC §8.
 
-  xs = x / s_x                                   s_x: NVFP4 second-level scale (1 for MXFP4/HiF4)
-  b  = xs ⊙ mask(xs)                             sparse backbone (dense `xs` when mask is None)
-  B  = Q(b)          blocks of `backbone_block` logical positions (amax over the kept values)
-  r  = xs − deq(B)   residual="quantized" (SharQ)   |   xs − b   residual="naive"
-  r  = r ⊙ mask(r)   only with residual_mask (sparse-sparse)
-  R  = Q(r)          blocks of `residual_block`
-  x̂  = s_x · (deq(B) + deq(R))
+xs = x / s_x                                   s_x: NVFP4 second-level scale (1 for MXFP4/HiF4)
+b  = xs ⊙ mask(xs)                             sparse backbone (dense `xs` when mask is None)
+B  = Q(b)          blocks of `backbone_block` logical positions (amax over the kept values)
+r  = xs − deq(B)   residual="quantized" (SharQ)   |   xs − b   residual="naive"
+r  = r ⊙ mask(r)   only with residual_mask (sparse-sparse)
+R  = Q(r)          blocks of `residual_block`
+x̂  = s_x · (deq(B) + deq(R))
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ def _quantize_scaled(xs: torch.Tensor, config: SharqConfig, block: int, s: torch
 
 
 def prepare_activation(
-    x: torch.Tensor, config: SharqConfig, *, global_scale: torch.Tensor | None = None,
+    x: torch.Tensor,
+    config: SharqConfig,
+    *,
+    global_scale: torch.Tensor | None = None,
     check_finite: bool = False,
 ) -> PreparedActivation:
     """Split and quantize `x` (..., K) as `config` says (reference numerics, FP32 math).
@@ -140,8 +143,10 @@ def _checked_global_scale(global_scale: torch.Tensor, x: torch.Tensor, config: S
         raise TypeError(f"global_scale must be a floating-point tensor, got {global_scale!r:.80}")
     want = () if config.granularity is Granularity.TENSOR else (*x.shape[:-1], 1)
     if tuple(global_scale.shape) != want:
-        raise ValueError(f"global_scale has shape {tuple(global_scale.shape)}; granularity "
-                         f"{config.granularity.value!r} of an activation {tuple(x.shape)} needs {want}")
+        raise ValueError(
+            f"global_scale has shape {tuple(global_scale.shape)}; granularity "
+            f"{config.granularity.value!r} of an activation {tuple(x.shape)} needs {want}"
+        )
     if global_scale.device != x.device:
         raise ValueError(f"global_scale is on {global_scale.device} but the activation is on {x.device}")
     return global_scale.float()
