@@ -548,10 +548,9 @@ def _gemv_epilogue(total, s_x, s_w, bias_ptr, offs_n, n_ok, HAS_BIAS: tl.constex
 
 
 def _tiles(m: int, n: int, k: int) -> dict:
-    """Launch tiling by shape, from benchmarks/tune_gemv.py's sweeps on the H100 (gemv-tuning-h100.json,
-    Llama-3.1-8B shapes, best summed over the four layers): one weight row per 1-warp program and
-    1024-long K steps at M = 1 (62.6 us for the four, against 66.9 for the next tiling); 8 rows on
-    2 warps at M = 2."""
+    """Launch tiling by shape, the best of benchmarks/tune_gemv.py's sweeps summed over the four
+    Llama-3.1-8B layers (timings: docs/performance.md): one weight row per 1-warp program and
+    1024-long K steps at M = 1; 8 rows on 2 warps at M = 2."""
     if m == 1:
         return dict(BLOCK_N=1, BLOCK_K=1024, num_warps=1)
     return dict(BLOCK_N=8, BLOCK_K=1024, num_warps=2)

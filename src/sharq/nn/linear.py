@@ -27,7 +27,7 @@ from ..sparse.decompose import check_activation
 from .shared_input import SharedPreparation
 from .weight_storage import buffers, store_weight, weight_view
 
-__all__ = ["SharqLinear"]
+__all__ = ["SharqLinear", "check_layer_input"]
 
 
 class SharqLinear(nn.Module):
@@ -154,17 +154,7 @@ class SharqLinear(nn.Module):
         return self.name or f"SharqLinear({self.in_features}->{self.out_features})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        label = self._label()
-        check_activation(x, f"{label} input")
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{label}: input shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
-                f"expected in_features={self.in_features}"
-            )
-        if x.device != self.weight_codes.device:
-            raise ValueError(f"{label}: input is on {x.device} but the layer's weight is on {self.weight_codes.device}")
-        if self.options.check_finite and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{label}: input contains NaN or Inf (check_finite=True)")
+        check_layer_input(self, x)
         if x.numel() == 0:
             resolve_backend(self.config, x.device, self.options)  # an unavailable backend errors even on empty input
             return x.new_zeros(*x.shape[:-1], self.out_features)
@@ -201,3 +191,20 @@ class SharqLinear(nn.Module):
         if self.shared_input is not None:
             parts.append(f"shared_input={self.shared_input.name}")
         return ", ".join(parts)
+
+
+def check_layer_input(module: nn.Module, x: torch.Tensor) -> None:
+    """The checks a packed-weight layer (SharqLinear, SharqLMHead) makes before computing: x's dtype and
+    shape, its last dimension = module.in_features, x on the weight's device, and, with
+    `module.options.check_finite`, no NaN/Inf. Errors name the layer (`module._label()`)."""
+    label = module._label()
+    check_activation(x, f"{label} input")
+    if x.shape[-1] != module.in_features:
+        raise ValueError(
+            f"{label}: input shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
+            f"expected in_features={module.in_features}"
+        )
+    if x.device != module.weight_codes.device:
+        raise ValueError(f"{label}: input is on {x.device} but the layer's weight is on {module.weight_codes.device}")
+    if module.options.check_finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{label}: input contains NaN or Inf (check_finite=True)")

@@ -30,7 +30,7 @@ from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
 from ..ops import lm_head_linear, quantize_lm_head_weight, resolve_lm_head_backend
 from ..options import DEFAULT_OPTIONS, RuntimeOptions
-from ..sparse.decompose import check_activation
+from .linear import check_layer_input
 from .weight_storage import buffers, store_weight, weight_view
 
 __all__ = ["SharqLMHead"]
@@ -146,17 +146,7 @@ class SharqLMHead(nn.Module):
         return self.name or f"SharqLMHead({self.in_features}->{self.out_features})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        label = self._label()
-        check_activation(x, f"{label} input")
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{label}: input shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
-                f"expected in_features={self.in_features}"
-            )
-        if x.device != self.weight_codes.device:
-            raise ValueError(f"{label}: input is on {x.device} but the layer's weight is on {self.weight_codes.device}")
-        if self.options.check_finite and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{label}: input contains NaN or Inf (check_finite=True)")
+        check_layer_input(self, x)
         if x.numel() == 0:
             resolve_lm_head_backend(self.options.backend, x)  # an unavailable backend errors even on empty input
             return x.new_zeros(*x.shape[:-1], self.out_features)
