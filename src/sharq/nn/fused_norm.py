@@ -1,10 +1,9 @@
 """RMSNorm fused with the SharQ preparation of its output (SPEC §9).
 
 `FusedRMSNormPrep` takes the place of a decoder layer's input norm (or its pre-MLP norm). It
-computes the norm exactly as the architecture does, prepares the normalized activation once, and
-publishes the preparation to the linears that read it (q/k/v, or gate/up) through their
-`SharedPreparation`. Its parameter is the original `weight` (same name, same tensor), so the
-model's state_dict keys do not change.
+computes the norm, prepares the normalized activation once, and publishes the preparation to the
+linears that read it (q/k/v, or gate/up) through their `SharedPreparation`. Its parameter is the
+original `weight` (same name, same tensor), so the model's state_dict keys do not change.
 
 Two RMSNorm variants cover the supported architectures (FP32 statistics in both):
 
@@ -13,29 +12,89 @@ Two RMSNorm variants cover the supported architectures (FP32 statistics in both)
 
 `from_norm` checks, on a probe input, that the variant reproduces the original module bit for
 bit; a norm it cannot reproduce is refused (the model is then not converted at all).
+
+The statistic's order (`order`). torch computes `x.pow(2).mean(-1)` in an order of its own on each
+device: a cascade of vector-wide partial sums on the CPU (its width set by the CPU's instruction
+set), a block-wide tree on CUDA whose width depends on how many rows the call has (Reduce.cuh's
+block shape follows the number of outputs), and `rsqrt` is not correctly rounded on either (up to
+2 ulp from 1/sqrt on this package's CPU runs; CUDA's rsqrtf is an approximation). No kernel can
+reproduce that order: it is not a function of the row alone. So there are two orders:
+
+  "torch"  the model's own computation (the reference backend runs it: a converted model on the
+           CPU computes the norm exactly as transformers does)
+  "lanes"  sharq's fixed order (`rms_inverse`), a function of the row alone, the same on every
+           device and batch size: lane j of NORM_LANES sums h[j]², h[NORM_LANES + j]², … in turn,
+           the lanes are added in adjacent pairs level by level, then mean = sum / K, and
+           1 / sqrt(mean + eps) with a correctly rounded sqrt and division.
+
+The Triton backend computes "lanes", fused into the preparation (kernels/sources.py) or, when the
+plan does not fuse, in torch — so fusion changes no bit. The two orders differ in the last bit of
+some rows' statistic (as the backends' linears differ in FP32 summation order, SPEC §7).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..formats.ieee import div_rn
 from .shared_input import SharedPreparation
 
-__all__ = ["FusedRMSNormPrep", "NORM_VARIANTS", "rms_norm_reference"]
+__all__ = ["FusedRMSNormPrep", "NORM_VARIANTS", "NORM_ORDERS", "NORM_LANES", "rms_norm_reference",
+           "add_rms_norm_reference", "rms_inverse", "norm_output_dtype"]
 
 NORM_VARIANTS = ("llama", "gemma")
+NORM_ORDERS = ("torch", "lanes")
+NORM_LANES = 128  # the fixed order's lanes (a power of two); kernels/sources.py reads it
 
 
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float, variant: str) -> torch.Tensor:
-    """RMSNorm of `x` (..., H) with `weight` (H,), in x's dtype, as the `variant` computes it."""
+def rms_inverse(h: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / sqrt(mean(h²) + eps) of FP32 h (..., K) as (..., 1) FP32, in the fixed "lanes" order:
+    lane j (of NORM_LANES) adds h[j]², h[NORM_LANES + j]², … in turn (zeros past K), the lanes are
+    added in adjacent pairs level by level, mean = sum / K; the division, sqrt and reciprocal are
+    correctly rounded on every device."""
+    k = h.shape[-1]
+    squares = F.pad(h * h, (0, -k % NORM_LANES)).unflatten(-1, (-1, NORM_LANES))  # (..., chunks, lanes)
+    acc = squares[..., 0, :]
+    for c in range(1, squares.shape[-2]):
+        acc = acc + squares[..., c, :]
+    while acc.shape[-1] > 1:
+        acc = acc[..., 0::2] + acc[..., 1::2]
+    var = div_rn(acc, float(k)) + torch.tensor(eps, dtype=torch.float32, device=h.device)
+    return torch.ones_like(var) / torch.sqrt(var)
+
+
+def norm_output_dtype(x_dtype: torch.dtype, weight_dtype: torch.dtype, variant: str) -> torch.dtype:
+    """The dtype a variant's output has: "llama" multiplies by the weight in torch's promoted dtype,
+    "gemma" rounds to x's dtype."""
+    return torch.promote_types(x_dtype, weight_dtype) if variant == "llama" else x_dtype
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float, variant: str, *,
+                       order: str = "torch") -> torch.Tensor:
+    """RMSNorm of `x` (..., H) with `weight` (H,), in `norm_output_dtype`, as the `variant` computes
+    it, its statistic in `order` ("torch" or "lanes", see the module docstring)."""
     hidden = x.to(torch.float32)
-    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
+    if order == "torch":
+        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
+    elif order == "lanes":
+        hidden = hidden * rms_inverse(hidden, eps)
+    else:
+        raise ValueError(f"unknown RMSNorm order {order!r}; expected one of {NORM_ORDERS}")
     if variant == "llama":
         return weight * hidden.to(x.dtype)
     if variant == "gemma":
         return (hidden * (1.0 + weight.float())).type_as(x)
     raise ValueError(f"unknown RMSNorm variant {variant!r}; expected one of {NORM_VARIANTS}")
+
+
+def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                           variant: str, *, order: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, h): h = x + residual in x's dtype (h = x without a residual), y = RMSNorm(h) — a decoder
+    layer's residual add and the norm after it."""
+    h = x if residual is None else x + residual
+    return rms_norm_reference(h, weight, eps, variant, order=order), h
 
 
 def _norm_eps(norm: nn.Module) -> float:
