@@ -27,12 +27,13 @@ and `tiles` reports them.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 
 from ..config import Backend, Format, Operand, SharqConfig
 
-__all__ = ["LinearPlan", "plan_linear", "plan_table", "GEMV_AUTO_MAX_M"]
+__all__ = ["LinearPlan", "ProducerPlan", "plan_linear", "plan_producer", "plan_table", "fusion_enabled", "GEMV_AUTO_MAX_M"]
 
 # the decode GEMV takes exact NVFP4 calls of up to this many rows; beyond them the tensor-core GEMM with
 # the packed decode and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json:
@@ -103,14 +104,91 @@ def plan_linear(rows: int, config: SharqConfig, device: torch.device | str) -> L
     return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows))
 
 
+FUSE_ENV = "SHARQ_FUSE"  # "0": every producer runs in torch, then the preparation (benchmarks, debugging)
+PRODUCERS = ("rms-norm", "act-mul")
+
+
+def fusion_enabled() -> bool:
+    """False when SHARQ_FUSE=0: the producers of the linears' inputs are not fused into the
+    preparation (the same bits, more launches)."""
+    return os.environ.get(FUSE_ENV, "") != "0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProducerPlan:
+    """How the producer of a linear's input and the input's preparation run, for one call.
+
+    producer:   "rms-norm" (a decoder's RMSNorm, optionally after the residual add, read by q/k/v or
+                gate/up) or "act-mul" (act(gate) · up, read by down_proj).
+    linear:     the consumer's LinearPlan (which preparation its operand takes).
+    fused:      True: the preparation kernel computes the producer itself (kernels/sources.py); False:
+                the producer runs in torch, then `ops.prepare`. The same bits either way (the RMSNorm
+                statistic in its fixed "lanes" order on every backend, nn/fused_norm.py).
+    stats:      fused: "inline" (the preparation's programs compute 1/rms and the amax of the rows
+                they hold) or "kernel" (`sources.source_stats_kernel` runs first); else "".
+    launches:   fused: the kernel launches of the call, a zeroed amax word included; else 0.
+    reason:     why it is not fused ("" when fused).
+    """
+
+    producer: str
+    linear: LinearPlan
+    fused: bool
+    stats: str = ""
+    launches: int = 0
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.fused:
+            what = f"fused, stats {self.stats}, {self.launches} launch{'es' if self.launches != 1 else ''}"
+        else:
+            what = f"torch then the preparation ({self.reason})"
+        return f"{self.producer}: {what}"
+
+
+def plan_producer(producer: str, rows: int, k: int, config: SharqConfig, device: torch.device | str, *,
+                  dtype: torch.dtype = torch.bfloat16, act_table: bool = True) -> ProducerPlan:
+    """The plan of a producer ("rms-norm" or "act-mul", PRODUCERS) of `rows` rows of K values feeding
+    a linear of `config` on `device`, its activation in `dtype`. act_table: whether the activation's
+    table exists (it is built at the first eager call, `nn.fused_mlp`). Fused on the Triton backend
+    unless SHARQ_FUSE=0, an empty call, or, for act-mul: a dtype other than bf16/fp16 (the table is of
+    16-bit values), no table yet, or check_finite (down_proj checks its input, which fusion never
+    writes)."""
+    if producer not in PRODUCERS:
+        raise ValueError(f"unknown producer {producer!r}; expected one of {PRODUCERS}")
+    linear = plan_linear(rows, config, device)
+    if linear.backend is Backend.REFERENCE:
+        return ProducerPlan(producer, linear, False, reason="reference backend")
+    reason = ""
+    if not fusion_enabled():
+        reason = f"{FUSE_ENV}=0"
+    elif rows == 0:
+        reason = "no rows"
+    elif producer == "act-mul" and dtype not in (torch.bfloat16, torch.float16):
+        reason = f"act-mul fuses bf16/fp16 activations (a table of 16-bit values), not {dtype}"
+    elif producer == "act-mul" and not act_table:
+        reason = "no activation table yet (built at the first eager call)"
+    elif producer == "act-mul" and config.check_finite:
+        reason = "check_finite: down_proj checks its input"
+    if reason:
+        return ProducerPlan(producer, linear, False, reason=reason)
+    if linear.preparation in ("operand-rows", "operand-split"):
+        from .prepare_split import source_launches
+    else:
+        from .prepare_fp4 import source_launches
+    inline, launches = source_launches(rows, k, config, norm=producer == "rms-norm")
+    return ProducerPlan(producer, linear, True, "inline" if inline else "kernel", launches)
+
+
 def _rows_gemm(rows: int) -> str:
     return "bf16-scratch" if rows >= SCRATCH_MIN_M else "fp32-decode"
 
 
 def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: list[int],
-               device: str = "cuda") -> str:
+               device: str = "cuda", producers: dict[str, str] | None = None) -> str:
     """A printable table: for each M, the plan and each layer's GEMM tiles. `shapes`: name -> (N, K).
-    Planning for "cuda" needs no GPU (the plan looks at the device type only)."""
+    `producers`: producer -> the layer of `shapes` it feeds ({"rms-norm": "qkv", "act-mul": "down"}),
+    each printed with its plan (`plan_producer`, bf16 activations). Planning for "cuda" needs no GPU
+    (the plan looks at the device type only)."""
     lines = []
     for m in rows:
         plan = plan_linear(m, config, device)
@@ -119,6 +197,9 @@ def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: li
             tiles = plan.tiles(n, k)
             if tiles:
                 lines.append(f"    {name:8s} N={n:6d} K={k:6d}  " + " ".join(f"{a}={b}" for a, b in tiles.items()))
+        for producer, layer in (producers or {}).items():
+            k = shapes[layer][1]
+            lines.append(f"    -> {layer:5s} K={k:6d}  " + plan_producer(producer, m, k, config, device).describe())
     return "\n".join(lines)
 
 
@@ -126,6 +207,7 @@ if __name__ == "__main__":
     from ..config import PRESETS
 
     llama = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+    feeds = {"rms-norm": "qkv", "act-mul": "down"}
     for preset in ("sharq-nvfp4", "sharq-mxfp4"):
         print(f"== {preset} (operand auto)")
-        print(plan_table(PRESETS[preset], llama, [1, 2, 8, 16, 17, 64, 256, 1024, 4096]))
+        print(plan_table(PRESETS[preset], llama, [1, 2, 8, 16, 17, 64, 256, 1024, 4096], producers=feeds))

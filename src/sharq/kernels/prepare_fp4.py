@@ -443,7 +443,7 @@ def _launch(
         return (*outs, y, h)
     auto_m, auto_k, auto_w = _prep_tiles(m, k)
     block_m, block_k, num_warps = block_m or auto_m, block_k or auto_k, num_warps or auto_w
-    inline_ok = m <= min(block_m, AMAX_INLINE_MAX_M) and k <= AMAX_INLINE_MAX_K
+    inline_ok = _short_batch(m, k, block_m)
     if spec is not None:
         inline_ok = _source_stats_inline(spec.stats, inline_ok, m <= block_m or scale != _SCALE_TENSOR)
     inline, amax, inv = 0, s_out, None  # amax, inv: pointers the kernel reads (unused ones: any tensor)
@@ -484,6 +484,23 @@ def _launch(
         **source_kernel_args(x, spec, y, h, inv, inline_ok),
     )
     return (*outs, y, h)
+
+
+def _short_batch(m: int, k: int, block_m: int) -> bool:
+    """A batch whose programs compute the row statistics (amax; a source's 1/rms) themselves: all its
+    rows in one program, K up to AMAX_INLINE_MAX_K."""
+    return m <= min(block_m, AMAX_INLINE_MAX_M) and k <= AMAX_INLINE_MAX_K
+
+
+def source_launches(m: int, k: int, config: SharqConfig, *, norm: bool) -> tuple[bool, int]:
+    """(inline, launches) of this preparation with a source (`_prepare_source_impl`, default tiles)
+    for m rows of K: inline when a short batch's programs compute the statistics (or none are
+    needed), else the stats kernel first (and a zeroed amax word for one scale over the tensor)."""
+    if _short_batch(m, k, _prep_tiles(m, k)[0]):
+        return True, 1
+    if not config.has_global_scale:
+        return (False, 2) if norm else (True, 1)
+    return False, 3 if config.granularity is Granularity.TENSOR and m > 1 else 2
 
 
 def _source_stats_inline(stats: int, rule: bool, possible: bool) -> bool:

@@ -280,6 +280,16 @@ def _launch(
     return s, t, r, y, h
 
 
+def source_launches(m: int, k: int, config: SharqConfig, *, norm: bool) -> tuple[bool, int]:
+    """(inline, launches) of this preparation with a source (`_prepare_split_source_impl`, default
+    tiles) for m rows of K: one launch when "token" programs hold whole rows (one program along K),
+    else the stats kernel first (and a zeroed amax word for one scale over the tensor)."""
+    token = config.granularity is Granularity.TOKEN
+    if token and _split_tiles(m, split_padded(k))[2] == 1:
+        return True, 1
+    return False, 2 if token or m == 1 else 3
+
+
 _prepare_split_op = torch.library.custom_op("sharq::prepare_split", mutates_args=())(_prepare_split_impl)
 
 

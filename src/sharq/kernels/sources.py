@@ -263,13 +263,16 @@ def _fp32(v: float) -> float:
 
 def launch_stats(x: torch.Tensor, spec: SourceSpec, amax_mode: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run `source_stats_kernel` for x (M, K): (1/rms FP32 (M,) for SOURCE_NORM else None, the amax
-    bits: int32 (M,) for amax_mode 1 (per row), (1,) for 2 (the tensor), None for 0)."""
+    bits: int32 (M,) for amax_mode 1 (per row), (1,) for 2 (the tensor; a zeroed word unless M = 1),
+    None for 0)."""
     from ..nn.fused_norm import NORM_LANES
 
     m, k = x.shape
     norm = spec.kind == SOURCE_NORM
     if not norm and amax_mode == 0:
         return None, None
+    if amax_mode == 2 and m == 1:  # one row: its amax is the tensor's, stored without a zeroed word
+        amax_mode = 1
     inv = torch.empty(m, dtype=torch.float32, device=x.device) if norm else None
     amax = None
     if amax_mode == 1:
