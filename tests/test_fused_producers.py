@@ -385,3 +385,81 @@ def test_tiny_model_logits_identical_with_fusion_on_and_off(monkeypatch, arch, t
     unfused = _model_logits(model, ids)
     assert all(entry["SOURCE"] == 0 for entry in log["prep"] + log["split"]) and not log["stats"]
     assert torch.equal(fused, unfused)
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+@pytest.fixture()
+def fused_prep_bench():
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import fused_prep
+
+        yield fused_prep
+    finally:
+        sys.path.remove(bench)
+
+
+def test_benchmark_arguments(fused_prep_bench):
+    args = fused_prep_bench.parse_args(["--m", "1,4096", "--model", "qwen2.5-7b"])
+    assert args.rows == [1, 4096] and fused_prep_bench._shapes(args) == (3584, 18944)
+    with pytest.raises(SystemExit):
+        fused_prep_bench.parse_args(["--m", "0"])
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_checks_every_provider(fused_prep_bench, tmp_path):
+    """benchmarks/fused_prep.py on the CPU (interpreter, no times): every provider runs once, the fused
+    ones equal their unfused chains, the JSON names its machine and versions."""
+    import json
+
+    path = fused_prep_bench.main(["--device", "cpu", "--m", "3", "--k-norm", "64", "--k-act", "64",
+                                  "--out", str(tmp_path)])
+    doc = json.loads(path.read_text())
+    assert doc["gpu"] == "cpu" and {"torch", "triton", "rows"} <= doc.keys()
+    providers = {(r["producer"], r["provider"]) for r in doc["rows"]}
+    assert {("rms-norm", "fused"), ("rms-norm", "torch+prep"), ("act-mul", "fused"), ("add+rms-norm", "fused")} <= providers
+    assert all(r["bits_equal"] for r in doc["rows"] if "bits_equal" in r)
+
+
+# --- compiled, on the GPU (-m gpu) ---------------------------------------------------------------
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+@pytest.mark.parametrize("rows", [1, 2, 8, 16, 17, 300, 1100, 4099])
+def test_gpu_fused_equals_unfused_at_llama_shapes(rows, granularity):
+    """Compiled: the fused residual add + RMSNorm (K = 4096) and SiLU·mul (K = 14336) preparations
+    equal torch's chains on the GPU bit for bit (torch's CUDA division, sqrt and casts included), in
+    every layout the plan picks from 1 to 4,099 rows."""
+    config = NVFP4.replace(granularity=granularity)
+    x, res = _hidden(rows, 4096, seed=70).cuda(), _hidden(rows, 4096, seed=71).cuda()
+    w = (1 + 0.2 * torch.randn(4096, generator=_gen(72))).to(torch.bfloat16).cuda()
+    for variant in ("llama", "gemma"):
+        _check_norm(x, res, w, variant, config, eps=1e-5)
+    both = _hidden(rows, 2 * 14336, seed=73).cuda()
+    _check_act_mul(both[:, :14336], both[:, 14336:], nn.SiLU(), config)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_lanes_norm_is_batch_invariant():
+    """A row's fused norm and preparation ("token") do not depend on the rows beside it (the lanes
+    order is per row); prints whether torch's own `pow(2).mean(-1)` does on this GPU (its block shape
+    follows the number of rows)."""
+    config = NVFP4.replace(granularity="token")
+    x = _hidden(1100, 4096, seed=80).cuda()
+    w = torch.ones(4096, dtype=torch.bfloat16, device="cuda")
+    y_all, _, p_all = ops.prepare_rms_norm(x, w, 1e-5, "llama", config)
+    for m in (1, 2, 17, 300):
+        y, _, p = ops.prepare_rms_norm(x[:m], w, 1e-5, "llama", config)
+        assert _bits_equal(y, y_all[:m]) and _bits_equal(p.global_scale, p_all.global_scale[:m])
+    h = x.float()
+    torch_stat = {m: h[:m].pow(2).mean(-1) for m in (1, 16, 1100)}
+    varies = any(not torch.equal(torch_stat[m], torch_stat[1100][:m]) for m in (1, 16))
+    print(f"torch's CUDA mean(x²) of a row depends on the batch's row count: {varies}")
