@@ -362,6 +362,7 @@ def _model_logits(model, ids) -> torch.Tensor:
     ("llama", 5),  # bf16 rows, statistics inline
     pytest.param("llama", 17, marks=pytest.mark.slow),  # the operand rows after the stats kernel (~15 s)
     pytest.param("gemma3", 5, marks=pytest.mark.slow),  # the "gemma" norm, a GELU-tanh MLP (~15 s)
+    pytest.param("qwen3_moe", 3, marks=pytest.mark.slow),  # every routed expert's act·mul fused too
 ])
 def test_tiny_model_logits_identical_with_fusion_on_and_off(monkeypatch, arch, tokens):
     """A tiny bf16 model on the Triton backend: the logits with every norm and act·mul fused equal,
@@ -373,12 +374,16 @@ def test_tiny_model_logits_identical_with_fusion_on_and_off(monkeypatch, arch, t
     model = tiny_model(arch).to(DEVICE)
     report = quantize_(model, NVFP4)
     n_layers = model.config.num_hidden_layers
-    assert len(report.fused_norms) == 2 * n_layers and len(report.fused_mlps) == n_layers
+    assert len(report.fused_norms) == 2 * n_layers
     ids = torch.randint(0, 256, (1, tokens), generator=_gen(60)).to(DEVICE)
     log = _launches(monkeypatch)
     fused = _model_logits(model, ids)
     sources = [entry["SOURCE"] for entry in log["prep"] + log["split"]]
-    assert sorted(sources) == sorted([1] * 2 * n_layers + [2] * n_layers + [0] * n_layers)  # + o_proj's own
+    # every norm and every down_proj input (dense MLPs, routed experts) fused; o_proj prepares its own
+    assert sources.count(1) == 2 * n_layers and sources.count(0) == n_layers
+    assert sources.count(2) >= len(report.fused_mlps) and sources.count(2) + sources.count(1) + n_layers == len(sources)
+    if arch != "qwen3_moe":
+        assert len(report.fused_mlps) == n_layers and sources.count(2) == n_layers
     monkeypatch.setenv("SHARQ_FUSE", "0")
     for entries in log.values():
         entries.clear()

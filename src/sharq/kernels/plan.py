@@ -22,6 +22,16 @@ calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 pr
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
 The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
 and `tiles` reports them.
+
+The producer of a linear's input is planned here too (`plan_producer`, `ProducerPlan`): the RMSNorm in
+front of q/k/v and gate/up (optionally with the residual add before it) and act(gate) · up in front
+of down_proj. On the Triton backend the preparation's kernel computes them itself (kernels/sources.py:
+one launch where its programs hold whole rows, else a stats kernel first and, for one scale over a
+tensor of several rows, a zeroed amax word); SHARQ_FUSE=0 runs them in torch before the
+preparation instead, with the same bits. `python -m sharq.kernels.plan` prints each producer's plan
+under each M. The statistics' placement (inline for the short batches whose amax is inline, and for
+"token" calls with one program along K) follows the preparation's existing rule and is not tuned on a
+GPU yet (benchmarks/fused_prep.py times it).
 """
 
 from __future__ import annotations

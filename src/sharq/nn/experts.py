@@ -17,7 +17,8 @@ Buffers, for p in (gate, up, down), with E experts, (N, K) the projection's shap
 Forward: the layer input (T, H) is prepared once — by the fused pre-MLP norm, shared with every
 expert's gate and up — and each expert reads its routed rows of that preparation (`select_rows`).
 With "tensor" granularity the rows keep the layer-wide s_x; "token" is exact per row. Each
-expert's down projection prepares its own intermediate activation.
+expert's down projection prepares its own intermediate activation act(gate) · up — on the Triton
+backend computed inside that preparation's kernel (`ops.prepare_act_mul`, nn/fused_mlp.py).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from torch import nn
 from ..config import Format, SharqConfig
 from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
-from ..ops import linear_from_prepared, quantize_weight, resolve_backend
+from ..ops import linear_from_prepared, prepare_act_mul, quantize_weight, resolve_backend
 from ..sparse.decompose import check_activation, select_rows
+from .fused_mlp import ActivationTables, act_mul_reference
 from .shared_input import SharedPreparation, prepare_rows
 from .weight_storage import buffers, store_weight, weight_view
 
@@ -99,6 +101,7 @@ class SharqExperts(nn.Module):
         self.num_experts, self.hidden, self.intermediate = num_experts, hidden, intermediate
         self.config = config
         self.act_fn = act_fn
+        self.act_tables = ActivationTables(act_fn)  # act·mul fused into down's preparation (nn/fused_mlp.py)
         self.name = name
         self.shared_input: SharedPreparation | None = None
         self.down_prepare_count = 0
@@ -193,13 +196,15 @@ class SharqExperts(nn.Module):
             rows = select_rows(prepared, token_idx)
             gate = linear_from_prepared(rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True)
             up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype, one_gemm=True)
-            inner = self.act_fn(gate) * up  # (t, I) in the model dtype
+            # down's input act(gate) · up (t, I) in the model dtype: computed in its preparation's kernel
+            # where the plan fuses it, else in torch (the same bits)
+            inner = prepare_act_mul(gate, up, self.config, table=self.act_tables.get(gate))
+            if inner is None:
+                inner = prepare_rows(act_mul_reference(gate, up, self.act_fn), self.config)
             if not torch.compiler.is_compiling():  # eager calls only: a traced counter would be a guard
                 self.down_prepare_count += 1
-            out = linear_from_prepared(
-                prepare_rows(inner, self.config), self.expert_weight("down", idx), self._bias("down", idx), dtype,
-                one_gemm=True,
-            )
+            out = linear_from_prepared(inner, self.expert_weight("down", idx), self._bias("down", idx), dtype,
+                                       one_gemm=True)
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final

@@ -13,7 +13,8 @@ dtype as torch's multiplication does. Whatever the activation's implementation (
 GELU's tanh) the kernel reproduces it exactly. FP32 activations stay unfused.
 
 `from_mlp` refuses a module whose forward is not that dataflow: it runs the module's own forward
-with stand-in projections on a probe and checks what reaches down_proj.
+with stand-in projections on a probe and checks what reaches down_proj. The experts of a MoE layer
+(`SharqExperts`) fuse each expert's act(gate) · up the same way, with `ActivationTables`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import nn
 from ..ops import prepare_act_mul
 from .linear import SharqLinear
 
-__all__ = ["SharqMLP", "activation_table", "act_mul_reference"]
+__all__ = ["SharqMLP", "ActivationTables", "activation_table", "act_mul_reference"]
 
 _TABLE_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -60,6 +61,27 @@ def activation_table(act_fn: nn.Module, dtype: torch.dtype, device: torch.device
             return None
         again = act_fn(values.flip(0).view(256, 256)).reshape(-1).flip(0)
     return table.contiguous() if _same_bits(table, again) else None
+
+
+class ActivationTables:
+    """The activation tables of one `act_fn`, by (dtype, device): built at the first eager call that
+    needs one — never while traced by torch.compile or captured in a CUDA graph, where a missing table
+    leaves the call unfused (the same bits)."""
+
+    def __init__(self, act_fn: nn.Module) -> None:
+        self.act_fn = act_fn
+        self._tables: dict[tuple[torch.dtype, torch.device], torch.Tensor | None] = {}
+
+    def get(self, gate: torch.Tensor) -> torch.Tensor | None:
+        """The table for gate's dtype and device, or None (fp32, not elementwise, not buildable now)."""
+        key = (gate.dtype, gate.device)
+        if key in self._tables or gate.dtype not in _TABLE_DTYPES:
+            return self._tables.get(key)
+        if torch.compiler.is_compiling() or (gate.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return None
+        table = activation_table(self.act_fn, gate.dtype, gate.device)
+        self._tables[key] = table
+        return table
 
 
 class _Const(nn.Module):
@@ -116,7 +138,7 @@ class SharqMLP(nn.Module):
         self.act_fn = act_fn
         self.name = name
         self.original_class = original_class
-        self._tables: dict[tuple[torch.dtype, torch.device], torch.Tensor | None] = {}
+        self.act_tables = ActivationTables(act_fn)
 
     @classmethod
     def from_mlp(cls, mlp: nn.Module, gate_proj: SharqLinear, up_proj: SharqLinear, down_proj: SharqLinear, *,
@@ -152,7 +174,7 @@ class SharqMLP(nn.Module):
         gate = self.gate_proj(x)
         up = self.up_proj(x)
         down = self.down_proj
-        prepared = prepare_act_mul(gate, up, down.config, table=self._table(gate)) if gate.numel() else None
+        prepared = prepare_act_mul(gate, up, down.config, table=self.act_tables.get(gate)) if gate.numel() else None
         if prepared is None:
             return down(act_mul_reference(gate, up, self.act_fn))
         # gate stands in for down_proj's input (…, I): its shape, dtype and device; the values are
