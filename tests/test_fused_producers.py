@@ -281,6 +281,38 @@ def test_fused_act_mul_non_finite_and_zero_rows():
         _check_act_mul(gate, up, nn.SiLU(), NVFP4.replace(granularity=granularity))
 
 
+class _GatedMLP(nn.Module):
+    def __init__(self, act_of_product: bool = False) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(64, 128), nn.Linear(64, 128), nn.Linear(128, 64)
+        self.act_fn, self.act_of_product = nn.SiLU(), act_of_product
+
+    def forward(self, x):
+        if self.act_of_product:  # act(gate · up): another dataflow, not fusable as act(gate) · up
+            return self.down_proj(self.act_fn(self.gate_proj(x) * self.up_proj(x)))
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def test_sharq_mlp_takes_only_the_gated_dataflow():
+    from sharq import SharqLinear
+
+    for act_of_product in (False, True):
+        mlp = _GatedMLP(act_of_product)
+        parts = [SharqLinear.from_float(getattr(mlp, p), NVFP4) for p in ("gate_proj", "up_proj", "down_proj")]
+        if act_of_product:
+            with pytest.raises(ValueError, match=r"mlp: _GatedMLP.forward is not down_proj\(act_fn"):
+                SharqMLP.from_mlp(mlp, *parts, name="mlp")
+            continue
+        fused = SharqMLP.from_mlp(mlp, *parts, name="mlp")
+        assert fused.act_fn is mlp.act_fn and fused.down_proj is parts[2]
+        x = _hidden(3, 64, seed=41).float().to(DEVICE)
+        with torch.no_grad():  # fp32: never fused; the dataflow as written, with the quantized layers
+            want = parts[2](mlp.act_fn(parts[0](x)) * parts[1](x))
+            assert torch.equal(fused.to(DEVICE)(x), want)
+    with pytest.raises(ValueError, match="do not chain"):
+        SharqMLP.from_mlp(_GatedMLP(), *parts[:2], parts[0], name="mlp")
+
+
 # --- the plan ------------------------------------------------------------------------------------
 def test_plan_fuses_on_triton_only_where_it_can(monkeypatch):
     auto = PRESETS["sharq-nvfp4"]

@@ -14,9 +14,9 @@ of reading it from memory:
 
 Every value equals the torch computation bit for bit: the adds, products and roundings are single
 IEEE operations in the order torch performs them (the kernels compile without FMA contraction), and
-the one reduction, the RMSNorm statistic, runs in the fixed order of
-`nn.fused_norm.rms_inverse` (NORM_LANES lanes, sequential along K, then adjacent pairs), never
-`tl.sum`, whose order differs between the compiled kernel and the interpreter.
+the one reduction, the RMSNorm statistic, runs in the fixed order of `nn.fused_norm.mean_square`
+(NORM_LANES lanes, each sequential along K, then adjacent pairs), never `tl.sum`, whose order
+differs between the compiled kernel and the interpreter.
 
 The per-row statistic (RMSNorm's 1/rms) and the amax of the source are row reductions: a program
 that holds whole rows computes them itself (`rows_inv_rms`, `source_rows_amax`), otherwise the
