@@ -120,7 +120,8 @@ PRODUCERS = ("rms-norm", "act-mul")
 
 def fusion_enabled() -> bool:
     """False when SHARQ_FUSE=0: the producers of the linears' inputs are not fused into the
-    preparation (the same bits, more launches)."""
+    preparation (the same bits, more launches). Read at every eager call; a torch.compile graph keeps
+    the value it was traced with."""
     return os.environ.get(FUSE_ENV, "") != "0"
 
 
