@@ -43,8 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--m", default=DEFAULT_M, help="rows per call, comma-separated")
     ap.add_argument("--granularity", default="tensor", choices=("tensor", "token"))
     ap.add_argument("--preset", default="sharq-nvfp4")
-    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
-                    help="cpu: one unchecked-speed run of every provider under the Triton interpreter")
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cpu: one unchecked-speed run of every provider under the Triton interpreter",
+    )
     ap.add_argument("--k-norm", type=int, default=None, help="override the norm's K (default: the model's hidden)")
     ap.add_argument("--k-act", type=int, default=None, help="override down_proj's K (default: the model's MLP)")
     ap.add_argument("--reps", type=int, default=20)
@@ -69,13 +73,20 @@ def _same(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
     view = {1: torch.int8, 2: torch.int16, 4: torch.int32}[a.element_size()]
-    return a.shape == b.shape and torch.equal(a.isnan(), b.isnan()) and torch.equal(
-        a.nan_to_num(0.0).view(view), b.nan_to_num(0.0).view(view))
+    return (
+        a.shape == b.shape
+        and torch.equal(a.isnan(), b.isnan())
+        and torch.equal(a.nan_to_num(0.0).view(view), b.nan_to_num(0.0).view(view))
+    )
 
 
 def _same_prepared(a, b) -> bool:
-    return (a.layout == b.layout and _same(a.global_scale, b.global_scale)
-            and all(_same(x, y) for x, y in zip(a.terms, b.terms)) and torch.equal(a.backbone.codes, b.backbone.codes))
+    return (
+        a.layout == b.layout
+        and _same(a.global_scale, b.global_scale)
+        and all(_same(x, y) for x, y in zip(a.terms, b.terms))
+        and torch.equal(a.backbone.codes, b.backbone.codes)
+    )
 
 
 def _providers(m: int, k_norm: int, k_act: int, config, device: str) -> dict[str, tuple]:
@@ -185,18 +196,35 @@ def main(argv: list[str] | None = None):
             plan = plans["act-mul" if producer == "act-mul" else "rms-norm"]
             fn()  # compiles, and builds what it needs
             ms = _graph_ms([fn] * 4, reps=args.reps) if timed else None
-            row = dict(M=m, K=k_act if producer == "act-mul" else k_norm, producer=producer, provider=name.split("/")[1],
-                       median_ms=ms, plan=plan.describe(), preparation=plan.linear.preparation)
+            row = dict(
+                M=m,
+                K=k_act if producer == "act-mul" else k_norm,
+                producer=producer,
+                provider=name.split("/")[1],
+                median_ms=ms,
+                plan=plan.describe(),
+                preparation=plan.linear.preparation,
+            )
             if check is not None:
                 row["bits_equal"] = bool(check())
             rows.append(row)
             shown = f"{ms * 1e3:8.1f} us" if ms is not None else "   (untimed)"
             print(f"M={m:5d} {name:32s} {shown}  {row.get('bits_equal', '')}", flush=True)
     gpu = torch.cuda.get_device_name() if timed else "cpu"
-    doc = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, model=args.model, preset=args.preset,
-               granularity=args.granularity, k_norm=k_norm, k_act=k_act, rows=rows,
-               note="median of CUDA-graph replays, 4 calls a graph; baselines (torch+prep) from the same run"
-               if timed else "CPU smoke run under the Triton interpreter: outputs checked, nothing timed")
+    doc = dict(
+        gpu=gpu,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        model=args.model,
+        preset=args.preset,
+        granularity=args.granularity,
+        k_norm=k_norm,
+        k_act=k_act,
+        rows=rows,
+        note="median of CUDA-graph replays, 4 calls a graph; baselines (torch+prep) from the same run"
+        if timed
+        else "CPU smoke run under the Triton interpreter: outputs checked, nothing timed",
+    )
     path = write_json(doc, args.out, f"fused-prep-{args.model}" + ("" if timed else "-smoke"))
     print("wrote", path)
     if not all(r.get("bits_equal", True) for r in rows):

@@ -21,9 +21,9 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from sharq import PRESETS, ops  # noqa: E402
+from sharq.formats.ieee import div_rn  # noqa: E402
 from sharq.kernels.plan import PRODUCERS, plan_producer, plan_table  # noqa: E402
 from sharq.nn.fused_mlp import SharqMLP, act_mul_reference, activation_table  # noqa: E402
-from sharq.formats.ieee import div_rn  # noqa: E402
 from sharq.nn.fused_norm import NORM_LANES, add_rms_norm_reference, mean_square, rms_inverse  # noqa: E402
 
 from .kernel_launches import RecordingKernel  # noqa: E402
@@ -117,7 +117,7 @@ def test_rms_inverse_is_the_lanes_order_and_a_function_of_the_row_alone():
     assert got.shape == (6, 1) and got.dtype == torch.float32
     for i in range(6):
         assert got[i, 0].item() == _lanes_by_hand(x[i], 1e-5)
-        assert torch.equal(rms_inverse(x[i:i + 1], 1e-5), got[i:i + 1])  # batch invariant
+        assert torch.equal(rms_inverse(x[i : i + 1], 1e-5), got[i : i + 1])  # batch invariant
 
 
 def test_torch_statistic_order_is_not_a_kernel_order():
@@ -161,12 +161,14 @@ def test_fused_norm_equals_norm_then_preparation(rows, k, dtype, variant, add, g
     residual = _hidden(rows, k, seed=7, dtype=dtype).to(DEVICE) if add else None
     weight = (1 + 0.2 * torch.randn(k, generator=_gen(3))).to(dtype).to(DEVICE)
     plan = _check_norm(x, residual, weight, variant, config)
-    assert plan.linear.preparation == {1: "gemv", 2: "gemv", 5: "rows", 12: "rows", 20: "operand-rows",
-                                       260: "operand-split"}[rows]
+    assert (
+        plan.linear.preparation
+        == {1: "gemv", 2: "gemv", 5: "rows", 12: "rows", 20: "operand-rows", 260: "operand-split"}[rows]
+    )
 
 
 def test_fused_norm_weight_dtype_promotes_like_torch():
-    """"llama" multiplies by the weight in torch's promoted dtype: an FP32 weight on bf16 x gives an
+    """ "llama" multiplies by the weight in torch's promoted dtype: an FP32 weight on bf16 x gives an
     FP32 y, prepared as such; 3-D input keeps its shape."""
     x = _hidden(6, 64, seed=4).view(2, 3, 64).to(DEVICE)
     weight = (1 + 0.2 * torch.randn(64, generator=_gen(5))).to(DEVICE)
@@ -222,7 +224,7 @@ def test_statistics_inline_or_from_the_stats_kernel_agree(monkeypatch, granulari
         assert _bits_equal(y, rows[0][1]) and _bits_equal(h, rows[0][2])
     stats = (-1, 0, 1) if granularity == "token" else (-1, 0)
     split = [prepare_split_source(x, config, spec(s), two=False, layout="pair-split") for s in stats]
-    for s, ops_, y, h in split[1:]:
+    for s, ops_, y, _h in split[1:]:
         assert _bits_equal(s, split[0][0]) and _bits_equal(ops_[0], split[0][1][0]) and _bits_equal(y, split[0][2])
     if granularity == "tensor":
         with pytest.raises(ValueError, match="needs 'token'"):
@@ -239,8 +241,9 @@ def test_activation_table_is_the_activation_of_every_16_bit_value():
     for dtype in (torch.bfloat16, torch.float16):
         table = activation_table(nn.SiLU(), dtype, DEVICE)
         values = torch.arange(65536, dtype=torch.int32, device=DEVICE)
-        one_by_one = torch.stack([F.silu(v) for v in (values - (values >= 32768).int() * 65536).to(torch.int16)
-                                  .view(dtype)[::257]])  # each alone (the scalar path), every 257th
+        one_by_one = torch.stack(
+            [F.silu(v) for v in (values - (values >= 32768).int() * 65536).to(torch.int16).view(dtype)[::257]]
+        )  # each alone (the scalar path), every 257th
         assert _bits_equal(table[::257], one_by_one)
     assert activation_table(_Softmax(), torch.bfloat16, DEVICE) is None
     with pytest.raises(ValueError, match="bf16 and fp16"):
@@ -378,10 +381,13 @@ def test_custom_ops_pass_opcheck():
     bf16 = dtype_code(torch.bfloat16)
     norm = (r, w, 1e-6, SOURCE_NORM, True, 1, bf16, True, True, -1)
     act = (r, table, 0.0, SOURCE_ACT_MUL, False, 0, bf16, False, False, -1)
-    torch.library.opcheck(torch.ops.sharq.prepare_fp4_source.default,
-                          (x, *norm, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0))
-    torch.library.opcheck(torch.ops.sharq.prepare_split_source.default,
-                          (x, *act, True, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, True, [0, 0, 0]))
+    torch.library.opcheck(
+        torch.ops.sharq.prepare_fp4_source.default, (x, *norm, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0)
+    )
+    torch.library.opcheck(
+        torch.ops.sharq.prepare_split_source.default,
+        (x, *act, True, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, True, [0, 0, 0]),
+    )
 
 
 # --- in a model ------------------------------------------------------------------------------------
@@ -390,12 +396,15 @@ def _model_logits(model, ids) -> torch.Tensor:
         return model(ids).logits
 
 
-@pytest.mark.parametrize("arch,tokens", [
-    ("llama", 5),  # bf16 rows, statistics inline
-    pytest.param("llama", 17, marks=pytest.mark.slow),  # the operand rows after the stats kernel (~15 s)
-    pytest.param("gemma3", 5, marks=pytest.mark.slow),  # the "gemma" norm, a GELU-tanh MLP (~15 s)
-    pytest.param("qwen3_moe", 3, marks=pytest.mark.slow),  # every routed expert's act·mul fused too
-])
+@pytest.mark.parametrize(
+    "arch,tokens",
+    [
+        ("llama", 5),  # bf16 rows, statistics inline
+        pytest.param("llama", 17, marks=pytest.mark.slow),  # the operand rows after the stats kernel (~15 s)
+        pytest.param("gemma3", 5, marks=pytest.mark.slow),  # the "gemma" norm, a GELU-tanh MLP (~15 s)
+        pytest.param("qwen3_moe", 3, marks=pytest.mark.slow),  # every routed expert's act·mul fused too
+    ],
+)
 def test_tiny_model_logits_identical_with_fusion_on_and_off(monkeypatch, arch, tokens):
     """A tiny bf16 model on the Triton backend: the logits with every norm and act·mul fused equal,
     bit for bit, those with SHARQ_FUSE=0 (torch computes the producers, then the preparation)."""
@@ -453,12 +462,18 @@ def test_benchmark_smoke_checks_every_provider(fused_prep_bench, tmp_path):
     ones equal their unfused chains, the JSON names its machine and versions."""
     import json
 
-    path = fused_prep_bench.main(["--device", "cpu", "--m", "3", "--k-norm", "64", "--k-act", "64",
-                                  "--out", str(tmp_path)])
+    path = fused_prep_bench.main(
+        ["--device", "cpu", "--m", "3", "--k-norm", "64", "--k-act", "64", "--out", str(tmp_path)]
+    )
     doc = json.loads(path.read_text())
     assert doc["gpu"] == "cpu" and {"torch", "triton", "rows"} <= doc.keys()
     providers = {(r["producer"], r["provider"]) for r in doc["rows"]}
-    assert {("rms-norm", "fused"), ("rms-norm", "torch+prep"), ("act-mul", "fused"), ("add+rms-norm", "fused")} <= providers
+    assert {
+        ("rms-norm", "fused"),
+        ("rms-norm", "torch+prep"),
+        ("act-mul", "fused"),
+        ("add+rms-norm", "fused"),
+    } <= providers
     assert all(r["bits_equal"] for r in doc["rows"] if "bits_equal" in r)
 
 

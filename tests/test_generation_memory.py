@@ -57,8 +57,13 @@ def _prompt(device: str = "cpu") -> torch.Tensor:
 
 def _generate(model, ids, steps: int, criteria=()) -> torch.Tensor:
     with torch.no_grad():
-        return model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                              stopping_criteria=StoppingCriteriaList(list(criteria)))
+        return model.generate(
+            ids,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            stopping_criteria=StoppingCriteriaList(list(criteria)),
+        )
 
 
 class EveryStep(StoppingCriteria):
@@ -123,8 +128,11 @@ def test_long_generation_grows_only_by_the_kv_cache():
 @pytest.mark.parametrize("arch", ["llama", "qwen3_moe", "gemma3"])
 def test_shared_preparation_holds_nothing_between_steps(arch, monkeypatch):
     model = _model(arch)
-    groups = {id(m.shared_input): m.shared_input for m in model.modules()
-              if isinstance(getattr(m, "shared_input", None), SharedPreparation)}
+    groups = {
+        id(m.shared_input): m.shared_input
+        for m in model.modules()
+        if isinstance(getattr(m, "shared_input", None), SharedPreparation)
+    }
     assert groups, "the model has shared preparations (q/k/v, gate/up)"
     published: list[weakref.ref] = []
     original = SharedPreparation.publish  # what the fused norm and a lazy consumer's `prepare` call

@@ -16,9 +16,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
-from sharq import PRESETS, SharqConfig  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from sharq import PRESETS, SharqConfig  # noqa: E402
 from sharq.kernels.prepare_fp4 import _round_bf16, prepare_activation_triton, supports  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
@@ -29,7 +29,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bitwise equal values, NaN matching NaN (payloads aside); ±Inf and ±0 must match exactly."""
     return torch.equal(a.isnan(), b.isnan()) and torch.equal(
         a.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf")).view(torch.int32),
-        b.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf")).view(torch.int32))
+        b.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf")).view(torch.int32),
+    )
 
 
 def _check(x: torch.Tensor, config: SharqConfig, **kw) -> None:
@@ -65,8 +66,17 @@ def _outliers(m: int, k: int, seed: int, dtype=torch.bfloat16) -> torch.Tensor:
 
 
 def test_kernel_presets_cover_nvfp4_and_mxfp4():
-    assert {"nvfp4", "mxfp4", "sharq-nvfp4", "sharq-nvfp4-w16", "sharq-mxfp4", "sparse-only", "dense-dense",
-            "sparse-sparse", "naive-residual"} <= set(KERNEL_PRESETS)
+    assert {
+        "nvfp4",
+        "mxfp4",
+        "sharq-nvfp4",
+        "sharq-nvfp4-w16",
+        "sharq-mxfp4",
+        "sparse-only",
+        "dense-dense",
+        "sparse-sparse",
+        "naive-residual",
+    } <= set(KERNEL_PRESETS)
     assert not supports(PRESETS["sharq-hif4"]) and not supports(PRESETS["hif4"])
 
 
@@ -87,8 +97,9 @@ def test_bit_exact_odd_shapes_and_dtypes(shape, dtype):
 
 @pytest.mark.parametrize("mask", ["2:4", "4:8", "8:16", "pair4of8"])
 def test_bit_exact_other_masks(mask):
-    config = SharqConfig(format="nvfp4", mask=mask, residual="quantized", backbone_block=32, residual_block=16,
-                         weight_block=32)
+    config = SharqConfig(
+        format="nvfp4", mask=mask, residual="quantized", backbone_block=32, residual_block=16, weight_block=32
+    )
     _check(_outliers(6, 96, seed=4), config)
 
 
@@ -241,8 +252,26 @@ def test_round_bf16_matches_torch_per_value():
     """The kernel's spelled-out FP32 -> bf16 rounding (ties to even, NaN, ±Inf, overflow, subnormals)."""
     kernel = _round_bf16_kernel
     one = 1.0
-    values = [one + 2.0**-8, one + 3 * 2.0**-8, one + 2.0**-8 + 2.0**-20, -(one + 2.0**-8), 1686.0, -1686.0, 0.0, -0.0,
-              3.3895314e38, 3.4e38, -3.4e38, float("inf"), float("-inf"), 1e-40, -3e-39, 2.0**-133, 6.0, 0.1]
+    values = [
+        one + 2.0**-8,
+        one + 3 * 2.0**-8,
+        one + 2.0**-8 + 2.0**-20,
+        -(one + 2.0**-8),
+        1686.0,
+        -1686.0,
+        0.0,
+        -0.0,
+        3.3895314e38,
+        3.4e38,
+        -3.4e38,
+        float("inf"),
+        float("-inf"),
+        1e-40,
+        -3e-39,
+        2.0**-133,
+        6.0,
+        0.1,
+    ]
     x = torch.tensor(values, dtype=torch.float32)
     x = torch.cat([x, torch.randn(46, generator=torch.Generator().manual_seed(0)) * 1e3])
     dev = "cuda" if torch.cuda.is_available() else "cpu"

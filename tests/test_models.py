@@ -69,7 +69,11 @@ def test_swaps_exactly_the_decoder_linears(arch):
     assert len(report.fused_norms) == 2 * n_layers
     assert all(len(c) == 3 for g, c in report.groups.items() if g.endswith(".qkv"))
     # every dense MLP (all of them but the experts) is a SharqMLP
-    dense = [n for n, m in model.named_modules() if n.endswith(".mlp") and isinstance(getattr(m, "down_proj", None), SharqLinear)]
+    dense = [
+        n
+        for n, m in model.named_modules()
+        if n.endswith(".mlp") and isinstance(getattr(m, "down_proj", None), SharqLinear)
+    ]
     assert set(report.fused_mlps) == set(dense) and (dense or arch in ("mixtral",)), arch
 
 
@@ -87,8 +91,16 @@ def test_bf16_preset_is_bit_identical(arch):
 # architectures minus ~1 dB (Gemma 3 is the low one: its random norms and sqrt(H) embedding scale
 # amplify the error). A broken plumbing (wrong rows, wrong scale) lands far below these.
 SQNR_BARS = {
-    "nvfp4": 3.0, "mxfp4": 1.0, "hif4": 4.0, "sharq-nvfp4": 5.0, "sharq-nvfp4-w16": 5.5,
-    "sharq-mxfp4": 3.0, "sharq-hif4": 5.5, "sparse-only": -2.5, "dense-dense": 5.5, "sparse-sparse": 3.0,
+    "nvfp4": 3.0,
+    "mxfp4": 1.0,
+    "hif4": 4.0,
+    "sharq-nvfp4": 5.0,
+    "sharq-nvfp4-w16": 5.5,
+    "sharq-mxfp4": 3.0,
+    "sharq-hif4": 5.5,
+    "sparse-only": -2.5,
+    "dense-dense": 5.5,
+    "sparse-sparse": 3.0,
     "naive-residual": 3.0,
 }
 
@@ -138,9 +150,7 @@ def test_preparation_runs_once_per_shared_input(arch, monkeypatch):
         return real(x, config)
 
     monkeypatch.setattr(ops_mod, "prepare_activation", counting)  # every preparation goes through ops
-    groups = {
-        m.shared_input for m in model.modules() if isinstance(m, (SharqLinear, SharqExperts)) and m.shared_input
-    }
+    groups = {m.shared_input for m in model.modules() if isinstance(m, (SharqLinear, SharqExperts)) and m.shared_input}
     assert {g.name for g in groups} == set(report.groups)
     ids = _ids(batch=2, seq=7)
     _logits(model, ids)
@@ -179,7 +189,9 @@ def test_fusion_changes_nothing_numerically(arch, granularity):
     plain = tiny_model(arch)  # the same layers swapped one by one: no fused norm, no sharing
     for name in fused.sharq_report.converted:
         old = plain.get_submodule(name)
-        cls = SharqExperts.from_experts if isinstance(fused.get_submodule(name), SharqExperts) else SharqLinear.from_float
+        cls = (
+            SharqExperts.from_experts if isinstance(fused.get_submodule(name), SharqExperts) else SharqLinear.from_float
+        )
         plain.set_submodule(name, cls(old, config, name=name))
     for name in fused.sharq_report.fused_norms:
         plain.set_submodule(name, _LanesNorm(fused.get_submodule(name)))
@@ -345,7 +357,7 @@ class _LegacyMoeBlock(nn.Module):
             mlp = Qwen3MoeMLP(config, intermediate_size=i2 // 2).to(experts.gate_up_proj.dtype)
             with torch.no_grad():
                 mlp.gate_proj.weight.copy_(experts.gate_up_proj[idx, : i2 // 2])
-                mlp.up_proj.weight.copy_(experts.gate_up_proj[idx, i2 // 2:])
+                mlp.up_proj.weight.copy_(experts.gate_up_proj[idx, i2 // 2 :])
                 mlp.down_proj.weight.copy_(experts.down_proj[idx])
             self.experts.append(mlp)
 

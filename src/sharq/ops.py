@@ -18,8 +18,17 @@ from .formats.quantized import QuantizedTensor
 from .formats.registry import quantize
 from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
 
-__all__ = ["resolve_backend", "prepare", "prepare_rms_norm", "prepare_act_mul", "quantize_weight",
-           "weight_scale_views", "linear_from_prepared", "grouped_linear_from_prepared", "sharq_linear"]
+__all__ = [
+    "resolve_backend",
+    "prepare",
+    "prepare_rms_norm",
+    "prepare_act_mul",
+    "quantize_weight",
+    "weight_scale_views",
+    "linear_from_prepared",
+    "grouped_linear_from_prepared",
+    "sharq_linear",
+]
 
 
 # looked up once at import: `resolve_backend` runs inside torch.compile traces, which cannot trace find_spec
@@ -83,8 +92,9 @@ def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
     return prepared
 
 
-def _operand_prepared(x: torch.Tensor, config: SharqConfig, s: torch.Tensor, terms: tuple[torch.Tensor, ...],
-                      layout: str) -> PreparedActivation:
+def _operand_prepared(
+    x: torch.Tensor, config: SharqConfig, s: torch.Tensor, terms: tuple[torch.Tensor, ...], layout: str
+) -> PreparedActivation:
     """The PreparedActivation of `prepare_split`'s output for x (M, K): the operand alone, codes and
     scales unwritten (empty (M, 0))."""
     m, k = x.shape
@@ -92,8 +102,9 @@ def _operand_prepared(x: torch.Tensor, config: SharqConfig, s: torch.Tensor, ter
     gs = s if config.has_global_scale else None
 
     def term(block: int) -> QuantizedTensor:
-        return QuantizedTensor(format=config.format, codes=unwritten, scales=unwritten, shape=(m, k), block=block,
-                               global_scale=gs)
+        return QuantizedTensor(
+            format=config.format, codes=unwritten, scales=unwritten, shape=(m, k), block=block, global_scale=gs
+        )
 
     residual = term(config.residual_block) if config.residual is not Residual.NONE else None
     return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout=layout)
@@ -120,8 +131,14 @@ def _prepare_with_source(x: torch.Tensor, config: SharqConfig, source, linear) -
 
 
 def prepare_rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, variant: str, config: SharqConfig, *,
-    residual: torch.Tensor | None = None, write_y: bool = True,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    variant: str,
+    config: SharqConfig,
+    *,
+    residual: torch.Tensor | None = None,
+    write_y: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, PreparedActivation | None]:
     """(y, h, prepared) of a decoder's RMSNorm, optionally after its residual add, feeding linears of
     `config` (SPEC §9): h = x + residual in x's dtype (None without a residual), y = RMSNorm(h)
@@ -140,8 +157,10 @@ def prepare_rms_norm(
     if variant not in NORM_VARIANTS:
         raise ValueError(f"unknown RMSNorm variant {variant!r}; expected one of {NORM_VARIANTS}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device):
-        raise ValueError(f"the residual ({tuple(residual.shape)}, {residual.dtype}, {residual.device}) must match the "
-                         f"RMSNorm input ({tuple(x.shape)}, {x.dtype}, {x.device})")
+        raise ValueError(
+            f"the residual ({tuple(residual.shape)}, {residual.dtype}, {residual.device}) must match the "
+            f"RMSNorm input ({tuple(x.shape)}, {x.dtype}, {x.device})"
+        )
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
     plan = plan_producer("rms-norm", rows, k, config, x.device)
@@ -153,17 +172,27 @@ def prepare_rms_norm(
 
     x2d = _rows(x)
     y_dtype = norm_output_dtype(x.dtype, weight.dtype, variant)
-    spec = SourceSpec(_rows(residual) if residual is not None else x2d.new_empty(0), weight.contiguous(), float(eps),
-                      SOURCE_NORM, residual is not None, NORM_VARIANTS.index(variant), dtype_code(y_dtype),
-                      write_y or config.check_finite, residual is not None, -1)
+    spec = SourceSpec(
+        _rows(residual) if residual is not None else x2d.new_empty(0),
+        weight.contiguous(),
+        float(eps),
+        SOURCE_NORM,
+        residual is not None,
+        NORM_VARIANTS.index(variant),
+        dtype_code(y_dtype),
+        write_y or config.check_finite,
+        residual is not None,
+        -1,
+    )
     prepared, y, h = _prepare_with_source(x2d, config, spec, plan.linear)
     if config.check_finite and not bool(torch.isfinite(y).all()):
         raise ValueError(f"activation of shape {tuple(y.shape)} contains NaN or Inf (check_finite=True)")
     return (y.view(x.shape) if write_y else None), (h.view(x.shape) if h is not None else None), prepared
 
 
-def prepare_act_mul(gate: torch.Tensor, up: torch.Tensor, config: SharqConfig, *,
-                    table: torch.Tensor | None) -> PreparedActivation | None:
+def prepare_act_mul(
+    gate: torch.Tensor, up: torch.Tensor, config: SharqConfig, *, table: torch.Tensor | None
+) -> PreparedActivation | None:
     """The preparation of act(gate) · up (down_proj's input, as (M, K) rows) computed in the
     preparation's kernel, or None where `kernels.plan.plan_producer("act-mul", ...)` does not fuse
     (the caller then computes act_fn(gate) * up in torch and prepares it as usual: the same bits).
@@ -181,8 +210,10 @@ def prepare_act_mul(gate: torch.Tensor, up: torch.Tensor, config: SharqConfig, *
     if not plan.fused:
         return None
     if table.shape != (65536,) or table.dtype != gate.dtype or table.device != gate.device:
-        raise ValueError(f"the activation table must be (65536,) {gate.dtype} on {gate.device}, got "
-                         f"{tuple(table.shape)} {table.dtype} on {table.device}")
+        raise ValueError(
+            f"the activation table must be (65536,) {gate.dtype} on {gate.device}, got "
+            f"{tuple(table.shape)} {table.dtype} on {table.device}"
+        )
     from .kernels.sources import SOURCE_ACT_MUL, SourceSpec, dtype_code
 
     spec = SourceSpec(_rows(up), table, 0.0, SOURCE_ACT_MUL, False, 0, dtype_code(gate.dtype), False, False, -1)
@@ -203,8 +234,10 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
     if not weight.is_floating_point():
         raise TypeError(f"weight has dtype {weight.dtype}; expected a floating-point tensor")
     if weight.device.type == "meta":
-        raise ValueError("weight is on the meta device and holds no values to quantize; build an empty layer "
-                         "(SharqLinear.empty_like) and load a checkpoint into it instead")
+        raise ValueError(
+            "weight is on the meta device and holds no values to quantize; build an empty layer "
+            "(SharqLinear.empty_like) and load a checkpoint into it instead"
+        )
     if not config.quantizes:
         raise ValueError("quantize_weight: the config quantizes nothing (format='none')")
     if not bool(torch.isfinite(weight).all()):
@@ -279,7 +312,9 @@ def linear_from_prepared(
 
 
 def grouped_linear_from_prepared(
-    prepared: PreparedActivation, weights: list[QuantizedTensor], biases: list[torch.Tensor | None],
+    prepared: PreparedActivation,
+    weights: list[QuantizedTensor],
+    biases: list[torch.Tensor | None],
     out_dtype: torch.dtype,
 ) -> torch.Tensor | None:
     """The linears of one prepared input with each of `weights` (N_g, K) in one launch: (M, Σ N_g) in
@@ -307,8 +342,10 @@ def _check_linear_operands(x: torch.Tensor, weight: QuantizedTensor, bias: torch
         raise ValueError(f"weight must be 2-D (N, K), got shape {tuple(weight.shape)}")
     n, k = weight.shape
     if x.shape[-1] != k:
-        raise ValueError(f"activation of shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
-                         f"but the weight of shape {tuple(weight.shape)} has K={k}")
+        raise ValueError(
+            f"activation of shape {tuple(x.shape)} has last dimension {x.shape[-1]}, "
+            f"but the weight of shape {tuple(weight.shape)} has K={k}"
+        )
     if x.device != weight.device:
         raise ValueError(f"activation is on {x.device} but the weight is on {weight.device}")
     if bias is not None:

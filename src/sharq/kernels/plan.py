@@ -18,7 +18,8 @@ The M > 16 boundaries are from benchmarks/tune_split.py (split-tuning-llama-3.1-
 Llama-3.1-8B linears summed, H100): the weight-as-A GEMM is the fastest at M = 256 (509 us against
 779 for the FP32 decode), the FP32 decode at M = 64 (270 against 378), the scratch GEMM from M = 1024.
 `operand="auto"` is exact up to AUTO_EXACT_MAX_ROWS (16) rows and bf16-sum above (SPEC §7), so its
-calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows and runs `gemm_fp4`'s FP32
+calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows
+and runs `gemm_fp4`'s FP32
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
 The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`, `gemm_nvfp4_split.split_gemm_tiles`)
 and `tiles` reports them.
@@ -43,7 +44,15 @@ import torch
 
 from ..config import Backend, Format, Operand, SharqConfig
 
-__all__ = ["LinearPlan", "ProducerPlan", "plan_linear", "plan_producer", "plan_table", "fusion_enabled", "GEMV_AUTO_MAX_M"]
+__all__ = [
+    "LinearPlan",
+    "ProducerPlan",
+    "plan_linear",
+    "plan_producer",
+    "plan_table",
+    "fusion_enabled",
+    "GEMV_AUTO_MAX_M",
+]
 
 # the decode GEMV takes exact NVFP4 calls of up to this many rows; beyond them the tensor-core GEMM with
 # the packed decode and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json:
@@ -156,8 +165,16 @@ class ProducerPlan:
         return f"{self.producer}: {what}"
 
 
-def plan_producer(producer: str, rows: int, k: int, config: SharqConfig, device: torch.device | str, *,
-                  dtype: torch.dtype = torch.bfloat16, act_table: bool = True) -> ProducerPlan:
+def plan_producer(
+    producer: str,
+    rows: int,
+    k: int,
+    config: SharqConfig,
+    device: torch.device | str,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    act_table: bool = True,
+) -> ProducerPlan:
     """The plan of a producer ("rms-norm" or "act-mul", PRODUCERS) of `rows` rows of K values feeding
     a linear of `config` on `device`, its activation in `dtype`. act_table: whether the activation's
     table exists (it is built at the first eager call, `nn.fused_mlp`). Fused on the Triton backend
@@ -194,8 +211,13 @@ def _rows_gemm(rows: int) -> str:
     return "bf16-scratch" if rows >= SCRATCH_MIN_M else "fp32-decode"
 
 
-def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: list[int],
-               device: str = "cuda", producers: dict[str, str] | None = None) -> str:
+def plan_table(
+    config: SharqConfig,
+    shapes: dict[str, tuple[int, int]],
+    rows: list[int],
+    device: str = "cuda",
+    producers: dict[str, str] | None = None,
+) -> str:
     """A printable table: for each M, the plan and each layer's GEMM tiles. `shapes`: name -> (N, K).
     `producers`: producer -> the layer of `shapes` it feeds ({"rms-norm": "qkv", "act-mul": "down"}),
     each printed with its plan (`plan_producer`, bf16 activations). Planning for "cuda" needs no GPU

@@ -40,8 +40,16 @@ from . import supports
 from .direct import direct_call_ok
 from .gemv_nvfp4 import GEMV_AUTO_MAX_M, GEMV_MAX_M, e2m1_doubled, gemv_padded
 from .pdl import pdl_enabled, wait_then_release
-from .sources import (SourceSpec, kernel_x, launch_stats, rows_inv_rms, source_chunk, source_kernel_args,
-                      source_outputs, source_rows_amax)
+from .sources import (
+    SourceSpec,
+    kernel_x,
+    launch_stats,
+    rows_inv_rms,
+    source_chunk,
+    source_kernel_args,
+    source_outputs,
+    source_rows_amax,
+)
 from .sources import round_bf16 as _round_bf16  # the name the kernel, prepare_split and the tests use
 
 __all__ = ["prepare_activation_triton", "prepare_source_triton", "supports"]
@@ -188,8 +196,9 @@ def _store_codes(ptr, codes, rows, row_ok, k0, stride, width, BM: tl.constexpr, 
 @triton.jit
 def _store_scales(ptr, bits, rows, row_ok, k0, stride, width, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr):
     cols = k0 // BLOCK + tl.arange(0, BK // BLOCK)
-    tl.store(ptr + rows[:, None] * stride + cols[None, :], bits.to(tl.uint8),
-             mask=row_ok[:, None] & (cols[None, :] < width))
+    tl.store(
+        ptr + rows[:, None] * stride + cols[None, :], bits.to(tl.uint8), mask=row_ok[:, None] & (cols[None, :] < width)
+    )
 
 
 # --- second-level scale (NVFP4): amax per row ("token") or over the tensor ("tensor") -------------
@@ -222,8 +231,11 @@ def _rows_amax(x_ptr, rows, row_ok, K, stride_x, BLOCK_M: tl.constexpr, CHUNK: t
     best = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for k0 in range(0, K, CHUNK):
         cols = k0 + tl.arange(0, CHUNK)
-        a = tl.abs(tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K),
-                           other=0.0).to(tl.float32))
+        a = tl.abs(
+            tl.load(
+                x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0.0
+            ).to(tl.float32)
+        )
         best = tl.maximum(best, tl.max(a.to(tl.int32, bitcast=True), axis=1))
     return best
 
@@ -237,17 +249,66 @@ def _global_scale(amax):
 
 @triton.jit
 def _prepare_kernel(
-    x_ptr, amax_ptr, s_ptr, b_codes, b_scales, r_codes, r_scales, tb_ptr, tr_ptr, tbs_ptr, trs_ptr,
-    M, K, stride_x, stride_s, stride_bc, stride_bs, stride_rc, stride_rs, stride_t,
-    wb_codes, wb_scales, wr_codes, wr_scales,
-    MX: tl.constexpr, HAS_S: tl.constexpr,
-    MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
-    RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, WRITE_TERMS: tl.constexpr, KP: tl.constexpr, KG,
-    AMAX_INLINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-    x2_ptr, w_ptr, inv_ptr, y_ptr, h_ptr, stride_x2, stride_y, stride_h, eps,
-    SOURCE: tl.constexpr, ADD: tl.constexpr, VARIANT: tl.constexpr, DT: tl.constexpr, DTY: tl.constexpr,
-    WRITE_Y: tl.constexpr, WRITE_H: tl.constexpr, INV_INLINE: tl.constexpr, NORM_W: tl.constexpr,
+    x_ptr,
+    amax_ptr,
+    s_ptr,
+    b_codes,
+    b_scales,
+    r_codes,
+    r_scales,
+    tb_ptr,
+    tr_ptr,
+    tbs_ptr,
+    trs_ptr,
+    M,
+    K,
+    stride_x,
+    stride_s,
+    stride_bc,
+    stride_bs,
+    stride_rc,
+    stride_rs,
+    stride_t,
+    wb_codes,
+    wb_scales,
+    wr_codes,
+    wr_scales,
+    MX: tl.constexpr,
+    HAS_S: tl.constexpr,
+    MASK: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_M: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    RMASK: tl.constexpr,
+    RMASK_N: tl.constexpr,
+    RMASK_M: tl.constexpr,
+    BB: tl.constexpr,
+    RB: tl.constexpr,
+    WRITE_TERMS: tl.constexpr,
+    KP: tl.constexpr,
+    KG,
+    AMAX_INLINE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
+    x2_ptr,
+    w_ptr,
+    inv_ptr,
+    y_ptr,
+    h_ptr,
+    stride_x2,
+    stride_y,
+    stride_h,
+    eps,
+    SOURCE: tl.constexpr,
+    ADD: tl.constexpr,
+    VARIANT: tl.constexpr,
+    DT: tl.constexpr,
+    DTY: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    WRITE_H: tl.constexpr,
+    INV_INLINE: tl.constexpr,
+    NORM_W: tl.constexpr,
     NORM_LOG2W: tl.constexpr,
 ):
     if PDL:  # launched as a dependent (pdl.py): wait for x, then let the GEMV's programs start
@@ -258,8 +319,9 @@ def _prepare_kernel(
     # per row is computed here (INV_INLINE: this program reads its rows whole) or by the stats kernel
     if SOURCE == 1:
         if INV_INLINE:
-            inv = rows_inv_rms(x_ptr, x2_ptr, rows, row_ok, K, stride_x, stride_x2, eps, ADD, DT, BLOCK_M, NORM_W,
-                               NORM_LOG2W)
+            inv = rows_inv_rms(
+                x_ptr, x2_ptr, rows, row_ok, K, stride_x, stride_x2, eps, ADD, DT, BLOCK_M, NORM_W, NORM_LOG2W
+            )
         else:
             inv = tl.load(inv_ptr + rows, mask=row_ok, other=1.0)
     else:
@@ -270,8 +332,24 @@ def _prepare_kernel(
             if SOURCE == 0:
                 amax = _rows_amax(x_ptr, rows, row_ok, K, stride_x, BLOCK_M, 1024)
             else:
-                amax = source_rows_amax(x_ptr, x2_ptr, w_ptr, inv, rows, row_ok, K, stride_x, stride_x2, SOURCE, ADD,
-                                        VARIANT, DT, DTY, BLOCK_M, NORM_W)
+                amax = source_rows_amax(
+                    x_ptr,
+                    x2_ptr,
+                    w_ptr,
+                    inv,
+                    rows,
+                    row_ok,
+                    K,
+                    stride_x,
+                    stride_x2,
+                    SOURCE,
+                    ADD,
+                    VARIANT,
+                    DT,
+                    DTY,
+                    BLOCK_M,
+                    NORM_W,
+                )
             if AMAX_INLINE == 2:
                 amax = tl.zeros_like(amax) + tl.max(amax, axis=0)
         else:
@@ -285,8 +363,29 @@ def _prepare_kernel(
     for k0 in range(tl.program_id(1) * BLOCK_K, KP, tl.num_programs(1) * BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         ok = row_ok[:, None] & (cols[None, :] < K)
-        x = source_chunk(x_ptr, x2_ptr, w_ptr, y_ptr, h_ptr, inv, rows, row_ok, cols, K, stride_x, stride_x2, stride_y,
-                         stride_h, SOURCE, ADD, VARIANT, DT, DTY, WRITE_Y, WRITE_H)
+        x = source_chunk(
+            x_ptr,
+            x2_ptr,
+            w_ptr,
+            y_ptr,
+            h_ptr,
+            inv,
+            rows,
+            row_ok,
+            cols,
+            K,
+            stride_x,
+            stride_x2,
+            stride_y,
+            stride_h,
+            SOURCE,
+            ADD,
+            VARIANT,
+            DT,
+            DTY,
+            WRITE_Y,
+            WRITE_H,
+        )
         if HAS_S:
             xs = _div_rn(x, s[:, None])
         else:
@@ -317,15 +416,15 @@ def _prepare_kernel(
             if WRITE_TERMS == 1:
                 tl.store(tr_ptr + rows[:, None] * stride_t + cols[None, :], deq_r.to(tl.bfloat16), mask=ok)
             if WRITE_TERMS == 3:
-                _store_gemv_operand(tr_ptr, trs_ptr, r_c, scale_r, rows, row_ok, k0, stride_t, KG, BLOCK_M, BLOCK_K,
-                                    RB)
+                _store_gemv_operand(tr_ptr, trs_ptr, r_c, scale_r, rows, row_ok, k0, stride_t, KG, BLOCK_M, BLOCK_K, RB)
         if WRITE_TERMS == 2:  # one term: the FP32 sum rounded to bf16 (operand="bf16-sum")
             tl.store(tb_ptr + rows[:, None] * stride_t + cols[None, :], _round_bf16(total).to(tl.bfloat16), mask=ok)
 
 
 @triton.jit
-def _store_gemv_operand(c_ptr, s_ptr, codes, scale, rows, row_ok, k0, stride, KG, BM: tl.constexpr,
-                        BK: tl.constexpr, BLOCK: tl.constexpr):
+def _store_gemv_operand(
+    c_ptr, s_ptr, codes, scale, rows, row_ok, k0, stride, KG, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr
+):
     """codes as int8 2·E2M1 values (M, KG) and the block scales repeated per 16 positions, FP32
     (M, KG / 16): the decode GEMV's operand (`gemv_nvfp4.gemv_operand`)."""
     val = e2m1_doubled(codes)
@@ -334,7 +433,9 @@ def _store_gemv_operand(c_ptr, s_ptr, codes, scale, rows, row_ok, k0, stride, KG
     tl.store(c_ptr + rows[:, None] * stride + at[None, :], val.to(tl.int8), mask=row_ok[:, None] & (cols[None, :] < KG))
     s16 = tl.reshape(tl.broadcast_to(scale[:, :, None], (BM, BK // BLOCK, BLOCK // 16)), (BM, BK // 16))
     c16 = k0 // 16 + tl.arange(0, BK // 16)
-    tl.store(s_ptr + rows[:, None] * (stride // 16) + c16[None, :], s16, mask=row_ok[:, None] & (c16[None, :] < KG // 16))
+    tl.store(
+        s_ptr + rows[:, None] * (stride // 16) + c16[None, :], s16, mask=row_ok[:, None] & (c16[None, :] < KG // 16)
+    )
 
 
 # --- host side -------------------------------------------------------------------------------------
@@ -365,7 +466,8 @@ def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool,
     none = torch.empty(0, **u8)
     return (
         torch.empty(m if scale == _SCALE_TOKEN else 1, dtype=torch.float32, device=x.device),
-        torch.empty(m, kp_b // 2, **u8), torch.empty(m, kp_b // bb, **u8),
+        torch.empty(m, kp_b // 2, **u8),
+        torch.empty(m, kp_b // bb, **u8),
         torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
         torch.empty(m, kp_r // rb, **u8) if has_r else none.clone(),
         _term(x, terms) if terms else none.clone(),
@@ -388,11 +490,33 @@ def _term_scales(x: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare_impl(
-    x: torch.Tensor, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
-    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, terms: int,
-    block_m: int, block_k: int, num_warps: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    scale: int,
+    mx: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    terms: int,
+    block_m: int,
+    block_k: int,
+    num_warps: int,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
     """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
     scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row. Returns s (FP32 (1,) or
     (M,); 1 without a scale), B codes/scales, R codes/scales, and the GEMM operands:
@@ -402,17 +526,67 @@ def _prepare_impl(
     row: one pass; per tensor: a grid-wide atomic max over a zeroed word), then the preparation;
     for a short batch (M <= block_m, e.g. decode) the preparation's programs compute the amax
     themselves: one launch. block_m, block_k, num_warps: 0 = chosen by shape (`_prep_tiles`)."""
-    return _launch(x, None, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms,
-                   block_m, block_k, num_warps)[:9]
+    return _launch(
+        x,
+        None,
+        scale,
+        mx,
+        mask,
+        mask_n,
+        mask_m,
+        residual,
+        rmask,
+        rmask_n,
+        rmask_m,
+        bb,
+        rb,
+        terms,
+        block_m,
+        block_k,
+        num_warps,
+    )[:9]
 
 
 def _prepare_source_impl(
-    x: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, eps: float, kind: int, add: bool, variant: int, dty: int,
-    write_y: bool, write_h: bool, stats: int, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
-    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, terms: int,
-    block_m: int, block_k: int, num_warps: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    x2: torch.Tensor,
+    w: torch.Tensor,
+    eps: float,
+    kind: int,
+    add: bool,
+    variant: int,
+    dty: int,
+    write_y: bool,
+    write_h: bool,
+    stats: int,
+    scale: int,
+    mx: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    terms: int,
+    block_m: int,
+    block_k: int,
+    num_warps: int,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
     """`_prepare_impl` of the activation a source computes (`sources.SourceSpec`: x2 … stats): x (M, K)
     is the norm's input or the gate. Returns `_prepare_impl`'s outputs, then y and h (M, K) where
     stored (`write_y`, `write_h`), else empty. The row statistics (1/rms, amax) come from the
@@ -420,14 +594,45 @@ def _prepare_source_impl(
     from `sources.source_stats_kernel` first (`stats` 1 / 0 force either; 1 needs all M rows in one
     program at tensor granularity)."""
     spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
-    return _launch(x, spec, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms,
-                   block_m, block_k, num_warps)
+    return _launch(
+        x,
+        spec,
+        scale,
+        mx,
+        mask,
+        mask_n,
+        mask_m,
+        residual,
+        rmask,
+        rmask_n,
+        rmask_m,
+        bb,
+        rb,
+        terms,
+        block_m,
+        block_k,
+        num_warps,
+    )
 
 
 def _launch(
-    x: torch.Tensor, spec: SourceSpec | None, scale: int, mx: bool, mask: int, mask_n: int, mask_m: int,
-    residual: int, rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, terms: int,
-    block_m: int, block_k: int, num_warps: int,
+    x: torch.Tensor,
+    spec: SourceSpec | None,
+    scale: int,
+    mx: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    terms: int,
+    block_m: int,
+    block_k: int,
+    num_warps: int,
 ) -> tuple[torch.Tensor, ...]:
     """Allocate and launch: `_prepare_impl`'s nine outputs, then the source's y and h."""
     has_r = residual != _RES_NONE
@@ -454,7 +659,11 @@ def _launch(
         amax = amax_bits if amax_bits is not None else s_out
     elif scale != _SCALE_NONE:
         per_row = scale == _SCALE_TOKEN
-        amax = torch.empty(m, dtype=torch.int32, device=x.device) if per_row else torch.zeros(1, dtype=torch.int32, device=x.device)
+        amax = (
+            torch.empty(m, dtype=torch.int32, device=x.device)
+            if per_row
+            else torch.zeros(1, dtype=torch.int32, device=x.device)
+        )
         bm = min(8, triton.next_power_of_2(m))
         bk = 1024 if per_row else 512
         amax_grid = (triton.cdiv(m, bm),) if per_row else (triton.cdiv(m, bm), min(triton.cdiv(k, bk), 65535))
@@ -462,25 +671,61 @@ def _launch(
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     gemv = terms == _TERMS_GEMV
     if gemv and (m > GEMV_MAX_M or mx or bb % 16 or rb % 16):
-        raise ValueError(f"the GEMV operand is for up to {GEMV_MAX_M} rows of NVFP4 with 16-multiple blocks, "
-                         f"got {m} rows, {'MXFP4' if mx else 'NVFP4'}, blocks {bb}/{rb}")
+        raise ValueError(
+            f"the GEMV operand is for up to {GEMV_MAX_M} rows of NVFP4 with 16-multiple blocks, "
+            f"got {m} rows, {'MXFP4' if mx else 'NVFP4'}, blocks {bb}/{rb}"
+        )
     kg = gemv_padded(k) if gemv else 0
     kp = padded_length(max(kp_b, kp_r, kg), block_k)  # GEMV operand: the zero padding is written too
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     pdl = pdl_enabled(x.device, default=gemv)  # measured: faster for the GEMV's 1-2 rows, slower at 8
     _prepare_kernel[grid](
-        kernel_x(x, spec), amax, s_out, b_codes, b_scales, r_codes if has_r else spare, r_scales if has_r else spare,
+        kernel_x(x, spec),
+        amax,
+        s_out,
+        b_codes,
+        b_scales,
+        r_codes if has_r else spare,
+        r_scales if has_r else spare,
         t_b if terms else spare,
         t_r if terms in (_TERMS_SEPARATE, _TERMS_GEMV) and has_r else spare,
-        t_bs if gemv else spare, t_rs if gemv and has_r else spare,
-        m, k, x.stride(0), 1 if scale == _SCALE_TOKEN else 0, b_codes.stride(0), b_scales.stride(0),
-        r_codes.stride(0) if has_r else 0, r_scales.stride(0) if has_r else 0, t_b.stride(0) if terms else 0,
-        kp_b // 2, kp_b // bb, kp_r // 2, kp_r // rb,
-        MX=mx, HAS_S=scale != _SCALE_NONE, MASK=mask, MASK_N=mask_n, MASK_M=mask_m,
-        RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n, RMASK_M=rmask_m, BB=bb, RB=rb,
-        WRITE_TERMS=terms, KP=kp, KG=kg, AMAX_INLINE=inline, BLOCK_M=block_m, BLOCK_K=block_k,
-        PDL=pdl, num_warps=num_warps, enable_fp_fusion=False, **({"launch_pdl": True} if pdl else {}),
+        t_bs if gemv else spare,
+        t_rs if gemv and has_r else spare,
+        m,
+        k,
+        x.stride(0),
+        1 if scale == _SCALE_TOKEN else 0,
+        b_codes.stride(0),
+        b_scales.stride(0),
+        r_codes.stride(0) if has_r else 0,
+        r_scales.stride(0) if has_r else 0,
+        t_b.stride(0) if terms else 0,
+        kp_b // 2,
+        kp_b // bb,
+        kp_r // 2,
+        kp_r // rb,
+        MX=mx,
+        HAS_S=scale != _SCALE_NONE,
+        MASK=mask,
+        MASK_N=mask_n,
+        MASK_M=mask_m,
+        RESIDUAL=residual,
+        RMASK=rmask,
+        RMASK_N=rmask_n,
+        RMASK_M=rmask_m,
+        BB=bb,
+        RB=rb,
+        WRITE_TERMS=terms,
+        KP=kp,
+        KG=kg,
+        AMAX_INLINE=inline,
+        BLOCK_M=block_m,
+        BLOCK_K=block_k,
+        PDL=pdl,
+        num_warps=num_warps,
+        enable_fp_fusion=False,
+        **({"launch_pdl": True} if pdl else {}),
         **source_kernel_args(x, spec, y, h, inv, inline_ok),
     )
     return (*outs, y, h)
@@ -530,8 +775,9 @@ def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
 
 
 @_prepare_op.register_fake
-def _(x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms,
-      block_m, block_k, num_warps):
+def _(
+    x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms, block_m, block_k, num_warps
+):
     return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, terms)
 
 
@@ -539,15 +785,47 @@ _prepare_source_op = torch.library.custom_op("sharq::prepare_fp4_source", mutate
 
 
 @_prepare_source_op.register_fake
-def _(x, x2, w, eps, kind, add, variant, dty, write_y, write_h, stats, scale, mx, mask, mask_n, mask_m, residual,
-      rmask, rmask_n, rmask_m, bb, rb, terms, block_m, block_k, num_warps):
+def _(
+    x,
+    x2,
+    w,
+    eps,
+    kind,
+    add,
+    variant,
+    dty,
+    write_y,
+    write_h,
+    stats,
+    scale,
+    mx,
+    mask,
+    mask_n,
+    mask_m,
+    residual,
+    rmask,
+    rmask_n,
+    rmask_m,
+    bb,
+    rb,
+    terms,
+    block_m,
+    block_k,
+    num_warps,
+):
     spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
     return (*_prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, terms), *source_outputs(x, spec))
 
 
 def prepare_activation_triton(
-    x: torch.Tensor, config: SharqConfig, *, with_terms: bool = False,
-    terms_layout: str = "rows", block_m: int | None = None, block_k: int | None = None, num_warps: int | None = None,
+    x: torch.Tensor,
+    config: SharqConfig,
+    *,
+    with_terms: bool = False,
+    terms_layout: str = "rows",
+    block_m: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
 ) -> PreparedActivation:
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
@@ -566,8 +844,14 @@ def prepare_activation_triton(
 
 
 def prepare_source_triton(
-    x: torch.Tensor, config: SharqConfig, source: SourceSpec, *, terms_layout: str = "rows",
-    block_m: int | None = None, block_k: int | None = None, num_warps: int | None = None,
+    x: torch.Tensor,
+    config: SharqConfig,
+    source: SourceSpec,
+    *,
+    terms_layout: str = "rows",
+    block_m: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
 ) -> tuple[PreparedActivation, torch.Tensor | None, torch.Tensor | None]:
     """`prepare_activation_triton(a, config, with_terms=True, ...)` of the activation `a` that
     `source` computes from x (M, K) (the norm's input, or the gate; see `sources.SourceSpec`), in
@@ -581,8 +865,14 @@ def prepare_source_triton(
 
 
 def _prepare(
-    x: torch.Tensor, config: SharqConfig, source: SourceSpec | None, with_terms: bool, terms_layout: str,
-    block_m: int | None, block_k: int | None, num_warps: int | None,
+    x: torch.Tensor,
+    config: SharqConfig,
+    source: SourceSpec | None,
+    with_terms: bool,
+    terms_layout: str,
+    block_m: int | None,
+    block_k: int | None,
+    num_warps: int | None,
 ) -> tuple[PreparedActivation, torch.Tensor | None, torch.Tensor | None]:
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
@@ -600,20 +890,38 @@ def _prepare(
     rb = config.residual_block if has_r else bb
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
-    residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[config.residual]
+    residual = {Residual.NONE: _RES_NONE, Residual.QUANTIZED: _RES_QUANTIZED, Residual.NAIVE: _RES_NAIVE}[
+        config.residual
+    ]
     if terms_layout not in ("rows", "gemv", "auto"):
         raise ValueError(f"terms_layout must be 'rows', 'gemv' or 'auto', got {terms_layout!r}")
-    gemv_ok = (1 <= m <= GEMV_MAX_M and config.format is Format.NVFP4 and not summed
-               and bb % 16 == 0 and rb % 16 == 0)
+    gemv_ok = 1 <= m <= GEMV_MAX_M and config.format is Format.NVFP4 and not summed and bb % 16 == 0 and rb % 16 == 0
     if terms_layout == "gemv" and not gemv_ok:
-        raise ValueError(f"the GEMV operand is for 1 to {GEMV_MAX_M} rows of NVFP4 with the exact operand, got {m} "
-                         f"rows of {config.format.value}, operand {config.operand.value}")
+        raise ValueError(
+            f"the GEMV operand is for 1 to {GEMV_MAX_M} rows of NVFP4 with the exact operand, got {m} "
+            f"rows of {config.format.value}, operand {config.operand.value}"
+        )
     gemv = terms_layout == "gemv" or (terms_layout == "auto" and gemv_ok and m <= GEMV_AUTO_MAX_M)
     terms = _TERMS_NONE
     if with_terms:
         terms = _TERMS_GEMV if gemv else (_TERMS_SUMMED if summed else _TERMS_SEPARATE)
-    args = (scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms, block_m or 0,
-            block_k or 0, num_warps or 0)
+    args = (
+        scale,
+        mx,
+        mask,
+        mask_n,
+        mask_m,
+        residual,
+        rmask,
+        rmask_n,
+        rmask_m,
+        bb,
+        rb,
+        terms,
+        block_m or 0,
+        block_k or 0,
+        num_warps or 0,
+    )
     y = h = None
     if source is None:
         op = _prepare_impl if direct_call_ok(x) else torch.ops.sharq.prepare_fp4
@@ -626,7 +934,9 @@ def _prepare(
     gs = s if config.has_global_scale else None
 
     def qt(codes, scales, block):
-        return QuantizedTensor(format=config.format, codes=codes, scales=scales, shape=(m, k), block=block, global_scale=gs)
+        return QuantizedTensor(
+            format=config.format, codes=codes, scales=scales, shape=(m, k), block=block, global_scale=gs
+        )
 
     backbone = qt(b_codes, b_scales, bb)
     residual_qt = qt(r_codes, r_scales, rb) if has_r else None

@@ -41,10 +41,25 @@ from ..config import Format, Granularity, Residual, SharqConfig
 from . import supports
 from .direct import direct_call_ok
 from .prepare_fp4 import _amax_kernel, _apply_mask, _global_scale, _mask_args, _round_bf16, _round_e4m3
-from .sources import (SourceSpec, kernel_x, launch_stats, rows_inv_rms, source_chunk, source_kernel_args,
-                      source_outputs, source_rows_amax)
+from .sources import (
+    SourceSpec,
+    kernel_x,
+    launch_stats,
+    rows_inv_rms,
+    source_chunk,
+    source_kernel_args,
+    source_outputs,
+    source_rows_amax,
+)
 
-__all__ = ["SPLIT", "split_positions", "split_padded", "prepare_split", "prepare_split_source", "prepare_split_supports"]
+__all__ = [
+    "SPLIT",
+    "split_positions",
+    "split_padded",
+    "prepare_split",
+    "prepare_split_source",
+    "prepare_split_supports",
+]
 
 SPLIT = 64  # the pair-split layout's run along K: 32 even positions, then 32 odd ones
 
@@ -65,8 +80,12 @@ def split_positions(k: int, device=None) -> torch.Tensor:
 def prepare_split_supports(config: SharqConfig) -> bool:
     """True for the configs this kernel prepares: NVFP4 (a second-level scale), the masks the Triton
     kernels take, blocks dividing SPLIT."""
-    return (config.format is Format.NVFP4 and supports(config)
-            and SPLIT % config.backbone_block == 0 and SPLIT % config.residual_block == 0)
+    return (
+        config.format is Format.NVFP4
+        and supports(config)
+        and SPLIT % config.backbone_block == 0
+        and SPLIT % config.residual_block == 0
+    )
 
 
 @triton.jit
@@ -129,14 +148,50 @@ def _store_operand(ptr, v, rows, row_ok, k0, K, stride, BM: tl.constexpr, BK: tl
 
 @triton.jit
 def _prepare_split_kernel(
-    x_ptr, amax_ptr, s_ptr, t_ptr, r_ptr, M, K, KP, stride_x, stride_t, stride_s,
-    TOKEN: tl.constexpr, MASK: tl.constexpr, MASK_N: tl.constexpr, MASK_M: tl.constexpr,
-    RESIDUAL: tl.constexpr, RMASK: tl.constexpr, RMASK_N: tl.constexpr, RMASK_M: tl.constexpr,
-    BB: tl.constexpr, RB: tl.constexpr, TWO: tl.constexpr, ROUND_ASM: tl.constexpr, SPLIT_LAYOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    x2_ptr, w_ptr, inv_ptr, y_ptr, h_ptr, stride_x2, stride_y, stride_h, eps,
-    SOURCE: tl.constexpr, ADD: tl.constexpr, VARIANT: tl.constexpr, DT: tl.constexpr, DTY: tl.constexpr,
-    WRITE_Y: tl.constexpr, WRITE_H: tl.constexpr, INV_INLINE: tl.constexpr, NORM_W: tl.constexpr,
+    x_ptr,
+    amax_ptr,
+    s_ptr,
+    t_ptr,
+    r_ptr,
+    M,
+    K,
+    KP,
+    stride_x,
+    stride_t,
+    stride_s,
+    TOKEN: tl.constexpr,
+    MASK: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_M: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    RMASK: tl.constexpr,
+    RMASK_N: tl.constexpr,
+    RMASK_M: tl.constexpr,
+    BB: tl.constexpr,
+    RB: tl.constexpr,
+    TWO: tl.constexpr,
+    ROUND_ASM: tl.constexpr,
+    SPLIT_LAYOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    x2_ptr,
+    w_ptr,
+    inv_ptr,
+    y_ptr,
+    h_ptr,
+    stride_x2,
+    stride_y,
+    stride_h,
+    eps,
+    SOURCE: tl.constexpr,
+    ADD: tl.constexpr,
+    VARIANT: tl.constexpr,
+    DT: tl.constexpr,
+    DTY: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    WRITE_H: tl.constexpr,
+    INV_INLINE: tl.constexpr,
+    NORM_W: tl.constexpr,
     NORM_LOG2W: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -145,8 +200,9 @@ def _prepare_split_kernel(
     # this program (INV_INLINE: it reads its rows whole) or from the stats kernel (1/rms, amax per row)
     if SOURCE == 1:
         if INV_INLINE:
-            inv = rows_inv_rms(x_ptr, x2_ptr, rows, row_ok, K, stride_x, stride_x2, eps, ADD, DT, BLOCK_M, NORM_W,
-                               NORM_LOG2W)
+            inv = rows_inv_rms(
+                x_ptr, x2_ptr, rows, row_ok, K, stride_x, stride_x2, eps, ADD, DT, BLOCK_M, NORM_W, NORM_LOG2W
+            )
         else:
             inv = tl.load(inv_ptr + rows, mask=row_ok, other=1.0)
     else:
@@ -155,13 +211,30 @@ def _prepare_split_kernel(
         best = tl.zeros((BLOCK_M,), dtype=tl.int32)
         for k0 in range(0, K, 1024):
             cols = k0 + tl.arange(0, 1024)
-            a = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K),
-                        other=0.0).to(tl.float32)
+            a = tl.load(
+                x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0.0
+            ).to(tl.float32)
             best = tl.maximum(best, tl.max(a.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1))
         amax = best
     elif TOKEN and INV_INLINE:
-        amax = source_rows_amax(x_ptr, x2_ptr, w_ptr, inv, rows, row_ok, K, stride_x, stride_x2, SOURCE, ADD, VARIANT,
-                                DT, DTY, BLOCK_M, NORM_W)
+        amax = source_rows_amax(
+            x_ptr,
+            x2_ptr,
+            w_ptr,
+            inv,
+            rows,
+            row_ok,
+            K,
+            stride_x,
+            stride_x2,
+            SOURCE,
+            ADD,
+            VARIANT,
+            DT,
+            DTY,
+            BLOCK_M,
+            NORM_W,
+        )
     elif TOKEN:  # from the stats kernel
         amax = tl.load(amax_ptr + rows, mask=row_ok, other=0)
     else:
@@ -172,8 +245,29 @@ def _prepare_split_kernel(
         tl.store(s_ptr + rows * stride_s, s, mask=row_ok & ((rows == 0) | (rows * stride_s != 0)))
     for k0 in range(tl.program_id(1) * BLOCK_K, KP, tl.num_programs(1) * BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        x = source_chunk(x_ptr, x2_ptr, w_ptr, y_ptr, h_ptr, inv, rows, row_ok, cols, K, stride_x, stride_x2, stride_y,
-                         stride_h, SOURCE, ADD, VARIANT, DT, DTY, WRITE_Y, WRITE_H)
+        x = source_chunk(
+            x_ptr,
+            x2_ptr,
+            w_ptr,
+            y_ptr,
+            h_ptr,
+            inv,
+            rows,
+            row_ok,
+            cols,
+            K,
+            stride_x,
+            stride_x2,
+            stride_y,
+            stride_h,
+            SOURCE,
+            ADD,
+            VARIANT,
+            DT,
+            DTY,
+            WRITE_Y,
+            WRITE_H,
+        )
         xs = _div_by(x, s[:, None], inv_s[:, None])
         if MASK != 0:
             b = _apply_mask(xs, BLOCK_M, BLOCK_K, MASK, MASK_N, MASK_M)
@@ -191,7 +285,9 @@ def _prepare_split_kernel(
                 r = _apply_mask(r, BLOCK_M, BLOCK_K, RMASK, RMASK_N, RMASK_M)
             deq_r = _deq_blocks(r, BLOCK_M, BLOCK_K, RB)
             if TWO:
-                _store_operand(r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT)
+                _store_operand(
+                    r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT
+                )
             total = total + deq_r
         if not TWO:
             if ROUND_ASM:  # the hardware's round-to-nearest-even cast
@@ -211,33 +307,81 @@ def _split_tiles(m: int, kp: int) -> tuple[int, int, int, int]:
 
 
 def _prepare_split_impl(
-    x: torch.Tensor, token: bool, mask: int, mask_n: int, mask_m: int, residual: int, rmask: int, rmask_n: int,
-    rmask_m: int, bb: int, rb: int, two: bool, split_layout: bool, tiles: list[int],
+    x: torch.Tensor,
+    token: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    two: bool,
+    split_layout: bool,
+    tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel as a torch op: x (M, K) contiguous -> (s_x FP32 (M,) or (1,), first operand bf16
     (M, Kp) pair-split or (M, K) rows, second operand likewise or empty). tiles: block_m, block_k,
     num_warps (0: chosen by shape)."""
-    return _launch(x, None, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two,
-                   split_layout, tiles)[:3]
+    return _launch(
+        x, None, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles
+    )[:3]
 
 
 def _prepare_split_source_impl(
-    x: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, eps: float, kind: int, add: bool, variant: int, dty: int,
-    write_y: bool, write_h: bool, stats: int, token: bool, mask: int, mask_n: int, mask_m: int, residual: int,
-    rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, two: bool, split_layout: bool, tiles: list[int],
+    x: torch.Tensor,
+    x2: torch.Tensor,
+    w: torch.Tensor,
+    eps: float,
+    kind: int,
+    add: bool,
+    variant: int,
+    dty: int,
+    write_y: bool,
+    write_h: bool,
+    stats: int,
+    token: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    two: bool,
+    split_layout: bool,
+    tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_prepare_split_impl` of the activation a source computes (`sources.SourceSpec`: x2 … stats)
     from x (M, K), then y and h (M, K) where stored, else empty. The row statistics: this kernel's
     programs compute them when each holds whole rows ("token" with one program along K), else
     `sources.source_stats_kernel` runs first (`stats` 1 / 0 force either; 1 needs "token")."""
     spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
-    return _launch(x, spec, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two,
-                   split_layout, tiles)
+    return _launch(
+        x, spec, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles
+    )
 
 
 def _launch(
-    x: torch.Tensor, spec: SourceSpec | None, token: bool, mask: int, mask_n: int, mask_m: int, residual: int,
-    rmask: int, rmask_n: int, rmask_m: int, bb: int, rb: int, two: bool, split_layout: bool, tiles: list[int],
+    x: torch.Tensor,
+    spec: SourceSpec | None,
+    token: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    two: bool,
+    split_layout: bool,
+    tiles: list[int],
 ) -> tuple[torch.Tensor, ...]:
     """Allocate and launch: s, the operands, then the source's y and h."""
     from . import interpreting
@@ -269,12 +413,37 @@ def _launch(
         amax = torch.zeros(1, dtype=torch.int32, device=x.device)
         bm = min(8, triton.next_power_of_2(m))
         _amax_kernel[(triton.cdiv(m, bm), min(triton.cdiv(k, 512), 65535))](
-            x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512)
+            x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512
+        )
     _prepare_split_kernel[(triton.cdiv(m, block_m), k_programs)](
-        kernel_x(x, spec), amax, s, t, r if two else t, m, k, kp, x.stride(0), t.stride(0), 1 if token else 0,
-        TOKEN=token, MASK=mask, MASK_N=mask_n, MASK_M=mask_m, RESIDUAL=residual, RMASK=rmask, RMASK_N=rmask_n,
-        RMASK_M=rmask_m, BB=bb, RB=rb, TWO=two, ROUND_ASM=not interpreting(), SPLIT_LAYOUT=split_layout,
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, enable_fp_fusion=False,
+        kernel_x(x, spec),
+        amax,
+        s,
+        t,
+        r if two else t,
+        m,
+        k,
+        kp,
+        x.stride(0),
+        t.stride(0),
+        1 if token else 0,
+        TOKEN=token,
+        MASK=mask,
+        MASK_N=mask_n,
+        MASK_M=mask_m,
+        RESIDUAL=residual,
+        RMASK=rmask,
+        RMASK_N=rmask_n,
+        RMASK_M=rmask_m,
+        BB=bb,
+        RB=rb,
+        TWO=two,
+        ROUND_ASM=not interpreting(),
+        SPLIT_LAYOUT=split_layout,
+        BLOCK_M=block_m,
+        BLOCK_K=block_k,
+        num_warps=warps,
+        enable_fp_fusion=False,
         **source_kernel_args(x, spec, y, h, inv, inline),
     )
     return s, t, r, y, h
@@ -307,18 +476,48 @@ def _fake_outputs(x: torch.Tensor, token: bool, two: bool, split_layout: bool) -
 
 
 _prepare_split_source_op = torch.library.custom_op("sharq::prepare_split_source", mutates_args=())(
-    _prepare_split_source_impl)
+    _prepare_split_source_impl
+)
 
 
 @_prepare_split_source_op.register_fake
-def _(x, x2, w, eps, kind, add, variant, dty, write_y, write_h, stats, token, mask, mask_n, mask_m, residual, rmask,
-      rmask_n, rmask_m, bb, rb, two, split_layout, tiles):
+def _(
+    x,
+    x2,
+    w,
+    eps,
+    kind,
+    add,
+    variant,
+    dty,
+    write_y,
+    write_h,
+    stats,
+    token,
+    mask,
+    mask_n,
+    mask_m,
+    residual,
+    rmask,
+    rmask_n,
+    rmask_m,
+    bb,
+    rb,
+    two,
+    split_layout,
+    tiles,
+):
     spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
     return (*_fake_outputs(x, token, two, split_layout), *source_outputs(x, spec))
 
 
 def prepare_split(
-    x: torch.Tensor, config: SharqConfig, *, two: bool, layout: str = "pair-split", tiles: dict | None = None,
+    x: torch.Tensor,
+    config: SharqConfig,
+    *,
+    two: bool,
+    layout: str = "pair-split",
+    tiles: dict | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(s_x, operands) of x (M, K) for `config` (NVFP4): s_x FP32 (M, 1) ("token") or (); operands:
     `two` — (deq(B), deq(R)) — or (bf16(deq(B) + deq(R)),), bf16, in `layout`: "pair-split" (M, Kp)
@@ -331,7 +530,12 @@ def prepare_split(
 
 
 def prepare_split_source(
-    x: torch.Tensor, config: SharqConfig, source: SourceSpec, *, two: bool, layout: str = "pair-split",
+    x: torch.Tensor,
+    config: SharqConfig,
+    source: SourceSpec,
+    *,
+    two: bool,
+    layout: str = "pair-split",
     tiles: dict | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor | None]:
     """`prepare_split` of the activation `source` computes from x (M, K) (`sources.SourceSpec`), in
@@ -343,12 +547,19 @@ def prepare_split_source(
 
 
 def _prepare_split(
-    x: torch.Tensor, config: SharqConfig, source: SourceSpec | None, two: bool, layout: str, tiles: dict | None,
+    x: torch.Tensor,
+    config: SharqConfig,
+    source: SourceSpec | None,
+    two: bool,
+    layout: str,
+    tiles: dict | None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor | None]:
     if not prepare_split_supports(config):
-        raise ValueError(f"prepare_split prepares NVFP4 with blocks dividing {SPLIT} and the Triton masks, "
-                         f"got {config.format.value}, mask {config.mask}, blocks {config.backbone_block}/"
-                         f"{config.residual_block}")
+        raise ValueError(
+            f"prepare_split prepares NVFP4 with blocks dividing {SPLIT} and the Triton masks, "
+            f"got {config.format.value}, mask {config.mask}, blocks {config.backbone_block}/"
+            f"{config.residual_block}"
+        )
     if layout not in ("pair-split", "rows"):
         raise ValueError(f"layout must be 'pair-split' or 'rows', got {layout!r}")
     t = tiles or {}
@@ -359,8 +570,21 @@ def _prepare_split(
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: 0, Residual.QUANTIZED: 1, Residual.NAIVE: 2}[config.residual]
     two = two and residual != 0
-    args = (token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, config.backbone_block,
-            config.residual_block, two, layout == "pair-split", [t.get(key, 0) for key in ("BLOCK_M", "BLOCK_K", "num_warps")])
+    args = (
+        token,
+        mask,
+        mask_n,
+        mask_m,
+        residual,
+        rmask,
+        rmask_n,
+        rmask_m,
+        config.backbone_block,
+        config.residual_block,
+        two,
+        layout == "pair-split",
+        [t.get(key, 0) for key in ("BLOCK_M", "BLOCK_K", "num_warps")],
+    )
     y = h = None
     if source is None:
         op = _prepare_split_impl if direct_call_ok(x) else torch.ops.sharq.prepare_split

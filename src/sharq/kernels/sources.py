@@ -35,9 +35,23 @@ import triton.language as tl
 
 from . import interpreting
 
-__all__ = ["SOURCE_X", "SOURCE_NORM", "SOURCE_ACT_MUL", "SourceSpec", "dtype_code", "round_bf16", "round_to",
-           "rows_inv_rms", "source_chunk", "source_rows_amax", "source_stats_kernel", "source_outputs",
-           "source_kernel_args", "launch_stats", "kernel_x"]
+__all__ = [
+    "SOURCE_X",
+    "SOURCE_NORM",
+    "SOURCE_ACT_MUL",
+    "SourceSpec",
+    "dtype_code",
+    "round_bf16",
+    "round_to",
+    "rows_inv_rms",
+    "source_chunk",
+    "source_rows_amax",
+    "source_stats_kernel",
+    "source_outputs",
+    "source_kernel_args",
+    "launch_stats",
+    "kernel_x",
+]
 
 SOURCE_X, SOURCE_NORM, SOURCE_ACT_MUL = 0, 1, 2
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -96,8 +110,21 @@ def _lane_tree(v, BM: tl.constexpr, W: tl.constexpr, LOG2W: tl.constexpr):
 
 
 @triton.jit
-def rows_inv_rms(x_ptr, r_ptr, rows, row_ok, K, stride_x, stride_r, eps, ADD: tl.constexpr, DT: tl.constexpr,
-                 BM: tl.constexpr, W: tl.constexpr, LOG2W: tl.constexpr):
+def rows_inv_rms(
+    x_ptr,
+    r_ptr,
+    rows,
+    row_ok,
+    K,
+    stride_x,
+    stride_r,
+    eps,
+    ADD: tl.constexpr,
+    DT: tl.constexpr,
+    BM: tl.constexpr,
+    W: tl.constexpr,
+    LOG2W: tl.constexpr,
+):
     """1 / sqrt(mean(h²) + eps) of each row (BM,), FP32, in the order of `nn.fused_norm.rms_inverse`:
     lane j sums h[j]², h[W + j]², … in turn (zero past K), the W lanes are added in adjacent pairs,
     then mean = sum / K, sqrt and 1 / sqrt correctly rounded."""
@@ -112,9 +139,27 @@ def rows_inv_rms(x_ptr, r_ptr, rows, row_ok, K, stride_x, stride_r, eps, ADD: tl
 
 @triton.jit
 def source_chunk(
-    x_ptr, x2_ptr, w_ptr, y_ptr, h_ptr, inv, rows, row_ok, cols, K, stride_x, stride_x2, stride_y, stride_h,
-    SOURCE: tl.constexpr, ADD: tl.constexpr, VARIANT: tl.constexpr, DT: tl.constexpr, DTY: tl.constexpr,
-    WRITE_Y: tl.constexpr, WRITE_H: tl.constexpr,
+    x_ptr,
+    x2_ptr,
+    w_ptr,
+    y_ptr,
+    h_ptr,
+    inv,
+    rows,
+    row_ok,
+    cols,
+    K,
+    stride_x,
+    stride_x2,
+    stride_y,
+    stride_h,
+    SOURCE: tl.constexpr,
+    ADD: tl.constexpr,
+    VARIANT: tl.constexpr,
+    DT: tl.constexpr,
+    DTY: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    WRITE_H: tl.constexpr,
 ):
     """The activation at rows × cols (BM, BK) as FP32, zero outside the (M, K) tensor.
 
@@ -149,25 +194,75 @@ def source_chunk(
 
 @triton.jit
 def source_rows_amax(
-    x_ptr, x2_ptr, w_ptr, inv, rows, row_ok, K, stride_x, stride_x2,
-    SOURCE: tl.constexpr, ADD: tl.constexpr, VARIANT: tl.constexpr, DT: tl.constexpr, DTY: tl.constexpr,
-    BM: tl.constexpr, CHUNK: tl.constexpr,
+    x_ptr,
+    x2_ptr,
+    w_ptr,
+    inv,
+    rows,
+    row_ok,
+    K,
+    stride_x,
+    stride_x2,
+    SOURCE: tl.constexpr,
+    ADD: tl.constexpr,
+    VARIANT: tl.constexpr,
+    DT: tl.constexpr,
+    DTY: tl.constexpr,
+    BM: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     """max |source| of each row (BM,) as int32 FP32 bit patterns (NaN above +Inf, as the amax kernel)."""
     best = tl.zeros((BM,), dtype=tl.int32)
     for k0 in range(0, K, CHUNK):
         cols = k0 + tl.arange(0, CHUNK)
-        v = source_chunk(x_ptr, x2_ptr, w_ptr, x_ptr, x_ptr, inv, rows, row_ok, cols, K, stride_x, stride_x2, 0, 0,
-                         SOURCE, ADD, VARIANT, DT, DTY, False, False)
+        v = source_chunk(
+            x_ptr,
+            x2_ptr,
+            w_ptr,
+            x_ptr,
+            x_ptr,
+            inv,
+            rows,
+            row_ok,
+            cols,
+            K,
+            stride_x,
+            stride_x2,
+            0,
+            0,
+            SOURCE,
+            ADD,
+            VARIANT,
+            DT,
+            DTY,
+            False,
+            False,
+        )
         best = tl.maximum(best, tl.max(tl.abs(v).to(tl.int32, bitcast=True), axis=1))
     return best
 
 
 @triton.jit
 def source_stats_kernel(
-    x_ptr, x2_ptr, w_ptr, inv_ptr, amax_ptr, M, K, stride_x, stride_x2, eps,
-    SOURCE: tl.constexpr, ADD: tl.constexpr, VARIANT: tl.constexpr, DT: tl.constexpr, DTY: tl.constexpr,
-    AMAX: tl.constexpr, BLOCK_M: tl.constexpr, W: tl.constexpr, LOG2W: tl.constexpr,
+    x_ptr,
+    x2_ptr,
+    w_ptr,
+    inv_ptr,
+    amax_ptr,
+    M,
+    K,
+    stride_x,
+    stride_x2,
+    eps,
+    SOURCE: tl.constexpr,
+    ADD: tl.constexpr,
+    VARIANT: tl.constexpr,
+    DT: tl.constexpr,
+    DTY: tl.constexpr,
+    AMAX: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    W: tl.constexpr,
+    LOG2W: tl.constexpr,
 ):
     """The row statistics a preparation needs before it quantizes, for programs that do not hold
     whole rows: SOURCE 1 stores 1/rms per row (inv_ptr, FP32 (M,)); AMAX 1 stores the source's amax
@@ -180,8 +275,9 @@ def source_stats_kernel(
         inv = rows_inv_rms(x_ptr, x2_ptr, rows, row_ok, K, stride_x, stride_x2, eps, ADD, DT, BLOCK_M, W, LOG2W)
         tl.store(inv_ptr + rows, inv, mask=row_ok)
     if AMAX != 0:
-        amax = source_rows_amax(x_ptr, x2_ptr, w_ptr, inv, rows, row_ok, K, stride_x, stride_x2, SOURCE, ADD,
-                                VARIANT, DT, DTY, BLOCK_M, W)
+        amax = source_rows_amax(
+            x_ptr, x2_ptr, w_ptr, inv, rows, row_ok, K, stride_x, stride_x2, SOURCE, ADD, VARIANT, DT, DTY, BLOCK_M, W
+        )
         if AMAX == 1:
             tl.store(amax_ptr + rows, amax, mask=row_ok)
         else:
@@ -236,23 +332,61 @@ def kernel_x(x: torch.Tensor, spec: SourceSpec | None) -> torch.Tensor:
     return x.view(torch.int16) if spec is not None and spec.kind == SOURCE_ACT_MUL else x
 
 
-def source_kernel_args(x: torch.Tensor, spec: SourceSpec | None, y: torch.Tensor | None, h: torch.Tensor | None,
-                       inv: torch.Tensor | None, inline: bool) -> dict:
+def source_kernel_args(
+    x: torch.Tensor,
+    spec: SourceSpec | None,
+    y: torch.Tensor | None,
+    h: torch.Tensor | None,
+    inv: torch.Tensor | None,
+    inline: bool,
+) -> dict:
     """The preparation kernels' source arguments (x_ptr excluded); for no source, SOURCE 0 with
     unused pointers."""
     from ..nn.fused_norm import NORM_LANES
 
     if spec is None:
-        return dict(x2_ptr=x, w_ptr=x, inv_ptr=x, y_ptr=x, h_ptr=x, stride_x2=0, stride_y=0, stride_h=0, eps=0.0,
-                    SOURCE=SOURCE_X, ADD=False, VARIANT=0, DT=0, DTY=0, WRITE_Y=False, WRITE_H=False,
-                    INV_INLINE=False, NORM_W=NORM_LANES, NORM_LOG2W=NORM_LANES.bit_length() - 1)
+        return dict(
+            x2_ptr=x,
+            w_ptr=x,
+            inv_ptr=x,
+            y_ptr=x,
+            h_ptr=x,
+            stride_x2=0,
+            stride_y=0,
+            stride_h=0,
+            eps=0.0,
+            SOURCE=SOURCE_X,
+            ADD=False,
+            VARIANT=0,
+            DT=0,
+            DTY=0,
+            WRITE_Y=False,
+            WRITE_H=False,
+            INV_INLINE=False,
+            NORM_W=NORM_LANES,
+            NORM_LOG2W=NORM_LANES.bit_length() - 1,
+        )
     x2 = spec.x2 if spec.x2.numel() else x
     return dict(
-        x2_ptr=x2, w_ptr=spec.w, inv_ptr=inv if inv is not None else x, y_ptr=y if spec.write_y else x,
-        h_ptr=h if spec.write_h else x, stride_x2=x2.stride(0), stride_y=y.stride(0) if spec.write_y else 0,
-        stride_h=h.stride(0) if spec.write_h else 0, eps=_fp32(spec.eps), SOURCE=spec.kind, ADD=spec.add,
-        VARIANT=spec.variant, DT=dtype_code(x.dtype), DTY=spec.dty, WRITE_Y=spec.write_y, WRITE_H=spec.write_h,
-        INV_INLINE=inline, NORM_W=NORM_LANES, NORM_LOG2W=NORM_LANES.bit_length() - 1,
+        x2_ptr=x2,
+        w_ptr=spec.w,
+        inv_ptr=inv if inv is not None else x,
+        y_ptr=y if spec.write_y else x,
+        h_ptr=h if spec.write_h else x,
+        stride_x2=x2.stride(0),
+        stride_y=y.stride(0) if spec.write_y else 0,
+        stride_h=h.stride(0) if spec.write_h else 0,
+        eps=_fp32(spec.eps),
+        SOURCE=spec.kind,
+        ADD=spec.add,
+        VARIANT=spec.variant,
+        DT=dtype_code(x.dtype),
+        DTY=spec.dty,
+        WRITE_Y=spec.write_y,
+        WRITE_H=spec.write_h,
+        INV_INLINE=inline,
+        NORM_W=NORM_LANES,
+        NORM_LOG2W=NORM_LANES.bit_length() - 1,
     )
 
 
@@ -283,10 +417,27 @@ def launch_stats(x: torch.Tensor, spec: SourceSpec, amax_mode: int) -> tuple[tor
     x2 = spec.x2 if spec.x2.numel() else x
     spare = inv if inv is not None else amax
     source_stats_kernel[(triton.cdiv(m, block_m),)](
-        kernel_x(x, spec), x2, spec.w, inv if norm else spare, amax if amax is not None else spare, m, k, x.stride(0),
-        x2.stride(0), _fp32(spec.eps), SOURCE=spec.kind, ADD=spec.add, VARIANT=spec.variant, DT=dtype_code(x.dtype),
-        DTY=spec.dty, AMAX=amax_mode, BLOCK_M=block_m, W=NORM_LANES, LOG2W=NORM_LANES.bit_length() - 1,
-        num_warps=num_warps, enable_fp_fusion=False,
+        kernel_x(x, spec),
+        x2,
+        spec.w,
+        inv if norm else spare,
+        amax if amax is not None else spare,
+        m,
+        k,
+        x.stride(0),
+        x2.stride(0),
+        _fp32(spec.eps),
+        SOURCE=spec.kind,
+        ADD=spec.add,
+        VARIANT=spec.variant,
+        DT=dtype_code(x.dtype),
+        DTY=spec.dty,
+        AMAX=amax_mode,
+        BLOCK_M=block_m,
+        W=NORM_LANES,
+        LOG2W=NORM_LANES.bit_length() - 1,
+        num_warps=num_warps,
+        enable_fp_fusion=False,
     )
     return inv, amax
 

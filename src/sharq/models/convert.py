@@ -29,7 +29,15 @@ from ..nn.shared_input import SharedPreparation
 from ..progress import with_progress
 from .architectures import DecoderArchitecture, decoder_layers, find_architecture, model_type_of, supported_names
 
-__all__ = ["quantize_", "conversion_targets", "conversion_groups", "convert_empty_", "EmptyConversion", "ConversionReport", "FilterFn"]
+__all__ = [
+    "quantize_",
+    "conversion_targets",
+    "conversion_groups",
+    "convert_empty_",
+    "EmptyConversion",
+    "ConversionReport",
+    "FilterFn",
+]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -61,7 +69,8 @@ class ConversionReport:
             return f"sharq: {what} quantizes nothing; the model is unchanged ({len(self.kept)} linears kept)"
         return (
             f"sharq: {what} on {self.architecture}: {len(self.converted)} modules quantized, "
-            f"{len(self.fused_norms)} norms and {len(self.fused_mlps)} MLPs fused, {len(self.groups)} shared preparations, "
+            f"{len(self.fused_norms)} norms and {len(self.fused_mlps)} MLPs fused, "
+            f"{len(self.groups)} shared preparations, "
             f"{len(self.kept)} linears kept in the model dtype"
         )
 
@@ -108,11 +117,18 @@ def _plan_decoder(model: nn.Module, arch: DecoderArchitecture) -> _Plan:
             fqn = f"{prefix}.{arch.attn}.{proj}"
             _check_linear(getattr(attn, proj, None), fqn)
             plan.targets[fqn] = "linear"
-        plan.groups.append(_Group(f"{prefix}.{arch.attn}.qkv", f"{prefix}.{arch.attn_norm}",
-                                  [f"{prefix}.{arch.attn}.{p}" for p in arch.qkv]))
+        plan.groups.append(
+            _Group(
+                f"{prefix}.{arch.attn}.qkv",
+                f"{prefix}.{arch.attn_norm}",
+                [f"{prefix}.{arch.attn}.{p}" for p in arch.qkv],
+            )
+        )
         mlp_attr = next((a for a in arch.mlp if hasattr(layer, a)), None)
         if mlp_attr is None or not hasattr(layer, arch.mlp_norm):
-            raise ValueError(f"{prefix}: no `{'`/`'.join(arch.mlp)}` or `{arch.mlp_norm}`; not a {arch.name} layer sharq knows")
+            raise ValueError(
+                f"{prefix}: no `{'`/`'.join(arch.mlp)}` or `{arch.mlp_norm}`; not a {arch.name} layer sharq knows"
+            )
         mlp, mlp_fqn = getattr(layer, mlp_attr), f"{prefix}.{mlp_attr}"
         experts = getattr(mlp, "experts", None)
         if experts is None:  # dense MLP (also the dense layers of a MoE model)
@@ -272,8 +288,12 @@ def quantize_(
 
 
 def _share_inputs(
-    plan: _Plan, arch: DecoderArchitecture | None, quantized: dict[str, nn.Module], modules: dict[str, nn.Module],
-    config: SharqConfig, report: ConversionReport,
+    plan: _Plan,
+    arch: DecoderArchitecture | None,
+    quantized: dict[str, nn.Module],
+    modules: dict[str, nn.Module],
+    config: SharqConfig,
+    report: ConversionReport,
 ) -> dict[str, nn.Module]:
     """Give the `quantized` layers of each group one SharedPreparation; return the fused norms and
     the SharqMLPs of dense MLPs whose gate, up and down are all quantized (built from the modules in
@@ -291,7 +311,9 @@ def _share_inputs(
             shared.set_members([quantized[c] for c in consumers])  # one decode GEMV launch for the group
         report.groups[group.name] = consumers
         if group.norm is not None:
-            fused[group.norm] = FusedRMSNormPrep.from_norm(modules[group.norm], arch.norm_variant, shared, name=group.norm)
+            fused[group.norm] = FusedRMSNormPrep.from_norm(
+                modules[group.norm], arch.norm_variant, shared, name=group.norm
+            )
             report.fused_norms[group.norm] = group.name
         parts = [quantized.get(c) for c in (*group.consumers, group.down)] if group.mlp else []
         if parts and all(isinstance(p, SharqLinear) for p in parts):
@@ -317,8 +339,9 @@ class EmptyConversion:
         """Share the preparations and fuse the norms, once the model holds its real weights (the
         fused norm is checked bit for bit against the norm it replaces, on the norm's device)."""
         current = dict(self.model.named_modules())
-        for fqn, module in _share_inputs(self.plan, self.arch, self.modules, current, self.report.config,
-                                         self.report).items():
+        for fqn, module in _share_inputs(
+            self.plan, self.arch, self.modules, current, self.report.config, self.report
+        ).items():
             self.model.set_submodule(fqn, module)
         self.model.sharq_report = self.report
         return self.report
@@ -350,6 +373,7 @@ def convert_empty_(
         built[fqn] = cls.empty_like(modules[fqn], config, name=fqn, device=device)
     for fqn, module in built.items():
         model.set_submodule(fqn, module)
-    report = ConversionReport(arch.name if arch else "generic", _preset_of(config), config,
-                              converted=list(wanted), kept=sorted(kept))
+    report = ConversionReport(
+        arch.name if arch else "generic", _preset_of(config), config, converted=list(wanted), kept=sorted(kept)
+    )
     return EmptyConversion(model, arch, plan, built, report)

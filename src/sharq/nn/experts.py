@@ -54,7 +54,11 @@ def expert_projections(experts: nn.Module) -> dict[str, torch.Tensor]:
     if apply_gate is not None and apply_gate.__name__ != "_default_apply_gate":
         raise ValueError(f"{name}: a custom expert gating (`_apply_gate`) is not supported")
     gate_up, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
-    if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor)) or gate_up.dim() != 3 or down.dim() != 3:
+    if (
+        not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor))
+        or gate_up.dim() != 3
+        or down.dim() != 3
+    ):
         raise ValueError(f"{name}: expected 3-D `gate_up_proj` and `down_proj` parameters")
     if getattr(experts, "is_transposed", False):  # stored (E, K, N)
         gate_up, down = gate_up.transpose(1, 2), down.transpose(1, 2)
@@ -129,27 +133,44 @@ class SharqExperts(nn.Module):
 
     @classmethod
     def empty_like(
-        cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None,
+        cls,
+        experts: nn.Module,
+        config: SharqConfig,
+        *,
+        name: str | None = None,
         device: torch.device | str | None = None,
-    ) -> "SharqExperts":
+    ) -> SharqExperts:
         """Zero storage of `experts`' sizes, bias and dtype on `device` (default: the experts' device,
         "meta" allowed); the weights are not read. A checkpoint loader fills it."""
         return cls._empty(expert_projections(experts), experts, config, name, device)
 
     @classmethod
-    def _empty(cls, weights: dict[str, torch.Tensor], experts: nn.Module, config: SharqConfig,
-               name: str | None, device: torch.device | str | None) -> "SharqExperts":
+    def _empty(
+        cls,
+        weights: dict[str, torch.Tensor],
+        experts: nn.Module,
+        config: SharqConfig,
+        name: str | None,
+        device: torch.device | str | None,
+    ) -> SharqExperts:
         act_fn = getattr(experts, "act_fn", None)
         if not isinstance(act_fn, nn.Module):
             raise ValueError(f"{name or type(experts).__name__}: experts module has no `act_fn` module")
         e, i, h = weights["gate"].shape
         return cls(
-            e, h, i, config=config, act_fn=act_fn, bias="gate_bias" in weights,
-            dtype=weights["gate"].dtype, device=weights["gate"].device if device is None else device, name=name,
+            e,
+            h,
+            i,
+            config=config,
+            act_fn=act_fn,
+            bias="gate_bias" in weights,
+            dtype=weights["gate"].dtype,
+            device=weights["gate"].device if device is None else device,
+            name=name,
         )
 
     @classmethod
-    def from_experts(cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None) -> "SharqExperts":
+    def from_experts(cls, experts: nn.Module, config: SharqConfig, *, name: str | None = None) -> SharqExperts:
         """Quantize a transformers fused-experts module (see `expert_projections`), no calibration."""
         weights = expert_projections(experts)
         module = cls._empty(weights, experts, config, name, None)
@@ -170,7 +191,9 @@ class SharqExperts(nn.Module):
         """Expert `idx`'s packed `proj` weight ("gate" | "up" | "down") as a QuantizedTensor (views)."""
         return weight_view(buffers(self, proj, idx), self.config.format, self._shapes()[proj], self.config.weight_block)
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         label = self.name or "SharqExperts"
         check_activation(hidden_states, f"{label} input")
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden:
@@ -194,7 +217,9 @@ class SharqExperts(nn.Module):
                 continue
             top_k_pos, token_idx = torch.where(expert_mask[idx])
             rows = select_rows(prepared, token_idx)
-            gate = linear_from_prepared(rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True)
+            gate = linear_from_prepared(
+                rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True
+            )
             up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype, one_gemm=True)
             # down's input act(gate) · up (t, I) in the model dtype: computed in its preparation's kernel
             # where the plan fuses it, else in torch (the same bits)
@@ -203,8 +228,9 @@ class SharqExperts(nn.Module):
                 inner = prepare_rows(act_mul_reference(gate, up, self.act_fn), self.config)
             if not torch.compiler.is_compiling():  # eager calls only: a traced counter would be a guard
                 self.down_prepare_count += 1
-            out = linear_from_prepared(inner, self.expert_weight("down", idx), self._bias("down", idx), dtype,
-                                       one_gemm=True)
+            out = linear_from_prepared(
+                inner, self.expert_weight("down", idx), self._bias("down", idx), dtype, one_gemm=True
+            )
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
@@ -214,9 +240,14 @@ class SharqExperts(nn.Module):
         return None if bias is None else bias[idx]
 
     def extra_repr(self) -> str:
-        parts = [f"num_experts={self.num_experts}", f"hidden={self.hidden}", f"intermediate={self.intermediate}",
-                 f"format={self.config.format.value}", f"mask={self.config.mask}",
-                 f"granularity={self.config.granularity.value}"]
+        parts = [
+            f"num_experts={self.num_experts}",
+            f"hidden={self.hidden}",
+            f"intermediate={self.intermediate}",
+            f"format={self.config.format.value}",
+            f"mask={self.config.mask}",
+            f"granularity={self.config.granularity.value}",
+        ]
         if self.shared_input is not None:
             parts.append(f"shared_input={self.shared_input.name}")
         return ", ".join(parts)

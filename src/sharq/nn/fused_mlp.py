@@ -131,8 +131,15 @@ class SharqMLP(nn.Module):
     runs the dataflow above as written.
     """
 
-    def __init__(self, gate_proj: SharqLinear, up_proj: SharqLinear, down_proj: SharqLinear, act_fn: nn.Module,
-                 name: str, original_class: str = "MLP") -> None:
+    def __init__(
+        self,
+        gate_proj: SharqLinear,
+        up_proj: SharqLinear,
+        down_proj: SharqLinear,
+        act_fn: nn.Module,
+        name: str,
+        original_class: str = "MLP",
+    ) -> None:
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
         self.act_fn = act_fn
@@ -141,8 +148,9 @@ class SharqMLP(nn.Module):
         self.act_tables = ActivationTables(act_fn)
 
     @classmethod
-    def from_mlp(cls, mlp: nn.Module, gate_proj: SharqLinear, up_proj: SharqLinear, down_proj: SharqLinear, *,
-                 name: str) -> "SharqMLP":
+    def from_mlp(
+        cls, mlp: nn.Module, gate_proj: SharqLinear, up_proj: SharqLinear, down_proj: SharqLinear, *, name: str
+    ) -> SharqMLP:
         """The SharqMLP replacing `mlp` (whose `act_fn` it keeps) with its quantized projections.
         ValueError, naming `name`, when `mlp` has no activation module, the sizes do not chain
         (H -> I -> H), or its forward is not down_proj(act_fn(gate_proj(x)) * up_proj(x)) (checked on
@@ -151,11 +159,15 @@ class SharqMLP(nn.Module):
         if not isinstance(act_fn, nn.Module):
             raise ValueError(f"{name}: {type(mlp).__name__} has no `act_fn` module")
         gate, up, down = gate_proj, up_proj, down_proj
-        if not (gate.in_features == up.in_features == down.out_features
-                and gate.out_features == up.out_features == down.in_features):
+        if not (
+            gate.in_features == up.in_features == down.out_features
+            and gate.out_features == up.out_features == down.in_features
+        ):
             raise ValueError(f"{name}: gate/up/down sizes do not chain (H -> I -> H)")
         if not _computes_gated_mlp(mlp, down.out_features, down.in_features):
-            raise ValueError(f"{name}: {type(mlp).__name__}.forward is not down_proj(act_fn(gate_proj(x)) * up_proj(x))")
+            raise ValueError(
+                f"{name}: {type(mlp).__name__}.forward is not down_proj(act_fn(gate_proj(x)) * up_proj(x))"
+            )
         return cls(gate, up, down, act_fn, name, type(mlp).__name__)
 
     def _table(self, gate: torch.Tensor) -> torch.Tensor | None:

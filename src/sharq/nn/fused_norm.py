@@ -40,8 +40,17 @@ from torch import nn
 from ..formats.ieee import div_rn
 from .shared_input import SharedPreparation
 
-__all__ = ["FusedRMSNormPrep", "NORM_VARIANTS", "NORM_ORDERS", "NORM_LANES", "rms_norm_reference",
-           "add_rms_norm_reference", "mean_square", "rms_inverse", "norm_output_dtype"]
+__all__ = [
+    "FusedRMSNormPrep",
+    "NORM_VARIANTS",
+    "NORM_ORDERS",
+    "NORM_LANES",
+    "rms_norm_reference",
+    "add_rms_norm_reference",
+    "mean_square",
+    "rms_inverse",
+    "norm_output_dtype",
+]
 
 NORM_VARIANTS = ("llama", "gemma")
 NORM_ORDERS = ("torch", "lanes")
@@ -75,8 +84,9 @@ def norm_output_dtype(x_dtype: torch.dtype, weight_dtype: torch.dtype, variant: 
     return torch.promote_types(x_dtype, weight_dtype) if variant == "llama" else x_dtype
 
 
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float, variant: str, *,
-                       order: str = "lanes") -> torch.Tensor:
+def rms_norm_reference(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, variant: str, *, order: str = "lanes"
+) -> torch.Tensor:
     """RMSNorm of `x` (..., H) with `weight` (H,), in `norm_output_dtype`, as the `variant` computes
     it, its statistic in `order`: "lanes" (sharq's, `rms_inverse`) or "torch" (the transformers
     module's own computation)."""
@@ -94,8 +104,15 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float, varian
     raise ValueError(f"unknown RMSNorm variant {variant!r}; expected one of {NORM_VARIANTS}")
 
 
-def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
-                           variant: str, *, order: str = "lanes") -> tuple[torch.Tensor, torch.Tensor]:
+def add_rms_norm_reference(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    variant: str,
+    *,
+    order: str = "lanes",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, h): h = x + residual in x's dtype (h = x without a residual), y = RMSNorm(h) — a decoder
     layer's residual add and the norm after it."""
     h = x if residual is None else x + residual
@@ -130,7 +147,7 @@ class FusedRMSNormPrep(nn.Module):
         self.original_class = "RMSNorm"
 
     @classmethod
-    def from_norm(cls, norm: nn.Module, variant: str, shared: SharedPreparation, *, name: str) -> "FusedRMSNormPrep":
+    def from_norm(cls, norm: nn.Module, variant: str, shared: SharedPreparation, *, name: str) -> FusedRMSNormPrep:
         """Wrap `norm` (which must hold `weight` (H,) and an eps), verified bit-exact on a probe."""
         weight = getattr(norm, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 1:

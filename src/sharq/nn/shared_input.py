@@ -139,13 +139,14 @@ class SharedPreparation:
                 start = offset
             offset += m.out_features
         if start is not None and out is None and len(self.members) > 1:
-            out = grouped_linear_from_prepared(prepared, [m.quantized_weight for m in self.members],
-                                               [m.bias for m in self.members], x.dtype)
+            out = grouped_linear_from_prepared(
+                prepared, [m.quantized_weight for m in self.members], [m.bias for m in self.members], x.dtype
+            )
             self._group_out = out
         self._count_take()
         if start is None or out is None:
             return member.linear_prepared(x, prepared)
-        return out[:, start:start + member.out_features].reshape(*x.shape[:-1], member.out_features)
+        return out[:, start : start + member.out_features].reshape(*x.shape[:-1], member.out_features)
 
     def clear(self) -> None:
         """Drop the published tensors (they are never needed after the last consumer)."""
