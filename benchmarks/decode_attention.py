@@ -4,14 +4,14 @@ Llama-3.1-8B's attention (32 query heads, 8 key/value heads, head dim 128) over 
 --slots positions with a boolean mask (the first --visible slots visible), batch 1 and 8. Variants,
 each timed as a CUDA graph of 50 calls (median of 7 replays):
   repeat            transformers' masked path: K/V repeated per query head (`repeat_kv`), then SDPA
-  stacked           `sharq.decode_attention`: the 4 query heads of a K/V head as 4 query rows, SDPA
+  stacked           `sharq.runtime.decode_attention`: the 4 query heads of a K/V head as 4 query rows, SDPA
                     picks its kernel
   stacked-<backend> the same with SDPA held to one backend (efficient, cudnn, math)
   stacked-bmm       the same as two batched matmuls and a softmax in FP32 (what SDPA's math does)
   flex-compiled     torch's flex_attention (enable_gqa, the mask as a score_mod) compiled: its
                     decoding kernel splits the keys across programs
   stacked-triton    sharq's split-key Triton kernel (kernels/attention_decode.py), what
-                    `sharq.decode_attention` runs on CUDA
+                    `sharq.runtime.decode_attention` runs on CUDA
 Also checks that each variant gives the "repeat" output (max |difference|).
 
 usage: python benchmarks/decode_attention.py [--slots 1088] [--visible 1025] [--out DIR]
@@ -25,11 +25,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
 from transformers.integrations.sdpa_attention import repeat_kv
 
-from _results import write_json
-from linear import _graph_ms
+from harness import environment, graph_ms, write_json
 
 HEADS, KV_HEADS, DIM = 32, 8, 128
 GROUPS = HEADS // KV_HEADS
@@ -38,17 +36,19 @@ GROUPS = HEADS // KV_HEADS
 def variants(q, k, v, mask):
     b = q.shape[0]
     stacked = q.reshape(b, KV_HEADS, GROUPS, DIM)
-    scale = DIM ** -0.5
+    scale = DIM**-0.5
 
     def repeat():
-        return F.scaled_dot_product_attention(q, repeat_kv(k, GROUPS), repeat_kv(v, GROUPS), attn_mask=mask,
-                                              scale=scale)
+        return F.scaled_dot_product_attention(
+            q, repeat_kv(k, GROUPS), repeat_kv(v, GROUPS), attn_mask=mask, scale=scale
+        )
 
     def pinned(backend):
         def run():
             with sdpa_kernel([backend]):
                 out = F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask, scale=scale)
             return out.reshape(b, HEADS, 1, DIM)
+
         return run
 
     def default():
@@ -75,14 +75,21 @@ def variants(q, k, v, mask):
     def triton_split():
         return decode_attention_triton(q, k, v, mask, scale).transpose(1, 2)
 
-    return {"repeat": repeat, "stacked-triton": triton_split, "flex-compiled": flex_compiled, "stacked": default, "stacked-efficient": pinned(SDPBackend.EFFICIENT_ATTENTION),
-            "stacked-cudnn": pinned(SDPBackend.CUDNN_ATTENTION), "stacked-math": pinned(SDPBackend.MATH),
-            "stacked-bmm": bmm}
+    return {
+        "repeat": repeat,
+        "stacked-triton": triton_split,
+        "flex-compiled": flex_compiled,
+        "stacked": default,
+        "stacked-efficient": pinned(SDPBackend.EFFICIENT_ATTENTION),
+        "stacked-cudnn": pinned(SDPBackend.CUDNN_ATTENTION),
+        "stacked-math": pinned(SDPBackend.MATH),
+        "stacked-bmm": bmm,
+    }
 
 
 def time_graph(fn, calls: int = 50) -> float:
     """µs per call: `calls` calls captured in one CUDA graph (linear.py's timing), median of 7 replays."""
-    return _graph_ms([fn] * calls, reps=7) * 1e3
+    return graph_ms([fn] * calls, reps=7) * 1e3
 
 
 def main() -> None:
@@ -92,8 +99,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.manual_seed(0)
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, heads=HEADS, kv_heads=KV_HEADS,
-               head_dim=DIM, slots=args.slots, visible=args.visible, rows=[])
+    doc = dict(
+        **environment(), heads=HEADS, kv_heads=KV_HEADS, head_dim=DIM, slots=args.slots, visible=args.visible, rows=[]
+    )
     for batch in (1, 8):
         q = torch.randn(batch, HEADS, 1, DIM, device="cuda", dtype=torch.bfloat16)
         k, v = (torch.randn(batch, KV_HEADS, args.slots, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))

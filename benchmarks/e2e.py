@@ -1,15 +1,21 @@
 """End-to-end speed and memory of a whole model: bf16 vs fp8 vs SharQ, on one harness.
 
-A Llama-3.1-8B- or Qwen2.5-7B-shaped model (real hyperparameters, random weights, built on the
-GPU: no download) is built fresh for each provider, in bfloat16, then
+A Llama-3.1-8B-, Qwen2.5-7B- or Qwen3-30B-A3B-shaped model (real hyperparameters, random weights,
+built on the GPU: no download; --layers keeps fewer decoder layers of the same shapes) is built
+fresh for each provider, in bfloat16, then
   bf16   kept as it is
   fp8    `sharq.baselines.fp8_quantize_`: E4M3 weights per channel, per-token E4M3 activations
   sharq  `sharq.quantize_(model, "sharq-nvfp4")` (Triton kernels on CUDA, RMSNorm fused)
+The fp8 baseline refuses mixture-of-experts layers, so a MoE model runs sharq and bf16 by default:
+bf16 with transformers' experts implementation (`grouped_mm`: sorted on the device), sharq with
+`SharqExperts`, whose decode calls (up to 16 tokens) route on the device
+(`kernels.plan.plan_experts`, recorded per decode batch in the JSON's `experts_plans`), so the MoE
+decode step is captured in the CUDA graph too.
 and measured, same code for every provider:
   prefill_1024, prefill_4096  ms for one forward of 1 × T tokens (eager forward, as transformers'
                               generate runs its prefill; logits of the last position only)
   decode_b1, decode_b8        ms per decode step at batch 1 / 8 after a --context (1024) token
-                              prefill: `sharq.static_decode.StaticDecoder`, transformers' StaticCache
+                              prefill: `sharq.runtime.StaticDecoder`, transformers' StaticCache
                               and forward, the step compiled by torch.compile (inductor on CUDA;
                               --compile none: not compiled) and captured in a CUDA graph, the median over
                               --reps runs of --decode-steps steps
@@ -24,6 +30,7 @@ Timing: CUDA events around the work, warm-up first (Triton JIT, cuBLAS heuristic
 capture), median of --reps. On the CPU (smoke tests, `--model tiny`) wall-clock instead.
 
 usage: PYTHONPATH=src python benchmarks/e2e.py --model llama-3.1-8b --out benchmarks/results [--profile]
+       PYTHONPATH=src python benchmarks/e2e.py --model qwen3-30b-a3b --scenarios decode_b1,decode_b8 [--layers 12]
 Writes <out>/e2e-<gpu>.json (Llama) or e2e-<model>-<gpu>.json, a .png of bar charts next to it, and
 with --profile e2e[-<model>]-profile-<gpu>.json (time by category of one prefill per provider).
 The JSON is rewritten after every measurement, so a run cut short still leaves its results.
@@ -45,10 +52,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sharq  # noqa: E402
-from _results import gpu_tag  # noqa: E402
-from e2e_models import MODELS, build_model, weight_bytes  # noqa: E402
+from e2e_models import MODELS, build_model, is_moe, weight_bytes  # noqa: E402
+from harness import gpu_tag  # noqa: E402
 from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
-from sharq.static_decode import StaticDecoder  # noqa: E402
+from sharq.runtime import StaticDecoder  # noqa: E402
 
 PROVIDERS = ("sharq", "bf16", "fp8")  # run order: the one under test first, should a run be cut short
 SCENARIOS = ("prefill_1024", "prefill_4096", "decode_b1", "decode_b8", "serving_mix", "weight_bytes", "peak_bytes")
@@ -96,8 +103,11 @@ def time_ms(fn, device: torch.device, *, reps: int, warmup: int = 1, setup=None)
 
 
 def _stats(values: list[float]) -> dict:
-    return {"value": statistics.median(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "samples": len(values)}
+    return {
+        "value": statistics.median(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "samples": len(values),
+    }
 
 
 # --- providers -------------------------------------------------------------------------------------
@@ -107,17 +117,43 @@ def convert(model: nn.Module, provider: str) -> dict:
         return {"linear": "torch.nn.Linear bf16 (cuBLAS)"}
     if provider == "fp8":
         report = fp8_quantize_(model)
-        return {"linear": "Fp8Linear: E4M3 per-channel weight, per-token E4M3 activation, torch._scaled_mm",
-                "converted": len(report.converted)}
+        return {
+            "linear": "Fp8Linear: E4M3 per-channel weight, per-token E4M3 activation, torch._scaled_mm",
+            "converted": len(report.converted),
+        }
     if provider == "sharq":
         report = sharq.quantize_(model, "sharq-nvfp4")
-        backend = sharq.ops.resolve_backend(report.config, next(model.parameters()).device).value
-        return {"linear": "SharqLinear sharq-nvfp4", "backend": backend, "converted": len(report.converted),
-                "summary": report.summary()}
+        device = next(model.parameters()).device
+        backend = sharq.ops.resolve_backend(report.config, device).value
+        facts = {
+            "linear": "SharqLinear sharq-nvfp4",
+            "backend": backend,
+            "converted": len(report.converted),
+            "summary": report.summary(),
+        }
+        plans = experts_plans(model, device)
+        if plans:
+            facts["experts_plans"] = plans
+        return facts
     raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
 
 
 _LINEARS = (nn.Linear, Fp8Linear, sharq.SharqLinear)
+
+
+def experts_plans(model: nn.Module, device: torch.device) -> dict:
+    """How the first `SharqExperts` of `model` runs a call of each decode batch and of a prefill
+    (`kernels.plan.plan_experts`, printed): {scenario: description}; empty without experts."""
+    from sharq.nn.experts import SharqExperts
+
+    experts = next((m for m in model.modules() if isinstance(m, SharqExperts)), None)
+    if experts is None:
+        return {}
+    top_k = model.config.num_experts_per_tok
+    return {
+        name: experts.plan(tokens, top_k, device).describe()
+        for name, tokens in (("decode_b1", 1), (f"decode_b{SERVING_BATCH}", SERVING_BATCH), ("prefill_1024", 1024))
+    }
 
 
 # --- scenarios -------------------------------------------------------------------------------------
@@ -129,19 +165,26 @@ def _ids(batch: int, length: int, vocab: int, device: torch.device, seed: int) -
 def prefill_ms(model, tokens: int, vocab: int, device, reps: int) -> dict:
     ids = _ids(1, tokens, vocab, device, seed=tokens)
     with torch.no_grad():
-        times = time_ms(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, reps=reps,
-                        warmup=2)
+        times = time_ms(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, reps=reps, warmup=2)
     return {**_stats(times), "unit": "ms", "tokens": tokens}
 
 
 def decode_ms(decoder: StaticDecoder, context: int, steps: int, reps: int, device) -> dict:
     """ms per decode step at `context` cached tokens (after a prefill of `context`; the cache is
     rewound to it before each run)."""
-    times = time_ms(lambda: decoder.decode(steps, keep=False), device, reps=reps, warmup=1,
-                    setup=lambda: decoder.rewind(context))
+    times = time_ms(
+        lambda: decoder.decode(steps, keep=False), device, reps=reps, warmup=1, setup=lambda: decoder.rewind(context)
+    )
     per_token = [t / steps for t in times]
-    return {**_stats(per_token), "unit": "ms/token", "batch": decoder.batch_size, "context": context,
-            "steps": steps, "cuda_graph": decoder.graph_enabled, "compiled": decoder.compile_backend}
+    return {
+        **_stats(per_token),
+        "unit": "ms/token",
+        "batch": decoder.batch_size,
+        "context": context,
+        "steps": steps,
+        "cuda_graph": decoder.graph_enabled,
+        "compiled": decoder.compile_backend,
+    }
 
 
 def serving_tokens_per_s(decoder: StaticDecoder, prompts: torch.Tensor, new_tokens: int, reps: int, device) -> dict:
@@ -153,8 +196,14 @@ def serving_tokens_per_s(decoder: StaticDecoder, prompts: torch.Tensor, new_toke
 
     times = time_ms(run, device, reps=reps, warmup=1)
     rates = [batch * new_tokens / (t / 1e3) for t in times]
-    return {**_stats(rates), "unit": "tokens/s", "batch": batch, "input_tokens": prompts.shape[1],
-            "new_tokens": new_tokens, "ms": statistics.median(times)}
+    return {
+        **_stats(rates),
+        "unit": "tokens/s",
+        "batch": batch,
+        "input_tokens": prompts.shape[1],
+        "new_tokens": new_tokens,
+        "ms": statistics.median(times),
+    }
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -225,31 +274,50 @@ def _decode_rows(model, provider, args, device, results: Results, vocab: int) ->
             continue
         prompts = _ids(batch, context, vocab, device, seed=batch)
         decoder = None
-        for graph in ((True, False) if device.type == "cuda" else (False,)):
+        compile_ = False if args.compile == "none" else args.compile
+        # a CUDA graph first (compiled, else of the eager step), then uncaptured steps
+        graphs = (True, False) if device.type == "cuda" else (False,)
+        attempts = list(dict.fromkeys((g, c) for g in graphs for c in (compile_, False)))
+        for graph, step_compile in attempts:
             try:
-                decoder = StaticDecoder(model, batch, length, graph=graph,
-                                        compile=False if args.compile == "none" else args.compile)
+                decoder = StaticDecoder(model, batch, length, graph=graph, compile=step_compile)
                 decoder.prefill(prompts)
                 decoder.decode(2, keep=False)  # captures the step (graph=True)
                 break
             except Exception as err:
-                log(f"  {provider:5s} StaticDecoder(batch {batch}, graph={graph}) failed: {type(err).__name__}: {err}")
+                log(
+                    f"  {provider:5s} StaticDecoder(batch {batch}, graph={graph}, compile={step_compile}) failed: "
+                    f"{type(err).__name__}: {err}"
+                )
                 decoder = None
                 gc.collect()
         if decoder is None:
             for name in names:
                 results.add(name, provider, {"value": None, "error": "the decoder could not run (see the log)"})
             continue
-        note = {} if decoder.graph_enabled == (device.type == "cuda") else {"note": "CUDA-graph capture failed: eager steps"}
+        notes = []
+        if decoder.graph_enabled != (device.type == "cuda"):
+            notes.append("CUDA-graph capture failed: eager steps")
+        if decoder.compile_backend is None and compile_:
+            notes.append("torch.compile of the step failed: uncompiled step")
+        note = {"note": "; ".join(notes)} if notes else {}
         for name in names:
             if name == "serving_mix":
-                _guarded(results, name, provider, lambda: {**serving_tokens_per_s(
-                    decoder, prompts, new, max(1, args.reps // 2), device), **note})
+                _guarded(
+                    results,
+                    name,
+                    provider,
+                    lambda: {**serving_tokens_per_s(decoder, prompts, new, max(1, args.reps // 2), device), **note},
+                )
             else:
                 decoder.prefill(prompts)
-                _guarded(results, name, provider,
-                         lambda: {**decode_ms(decoder, context, args.decode_steps, args.reps, device), **note})
-        del decoder
+                _guarded(
+                    results,
+                    name,
+                    provider,
+                    lambda: {**decode_ms(decoder, context, args.decode_steps, args.reps, device), **note},
+                )
+        decoder = None  # (not del: the timed lambdas above close over the name)
         gc.collect()
 
 
@@ -260,7 +328,7 @@ def run_provider(provider: str, args, device: torch.device, results: Results, pr
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t = time.perf_counter()
-    model = build_model(args.model, device)
+    model = build_model(args.model, device, layers=args.layers)
     vocab = model.config.vocab_size
     _sync(device)
     log(f"{provider}: model built in {time.perf_counter() - t:.1f} s")
@@ -279,12 +347,16 @@ def run_provider(provider: str, args, device: torch.device, results: Results, pr
     if "weight_bytes" in scenarios:
         total, linear = weight_bytes(model, _LINEARS)
         results.add("weight_bytes", provider, {"value": total, "unit": "bytes", "linear_bytes": linear})
-        results.add("weight_bytes_linear", provider, {"value": linear, "unit": "bytes",
-                                                      "note": "quantized linears only (no embeddings, lm_head, norms)"})
+        results.add(
+            "weight_bytes_linear",
+            provider,
+            {"value": linear, "unit": "bytes", "note": "quantized linears only (no embeddings, lm_head, norms)"},
+        )
     for tokens in (1024, 4096):
         if f"prefill_{tokens}" in scenarios:
-            _guarded(results, f"prefill_{tokens}", provider,
-                     lambda: prefill_ms(model, tokens, vocab, device, args.reps))
+            _guarded(
+                results, f"prefill_{tokens}", provider, lambda: prefill_ms(model, tokens, vocab, device, args.reps)
+            )
     if args.profile:
         try:
             ids = _ids(1, args.profile_tokens, vocab, device, seed=7)
@@ -294,19 +366,27 @@ def run_provider(provider: str, args, device: torch.device, results: Results, pr
                 from e2e_profile import profile_forward
 
                 profiles[provider] = {"tokens": args.profile_tokens, **profile_forward(forward, device)}
-            log(f"  {provider:5s} profile of prefill {args.profile_tokens}: " +
-                ", ".join(f"{c} {100 * v:.0f}%" for c, v in profiles[provider]["share"].items()))
+            log(
+                f"  {provider:5s} profile of prefill {args.profile_tokens}: "
+                + ", ".join(f"{c} {100 * v:.0f}%" for c, v in profiles[provider]["share"].items())
+            )
         except Exception as err:
             log(f"  {provider:5s} profile FAILED: {type(err).__name__}: {err}")
     _decode_rows(model, provider, args, device, results, vocab)
     if "peak_bytes" in scenarios:
         if cuda:
-            results.add("peak_bytes", provider, {"value": torch.cuda.max_memory_allocated(device), "unit": "bytes",
-                                                 "note": "after conversion: model, KV caches (batch 1 and 8), "
-                                                         "activations, CUDA-graph pools"})
+            results.add(
+                "peak_bytes",
+                provider,
+                {
+                    "value": torch.cuda.max_memory_allocated(device),
+                    "unit": "bytes",
+                    "note": "after conversion: model, KV caches (batch 1 and 8), activations, CUDA-graph pools",
+                },
+            )
         else:
             results.add("peak_bytes", provider, {"value": None, "unit": "bytes", "note": "not measured on the CPU"})
-    del model
+    model = None  # (not del: the timed lambdas above close over the name)
     gc.collect()
 
 
@@ -328,13 +408,19 @@ def _csv(choices):
         if bad or not items:
             raise argparse.ArgumentTypeError(f"unknown {bad or 'empty list'}; choose from {','.join(choices)}")
         return items
+
     return parse
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="llama-3.1-8b")
-    ap.add_argument("--providers", type=_csv(PROVIDERS), default=list(PROVIDERS))
+    ap.add_argument(
+        "--providers",
+        type=_csv(PROVIDERS),
+        default=None,
+        help="default: all three; sharq,bf16 for a MoE model (the fp8 baseline refuses experts)",
+    )
     ap.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS))
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
@@ -342,16 +428,34 @@ def parse_args(argv=None):
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt in serving_mix (128)")
     ap.add_argument("--decode-steps", type=int, default=32, help="decode steps per timed decode run (32)")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions, median reported (5)")
-    ap.add_argument("--compile", default=None, choices=["inductor", "none"],
-                    help="torch.compile backend of the decode step before the CUDA graph captures it "
-                         "(default: inductor on CUDA, none on the CPU; none: the eager step is captured)")
+    ap.add_argument(
+        "--compile",
+        default=None,
+        choices=["inductor", "none"],
+        help="torch.compile backend of the decode step before the CUDA graph captures it "
+        "(default: inductor on CUDA, none on the CPU; none: the eager step is captured)",
+    )
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="decoder layers to build (default: the model's; fewer run the same layer shapes faster)",
+    )
     ap.add_argument("--profile", action="store_true", help="profile one prefill per provider (time by category)")
     ap.add_argument("--profile-tokens", type=int, default=1024)
-    ap.add_argument("--budget-s", type=float, default=float("inf"),
-                    help="start no new measurement after this many seconds (the JSON and charts are still written)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=float("inf"),
+        help="start no new measurement after this many seconds (the JSON and charts are still written)",
+    )
     args = ap.parse_args(argv)
     if args.context < 1 or args.new_tokens < 2 or args.decode_steps < 1 or args.reps < 1:
         ap.error("--context, --decode-steps and --reps must be >= 1 and --new-tokens >= 2")
+    if args.layers is not None and args.layers < 1:
+        ap.error("--layers must be >= 1")
+    if args.providers is None:
+        args.providers = [p for p in PROVIDERS if not (p == "fp8" and is_moe(args.model))]
     return args
 
 
@@ -370,14 +474,28 @@ def main(argv=None) -> Path:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    doc = {"gpu": gpu, "torch": torch.__version__, "triton": triton_version, "transformers": transformers.__version__,
-           "sharq": sharq.__version__, "model": args.model, "config": {k: v for k, v in MODELS[args.model].items()},
-           "settings": {"context": args.context, "new_tokens": args.new_tokens, "decode_steps": args.decode_steps,
-                        "reps": args.reps, "serving_batch": SERVING_BATCH, "decode_compile": args.compile},
-           "timing": "CUDA events, warm-up excluded, median; prefill: eager forward (logits of the last token); "
-                     "decode/serving: StaticCache + decode step (torch.compile unless decode_compile is none) in a "
-                     "CUDA graph, greedy on device",
-           "rows": []}
+    doc = {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "transformers": transformers.__version__,
+        "sharq": sharq.__version__,
+        "model": args.model,
+        "config": {k: v for k, v in MODELS[args.model].items()},
+        "settings": {
+            "context": args.context,
+            "new_tokens": args.new_tokens,
+            "decode_steps": args.decode_steps,
+            "reps": args.reps,
+            "serving_batch": SERVING_BATCH,
+            "decode_compile": args.compile,
+            "layers": args.layers or MODELS[args.model]["num_hidden_layers"],
+        },
+        "timing": "CUDA events, warm-up excluded, median; prefill: eager forward (logits of the last token); "
+        "decode/serving: StaticCache + decode step (torch.compile unless decode_compile is none) in a "
+        "CUDA graph, greedy on device",
+        "rows": [],
+    }
     results = Results(out / f"{stem}.json", doc)
     log(f"{args.model} on {gpu}: providers {args.providers}, scenarios {args.scenarios}")
     profiles: dict = {}
@@ -400,7 +518,8 @@ def main(argv=None) -> Path:
         if profiles:
             prof_doc = {k: doc[k] for k in ("gpu", "torch", "triton", "transformers", "sharq", "model")}
             (out / f"{stem.replace('e2e', 'e2e-profile', 1)}.json").write_text(
-                json.dumps({**prof_doc, "providers": profiles}, indent=1))
+                json.dumps({**prof_doc, "providers": profiles}, indent=1)
+            )
     try:
         from e2e_plot import plot
 

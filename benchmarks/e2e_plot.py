@@ -31,7 +31,7 @@ def plot(doc: dict, path: Path) -> None:
     cols = min(4, len(scenarios))
     nrows = -(-len(scenarios) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False)
-    for ax in axes.flat[len(scenarios):]:
+    for ax in axes.flat[len(scenarios) :]:
         ax.axis("off")
     for ax, scenario in zip(axes.flat, scenarios):
         got = {r["provider"]: r for r in rows if r["scenario"] == scenario}
@@ -46,13 +46,15 @@ def plot(doc: dict, path: Path) -> None:
             if base and p != "bf16":
                 ratio = (got[p]["value"] / base) if scenario == "serving_mix" else base / got[p]["value"]
                 text += f"\n{ratio:.2f}×"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        fontsize=7)
+            ax.annotate(
+                text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7
+            )
         ax.set_title(_LABELS.get(scenario, scenario), fontsize=8)
         ax.margins(y=0.25)
         ax.tick_params(labelsize=8)
-    fig.suptitle(f"{doc['model']} (random weights), {doc['gpu']}, torch {doc['torch']}; "
-                 "× = advantage over bf16", fontsize=9)
+    fig.suptitle(
+        f"{doc['model']} (random weights), {doc['gpu']}, torch {doc['torch']}; × = advantage over bf16", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

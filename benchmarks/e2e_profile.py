@@ -23,9 +23,25 @@ CATEGORIES = ("preparation", "gemm", "attention", "other")
 _RULES = (
     ("preparation", ("_amax_kernel", "_prepare_kernel")),
     ("attention", ("flash", "fmha", "attention", "sdpa", "_efficient_attention", "softmax")),
-    ("gemm", ("gemm", "gemv", "_dequant_kernel", "cutlass", "cublas", "nvjet", "scaled_mm", "sm90_xmma", "xmma_",
-              "aten::mm",
-              "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    (
+        "gemm",
+        (
+            "gemm",
+            "gemv",
+            "_dequant_kernel",
+            "cutlass",
+            "cublas",
+            "nvjet",
+            "scaled_mm",
+            "sm90_xmma",
+            "xmma_",
+            "aten::mm",
+            "aten::addmm",
+            "aten::bmm",
+            "aten::matmul",
+            "aten::linear",
+        ),
+    ),
 )
 
 

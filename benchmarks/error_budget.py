@@ -21,33 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from sharq import SharqConfig, decompose, quantize_weight
+from fake_quant import FakeQuantLinear, sharq_activation
+from sharq import SharqConfig, quantize_weight
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
 from sharq.eval.perplexity import corpus_tokens, perplexity
 from sharq.models.convert import conversion_targets
-
-
-class FakeQuantLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, config: SharqConfig, weights: bool, activations: bool) -> None:
-        super().__init__()
-        w = linear.weight.detach()
-        self.weight = quantize_weight(w, config).dequantize() if weights else w.float()  # (N, K) fp32
-        self.bias = None if linear.bias is None else linear.bias.detach().float()
-        self.config = config if activations else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = x.shape[-1]
-        x2 = x.reshape(-1, k)
-        if self.config is not None:
-            d = decompose(x2, self.config)
-            x2 = d.backbone + d.residual
-        y = x2.float() @ self.weight.T
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
 def main() -> None:
@@ -57,8 +37,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default="results/error-budget-smollm2.json")
-    ap.add_argument("--presets", default="nvfp4,sharq-nvfp4,sharq-nvfp4-w16",
-                    help="comma-separated presets (e.g. the -mse ones: nvfp4-mse,sharq-nvfp4-mse,...)")
+    ap.add_argument(
+        "--presets",
+        default="nvfp4,sharq-nvfp4,sharq-nvfp4-w16",
+        help="comma-separated presets (e.g. the -mse ones: nvfp4-mse,sharq-nvfp4-mse,...)",
+    )
     ap.add_argument("--parts", default="weights,activations,both", help="which of weights,activations,both")
     args = ap.parse_args()
     base, tok = load_model("smollm2", dtype=getattr(torch, args.dtype))
@@ -78,14 +61,31 @@ def main() -> None:
         if preset != "bf16":
             cfg = SharqConfig.from_preset(preset)
             for name in targets:
-                model.set_submodule(name, FakeQuantLinear(model.get_submodule(name), cfg, w, a))
+                linear = model.get_submodule(name)
+                weight = quantize_weight(linear.weight.detach(), cfg).dequantize() if w else linear.weight.detach()
+                bias = None if linear.bias is None else linear.bias.detach()
+                model.set_submodule(name, FakeQuantLinear(weight, bias, sharq_activation(cfg) if a else None))
         start = time.perf_counter()
         res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
-        rows.append(dict(preset=preset, quantized=part or "nothing", ppl=res.ppl, tokens=res.tokens,
-                         seconds=round(time.perf_counter() - start, 1)))
+        rows.append(
+            dict(
+                preset=preset,
+                quantized=part or "nothing",
+                ppl=res.ppl,
+                tokens=res.tokens,
+                seconds=round(time.perf_counter() - start, 1),
+            )
+        )
         print(f"{preset:16s} {part or 'nothing':12s} ppl {res.ppl:8.3f}  ({res.describe()})", flush=True)
-    doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF)", caveat=PRETRAINED_CAVEAT, device=args.device,
-               dtype=args.dtype, torch=torch.__version__, seq_len=args.seq_len, rows=rows)
+    doc = dict(
+        model="SmolLM2-135M-Instruct (Q4_1 GGUF)",
+        caveat=PRETRAINED_CAVEAT,
+        device=args.device,
+        dtype=args.dtype,
+        torch=torch.__version__,
+        seq_len=args.seq_len,
+        rows=rows,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(f"wrote {args.out}")

@@ -1,6 +1,6 @@
 """The producers of the linears' inputs fused into the preparation, against the unfused chains.
 
-For each M and producer of a model's decoder layer, times (CUDA graph replays, `linear._graph_ms`,
+For each M and producer of a model's decoder layer, times (CUDA graph replays, `harness.graph_ms`,
 median) what produces and prepares one linear input:
 
   rms-norm   (K = hidden, feeding q/k/v or gate/up)
@@ -89,8 +89,9 @@ def _same_prepared(a, b) -> bool:
     )
 
 
-def _providers(m: int, k_norm: int, k_act: int, config, device: str) -> dict[str, tuple]:
-    """name -> (producer, fn, check) with check() -> bool or None (a baseline)."""
+def _providers(m: int, k_norm: int, k_act: int, config, options, device: str) -> dict[str, tuple]:
+    """name -> (producer, fn, check) with check() -> bool or None (a baseline); `options`: the
+    RuntimeOptions every call runs with (the Triton backend)."""
     from torch import nn
 
     from sharq import ops
@@ -109,44 +110,44 @@ def _providers(m: int, k_norm: int, k_act: int, config, device: str) -> dict[str
     eps = 1e-5
 
     def torch_prep():
-        return ops.prepare(rms_norm_reference(x, w, eps, "llama", order="torch"), config)
+        return ops.prepare(rms_norm_reference(x, w, eps, "llama", order="torch"), config, options)
 
     def lanes_prep():
-        return ops.prepare(rms_norm_reference(x, w, eps, "llama", order="lanes"), config)
+        return ops.prepare(rms_norm_reference(x, w, eps, "llama", order="lanes"), config, options)
 
     def fused(write_y=True):
-        return ops.prepare_rms_norm(x, w, eps, "llama", config, write_y=write_y)
+        return ops.prepare_rms_norm(x, w, eps, "llama", config, options, write_y=write_y)
 
     def check_norm():
         y, _, p = fused()
         want_y = rms_norm_reference(x, w, eps, "llama", order="lanes")
-        return _same(y, want_y) and _same_prepared(p, ops.prepare(want_y, config))
+        return _same(y, want_y) and _same_prepared(p, ops.prepare(want_y, config, options))
 
     def stats_forced(stats: int):
         from sharq.kernels.plan import plan_producer
         from sharq.kernels.sources import SOURCE_NORM, SourceSpec, dtype_code
 
-        plan = plan_producer("rms-norm", m, k_norm, config, device)
+        plan = plan_producer("rms-norm", m, k_norm, config, device, options=options)
         spec = SourceSpec(x.new_empty(0), w, eps, SOURCE_NORM, False, 0, dtype_code(torch.bfloat16), True, False, stats)
         return lambda: ops._prepare_with_source(x, config, spec, plan.linear)
 
     def add_torch():
         y, h = add_rms_norm_reference(x, res, w, eps, "llama", order="torch")
-        return ops.prepare(y, config), h
+        return ops.prepare(y, config, options), h
 
     def add_fused():
-        return ops.prepare_rms_norm(x, w, eps, "llama", config, residual=res)
+        return ops.prepare_rms_norm(x, w, eps, "llama", config, options, residual=res)
 
     def check_add():
         y, h, p = add_fused()
         want_y, want_h = add_rms_norm_reference(x, res, w, eps, "llama", order="lanes")
-        return _same(y, want_y) and _same(h, want_h) and _same_prepared(p, ops.prepare(want_y, config))
+        return _same(y, want_y) and _same(h, want_h) and _same_prepared(p, ops.prepare(want_y, config, options))
 
     def act_torch():
-        return ops.prepare(act_mul_reference(gate, up, act), config)
+        return ops.prepare(act_mul_reference(gate, up, act), config, options)
 
     def act_fused():
-        return ops.prepare_act_mul(gate, up, config, table=table)
+        return ops.prepare_act_mul(gate, up, config, options, table=table)
 
     def check_act():
         got = act_fused()
@@ -178,24 +179,24 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     if args.device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
-    import triton
-
-    from _results import write_json
-    from sharq import PRESETS
+    from harness import environment, graph_ms, write_json
+    from sharq import PRESETS, RuntimeOptions
     from sharq.kernels.plan import plan_producer
 
-    config = PRESETS[args.preset].replace(granularity=args.granularity, backend="triton")
+    config = PRESETS[args.preset].replace(granularity=args.granularity)
+    options = RuntimeOptions(backend="triton")
     k_norm, k_act = _shapes(args)
     timed = args.device == "cuda"
-    if timed:
-        from linear import _graph_ms
     rows = []
     for m in args.rows:
-        plans = {p: plan_producer(p, m, k, config, args.device) for p, k in (("rms-norm", k_norm), ("act-mul", k_act))}
-        for name, (producer, fn, check) in _providers(m, k_norm, k_act, config, args.device).items():
+        plans = {
+            p: plan_producer(p, m, k, config, args.device, options=options)
+            for p, k in (("rms-norm", k_norm), ("act-mul", k_act))
+        }
+        for name, (producer, fn, check) in _providers(m, k_norm, k_act, config, options, args.device).items():
             plan = plans["act-mul" if producer == "act-mul" else "rms-norm"]
             fn()  # compiles, and builds what it needs
-            ms = _graph_ms([fn] * 4, reps=args.reps) if timed else None
+            ms = graph_ms([fn] * 4, reps=args.reps) if timed else None
             row = dict(
                 M=m,
                 K=k_act if producer == "act-mul" else k_norm,
@@ -210,11 +211,8 @@ def main(argv: list[str] | None = None):
             rows.append(row)
             shown = f"{ms * 1e3:8.1f} us" if ms is not None else "   (untimed)"
             print(f"M={m:5d} {name:32s} {shown}  {row.get('bits_equal', '')}", flush=True)
-    gpu = torch.cuda.get_device_name() if timed else "cpu"
     doc = dict(
-        gpu=gpu,
-        torch=torch.__version__,
-        triton=triton.__version__,
+        **environment(args.device),
         model=args.model,
         preset=args.preset,
         granularity=args.granularity,

@@ -18,7 +18,7 @@ import time
 import torch
 
 import sharq
-from _results import write_json
+from harness import environment, write_json
 from sharq.kernels.prepare_fp4 import prepare_activation_triton
 from sharq.ops import linear_from_prepared
 
@@ -48,15 +48,14 @@ def main() -> None:
     linear = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
     layer = sharq.SharqLinear.from_float(linear, sharq.PRESETS["sharq-nvfp4"])
     config = layer.config
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, n=n, k=k, rows=[])
+    doc = dict(**environment(), n=n, k=k, rows=[])
     for m in [int(v) for v in args.m.split(",")]:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         prepared = prepare_activation_triton(x, config, with_terms=True, terms_layout="auto")
         pieces = {
             "linear": lambda: layer(x),
             "prepare": lambda: prepare_activation_triton(x, config, with_terms=True, terms_layout="auto"),
-            "gemm": lambda: linear_from_prepared(prepared, layer.quantized_weight, None, torch.bfloat16,
-                                                 one_gemm=True),
+            "gemm": lambda: linear_from_prepared(prepared, layer.quantized_weight, None, torch.bfloat16, one_gemm=True),
             "empty": lambda: torch.empty(m, n, device="cuda", dtype=torch.bfloat16),
         }
         with torch.no_grad():

@@ -34,12 +34,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import sharq
-from _results import write_json
+from harness import copies_beyond_l2, environment, graph_ms, write_json
+from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 from sharq import PRESETS
 from sharq.baselines.fp8 import fp8_linear, quantize_activation, quantize_weight_e4m3
 from sharq.ops import linear_from_prepared, prepare, quantize_weight, sharq_linear
-from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 
 M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192)
 
@@ -52,33 +51,6 @@ def _fp8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
     x8, x_scale = quantize_activation(x)  # per-token E4M3 (one compiled kernel on CUDA)
     return fp8_linear(x8, x_scale, w8, w_scale, None, torch.bfloat16)
-
-
-def _graph_ms(fns, reps: int = 20) -> float:
-    """Median ms of one call, timing a CUDA graph that runs every fn in `fns` once."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up (Triton compiles, cuBLAS picks) outside the capture
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fns:
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(fns))
-    del graph
-    return sorted(times)[len(times) // 2]
 
 
 def _copy_gbps(bench) -> float:
@@ -103,18 +75,22 @@ def _gemlite():
 def _gemlite_layers(gemlite, ws: list[torch.Tensor]) -> dict[str, list]:
     """gemlite-fp8 and gemlite-int4 layers for each weight copy (random int4 codes for the W4A16 peer:
     its speed does not depend on the values)."""
-    from gemlite.helper import A8W8_fp8_dynamic, A16W4_HQQ_INT
+    from gemlite.helper import A16W4_HQQ_INT, A8W8_fp8_dynamic
 
     out: dict[str, list] = {"gemlite-fp8": [], "gemlite-int4": []}
     for w in ws:
         n, k = w.shape
         lin = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda")
         lin.weight.data.copy_(w)
-        out["gemlite-fp8"].append(A8W8_fp8_dynamic(device="cuda", dtype=torch.bfloat16).from_linear(lin, del_orig=False))
+        out["gemlite-fp8"].append(
+            A8W8_fp8_dynamic(device="cuda", dtype=torch.bfloat16).from_linear(lin, del_orig=False)
+        )
         codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda")
         scales = torch.rand(n, k // 64, dtype=torch.bfloat16, device="cuda") * 0.01
         zeros = torch.full((n, k // 64), 7.5, dtype=torch.bfloat16, device="cuda")
-        out["gemlite-int4"].append(A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(codes, scales, zeros))
+        out["gemlite-int4"].append(
+            A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(codes, scales, zeros)
+        )
     return out
 
 
@@ -132,14 +108,17 @@ def main() -> None:
     ap.add_argument("--preset", default="sharq-nvfp4")
     ap.add_argument("--granularity", default="tensor")
     ap.add_argument("--m", default=",".join(map(str, M_VALUES)))
-    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS),
-                    help="whose layer shapes (benchmarks/shapes.py; default llama-3.1-8b)")
+    ap.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=list(MODEL_LAYERS),
+        help="whose layer shapes (benchmarks/shapes.py; default llama-3.1-8b)",
+    )
     ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     shapes = layers_of(args.model)
     args.layers = args.layers or ",".join(shapes)
-    import triton
     from triton.testing import do_bench
 
     if not torch.cuda.is_available():
@@ -148,7 +127,7 @@ def main() -> None:
     def bench(fn) -> float:
         return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
-    config = PRESETS[args.preset].replace(granularity=args.granularity, backend="triton")
+    config = PRESETS[args.preset].replace(granularity=args.granularity)
     exact = config.replace(operand="exact")
     gemlite = _gemlite()
     copy_gbps = _copy_gbps(bench)
@@ -159,13 +138,18 @@ def main() -> None:
         n, k = shapes[layer]
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         weight_bytes = quantize_weight(w0, config).nbytes
-        n_copies = max(1, -(-150_000_000 // weight_bytes))
+        n_copies = copies_beyond_l2(weight_bytes)
         ws = [w0] + [w0 + 0.001 * torch.randn_like(w0) for _ in range(n_copies - 1)]
         wqs = [quantize_weight(w, config) for w in ws]
         fp8s = [_fp8_weight(w) for w in ws]
         peers = _gemlite_layers(gemlite, ws) if gemlite is not None else {}
-        blobs = [(torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
-                  torch.empty(weight_bytes, dtype=torch.uint8, device="cuda")) for _ in ws]
+        blobs = [
+            (
+                torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
+                torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
+            )
+            for _ in ws
+        ]
         for m in map(int, args.m.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             prepared = prepare(x, config)
@@ -182,33 +166,43 @@ def main() -> None:
             t = {}
             for name, fns in providers.items():
                 try:
-                    t[name] = _graph_ms(fns)
+                    t[name] = graph_ms(fns)
                 except Exception as err:  # a peer that cannot run this shape is reported, not timed
                     print(f"{layer} M={m} {name}: {type(err).__name__}: {str(err)[:200]}")
                     continue
                 rows.append(dict(layer=layer, M=m, N=n, K=k, provider=name, median_ms=t[name], weight_copies=c))
             fp8_name = min((p for p in ("fp8-sharq", "gemlite-fp8") if p in t), key=t.get)
             t["fp8"] = t[fp8_name]
-            rows.append(dict(layer=layer, M=m, N=n, K=k, provider="fp8", median_ms=t["fp8"], source=fp8_name,
-                             weight_copies=c))
-            print(f"{layer:8s} M={m:5d} " + " ".join(f"{p} {v * 1e3:7.1f}us" for p, v in t.items()) +
-                  f" | sharq {t['bf16'] / t['sharq']:.2f}x bf16, {t['fp8'] / t['sharq']:.2f}x fp8 ({fp8_name})"
-                  + (f", {t['gemlite-int4'] / t['sharq']:.2f}x gemlite-int4" if "gemlite-int4" in t else ""),
-                  flush=True)
+            rows.append(
+                dict(layer=layer, M=m, N=n, K=k, provider="fp8", median_ms=t["fp8"], source=fp8_name, weight_copies=c)
+            )
+            print(
+                f"{layer:8s} M={m:5d} "
+                + " ".join(f"{p} {v * 1e3:7.1f}us" for p, v in t.items())
+                + f" | sharq {t['bf16'] / t['sharq']:.2f}x bf16, {t['fp8'] / t['sharq']:.2f}x fp8 ({fp8_name})"
+                + (f", {t['gemlite-int4'] / t['sharq']:.2f}x gemlite-int4" if "gemlite-int4" in t else ""),
+                flush=True,
+            )
         del ws, wqs, fp8s, blobs, peers
         torch.cuda.empty_cache()
-    gpu = torch.cuda.get_device_name()
     summary = summarize(rows)
     print("layers summed, ratio to bf16:")
     names = list(next(iter(summary.values())))
     print("      M " + " ".join(f"{p:>13s}" for p in names))
     for m, ps in summary.items():
         print(f"{m:7d} " + " ".join(f"{ps[p]['vs_bf16']:13.2f}" if p in ps else " " * 13 for p in names))
-    doc = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, sharq=sharq.__version__,
-               gemlite=getattr(gemlite, "__version__", None), model=args.model, preset=args.preset,
-               granularity=args.granularity, config=config.to_dict(), copy_GBps=copy_gbps,
-               timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
-               rows=rows, summary={str(m): v for m, v in summary.items()})
+    doc = dict(
+        **environment(),
+        gemlite=getattr(gemlite, "__version__", None),
+        model=args.model,
+        preset=args.preset,
+        granularity=args.granularity,
+        config=config.to_dict(),
+        copy_GBps=copy_gbps,
+        timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
+        rows=rows,
+        summary={str(m): v for m, v in summary.items()},
+    )
     path = write_json(doc, args.out, "linear" if args.model == DEFAULT_MODEL else f"linear-{args.model}")
     _plot(doc, path.with_suffix(".png"))
     print(f"wrote {path} and .png")
@@ -226,8 +220,9 @@ def _plot(doc: dict, path: Path) -> None:
 
     layers = list(dict.fromkeys(r["layer"] for r in doc["rows"]))
     fig, axes = plt.subplots(1, len(layers) + 1, figsize=(4.2 * (len(layers) + 1), 3.8), squeeze=False)
-    panels = [("layers summed", doc["rows"], None)] + [(layer, [r for r in doc["rows"] if r["layer"] == layer], layer)
-                                                       for layer in layers]
+    panels = [("layers summed", doc["rows"], None)] + [
+        (layer, [r for r in doc["rows"] if r["layer"] == layer], layer) for layer in layers
+    ]
     for ax, (title, rows, layer) in zip(axes[0], panels):
         t: dict = {}
         for r in rows:
@@ -242,8 +237,11 @@ def _plot(doc: dict, path: Path) -> None:
         ax.set_xlabel("M (tokens)")
         ax.set_ylabel("speed-up over bf16")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{doc['model']} {doc['preset']} ({doc['granularity']}), {doc['gpu']}, torch {doc['torch']}, "
-                 f"triton {doc['triton']}, gemlite {doc.get('gemlite')}", fontsize=9)
+    fig.suptitle(
+        f"{doc['model']} {doc['preset']} ({doc['granularity']}), {doc['gpu']}, torch {doc['torch']}, "
+        f"triton {doc['triton']}, gemlite {doc.get('gemlite')}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -32,7 +32,7 @@ DEFAULT = "bf16,nvfp4,nvfp4-mse,sharq-nvfp4,sharq-nvfp4-mse,sharq-nvfp4-w16,shar
 def window_nlls(model, tok, tokens, seq_len: int, n: int) -> list[float]:
     """Summed NLL of each window [s, s + seq_len - 1) of tokens[:n] (the windows `perplexity` uses)."""
     step = seq_len - 1
-    return [perplexity(model, tok, tokens[s:min(s + step, n)], seq_len=seq_len).nll for s in range(0, n, step)]
+    return [perplexity(model, tok, tokens[s : min(s + step, n)], seq_len=seq_len).nll for s in range(0, n, step)]
 
 
 def recovered(nll: dict[str, list[float]], preset: str, idx: list[int], tokens: int) -> float:
@@ -65,9 +65,19 @@ def main() -> None:
         nll = {r["preset"]: old["window_nll"][r["preset"]] for r in rows}
 
     def write() -> None:
-        doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF: already 4-bit weights)", caveat=PRETRAINED_CAVEAT,
-                   corpus="wiki", seq_len=args.seq_len, tokens=n, device="cpu", dtype="float32",
-                   torch=torch.__version__, sharq=sharq.__version__, rows=rows, window_nll=nll)
+        doc = dict(
+            model="SmolLM2-135M-Instruct (Q4_1 GGUF: already 4-bit weights)",
+            caveat=PRETRAINED_CAVEAT,
+            corpus="wiki",
+            seq_len=args.seq_len,
+            tokens=n,
+            device="cpu",
+            dtype="float32",
+            torch=torch.__version__,
+            sharq=sharq.__version__,
+            rows=rows,
+            window_nll=nll,
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1))
 
@@ -82,8 +92,9 @@ def main() -> None:
         tq = time.perf_counter() - t0
         nll[preset] = window_nlls(model, tok, tokens, args.seq_len, n)
         ppl = math.exp(sum(nll[preset]) / n)
-        rows.append(dict(preset=preset, ppl=ppl, tokens=n, quantize_s=round(tq, 2),
-                         seconds=round(time.perf_counter() - t0, 1)))
+        rows.append(
+            dict(preset=preset, ppl=ppl, tokens=n, quantize_s=round(tq, 2), seconds=round(time.perf_counter() - t0, 1))
+        )
         write()  # after every preset: a long run can be resumed
         print(f"{preset:22s} ppl {ppl:8.3f} ({n} tokens, {time.perf_counter() - t0:.0f} s)", flush=True)
     g = torch.Generator().manual_seed(0)
@@ -93,12 +104,15 @@ def main() -> None:
         if p in ("bf16", "nvfp4") or not {"bf16", "nvfp4"} <= set(nll):  # the gap needs both
             continue
         row["recovered"] = recovered(nll, p, list(range(windows)), n)
-        boots = sorted(recovered(nll, p, torch.randint(0, windows, (windows,), generator=g).tolist(), n)
-                       for _ in range(args.boot))
+        boots = sorted(
+            recovered(nll, p, torch.randint(0, windows, (windows,), generator=g).tolist(), n) for _ in range(args.boot)
+        )
         row["recovered_ci90"] = [boots[int(0.05 * args.boot)], boots[int(0.95 * args.boot)]]
-        print(f"{p:22s} recovered {100 * row['recovered']:5.1f}% "
-              f"(90% bootstrap over {windows} windows: {100 * row['recovered_ci90'][0]:.0f}-"
-              f"{100 * row['recovered_ci90'][1]:.0f}%)")
+        print(
+            f"{p:22s} recovered {100 * row['recovered']:5.1f}% "
+            f"(90% bootstrap over {windows} windows: {100 * row['recovered_ci90'][0]:.0f}-"
+            f"{100 * row['recovered_ci90'][1]:.0f}%)"
+        )
     write()
     print(f"wrote {args.out}")
 

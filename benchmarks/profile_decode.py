@@ -20,11 +20,11 @@ import statistics
 
 import torch
 
-from _results import write_json
 from e2e import convert
 from e2e_models import build_model
 from e2e_profile import profile_forward
-from sharq.static_decode import StaticDecoder
+from harness import environment, write_json
+from sharq.runtime import StaticDecoder
 
 
 def main() -> None:
@@ -40,8 +40,14 @@ def main() -> None:
 
     e2e_models.MODELS["llama-3.1-8b"] = dict(e2e_models.MODELS["llama-3.1-8b"], num_hidden_layers=args.layers)
     device = torch.device("cuda")
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers, batch=args.batch,
-               context=args.context, compile="inductor" if args.compile else None, providers={})
+    doc = dict(
+        **environment(),
+        layers=args.layers,
+        batch=args.batch,
+        context=args.context,
+        compile="inductor" if args.compile else None,
+        providers={},
+    )
     for provider in args.providers.split(","):
         model = build_model("llama-3.1-8b", device)
         convert(model, provider)
@@ -65,8 +71,10 @@ def main() -> None:
         eager.decode(2, keep=False)
         prof = profile_forward(lambda: eager.decode(1, keep=False), device, top=25)
         doc["providers"][provider] = dict(graph_ms_per_step=graph_ms, profile=prof)
-        print(f"{provider}: graph {graph_ms:.3f} ms/step ({args.layers} layers); eager kernel sum "
-              f"{prof['total']:.3f} ms: " + ", ".join(f"{c} {v:.3f}" for c, v in prof["by_category"].items()))
+        print(
+            f"{provider}: graph {graph_ms:.3f} ms/step ({args.layers} layers); eager kernel sum "
+            f"{prof['total']:.3f} ms: " + ", ".join(f"{c} {v:.3f}" for c, v in prof["by_category"].items())
+        )
         for row in prof["top"][:14]:
             print(f"   {row['ms'] * 1e3:8.1f} us  x{row['calls']:3d}  {row['category']:11s} {row['name'][:90]}")
     path = write_json(doc, args.out, "profile-decode-compiled" if args.compile else "profile-decode")

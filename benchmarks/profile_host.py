@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from _results import write_json
 from e2e import convert, time_ms
 from e2e_models import build_model
+from harness import environment, write_json
 
 
 def _host_ms(fn, reps: int = 5) -> float:
@@ -48,8 +48,7 @@ def main() -> None:
 
     e2e_models.MODELS["llama-3.1-8b"] = dict(e2e_models.MODELS["llama-3.1-8b"], num_hidden_layers=args.layers)
     device = torch.device("cuda")
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers, tokens=args.tokens,
-               providers={})
+    doc = dict(**environment(), layers=args.layers, tokens=args.tokens, providers={})
     for provider in args.providers.split(","):
         model = build_model("llama-3.1-8b", device)
         convert(model, provider)
@@ -70,13 +69,15 @@ def main() -> None:
         torch.cuda.synchronize()
         stats = pstats.Stats(prof)
         rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[: args.top]
-        top = [dict(function=f"{path.split('/')[-1]}:{line}:{name}", calls=cc, own_ms=tt * 1e3, cum_ms=ct * 1e3)
-               for (path, line, name), (cc, nc, tt, ct, _) in rows]
+        top = [
+            dict(function=f"{path.split('/')[-1]}:{line}:{name}", calls=cc, own_ms=tt * 1e3, cum_ms=ct * 1e3)
+            for (path, line, name), (cc, nc, tt, ct, _) in rows
+        ]
         doc["providers"][provider] = dict(gpu_ms=gpu, host_ms=host, top=top)
         print(f"{provider}: GPU {gpu:.2f} ms, host issue {host:.2f} ms ({args.layers} layers, {args.tokens} tokens)")
         for row in top[:18]:
             print(f"   {row['own_ms']:8.2f} ms own {row['cum_ms']:8.2f} cum x{row['calls']:5d}  {row['function'][:90]}")
-        del model
+        model = None  # (not del: forward() closes over the name)
         torch.cuda.empty_cache()
     print(f"wrote {write_json(doc, args.out, 'profile-host')}")
 

@@ -37,11 +37,15 @@ def main() -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         rows.append(dict(preset=preset, seconds_min=round(min(times), 3), seconds=[round(t, 3) for t in times]))
-        print(f"{preset:22s} {n}x{k}: min {min(times):.2f} s of {args.repeat} ({args.device}, "
-              f"{torch.get_num_threads()} threads)", flush=True)
+        print(
+            f"{preset:22s} {n}x{k}: min {min(times):.2f} s of {args.repeat} ({args.device}, "
+            f"{torch.get_num_threads()} threads)",
+            flush=True,
+        )
     if args.out:
-        doc = dict(shape=[n, k], device=args.device, threads=torch.get_num_threads(), torch=torch.__version__,
-                   rows=rows)
+        doc = dict(
+            shape=[n, k], device=args.device, threads=torch.get_num_threads(), torch=torch.__version__, rows=rows
+        )
         Path(args.out).write_text(json.dumps(doc, indent=1))
 
 

@@ -15,7 +15,7 @@ import time
 import torch
 
 import sharq
-from _results import write_json
+from harness import write_json
 
 
 def main() -> None:
@@ -30,8 +30,16 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                      num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     base = LlamaForCausalLM(cfg).to(dtype).eval()
     batch = max(1, args.tokens // args.seq)
@@ -42,7 +50,7 @@ def main() -> None:
 
         model = copy.deepcopy(base).to(device)
         config = sharq.SharqConfig.from_preset(preset)
-        sharq.quantize_(model, config.replace(backend=args.backend) if config.quantizes else config)
+        sharq.quantize_(model, config, backend=args.backend)
         with torch.no_grad():
             model(input_ids=ids[:1, :128], logits_to_keep=1)
             if device == "cuda":
@@ -55,16 +63,18 @@ def main() -> None:
                 torch.cuda.synchronize()
             dt = (time.perf_counter() - t) / reps
         peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-        rows.append(dict(preset=preset, tokens=int(ids.numel()), seconds=dt, tokens_per_s=ids.numel() / dt,
-                         peak_bytes=peak))
+        rows.append(
+            dict(preset=preset, tokens=int(ids.numel()), seconds=dt, tokens_per_s=ids.numel() / dt, peak_bytes=peak)
+        )
         print(f"{preset:16s} {ids.numel()} tokens in {dt * 1e3:8.1f} ms -> {ids.numel() / dt:10.0f} tok/s", flush=True)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    doc = dict(gpu=gpu, torch=torch.__version__, model="SmolLM2-135M shape, random weights", backend=args.backend,
-               rows=rows)
+    doc = dict(
+        gpu=gpu, torch=torch.__version__, model="SmolLM2-135M shape, random weights", backend=args.backend, rows=rows
+    )
     print(f"wrote {write_json(doc, args.out, f'{args.backend}-throughput')}")
 
 

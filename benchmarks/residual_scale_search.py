@@ -24,7 +24,7 @@ from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
 from sharq.eval.perplexity import corpus_tokens
 from sharq.formats.nvfp4 import nvfp4_global_scale
-from sharq.formats.registry import quantize
+from sharq.formats.registry import quantize_tensor
 from sharq.models.convert import conversion_targets
 from sharq.sparse.masks import apply_mask
 
@@ -37,9 +37,10 @@ def x_hat(x: torch.Tensor, cfg, rule: str) -> torch.Tensor:
     xs = x.float() / s
     first = apply_mask(xs, cfg.mask_spec)
     one = torch.ones(())
-    b = quantize(first, "nvfp4", cfg.backbone_block, global_scale=one,
-                 scale_rule="mse" if rule == "both-mse" else "amax").dequantize()
-    r = quantize(xs - b, "nvfp4", cfg.residual_block, global_scale=one, scale_rule="mse").dequantize()
+    b = quantize_tensor(
+        first, "nvfp4", cfg.backbone_block, global_scale=one, scale_rule="mse" if rule == "both-mse" else "amax"
+    ).dequantize()
+    r = quantize_tensor(xs - b, "nvfp4", cfg.residual_block, global_scale=one, scale_rule="mse").dequantize()
     return (b + r) * s
 
 
@@ -54,9 +55,12 @@ def main() -> None:
     ids = torch.tensor([corpus_tokens(tok, wiki_texts())[: args.tokens]])
     targets = [n for n, k in conversion_targets(model).items() if k == "linear"]
     captured = {}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, inp, n=n: captured.__setitem__(n, inp[0].detach().reshape(-1, inp[0].shape[-1])))
-        for n in targets]
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda m, inp, n=n: captured.__setitem__(n, inp[0].detach().reshape(-1, inp[0].shape[-1]))
+        )
+        for n in targets
+    ]
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
     for h in hooks:
@@ -68,14 +72,22 @@ def main() -> None:
         for n in targets:
             x, w = captured[n], model.get_submodule(n).weight.detach().float()
             dx = x_hat(x, cfg, rule) - x
-            ex += float((dx ** 2).sum() / (x ** 2).sum())
+            ex += float((dx**2).sum() / (x**2).sum())
             ey += float(((dx @ w.T) ** 2).sum() / ((x @ w.T) ** 2).sum())
         rows.append(dict(rule=rule, act_rel_err=ex / len(targets), out_rel_err=ey / len(targets)))
-        print(f"{rule:9s} mean relative activation error {ex / len(targets):.3e}, output error {ey / len(targets):.3e}",
-              flush=True)
+        print(
+            f"{rule:9s} mean relative activation error {ex / len(targets):.3e}, output error {ey / len(targets):.3e}",
+            flush=True,
+        )
     if args.out:
-        doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF)", caveat=PRETRAINED_CAVEAT, tokens=args.tokens,
-                   divisors=args.divisors, layers=len(targets), rows=rows)
+        doc = dict(
+            model="SmolLM2-135M-Instruct (Q4_1 GGUF)",
+            caveat=PRETRAINED_CAVEAT,
+            tokens=args.tokens,
+            divisors=args.divisors,
+            layers=len(targets),
+            rows=rows,
+        )
         Path(args.out).write_text(json.dumps(doc, indent=1))
 
 

@@ -14,8 +14,12 @@ from __future__ import annotations
 MODEL_LAYERS: dict[str, dict[str, tuple[int, int]]] = {
     "llama-3.1-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)},
     "qwen2.5-7b": {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)},
-    "qwen3-30b-a3b": {"qkv": (5120, 2048), "o": (2048, 4096), "expert_gate_up": (1536, 2048),
-                      "expert_down": (2048, 768)},
+    "qwen3-30b-a3b": {
+        "qkv": (5120, 2048),
+        "o": (2048, 4096),
+        "expert_gate_up": (1536, 2048),
+        "expert_down": (2048, 768),
+    },
     "smollm2-135m": {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)},
 }
 DEFAULT_MODEL = "llama-3.1-8b"

@@ -24,8 +24,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from _results import write_json
-from linear import _graph_ms
+from harness import environment, graph_ms, write_json
+from shapes import MODEL_LAYERS as MODELS
 from sharq import PRESETS
 from sharq.kernels import prepare_fp4
 from sharq.kernels.dequant_fp4 import dequantize_fp4_bf16
@@ -33,11 +33,15 @@ from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.prepare_fp4 import prepare_activation_triton
 from sharq.ops import prepare, quantize_weight
 
-from shapes import MODEL_LAYERS as MODELS
-
 SCRATCH_TILES = [  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages
-    (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
-    (256, 128, 64, 8, 3), (128, 256, 32, 8, 4), (64, 256, 64, 4, 4), (128, 128, 128, 8, 3),
+    (128, 256, 64, 8, 3),
+    (128, 256, 64, 8, 4),
+    (128, 128, 64, 8, 4),
+    (128, 128, 64, 4, 4),
+    (256, 128, 64, 8, 3),
+    (128, 256, 32, 8, 4),
+    (64, 256, 64, 4, 4),
+    (128, 128, 128, 8, 3),
 ]
 PREP_TILES = [(8, 64, 4), (8, 128, 4), (16, 128, 8), (8, 256, 8), (4, 256, 4)]
 
@@ -49,13 +53,12 @@ def main() -> None:
     ap.add_argument("--prep-m", type=int, default=4096)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
-    import triton
     from triton.testing import do_bench
 
     def bench(fn) -> float:
         return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     summed = config.replace(operand="bf16-sum")
     rows = []
 
@@ -71,8 +74,14 @@ def main() -> None:
             x1 = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
             for inline, bk, nw in itertools.product((4, 0), (64, 256), (2, 4)):
                 prepare_fp4.AMAX_INLINE_MAX_M = inline
-                ms = _graph_ms([lambda: prepare_activation_triton(x1, config, with_terms=True, terms_layout="auto",
-                                                                  block_k=bk, num_warps=nw)] * 32)
+                ms = graph_ms(
+                    [
+                        lambda: prepare_activation_triton(
+                            x1, config, with_terms=True, terms_layout="auto", block_k=bk, num_warps=nw
+                        )
+                    ]
+                    * 32
+                )
                 record(model, layer, 1, n, k, f"prep1-{'inline' if inline else 'separate'}-bk{bk}w{nw}", ms)
             prepare_fp4.AMAX_INLINE_MAX_M = 4
             for m in map(int, args.m.split(",")):
@@ -82,32 +91,40 @@ def main() -> None:
                 sx = torch.tensor(0.01, device="cuda")
                 t = {"bf16": bench(lambda: F.linear(x, w)), "dequant": bench(lambda: dequantize_fp4_bf16(wq))}
                 for name, terms in (("2", t2), ("1", t1)):
-                    t[f"loop-{name}"] = bench(lambda: fp4_weight_gemm(terms, sx, wq, None, torch.bfloat16,
-                                                                      tiles=dict(SCRATCH=1)))
+                    t[f"loop-{name}"] = bench(
+                        lambda: fp4_weight_gemm(terms, sx, wq, None, torch.bfloat16, tiles=dict(SCRATCH=1))
+                    )
                     for bm, bn, bk, nw, ns in SCRATCH_TILES:
-                        tiles = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=nw, num_stages=ns,
-                                     SCRATCH=2)
+                        tiles = dict(
+                            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=nw, num_stages=ns, SCRATCH=2
+                        )
                         try:
                             t[f"scratch-{name}-{bm}x{bn}x{bk}w{nw}s{ns}"] = bench(
-                                lambda: fp4_weight_gemm(terms, sx, wq, None, torch.bfloat16, tiles=tiles))
+                                lambda: fp4_weight_gemm(terms, sx, wq, None, torch.bfloat16, tiles=tiles)
+                            )
                         except Exception as err:  # noqa: BLE001 - a tiling that does not fit is skipped
                             print(f"  skip {tiles}: {type(err).__name__}")
                 t["cublas-ceiling"] = bench(lambda: F.linear(t1[0], dequantize_fp4_bf16(wq)))
                 if m == args.prep_m:
                     for bm, bk, nw in PREP_TILES:
                         for mode, cfg in (("exact", config), ("sum", summed)):
-                            t[f"prep-{mode}-{bm}x{bk}w{nw}"] = bench(lambda: prepare_activation_triton(
-                                x, cfg, with_terms=True, block_m=bm, block_k=bk, num_warps=nw))
+                            t[f"prep-{mode}-{bm}x{bk}w{nw}"] = bench(
+                                lambda: prepare_activation_triton(
+                                    x, cfg, with_terms=True, block_m=bm, block_k=bk, num_warps=nw
+                                )
+                            )
                 for name, ms in t.items():
                     record(model, layer, m, n, k, name, ms)
                 best2 = min((v, kk) for kk, v in t.items() if kk.startswith("scratch-2"))
                 best1 = min((v, kk) for kk, v in t.items() if kk.startswith("scratch-1"))
-                print(f"{model} {layer:8s} M={m:5d} bf16 {t['bf16'] * 1e3:7.1f}us dequant {t['dequant'] * 1e3:6.1f} "
-                      f"loop2 {t['loop-2'] * 1e3:7.1f} loop1 {t['loop-1'] * 1e3:7.1f} | best exact {best2[0] * 1e3:7.1f} "
-                      f"({t['bf16'] / best2[0]:.2f}x) {best2[1]} | best sum {best1[0] * 1e3:7.1f} "
-                      f"({t['bf16'] / best1[0]:.2f}x) {best1[1]} | cublas {t['cublas-ceiling'] * 1e3:7.1f}", flush=True)
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               timing="do_bench median (prep1-*: CUDA graph of 32 calls, per call)", rows=rows)
+                print(
+                    f"{model} {layer:8s} M={m:5d} bf16 {t['bf16'] * 1e3:7.1f}us dequant {t['dequant'] * 1e3:6.1f} "
+                    f"loop2 {t['loop-2'] * 1e3:7.1f} loop1 {t['loop-1'] * 1e3:7.1f} | best exact {best2[0] * 1e3:7.1f} "
+                    f"({t['bf16'] / best2[0]:.2f}x) {best2[1]} | best sum {best1[0] * 1e3:7.1f} "
+                    f"({t['bf16'] / best1[0]:.2f}x) {best1[1]} | cublas {t['cublas-ceiling'] * 1e3:7.1f}",
+                    flush=True,
+                )
+    doc = dict(**environment(), timing="do_bench median (prep1-*: CUDA graph of 32 calls, per call)", rows=rows)
     path = write_json(doc, args.out, "prefill-tuning")
     print(f"wrote {path}")
 

@@ -15,8 +15,7 @@ import itertools
 
 import torch
 
-from _results import write_json
-from linear import _graph_ms
+from harness import environment, graph_ms, write_json
 from sharq import PRESETS
 from sharq.kernels.gemv_nvfp4 import GEMV_AUTO_MAX_M
 from sharq.kernels.prepare_fp4 import prepare_activation_triton
@@ -29,8 +28,12 @@ def main() -> None:
     ap.add_argument("--block-m", default="1,2,4,8,16")
     ap.add_argument("--block-k", default="64,128,256")
     ap.add_argument("--warps", default="1,2,4")
-    ap.add_argument("--inline-max-m", type=int, default=None,
-                    help="set prepare_fp4.AMAX_INLINE_MAX_M (rows up to which the programs compute the amax)")
+    ap.add_argument(
+        "--inline-max-m",
+        type=int,
+        default=None,
+        help="set prepare_fp4.AMAX_INLINE_MAX_M (rows up to which the programs compute the amax)",
+    )
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     import triton
@@ -40,13 +43,13 @@ def main() -> None:
     if args.inline_max_m is not None:
         prepare_fp4.AMAX_INLINE_MAX_M = args.inline_max_m
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     rows = []
     for k, m in itertools.product(map(int, args.k.split(",")), map(int, args.m.split(","))):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         layout = "gemv" if m <= GEMV_AUTO_MAX_M else "rows"
         want = prepare_activation_triton(x, config, with_terms=True, terms_layout=layout)
-        t0 = _graph_ms([lambda: prepare_activation_triton(x, config, with_terms=True, terms_layout=layout)] * 20)
+        t0 = graph_ms([lambda: prepare_activation_triton(x, config, with_terms=True, terms_layout=layout)] * 20)
         rows.append(dict(M=m, K=k, layout=layout, tiles="default", median_ms=t0))
         best = (t0, "default")
         for bm, bk, w in itertools.product(*(map(int, v.split(",")) for v in (args.block_m, args.block_k, args.warps))):
@@ -56,15 +59,29 @@ def main() -> None:
             got = prepare_activation_triton(x, config, **kw)
             same = all(torch.equal(a, b) for a, b in zip(got.terms, want.terms))
             same = same and torch.equal(got.backbone.codes, want.backbone.codes)
-            ms = _graph_ms([lambda kw=kw: prepare_activation_triton(x, config, **kw)] * 20)
-            rows.append(dict(M=m, K=k, layout=layout, tiles=dict(block_m=bm, block_k=bk, num_warps=w), median_ms=ms,
-                             bit_equal_to_default=same))
+            ms = graph_ms([lambda kw=kw: prepare_activation_triton(x, config, **kw)] * 20)
+            rows.append(
+                dict(
+                    M=m,
+                    K=k,
+                    layout=layout,
+                    tiles=dict(block_m=bm, block_k=bk, num_warps=w),
+                    median_ms=ms,
+                    bit_equal_to_default=same,
+                )
+            )
             if not same:
                 raise SystemExit(f"M={m} K={k} {kw}: output differs from the default tiling")
             best = min(best, (ms, f"{bm}x{bk} w{w}"))
-        print(f"M={m:2d} K={k:5d} {layout}: default {t0 * 1e3:5.1f}us best {best[0] * 1e3:5.1f}us {best[1]}", flush=True)
-    doc = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               amax_inline_max_m=prepare_fp4.AMAX_INLINE_MAX_M, granularity=config.granularity.value, rows=rows)
+        print(
+            f"M={m:2d} K={k:5d} {layout}: default {t0 * 1e3:5.1f}us best {best[0] * 1e3:5.1f}us {best[1]}", flush=True
+        )
+    doc = dict(
+        **environment(),
+        amax_inline_max_m=prepare_fp4.AMAX_INLINE_MAX_M,
+        granularity=config.granularity.value,
+        rows=rows,
+    )
     stem = "prep-small-m-tuning" + ("" if args.inline_max_m is None else f"-inline{args.inline_max_m}")
     print("wrote", write_json(doc, args.out, stem))
 

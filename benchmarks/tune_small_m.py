@@ -13,52 +13,62 @@ usage: python benchmarks/tune_small_m.py [--model llama-3.1-8b] [--m 1,2,4,8,16]
 
 from __future__ import annotations
 
-import argparse
 import itertools
 
 import torch
 
-from _results import write_json
-from linear import _graph_ms
-from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
+from harness import (
+    best_tiling,
+    copies_beyond_l2,
+    environment,
+    graph_ms,
+    layer_parser,
+    rotated_weights,
+    selected_layers,
+    write_json,
+)
+from shapes import DEFAULT_MODEL
 from sharq import PRESETS
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm
 from sharq.kernels.gemv_nvfp4 import GEMV_MAX_M, fp4_weight_gemv, gemv_operand_of
 from sharq.ops import prepare, quantize_weight
+from sharq.options import RuntimeOptions
 
 
 def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0") -> list[dict]:
     """Tilings of the packed decode; stack 1: both terms' 8 rows in one 16-row MMA operand."""
-    return [dict(BLOCK_M=8 if st else 16, BLOCK_N=n, BLOCK_K=k, GROUP_M=1, num_warps=w, num_stages=s, SCRATCH=1,
-                 DECODE=2, STACK=2 if st else 1)
-            for n, k, w, s, st in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps, stages, stack)))]
+    return [
+        dict(
+            BLOCK_M=8 if st else 16,
+            BLOCK_N=n,
+            BLOCK_K=k,
+            GROUP_M=1,
+            num_warps=w,
+            num_stages=s,
+            SCRATCH=1,
+            DECODE=2,
+            STACK=2 if st else 1,
+        )
+        for n, k, w, s, st in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps, stages, stack)))
+    ]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODEL_LAYERS))
-    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
-    ap.add_argument("--m", default="1,2,4,8,16")
+    ap = layer_parser(m="1,2,4,8,16")
     ap.add_argument("--bn", default="32,64,128")
     ap.add_argument("--bk", default="128,256,512")
     ap.add_argument("--warps", default="4,8")
     ap.add_argument("--stages", default="3,4")
     ap.add_argument("--stack", default="0,1", help="STACK values (used for M <= 8)")
-    ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
-    shapes = layers_of(args.model)
-    args.layers = args.layers or ",".join(shapes)
-    import triton
-
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    shapes = selected_layers(args)
+    config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
     rows = []
-    for layer in args.layers.split(","):
-        n, k = shapes[layer]
+    for layer, (n, k) in shapes.items():
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         nbytes = quantize_weight(w0, config).nbytes
-        copies = max(1, -(-150_000_000 // nbytes))
-        wqs = [quantize_weight(w0 + 0.001 * torch.randn_like(w0), config) for _ in range(copies)]
-        bf16 = [w0 + 0.001 * torch.randn_like(w0) for _ in range(max(1, -(-150_000_000 // (2 * n * k))))]
+        wqs = rotated_weights(w0, lambda w: quantize_weight(w, config), nbytes)
+        bf16 = [w0 + 0.001 * torch.randn_like(w0) for _ in range(copies_beyond_l2(2 * n * k))]
         # one-hot rows: every output is one weight value times s_w, no summation -> bit-exact
         onehot = torch.zeros(16, k, device="cuda", dtype=torch.bfloat16)
         onehot[torch.arange(16), torch.randint(0, k, (16,))] = 1.0
@@ -70,43 +80,62 @@ def main() -> None:
                 raise SystemExit(f"{layer}: one-hot mismatch with {cfg}: {(got1 - want1).abs().max()}")
         for m in (int(v) for v in args.m.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            p = prepare(x, config.replace(backend="reference"))
-            terms = [p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
-                     p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16)]
+            p = prepare(x, config, RuntimeOptions(backend="reference"))
+            terms = [
+                p.backbone.dequantize(apply_global_scale=False).to(torch.bfloat16),
+                p.residual.dequantize(apply_global_scale=False).to(torch.bfloat16),
+            ]
             fp32_decode = dict(DECODE=1)
             want = fp4_weight_gemm(terms, p.global_scale, wqs[0], None, torch.float32, tiles=fp32_decode)
             base = dict(layer=layer, M=m, N=n, K=k, weight_bytes=nbytes)
-            t_bf16 = _graph_ms([lambda w=w: torch.nn.functional.linear(x, w) for w in bf16])
-            t_gemm = _graph_ms([lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16,
-                                                             tiles=fp32_decode) for q in wqs])
-            rows += [dict(base, provider="bf16", median_ms=t_bf16), dict(base, provider="gemm-fp32-decode", median_ms=t_gemm)]
+            t_bf16 = graph_ms([lambda w=w: torch.nn.functional.linear(x, w) for w in bf16])
+            t_gemm = graph_ms(
+                [
+                    lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16, tiles=fp32_decode)
+                    for q in wqs
+                ]
+            )
+            rows += [
+                dict(base, provider="bf16", median_ms=t_bf16),
+                dict(base, provider="gemm-fp32-decode", median_ms=t_gemm),
+            ]
             line = f"{layer:8s} M={m:2d} bf16 {t_bf16 * 1e3:6.1f} gemm {t_gemm * 1e3:6.1f}"
             if m <= GEMV_MAX_M:
                 gterms = [*gemv_operand_of(p.backbone), *gemv_operand_of(p.residual)]
-                t_gemv = _graph_ms([lambda q=q: fp4_weight_gemv(gterms, p.global_scale, q, None, torch.bfloat16)
-                                    for q in wqs])
+                t_gemv = graph_ms(
+                    [lambda q=q: fp4_weight_gemv(gterms, p.global_scale, q, None, torch.bfloat16) for q in wqs]
+                )
                 rows.append(dict(base, provider="gemv", median_ms=t_gemv))
                 line += f" gemv {t_gemv * 1e3:6.1f}"
-            best = None
-            for cfg in sweep(args.bn, args.bk, args.warps, args.stages, args.stack if m <= 8 else "0"):
-                try:
-                    y = fp4_weight_gemm(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg)
-                except Exception as exc:  # out of resources: skip the tiling
-                    print(f"skip {cfg}: {type(exc).__name__}")
-                    continue
-                err = float((y - want).abs().max() / want.abs().max())
-                ms = _graph_ms([lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16, tiles=cfg)
-                                for q in wqs])
-                rows.append(dict(base, provider="gemm-packed", tiles=cfg, median_ms=ms, rel_err_vs_gemm=err))
-                if best is None or ms < best[0]:
-                    best = (ms, cfg, err)
-            print(f"{line} | packed best {best[0] * 1e3:6.1f}us {nbytes / (best[0] * 1e-3) / 1e9:5.0f} GB/s "
-                  f"{ {key: best[1][key] for key in ('BLOCK_N', 'BLOCK_K', 'num_warps', 'num_stages', 'STACK')} } "
-                  f"err {best[2]:.1e}", flush=True)
-        del wqs, bf16
+            tried, best = best_tiling(
+                sweep(args.bn, args.bk, args.warps, args.stages, args.stack if m <= 8 else "0"),
+                run=lambda cfg: fp4_weight_gemm(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg),
+                check=lambda y: float((y - want).abs().max() / want.abs().max()),
+                time=lambda cfg: graph_ms(
+                    [
+                        lambda q=q: fp4_weight_gemm(terms, p.global_scale, q, None, torch.bfloat16, tiles=cfg)
+                        for q in wqs
+                    ]
+                ),
+            )
+            rows += [
+                dict(base, provider="gemm-packed", tiles=r["tiles"], median_ms=r["ms"], rel_err_vs_gemm=r["err"])
+                for r in tried
+            ]
+            print(
+                f"{line} | packed best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
+                f"{ {key: best['tiles'][key] for key in ('BLOCK_N', 'BLOCK_K', 'num_warps', 'num_stages', 'STACK')} } "
+                f"err {best['err']:.1e}",
+                flush=True,
+            )
+        wqs = bf16 = None  # (not del: the timed lambdas close over the names)
         torch.cuda.empty_cache()
-    doc = dict(model=args.model, gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, stack=args.stack), rows=rows)
+    doc = dict(
+        **environment(),
+        model=args.model,
+        sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, stack=args.stack),
+        rows=rows,
+    )
     stem = "small-m-tuning" if args.model == DEFAULT_MODEL else f"small-m-tuning-{args.model}"
     print("wrote", write_json(doc, args.out, stem))
 

@@ -20,21 +20,21 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from sharq import SharqConfig, decompose
-from sharq.formats.nvfp4 import nvfp4_global_scale
-from sharq.formats.registry import quantize
-from sharq.sparse.masks import apply_mask
+from fake_quant import FakeQuantLinear, sharq_activation
+from sharq import SharqConfig
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
 from sharq.eval.perplexity import corpus_tokens, perplexity
 from sharq.formats.blocks import to_blocks
 from sharq.formats.elements import decode_e2m1, round_to_e2m1_codes
 from sharq.formats.ieee import div_rn
+from sharq.formats.nvfp4 import nvfp4_global_scale
+from sharq.formats.registry import quantize_tensor
 from sharq.formats.scale_search import choose_block_scales
 from sharq.formats.scales import decode_e4m3, round_e4m3
 from sharq.models.convert import conversion_targets
+from sharq.sparse.masks import apply_mask
 
 
 def candidates(bamax: torch.Tensor, rule: str) -> list[torch.Tensor]:
@@ -74,28 +74,9 @@ def act_search(x: torch.Tensor, cfg: SharqConfig, act_rule: str) -> torch.Tensor
     xs = x.float() / s
     first = apply_mask(xs, cfg.mask_spec) if cfg.mask is not None else xs
     rule_b = "mse" if act_rule == "both-mse" else "amax"
-    b = quantize(first, "nvfp4", cfg.backbone_block, global_scale=torch.ones(()), scale_rule=rule_b).dequantize()
-    r = quantize(xs - b, "nvfp4", cfg.residual_block, global_scale=torch.ones(()), scale_rule="mse").dequantize()
+    b = quantize_tensor(first, "nvfp4", cfg.backbone_block, global_scale=torch.ones(()), scale_rule=rule_b).dequantize()
+    r = quantize_tensor(xs - b, "nvfp4", cfg.residual_block, global_scale=torch.ones(()), scale_rule="mse").dequantize()
     return (b + r) * s
-
-
-class FakeLinear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias, config: SharqConfig | None, act_rule: str = "amax") -> None:
-        super().__init__()
-        self.weight, self.bias, self.config, self.act_rule = weight, bias, config, act_rule
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = x.shape[-1]
-        x2 = x.reshape(-1, k)
-        if self.config is not None and self.act_rule != "amax":
-            x2 = act_search(x2, self.config, self.act_rule)
-        elif self.config is not None:
-            d = decompose(x2, self.config)
-            x2 = d.backbone + d.residual
-        y = x2.float() @ self.weight.T
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
 def main() -> None:
@@ -105,9 +86,12 @@ def main() -> None:
     ap.add_argument("--sw", default="1", help="comma-separated s_w multipliers searched per matrix")
     ap.add_argument("--part", default="both", choices=("both", "weights", "activations"))
     ap.add_argument("--act-rule", default="amax", choices=("amax", "res-mse", "both-mse"))
-    ap.add_argument("--act-divisors", default=None,
-                    help="comma-separated E4M3(amax/d) candidates of the activation-side search "
-                         "(default: the package's NVFP4_MSE_DIVISORS)")
+    ap.add_argument(
+        "--act-divisors",
+        default=None,
+        help="comma-separated E4M3(amax/d) candidates of the activation-side search "
+        "(default: the package's NVFP4_MSE_DIVISORS)",
+    )
     ap.add_argument("--tokens", type=int, default=4088)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--out", default=None)
@@ -131,15 +115,34 @@ def main() -> None:
             if args.part != "activations":
                 w = fake_weight(w, cfg.weight_block, rule, sw)
             b = None if lin.bias is None else lin.bias.detach().float()
-            model.set_submodule(name, FakeLinear(w, b, cfg if args.part != "weights" else None, args.act_rule))
+            if args.part == "weights":
+                act = None
+            elif args.act_rule != "amax":
+                act = lambda x, cfg=cfg: act_search(x, cfg, args.act_rule)  # noqa: E731
+            else:
+                act = sharq_activation(cfg)
+            model.set_submodule(name, FakeQuantLinear(w, b, act))
         tq = time.perf_counter() - t0
         res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
-        rows.append(dict(preset=args.preset, rule=rule, sw=sw, part=args.part, act_rule=args.act_rule,
-                         act_divisors=args.act_divisors,
-                         ppl=res.ppl, nll=res.nll,
-                         tokens=res.tokens, quantize_s=round(tq, 1)))
-        print(f"{args.preset} {rule:14s} sw={args.sw} {args.part} act={args.act_rule}: ppl {res.ppl:.3f} ({res.tokens} tok, q {tq:.1f}s)",
-              flush=True)
+        rows.append(
+            dict(
+                preset=args.preset,
+                rule=rule,
+                sw=sw,
+                part=args.part,
+                act_rule=args.act_rule,
+                act_divisors=args.act_divisors,
+                ppl=res.ppl,
+                nll=res.nll,
+                tokens=res.tokens,
+                quantize_s=round(tq, 1),
+            )
+        )
+        print(
+            f"{args.preset} {rule:14s} sw={args.sw} {args.part} act={args.act_rule}: "
+            f"ppl {res.ppl:.3f} ({res.tokens} tok, q {tq:.1f}s)",
+            flush=True,
+        )
     if args.out:
         doc = dict(model="SmolLM2-135M-Instruct (Q4_1 GGUF)", caveat=PRETRAINED_CAVEAT, rows=rows)
         Path(args.out).write_text(json.dumps(doc, indent=1))

@@ -1,8 +1,13 @@
+"""Shared test set-up. Without a GPU, Triton kernels run in Triton's CPU interpreter: the variable
+must be set before any sharq kernel module is imported (triton.jit reads it when it decorates)."""
+
 import os
 
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HYPOTHESIS_PROFILE", "ci")
 
 try:

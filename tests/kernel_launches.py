@@ -13,4 +13,5 @@ class RecordingKernel:
         def launch(*args, **kwargs):
             self.log.append(kwargs)
             return self.kernel[grid](*args, **kwargs)
+
         return launch

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,19 +12,62 @@ import sharq
 
 
 def test_public_api_names():
-    for name in ("SharqConfig", "PRESETS", "decompose", "SharqLinear", "quantize", "quantize_weight",
-                 "prepare_activation", "sqnr_db"):
-        assert hasattr(sharq, name), name
-    assert sharq.__version__
+    """__all__ is the API docs/usage.md documents, every name exists, and nothing else is exported."""
+    documented = {
+        "SharqConfig",
+        "PRESETS",
+        "Format",
+        "Granularity",
+        "Operand",
+        "Residual",
+        "WeightScale",
+        "LmHead",
+        "SharqLMHead",
+        "Backend",
+        "RuntimeOptions",
+        "set_runtime_options",
+        "quantize_",
+        "ConversionReport",
+        "save_quantized",
+        "load_quantized",
+        "load_tokenizer",
+        "CheckpointError",
+        "SharqLinear",
+        "decompose",
+        "Decomposition",
+        "prepare_activation",
+        "PreparedActivation",
+        "quantize_weight",
+        "sharq_linear",
+        "quantize_tensor",
+        "QuantizedTensor",
+        "__version__",
+    }
+    assert set(sharq.__all__) == documented
+    assert all(hasattr(sharq, name) for name in documented)
+    usage = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    assert all(name in usage for name in documented - {"__version__"}), sorted(n for n in documented if n not in usage)
+    import importlib.metadata
+
+    assert sharq.__version__ == importlib.metadata.version("sharq")
+
+
+def test_quantize_is_a_deprecated_alias_of_quantize_tensor():
+    x = torch.randn(3, 32)
+    with pytest.warns(DeprecationWarning, match="quantize_tensor"):
+        old = sharq.quantize(x, "nvfp4", 16)
+    new = sharq.quantize_tensor(x, "nvfp4", 16)
+    assert torch.equal(old.codes, new.codes) and torch.equal(old.scales, new.scales)
 
 
 def test_decompose_check_finite_raises():
-    cfg = sharq.PRESETS["sharq-nvfp4"].replace(check_finite=True)
+    cfg = sharq.PRESETS["sharq-nvfp4"]
     x = torch.randn(2, 64)
-    sharq.decompose(x, cfg)  # finite: fine
+    sharq.decompose(x, cfg, check_finite=True)  # finite: fine
     x[1, 3] = float("inf")
+    assert not bool(torch.isfinite(sharq.decompose(x, cfg).backbone).all())  # off by default: no check
     with pytest.raises(ValueError, match="NaN or Inf"):
-        sharq.decompose(x, cfg)
+        sharq.decompose(x, cfg, check_finite=True)
 
 
 def test_decompose_rejects_bad_input():

@@ -97,7 +97,7 @@ def test_resave_of_a_loaded_model_is_the_same_data(tmp_path):
     ha, ma = read_header(tmp_path / "a" / "model.safetensors")
     hb, mb = read_header(tmp_path / "b" / "model.safetensors")
     assert ha == hb and ma == mb  # same tensors, offsets and checksums (metadata order may differ)
-    data = lambda p: p.read_bytes()[8 + int.from_bytes(p.read_bytes()[:8], "little"):]  # noqa: E731
+    data = lambda p: p.read_bytes()[8 + int.from_bytes(p.read_bytes()[:8], "little") :]  # noqa: E731
     assert data(tmp_path / "a" / "model.safetensors") == data(tmp_path / "b" / "model.safetensors")
 
 
@@ -117,7 +117,9 @@ def test_load_dtype_device_and_backend(tmp_path):
     assert f32.model.embed_tokens.weight.dtype == torch.float32
     q = f32.model.layers[0].self_attn.q_proj
     ref = model.model.layers[0].self_attn.q_proj
-    assert q.config.backend.value == "reference"
+    assert q.options.backend.value == "reference"
+    assert "backend" not in f32.sharq_checkpoint.config.to_dict()  # runtime options are never recorded
+    assert sharq.load_quantized(tmp_path / "ckpt").model.layers[0].self_attn.q_proj.options == sharq.RuntimeOptions()
     assert q.weight_codes.dtype == torch.uint8 and torch.equal(q.weight_codes, ref.weight_codes)  # never cast
     assert torch.equal(q.weight_global_scale, ref.weight_global_scale)
     assert torch.equal(q.dequantized_weight(), ref.dequantized_weight())
@@ -135,10 +137,13 @@ def _expected_bits(model, block):
     return (4 * weights + 8 * weights / block + 32 * len(mats)) / weights
 
 
-@pytest.mark.parametrize("preset, block, low, high", [
-    ("sharq-nvfp4", 32, 4.25, 4.26),       # NVFP4-32: E4M3 per 32 + FP32 s_w per matrix
-    ("sharq-nvfp4-w16", 16, 4.5, 4.51),    # NVFP4-16
-])
+@pytest.mark.parametrize(
+    "preset, block, low, high",
+    [
+        ("sharq-nvfp4", 32, 4.25, 4.26),  # NVFP4-32: E4M3 per 32 + FP32 s_w per matrix
+        ("sharq-nvfp4-w16", 16, 4.5, 4.51),  # NVFP4-16
+    ],
+)
 def test_bits_per_weight_on_disk(tmp_path, preset, block, low, high):
     model = _quantized("llama", preset)
     saved = sharq.save_quantized(model, tmp_path / "ckpt")
@@ -146,8 +151,11 @@ def test_bits_per_weight_on_disk(tmp_path, preset, block, low, high):
     header, _ = read_header(path)
     quantized = [n for n, m in model.named_modules() if isinstance(m, SharqLinear)]
     # bytes of the packed-weight tensors as the file lays them out
-    weight_bytes = sum(info.nbytes for name, info in header.items()
-                       if name.rpartition(".")[0] in quantized and not name.endswith(".bias"))
+    weight_bytes = sum(
+        info.nbytes
+        for name, info in header.items()
+        if name.rpartition(".")[0] in quantized and not name.endswith(".bias")
+    )
     n_weights = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, SharqLinear))
     bits = 8 * weight_bytes / n_weights
     assert bits == pytest.approx(_expected_bits(model, block), rel=1e-12)
@@ -205,8 +213,12 @@ class _Allocations(TorchDispatchMode):
         flat = [*args, *(kwargs or {}).values()]
         inputs = {t.untyped_storage().data_ptr() for t in flat if isinstance(t, torch.Tensor) and not t.is_meta}
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if (isinstance(t, torch.Tensor) and not t.is_meta and t.is_floating_point()
-                    and t.untyped_storage().data_ptr() not in inputs):
+            if (
+                isinstance(t, torch.Tensor)
+                and not t.is_meta
+                and t.is_floating_point()
+                and t.untyped_storage().data_ptr() not in inputs
+            ):
                 self.largest = max(self.largest, t.numel())
         return out
 

@@ -169,8 +169,13 @@ def test_model_of_another_size(ckpt):
     config["intermediate_size"] = 512
     (ckpt / "config.json").write_text(json.dumps(config))
     # config.json lists the modules sorted: down_proj is the first one that differs
-    _refused(ckpt, "config.json", "quantization_config.modules['model.layers.0.mlp.down_proj'] records shape",
-             "[128, 256]", "[128, 512]")
+    _refused(
+        ckpt,
+        "config.json",
+        "quantization_config.modules['model.layers.0.mlp.down_proj'] records shape",
+        "[128, 256]",
+        "[128, 512]",
+    )
 
 
 def test_model_with_fewer_layers(ckpt):

@@ -17,8 +17,12 @@ def test_packaged_smollm2_round_trip(tmp_path):
     from sharq.eval import load_model
 
     out = tmp_path / "smollm2-sharq"
-    done = subprocess.run([sys.executable, "-m", "sharq", "quantize", "--out", str(out), "--device", "cpu", "--json"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "sharq", "quantize", "--out", str(out), "--device", "cpu", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["preset"] == "sharq-nvfp4" and doc["quantized_modules"] == 210

@@ -11,7 +11,7 @@ import torch
 
 import sharq
 from sharq.cli import main
-from sharq.generation import generate_text
+from sharq.runtime.generation import generate_text
 
 from .tiny_models import tiny_folder, tiny_model, tiny_tokenizer
 
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _sharq(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "sharq", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sharq", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,6 @@ def test_errors_are_one_line_with_exit_codes(checkpoint, folder, tmp_path):
     assert done.returncode == 1 and "not empty" in done.stderr and done.stderr.count("\n") == 1
 
 
-
 def test_a_folder_without_tokenizer_quantizes_and_generates_with_tokenizer_path(tmp_path):
     """config.json + model.safetensors only (save_pretrained alone): quantize needs no tokenizer;
     generate says in one line that there is none and takes one from --tokenizer."""
@@ -115,8 +115,10 @@ def test_a_folder_without_tokenizer_quantizes_and_generates_with_tokenizer_path(
 
     done = _sharq("generate", out, "--max-new-tokens", 2)
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == (f"sharq generate: error: {out} has no tokenizer (no tokenizer.json or tokenizer_config.json); "
-                           "give one with --tokenizer PATH, e.g. the original model's folder\n")
+    assert done.stderr == (
+        f"sharq generate: error: {out} has no tokenizer (no tokenizer.json or tokenizer_config.json); "
+        "give one with --tokenizer PATH, e.g. the original model's folder\n"
+    )
 
     words = tmp_path / "tokenizer"
     tiny_tokenizer().save_pretrained(words)
@@ -150,8 +152,10 @@ def test_bench_model_and_generate_in_process(checkpoint, capsys):
     assert doc["what"] == "model" and doc["preset"] == "sharq-nvfp4" and "float" not in doc
     assert doc["sharq"]["prefill_ms"] > 0 and doc["sharq"]["decode_tokens_per_s"] > 0
     assert doc["decode"] == "eager" == doc["sharq"]["decode"]  # auto on the CPU
-    assert main(["bench", str(out), "--tokens", "8", "--new-tokens", "3", "--repeat", "1", "--json",
-                 "--decode", "graph"]) == 0  # StaticDecoder, its step uncaptured on the CPU
+    assert (
+        main(["bench", str(out), "--tokens", "8", "--new-tokens", "3", "--repeat", "1", "--json", "--decode", "graph"])
+        == 0
+    )  # StaticDecoder, its step uncaptured on the CPU
     doc = json.loads(capsys.readouterr().out)
     assert doc["decode"] == "graph" and doc["sharq"]["decode_ms_per_token"] > 0
     assert main(["generate", str(out), "--prompt", "abc", "--max-new-tokens", "3", "--sample", "--seed", "1"]) == 0
@@ -173,9 +177,12 @@ def test_usage_errors_in_process(checkpoint, folder, tmp_path, capsys):
     out, _ = checkpoint
     assert main(["generate", str(out), "--preset", "sharq-hif4"]) == 2  # a checkpoint is quantized already
     assert "already quantized" in capsys.readouterr().err
-    for argv in (["quantize", str(folder), "--preset", "fp3", "--out", str(tmp_path / "x")],
-                 ["quantize", str(folder)],  # --out is required
-                 ["bench", "--shape", "1,2"], ["generate", "--max-new-tokens", "0"]):
+    for argv in (
+        ["quantize", str(folder), "--preset", "fp3", "--out", str(tmp_path / "x")],
+        ["quantize", str(folder)],  # --out is required
+        ["bench", "--shape", "1,2"],
+        ["generate", "--max-new-tokens", "0"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2, argv

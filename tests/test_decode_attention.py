@@ -1,4 +1,4 @@
-"""`sharq.decode_attention`: one-token grouped-query SDPA without per-head K/V copies.
+"""`sharq.runtime.decode_attention`: one-token grouped-query SDPA without per-head K/V copies.
 
 The stacked call must give what transformers' own path (repeat_kv + SDPA) gives, hand every other
 call to transformers unchanged, and `decode_attention` must switch only "sdpa" configs and restore
@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward  # noqa: E402
 
-from sharq.decode_attention import DECODE_SDPA, decode_attention, decode_sdpa_attention  # noqa: E402
+from sharq.runtime.decode_attention import DECODE_SDPA, decode_attention, decode_sdpa_attention  # noqa: E402
 
 from .tiny_models import tiny_model  # noqa: E402
 
@@ -41,21 +41,29 @@ def test_stacked_heads_equal_repeated_kv(heads, kv_heads, mask_kind):
     batch, kv_len, dim = 3, 11, 16
     q, k, v = _qkv(batch, heads, kv_heads, 1, kv_len, dim)
     lengths = torch.tensor([11, 4, 7])  # a different number of visible slots per sequence
-    visible = (torch.arange(kv_len).view(1, 1, 1, -1) < lengths.view(-1, 1, 1, 1))  # (B, 1, 1, S)
-    mask = {"bool": visible, "none": None,
-            "additive": torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)}[mask_kind]
+    visible = torch.arange(kv_len).view(1, 1, 1, -1) < lengths.view(-1, 1, 1, 1)  # (B, 1, 1, S)
+    mask = {
+        "bool": visible,
+        "none": None,
+        "additive": torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min),
+    }[mask_kind]
     layer = _Layer(heads // kv_heads)
     out, weights = decode_sdpa_attention(layer, q, k, v, mask, scaling=0.25)
     assert weights is None and out.shape == (batch, 1, heads, dim)
     # transformers' path with a mask: every K/V head repeated for its query heads
-    expected = F.scaled_dot_product_attention(q, repeat_kv(k, layer.num_key_value_groups),
-                                              repeat_kv(v, layer.num_key_value_groups), attn_mask=mask, scale=0.25)
+    expected = F.scaled_dot_product_attention(
+        q,
+        repeat_kv(k, layer.num_key_value_groups),
+        repeat_kv(v, layer.num_key_value_groups),
+        attn_mask=mask,
+        scale=0.25,
+    )
     torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-6, atol=1e-6)
     # query head h reads K/V head h // groups: a head that sees only zeros in V gives zeros
     v0 = v.clone()
     v0[:, 0] = 0
     out0, _ = decode_sdpa_attention(layer, q, k, v0, mask, scaling=0.25)
-    assert torch.all(out0[:, 0, : heads // kv_heads] == 0) and torch.all(out0[:, 0, heads // kv_heads:] != 0)
+    assert torch.all(out0[:, 0, : heads // kv_heads] == 0) and torch.all(out0[:, 0, heads // kv_heads :] != 0)
 
 
 def test_other_calls_go_to_transformers_unchanged():

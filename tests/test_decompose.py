@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import sharq
-from sharq import PRESETS, SharqConfig, decompose, prepare_activation, sqnr_db
+from sharq import PRESETS, SharqConfig, decompose, prepare_activation
 from sharq.formats import quantize_nvfp4, unpack_nibbles
+from sharq.metrics import sqnr_db
 from sharq.sparse.masks import apply_mask, nm_mask
 
 ONE = torch.ones((), dtype=torch.float32)
@@ -325,9 +326,9 @@ def test_other_format_variants(preset, plain, mask, bb_block, res_block):
         assert p.backbone.block == bb_block and p.residual.block == res_block
         assert p.backbone.global_scale is None and p.residual.global_scale is None
         # backbone = format-quantized masked x; residual = format-quantized x - deq(B)
-        assert_same_qt(p.backbone, sharq.quantize(apply_mask(x, mask), cfg.format, bb_block))
+        assert_same_qt(p.backbone, sharq.quantize_tensor(apply_mask(x, mask), cfg.format, bb_block))
         r = x - p.backbone.dequantize()
-        assert_same_qt(p.residual, sharq.quantize(r, cfg.format, res_block))
+        assert_same_qt(p.residual, sharq.quantize_tensor(r, cfg.format, res_block))
         assert bool((p.backbone.dequantize()[~nm_mask(x, mask)] == 0).all())
         d = decompose(x, cfg)
         assert d.backbone.shape == x.shape and d.residual.shape == x.shape

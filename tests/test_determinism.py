@@ -13,16 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
-
 from sharq import PRESETS, SharqLinear, prepare_activation, quantize_weight  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cfg(preset: str, backend: str, granularity: str):
-    cfg = PRESETS[preset].replace(backend=backend)
+def _cfg(preset: str, granularity: str):
+    cfg = PRESETS[preset]
     return cfg.replace(granularity=granularity) if cfg.has_global_scale else cfg
 
 
@@ -49,7 +47,7 @@ def _digest(t: torch.Tensor) -> str:
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4", "sharq-hif4", "nvfp4", "dense-dense"])
 def test_reference_repeats_bit_for_bit(preset, granularity):
     """Two layers from one float layer hold identical bytes; three calls give identical outputs."""
-    cfg = _cfg(preset, "reference", granularity)
+    cfg = _cfg(preset, granularity)
     lin = _linear(96, 40)
     a, b = SharqLinear.from_float(lin, cfg), SharqLinear.from_float(lin, cfg)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
@@ -67,14 +65,14 @@ sys.path.insert(0, {tests!r})
 from test_determinism import _cfg, _linear, _x, _digest
 from sharq import SharqLinear
 torch.set_num_threads({threads})
-layer = SharqLinear.from_float(_linear(256, 64), _cfg("sharq-nvfp4", "reference", "token"))
+layer = SharqLinear.from_float(_linear(256, 64), _cfg("sharq-nvfp4", "token"))
 print(_digest(layer(_x(33, 256))))
 """
 
 
 def test_reference_repeats_across_processes():
     """A second Python process (two threads, where this one uses one) computes the same bytes."""
-    layer = SharqLinear.from_float(_linear(256, 64), _cfg("sharq-nvfp4", "reference", "token"))
+    layer = SharqLinear.from_float(_linear(256, 64), _cfg("sharq-nvfp4", "token"))
     here = _digest(layer(_x(33, 256)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     code = _CHILD.format(tests=str(ROOT / "tests"), threads=2)
@@ -87,8 +85,8 @@ def test_reference_repeats_across_processes():
 @pytest.mark.parametrize("preset,granularity", [("sharq-nvfp4", "token"), ("sharq-mxfp4", "tensor")])
 def test_triton_repeats_bit_for_bit(preset, granularity, m):
     pytest.importorskip("triton")
-    cfg = _cfg(preset, "triton", granularity)
-    layer = SharqLinear.from_float(_linear(96, 24), cfg)
+    cfg = _cfg(preset, granularity)
+    layer = SharqLinear.from_float(_linear(96, 24), cfg, options=RuntimeOptions(backend="triton"))
     x = _x(m, 96)
     first = layer(x)
     assert torch.equal(layer(x.clone()), first)  # (an interpreted M = 1 call takes ~3 s: two calls)
@@ -97,18 +95,19 @@ def test_triton_repeats_bit_for_bit(preset, granularity, m):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["triton", "reference"])
-@pytest.mark.parametrize("preset,granularity", [("sharq-nvfp4", "token"), ("sharq-nvfp4", "tensor"),
-                                                ("sharq-mxfp4", "tensor")])
+@pytest.mark.parametrize(
+    "preset,granularity", [("sharq-nvfp4", "token"), ("sharq-nvfp4", "tensor"), ("sharq-mxfp4", "tensor")]
+)
 def test_cuda_repeats_bit_for_bit(preset, granularity, backend):
     """K = N = 4096 on CUDA, M in {1, 16, 300}: five calls, one output; quantizing the weight
     twice gives the same bytes."""
     k = n = 4096
-    cfg = _cfg(preset, backend, granularity)
+    cfg = _cfg(preset, granularity)
     lin = _linear(k, n).cuda()
     a = quantize_weight(lin.weight, cfg)
     b = quantize_weight(lin.weight, cfg)
     assert all(torch.equal(a.storage()[key], b.storage()[key]) for key in a.storage())
-    layer = SharqLinear.from_float(lin, cfg)
+    layer = SharqLinear.from_float(lin, cfg, options=RuntimeOptions(backend=backend))
     for m in (1, 16, 300):
         x = _x(m, k, seed=m, device="cuda")
         first = layer(x)

@@ -30,9 +30,29 @@ def e2e():
 
 
 def test_e2e_smoke_writes_the_schema(e2e, tmp_path):
-    path = e2e.main(["--model", "tiny", "--out", str(tmp_path), "--device", "cpu", "--context", "8",
-                     "--new-tokens", "2", "--decode-steps", "2", "--reps", "1", "--profile", "--profile-tokens", "16",
-                     "--scenarios", "decode_b1,serving_mix,weight_bytes,peak_bytes"])
+    path = e2e.main(
+        [
+            "--model",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--context",
+            "8",
+            "--new-tokens",
+            "2",
+            "--decode-steps",
+            "2",
+            "--reps",
+            "1",
+            "--profile",
+            "--profile-tokens",
+            "16",
+            "--scenarios",
+            "decode_b1,serving_mix,weight_bytes,peak_bytes",
+        ]
+    )
     assert path.name == "e2e-tiny-cpu-smoke.json"
     doc = json.loads(path.read_text())
     assert {"gpu", "torch", "model", "rows"} <= doc.keys() and doc["model"] == "tiny" and doc["gpu"] == "cpu"
@@ -62,6 +82,48 @@ def test_e2e_smoke_writes_the_schema(e2e, tmp_path):
     assert profile["providers"]["bf16"]["by_category"]["gemm"] > 0
 
 
+def test_e2e_moe_smoke_runs_both_providers_and_records_the_experts_plan(e2e, tmp_path):
+    """A Qwen3-MoE-shaped model: sharq and bf16 by default (no fp8 baseline for experts), decode at
+    batch 1 and 8 through the StaticDecoder, the experts counted as quantized layers, and the plan of
+    each decode batch in the JSON (on the CPU: the reference backend, host routing)."""
+    path = e2e.main(
+        [
+            "--model",
+            "tiny-moe",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--context",
+            "4",
+            "--new-tokens",
+            "2",
+            "--decode-steps",
+            "1",
+            "--reps",
+            "1",
+            "--layers",
+            "1",
+            "--scenarios",
+            "decode_b1,decode_b8,weight_bytes",
+        ]
+    )
+    assert path.name == "e2e-tiny-moe-cpu-smoke.json"
+    doc = json.loads(path.read_text())
+    assert "errors" not in doc and doc["settings"]["layers"] == 1
+    rows = {(r["scenario"], r["provider"]): r for r in doc["rows"]}
+    assert {p for _, p in rows} == {"sharq", "bf16"}
+    for provider in ("sharq", "bf16"):
+        for scenario in ("decode_b1", "decode_b8"):
+            row = rows[(scenario, provider)]
+            assert row["value"] > 0 and "error" not in row and "note" not in row, row
+    linear = {p: rows[("weight_bytes_linear", p)]["value"] for p in ("bf16", "sharq")}
+    assert 3.7 < linear["bf16"] / linear["sharq"] < 16 / 4.25 + 1e-9  # the experts are in: 4.25 bits a weight
+    plans = doc["providers"]["sharq"]["experts_plans"]
+    assert set(plans) == {"decode_b1", "decode_b8", "prefill_1024"}
+    assert all("host routing" in p and "reference backend" in p for p in plans.values())
+
+
 def test_e2e_arguments_are_checked(e2e):
     with pytest.raises(SystemExit):
         e2e.parse_args(["--providers", "bf16,int8"])
@@ -70,6 +132,11 @@ def test_e2e_arguments_are_checked(e2e):
     with pytest.raises(SystemExit):
         e2e.parse_args(["--new-tokens", "1"])
     assert sorted(e2e.parse_args([]).providers) == ["bf16", "fp8", "sharq"]
+    assert e2e.parse_args(["--model", "qwen3-30b-a3b"]).providers == ["sharq", "bf16"]
+    assert e2e.parse_args(["--model", "qwen3-30b-a3b", "--providers", "fp8"]).providers == ["fp8"]
+    assert e2e.parse_args(["--layers", "4"]).layers == 4
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--layers", "0"])
 
 
 def test_model_configs_have_the_real_hyperparameters():
@@ -79,17 +146,42 @@ def test_model_configs_have_the_real_hyperparameters():
     finally:
         sys.path.remove(str(BENCH))
     llama, qwen = model_config("llama-3.1-8b"), model_config("qwen2.5-7b")
-    assert (llama.hidden_size, llama.num_hidden_layers, llama.num_attention_heads, llama.num_key_value_heads,
-            llama.intermediate_size, llama.vocab_size) == (4096, 32, 32, 8, 14336, 128256)
+    assert (
+        llama.hidden_size,
+        llama.num_hidden_layers,
+        llama.num_attention_heads,
+        llama.num_key_value_heads,
+        llama.intermediate_size,
+        llama.vocab_size,
+    ) == (4096, 32, 32, 8, 14336, 128256)
     assert llama.rope_parameters["rope_type"] == "llama3" and llama.rope_parameters["rope_theta"] == 500000.0
-    assert (qwen.hidden_size, qwen.num_hidden_layers, qwen.num_attention_heads, qwen.num_key_value_heads,
-            qwen.intermediate_size, qwen.vocab_size) == (3584, 28, 28, 4, 18944, 152064)
+    assert (
+        qwen.hidden_size,
+        qwen.num_hidden_layers,
+        qwen.num_attention_heads,
+        qwen.num_key_value_heads,
+        qwen.intermediate_size,
+        qwen.vocab_size,
+    ) == (3584, 28, 28, 4, 18944, 152064)
     assert set(qwen.layer_types) == {"full_attention"}
     # parameter counts of the real models (8.03 B and 7.62 B), computed from the configs
     import torch
     from transformers import AutoModelForCausalLM
 
-    for config, billions in ((llama, 8.03), (qwen, 7.62)):
+    moe = model_config("qwen3-30b-a3b")
+    assert (
+        moe.hidden_size,
+        moe.num_hidden_layers,
+        moe.num_attention_heads,
+        moe.num_key_value_heads,
+        moe.head_dim,
+        moe.num_experts,
+        moe.num_experts_per_tok,
+        moe.moe_intermediate_size,
+        moe.vocab_size,
+    ) == (2048, 48, 32, 4, 128, 128, 8, 768, 151936)
+    assert model_config("qwen3-30b-a3b", layers=3).num_hidden_layers == 3
+    for config, billions in ((llama, 8.03), (qwen, 7.62), (moe, 30.53)):
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
         assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)
@@ -103,15 +195,27 @@ def test_benchmark_layer_shapes_match_the_model_configs(e2e):
 
     def layers(hidden, heads, kv_heads, head_dim, mlp):
         attn = heads * head_dim
-        return {"qkv": (attn + 2 * kv_heads * head_dim, hidden), "o": (hidden, attn), "gate_up": (2 * mlp, hidden),
-                "down": (hidden, mlp)}
+        return {
+            "qkv": (attn + 2 * kv_heads * head_dim, hidden),
+            "o": (hidden, attn),
+            "gate_up": (2 * mlp, hidden),
+            "down": (hidden, mlp),
+        }
 
     for name in ("llama-3.1-8b", "qwen2.5-7b"):
         c = e2e_models.MODELS[name]
         head_dim = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
-        assert MODEL_LAYERS[name] == layers(c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"],
-                                            head_dim, c["intermediate_size"])
+        assert MODEL_LAYERS[name] == layers(
+            c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], head_dim, c["intermediate_size"]
+        )
     assert MODEL_LAYERS["smollm2-135m"] == layers(576, 9, 3, 64, 1536)
-    qwen3 = layers(2048, 32, 4, 128, 768)
-    assert MODEL_LAYERS["qwen3-30b-a3b"] == {"qkv": qwen3["qkv"], "o": qwen3["o"], "expert_gate_up": qwen3["gate_up"],
-                                             "expert_down": qwen3["down"]}
+    c = e2e_models.MODELS["qwen3-30b-a3b"]
+    qwen3 = layers(
+        c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], c["moe_intermediate_size"]
+    )
+    assert MODEL_LAYERS["qwen3-30b-a3b"] == {
+        "qkv": qwen3["qkv"],
+        "o": qwen3["o"],
+        "expert_gate_up": qwen3["gate_up"],
+        "expert_down": qwen3["down"],
+    }

@@ -17,7 +17,7 @@ import sharq  # noqa: E402
 from sharq.baselines import fp8_quantize_, quantize_rows_e4m3  # noqa: E402
 from sharq.baselines.fp8 import fused_quantization, quantize_activation  # noqa: E402
 from sharq.nn.fused_norm import FusedRMSNormPrep  # noqa: E402
-from sharq.static_decode import StaticDecoder  # noqa: E402
+from sharq.runtime import StaticDecoder  # noqa: E402
 
 from .tiny_models import VOCAB, tiny_model  # noqa: E402
 
@@ -25,7 +25,7 @@ from .tiny_models import VOCAB, tiny_model  # noqa: E402
 def _model(kind: str, provider: str):
     model = tiny_model(kind).cuda()
     if provider == "sharq":
-        sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"].replace(backend="triton"))
+        sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"], backend="triton")
     elif provider == "fp8":
         fp8_quantize_(model)
     return model
@@ -71,8 +71,15 @@ def test_compiled_graph_decode_is_close_to_eager_steps(provider):
 def test_static_decoder_matches_transformers_static_generate_on_cuda():
     model = _model("llama", "sharq")
     ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(0)).cuda()
-    expected = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
-                              cache_implementation="static", disable_compile=True)
+    expected = model.generate(
+        ids,
+        max_new_tokens=8,
+        min_new_tokens=8,
+        do_sample=False,
+        pad_token_id=0,
+        cache_implementation="static",
+        disable_compile=True,
+    )
     assert torch.equal(StaticDecoder(model, 2, 15, graph=True).generate(ids, 8), expected)
 
 

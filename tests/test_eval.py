@@ -38,9 +38,17 @@ def tiny_llama(seed: int = 0, dtype=torch.float32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, head_dim=32, vocab_size=49152, max_position_embeddings=512,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        vocab_size=49152,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
@@ -51,8 +59,14 @@ def test_packaged_data_is_complete():
     pairs = data.lambada_pairs()
     assert len(pairs) == 5153 and all(c and t.startswith(" ") and " " not in t[1:] for c, t in pairs[:200])
     sizes = {t: len(data.task_split(t)) for t in data.TASK_SPLITS}
-    assert sizes == {"arc_easy": 570, "arc_challenge": 299, "hellaswag": 10042, "piqa": 1838,
-                     "winogrande": 1267, "boolq": 3270}
+    assert sizes == {
+        "arc_easy": 570,
+        "arc_challenge": 299,
+        "hellaswag": 10042,
+        "piqa": 1838,
+        "winogrande": 1267,
+        "boolq": 3270,
+    }
 
 
 def test_missing_package_is_a_clear_error():
@@ -66,10 +80,10 @@ def test_missing_package_is_a_clear_error():
 
 # --- scoring --------------------------------------------------------------------------------------
 def test_encode_pairs_moves_trailing_space_and_prefixes_empty_context(tokenizer):
-    (ctx, cont), = encode_pairs(tokenizer, [("The cat sat on the ", "mat")])
+    ((ctx, cont),) = encode_pairs(tokenizer, [("The cat sat on the ", "mat")])
     assert tokenizer.decode(ctx) == "The cat sat on the"
     assert tokenizer.decode(cont) == " mat"
-    (ctx, cont), = encode_pairs(tokenizer, [("", "Hello")])
+    ((ctx, cont),) = encode_pairs(tokenizer, [("", "Hello")])
     assert ctx == [tokenizer.bos_token_id] and tokenizer.decode(cont) == "Hello"
 
 
@@ -85,15 +99,20 @@ def test_batches_cover_every_index_once_within_budget():
 
 def test_score_pairs_matches_unpadded_single_sequences(tokenizer):
     model = tiny_llama()
-    pairs = [("Question: what is 2+2?\nAnswer:", " four"), ("A", " b c d e"), ("The sky is", " blue"),
-             ("The sky is", " green"), ("Long context " * 20, " end")]
+    pairs = [
+        ("Question: what is 2+2?\nAnswer:", " four"),
+        ("A", " b c d e"),
+        ("The sky is", " blue"),
+        ("The sky is", " green"),
+        ("Long context " * 20, " end"),
+    ]
     encoded = encode_pairs(tokenizer, pairs)
     got = score_pairs(model, encoded, max_batch_tokens=4096)
     for (ctx, cont), (lp, greedy) in zip(encoded, got):
         ids = torch.tensor([ctx + cont])
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-        rows = logp[len(ctx) - 1:]
+        rows = logp[len(ctx) - 1 :]
         want = rows.gather(-1, torch.tensor(cont)[:, None]).sum().item()
         assert lp == pytest.approx(want, abs=1e-3)
         assert greedy == bool((rows.argmax(-1) == torch.tensor(cont)).all())
@@ -111,7 +130,7 @@ def test_perplexity_windows_score_every_token_once(tokenizer):
     assert res.tokens == 200 and res.windows == math.ceil(200 / 63) and res.corpus_tokens == len(tokens)
     nll = 0.0
     for start in range(0, 200, 63):
-        window = tokens[start:min(start + 63, 200)]
+        window = tokens[start : min(start + 63, 200)]
         ids = torch.tensor([[tokenizer.bos_token_id] + window[:-1]])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0].float()
@@ -143,7 +162,7 @@ def test_task_prompts(tokenizer):
 def test_run_tasks_end_to_end_on_a_tiny_model(tokenizer):
     res = run_tasks(tiny_llama(), tokenizer, TASKS, limit=3, max_length=256, progress=False)
     assert set(res) == set(TASKS)
-    for task, entry in res.items():
+    for entry in res.values():
         assert entry["n"] == 3 and 0.0 <= entry["acc"] <= 1.0
     assert res["lambada"]["perplexity"] > 1.0 and "acc_norm" in res["hellaswag"]
 
@@ -155,10 +174,18 @@ def _doc(values):
 
 
 def test_gap_recovery_formula_and_report(tmp_path):
-    doc = _doc({("bf16", "tensor", "piqa"): 0.70, ("nvfp4", "tensor", "piqa"): 0.60,
-                ("sharq-nvfp4", "tensor", "piqa"): 0.65, ("bf16", "tensor", "ppl_wiki"): 10.0,
-                ("nvfp4", "tensor", "ppl_wiki"): 20.0, ("sharq-nvfp4", "tensor", "ppl_wiki"): 12.0,
-                ("nvfp4", "token", "piqa"): 0.62, ("sharq-nvfp4", "token", "piqa"): 0.68})
+    doc = _doc(
+        {
+            ("bf16", "tensor", "piqa"): 0.70,
+            ("nvfp4", "tensor", "piqa"): 0.60,
+            ("sharq-nvfp4", "tensor", "piqa"): 0.65,
+            ("bf16", "tensor", "ppl_wiki"): 10.0,
+            ("nvfp4", "tensor", "ppl_wiki"): 20.0,
+            ("sharq-nvfp4", "tensor", "ppl_wiki"): 12.0,
+            ("nvfp4", "token", "piqa"): 0.62,
+            ("sharq-nvfp4", "token", "piqa"): 0.68,
+        }
+    )
     gaps = gap_recovery(doc)
     assert gaps[("sharq-nvfp4", "tensor")]["piqa"] == pytest.approx(0.5)
     assert gaps[("sharq-nvfp4", "tensor")]["ppl_wiki"] == pytest.approx(0.8)
@@ -172,10 +199,16 @@ def test_gap_recovery_formula_and_report(tmp_path):
 
 def test_merge_docs_replaces_runs_and_refuses_other_settings():
     settings = {"model": "m", "seq_len": 64, "limit": None}
-    a = {**_doc({("bf16", "tensor", "piqa"): 0.7, ("nvfp4", "tensor", "piqa"): 0.6}), "settings": settings,
-         "run_seconds": {"bf16/tensor": 1.0}}
-    b = {**_doc({("nvfp4", "tensor", "piqa"): 0.5, ("sharq-nvfp4", "token", "piqa"): 0.65}), "settings": settings,
-         "run_seconds": {"nvfp4/tensor": 2.0}}
+    a = {
+        **_doc({("bf16", "tensor", "piqa"): 0.7, ("nvfp4", "tensor", "piqa"): 0.6}),
+        "settings": settings,
+        "run_seconds": {"bf16/tensor": 1.0},
+    }
+    b = {
+        **_doc({("nvfp4", "tensor", "piqa"): 0.5, ("sharq-nvfp4", "token", "piqa"): 0.65}),
+        "settings": settings,
+        "run_seconds": {"nvfp4/tensor": 2.0},
+    }
     for row in b["rows"]:
         row["backend"] = "triton"
     merged = merge_docs(a, b)
@@ -190,8 +223,13 @@ def test_merge_docs_replaces_runs_and_refuses_other_settings():
 
 def test_plan_runs_token_only_where_there_is_a_global_scale():
     runs = runner.plan_runs(["bf16", "nvfp4", "sharq-mxfp4", "sharq-hif4"], ["tensor", "token"])
-    assert runs == [("bf16", "tensor"), ("nvfp4", "tensor"), ("nvfp4", "token"), ("sharq-mxfp4", "tensor"),
-                    ("sharq-hif4", "tensor")]
+    assert runs == [
+        ("bf16", "tensor"),
+        ("nvfp4", "tensor"),
+        ("nvfp4", "token"),
+        ("sharq-mxfp4", "tensor"),
+        ("sharq-hif4", "tensor"),
+    ]
     with pytest.raises(ValueError, match="unknown preset"):
         runner.plan_runs(["fp3"], ["tensor"])
 
@@ -204,9 +242,15 @@ def test_evaluate_writes_json_markdown_png_and_resumes(tokenizer, tmp_path, monk
         return tiny_llama(dtype=dtype), tokenizer
 
     monkeypatch.setattr(runner, "load_model", fake_load)
-    settings = runner.EvalSettings(presets=("bf16", "nvfp4", "sharq-nvfp4"), granularities=("tensor",),
-                                   tasks=("arc_easy", "lambada"), limit=2, ppl_tokens=120, seq_len=64,
-                                   device="cpu")
+    settings = runner.EvalSettings(
+        presets=("bf16", "nvfp4", "sharq-nvfp4"),
+        granularities=("tensor",),
+        tasks=("arc_easy", "lambada"),
+        limit=2,
+        ppl_tokens=120,
+        seq_len=64,
+        device="cpu",
+    )
     doc = runner.evaluate(settings, out_dir=tmp_path, name="acc", progress=False, log=lambda s: None)
     saved = json.loads((tmp_path / "acc.json").read_text())
     assert saved["rows"] == doc["rows"] and (tmp_path / "acc.md").exists() and (tmp_path / "acc.png").exists()
@@ -224,6 +268,36 @@ def test_evaluate_writes_json_markdown_png_and_resumes(tokenizer, tmp_path, monk
     assert doc2["rows"] == doc["rows"]
 
 
+def test_evaluate_with_the_quantized_lm_head(tokenizer, tmp_path, monkeypatch):
+    """`EvalSettings.lm_head` reaches every quantizing preset (bf16 keeps its own lm_head), is recorded
+    on every row, and a resume or a merge with another lm_head is refused."""
+    monkeypatch.setattr(
+        runner, "load_model", lambda source, dtype=None, device=None: (tiny_llama(dtype=dtype), tokenizer)
+    )
+    monkeypatch.setattr(runner, "wiki_texts", lambda: ["The cat sat on the mat and looked at the dog. " * 4])
+    monkeypatch.setattr(runner, "lambada_pairs", lambda: [("It was a dark and stormy", " night")] * 3)
+    docs = {}
+    for head in ("model-dtype", "nvfp4-w16"):
+        settings = runner.EvalSettings(
+            presets=("bf16", "sharq-nvfp4"),
+            granularities=("tensor",),
+            tasks=(),
+            ppl_tokens=40,
+            seq_len=32,
+            device="cpu",
+            lm_head=head,
+        )
+        docs[head] = runner.evaluate(settings, out_dir=tmp_path, name=head, progress=False, log=lambda s: None)
+    value = {h: {(r["preset"], r["metric"]): (r["value"], r["lm_head"]) for r in d["rows"]} for h, d in docs.items()}
+    assert value["nvfp4-w16"][("bf16", "ppl_wiki")] == value["model-dtype"][("bf16", "ppl_wiki")]
+    assert value["nvfp4-w16"][("sharq-nvfp4", "ppl_wiki")][1] == "nvfp4-w16"
+    assert value["nvfp4-w16"][("sharq-nvfp4", "ppl_wiki")][0] != value["model-dtype"][("sharq-nvfp4", "ppl_wiki")][0]
+    with pytest.raises(ValueError, match="another lm_head"):
+        runner.evaluate(settings, out_dir=tmp_path, name="model-dtype", resume=True, progress=False, log=lambda s: None)
+    with pytest.raises(ValueError, match="different lm_head"):
+        merge_docs(docs["model-dtype"], docs["nvfp4-w16"])
+
+
 # --- inspect --------------------------------------------------------------------------------------
 def test_inspect_layers_reports_every_converted_linear():
     from sharq import SharqConfig
@@ -233,7 +307,14 @@ def test_inspect_layers_reports_every_converted_linear():
     ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(0))
     reports = inspect_layers(model, ids, SharqConfig.from_preset("sharq-nvfp4"))
     assert [r.name.rsplit(".", 1)[-1] for r in reports[:7]] == [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
     assert len(reports) == 14 and all(r.tokens == 32 for r in reports)
     for r in reports:
         assert 5.0 < r.act_sqnr_db < 80.0 and 5.0 < r.weight_sqnr_db < 40.0 and math.isfinite(r.out_sqnr_db)

@@ -14,17 +14,26 @@ pytest.importorskip("transformers")
 
 import sharq  # noqa: E402
 from sharq.baselines import fp8_quantize_  # noqa: E402
-from sharq.generation import DECODE_MODES, generate_text, resolve_decode  # noqa: E402
-from sharq.static_decode import StaticDecoder  # noqa: E402
+from sharq.runtime import StaticDecoder  # noqa: E402
+from sharq.runtime.generation import DECODE_MODES, generate_text, resolve_decode  # noqa: E402
 
 from .tiny_models import COMMON, VOCAB, tiny_model, tiny_tokenizer  # noqa: E402
 
-REFERENCE = sharq.PRESETS["sharq-nvfp4"].replace(backend="reference")
+REFERENCE = sharq.PRESETS["sharq-nvfp4"]  # on the CPU: the reference backend
 
 
 def _greedy(model, ids, n, **options):
-    return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
-                          temperature=None, top_p=None, top_k=None, **options)
+    return model.generate(
+        ids,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        pad_token_id=0,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        **options,
+    )
 
 
 def _ids(batch, length, seed=1):
@@ -69,7 +78,9 @@ def test_compiled_static_decoder_matches_generate(provider):
     assert torch.equal(decoder.generate(ids, 6), _greedy(model, ids, 6))
     # more decoders than torch.compile's recompilation limit (8): each compiles its own step
     for length in range(9, 19):
-        assert torch.equal(StaticDecoder(model, 2, length, compile="aot_eager").generate(ids, 3), _greedy(model, ids, 3))
+        assert torch.equal(
+            StaticDecoder(model, 2, length, compile="aot_eager").generate(ids, 3), _greedy(model, ids, 3)
+        )
     with pytest.raises(TypeError, match="compile must be"):
         StaticDecoder(model, 1, 8, compile=3)
     assert StaticDecoder(model, 1, 8, compile=True).compile_backend == "inductor"
@@ -124,14 +135,14 @@ def test_decode_mode_resolution():
         resolve_decode("graph", cuda, True)
     with pytest.raises(ValueError, match="decode must be one of"):
         resolve_decode("fast", cpu, False)
-    from sharq.cli_model import DECODE_CHOICES
+    from sharq.cli.model_commands import DECODE_CHOICES
 
     assert DECODE_CHOICES == DECODE_MODES
 
 
 def test_bench_model_decode_modes():
-    from sharq.timing import BENCH_DECODE, bench_model
-    from sharq.cli_model import BENCH_DECODE_CHOICES
+    from sharq.cli.model_commands import BENCH_DECODE_CHOICES
+    from sharq.runtime.timing import BENCH_DECODE, bench_model
 
     assert BENCH_DECODE_CHOICES == BENCH_DECODE
     model = tiny_model("llama")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sharq import Format, quantize
+from sharq import Format, quantize_tensor
 from sharq.formats import nvfp4_global_scale, quantize_hif4, quantize_mxfp4, quantize_nvfp4, unpack_nibbles
 from sharq.formats.blocks import pad_last
 
@@ -151,7 +151,7 @@ FORMATS = [(Format.NVFP4, 16), (Format.NVFP4, 32), (Format.MXFP4, 32), (Format.H
 @pytest.mark.parametrize("fmt,block", FORMATS)
 def test_all_zero_gives_zero_never_nan(fmt, block):
     for shape in [(block,), (3, 2 * block), (2, 0, block), (5, 7)]:
-        qt = quantize(torch.zeros(shape), fmt, block)
+        qt = quantize_tensor(torch.zeros(shape), fmt, block)
         out = qt.dequantize()
         assert out.shape == shape
         assert torch.equal(out, torch.zeros(shape))
@@ -160,9 +160,9 @@ def test_all_zero_gives_zero_never_nan(fmt, block):
 @pytest.mark.parametrize("fmt,block", FORMATS)
 def test_padding_equals_explicit_zero_padding(fmt, block):
     x = torch.randn(3, 37) * 5
-    qt = quantize(x, fmt, block)
+    qt = quantize_tensor(x, fmt, block)
     kw = {"global_scale": qt.global_scale} if qt.global_scale is not None else {}
-    padded = quantize(pad_last(x, block), fmt, block, **kw)
+    padded = quantize_tensor(pad_last(x, block), fmt, block, **kw)
     assert qt.codes.shape == padded.codes.shape
     assert torch.equal(qt.codes, padded.codes) and torch.equal(qt.scales, padded.scales)
     assert torch.equal(qt.dequantize(), padded.dequantize()[:, :37])
@@ -171,19 +171,21 @@ def test_padding_equals_explicit_zero_padding(fmt, block):
 @pytest.mark.parametrize("fmt,block", FORMATS)
 def test_1d_2d_3d_agree(fmt, block):
     x = torch.randn(2, 3, 2 * block) * 3
-    q3 = quantize(x, fmt, block).dequantize()
-    q2 = quantize(x.reshape(6, -1), fmt, block).dequantize()
-    q1 = quantize(x.reshape(-1), fmt, block).dequantize()
+    q3 = quantize_tensor(x, fmt, block).dequantize()
+    q2 = quantize_tensor(x.reshape(6, -1), fmt, block).dequantize()
+    q1 = quantize_tensor(x.reshape(-1), fmt, block).dequantize()
     assert q3.shape == x.shape
     assert torch.equal(q3.reshape(6, -1), q2)
     assert torch.equal(q3.reshape(-1), q1)
 
 
-@pytest.mark.parametrize("fmt,block,bits", [(Format.NVFP4, 16, 4.5), (Format.NVFP4, 32, 4.25),
-                                            (Format.MXFP4, 32, 4.25), (Format.HIF4, 64, 4.5)])
+@pytest.mark.parametrize(
+    "fmt,block,bits",
+    [(Format.NVFP4, 16, 4.5), (Format.NVFP4, 32, 4.25), (Format.MXFP4, 32, 4.25), (Format.HIF4, 64, 4.5)],
+)
 def test_real_packed_storage_bits_per_value(fmt, block, bits):
     x = torch.randn(256, 1024, dtype=torch.bfloat16)
-    qt = quantize(x, fmt, block)
+    qt = quantize_tensor(x, fmt, block)
     assert qt.codes.dtype == torch.uint8 and qt.codes.shape == (256, 512)
     extra = 32 / x.numel() if fmt is Format.NVFP4 else 0.0  # one FP32 global scale
     assert qt.bits_per_value == pytest.approx(bits + extra)
@@ -192,7 +194,7 @@ def test_real_packed_storage_bits_per_value(fmt, block, bits):
 @pytest.mark.parametrize("fmt,block", FORMATS)
 def test_quantization_error_is_bounded(fmt, block):
     x = torch.randn(64, 256)
-    qt = quantize(x, fmt, block)
+    qt = quantize_tensor(x, fmt, block)
     err = (qt.dequantize() - x).abs()
     # relative to each block's amax, a 4-bit element format errs by at most half its coarsest step
     amax = x.abs().reshape(64, -1, block).amax(-1, keepdim=True).expand(-1, -1, block).reshape(64, 256)
@@ -205,7 +207,7 @@ def test_non_finite_input_gives_nan_not_finite(fmt, block):
     x = torch.randn(2, 2 * block)
     x[0, 3] = float("nan")
     x[1, block + 1] = float("inf")
-    out = quantize(x, fmt, block).dequantize()
+    out = quantize_tensor(x, fmt, block).dequantize()
     if fmt is Format.NVFP4:  # one global scale: the whole tensor depends on it
         assert torch.isnan(out).all()
     else:  # no second level: exactly the affected blocks
@@ -226,14 +228,14 @@ def test_scale_views_repeat_stored_scales():
 
 def test_quantize_rejects_global_scale_for_formats_without_one():
     with pytest.raises(ValueError, match="second-level"):
-        quantize(torch.randn(4, 32), Format.MXFP4, 32, global_scale=ONE)
+        quantize_tensor(torch.randn(4, 32), Format.MXFP4, 32, global_scale=ONE)
     with pytest.raises(ValueError, match="block"):
-        quantize(torch.randn(4, 32), Format.NVFP4, 64)
+        quantize_tensor(torch.randn(4, 32), Format.NVFP4, 64)
 
 
 def test_bf16_and_fp16_inputs_quantize_like_fp32():
     x = torch.randn(8, 64).to(torch.bfloat16)
-    a = quantize(x, Format.NVFP4, 16)
-    b = quantize(x.float(), Format.NVFP4, 16)
+    a = quantize_tensor(x, Format.NVFP4, 16)
+    b = quantize_tensor(x.float(), Format.NVFP4, 16)
     assert torch.equal(a.codes, b.codes) and torch.equal(a.scales, b.scales)
     assert math.isclose(a.global_scale.item(), b.global_scale.item())

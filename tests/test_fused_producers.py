@@ -4,23 +4,19 @@ kernel, give the bits of the unfused chain — torch computing the producer, the
 for every planned layout (GEMV operand, bf16 rows, operand rows, pair-split), both granularities,
 three dtypes, non-finite and zero rows; a tiny model's logits are identical with fusion on and off.
 
-Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes.
+Without a GPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py) at small shapes.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 pytest.importorskip("triton")
 
-from sharq import PRESETS, ops  # noqa: E402
+from sharq import PRESETS, RuntimeOptions, ops  # noqa: E402
 from sharq.formats.ieee import div_rn  # noqa: E402
 from sharq.kernels.plan import PRODUCERS, plan_producer, plan_table  # noqa: E402
 from sharq.nn.fused_mlp import SharqMLP, act_mul_reference, activation_table  # noqa: E402
@@ -29,7 +25,9 @@ from sharq.nn.fused_norm import NORM_LANES, add_rms_norm_reference, mean_square,
 from .kernel_launches import RecordingKernel  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-NVFP4 = PRESETS["sharq-nvfp4"].replace(backend="triton")
+NVFP4 = PRESETS["sharq-nvfp4"]
+TRITON = RuntimeOptions(backend="triton")
+CHECKED = RuntimeOptions(backend="triton", check_finite=True)
 
 
 def _bits_equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
@@ -85,13 +83,13 @@ def _check_norm(x, residual, weight, variant, config, *, eps=1e-6, fused=True):
     """The fused RMSNorm [+ residual add] + preparation == torch's norm in the "lanes" order, then
     `ops.prepare`: y, h, codes, scales, s_x and the operand, bit for bit."""
     k = x.shape[-1]
-    plan = plan_producer("rms-norm", x.numel() // k, k, config, x.device)
+    plan = plan_producer("rms-norm", x.numel() // k, k, config, x.device, options=TRITON)
     assert plan.fused == fused, plan
-    y, h, got = ops.prepare_rms_norm(x, weight, eps, variant, config, residual=residual)
+    y, h, got = ops.prepare_rms_norm(x, weight, eps, variant, config, TRITON, residual=residual)
     want_y, want_h = add_rms_norm_reference(x, residual, weight, eps, variant, order="lanes")
     assert _bits_equal(y, want_y), "normalized activation"
     assert _bits_equal(h, want_h if residual is not None else None), "updated residual"
-    _same_prepared(got, ops.prepare(want_y.reshape(-1, k), config))
+    _same_prepared(got, ops.prepare(want_y.reshape(-1, k), config, TRITON))
     return plan
 
 
@@ -172,7 +170,7 @@ def test_fused_norm_weight_dtype_promotes_like_torch():
     FP32 y, prepared as such; 3-D input keeps its shape."""
     x = _hidden(6, 64, seed=4).view(2, 3, 64).to(DEVICE)
     weight = (1 + 0.2 * torch.randn(64, generator=_gen(5))).to(DEVICE)
-    y, _, _ = ops.prepare_rms_norm(x, weight, 1e-5, "llama", NVFP4)
+    y, _, _ = ops.prepare_rms_norm(x, weight, 1e-5, "llama", NVFP4, TRITON)
     assert y.dtype == torch.float32 and y.shape == (2, 3, 64)
     _check_norm(x, None, weight, "llama", NVFP4, eps=1e-5)
     _check_norm(x, None, weight, "gemma", NVFP4.replace(granularity="token"), eps=1e-5)
@@ -196,8 +194,8 @@ def test_fused_norm_propagates_nan_inf_and_zero_rows(rows):
 def test_fused_norm_on_mxfp4_and_empty_input():
     x = _hidden(12, 64, seed=11).to(DEVICE)
     weight = torch.full((64,), 0.5, dtype=torch.bfloat16, device=DEVICE)
-    _check_norm(x, None, weight, "llama", PRESETS["sharq-mxfp4"].replace(backend="triton"))
-    y, h, prepared = ops.prepare_rms_norm(x[:0], weight, 1e-6, "llama", NVFP4)
+    _check_norm(x, None, weight, "llama", PRESETS["sharq-mxfp4"])
+    y, h, prepared = ops.prepare_rms_norm(x[:0], weight, 1e-6, "llama", NVFP4, TRITON)
     assert y.shape == (0, 64) and h is None and prepared is None
 
 
@@ -253,9 +251,9 @@ def test_activation_table_is_the_activation_of_every_16_bit_value():
 def _check_act_mul(gate, up, act, config):
     k = gate.shape[-1]
     table = activation_table(act, gate.dtype, gate.device)
-    got = ops.prepare_act_mul(gate, up, config, table=table)
+    got = ops.prepare_act_mul(gate, up, config, TRITON, table=table)
     assert got is not None
-    _same_prepared(got, ops.prepare(act_mul_reference(gate, up, act).reshape(-1, k), config))
+    _same_prepared(got, ops.prepare(act_mul_reference(gate, up, act).reshape(-1, k), config, TRITON))
 
 
 ACT_CASES = [
@@ -301,7 +299,10 @@ def test_sharq_mlp_takes_only_the_gated_dataflow():
 
     for act_of_product in (False, True):
         mlp = _GatedMLP(act_of_product)
-        parts = [SharqLinear.from_float(getattr(mlp, p), NVFP4) for p in ("gate_proj", "up_proj", "down_proj")]
+        parts = [
+            SharqLinear.from_float(getattr(mlp, p), NVFP4, options=TRITON)
+            for p in ("gate_proj", "up_proj", "down_proj")
+        ]
         if act_of_product:
             with pytest.raises(ValueError, match=r"mlp: _GatedMLP.forward is not down_proj\(act_fn"):
                 SharqMLP.from_mlp(mlp, *parts, name="mlp")
@@ -322,16 +323,24 @@ def test_plan_fuses_on_triton_only_where_it_can(monkeypatch):
     for producer in PRODUCERS:
         assert plan_producer(producer, 4, 64, auto, "cpu").reason == "reference backend"
         assert plan_producer(producer, 4, 64, auto, "cuda").fused  # planning needs no GPU
-        assert plan_producer(producer, 0, 64, NVFP4, "cpu").reason == "no rows"
-    assert not plan_producer("act-mul", 4, 64, NVFP4, "cpu", dtype=torch.float32).fused
-    assert not plan_producer("act-mul", 4, 64, NVFP4, "cpu", act_table=False).fused
-    assert not plan_producer("act-mul", 4, 64, NVFP4.replace(check_finite=True), "cpu").fused
-    assert plan_producer("rms-norm", 4, 64, NVFP4.replace(check_finite=True), "cpu").fused  # y is checked
+        assert plan_producer(producer, 0, 64, NVFP4, "cpu", options=TRITON).reason == "no rows"
+    assert not plan_producer("act-mul", 4, 64, NVFP4, "cpu", dtype=torch.float32, options=TRITON).fused
+    assert not plan_producer("act-mul", 4, 64, NVFP4, "cpu", act_table=False, options=TRITON).fused
+    assert not plan_producer("act-mul", 4, 64, NVFP4, "cpu", options=CHECKED).fused
+    assert plan_producer("rms-norm", 4, 64, NVFP4, "cpu", options=CHECKED).fused  # y is checked
+    # the consumer's plan, when given (a MoE layer's input), is the plan the producer feeds
+    from sharq.kernels.plan import experts_input_plan
+
+    moe_input = experts_input_plan(4, NVFP4, "cpu", options=TRITON)
+    assert moe_input.preparation == "gemv"
+    assert plan_producer("rms-norm", 4, 64, NVFP4, "cpu", options=TRITON, linear=moe_input).linear is moe_input
+    with pytest.raises(ValueError, match="a plan of 4 rows"):
+        plan_producer("rms-norm", 5, 64, NVFP4, "cpu", options=TRITON, linear=moe_input)
     monkeypatch.setenv("SHARQ_FUSE", "0")
-    assert plan_producer("rms-norm", 4, 64, NVFP4, "cpu").reason == "SHARQ_FUSE=0"
+    assert plan_producer("rms-norm", 4, 64, NVFP4, "cpu", options=TRITON).reason == "SHARQ_FUSE=0"
     x = _hidden(4, 64, seed=30).to(DEVICE)
     _check_norm(x, None, torch.ones(64, dtype=torch.bfloat16, device=DEVICE), "llama", NVFP4, fused=False)
-    assert ops.prepare_act_mul(x, x, NVFP4, table=activation_table(nn.SiLU(), x.dtype, DEVICE)) is None
+    assert ops.prepare_act_mul(x, x, NVFP4, TRITON, table=activation_table(nn.SiLU(), x.dtype, DEVICE)) is None
 
 
 def test_plan_printout_shows_each_producer():
@@ -345,9 +354,9 @@ def test_plan_printout_shows_each_producer():
 def test_planned_launches_are_the_launches(monkeypatch, rows, granularity):
     config = NVFP4.replace(granularity=granularity)
     x = _hidden(rows, 64, seed=31).to(DEVICE)
-    plan = plan_producer("rms-norm", rows, 64, config, DEVICE)
+    plan = plan_producer("rms-norm", rows, 64, config, DEVICE, options=TRITON)
     log = _launches(monkeypatch)
-    ops.prepare_rms_norm(x, torch.ones(64, dtype=torch.bfloat16, device=DEVICE), 1e-6, "llama", config)
+    ops.prepare_rms_norm(x, torch.ones(64, dtype=torch.bfloat16, device=DEVICE), 1e-6, "llama", config, TRITON)
     triton_launches = sum(len(v) for v in log.values())
     zeroed_word = plan.stats == "kernel" and granularity == "tensor"
     assert plan.fused and triton_launches + zeroed_word == plan.launches
@@ -360,15 +369,15 @@ def test_check_finite_and_bad_operands():
     x[2, 2] = float("nan")
     weight = torch.ones(64, dtype=torch.bfloat16, device=DEVICE)
     with pytest.raises(ValueError, match="NaN or Inf"):
-        ops.prepare_rms_norm(x, weight, 1e-6, "llama", NVFP4.replace(check_finite=True))
+        ops.prepare_rms_norm(x, weight, 1e-6, "llama", NVFP4, CHECKED)
     with pytest.raises(ValueError, match="must match the RMSNorm input"):
-        ops.prepare_rms_norm(x, weight, 1e-6, "llama", NVFP4, residual=x.float())
+        ops.prepare_rms_norm(x, weight, 1e-6, "llama", NVFP4, TRITON, residual=x.float())
     with pytest.raises(ValueError, match="unknown RMSNorm variant"):
-        ops.prepare_rms_norm(x, weight, 1e-6, "olmo", NVFP4)
+        ops.prepare_rms_norm(x, weight, 1e-6, "olmo", NVFP4, TRITON)
     with pytest.raises(ValueError, match="up .* must match gate"):
-        ops.prepare_act_mul(x, x[:, :32], NVFP4, table=None)
+        ops.prepare_act_mul(x, x[:, :32], NVFP4, TRITON, table=None)
     with pytest.raises(ValueError, match="activation table must be"):
-        ops.prepare_act_mul(x, x, NVFP4, table=torch.zeros(65536, device=DEVICE))
+        ops.prepare_act_mul(x, x, NVFP4, TRITON, table=torch.zeros(65536, device=DEVICE))
 
 
 def test_custom_ops_pass_opcheck():
@@ -413,7 +422,7 @@ def test_tiny_model_logits_identical_with_fusion_on_and_off(monkeypatch, arch, t
     from .tiny_models import tiny_model
 
     model = tiny_model(arch).to(DEVICE)
-    report = quantize_(model, NVFP4)
+    report = quantize_(model, NVFP4, backend="triton")
     n_layers = model.config.num_hidden_layers
     assert len(report.fused_norms) == 2 * n_layers
     ids = torch.randint(0, 256, (1, tokens), generator=_gen(60)).to(DEVICE)
@@ -507,9 +516,9 @@ def test_gpu_lanes_norm_is_batch_invariant():
     config = NVFP4.replace(granularity="token")
     x = _hidden(1100, 4096, seed=80).cuda()
     w = torch.ones(4096, dtype=torch.bfloat16, device="cuda")
-    y_all, _, p_all = ops.prepare_rms_norm(x, w, 1e-5, "llama", config)
+    y_all, _, p_all = ops.prepare_rms_norm(x, w, 1e-5, "llama", config, TRITON)
     for m in (1, 2, 17, 300):
-        y, _, p = ops.prepare_rms_norm(x[:m], w, 1e-5, "llama", config)
+        y, _, p = ops.prepare_rms_norm(x[:m], w, 1e-5, "llama", config, TRITON)
         assert _bits_equal(y, y_all[:m]) and _bits_equal(p.global_scale, p_all.global_scale[:m])
     h = x.float()
     torch_stat = {m: h[:m].pow(2).mean(-1) for m in (1, 16, 1100)}

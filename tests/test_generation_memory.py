@@ -43,10 +43,10 @@ def live_tensors() -> tuple[int, int]:
     return len(storages), sum(storages.values())
 
 
-def _model(arch: str = "llama", preset: str = "sharq-nvfp4", device: str = "cpu", **changes):
+def _model(arch: str = "llama", preset: str = "sharq-nvfp4", device: str = "cpu", backend: str = "auto", **changes):
     model = tiny_model(arch)
     config = sharq.PRESETS[preset].replace(granularity="token", **changes)
-    sharq.quantize_(model, config)
+    sharq.quantize_(model, config, backend=backend)
     model.generation_config.pad_token_id = 0
     return model.to(device)
 

@@ -13,13 +13,9 @@ marked slow there); with one, on CUDA.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 pytest.importorskip("triton")
 pytest.importorskip("transformers")
 
@@ -34,8 +30,15 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # one small layer: the one-row GEMV runs a program per output row, slow under the interpreter
-SMALL = dict(COMMON, hidden_size=64, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
-             head_dim=32, num_hidden_layers=1)
+SMALL = dict(
+    COMMON,
+    hidden_size=64,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    num_hidden_layers=1,
+)
 
 
 def _quantized(arch: str):
@@ -48,7 +51,7 @@ def _quantized(arch: str):
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p.float()).to(p.dtype))
-    sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"].replace(backend="triton"))
+    sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"], backend="triton")
     return model
 
 
@@ -147,7 +150,7 @@ def test_static_decoder_steps_with_grouped_launches_give_the_ungrouped_tokens():
     """The decode steps over transformers' StaticCache, compiled (aot_eager: traced, not fused) and
     eager, hand the grouped outputs over as the plain model does: the same greedy tokens as one
     launch per linear."""
-    from sharq.static_decode import StaticDecoder
+    from sharq.runtime import StaticDecoder
 
     torch._dynamo.reset()
     model = _quantized("llama")

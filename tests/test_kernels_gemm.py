@@ -7,13 +7,9 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes; `-m gpu`
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS  # noqa: E402
@@ -22,6 +18,7 @@ from sharq.formats.quantized import QuantizedTensor  # noqa: E402
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm, gemm_supports  # noqa: E402
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -76,10 +73,13 @@ def test_gemm_tilings_agree_and_cover_partial_tiles():
         a = _activation(37, 224, seed=2).to(torch.bfloat16)
         s_x = torch.tensor(0.75, device=DEVICE)
         want = _expected([a], s_x, wq, None)
-        for tiles in (dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64), dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128),
-                      dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=32, GROUP_M=2),
-                      dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, SCRATCH=2),  # bf16 scratch weight
-                      dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SCRATCH=2)):
+        for tiles in (
+            dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64),
+            dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128),
+            dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=32, GROUP_M=2),
+            dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, SCRATCH=2),  # bf16 scratch weight
+            dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SCRATCH=2),
+        ):
             y = fp4_weight_gemm([a], s_x, wq, None, torch.float32, tiles=tiles)
             assert _rel_err(y, want) < 1e-5, (preset, tiles)
 
@@ -161,8 +161,8 @@ def test_linear_on_triton_equals_reference_linear():
             wq = quantize_weight(torch.randn(64, 96, device=DEVICE) * 0.05, config)
             x = _activation(2 * 5, 96, seed=4).reshape(2, 5, 96)
             bias = torch.randn(64, device=DEVICE).to(torch.bfloat16)
-            ref = sharq_linear(x, wq, bias, config.replace(backend="reference"))
-            got = sharq_linear(x, wq, bias, config.replace(backend="triton"))
+            ref = sharq_linear(x, wq, bias, config, options=RuntimeOptions(backend="reference"))
+            got = sharq_linear(x, wq, bias, config, options=RuntimeOptions(backend="triton"))
             assert got.shape == ref.shape == (2, 5, 64) and got.dtype == torch.bfloat16
             ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
             assert bool(((got.float() - ref.float()).abs() <= ulp).all()), (preset, granularity)
@@ -187,8 +187,8 @@ def test_bf16_sum_operand_is_the_reference_operand_and_one_term(preset):
             exact = exact + ref.residual.dequantize(apply_global_scale=False)
         assert torch.equal(ref.dense, exact.to(torch.bfloat16).float())
         wq = quantize_weight(torch.randn(48, 96, device=DEVICE) * 0.05, config)
-        y_ref = sharq_linear(x, wq, None, config.replace(backend="reference"))
-        y_tri = sharq_linear(x, wq, None, config.replace(backend="triton"))
+        y_ref = sharq_linear(x, wq, None, config, options=RuntimeOptions(backend="reference"))
+        y_tri = sharq_linear(x, wq, None, config, options=RuntimeOptions(backend="triton"))
         ulp = y_ref.float().abs().clamp_min(1e-3) * 2.0**-7
         assert bool(((y_tri.float() - y_ref.float()).abs() <= ulp).all())
 
@@ -200,8 +200,14 @@ def _every_code_and_scale(block: int, device: str) -> QuantizedTensor:
     codes = (torch.arange(k)[None, :] + torch.arange(n)[:, None]) % 16
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
     scales = torch.arange(n, dtype=torch.uint8)[:, None].repeat(1, k // block)
-    return QuantizedTensor(format=Format.NVFP4, codes=packed.to(device), scales=scales.to(device), shape=(n, k),
-                           block=block, global_scale=torch.tensor(1.0, device=device))
+    return QuantizedTensor(
+        format=Format.NVFP4,
+        codes=packed.to(device),
+        scales=scales.to(device),
+        shape=(n, k),
+        block=block,
+        global_scale=torch.tensor(1.0, device=device),
+    )
 
 
 def _check_packed_decode_exact(device: str) -> None:
@@ -214,15 +220,27 @@ def _check_packed_decode_exact(device: str) -> None:
         want = wq.dequantize(apply_global_scale=False)  # (127, 32) FP32
         eye = torch.eye(32, dtype=torch.bfloat16, device=device)
         for start in (0, 8, 16, 24):
-            rows, zero = eye[start:start + 8], torch.zeros(8, 32, dtype=torch.bfloat16, device=device)
+            rows, zero = eye[start : start + 8], torch.zeros(8, 32, dtype=torch.bfloat16, device=device)
             for terms in ([rows, zero], [zero, rows]):  # the backbone's and the residual's half of the operand
-                y = fp4_weight_gemm(terms, one, wq, None, torch.float32,
-                                    tiles=dict(DECODE=2, STACK=2, BLOCK_M=8, BLOCK_N=32, BLOCK_K=32))
-                assert torch.equal(y, want[:, start:start + 8].T), (block, start)
+                y = fp4_weight_gemm(
+                    terms,
+                    one,
+                    wq,
+                    None,
+                    torch.float32,
+                    tiles=dict(DECODE=2, STACK=2, BLOCK_M=8, BLOCK_N=32, BLOCK_K=32),
+                )
+                assert torch.equal(y, want[:, start : start + 8].T), (block, start)
         for start in (0, 16):
-            y = fp4_weight_gemm([eye[start:start + 16]], one, wq, None, torch.float32,
-                                tiles=dict(DECODE=2, STACK=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32))
-            assert torch.equal(y, want[:, start:start + 16].T), (block, start)
+            y = fp4_weight_gemm(
+                [eye[start : start + 16]],
+                one,
+                wq,
+                None,
+                torch.float32,
+                tiles=dict(DECODE=2, STACK=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32),
+            )
+            assert torch.equal(y, want[:, start : start + 16].T), (block, start)
 
 
 def test_packed_decode_is_exact_for_every_code_and_scale():
@@ -252,8 +270,9 @@ def test_packed_decode_routing_and_its_refusals():
     with pytest.raises(ValueError, match="STACK"):
         fp4_weight_gemm([a], one, wq, None, torch.float32, tiles=dict(STACK=2, BLOCK_M=8))
     with pytest.raises(ValueError, match="STACK"):
-        fp4_weight_gemm([a, a], one, _weight(16, 64, "sharq-mxfp4", seed=0), None, torch.float32,
-                        tiles=dict(STACK=2, BLOCK_M=8))
+        fp4_weight_gemm(
+            [a, a], one, _weight(16, 64, "sharq-mxfp4", seed=0), None, torch.float32, tiles=dict(STACK=2, BLOCK_M=8)
+        )
 
 
 def test_gemm_refuses_bad_input():
@@ -278,8 +297,13 @@ def test_gemm_refuses_bad_input():
 
 def test_empty_batch():
     wq = _weight(16, 64, "sharq-nvfp4", seed=0)
-    y = fp4_weight_gemm([torch.zeros(0, 64, dtype=torch.bfloat16, device=DEVICE)], torch.ones((), device=DEVICE),
-                        wq, None, torch.bfloat16)
+    y = fp4_weight_gemm(
+        [torch.zeros(0, 64, dtype=torch.bfloat16, device=DEVICE)],
+        torch.ones((), device=DEVICE),
+        wq,
+        None,
+        torch.bfloat16,
+    )
     assert y.shape == (0, 16)
 
 

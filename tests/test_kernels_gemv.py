@@ -14,8 +14,6 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 import sharq.kernels.gemv_nvfp4 as gemv_module  # noqa: E402
@@ -26,10 +24,20 @@ from sharq.formats.quantized import QuantizedTensor  # noqa: E402
 from sharq.formats.scales import encode_e4m3  # noqa: E402
 from sharq.kernels import interpreting  # noqa: E402
 from sharq.kernels.gemv_nvfp4 import (  # noqa: E402
-    GEMV_AUTO_MAX_M, GEMV_GROUP_MAX, GEMV_MAX_M, fp4_weight_gemv, fp4_weight_gemv_group, gemv_group_supports,
-    gemv_operand, gemv_operand_of, gemv_padded, gemv_supports)
+    GEMV_AUTO_MAX_M,
+    GEMV_GROUP_MAX,
+    GEMV_MAX_M,
+    fp4_weight_gemv,
+    fp4_weight_gemv_group,
+    gemv_group_supports,
+    gemv_operand,
+    gemv_operand_of,
+    gemv_padded,
+    gemv_supports,
+)
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,11 +57,17 @@ def _nvfp4_term(m: int, k: int, block: int, seed: int) -> QuantizedTensor:
     codes = torch.randint(0, 16, (m, kp), generator=g, dtype=torch.uint8)
     codes[:, k:] = 0
     scales = torch.exp2(torch.randint(-9, 8, (m, kp // block), generator=g).float()) * (  # E4M3: at most 448
-        1 + torch.randint(0, 8, (m, kp // block), generator=g) / 8)
+        1 + torch.randint(0, 8, (m, kp // block), generator=g) / 8
+    )
     scales = torch.where(torch.rand(m, kp // block, generator=g) < 0.1, 0.0, scales)
-    return QuantizedTensor(format=Format.NVFP4, codes=pack_nibbles(codes).to(DEVICE),
-                           scales=encode_e4m3(scales).to(DEVICE), shape=(m, k), block=block,
-                           global_scale=torch.ones((), device=DEVICE))
+    return QuantizedTensor(
+        format=Format.NVFP4,
+        codes=pack_nibbles(codes).to(DEVICE),
+        scales=encode_e4m3(scales).to(DEVICE),
+        shape=(m, k),
+        block=block,
+        global_scale=torch.ones((), device=DEVICE),
+    )
 
 
 def _operand(terms):
@@ -89,8 +103,11 @@ def test_gemv_tilings_agree():
     terms = [_nvfp4_term(2, 2100, 32, seed=4), _nvfp4_term(2, 2100, 16, seed=5)]
     s_x = torch.tensor(1.5, device=DEVICE)
     want = _expected(terms, s_x, wq, None)
-    for tiles in (dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4), dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
-                  dict(BLOCK_N=1, BLOCK_K=2048, num_warps=1)):
+    for tiles in (
+        dict(BLOCK_N=4, BLOCK_K=1024, num_warps=4),
+        dict(BLOCK_N=8, BLOCK_K=512, num_warps=2),
+        dict(BLOCK_N=1, BLOCK_K=2048, num_warps=1),
+    ):
         assert _rel_err(fp4_weight_gemv(_operand(terms), s_x, wq, None, torch.float32, tiles=tiles), want) < 1e-6, tiles
 
 
@@ -138,9 +155,13 @@ def test_grouped_gemv_refuses_what_one_launch_cannot_serve():
     with pytest.raises(ValueError, match="for every weight or for none"):
         fp4_weight_gemv_group([c, sc], one, [q, kv], [torch.zeros(16, device=DEVICE), None], torch.float32)
     with pytest.raises(ValueError, match="one dtype"):
-        fp4_weight_gemv_group([c, sc], one, [q, kv], [torch.zeros(16, device=DEVICE),
-                                                       torch.zeros(8, device=DEVICE, dtype=torch.bfloat16)],
-                              torch.float32)
+        fp4_weight_gemv_group(
+            [c, sc],
+            one,
+            [q, kv],
+            [torch.zeros(16, device=DEVICE), torch.zeros(8, device=DEVICE, dtype=torch.bfloat16)],
+            torch.float32,
+        )
 
 
 def test_gemv_decodes_every_code_of_both_operands():
@@ -155,8 +176,9 @@ def test_gemv_decodes_every_code_of_both_operands():
     scales = torch.ones(2, 2, device=DEVICE)
     for call in range(8):
         codes = ((torch.arange(2)[:, None] + 2 * call + torch.arange(32)[None, :]) % 16).to(torch.uint8).to(DEVICE)
-        y = fp4_weight_gemv(list(gemv_operand(codes, scales)), torch.tensor(1.0, device=DEVICE), wq, None,
-                            torch.float32)
+        y = fp4_weight_gemv(
+            list(gemv_operand(codes, scales)), torch.tensor(1.0, device=DEVICE), wq, None, torch.float32
+        )
         exact = (e2m1.double()[codes.long().cpu()].to(DEVICE) @ deq.T).float()
         assert torch.equal(y, exact * wq.global_scale), call
 
@@ -186,8 +208,9 @@ def test_prepare_refuses_gemv_layout_where_it_does_not_apply():
     with pytest.raises(ValueError, match="rows of NVFP4"):
         prepare_activation_triton(x[:1], PRESETS["sharq-mxfp4"], with_terms=True, terms_layout="gemv")
     with pytest.raises(ValueError, match="bf16-sum"):
-        prepare_activation_triton(x[:1], PRESETS["sharq-nvfp4"].replace(operand="bf16-sum"), with_terms=True,
-                                  terms_layout="gemv")
+        prepare_activation_triton(
+            x[:1], PRESETS["sharq-nvfp4"].replace(operand="bf16-sum"), with_terms=True, terms_layout="gemv"
+        )
     with pytest.raises(ValueError, match="terms_layout"):
         prepare_activation_triton(x, PRESETS["sharq-nvfp4"], with_terms=True, terms_layout="cols")
     got = prepare_activation_triton(x, PRESETS["sharq-nvfp4"], with_terms=True, terms_layout="auto")
@@ -207,23 +230,29 @@ def test_short_batch_linear_runs_the_gemv_and_equals_the_reference(granularity, 
 
     gemv_launches, gemm_launches = [], []
     monkeypatch.setattr(gemv_module, "_gemv_kernel", RecordingKernel(gemv_module._gemv_kernel, gemv_launches))
-    monkeypatch.setattr(gemm_fp4, "_fp4_weight_gemm_kernel",
-                        RecordingKernel(gemm_fp4._fp4_weight_gemm_kernel, gemm_launches))
+    monkeypatch.setattr(
+        gemm_fp4, "_fp4_weight_gemm_kernel", RecordingKernel(gemm_fp4._fp4_weight_gemm_kernel, gemm_launches)
+    )
     config = PRESETS["sharq-nvfp4"].replace(granularity=granularity)
     wq = quantize_weight(torch.randn(40, 96, device=DEVICE) * 0.05, config)
     bias = torch.randn(40, device=DEVICE).to(torch.bfloat16)
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(1, 17, 96, generator=g) * 3).to(torch.bfloat16).to(DEVICE)
     for m in (1, GEMV_AUTO_MAX_M, 3, 8, 9, 16, 17):
-        ref = sharq_linear(x[:, :m], wq, bias, config.replace(backend="reference"))
-        got = sharq_linear(x[:, :m], wq, bias, config.replace(backend="triton"))
+        ref = sharq_linear(x[:, :m], wq, bias, config, options=RuntimeOptions(backend="reference"))
+        got = sharq_linear(x[:, :m], wq, bias, config, options=RuntimeOptions(backend="triton"))
         assert got.shape == ref.shape == (1, m, 40)
         ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
         assert bool(((got.float() - ref.float()).abs() <= ulp).all()), m
     assert len(gemv_launches) == 2
     packed = 2 if os.environ.get("TRITON_INTERPRET") == "1" else 1  # the twin or the asm
     assert [(k["FAST"], k["STACK"], k["BLOCK_M"]) for k in gemm_launches] == [
-        (packed, True, 8), (packed, True, 8), (packed, False, 16), (packed, False, 16), (0, False, 32)]
+        (packed, True, 8),
+        (packed, True, 8),
+        (packed, False, 16),
+        (packed, False, 16),
+        (0, False, 32),
+    ]
 
 
 def test_gemv_refuses_bad_input():
@@ -237,8 +266,10 @@ def test_gemv_refuses_bad_input():
     with pytest.raises(ValueError, match="1 or 2 terms"):
         fp4_weight_gemv([c, sc, c], one, wq, None, torch.float32)
     with pytest.raises(ValueError, match="rows"):
-        big = gemv_operand(torch.zeros(GEMV_MAX_M + 1, 64, dtype=torch.uint8, device=DEVICE),
-                           torch.ones(GEMV_MAX_M + 1, 4, device=DEVICE))
+        big = gemv_operand(
+            torch.zeros(GEMV_MAX_M + 1, 64, dtype=torch.uint8, device=DEVICE),
+            torch.ones(GEMV_MAX_M + 1, 4, device=DEVICE),
+        )
         fp4_weight_gemv(list(big), one, wq, None, torch.float32)
     with pytest.raises(ValueError, match="s_x"):
         fp4_weight_gemv([c, sc], torch.ones(2, device=DEVICE), wq, None, torch.float32)
@@ -257,12 +288,50 @@ def test_gemv_op_passes_opcheck():
     bc, bs, rc, rs = _operand([_nvfp4_term(3, 96, 32, seed=5), _nvfp4_term(3, 96, 16, seed=6)])
     one = torch.ones(1, device=DEVICE)
     kv = _weight(8, 96, "sharq-nvfp4", seed=3)
-    for args in ((bc, bs, rc, rs, [wq.codes], [wq.scales], one, [wq.global_scale], [torch.randn(24, device=DEVICE)], 32,
-                  torch.bfloat16, [0] * 3),
-                 (bc, bs, None, None, [wq.codes], [wq.scales], torch.ones(3, device=DEVICE), [wq.global_scale], [], 32,
-                  torch.float32, [8, 512, 2]),
-                 (bc, bs, rc, rs, [wq.codes, kv.codes, kv.codes], [wq.scales, kv.scales, kv.scales], one,
-                  [wq.global_scale, kv.global_scale, kv.global_scale], [], 32, torch.bfloat16, [8, 0, 0])):
+    for args in (
+        (
+            bc,
+            bs,
+            rc,
+            rs,
+            [wq.codes],
+            [wq.scales],
+            one,
+            [wq.global_scale],
+            [torch.randn(24, device=DEVICE)],
+            32,
+            torch.bfloat16,
+            [0] * 3,
+        ),
+        (
+            bc,
+            bs,
+            None,
+            None,
+            [wq.codes],
+            [wq.scales],
+            torch.ones(3, device=DEVICE),
+            [wq.global_scale],
+            [],
+            32,
+            torch.float32,
+            [8, 512, 2],
+        ),
+        (
+            bc,
+            bs,
+            rc,
+            rs,
+            [wq.codes, kv.codes, kv.codes],
+            [wq.scales, kv.scales, kv.scales],
+            one,
+            [wq.global_scale, kv.global_scale, kv.global_scale],
+            [],
+            32,
+            torch.bfloat16,
+            [8, 0, 0],
+        ),
+    ):
         torch.library.opcheck(torch.ops.sharq.fp4_weight_gemv.default, args)
 
 
@@ -285,8 +354,8 @@ def test_gemv_full_shapes_on_cuda(layer, preset, m):
     assert _rel_err(y, _expected(terms, s_x, wq, None)) < 1e-6
     x = (torch.randn(m, k, device=DEVICE) * 2).to(torch.bfloat16)
     config = PRESETS[preset]
-    ref = sharq_linear(x, wq, None, config.replace(backend="reference"))
-    got = sharq_linear(x, wq, None, config.replace(backend="triton"))
+    ref = sharq_linear(x, wq, None, config, options=RuntimeOptions(backend="reference"))
+    got = sharq_linear(x, wq, None, config, options=RuntimeOptions(backend="triton"))
     ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
     assert bool(((got.float() - ref.float()).abs() <= ulp).all())
 
@@ -304,4 +373,3 @@ def test_grouped_gemv_full_shapes_on_cuda(sizes, m):
     y = fp4_weight_gemv_group(terms, s_x, weights, [None] * len(sizes), torch.bfloat16)
     alone = [fp4_weight_gemv(terms, s_x, w, None, torch.bfloat16) for w in weights]
     assert torch.equal(y, torch.cat(alone, dim=1))
-

@@ -8,13 +8,9 @@ the kernels run under TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 import sharq.kernels.gemm_fp4  # noqa: E402,F401  (registers sharq::fp4_weight_gemm)
@@ -23,8 +19,10 @@ import sharq.kernels.prepare_fp4  # noqa: E402,F401  (registers sharq::prepare_f
 import sharq.kernels.prepare_split  # noqa: E402,F401  (registers sharq::prepare_split)
 from sharq import PRESETS  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = RuntimeOptions(backend="triton")
 
 
 def _x(m: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -37,11 +35,13 @@ def test_prepare_op_passes_opcheck():
     # sharq-nvfp4 per token and per tensor (pair4of8 backbone, quantized residual, every output), and
     # plain MXFP4 (no second-level scale, no residual)
     # and 2 rows, whose amax the preparation computes itself (per token, per tensor)
-    for args in ((x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 64, 0),
-                 (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 2, 4, 32, 2),
-                 (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, 1, 0, 32, 0),
-                 (x[:2], 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0),
-                 (x[:2], 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0)):
+    for args in (
+        (x, 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 64, 0),
+        (x, 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 2, 4, 32, 2),
+        (x, 0, True, 0, 1, 1, 0, 0, 1, 1, 32, 32, 1, 0, 32, 0),
+        (x[:2], 2, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0),
+        (x[:2], 1, False, 1, 2, 8, 1, 0, 1, 1, 32, 16, 1, 0, 0, 0),
+    ):
         torch.library.opcheck(torch.ops.sharq.prepare_fp4.default, args)
 
 
@@ -49,8 +49,9 @@ def test_prepare_split_op_passes_opcheck():
     x = _x(20, 128)
     # sharq-nvfp4 per token / per tensor, bf16 sum and two terms, pair-split and rows layouts
     for token, two, split in ((True, False, True), (False, True, True), (True, True, False), (False, False, False)):
-        torch.library.opcheck(torch.ops.sharq.prepare_split.default,
-                              (x, token, 1, 2, 8, 1, 0, 1, 1, 32, 16, two, split, [0, 0, 0]))
+        torch.library.opcheck(
+            torch.ops.sharq.prepare_split.default, (x, token, 1, 2, 8, 1, 0, 1, 1, 32, 16, two, split, [0, 0, 0])
+        )
 
 
 def test_gemm_op_passes_opcheck():
@@ -58,10 +59,11 @@ def test_gemm_op_passes_opcheck():
     a, r = _x(5, 96, 1), _x(5, 96, 2)
     sx = torch.full((5,), 0.5, device=DEVICE)
     bias = torch.randn(24, device=DEVICE)
-    for args in ((a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.bfloat16, [0] * 7),
-                 (a, None, wq.codes, wq.scales, sx[:1], None, None, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 0]),
-                 (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.float32,
-                  [16, 16, 32, 1, 4, 2, 2])):  # the bf16-scratch path
+    for args in (
+        (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.bfloat16, [0] * 7),
+        (a, None, wq.codes, wq.scales, sx[:1], None, None, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 0]),
+        (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 2]),
+    ):  # the bf16-scratch path
         torch.library.opcheck(torch.ops.sharq.fp4_weight_gemm.default, args)
 
 
@@ -72,9 +74,10 @@ def test_split_gemm_op_passes_opcheck():
     wq = quantize_weight(torch.randn(24, 96, device=DEVICE) * 0.1, config)
     s, (t, r) = prepare_split(_x(20, 96, 1), config.replace(granularity="token"), two=True)
     bias = torch.randn(24, device=DEVICE)
-    for args in ((t, r, wq.codes, wq.scales, s.reshape(-1), wq.global_scale, bias, 32, torch.bfloat16, [0] * 6),
-                 (t, None, wq.codes, wq.scales, s.reshape(-1)[:1], None, None, 32, torch.float32,
-                  [32, 16, 64, 1, 4, 2])):
+    for args in (
+        (t, r, wq.codes, wq.scales, s.reshape(-1), wq.global_scale, bias, 32, torch.bfloat16, [0] * 6),
+        (t, None, wq.codes, wq.scales, s.reshape(-1)[:1], None, None, 32, torch.float32, [32, 16, 64, 1, 4, 2]),
+    ):
         torch.library.opcheck(torch.ops.sharq.fp4_weight_gemm_split.default, args)
 
 
@@ -83,12 +86,12 @@ def test_sharq_linear_compiles_in_one_graph(preset):
     """torch.compile(fullgraph=True) traces the Triton linear through the ops' fake implementations
     and the compiled function returns exactly what the eager one does."""
     torch._dynamo.reset()
-    config = PRESETS[preset].replace(backend="triton", granularity="token")
+    config = PRESETS[preset].replace(granularity="token")
     wq = quantize_weight(torch.randn(40, 96, device=DEVICE) * 0.05, config)
     bias = torch.randn(40, device=DEVICE).to(torch.bfloat16)
 
     def layer(x):
-        return sharq_linear(x, wq, bias, config)
+        return sharq_linear(x, wq, bias, config, options=TRITON)
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     for m in (3, 7):
@@ -127,7 +130,7 @@ def test_eager_linear_skips_the_dispatcher_and_equals_the_op_path(monkeypatch):
     import sharq.kernels.direct as direct_mod
     from sharq.kernels import gemm_fp4, gemv_nvfp4, prepare_fp4
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]
     wq = quantize_weight((torch.randn(48, 96, generator=torch.Generator().manual_seed(1))).to(DEVICE), config)
     calls = []
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -149,18 +152,18 @@ def test_eager_linear_skips_the_dispatcher_and_equals_the_op_path(monkeypatch):
         with torch.no_grad():
             for module, name in ((prepare_fp4, "_prepare_impl"), (gemm_fp4, "_gemm_impl"), (gemv_nvfp4, "_gemv_impl")):
                 counted(module, name)
-            direct = sharq_linear(x, wq, None, config)
+            direct = sharq_linear(x, wq, None, config, options=TRITON)
             assert direct_calls == ["_prepare_impl", "_gemv_impl" if m == 1 else "_gemm_impl"]
             direct_calls.clear()
             for module in (prepare_fp4, gemm_fp4, gemv_nvfp4):
                 monkeypatch.setattr(module, "direct_call_ok", lambda *t: False)
-            through_ops = sharq_linear(x, wq, None, config)
+            through_ops = sharq_linear(x, wq, None, config, options=TRITON)
             assert direct_calls == []  # every call went through torch.ops
             monkeypatch.undo()
         assert torch.equal(direct, through_ops)
         outs[m] = direct
     # a dispatch mode is active: the wrappers must go through torch.ops (and the mode sees them)
     with torch.no_grad(), Ops():
-        sharq_linear(_x(1, 96), wq, None, config)
+        sharq_linear(_x(1, 96), wq, None, config, options=TRITON)
     assert any("sharq.prepare_fp4" in c for c in calls) and any("sharq.fp4_weight_gemv" in c for c in calls)
     assert direct_mod.direct_call_ok(_x(1, 96))

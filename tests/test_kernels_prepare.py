@@ -7,18 +7,14 @@ what it returns was written by the kernel.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 import triton.language as tl  # noqa: E402
 
-from sharq import PRESETS, SharqConfig  # noqa: E402
+from sharq import PRESETS, RuntimeOptions, SharqConfig  # noqa: E402
 from sharq.kernels.prepare_fp4 import _round_bf16, prepare_activation_triton, supports  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
@@ -209,7 +205,7 @@ def test_backend_triton_runs_the_kernels_and_matches_the_reference_model(monkeyp
         logits = {}
         for backend in ("reference", "triton"):
             model = tiny_model("llama", dtype=dtype).to(device)
-            quantize_(model, PRESETS["sharq-nvfp4"].replace(backend=backend))
+            quantize_(model, PRESETS["sharq-nvfp4"], backend=backend)
             with torch.no_grad():
                 logits[backend] = model(input_ids=ids).logits.float()
         assert len(calls) == 4 * 2  # per layer: q/k/v (shared), o, gate/up (shared), down
@@ -224,7 +220,7 @@ def test_backend_triton_without_cuda_or_interpreter_is_an_error(monkeypatch):
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(NotImplementedError, match="needs a CUDA device"):
-        resolve_backend(PRESETS["sharq-nvfp4"].replace(backend="triton"), torch.device("cpu"))
+        resolve_backend(PRESETS["sharq-nvfp4"], torch.device("cpu"), RuntimeOptions(backend="triton"))
 
 
 def test_empty_batch_matches_reference():

@@ -7,31 +7,41 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes; `-m gpu`
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS  # noqa: E402
 from sharq.kernels.gemm_nvfp4_split import fp4_weight_gemm_split, split_gemm_supports  # noqa: E402
 from sharq.kernels.prepare_split import (  # noqa: E402
-    prepare_split, prepare_split_supports, split_padded, split_positions,
+    prepare_split,
+    prepare_split_supports,
+    split_padded,
+    split_positions,
 )
 from sharq.ops import quantize_weight  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SPLIT_PRESETS = ("sharq-nvfp4", "sharq-nvfp4-w16", "nvfp4", "sparse-only", "dense-dense", "sparse-sparse",
-                 "naive-residual")
+SPLIT_PRESETS = (
+    "sharq-nvfp4",
+    "sharq-nvfp4-w16",
+    "nvfp4",
+    "sparse-only",
+    "dense-dense",
+    "sparse-sparse",
+    "naive-residual",
+)
 
 
 def _activation(m: int, k: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, k, generator=g) * torch.exp(torch.randn(m, 1, generator=g)) * torch.exp(torch.randn(1, k, generator=g))
+    x = (
+        torch.randn(m, k, generator=g)
+        * torch.exp(torch.randn(m, 1, generator=g))
+        * torch.exp(torch.randn(1, k, generator=g))
+    )
     x[:, torch.randperm(k, generator=g)[: max(1, k // 40)]] *= 40.0
     return x.to(torch.bfloat16).to(DEVICE)
 
@@ -55,8 +65,9 @@ def _want(x: torch.Tensor, config, two: bool):
 
 def _assert_bits(got: torch.Tensor, want: torch.Tensor) -> None:
     assert got.dtype == torch.bfloat16
-    assert torch.equal(got.float().view(torch.int32), want.view(torch.int32)), \
+    assert torch.equal(got.float().view(torch.int32), want.view(torch.int32)), (
         f"{int((got.float() != want).sum())} of {want.numel()} values differ"
+    )
 
 
 def test_split_positions_are_evens_then_odds():
@@ -161,8 +172,9 @@ def test_split_gemm_refuses_bad_operands():
     with pytest.raises(ValueError, match="multiple of 64"):
         fp4_weight_gemm_split(terms, s, wq, None, torch.bfloat16, tiles=dict(BLOCK_K=96))
     with pytest.raises(ValueError, match="NVFP4"):
-        fp4_weight_gemm_split(terms, s, quantize_weight(torch.randn(32, 128, device=DEVICE), PRESETS["sharq-mxfp4"]),
-                              None, torch.bfloat16)
+        fp4_weight_gemm_split(
+            terms, s, quantize_weight(torch.randn(32, 128, device=DEVICE), PRESETS["sharq-mxfp4"]), None, torch.bfloat16
+        )
     with pytest.raises(ValueError, match="one scale or one per row"):
         fp4_weight_gemm_split(terms, torch.ones(3, device=DEVICE), wq, None, torch.bfloat16)
 

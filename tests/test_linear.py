@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 import sharq
-from sharq import PRESETS, SharqConfig, SharqLinear, prepare_activation, sharq_linear, sqnr_db
+from sharq import PRESETS, RuntimeOptions, SharqConfig, SharqLinear, prepare_activation, sharq_linear
 from sharq.formats import quantize_nvfp4
+from sharq.metrics import sqnr_db
 
 QUANT_PRESETS = [name for name, cfg in PRESETS.items() if cfg.quantizes]
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -140,7 +141,7 @@ def test_no_float_weight_is_kept(preset):
             assert t.dtype in (torch.uint8, torch.int32), (name, t.dtype)
     for name, p in layer.named_parameters():
         assert tuple(p.shape) != (n, k), name
-    assert not hasattr(layer, "weight") or not isinstance(getattr(layer, "weight"), torch.Tensor)
+    assert not hasattr(layer, "weight") or not isinstance(layer.weight, torch.Tensor)
     assert sd["weight_codes"].shape == (n, k // 2)
 
 
@@ -288,8 +289,9 @@ def test_nonfinite_input_other_formats(preset, bad):
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_check_finite_raises_naming_the_layer(bad):
-    cfg = PRESETS["sharq-nvfp4"].replace(check_finite=True)
-    layer = SharqLinear.from_float(make_linear(64, 8), cfg, name="layers.0.q_proj")
+    layer = SharqLinear.from_float(
+        make_linear(64, 8), PRESETS["sharq-nvfp4"], name="layers.0.q_proj", options=RuntimeOptions(check_finite=True)
+    )
     x = activations(3, 64)
     assert bool(torch.isfinite(layer(x)).all())  # finite input passes
     x[0, 0] = bad
@@ -329,11 +331,13 @@ def test_errors():
             SharqLinear.from_float(lin, cfg, name="layers.0.k_proj")
     hif4 = PRESETS["sharq-hif4"]
     with pytest.raises(NotImplementedError, match="does not implement hif4"):
-        triton_layer = SharqLinear.from_float(make_linear(64, 8), hif4.replace(backend="triton"))
+        triton_layer = SharqLinear.from_float(make_linear(64, 8), hif4, options=RuntimeOptions(backend="triton"))
         triton_layer(torch.randn(2, 64))
     hif4_layer = SharqLinear.from_float(make_linear(64, 8), hif4)
     with pytest.raises(NotImplementedError, match="does not implement hif4"):
-        sharq_linear(torch.randn(2, 64), hif4_layer.quantized_weight, None, hif4.replace(backend="triton"))
+        sharq_linear(
+            torch.randn(2, 64), hif4_layer.quantized_weight, None, hif4, options=RuntimeOptions(backend="triton")
+        )
 
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-hif4"])

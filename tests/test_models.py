@@ -9,7 +9,8 @@ from torch import nn
 pytest.importorskip("transformers")
 
 import sharq.ops as ops_mod  # noqa: E402
-from sharq import PRESETS, SharqConfig, SharqLinear, sqnr_db  # noqa: E402
+from sharq import PRESETS, SharqConfig, SharqLinear  # noqa: E402
+from sharq.metrics import sqnr_db  # noqa: E402
 from sharq.models import quantize_  # noqa: E402
 from sharq.nn.experts import SharqExperts  # noqa: E402
 from sharq.nn.fused_mlp import SharqMLP  # noqa: E402
@@ -145,9 +146,9 @@ def test_preparation_runs_once_per_shared_input(arch, monkeypatch):
     calls = []
     real = ops_mod.prepare_activation
 
-    def counting(x, config):
+    def counting(x, config, **kwargs):
         calls.append(tuple(x.shape))
-        return real(x, config)
+        return real(x, config, **kwargs)
 
     monkeypatch.setattr(ops_mod, "prepare_activation", counting)  # every preparation goes through ops
     groups = {m.shared_input for m in model.modules() if isinstance(m, (SharqLinear, SharqExperts)) and m.shared_input}

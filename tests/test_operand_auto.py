@@ -8,16 +8,13 @@ Without a GPU the Triton kernels run under TRITON_INTERPRET=1.
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
-
 from sharq import PRESETS, SharqConfig, SharqLinear  # noqa: E402
 from sharq.config import AUTO_EXACT_MAX_ROWS, Operand  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 from .kernel_launches import RecordingKernel  # noqa: E402
@@ -55,8 +52,14 @@ def test_auto_equals_exact_up_to_16_rows_and_bf16_sum_from_17(backend, granulari
     torch.manual_seed(3)
     linear = torch.nn.Linear(128, 48, dtype=torch.bfloat16)
     x = (torch.randn(17, 128) * torch.exp(torch.randn(1, 128))).to(torch.bfloat16).to(DEVICE)
-    layers = {op: SharqLinear.from_float(linear, PRESETS["sharq-nvfp4"].replace(
-        operand=op, backend=backend, granularity=granularity)).to(DEVICE) for op in ("auto", "exact", "bf16-sum")}
+    layers = {
+        op: SharqLinear.from_float(
+            linear,
+            PRESETS["sharq-nvfp4"].replace(operand=op, granularity=granularity),
+            options=RuntimeOptions(backend=backend),
+        ).to(DEVICE)
+        for op in ("auto", "exact", "bf16-sum")
+    }
     with torch.no_grad():
         for m in (1, 2, 8, 16):
             assert torch.equal(layers["auto"](x[:m]), layers["exact"](x[:m])), m
@@ -67,12 +70,25 @@ def test_auto_equals_exact_up_to_16_rows_and_bf16_sum_from_17(backend, granulari
 def test_checkpoint_without_operand_loads_as_exact():
     from sharq.checkpoint.record import CheckpointRecord
 
-    record = CheckpointRecord(config=PRESETS["sharq-nvfp4"], preset="sharq-nvfp4", model_class="LlamaForCausalLM",
-                              architecture="Llama", tied_weights={}, quantized_weights=64 * 128, weight_bits=4.25,
-                              modules={"model.layers.0.mlp.down_proj": {"type": "linear", "shape": [64, 128],
-                                                                         "bias": False, "format": "nvfp4",
-                                                                         "weight_block": 32}},
-                              sharq_version="0.1.0")
+    record = CheckpointRecord(
+        config=PRESETS["sharq-nvfp4"],
+        preset="sharq-nvfp4",
+        model_class="LlamaForCausalLM",
+        architecture="Llama",
+        tied_weights={},
+        quantized_weights=64 * 128,
+        weight_bits=4.25,
+        modules={
+            "model.layers.0.mlp.down_proj": {
+                "type": "linear",
+                "shape": [64, 128],
+                "bias": False,
+                "format": "nvfp4",
+                "weight_block": 32,
+            }
+        },
+        sharq_version="0.1.0",
+    )
     data = record.to_dict()
     assert data["config"]["operand"] == "auto"
     assert CheckpointRecord.from_dict(data, "config.json").config.operand is Operand.AUTO
@@ -91,9 +107,14 @@ def _record_launches(monkeypatch) -> dict[str, list]:
     import sharq.kernels.prepare_split as prep_split
 
     log = {name: [] for name in ("prep", "prep_split", "gemv", "gemm_fp4", "dequant", "split")}
-    for module, attr, key in ((prep, "_prepare_kernel", "prep"), (prep_split, "_prepare_split_kernel", "prep_split"),
-                              (gemv, "_gemv_kernel", "gemv"), (gemm_fp4, "_fp4_weight_gemm_kernel", "gemm_fp4"),
-                              (dequant, "_dequant_kernel", "dequant"), (split_gemm, "_gemm_split_kernel", "split")):
+    for module, attr, key in (
+        (prep, "_prepare_kernel", "prep"),
+        (prep_split, "_prepare_split_kernel", "prep_split"),
+        (gemv, "_gemv_kernel", "gemv"),
+        (gemm_fp4, "_fp4_weight_gemm_kernel", "gemm_fp4"),
+        (dequant, "_dequant_kernel", "dequant"),
+        (split_gemm, "_gemm_split_kernel", "split"),
+    ):
         monkeypatch.setattr(module, attr, RecordingKernel(getattr(module, attr), log[key]))
     return log
 
@@ -107,18 +128,27 @@ def test_each_planned_kernel_runs(monkeypatch, operand):
     pytest.importorskip("triton")
     from sharq.kernels.plan import plan_linear
 
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton", operand=operand)
-    layer = SharqLinear.from_float(torch.nn.Linear(64, 32, dtype=torch.bfloat16), config).to(DEVICE)
-    expect = {1: ("prep", "gemv"), 2: ("prep", "gemv"), 3: ("prep", "gemm_fp4"), 16: ("prep", "gemm_fp4"),
-              17: ("prep_split", "gemm_fp4"), 255: ("prep_split", "gemm_fp4"), 256: ("prep_split", "split"),
-              512: ("prep_split", "dequant", "gemm_fp4")}
+    config = PRESETS["sharq-nvfp4"].replace(operand=operand)
+    layer = SharqLinear.from_float(
+        torch.nn.Linear(64, 32, dtype=torch.bfloat16), config, options=RuntimeOptions(backend="triton")
+    ).to(DEVICE)
+    expect = {
+        1: ("prep", "gemv"),
+        2: ("prep", "gemv"),
+        3: ("prep", "gemm_fp4"),
+        16: ("prep", "gemm_fp4"),
+        17: ("prep_split", "gemm_fp4"),
+        255: ("prep_split", "gemm_fp4"),
+        256: ("prep_split", "split"),
+        512: ("prep_split", "dequant", "gemm_fp4"),
+    }
     for m, kernels in expect.items():
         log = _record_launches(monkeypatch)
         with torch.no_grad():
             layer(torch.randn(m, 64, dtype=torch.bfloat16, device=DEVICE))
         ran = {name for name, calls in log.items() if calls}
         assert ran == set(kernels), (m, ran)
-        plan = plan_linear(m, config, DEVICE)
+        plan = plan_linear(m, config, DEVICE, layer.options)
         assert plan.operand is Operand(operand).for_rows(m)
         two = operand == "exact"
         if m > 16:
@@ -137,11 +167,16 @@ def _logits(model, ids):
         return model(ids).logits.float()
 
 
-@pytest.mark.parametrize("operand,rows", [
-    ("exact", (16, 17)), ("auto", (16, 17, 600)),
-    # the one-row GEMV takes minutes under the interpreter, 600 exact rows ~70 s: -m slow
-    pytest.param("exact", (1, 600), marks=pytest.mark.slow), pytest.param("auto", (1,), marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "operand,rows",
+    [
+        ("exact", (16, 17)),
+        ("auto", (16, 17, 600)),
+        # the one-row GEMV takes minutes under the interpreter, 600 exact rows ~70 s: -m slow
+        pytest.param("exact", (1, 600), marks=pytest.mark.slow),
+        pytest.param("auto", (1,), marks=pytest.mark.slow),
+    ],
+)
 def test_tiny_model_triton_logits_equal_reference(operand, rows):
     """Logits of a tiny Llama on the Triton backend = the reference backend's up to FP32 summation
     order, at 1, 16, 17 and 600 rows a call (the GEMV, the small-M GEMM, the FP32-decode GEMM on the
@@ -153,7 +188,7 @@ def test_tiny_model_triton_logits_equal_reference(operand, rows):
     models = {}
     for backend in ("reference", "triton"):
         model = copy.deepcopy(base).to(DEVICE)
-        quantize_(model, PRESETS["sharq-nvfp4"].replace(backend=backend, operand=operand, granularity="token"))
+        quantize_(model, PRESETS["sharq-nvfp4"].replace(operand=operand, granularity="token"), backend=backend)
         models[backend] = model
     g = torch.Generator().manual_seed(5)
     shapes = {1: (1, 1), 16: (1, 16), 17: (1, 17), 600: (2, 300)}

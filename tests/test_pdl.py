@@ -10,13 +10,9 @@ kernel reading before its predecessor finished would show as a difference).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 pytest.importorskip("triton")
 
 import sharq.kernels.gemv_nvfp4 as gemv_module  # noqa: E402
@@ -25,10 +21,12 @@ from sharq import PRESETS  # noqa: E402
 from sharq.kernels.pdl import pdl_enabled  # noqa: E402
 from sharq.kernels.prepare_fp4 import prepare_activation_triton  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 
 from .kernel_launches import RecordingKernel  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = RuntimeOptions(backend="triton")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -55,9 +53,9 @@ def test_launches_without_pdl_pass_no_launch_option(monkeypatch):
     launch carries no `launch_pdl`."""
     monkeypatch.setenv("SHARQ_PDL", "0")
     prep, gemv = _record(monkeypatch)
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton")
+    config = PRESETS["sharq-nvfp4"]
     wq = quantize_weight(torch.randn(24, 64, device=DEVICE) * 0.05, config)
-    sharq_linear(torch.randn(1, 64, device=DEVICE).to(torch.bfloat16), wq, None, config)
+    sharq_linear(torch.randn(1, 64, device=DEVICE).to(torch.bfloat16), wq, None, config, options=TRITON)
     assert prep and gemv
     assert all(k["PDL"] is False and "launch_pdl" not in k for k in prep + gemv)
 
@@ -68,8 +66,8 @@ def _chain(xs, weights, config):
     h = xs
     for w_a, w_b in weights:
         prepared = prepare_activation_triton(h, config, with_terms=True, terms_layout="auto")
-        a = sharq_linear(h, w_a, None, config, prepared=prepared)
-        b = sharq_linear(h, w_b, None, config, prepared=prepared)
+        a = sharq_linear(h, w_a, None, config, prepared=prepared, options=TRITON)
+        b = sharq_linear(h, w_b, None, config, prepared=prepared, options=TRITON)
         h = (a.float() + b.float()).to(torch.bfloat16) * 4
     return h
 
@@ -79,11 +77,13 @@ def _chain(xs, weights, config):
 @pytest.mark.parametrize("m", [1, 2])
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
 def test_pdl_chain_is_bit_identical_eager_and_in_a_cuda_graph(monkeypatch, m, granularity):
-    config = PRESETS["sharq-nvfp4"].replace(backend="triton", granularity=granularity)
+    config = PRESETS["sharq-nvfp4"].replace(granularity=granularity)
     g = torch.Generator().manual_seed(3)
     k = 4096
-    weights = [tuple(quantize_weight((torch.randn(k, k, generator=g) * 0.02).to(DEVICE), config) for _ in range(2))
-               for _ in range(3)]
+    weights = [
+        tuple(quantize_weight((torch.randn(k, k, generator=g) * 0.02).to(DEVICE), config) for _ in range(2))
+        for _ in range(3)
+    ]
     inputs = [(torch.randn(m, k, generator=g) * 2).to(torch.bfloat16).to(DEVICE) for _ in range(4)]
 
     monkeypatch.setenv("SHARQ_PDL", "0")
@@ -110,4 +110,3 @@ def test_pdl_chain_is_bit_identical_eager_and_in_a_cuda_graph(monkeypatch, m, gr
             static.copy_(x)
             graph.replay()
             assert torch.equal(out, want)
-

@@ -42,10 +42,10 @@ def test_k_slice_with_the_row_scale_is_the_slice_of_the_row(parts):
     for p in range(parts):
         cols = slice(p * width, (p + 1) * width)
         part = prepare_activation(x[:, cols].contiguous(), TOKEN, global_scale=s)
-        assert torch.equal(part.backbone.codes, full.backbone.codes[:, p * width // 2:(p + 1) * width // 2])
-        assert torch.equal(part.backbone.scales, full.backbone.scales[:, p * width // 32:(p + 1) * width // 32])
-        assert torch.equal(part.residual.codes, full.residual.codes[:, p * width // 2:(p + 1) * width // 2])
-        assert torch.equal(part.residual.scales, full.residual.scales[:, p * width // 16:(p + 1) * width // 16])
+        assert torch.equal(part.backbone.codes, full.backbone.codes[:, p * width // 2 : (p + 1) * width // 2])
+        assert torch.equal(part.backbone.scales, full.backbone.scales[:, p * width // 32 : (p + 1) * width // 32])
+        assert torch.equal(part.residual.codes, full.residual.codes[:, p * width // 2 : (p + 1) * width // 2])
+        assert torch.equal(part.residual.scales, full.residual.scales[:, p * width // 16 : (p + 1) * width // 16])
         assert torch.equal(part.global_scale, s)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sharq import PRESETS, Format, SharqLinear, prepare_activation, quantize
+from sharq import PRESETS, Format, SharqLinear, prepare_activation, quantize_tensor
 
 from .conftest import outlier_activations
 
@@ -18,8 +18,8 @@ QUANT_PRESETS = [name for name, cfg in PRESETS.items() if cfg.quantizes]
 @pytest.mark.parametrize("fmt,block", [(Format.NVFP4, 16), (Format.NVFP4, 32), (Format.MXFP4, 32), (Format.HIF4, 64)])
 def test_formats_bit_identical_on_cuda(fmt, block):
     x = outlier_activations(256, 1000) * 1e-3
-    cpu = quantize(x, fmt, block)
-    gpu = quantize(x.cuda(), fmt, block)
+    cpu = quantize_tensor(x, fmt, block)
+    gpu = quantize_tensor(x.cuda(), fmt, block)
     for name, tensor in cpu.storage().items():
         assert torch.equal(tensor, gpu.storage()[name].cpu()), name
     assert torch.equal(cpu.dequantize(), gpu.dequantize().cpu())

@@ -19,7 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sharq
-from sharq import PRESETS, SharqLinear, decompose, nm_mask, prepare_activation, quantize, quantize_weight, sharq_linear
+from sharq import PRESETS, SharqLinear, decompose, prepare_activation, quantize_tensor, quantize_weight, sharq_linear
+from sharq.config import parse_mask
+from sharq.options import RuntimeOptions
+from sharq.sparse import nm_mask
 
 REF = "reference"
 # one preset of each activation layout: SharQ in the three formats, plain NVFP4, two dense terms
@@ -29,7 +32,7 @@ NOT_FLOAT = [torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64]
 
 
 def _cfg(preset: str, granularity: str = "tensor") -> sharq.SharqConfig:
-    cfg = PRESETS[preset].replace(backend=REF)
+    cfg = PRESETS[preset]  # on the CPU every backend choice runs the reference
     return cfg.replace(granularity=granularity) if cfg.has_global_scale else cfg
 
 
@@ -64,9 +67,9 @@ def _public_calls(x: torch.Tensor) -> dict:
     cfg = _cfg("sharq-nvfp4")
     layer = _layer(64, 8)
     return {
-        "quantize": lambda: quantize(x, "nvfp4", 16),
-        "quantize mxfp4": lambda: quantize(x, "mxfp4", 32),
-        "quantize hif4": lambda: quantize(x, "hif4", 64),
+        "quantize": lambda: quantize_tensor(x, "nvfp4", 16),
+        "quantize mxfp4": lambda: quantize_tensor(x, "mxfp4", 32),
+        "quantize hif4": lambda: quantize_tensor(x, "hif4", 64),
         "quantize_weight": lambda: quantize_weight(x, cfg),
         "prepare_activation": lambda: prepare_activation(x, cfg),
         "decompose": lambda: decompose(x, cfg),
@@ -93,7 +96,7 @@ def test_quantize_float64_is_its_float32_rounding(fmt, block):
     the packed storage is bit-identical to that of `x.float()`."""
     x = _x(5, 100, seed=3).double() * (1 + 1e-12)  # values float32 cannot hold exactly
     assert not torch.equal(x, x.float().double())
-    assert _same_storage(quantize(x, fmt, block), quantize(x.float(), fmt, block))
+    assert _same_storage(quantize_tensor(x, fmt, block), quantize_tensor(x.float(), fmt, block))
 
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4", "sharq-hif4", "sharq-nvfp4-w16"])
@@ -108,8 +111,12 @@ def test_float64_activation_is_refused_naming_the_dtypes():
     x = _x(3, 64).double()
     cfg = _cfg("sharq-nvfp4")
     layer = _layer(64, 8)
-    for call in (lambda: prepare_activation(x, cfg), lambda: decompose(x, cfg),
-                 lambda: sharq_linear(x, layer.quantized_weight, None, cfg), lambda: layer(x)):
+    for call in (
+        lambda: prepare_activation(x, cfg),
+        lambda: decompose(x, cfg),
+        lambda: sharq_linear(x, layer.quantized_weight, None, cfg),
+        lambda: layer(x),
+    ):
         with pytest.raises(TypeError, match=r"torch\.float64.*float32, bfloat16 or float16"):
             call()
 
@@ -120,7 +127,7 @@ def test_nm_mask_float64_keeps_the_largest_float64_values(rows, mask, seed):
     N largest |x| (ties: lower index), checked against a direct float64 sort. (Ranked in float32
     before, the lower index won such a near-tie and a smaller value was kept.)"""
     g = torch.Generator().manual_seed(seed)
-    spec = sharq.parse_mask(mask)
+    spec = parse_mask(mask)
     k = 32
     base = torch.randint(1, 4, (rows, k), generator=g).double()  # many exact ties
     x = base * (1 + torch.randint(0, 3, (rows, k), generator=g).double() * 1e-12)  # float32 cannot tell apart
@@ -141,9 +148,14 @@ def test_scalar_input_is_refused():
     s = torch.tensor(1.0)
     cfg = _cfg("sharq-nvfp4")
     layer = _layer(64, 8)
-    for call in (lambda: quantize(s, "nvfp4", 16), lambda: prepare_activation(s, cfg), lambda: decompose(s, cfg),
-                 lambda: sharq_linear(s, layer.quantized_weight, None, cfg), lambda: layer(s),
-                 lambda: nm_mask(s, "2:4")):
+    for call in (
+        lambda: quantize_tensor(s, "nvfp4", 16),
+        lambda: prepare_activation(s, cfg),
+        lambda: decompose(s, cfg),
+        lambda: sharq_linear(s, layer.quantized_weight, None, cfg),
+        lambda: layer(s),
+        lambda: nm_mask(s, "2:4"),
+    ):
         with pytest.raises(ValueError, match="scalar|last dimension"):
             call()
 
@@ -196,7 +208,7 @@ def test_wrong_operand_types_and_bias_shape():
     with pytest.raises(ValueError, match=r"bias must have shape \(8,\), got \(7,\)"):
         sharq_linear(x, layer.quantized_weight, torch.zeros(7), cfg)
     with pytest.raises(TypeError, match="torch.Tensor"):
-        quantize([[1.0, 2.0]], "nvfp4", 16)  # type: ignore[arg-type]
+        quantize_tensor([[1.0, 2.0]], "nvfp4", 16)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="floating-point"):
         nm_mask([1.0, 2.0, 3.0, 4.0], "2:4")  # type: ignore[arg-type]
 
@@ -209,21 +221,22 @@ def test_wrong_operand_types_and_bias_shape():
 def test_empty_batch_gives_empty_results(preset, granularity):
     """M = 0 (2-D, and 0 in a leading dimension of 3-D input): empty results of the right shapes and
     dtypes from every op, also with check_finite on."""
-    cfg = _cfg(preset, granularity).replace(check_finite=True)
+    cfg = _cfg(preset, granularity)
     layer = SharqLinear.from_float(torch.nn.Linear(96, 8), cfg)
+    layer.options = RuntimeOptions(check_finite=True)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = torch.zeros(0, 96, dtype=dtype)
-        parts = decompose(x, cfg)
+        parts = decompose(x, cfg, check_finite=True)
         assert parts.backbone.shape == parts.residual.shape == (0, 96) and parts.backbone.dtype == torch.float32
-        prepared = prepare_activation(x, cfg)
+        prepared = prepare_activation(x, cfg, check_finite=True)
         assert prepared.backbone.shape == (0, 96) and prepared.backbone.codes.shape[0] == 0
-        assert sharq_linear(x, layer.quantized_weight, layer.bias, cfg).shape == (0, 8)
+        assert sharq_linear(x, layer.quantized_weight, layer.bias, cfg, options=layer.options).shape == (0, 8)
         for shape in ((0, 96), (2, 0, 96), (0, 3, 5, 96)):
             y = layer(torch.zeros(shape, dtype=dtype))
             assert y.shape == (*shape[:-1], 8) and y.dtype == dtype
         assert nm_mask(x, cfg.mask or "2:4").shape == (0, 96)
     for fmt, block in FORMAT_BLOCKS:
-        q = quantize(torch.zeros(0, 40), fmt, block)
+        q = quantize_tensor(torch.zeros(0, 40), fmt, block)
         assert q.dequantize().shape == (0, 40)
 
 
@@ -250,7 +263,9 @@ def test_k_off_the_block_is_zero_padding(preset, granularity, m, k, seed):
     assert not full.backbone[:, k:].any() and not full.residual[:, k:].any()
     assert torch.equal(got.global_scale, full.global_scale)
     fmt, block = FORMAT_BLOCKS[seed % len(FORMAT_BLOCKS)]
-    assert torch.equal(quantize(x, fmt, block).dequantize(), quantize(padded, fmt, block).dequantize()[:, :k])
+    assert torch.equal(
+        quantize_tensor(x, fmt, block).dequantize(), quantize_tensor(padded, fmt, block).dequantize()[:, :k]
+    )
 
 
 def _non_contiguous(x: torch.Tensor, how: str) -> torch.Tensor:
@@ -281,7 +296,7 @@ def test_non_contiguous_input_equals_contiguous(preset, granularity, how, m, k, 
     assert _parts_equal(decompose(view, cfg), decompose(x, cfg))
     assert torch.equal(nm_mask(view, "pair4of8"), nm_mask(x, "pair4of8"))
     fmt, block = FORMAT_BLOCKS[seed % len(FORMAT_BLOCKS)]
-    assert _same_storage(quantize(view, fmt, block), quantize(x, fmt, block))
+    assert _same_storage(quantize_tensor(view, fmt, block), quantize_tensor(x, fmt, block))
     layer = _layer(k, 8, preset, granularity)
     y = layer(x)
     assert torch.equal(layer(view), y)

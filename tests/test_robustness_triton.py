@@ -10,13 +10,10 @@ subnormals, huge and non-finite values prepared bit-identically to the reference
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 from hypothesis import given, settings  # noqa: E402
@@ -24,24 +21,32 @@ from hypothesis import strategies as st  # noqa: E402
 
 from sharq import PRESETS, SharqLinear, sharq_linear  # noqa: E402
 from sharq.ops import prepare  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 K, N = 96, 24
 
 
+TRITON = RuntimeOptions(backend="triton")
+
+
 def _cfg(preset: str, granularity: str = "token", **changes):
-    cfg = PRESETS[preset].replace(backend="triton", **changes)
+    cfg = PRESETS[preset].replace(**changes)
     return cfg.replace(granularity=granularity) if cfg.has_global_scale else cfg
 
 
-def _layer(preset: str = "sharq-nvfp4", granularity: str = "token", **changes) -> SharqLinear:
+def _layer(
+    preset: str = "sharq-nvfp4", granularity: str = "token", check_finite: bool = False, **changes
+) -> SharqLinear:
     g = torch.Generator().manual_seed(7)
     lin = torch.nn.Linear(K, N).to(torch.bfloat16)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(N, K, generator=g) * 0.1)
         lin.bias.copy_(torch.randn(N, generator=g))
-    return SharqLinear.from_float(lin, _cfg(preset, granularity, **changes)).to(DEVICE)
+    layer = SharqLinear.from_float(lin, _cfg(preset, granularity, **changes)).to(DEVICE)
+    layer.options = TRITON.replace(check_finite=check_finite)
+    return layer
 
 
 def _x(m: int, k: int = K, seed: int = 0, dtype=torch.bfloat16) -> torch.Tensor:
@@ -55,7 +60,7 @@ def test_wrong_k_is_refused(m):
     returned a result; now a ValueError naming both sizes, before any kernel runs."""
     layer = _layer()
     with pytest.raises(ValueError, match=r"last dimension 64.*K=96"):
-        sharq_linear(_x(m, 64), layer.quantized_weight, layer.bias, layer.config)
+        sharq_linear(_x(m, 64), layer.quantized_weight, layer.bias, layer.config, options=layer.options)
     with pytest.raises(ValueError, match=r"last dimension 64.*in_features=96"):
         layer(_x(m, 64))
 
@@ -64,20 +69,27 @@ def test_device_mismatch_is_refused():
     layer = _layer()
     other = "cpu" if DEVICE == "cuda" else "meta"
     with pytest.raises(ValueError, match=rf"activation is on {other}.* weight is on {DEVICE}"):
-        sharq_linear(_x(3).to(other), layer.quantized_weight, layer.bias, layer.config)
+        sharq_linear(_x(3).to(other), layer.quantized_weight, layer.bias, layer.config, options=layer.options)
     with pytest.raises(ValueError, match=rf"input is on {other}"):
         layer(_x(3).to(other))
 
 
-@pytest.mark.parametrize("preset,granularity", [("sharq-nvfp4", "tensor"), ("sharq-nvfp4", "token"),
-                                                ("sharq-mxfp4", "tensor")])
+@pytest.mark.parametrize(
+    "preset,granularity", [("sharq-nvfp4", "tensor"), ("sharq-nvfp4", "token"), ("sharq-mxfp4", "tensor")]
+)
 def test_empty_batch(preset, granularity):
     layer = _layer(preset, granularity, check_finite=True)
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for shape in ((0, K), (2, 0, K), (0, 1, 3, K)):
             y = layer(torch.zeros(shape, dtype=dtype, device=DEVICE))
             assert y.shape == (*shape[:-1], N) and y.dtype == dtype
-        y = sharq_linear(torch.zeros(0, K, dtype=dtype, device=DEVICE), layer.quantized_weight, None, layer.config)
+        y = sharq_linear(
+            torch.zeros(0, K, dtype=dtype, device=DEVICE),
+            layer.quantized_weight,
+            None,
+            layer.config,
+            options=layer.options,
+        )
         assert y.shape == (0, N)
 
 
@@ -93,8 +105,12 @@ def test_non_contiguous_and_nd_inputs_equal_contiguous_2d(preset, granularity):
         assert torch.equal(layer(view), want)
     assert torch.equal(layer(x.reshape(2, 3, K)), want.reshape(2, 3, N))
     assert torch.equal(layer(x.reshape(3, 1, 2, K)), want.reshape(3, 1, 2, N))
-    assert torch.equal(sharq_linear(transposed.reshape(2, 3, K), layer.quantized_weight, layer.bias, layer.config),
-                       want.reshape(2, 3, N))
+    assert torch.equal(
+        sharq_linear(
+            transposed.reshape(2, 3, K), layer.quantized_weight, layer.bias, layer.config, options=layer.options
+        ),
+        want.reshape(2, 3, N),
+    )
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -116,7 +132,7 @@ def test_non_finite_rows(bad):
     with pytest.raises(ValueError, match="input contains NaN or Inf"):
         checked(x)
     with pytest.raises(ValueError, match="NaN or Inf"):
-        prepare(x, checked.config)
+        prepare(x, checked.config, checked.options)
 
 
 def _values(kind: str, m: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -147,7 +163,7 @@ def test_extreme_values_prepare_like_the_reference(preset, granularity, kind, dt
     reference's (NaN matching NaN)."""
     cfg = _cfg(preset, granularity)
     x = _values(kind, m, 64, dtype, seed)
-    got, ref = prepare(x, cfg), prepare_activation(x, cfg.replace(backend="reference"))
+    got, ref = prepare(x, cfg, TRITON), prepare_activation(x, cfg)
     for a, b in [(got.backbone, ref.backbone), (got.residual, ref.residual)]:
         assert (a is None) == (b is None)
         if a is not None:

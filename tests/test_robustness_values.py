@@ -26,16 +26,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sharq import PRESETS, SharqLinear, decompose, prepare_activation, quantize_weight, sharq_linear
+from sharq.options import RuntimeOptions
 
-PRESET_NAMES = ["sharq-nvfp4", "sharq-mxfp4", "sharq-hif4", "nvfp4", "mxfp4", "hif4", "dense-dense",
-                "sparse-sparse"]
+PRESET_NAMES = ["sharq-nvfp4", "sharq-mxfp4", "sharq-hif4", "nvfp4", "mxfp4", "hif4", "dense-dense", "sparse-sparse"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HIF4_MAX = 1.75 * 4 * 49152  # S1P2 max · 2^(E8 + E4) · E6M2 max
 KINDS = ["normal", "zeros", "subnormal", "huge", "mixed"]
 
 
 def _cfg(preset: str, granularity: str = "tensor", **changes):
-    cfg = PRESETS[preset].replace(backend="reference", **changes)
+    cfg = PRESETS[preset].replace(**changes)  # on the CPU: the reference
     return cfg.replace(granularity=granularity) if cfg.has_global_scale else cfg
 
 
@@ -81,15 +81,17 @@ def _floor(cfg, parts) -> torch.Tensor:
     return torch.tensor(2.0**-126 if cfg.format.value == "mxfp4" else 2.0**-47)
 
 
-values = st.fixed_dictionaries({
-    "preset": st.sampled_from(PRESET_NAMES),
-    "granularity": st.sampled_from(["tensor", "token"]),
-    "dtype": st.sampled_from(DTYPES),
-    "kind": st.sampled_from(KINDS),
-    "m": st.sampled_from([1, 2, 5]),
-    "k": st.sampled_from([16, 33, 64, 100]),
-    "seed": st.integers(0, 2**31 - 1),
-})
+values = st.fixed_dictionaries(
+    {
+        "preset": st.sampled_from(PRESET_NAMES),
+        "granularity": st.sampled_from(["tensor", "token"]),
+        "dtype": st.sampled_from(DTYPES),
+        "kind": st.sampled_from(KINDS),
+        "m": st.sampled_from([1, 2, 5]),
+        "k": st.sampled_from([16, 33, 64, 100]),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
 
 
 @settings(max_examples=200)
@@ -147,16 +149,18 @@ def test_documented_range_limits(preset, dtype):
         assert not bool(torch.isfinite(x_hat).all())
 
 
-bad_values = st.fixed_dictionaries({
-    "preset": st.sampled_from(PRESET_NAMES),
-    "granularity": st.sampled_from(["tensor", "token"]),
-    "dtype": st.sampled_from(DTYPES),
-    "bad": st.sampled_from([math.nan, math.inf, -math.inf]),
-    "m": st.sampled_from([1, 3, 6]),
-    "k": st.sampled_from([33, 64, 100]),
-    "count": st.integers(1, 3),
-    "seed": st.integers(0, 2**31 - 1),
-})
+bad_values = st.fixed_dictionaries(
+    {
+        "preset": st.sampled_from(PRESET_NAMES),
+        "granularity": st.sampled_from(["tensor", "token"]),
+        "dtype": st.sampled_from(DTYPES),
+        "bad": st.sampled_from([math.nan, math.inf, -math.inf]),
+        "m": st.sampled_from([1, 3, 6]),
+        "k": st.sampled_from([33, 64, 100]),
+        "count": st.integers(1, 3),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
 
 
 def _with_bad(case) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,13 +197,18 @@ def test_nan_and_inf_never_come_out_finite(case):
 
 @given(bad_values)
 def test_check_finite_raises_instead(case):
-    cfg = _cfg(case["preset"], case["granularity"], check_finite=True)
+    cfg = _cfg(case["preset"], case["granularity"])
+    checked = RuntimeOptions(check_finite=True)
     x, _ = _with_bad(case)
     layer = SharqLinear.from_float(torch.nn.Linear(case["k"], 8), cfg, name="model.layers.4.mlp.up_proj")
+    layer.options = checked
     with pytest.raises(ValueError, match=r"model\.layers\.4\.mlp\.up_proj: input contains NaN or Inf"):
         layer(x)
-    for call in (lambda: prepare_activation(x, cfg), lambda: decompose(x, cfg),
-                 lambda: sharq_linear(x, layer.quantized_weight, layer.bias, cfg)):
+    for call in (
+        lambda: prepare_activation(x, cfg, check_finite=True),
+        lambda: decompose(x, cfg, check_finite=True),
+        lambda: sharq_linear(x, layer.quantized_weight, layer.bias, cfg, options=checked),
+    ):
         with pytest.raises(ValueError, match="NaN or Inf"):
             call()
     finite = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)

@@ -32,8 +32,11 @@ def test_row_parallel_k_slice():
     assert row_parallel_k_slice(1536, 2, cfg) == 768
     assert row_parallel_k_slice(1536, 3, cfg) == 512
     assert row_parallel_k_slice(576, 2, cfg) == 288  # SmolLM2's o_proj: 9 blocks each
-    with pytest.raises(ValueError, match=r"tensor-parallel size 4 splits the input K=576 of row-parallel layer "
-                                         r"model.o .*144 columns, not a multiple of 32.*work here: \[1, 2, 3, 6, 9\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor-parallel size 4 splits the input K=576 of row-parallel layer "
+        r"model.o .*144 columns, not a multiple of 32.*work here: \[1, 2, 3, 6, 9\]",
+    ):
         row_parallel_k_slice(576, 4, cfg, "model.o")
     with pytest.raises(ValueError, match=r"slices of 168 columns.*sizes that work here: \[1\]$"):
         row_parallel_k_slice(336, 2, cfg)
@@ -49,7 +52,7 @@ def test_row_parallel_scale_and_codes_equal_one_device(tp):
     x = (torch.randn(6, 384, generator=g) * torch.rand(6, 1, generator=g) * 10).to(torch.bfloat16)
     x[2, 300] = 500.0  # this row's amax sits in the last rank's slice
     width = row_parallel_k_slice(384, tp, TOKEN)
-    slices = [x[:, r * width:(r + 1) * width].contiguous() for r in range(tp)]
+    slices = [x[:, r * width : (r + 1) * width].contiguous() for r in range(tp)]
     amaxes = [s.float().abs().amax(-1, keepdim=True) for s in slices]
 
     def all_reduce_max(t):  # what torch.distributed.all_reduce(op=MAX) leaves in every rank
@@ -68,9 +71,14 @@ def test_row_parallel_scale_and_codes_equal_one_device(tp):
 def test_logical_modules():
     mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
     assert logical_modules("model.layers.3.self_attn.qkv_proj", mapping) == [
-        "model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.k_proj", "model.layers.3.self_attn.v_proj"]
+        "model.layers.3.self_attn.q_proj",
+        "model.layers.3.self_attn.k_proj",
+        "model.layers.3.self_attn.v_proj",
+    ]
     assert logical_modules("model.layers.0.mlp.gate_up_proj", mapping) == [
-        "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]
+        "model.layers.0.mlp.gate_proj",
+        "model.layers.0.mlp.up_proj",
+    ]
     assert logical_modules("model.layers.0.mlp.down_proj", mapping) == ["model.layers.0.mlp.down_proj"]
 
 

@@ -29,7 +29,7 @@ def _one_layer_llama():
 def test_quantized_model_compiles_to_one_graph_and_shares_each_preparation_once():
     torch._dynamo.reset()
     model = _one_layer_llama()
-    sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"].replace(backend="reference"))
+    sharq.quantize_(model, sharq.PRESETS["sharq-nvfp4"], backend="reference")
     groups = [m.shared for m in model.modules() if isinstance(m, FusedRMSNormPrep)]
     ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(0))
     graphs = []

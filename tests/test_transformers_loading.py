@@ -173,8 +173,9 @@ def test_another_model_class_and_saving_are_refused(tmp_path):
     with pytest.raises(ValueError, match="quantized with sharq and is not serializable"):
         model.save_pretrained(tmp_path / "resaved")
     with pytest.raises(ValueError, match="loads sharq checkpoint folders only"):
-        AutoModelForCausalLM.from_pretrained(_float_folder(tmp_path / "float"),
-                                             quantization_config=model.config.quantization_config)
+        AutoModelForCausalLM.from_pretrained(
+            _float_folder(tmp_path / "float"), quantization_config=model.config.quantization_config
+        )
 
 
 def _float_folder(path):

@@ -21,9 +21,18 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def _smollm2_shaped(seed: int):
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=100000.0,
-        tie_word_embeddings=True, initializer_range=0.04)
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        initializer_range=0.04,
+    )
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(config).to(device="cuda", dtype=torch.bfloat16).eval()
 
@@ -43,8 +52,8 @@ def test_triton_and_reference_backends_give_the_same_perplexity(granularity):
     models = {}
     for backend in ("reference", "triton"):
         model = copy.deepcopy(base)
-        quantize_(model, PRESETS["sharq-nvfp4"].replace(granularity=granularity, backend=backend))
-        assert all(m.config.backend.value == backend for m in model.modules() if isinstance(m, SharqLinear))
+        quantize_(model, PRESETS["sharq-nvfp4"].replace(granularity=granularity), backend=backend)
+        assert all(m.options.backend.value == backend for m in model.modules() if isinstance(m, SharqLinear))
         models[backend] = model
     g = torch.Generator().manual_seed(1)
     for length in (200, 1024):

@@ -20,8 +20,9 @@ def _logits(model, ids):
         return model(ids).logits
 
 
-@pytest.mark.parametrize("kind,preset", [("llama", "sharq-nvfp4-mse"), ("qwen2", "sharq-nvfp4-w16-mse"),
-                                         ("llama", "nvfp4-mse")])
+@pytest.mark.parametrize(
+    "kind,preset", [("llama", "sharq-nvfp4-mse"), ("qwen2", "sharq-nvfp4-w16-mse"), ("llama", "nvfp4-mse")]
+)
 def test_mse_checkpoint_round_trip_is_bit_identical_and_recorded(tmp_path, kind, preset):
     model = tiny_model(kind, seed=0)
     sharq.quantize_(model, preset)

@@ -16,7 +16,7 @@ def test_mse_presets_change_only_the_weight_scale_rule(name, base):
     assert SharqConfig.from_json(cfg.to_json()) == cfg
     assert cfg.to_dict()["weight_scale"] == "mse"
     assert preset_name(cfg) == name
-    assert preset_name(cfg.replace(granularity="token", backend="reference")) == name
+    assert preset_name(cfg.replace(granularity="token", operand="exact")) == name
     assert preset_name(cfg.replace(weight_scale="amax")) == base
 
 
@@ -32,10 +32,21 @@ def test_default_is_amax_and_old_dicts_load_as_amax():
     "kwargs,match",
     [
         ({"weight_scale": "l2"}, r"weight_scale='l2' is not one of 'amax', 'mse'"),
-        ({"format": "hif4", "mask": "2:4", "backbone_block": 64, "residual_block": 64, "weight_block": 64,
-          "weight_scale": "mse"}, r"weight_scale='mse' needs format 'nvfp4' or 'mxfp4'.*'hif4'"),
-        ({"format": "none", "mask": None, "residual": "none", "weight_scale": "mse"},
-         r"weight_scale='mse' needs format 'nvfp4' or 'mxfp4'.*'none'"),
+        (
+            {
+                "format": "hif4",
+                "mask": "2:4",
+                "backbone_block": 64,
+                "residual_block": 64,
+                "weight_block": 64,
+                "weight_scale": "mse",
+            },
+            r"weight_scale='mse' needs format 'nvfp4' or 'mxfp4'.*'hif4'",
+        ),
+        (
+            {"format": "none", "mask": None, "residual": "none", "weight_scale": "mse"},
+            r"weight_scale='mse' needs format 'nvfp4' or 'mxfp4'.*'none'",
+        ),
     ],
 )
 def test_weight_scale_validation_names_the_field(kwargs, match):

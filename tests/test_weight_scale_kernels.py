@@ -4,19 +4,16 @@ FP4-weight GEMM equals an FP64 matmul of its dequantized operands."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton.jit decorates the kernels
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS  # noqa: E402
 from sharq.kernels.gemm_fp4 import fp4_weight_gemm  # noqa: E402
 from sharq.kernels.gemv_nvfp4 import fp4_weight_gemv, gemv_operand_of  # noqa: E402
 from sharq.ops import quantize_weight, sharq_linear  # noqa: E402
+from sharq.options import RuntimeOptions  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,8 +37,8 @@ def test_triton_linear_on_mse_weight_equals_reference_linear(preset, m):
     bias = torch.randn(40, device=DEVICE).to(torch.bfloat16)
     g = torch.Generator().manual_seed(2)
     x = (torch.randn(m, 96, generator=g) * 3).to(torch.bfloat16).to(DEVICE)
-    ref = sharq_linear(x, wq, bias, config.replace(backend="reference"))
-    got = sharq_linear(x, wq, bias, config.replace(backend="triton"))
+    ref = sharq_linear(x, wq, bias, config, options=RuntimeOptions(backend="reference"))
+    got = sharq_linear(x, wq, bias, config, options=RuntimeOptions(backend="triton"))
     assert got.shape == ref.shape == (m, 40)
     ulp = ref.float().abs().clamp_min(1e-3) * 2.0**-7
     assert bool(((got.float() - ref.float()).abs() <= ulp).all())

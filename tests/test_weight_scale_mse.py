@@ -4,7 +4,7 @@ error, ties to the larger; the amax rule is unchanged; the payload format is the
 import pytest
 import torch
 
-from sharq import PRESETS, quantize
+from sharq import PRESETS, quantize_tensor
 from sharq.formats.blocks import to_blocks
 from sharq.formats.elements import decode_e2m1, round_to_e2m1_codes
 from sharq.formats.ieee import div_rn
@@ -43,7 +43,7 @@ def _weights(n=64, k=256, seed=0):
 @pytest.mark.parametrize("block", [16, 32])
 def test_nvfp4_mse_scale_is_a_candidate_with_minimal_block_error(block):
     w = _weights()
-    qt = quantize(w, "nvfp4", block, scale_rule="mse")
+    qt = quantize_tensor(w, "nvfp4", block, scale_rule="mse")
     xs = w / qt.global_scale
     blocks = to_blocks(xs, block)
     amax = blocks.abs().amax(-1)
@@ -57,7 +57,7 @@ def test_nvfp4_mse_scale_is_a_candidate_with_minimal_block_error(block):
     # the stored codes are those of the chosen scale (SPEC §2 elements), dequantizing to x's domain
     assert torch.allclose(((xs - qt.dequantize(apply_global_scale=False)).double() ** 2).sum(), got.sum(), rtol=1e-9)
     # the search pays on real-looking weights: less total error than the amax rule, and some blocks moved
-    amax_qt = quantize(w, "nvfp4", block)
+    amax_qt = quantize_tensor(w, "nvfp4", block)
     assert not torch.equal(amax_qt.scales, qt.scales)
     assert float(got.sum()) < float(_sse64(blocks, amax_qt.scale_values()).sum())
 
@@ -66,12 +66,12 @@ def test_nvfp4_mse_scale_is_a_candidate_with_minimal_block_error(block):
 def test_amax_rule_is_unchanged_bit_for_bit(block):
     w = _weights(seed=3)
     qt = quantize_weight(w, PRESETS["nvfp4"].replace(weight_block=block))
-    assert torch.equal(qt.scales, quantize(w, "nvfp4", block).scales)
+    assert torch.equal(qt.scales, quantize_tensor(w, "nvfp4", block).scales)
     s_w = torch.clamp(div_rn(w.abs().amax(), 2688.0), min=1e-9)
     assert torch.equal(qt.global_scale, s_w)
     spec_scale = round_e4m3(div_rn(to_blocks(w / s_w, block).abs().amax(-1), 6.0))  # SPEC §2: E4M3(amax/6)
     assert torch.equal(qt.scale_values(), spec_scale)
-    explicit = quantize(w, "nvfp4", block, scale_rule="amax")
+    explicit = quantize_tensor(w, "nvfp4", block, scale_rule="amax")
     assert torch.equal(explicit.codes, qt.codes) and torch.equal(explicit.scales, qt.scales)
 
 
@@ -146,13 +146,13 @@ def test_nan_block_keeps_a_nan_scale():
 def test_mxfp4_mse_takes_the_floor_or_next_exponent_by_error():
     # amax 7.5: floor rule 2^0 saturates 7.5 -> 6 (error 1.5); 2^1: 3.75 -> 4 -> 8 (error 0.5)
     x = _block([7.5, 1.0], 32)
-    assert quantize(x, "mxfp4", 32).scale_values().item() == 1.0
-    assert quantize(x, "mxfp4", 32, scale_rule="mse").scale_values().item() == 2.0
+    assert quantize_tensor(x, "mxfp4", 32).scale_values().item() == 1.0
+    assert quantize_tensor(x, "mxfp4", 32, scale_rule="mse").scale_values().item() == 2.0
     y = _block([4.0, 1.5, 0.5], 32)  # exact on 2^0, coarser on 2^1 (0.5 -> 0 or 1)
-    assert quantize(y, "mxfp4", 32, scale_rule="mse").scale_values().item() == 1.0
+    assert quantize_tensor(y, "mxfp4", 32, scale_rule="mse").scale_values().item() == 1.0
     # random blocks: the choice is one of the candidates with minimal error
     w = _weights(32, 256, seed=5)
-    qt = quantize(w, "mxfp4", 32, scale_rule="mse")
+    qt = quantize_tensor(w, "mxfp4", 32, scale_rule="mse")
     blocks = to_blocks(w, 32)
     exp = e8m0_exponent(blocks.abs().amax(-1))
     cands = [decode_e8m0((torch.clamp(exp + j, max=127) + 127).to(torch.uint8)) for j in MXFP4_MSE_EXPONENT_STEPS]
@@ -160,14 +160,14 @@ def test_mxfp4_mse_takes_the_floor_or_next_exponent_by_error():
     sse = torch.stack([_sse64(blocks, c) for c in cands]).min(0).values
     assert bool(((torch.stack(cands) == chosen).any(0)).all())
     assert bool((_sse64(blocks, chosen) <= sse * (1 + 1e-6) + 1e-30).all())
-    assert ((w - qt.dequantize()) ** 2).sum() < ((w - quantize(w, "mxfp4", 32).dequantize()) ** 2).sum()
+    assert ((w - qt.dequantize()) ** 2).sum() < ((w - quantize_tensor(w, "mxfp4", 32).dequantize()) ** 2).sum()
 
 
 def test_hif4_refuses_the_search():
     with pytest.raises(ValueError, match="hif4 has no block-scale search"):
-        quantize(torch.randn(4, 64), "hif4", 64, scale_rule="mse")
+        quantize_tensor(torch.randn(4, 64), "hif4", 64, scale_rule="mse")
     with pytest.raises(ValueError, match="scale_rule"):
-        quantize(torch.randn(4, 64), "nvfp4", 16, scale_rule="l2")
+        quantize_tensor(torch.randn(4, 64), "nvfp4", 16, scale_rule="l2")
 
 
 def test_payload_format_is_the_amax_payload_format():

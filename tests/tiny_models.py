@@ -10,64 +10,99 @@ import torch
 H, I, HEADS, KV, HEAD_DIM, LAYERS, VOCAB = 128, 256, 4, 2, 32, 2, 256
 
 COMMON = dict(
-    hidden_size=H, intermediate_size=I, num_attention_heads=HEADS, num_key_value_heads=KV,
-    head_dim=HEAD_DIM, num_hidden_layers=LAYERS, vocab_size=VOCAB, max_position_embeddings=256,
+    hidden_size=H,
+    intermediate_size=I,
+    num_attention_heads=HEADS,
+    num_key_value_heads=KV,
+    head_dim=HEAD_DIM,
+    num_hidden_layers=LAYERS,
+    vocab_size=VOCAB,
+    max_position_embeddings=256,
     tie_word_embeddings=False,
 )
 
 
 def _llama():
     from transformers import LlamaConfig, LlamaForCausalLM
+
     return LlamaForCausalLM(LlamaConfig(**COMMON))
 
 
 def _mistral():
     from transformers import MistralConfig, MistralForCausalLM
+
     return MistralForCausalLM(MistralConfig(**COMMON))
 
 
 def _qwen2():
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
     return Qwen2ForCausalLM(Qwen2Config(**COMMON))
 
 
 def _qwen3():
     from transformers import Qwen3Config, Qwen3ForCausalLM
+
     return Qwen3ForCausalLM(Qwen3Config(**COMMON))
 
 
 def _qwen3_moe():
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-    cfg = dict(COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1,
-               mlp_only_layers=[1], norm_topk_prob=True)
+
+    cfg = dict(
+        COMMON,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=64,
+        decoder_sparse_step=1,
+        mlp_only_layers=[1],
+        norm_topk_prob=True,
+    )
     return Qwen3MoeForCausalLM(Qwen3MoeConfig(**cfg))
 
 
 def _mixtral():
     from transformers import MixtralConfig, MixtralForCausalLM
+
     cfg = dict(COMMON, num_local_experts=4, num_experts_per_tok=2)
     return MixtralForCausalLM(MixtralConfig(**cfg))
 
 
 def _gemma3():
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
     cfg = dict(COMMON, sliding_window=64, query_pre_attn_scalar=HEAD_DIM)
     return Gemma3ForCausalLM(Gemma3TextConfig(**cfg))
 
 
 def _qwen3_vl():
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    text = dict(COMMON, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                         "mrope_section": [4, 6, 6]})
-    vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=H,
-                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                  deepstack_visual_indexes=[0])
+
+    text = dict(COMMON, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
+    vision = dict(
+        depth=1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=2,
+        out_hidden_size=H,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0],
+    )
     return Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision))
 
 
 BUILDERS = {
-    "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "qwen3_moe": _qwen3_moe,
-    "mixtral": _mixtral, "gemma3": _gemma3, "qwen3_vl": _qwen3_vl,
+    "llama": _llama,
+    "mistral": _mistral,
+    "qwen2": _qwen2,
+    "qwen3": _qwen3,
+    "qwen3_moe": _qwen3_moe,
+    "mixtral": _mixtral,
+    "gemma3": _gemma3,
+    "qwen3_vl": _qwen3_vl,
 }
 
 

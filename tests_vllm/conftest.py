@@ -16,8 +16,12 @@ from serving_helpers import save_tiny
 def smollm2_folder(tmp_path_factory) -> Path:
     """The packaged SmolLM2-135M-Instruct, written by `sharq quantize` (default preset, tensor granularity)."""
     out = tmp_path_factory.mktemp("ckpt") / "smollm2-sharq"
-    done = subprocess.run([sys.executable, "-m", "sharq", "quantize", "--out", str(out), "--device", "cpu",
-                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "sharq", "quantize", "--out", str(out), "--device", "cpu", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

@@ -8,7 +8,8 @@ process: vLLM's global state is not meant to host several engines one after anot
            `SharqLinear` modules (sharq.load_quantized, served with token granularity), side by
            side for a fused layer; with --prompts, the last-position top-20 logprobs of vLLM and
            of load_quantized's model (each prompt alone and all prompts in one call to vLLM;
-           load_quantized's with the checkpoint's operand and with "bf16-sum"); with --generate N, N greedy tokens (and text).
+           load_quantized's with the checkpoint's operand and with "bf16-sum"); with --generate N,
+           N greedy tokens (and text).
   logprobs the last-position top-20 logprobs of --prompts, with --tp ranks.
   load     build the engine only; a refusal is reported as {"error": type, "message": str}.
   refusals FOLDER is a JSON list of {"folder", "quantization"}: each is built in turn (refusals
@@ -90,9 +91,12 @@ def layers(args, llm) -> dict:
         with torch.no_grad():
             got = layer.quant_method.apply(layer, x, getattr(layer, "bias", None))
             want = torch.cat([modules[n](x) for n in layer.quant_method.names], dim=-1)
-        report[name] = {"logical": layer.quant_method.names, "shape": list(got.shape),
-                        "equal": bool(torch.equal(got, want)),
-                        "max_abs_diff": float((got.float() - want.float()).abs().max())}
+        report[name] = {
+            "logical": layer.quant_method.names,
+            "shape": list(got.shape),
+            "equal": bool(torch.equal(got, want)),
+            "max_abs_diff": float((got.float() - want.float()).abs().max()),
+        }
     result = {"layers": report}
     prompts = json.loads(args.prompts)
     if prompts:
@@ -129,8 +133,15 @@ def main() -> None:
         refusals(args)
     from vllm import LLM, SamplingParams
 
-    kwargs = dict(model=args.folder, enforce_eager=True, skip_tokenizer_init=not args.tokenizer, max_model_len=256,
-                  tensor_parallel_size=args.tp, dtype=args.dtype, seed=0)
+    kwargs = dict(
+        model=args.folder,
+        enforce_eager=True,
+        skip_tokenizer_init=not args.tokenizer,
+        max_model_len=256,
+        tensor_parallel_size=args.tp,
+        dtype=args.dtype,
+        seed=0,
+    )
     if args.quantization:
         kwargs["quantization"] = args.quantization
     try:

@@ -37,12 +37,13 @@ TINY_PROMPTS = [[1, 5, 9, 17, 33, 60, 2, 200], [3, 100, 150], [7, 7, 7, 7, 8]]
 def run_vllm(*args: str, timeout: float = 300, env: dict | None = None) -> tuple[dict | None, str]:
     """(the JSON the runner printed or None, its combined output) of `runner.py args`."""
     full_env = {**os.environ, **(env or {})}
-    done = subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT
+    )
     text = done.stdout + done.stderr
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):]), text
+            return json.loads(line[len("RESULT ") :]), text
     return None, text
 
 

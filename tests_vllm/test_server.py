@@ -26,9 +26,22 @@ def server(smollm2_folder, tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_folder),
-           "--served-model-name", "smollm2-sharq", "--host", "127.0.0.1", "--port", str(port),
-           "--enforce-eager", "--max-model-len", "512"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(smollm2_folder),
+        "--served-model-name",
+        "smollm2-sharq",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+    ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -60,10 +73,12 @@ def test_completions_and_chat(server):
 
     client = OpenAI(base_url=server, api_key="unused")
     assert [m.id for m in client.models.list().data] == ["smollm2-sharq"]
-    done = client.completions.create(model="smollm2-sharq", prompt="The capital of France is", max_tokens=4,
-                                     temperature=0)
+    done = client.completions.create(
+        model="smollm2-sharq", prompt="The capital of France is", max_tokens=4, temperature=0
+    )
     assert done.choices[0].text.strip() and done.usage.completion_tokens == 4
-    chat = client.chat.completions.create(model="smollm2-sharq", max_tokens=4, temperature=0,
-                                          messages=[{"role": "user", "content": "Name one color."}])
+    chat = client.chat.completions.create(
+        model="smollm2-sharq", max_tokens=4, temperature=0, messages=[{"role": "user", "content": "Name one color."}]
+    )
     assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content.strip()
     assert 0 < chat.usage.completion_tokens <= 4

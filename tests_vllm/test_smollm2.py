@@ -20,8 +20,6 @@ Comparing the batched step with the exact forward is what failed before (a near-
 
 import json
 
-import pytest
-
 from serving_helpers import SMOLLM2_PROMPTS, run_vllm
 
 TOP5_TOLERANCE = 1.0  # nats, float32 (see the module docstring)
@@ -36,8 +34,18 @@ def _token_ids(folder):
 
 def test_smollm2_layers_bit_exact_logits_close_and_text(smollm2_folder):
     ids = _token_ids(smollm2_folder)
-    result, log = run_vllm("layers", str(smollm2_folder), "--dtype", "float32", "--prompts", json.dumps(ids),
-                           "--generate", "4", "--tokenizer", timeout=400)
+    result, log = run_vllm(
+        "layers",
+        str(smollm2_folder),
+        "--dtype",
+        "float32",
+        "--prompts",
+        json.dumps(ids),
+        "--generate",
+        "4",
+        "--tokenizer",
+        timeout=400,
+    )
     assert result is not None, log[-4000:]
     layers = result["layers"]
     assert len(layers) == 120

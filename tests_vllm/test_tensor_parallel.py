@@ -10,24 +10,35 @@ import pytest
 
 from serving_helpers import TINY_PROMPTS, run_vllm
 
-SHAPES = dict(hidden_size=192, num_attention_heads=6, num_key_value_heads=6, head_dim=32, intermediate_size=384,
-              vocab_size=384)  # vLLM splits the vocabulary too
+SHAPES = dict(
+    hidden_size=192, num_attention_heads=6, num_key_value_heads=6, head_dim=32, intermediate_size=384, vocab_size=384
+)  # vLLM splits the vocabulary too
 TOLERANCE = 1e-4  # float32 logprobs: summation order only (the codes are the single-device codes)
 
 
 @pytest.fixture(scope="module")
 def tp1(tiny_folders):
-    result, log = run_vllm("logprobs", str(tiny_folders("llama", **SHAPES)), "--dtype", "float32",
-                           "--prompts", str(TINY_PROMPTS))
+    result, log = run_vllm(
+        "logprobs", str(tiny_folders("llama", **SHAPES)), "--dtype", "float32", "--prompts", str(TINY_PROMPTS)
+    )
     assert result is not None, log[-4000:]
     return result["vllm_logprobs"]
 
 
 @pytest.mark.parametrize("tp", [2, 3])
 def test_tensor_parallel_equals_one_device(tp, tp1, tiny_folders):
-    result, log = run_vllm("logprobs", str(tiny_folders("llama", **SHAPES)), "--dtype", "float32",
-                           "--prompts", str(TINY_PROMPTS), "--tp", str(tp), timeout=400,
-                           env={"OMP_NUM_THREADS": "1"})  # one thread per rank process on 2 cores
+    result, log = run_vllm(
+        "logprobs",
+        str(tiny_folders("llama", **SHAPES)),
+        "--dtype",
+        "float32",
+        "--prompts",
+        str(TINY_PROMPTS),
+        "--tp",
+        str(tp),
+        timeout=400,
+        env={"OMP_NUM_THREADS": "1"},
+    )  # one thread per rank process on 2 cores
     assert result is not None, log[-4000:]
     for one, many in zip(tp1, result["vllm_logprobs"]):
         assert list(many)[:5] == list(one)[:5]

@@ -33,8 +33,9 @@ __all__ = [
     "Granularity",
     "Operand",
     "AUTO_EXACT_MAX_ROWS",
-    "Backend",
     "WeightScale",
+    "LmHead",
+    "LM_HEAD_WEIGHT_BLOCK",
     "MaskSpec",
     "parse_mask",
     "SharqConfig",
@@ -80,7 +81,7 @@ class Operand(str, enum.Enum):
     BF16_SUM = "bf16-sum"
     AUTO = "auto"  # EXACT for calls of at most AUTO_EXACT_MAX_ROWS rows, BF16_SUM above (the default)
 
-    def for_rows(self, rows: int) -> "Operand":
+    def for_rows(self, rows: int) -> Operand:
         """The operand a call of `rows` activation rows computes: EXACT or BF16_SUM."""
         if self is Operand.AUTO:
             return Operand.EXACT if rows <= AUTO_EXACT_MAX_ROWS else Operand.BF16_SUM
@@ -96,12 +97,17 @@ class WeightScale(str, enum.Enum):
     MSE = "mse"
 
 
-class Backend(str, enum.Enum):
-    """Which implementation computes the numerics."""
+class LmHead(str, enum.Enum):
+    """What `quantize_` does with the model's `lm_head` (SPEC §9). Its activations stay in the model dtype."""
 
-    AUTO = "auto"  # the fastest available backend for the tensor's device
-    REFERENCE = "reference"  # pure torch, the executable SPEC
-    TRITON = "triton"  # fused Triton kernels (CUDA)
+    MODEL_DTYPE = "model-dtype"  # left as it is (the paper's choice and the default)
+    # Beyond the paper, opt-in: weight-only NVFP4 in LM_HEAD_WEIGHT_BLOCK-blocks (E4M3 block scales, one
+    # FP32 s_w), the hidden state multiplied in the model dtype with FP32 accumulation (nn/lm_head.py).
+    NVFP4_W16 = "nvfp4-w16"
+
+
+# Block along K of the weight-only quantized lm_head's E4M3 scales (LmHead.NVFP4_W16).
+LM_HEAD_WEIGHT_BLOCK = 16
 
 
 # Block sizes each format allows (SPEC §2).
@@ -151,6 +157,10 @@ def parse_mask(spec: str) -> MaskSpec:
     return MaskSpec(n, m)
 
 
+# fields of records written before runtime options left the scheme (dropped by `from_dict`)
+_LEGACY_RUNTIME_FIELDS = ("backend", "check_finite")
+
+
 def _coerce_enum(cls: type[enum.Enum], value: Any, field: str) -> enum.Enum:
     if isinstance(value, cls):
         return value
@@ -163,7 +173,9 @@ def _coerce_enum(cls: type[enum.Enum], value: Any, field: str) -> enum.Enum:
 
 @dataclasses.dataclass(frozen=True)
 class SharqConfig:
-    """One quantization scheme: activation split + formats + weight format + execution options.
+    """One quantization scheme: activation split + formats + weight format — what a checkpoint
+    records and what decides every output value. How it runs (backend, NaN checks) is not part of
+    it: see `sharq.options.RuntimeOptions`.
 
     Fields (enum fields also accept their string values):
       format:          element/scale format of every quantized tensor (`Format`).
@@ -176,14 +188,17 @@ class SharqConfig:
       weight_block:    block size of the weight's scales.
       granularity:     "tensor" or "token" FP32 second-level activation scale (NVFP4 only; the
                        other formats have no second level and are batch invariant either way).
-      backend:         "auto", "reference" or "triton".
       operand:         what the linear multiplies (SPEC §7): "exact" (deq(B) and deq(R), two
                        products), "bf16-sum" (bf16(deq(B) + deq(R)), one product: half the MMA
                        work on Hopper) or "auto" (the default: exact for calls of at most
                        AUTO_EXACT_MAX_ROWS = 16 rows, bf16-sum above; `Operand.for_rows`).
-      check_finite:    raise `ValueError` naming the layer on NaN/Inf input instead of NaN rows.
       weight_scale:    "amax" (the format's fixed block-scale rule) or "mse" (each weight block's
                        scale chosen among candidates by squared error; NVFP4 / MXFP4, SPEC §6).
+                       Applies to a quantized lm_head too.
+      lm_head:         "model-dtype" (default: the lm_head stays as it is) or "nvfp4-w16" (opt-in,
+                       beyond the paper: its weight in NVFP4-16, its input in the model dtype;
+                       `LmHead`, SPEC §9). The same with every quantizing `format`; refused
+                       with format 'none'.
     """
 
     format: Format = Format.NVFP4
@@ -194,19 +209,28 @@ class SharqConfig:
     residual_block: int = 16
     weight_block: int = 32
     granularity: Granularity = Granularity.TENSOR
-    backend: Backend = Backend.AUTO
     operand: Operand = Operand.AUTO
-    check_finite: bool = False
     weight_scale: WeightScale = WeightScale.AMAX
+    lm_head: LmHead = LmHead.MODEL_DTYPE
+    # Runtime options are not scheme fields; given here they are refused with a pointer (below).
+    backend: dataclasses.InitVar[Any] = None
+    check_finite: dataclasses.InitVar[Any] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, backend: Any = None, check_finite: Any = None) -> None:
+        for name, value in (("backend", backend), ("check_finite", check_finite)):
+            if value is not None:
+                raise TypeError(
+                    f"SharqConfig({name}=...): {name} is a runtime option, not part of the quantization "
+                    f"scheme; pass {name}= to sharq.quantize_, sharq.load_quantized or "
+                    "sharq.set_runtime_options"
+                )
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("format", _coerce_enum(Format, self.format, "format"))
         set_("residual", _coerce_enum(Residual, self.residual, "residual"))
         set_("granularity", _coerce_enum(Granularity, self.granularity, "granularity"))
-        set_("backend", _coerce_enum(Backend, self.backend, "backend"))
         set_("operand", _coerce_enum(Operand, self.operand, "operand"))
         set_("weight_scale", _coerce_enum(WeightScale, self.weight_scale, "weight_scale"))
+        set_("lm_head", _coerce_enum(LmHead, self.lm_head, "lm_head"))
         for name in ("mask", "residual_mask"):
             value = getattr(self, name)
             if value is not None:
@@ -215,8 +239,6 @@ class SharqConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"SharqConfig.{name} must be an int, got {value!r}")
-        if not isinstance(self.check_finite, bool):
-            raise TypeError(f"SharqConfig.check_finite must be a bool, got {self.check_finite!r}")
 
         if self.weight_scale is WeightScale.MSE and self.format not in (Format.NVFP4, Format.MXFP4):
             raise ValueError(
@@ -224,6 +246,11 @@ class SharqConfig:
                 f"search is defined for E4M3 and E8M0 scales), got format={self.format.value!r}"
             )
         if self.format is Format.NONE:
+            if self.lm_head is not LmHead.MODEL_DTYPE:
+                raise ValueError(
+                    f"SharqConfig.lm_head={self.lm_head.value!r} needs a quantizing format; format='none' "
+                    "quantizes nothing, so the lm_head stays 'model-dtype'"
+                )
             if self.mask is not None or self.residual is not Residual.NONE or self.residual_mask:
                 raise ValueError(
                     "SharqConfig(format='none') quantizes nothing: it needs mask=None, "
@@ -258,11 +285,16 @@ class SharqConfig:
         return None if self.residual_mask is None else parse_mask(self.residual_mask)
 
     @property
+    def quantizes_lm_head(self) -> bool:
+        """True when `quantize_` replaces the lm_head by a weight-only quantized one (`LmHead`)."""
+        return self.lm_head is not LmHead.MODEL_DTYPE
+
+    @property
     def has_global_scale(self) -> bool:
         """Whether the format has the FP32 second-level scale of SPEC §3 (NVFP4 only)."""
         return self.format is Format.NVFP4
 
-    def replace(self, **changes: Any) -> "SharqConfig":
+    def replace(self, **changes: Any) -> SharqConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -275,9 +307,12 @@ class SharqConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SharqConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SharqConfig:
+        """The scheme of `data` (`to_dict`'s output). Records written before the scheme / runtime split
+        also hold `backend` and `check_finite`: they are runtime options and are ignored here."""
         if not isinstance(data, dict):
             raise TypeError(f"SharqConfig.from_dict needs a dict, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k not in _LEGACY_RUNTIME_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -288,11 +323,11 @@ class SharqConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "SharqConfig":
+    def from_json(cls, text: str) -> SharqConfig:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def from_preset(cls, name: str, **changes: Any) -> "SharqConfig":
+    def from_preset(cls, name: str, **changes: Any) -> SharqConfig:
         """The preset `name` (a key of `PRESETS`), with optional field changes."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
@@ -301,8 +336,12 @@ class SharqConfig:
 
 def _plain(fmt: Format, block: int) -> SharqConfig:
     return SharqConfig(
-        format=fmt, mask=None, residual=Residual.NONE,
-        backbone_block=block, residual_block=block, weight_block=block,
+        format=fmt,
+        mask=None,
+        residual=Residual.NONE,
+        backbone_block=block,
+        residual_block=block,
+        weight_block=block,
     )
 
 
@@ -318,9 +357,7 @@ PRESETS: dict[str, SharqConfig] = {
     "sharq-mxfp4": SharqConfig(
         format=Format.MXFP4, mask="pair4of8", backbone_block=32, residual_block=32, weight_block=32
     ),
-    "sharq-hif4": SharqConfig(
-        format=Format.HIF4, mask="2:4", backbone_block=64, residual_block=64, weight_block=64
-    ),
+    "sharq-hif4": SharqConfig(format=Format.HIF4, mask="2:4", backbone_block=64, residual_block=64, weight_block=64),
     # Ablations of SharQ-NVFP4 (SPEC §8): each changes exactly one thing.
     "sparse-only": _SHARQ_NVFP4.replace(residual=Residual.NONE),
     "dense-dense": _SHARQ_NVFP4.replace(mask=None, backbone_block=16),
@@ -334,6 +371,7 @@ PRESETS: dict[str, SharqConfig] = {
 
 
 def preset_name(config: SharqConfig) -> str | None:
-    """The PRESETS key `config` is, ignoring granularity, backend, operand and check_finite; None if custom."""
-    base = config.replace(granularity="tensor", backend="auto", operand="auto", check_finite=False)
+    """The PRESETS key `config` is, ignoring granularity, operand and lm_head (the presets name the
+    decoder linears' scheme); None if custom."""
+    base = config.replace(granularity="tensor", operand="auto", lm_head=LmHead.MODEL_DTYPE)
     return next((name for name, preset in PRESETS.items() if preset == base), None)

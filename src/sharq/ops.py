@@ -13,9 +13,10 @@ import importlib.util
 
 import torch
 
-from .config import Backend, Format, Operand, Residual, SharqConfig
+from .config import LM_HEAD_WEIGHT_BLOCK, Format, Operand, Residual, SharqConfig
 from .formats.quantized import QuantizedTensor
-from .formats.registry import quantize
+from .formats.registry import quantize_tensor
+from .options import DEFAULT_OPTIONS, Backend, RuntimeOptions
 from .sparse.decompose import PreparedActivation, check_activation, prepare_activation
 
 __all__ = [
@@ -28,6 +29,10 @@ __all__ = [
     "linear_from_prepared",
     "grouped_linear_from_prepared",
     "sharq_linear",
+    "quantize_lm_head_weight",
+    "resolve_lm_head_backend",
+    "lm_head_reference",
+    "lm_head_linear",
 ]
 
 
@@ -39,8 +44,8 @@ def _triton_installed() -> bool:
     return _TRITON_INSTALLED
 
 
-def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
-    """The backend that runs `config` on `device`; never a silent substitute.
+def resolve_backend(config: SharqConfig, device: torch.device, options: RuntimeOptions = DEFAULT_OPTIONS) -> Backend:
+    """The backend that runs `config` on `device` under `options.backend`; never a silent substitute.
 
     AUTO picks Triton for a CUDA tensor whose format the kernels implement (and triton installed),
     the reference otherwise. TRITON needs a format the kernels implement (NVFP4, MXFP4), triton
@@ -49,9 +54,9 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
     """
     from .kernels import interpreting, supports
 
-    if config.backend is Backend.REFERENCE:
+    if options.backend is Backend.REFERENCE:
         return Backend.REFERENCE
-    if config.backend is Backend.AUTO:
+    if options.backend is Backend.AUTO:
         cuda = torch.device(device).type == "cuda"
         usable = cuda and supports(config) and _triton_installed()
         return Backend.TRITON if usable else Backend.REFERENCE
@@ -68,17 +73,23 @@ def resolve_backend(config: SharqConfig, device: torch.device) -> Backend:
     return Backend.TRITON
 
 
-def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
-    """The preparation of a 2-D activation (M, K) as `kernels.plan.plan_linear` plans it: the reference
-    (`prepare_activation`), or the Triton kernel that writes the planned GEMM's operand (codes, scales
-    and s_x bit for bit the reference's where written)."""
+def prepare(
+    x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS, *, plan=None
+) -> PreparedActivation:
+    """The preparation of a 2-D activation (M, K) as `kernels.plan.plan_linear` plans it (or as `plan`,
+    a `LinearPlan` of M rows, says: a MoE layer's input, `kernels.plan.experts_input_plan`): the
+    reference (`prepare_activation`), or the Triton kernel that writes the planned GEMM's operand
+    (codes, scales and s_x bit for bit the reference's where written). `options`: backend, NaN check."""
     from .kernels.plan import plan_linear
 
-    plan = plan_linear(x.shape[0], config, x.device)
+    if plan is None:
+        plan = plan_linear(x.shape[0], config, x.device, options)
+    elif plan.rows != x.shape[0]:
+        raise ValueError(f"a plan of {plan.rows} rows cannot prepare an activation of {x.shape[0]} rows")
     if plan.preparation == "reference":
-        return prepare_activation(x, config)
+        return prepare_activation(x, config, check_finite=options.check_finite)
     check_activation(x)
-    if config.check_finite and not bool(torch.isfinite(x).all()):
+    if options.check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
     if plan.preparation in ("operand-rows", "operand-split"):
         from .kernels.prepare_split import prepare_split
@@ -88,8 +99,9 @@ def prepare(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
         return _operand_prepared(x, config, s, terms, layout)
     from .kernels.prepare_fp4 import prepare_activation_triton
 
-    prepared = prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation)
-    return prepared
+    # the plan chose the layout: the GEMV operand here serves any row count (MoE layers send up to
+    # EXPERTS_GEMV_MAX_TOKENS rows to the experts GEMV)
+    return prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation, gemv_rows=x.shape[0])
 
 
 def _operand_prepared(
@@ -127,7 +139,8 @@ def _prepare_with_source(x: torch.Tensor, config: SharqConfig, source, linear) -
         return _operand_prepared(x, config, s, terms, layout), y, h
     from .kernels.prepare_fp4 import prepare_source_triton
 
-    return prepare_source_triton(x, config, source, terms_layout=linear.preparation)
+    # as in `prepare`: a planned GEMV operand serves any row count (a MoE layer's experts GEMV)
+    return prepare_source_triton(x, config, source, terms_layout=linear.preparation, gemv_rows=x.shape[0])
 
 
 def prepare_rms_norm(
@@ -136,9 +149,11 @@ def prepare_rms_norm(
     eps: float,
     variant: str,
     config: SharqConfig,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
     *,
     residual: torch.Tensor | None = None,
     write_y: bool = True,
+    plan=None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, PreparedActivation | None]:
     """(y, h, prepared) of a decoder's RMSNorm, optionally after its residual add, feeding linears of
     `config` (SPEC §9): h = x + residual in x's dtype (None without a residual), y = RMSNorm(h)
@@ -146,6 +161,9 @@ def prepare_rms_norm(
     as (M, K) rows (None for an empty x).
 
     x, residual: (..., K) fp32/bf16/fp16 of one dtype and shape; weight (K,). y and h have x's shape.
+    options: the consumers' `RuntimeOptions` (backend, NaN check). plan: None (`plan_linear`), or the
+    consumers' `LinearPlan` of the M rows when it is not plan_linear's (a MoE layer's input,
+    `kernels.plan.experts_input_plan`), as `prepare`'s.
     `kernels.plan.plan_producer("rms-norm", ...)` decides: on the Triton backend the preparation's
     kernel computes h and y itself (y written only when `write_y` or check_finite asks for it, else
     None); otherwise torch computes them and `prepare` runs — the same bits (the statistic in the
@@ -163,10 +181,10 @@ def prepare_rms_norm(
         )
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
-    plan = plan_producer("rms-norm", rows, k, config, x.device)
-    if not plan.fused:
+    producer = plan_producer("rms-norm", rows, k, config, x.device, options=options, linear=plan)
+    if not producer.fused:
         y, h = add_rms_norm_reference(x, residual, weight, eps, variant)
-        prepared = prepare(y.reshape(-1, k), config) if rows else None
+        prepared = prepare(y.reshape(-1, k), config, options, plan=plan) if rows else None
         return y, (h if residual is not None else None), prepared
     from .kernels.sources import SOURCE_NORM, SourceSpec, dtype_code
 
@@ -180,25 +198,31 @@ def prepare_rms_norm(
         residual is not None,
         NORM_VARIANTS.index(variant),
         dtype_code(y_dtype),
-        write_y or config.check_finite,
+        write_y or options.check_finite,
         residual is not None,
         -1,
     )
-    prepared, y, h = _prepare_with_source(x2d, config, spec, plan.linear)
-    if config.check_finite and not bool(torch.isfinite(y).all()):
+    prepared, y, h = _prepare_with_source(x2d, config, spec, producer.linear)
+    if options.check_finite and not bool(torch.isfinite(y).all()):
         raise ValueError(f"activation of shape {tuple(y.shape)} contains NaN or Inf (check_finite=True)")
     return (y.view(x.shape) if write_y else None), (h.view(x.shape) if h is not None else None), prepared
 
 
 def prepare_act_mul(
-    gate: torch.Tensor, up: torch.Tensor, config: SharqConfig, *, table: torch.Tensor | None
+    gate: torch.Tensor,
+    up: torch.Tensor,
+    config: SharqConfig,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+    *,
+    table: torch.Tensor | None,
 ) -> PreparedActivation | None:
     """The preparation of act(gate) · up (down_proj's input, as (M, K) rows) computed in the
     preparation's kernel, or None where `kernels.plan.plan_producer("act-mul", ...)` does not fuse
     (the caller then computes act_fn(gate) * up in torch and prepares it as usual: the same bits).
 
-    gate, up: (..., K) bf16 or fp16, one shape and dtype; table: (65,536,) of that dtype, act of
-    every 16-bit value by its bits (`nn.fused_mlp.activation_table`), or None (not built yet)."""
+    gate, up: (..., K) bf16 or fp16, one shape and dtype; options: down_proj's `RuntimeOptions`;
+    table: (65,536,) of that dtype, act of every 16-bit value by its bits
+    (`nn.fused_mlp.activation_table`), or None (not built yet)."""
     from .kernels.plan import plan_producer
 
     check_activation(gate, "gate")
@@ -206,7 +230,9 @@ def prepare_act_mul(
         raise ValueError(f"up ({tuple(up.shape)}, {up.dtype}) must match gate ({tuple(gate.shape)}, {gate.dtype})")
     k = gate.shape[-1]
     rows = gate.numel() // k if k else 0
-    plan = plan_producer("act-mul", rows, k, config, gate.device, dtype=gate.dtype, act_table=table is not None)
+    plan = plan_producer(
+        "act-mul", rows, k, config, gate.device, dtype=gate.dtype, act_table=table is not None, options=options
+    )
     if not plan.fused:
         return None
     if table.shape != (65536,) or table.dtype != gate.dtype or table.device != gate.device:
@@ -229,6 +255,16 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
     block's scale searched among candidates, `formats.nvfp4.nvfp4_block_scales` /
     `formats.mxfp4.quantize_mxfp4_scaled`); the payload's format is the same either way.
     """
+    _check_weight(weight)
+    if not config.quantizes:
+        raise ValueError("quantize_weight: the config quantizes nothing (format='none')")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight contains NaN or Inf; refusing to quantize it")
+    # NVFP4: one s_w ("tensor" granularity)
+    return quantize_tensor(weight, config.format, config.weight_block, scale_rule=config.weight_scale)
+
+
+def _check_weight(weight: torch.Tensor) -> None:
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError(f"weight must be a 2-D tensor (N, K), got {getattr(weight, 'shape', type(weight))}")
     if not weight.is_floating_point():
@@ -238,12 +274,24 @@ def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTenso
             "weight is on the meta device and holds no values to quantize; build an empty layer "
             "(SharqLinear.empty_like) and load a checkpoint into it instead"
         )
-    if not config.quantizes:
-        raise ValueError("quantize_weight: the config quantizes nothing (format='none')")
+
+
+def quantize_lm_head_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTensor:
+    """The packed weight (N, K) of a weight-only quantized lm_head (`config.lm_head`, SPEC §9).
+
+    NVFP4 in LM_HEAD_WEIGHT_BLOCK (16) blocks whatever `config.format` is: s_w = max(amax(W) / 2688,
+    1e-9) per matrix, E4M3 block scales by `config.weight_scale` ("amax" or "mse"), the same
+    quantizer and payload as a SharQ weight (SPEC §6). Non-finite weights are rejected.
+    """
+    _check_weight(weight)
+    if not config.quantizes_lm_head:
+        raise ValueError(
+            f"quantize_lm_head_weight: SharqConfig.lm_head is {config.lm_head.value!r}; "
+            "the lm_head stays in the model dtype"
+        )
     if not bool(torch.isfinite(weight).all()):
-        raise ValueError("weight contains NaN or Inf; refusing to quantize it")
-    # NVFP4: one s_w ("tensor" granularity)
-    return quantize(weight, config.format, config.weight_block, scale_rule=config.weight_scale)
+        raise ValueError("lm_head weight contains NaN or Inf; refusing to quantize it")
+    return quantize_tensor(weight, Format.NVFP4, LM_HEAD_WEIGHT_BLOCK, scale_rule=config.weight_scale)
 
 
 def weight_scale_views(weight: QuantizedTensor) -> tuple[int | None, int | None]:
@@ -363,19 +411,98 @@ def sharq_linear(
     *,
     one_gemm: bool = False,
     prepared: PreparedActivation | None = None,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
 ) -> torch.Tensor:
     """SharQ linear of `x` (..., K) with a quantized weight (N, K): returns (..., N) in x's dtype.
 
     `prepared`: x's preparation as (M, K) rows when it was already computed (shared by q/k/v or
-    gate/up, SPEC §9); it must be `prepare_activation(x.reshape(-1, K), config)`.
+    gate/up, SPEC §9); it must be `prepare_activation(x.reshape(-1, K), config)`. `options`: the
+    backend and NaN check (`sharq.options.RuntimeOptions`).
     Refused before any computation: a weight that is not a `QuantizedTensor` (TypeError), x of a
     dtype other than float32/bfloat16/float16 (TypeError), a scalar x, x's last dimension not the
     weight's K, x or bias on another device than the weight, a bias not of shape (N,) (ValueError).
     """
     _check_linear_operands(x, weight, bias)
-    resolve_backend(config, x.device)
+    resolve_backend(config, x.device, options)
     k = x.shape[-1]
     if prepared is None:
-        prepared = prepare(x.reshape(-1, k), config)  # (M, K) terms
+        prepared = prepare(x.reshape(-1, k), config, options)  # (M, K) terms
     y = linear_from_prepared(prepared, weight, bias, x.dtype, one_gemm=one_gemm)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+# --- the weight-only quantized lm_head (SPEC §9, beyond the paper) ---------------------------------
+
+
+def resolve_lm_head_backend(backend: Backend, x: torch.Tensor) -> Backend:
+    """The backend a weight-only lm_head call on `x` runs; never a silent substitute.
+
+    The Triton kernels multiply a bf16 input (the operand of the bf16 tensor-core GEMM, and what the
+    GEMV reads). AUTO: Triton for a bf16 CUDA input with triton installed, the reference otherwise
+    (float32 / float16 inputs, the CPU). TRITON: refused (NotImplementedError) for another dtype,
+    without triton, or off CUDA unless TRITON_INTERPRET=1 (the CPU tests).
+    """
+    from .kernels import interpreting
+
+    backend = Backend(backend)
+    if backend is Backend.REFERENCE:
+        return backend
+    if backend is Backend.AUTO:
+        usable = x.device.type == "cuda" and x.dtype == torch.bfloat16 and _triton_installed()
+        return Backend.TRITON if usable else Backend.REFERENCE
+    if x.dtype != torch.bfloat16:
+        raise NotImplementedError(
+            f"backend='triton' runs the quantized lm_head on bfloat16 input, got {x.dtype}; "
+            "use backend='reference' or 'auto'"
+        )
+    if not _triton_installed():
+        raise NotImplementedError("backend='triton' needs the triton package (pip install 'sharq[kernels]')")
+    if x.device.type != "cuda" and not interpreting():
+        raise NotImplementedError(f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1), got {x.device}")
+    return Backend.TRITON
+
+
+def lm_head_reference(x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = s_w · (x · deq(Wq)ᵀ) (+ bias), the reference of the weight-only quantized lm_head.
+
+    x (M, K) float32 / bfloat16 / float16, taken exactly into FP32; deq(Wq) the (N, K) weight in
+    the scaled domain (E2M1 value · E4M3 block scale, exact in FP32); the products summed in FP32,
+    multiplied by the FP32 s_w once, the bias added in FP32; returned (M, N) in x's dtype.
+    """
+    w = weight.dequantize(apply_global_scale=False)  # (N, K) fp32
+    y = weight.global_scale * (x.float() @ w.T)  # (M, N) fp32
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def lm_head_linear(
+    x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None, backend: Backend | str = Backend.AUTO
+) -> torch.Tensor:
+    """The weight-only quantized lm_head on `x` (..., K): (..., N) in x's dtype (`lm_head_reference`).
+
+    `weight` is 2-D NVFP4 (`quantize_lm_head_weight`). Triton (`resolve_lm_head_backend`):
+    `kernels.plan.plan_lm_head` picks the W4A16 GEMV (few rows) or the FP4-weight GEMM with the input
+    as its one bf16 term and s_x = 1; either equals the reference up to FP32 summation order.
+    """
+    _check_linear_operands(x, weight, bias)
+    if weight.format is not Format.NVFP4 or weight.global_scale is None:
+        raise ValueError(f"the quantized lm_head takes an NVFP4 weight with its s_w, got {weight.format.value}")
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if resolve_lm_head_backend(backend, x) is Backend.REFERENCE:
+        y = lm_head_reference(x2, weight, bias)
+    else:
+        from .kernels.plan import plan_lm_head
+
+        x2 = x2.contiguous()
+        if plan_lm_head(x2.shape[0]) == "w4a16-gemv":
+            from .kernels.gemv_w4a16 import w4a16_gemv
+
+            y = w4a16_gemv(x2, weight, bias, x.dtype)
+        else:
+            from .kernels.gemm_fp4 import fp4_weight_gemm
+
+            one = torch.ones((), dtype=torch.float32, device=x.device)
+            y = fp4_weight_gemm([x2], one, weight, bias, x.dtype)
     return y.reshape(*x.shape[:-1], y.shape[-1])

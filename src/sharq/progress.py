@@ -14,8 +14,9 @@ __all__ = ["with_progress"]
 T = TypeVar("T")
 
 
-def with_progress(items: Iterable[T], *, enabled: bool | None, desc: str, total: int | None = None,
-                  unit: str = "it") -> Iterator[T] | Iterable[T]:
+def with_progress(
+    items: Iterable[T], *, enabled: bool | None, desc: str, total: int | None = None, unit: str = "it"
+) -> Iterator[T] | Iterable[T]:
     """`items`, wrapped in a progress bar when `enabled` (None: when stderr is a terminal)."""
     if enabled is False:
         return items
@@ -24,5 +25,12 @@ def with_progress(items: Iterable[T], *, enabled: bool | None, desc: str, total:
     except ImportError:  # tqdm is optional: no bar
         return items
     # tqdm's disable=None turns the bar off when the output is not a terminal
-    return tqdm(items, desc=desc, total=total, unit=unit, disable=None if enabled is None else False,
-                leave=False, dynamic_ncols=True)
+    return tqdm(
+        items,
+        desc=desc,
+        total=total,
+        unit=unit,
+        disable=None if enabled is None else False,
+        leave=False,
+        dynamic_ncols=True,
+    )

@@ -93,7 +93,11 @@ def check_fp8_input(x: torch.Tensor, in_features: int, device: torch.device, lab
 
 
 def fp8_linear(
-    x8: torch.Tensor, x_scale: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+    x8: torch.Tensor,
+    x_scale: torch.Tensor,
+    w8: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """y (M, N) = (x8 · W8ᵀ) · s_x · s_w + bias in `out_dtype` through `torch._scaled_mm`.

@@ -70,8 +70,16 @@ class Fp8Linear(nn.Module):
     Input (..., in_features) bfloat16 / float16 / float32 → output (..., out_features), same dtype.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"Fp8Linear needs positive sizes, got in={in_features}, out={out_features}")
@@ -82,22 +90,30 @@ class Fp8Linear(nn.Module):
             )
         self.in_features, self.out_features, self.name = in_features, out_features, name
         self.shared_input: Fp8SharedInput | None = None
-        self.register_buffer("weight_e4m3", torch.zeros(out_features, in_features, dtype=torch.float8_e4m3fn,
-                                                        device=device))
+        self.register_buffer(
+            "weight_e4m3", torch.zeros(out_features, in_features, dtype=torch.float8_e4m3fn, device=device)
+        )
         self.register_buffer("weight_scale", torch.ones(1, out_features, dtype=torch.float32, device=device))
         if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype or torch.get_default_dtype(), device=device),
-                                     requires_grad=False)
+            self.bias = nn.Parameter(
+                torch.zeros(out_features, dtype=dtype or torch.get_default_dtype(), device=device), requires_grad=False
+            )
         else:
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, *, name: str | None = None) -> "Fp8Linear":
+    def from_float(cls, linear: nn.Linear, *, name: str | None = None) -> Fp8Linear:
         """Quantize a trained `nn.Linear` (weight (N, K), optional bias) once."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"Fp8Linear.from_float needs an nn.Linear, got {type(linear).__name__}")
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=linear.weight.dtype,
-                     device=linear.weight.device, name=name)
+        module = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            dtype=linear.weight.dtype,
+            device=linear.weight.device,
+            name=name,
+        )
         try:
             w8, scale = quantize_weight_e4m3(linear.weight)
         except (ValueError, TypeError) as err:
@@ -130,5 +146,7 @@ class Fp8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         shared = f", shared_input={self.shared_input.name}" if self.shared_input is not None else ""
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"weight=e4m3 per-channel, activation=e4m3 per-token{shared}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"weight=e4m3 per-channel, activation=e4m3 per-token{shared}"
+        )

@@ -28,8 +28,10 @@ class Fp8Report:
     groups: dict[str, list[str]]
 
     def summary(self) -> str:
-        return f"fp8: {len(self.converted)} linears → E4M3 weights + per-token E4M3 activations, " \
-               f"{len(self.groups)} shared activation quantizations"
+        return (
+            f"fp8: {len(self.converted)} linears → E4M3 weights + per-token E4M3 activations, "
+            f"{len(self.groups)} shared activation quantizations"
+        )
 
 
 def fp8_quantize_(
@@ -48,8 +50,10 @@ def fp8_quantize_(
     targets, groups = conversion_groups(model, modules_to_not_convert=modules_to_not_convert, filter_fn=filter_fn)
     experts = [fqn for fqn, kind in targets.items() if kind != "linear"]
     if experts:
-        raise ValueError(f"fp8_quantize_: {experts[0]} is a fused mixture-of-experts module; the fp8 baseline "
-                         "converts dense linears only (exclude it with modules_to_not_convert)")
+        raise ValueError(
+            f"fp8_quantize_: {experts[0]} is a fused mixture-of-experts module; the fp8 baseline "
+            "converts dense linears only (exclude it with modules_to_not_convert)"
+        )
     modules = dict(model.named_modules())
     new = {fqn: Fp8Linear.from_float(modules[fqn], name=fqn) for fqn in targets}  # all built before any swap
     for group, consumers in groups.items():

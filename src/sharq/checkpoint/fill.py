@@ -29,11 +29,16 @@ __all__ = ["convert_skeleton", "fill_skeleton"]
 
 
 def convert_skeleton(ckpt: CheckpointFiles, model: nn.Module, config: SharqConfig) -> EmptyConversion:
-    """`convert_empty_` of the recorded modules on the meta device, its refusal as a CheckpointError."""
+    """`convert_empty_` of the recorded modules on the meta device, its refusal as a CheckpointError.
+    A recorded lm_head gets its `untied_from` from the record."""
     try:
-        return convert_empty_(model, config, ckpt.record.targets, device="meta")
+        conversion = convert_empty_(model, config, ckpt.record.targets, device="meta")
     except ValueError as err:
         raise CheckpointError(f"{ckpt.root / CONFIG_FILE}: quantization_config.modules: {err}") from None
+    for fqn, entry in ckpt.record.modules.items():
+        if entry["type"] == "lm_head":
+            conversion.modules[fqn].untied_from = entry.get("untied_from")
+    return conversion
 
 
 def _all_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -42,8 +47,9 @@ def _all_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(named)
 
 
-def _check_layout(ckpt: CheckpointFiles, model: nn.Module, modules: dict[str, nn.Module],
-                  cast: torch.dtype | None) -> dict[str, torch.Tensor]:
+def _check_layout(
+    ckpt: CheckpointFiles, model: nn.Module, modules: dict[str, nn.Module], cast: torch.dtype | None
+) -> dict[str, torch.Tensor]:
     """The skeleton tensors to fill, by name, after checking names, shapes and dtypes against the files.
 
     A floating-point tensor may be stored in another float dtype than the skeleton's outside the
@@ -59,6 +65,13 @@ def _check_layout(ckpt: CheckpointFiles, model: nn.Module, modules: dict[str, nn
                     f"built from config.json has {built[key]!r} there"
                 )
     skeleton = _all_tensors(model)
+    for fqn, entry in ckpt.record.modules.items():
+        untied = entry.get("untied_from") if entry["type"] == "lm_head" else None
+        if untied is not None and (untied not in skeleton or list(skeleton[untied].shape) != entry["shape"]):
+            raise CheckpointError(
+                f"{where}: quantization_config.modules[{fqn!r}].untied_from names {untied!r}, which the model built "
+                f"from config.json does not have with shape {entry['shape']}"
+            )
     tied = ckpt.record.tied_weights
     for alias, target in tied.items():
         if alias not in skeleton or target not in skeleton or target in tied:
@@ -86,8 +99,11 @@ def _check_layout(ckpt: CheckpointFiles, model: nn.Module, modules: dict[str, nn
     for name, tensor in wanted.items():
         file, info = stored[name]
         want = dtype_name(stored_dtype(name, tensor, scale_names))
-        both_float = (info.dtype.startswith(("F", "BF")) and tensor.is_floating_point()
-                      and (cast is not None or not name.startswith(quantized)))
+        both_float = (
+            info.dtype.startswith(("F", "BF"))
+            and tensor.is_floating_point()
+            and (cast is not None or not name.startswith(quantized))
+        )
         if tuple(info.shape) != tuple(tensor.shape) or (info.dtype != want and not both_float):
             raise CheckpointError(
                 f"{file}: tensor {name!r} is {info.dtype} {list(info.shape)}, the model built from config.json "
@@ -162,8 +178,12 @@ def fill_skeleton(
         (module._parameters if attr in module._parameters else module._buffers)[attr] = value
     left = [name for name, t in _all_tensors(model).items() if t.is_meta]
     # a tensor a module keeps as a plain attribute (not registered) is not in any checkpoint
-    left += [f"{fqn}.{attr}" for fqn, m in model.named_modules() for attr, v in vars(m).items()
-             if isinstance(v, torch.Tensor) and v.is_meta]
+    left += [
+        f"{fqn}.{attr}"
+        for fqn, m in model.named_modules()
+        for attr, v in vars(m).items()
+        if isinstance(v, torch.Tensor) and v.is_meta
+    ]
     if left:
         raise CheckpointError(
             f"{ckpt.root}: tensor {left[0]!r} of {ckpt.record.model_class} was not loaded (not a registered "

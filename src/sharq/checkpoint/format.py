@@ -59,10 +59,18 @@ FORMAT_KEY = "sharq_format_version"
 STORAGE_FIELDS = ("codes", "scales", "global_scale", "exponents8", "exponents4")
 
 _DTYPES: dict[torch.dtype, tuple[str, int]] = {
-    torch.float64: ("F64", 8), torch.float32: ("F32", 4), torch.float16: ("F16", 2),
-    torch.bfloat16: ("BF16", 2), torch.int64: ("I64", 8), torch.int32: ("I32", 4), torch.int16: ("I16", 2),
-    torch.int8: ("I8", 1), torch.uint8: ("U8", 1), torch.bool: ("BOOL", 1),
-    torch.float8_e4m3fn: ("F8_E4M3", 1), torch.float8_e5m2: ("F8_E5M2", 1),
+    torch.float64: ("F64", 8),
+    torch.float32: ("F32", 4),
+    torch.float16: ("F16", 2),
+    torch.bfloat16: ("BF16", 2),
+    torch.int64: ("I64", 8),
+    torch.int32: ("I32", 4),
+    torch.int16: ("I16", 2),
+    torch.int8: ("I8", 1),
+    torch.uint8: ("U8", 1),
+    torch.bool: ("BOOL", 1),
+    torch.float8_e4m3fn: ("F8_E4M3", 1),
+    torch.float8_e5m2: ("F8_E5M2", 1),
 }
 _ITEMSIZE = {name: size for name, size in _DTYPES.values()}
 
@@ -170,8 +178,18 @@ def shard_name(i: int, n: int) -> str:
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(size: int | str) -> int:
@@ -194,7 +212,7 @@ def weight_storage_field(name: str, module_fqn: str) -> str | None:
     quantized module `module_fqn` (e.g. `<fqn>.weight_scales`, `<fqn>.down_codes`), else None."""
     if not name.startswith(module_fqn + "."):
         return None
-    rest = name[len(module_fqn) + 1:]
+    rest = name[len(module_fqn) + 1 :]
     if "." in rest:
         return None
     return next((f for f in STORAGE_FIELDS if rest.endswith("_" + f)), None)

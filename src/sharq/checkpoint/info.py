@@ -32,6 +32,16 @@ def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
             other_bytes += info.nbytes
     weights = sum(module_entry_weights(e) for e in record.modules.values())
     bits = {fqn: 8.0 * by_module[fqn] / module_entry_weights(e) for fqn, e in record.modules.items()}
+    heads = [fqn for fqn, e in record.modules.items() if e["type"] == "lm_head"]
+    lm_head = None
+    if heads:  # the weight-only quantized lm_head (config.lm_head), counted among the quantized modules
+        entry = record.modules[heads[0]]
+        lm_head = {
+            "module": heads[0],
+            "format": f"{entry['format']}-{entry['weight_block']}",
+            "weight_bits": bits[heads[0]],
+            "untied_from": entry.get("untied_from"),
+        }
     return {
         "path": str(ckpt.root),
         "sharq_version": record.sharq_version,
@@ -49,6 +59,7 @@ def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
         "other_tensor_bytes": other_bytes,
         "tensors": len(ckpt.tensors),
         "tied_weights": record.tied_weights,
+        "lm_head": lm_head,
         "files": {p.name: p.stat().st_size for p in ckpt.files},
     }
 
@@ -64,8 +75,16 @@ def format_info(info: dict[str, Any]) -> str:
         f"granularity={cfg['granularity']}",
         f"  quantized   {info['quantized_modules']} modules, {info['quantized_weights']:,} weights, "
         f"{info['weight_bits']:.4f} bits/weight on disk ({info['weight_bytes']:,} bytes)",
-        f"  other       {info['other_tensor_bytes']:,} bytes (embeddings, norms, biases, lm_head, rotary tables)",
+        f"  other       {info['other_tensor_bytes']:,} bytes (embeddings, norms, biases, "
+        f"{'' if info.get('lm_head') else 'lm_head, '}rotary tables)",
     ]
+    head = info.get("lm_head")
+    if head:
+        untied = f", untied from {head['untied_from']} (which keeps its weight)" if head["untied_from"] else ""
+        lines.append(
+            f"  lm_head     {head['module']}: weight-only {head['format']}, {head['weight_bits']:.4f} "
+            f"bits/weight, input in the model dtype{untied}"
+        )
     if info["tied_weights"]:
         lines.append("  tied        " + ", ".join(f"{a} = {t}" for a, t in info["tied_weights"].items()))
     for name, size in info["files"].items():

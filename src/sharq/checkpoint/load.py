@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Backend
+from ..options import Backend, RuntimeOptions, set_runtime_options
 from .fill import convert_skeleton, fill_skeleton
 from .format import CONFIG_FILE, CheckpointError
 from .reader import CheckpointFiles, open_checkpoint
@@ -74,7 +74,8 @@ def load_quantized(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    backend: str | Backend | None = None,
+    backend: str | Backend = "auto",
+    check_finite: bool = False,
     verify: bool = True,
     progress: bool | None = None,
 ) -> nn.Module:
@@ -84,7 +85,8 @@ def load_quantized(
     dtype:    cast every floating-point tensor (embeddings, norms, biases, rotary tables) to it, as
               `model.to(dtype)` would; the packed weights are integers and never change. None keeps
               the stored dtypes — the loaded model then computes bit-identically to the saved one.
-    backend:  override the recorded `SharqConfig.backend` ("auto" | "reference" | "triton").
+    backend, check_finite: runtime options (`sharq.options.RuntimeOptions`): "auto" | "reference" |
+              "triton", and a NaN/Inf check of every layer input. Not recorded in checkpoints.
     verify:   check every tensor's CRC-32 against the one recorded when it was written.
     progress: progress bar over the tensors (None: only on a terminal).
 
@@ -94,11 +96,11 @@ def load_quantized(
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     ckpt = open_checkpoint(path)
-    record = ckpt.record
-    config = record.config if backend is None else record.config.replace(backend=backend)
+    options = RuntimeOptions(backend=backend, check_finite=check_finite)
     model = _skeleton(ckpt)
-    conversion = convert_skeleton(ckpt, model, config)
+    conversion = convert_skeleton(ckpt, model, ckpt.record.config)
     fill_skeleton(ckpt, conversion, device=device, dtype=dtype, verify=verify, progress=progress)
+    set_runtime_options(model, backend=options.backend, check_finite=options.check_finite, strict=False)
     _generation_config(model, ckpt.root)
     return model.eval()
 
@@ -115,8 +117,14 @@ def _generation_config(model: nn.Module, root: Path) -> None:
 
 
 # Files any of which means a folder holds a tokenizer (fast, sentencepiece, BPE or WordPiece vocabularies).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
-                   "vocab.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
 
 
 def has_tokenizer(path: str | os.PathLike) -> bool:
@@ -129,8 +137,9 @@ def load_tokenizer(path: str | os.PathLike):
     """The tokenizer saved with a checkpoint (`save_quantized(..., tokenizer=...)`, `sharq quantize`)."""
     root = Path(path)
     if not has_tokenizer(root):
-        raise CheckpointError(f"{root}: no tokenizer was saved with this checkpoint (no tokenizer.json or "
-                              "tokenizer_config.json)")
+        raise CheckpointError(
+            f"{root}: no tokenizer was saved with this checkpoint (no tokenizer.json or tokenizer_config.json)"
+        )
     from transformers import AutoTokenizer
 
     try:

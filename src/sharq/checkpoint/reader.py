@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .format import (
-    CONFIG_FILE, CRC_KEY, FORMAT_KEY, FORMAT_VERSION, INDEX_FILE, QUANT_METHOD, SINGLE_FILE, CheckpointError, TensorInfo,
+    CONFIG_FILE,
+    CRC_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    QUANT_METHOD,
+    SINGLE_FILE,
+    CheckpointError,
+    TensorInfo,
     read_header,
 )
 from .record import CheckpointRecord
@@ -87,7 +95,7 @@ def _weight_map(index: Path) -> dict[str, str]:
         if not isinstance(weight_map, dict):
             raise TypeError
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index}: not a safetensors index with a \"weight_map\" ({err!r})") from None
+        raise CheckpointError(f'{index}: not a safetensors index with a "weight_map" ({err!r})') from None
     for name, file in weight_map.items():
         if not isinstance(file, str) or Path(file).name != file or not file.endswith(".safetensors"):
             raise CheckpointError(f"{index}: tensor {name!r} maps to {file!r}, not a .safetensors file of the folder")
@@ -110,7 +118,9 @@ def _crc_table(path: Path, metadata: dict[str, str], names: set[str]) -> dict[st
         raise CheckpointError(f"{path}: safetensors metadata {CRC_KEY} is missing or corrupt") from None
     if set(table) != names:
         odd = sorted(set(table) ^ names)[0]
-        raise CheckpointError(f"{path}: the checksum table and the tensors disagree on tensor {odd!r}; the file is damaged")
+        raise CheckpointError(
+            f"{path}: the checksum table and the tensors disagree on tensor {odd!r}; the file is damaged"
+        )
     return table
 
 

@@ -21,8 +21,18 @@ from torch import nn
 from ..config import preset_name
 from ..models.architectures import find_architecture
 from ..progress import with_progress
-from .format import CRC_KEY, FORMAT_KEY, FORMAT_VERSION, INDEX_FILE, SINGLE_FILE, CheckpointError, \
-    dtype_name, parse_size, shard_name, tensor_crc32
+from .format import (
+    CRC_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    SINGLE_FILE,
+    CheckpointError,
+    dtype_name,
+    parse_size,
+    shard_name,
+    tensor_crc32,
+)
 from .reader import is_sharq_checkpoint
 from .record import CheckpointRecord, module_entry_weights
 from .tensors import global_scale_names, model_tensors, module_entry, quantized_modules, storage_bytes
@@ -42,8 +52,11 @@ class SavedCheckpoint:
 
     def summary(self) -> str:
         rec = self.record
+        what = rec.preset or "custom config"
+        if rec.config.quantizes_lm_head:
+            what += f", lm_head {rec.config.lm_head.value}"
         return (
-            f"wrote {self.path}: {len(rec.modules)} quantized modules ({rec.preset or 'custom config'}), "
+            f"wrote {self.path}: {len(rec.modules)} quantized modules ({what}), "
             f"{rec.quantized_weights:,} quantized weights at {rec.weight_bits:.3f} bits each, "
             f"{self.tensors} tensors in {len([f for f in self.files if f.endswith('.safetensors')])} file(s), "
             f"{self.file_bytes / 2**20:.1f} MiB"
@@ -131,10 +144,15 @@ def save_quantized(
     report = getattr(model, "sharq_report", None)
     arch = find_architecture(model)
     record = CheckpointRecord(
-        config=config, preset=preset_name(config), model_class=type(model).__name__,
+        config=config,
+        preset=preset_name(config),
+        model_class=type(model).__name__,
         architecture=report.architecture if report is not None else (arch.name if arch else "generic"),
-        modules=entries, tied_weights=tied, quantized_weights=weights,
-        weight_bits=round(8.0 * storage_bytes(modules) / weights, 6), sharq_version=__version__,
+        modules=entries,
+        tied_weights=tied,
+        quantized_weights=weights,
+        weight_bits=round(8.0 * storage_bytes(modules) / weights, 6),
+        sharq_version=__version__,
     )
 
     root = Path(path)
@@ -161,8 +179,11 @@ def save_quantized(
         file = names[shard_of[name]]
         weight_map[name] = file
         if name == shards[shard_of[name]][-1]:
-            save_file(data, str(root / file), metadata={"format": "pt", FORMAT_KEY: str(FORMAT_VERSION),
-                                                         CRC_KEY: json.dumps(crc, sort_keys=True)})
+            save_file(
+                data,
+                str(root / file),
+                metadata={"format": "pt", FORMAT_KEY: str(FORMAT_VERSION), CRC_KEY: json.dumps(crc, sort_keys=True)},
+            )
             file_bytes += (root / file).stat().st_size
             data, crc, storages = {}, {}, set()
     if len(names) > 1:

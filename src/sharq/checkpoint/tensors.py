@@ -1,11 +1,11 @@
 """A model's tensors under their checkpoint names — the same rules when saving and when loading.
 
-  model_tensors(model)      every parameter and buffer (non-persistent ones too, such as the rotary
-                            `inv_freq`, so that a loaded model is bit-identical even where the saved
-                            one had them cast), each tensor once; names that share a tensor are "tied"
-  quantized_modules(model)  the SharqLinear / SharqExperts modules by qualified name
-  module_entry(module)      what the record says about one of them (type, shape, bias, format)
-  stored_dtype(...)         the dtype a tensor has in the file (the int32 global-scale bits are FP32)
+model_tensors(model)      every parameter and buffer (non-persistent ones too, such as the rotary
+                          `inv_freq`, so that a loaded model is bit-identical even where the saved
+                          one had them cast), each tensor once; names that share a tensor are "tied"
+quantized_modules(model)  the SharqLinear / SharqExperts / SharqLMHead modules by qualified name
+module_entry(module)      what the record says about one of them (type, shape, bias, format)
+stored_dtype(...)         the dtype a tensor has in the file (the int32 global-scale bits are FP32)
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torch import nn
 
 from ..nn.experts import SharqExperts
 from ..nn.linear import SharqLinear
+from ..nn.lm_head import SharqLMHead
 from .format import weight_storage_field
 
-__all__ = ["model_tensors", "quantized_modules", "module_entry", "global_scale_names", "storage_bytes",
-           "stored_dtype"]
+__all__ = ["model_tensors", "quantized_modules", "module_entry", "global_scale_names", "storage_bytes", "stored_dtype"]
 
 
 def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -41,12 +41,23 @@ def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {fqn: m for fqn, m in model.named_modules() if isinstance(m, (SharqLinear, SharqExperts))}
+    return {fqn: m for fqn, m in model.named_modules() if isinstance(m, (SharqLinear, SharqExperts, SharqLMHead))}
 
 
 def module_entry(module: nn.Module) -> dict[str, Any]:
-    """{"type", "shape", "bias", "format", "weight_block"} of a SharqLinear ([N, K]) or SharqExperts ([E, H, I])."""
+    """{"type", "shape", "bias", "format", "weight_block"} of a SharqLinear ([N, K]) or SharqExperts
+    ([E, H, I]); a SharqLMHead: "type" "lm_head", [N, K], its own format ("nvfp4", 16), and
+    "untied_from" (the parameter its weight was tied to before quantization, or None)."""
     cfg = module.config
+    if isinstance(module, SharqLMHead):
+        return {
+            "type": "lm_head",
+            "shape": [module.out_features, module.in_features],
+            "bias": module.bias is not None,
+            "format": module.quantized_weight.format.value,
+            "weight_block": module.quantized_weight.block,
+            "untied_from": module.untied_from,
+        }
     if isinstance(module, SharqLinear):
         kind, shape, bias = "linear", [module.out_features, module.in_features], module.bias is not None
     elif isinstance(module, SharqExperts):
@@ -59,14 +70,22 @@ def module_entry(module: nn.Module) -> dict[str, Any]:
 
 def global_scale_names(modules: dict[str, nn.Module]) -> set[str]:
     """Names of the int32 buffers holding FP32 global-scale bits (stored as F32 in the file)."""
-    return {f"{fqn}.{b}" for fqn, m in modules.items() for b, _ in m.named_buffers(recurse=False)
-            if weight_storage_field(f"{fqn}.{b}", fqn) == "global_scale"}
+    return {
+        f"{fqn}.{b}"
+        for fqn, m in modules.items()
+        for b, _ in m.named_buffers(recurse=False)
+        if weight_storage_field(f"{fqn}.{b}", fqn) == "global_scale"
+    }
 
 
 def storage_bytes(modules: dict[str, nn.Module]) -> int:
     """Bytes of the packed weights (codes, scales, global scales, HiF4 exponents) of `modules`; no bias."""
-    return sum(buf.numel() * buf.element_size() for fqn, m in modules.items()
-               for b, buf in m.named_buffers(recurse=False) if weight_storage_field(f"{fqn}.{b}", fqn))
+    return sum(
+        buf.numel() * buf.element_size()
+        for fqn, m in modules.items()
+        for b, buf in m.named_buffers(recurse=False)
+        if weight_storage_field(f"{fqn}.{b}", fqn)
+    )
 
 
 def stored_dtype(name: str, tensor: torch.Tensor, scale_names: set[str]) -> torch.dtype:

@@ -30,14 +30,22 @@ def register() -> None:
     quantizers = getattr(auto, "AUTO_QUANTIZER_MAPPING", None)
     configs = getattr(auto, "AUTO_QUANTIZATION_CONFIG_MAPPING", None)
     if quantizers is None or configs is None or not hasattr(auto, "register_quantizer"):
-        warnings.warn(f"sharq: transformers {_version()} has no quantizer registry; from_pretrained cannot load "
-                      "sharq checkpoints (use sharq.load_quantized)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"sharq: transformers {_version()} has no quantizer registry; from_pretrained cannot load "
+            "sharq checkpoints (use sharq.load_quantized)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return
     if quantizers.get(QUANT_METHOD) is SharqHfQuantizer and configs.get(QUANT_METHOD) is SharqQuantizationConfig:
         return
     if QUANT_METHOD in quantizers or QUANT_METHOD in configs:
-        warnings.warn(f"sharq: transformers already has another quantizer for quant_method {QUANT_METHOD!r} "
-                      f"({quantizers.get(QUANT_METHOD)}); sharq's is not registered", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"sharq: transformers already has another quantizer for quant_method {QUANT_METHOD!r} "
+            f"({quantizers.get(QUANT_METHOD)}); sharq's is not registered",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return
     auto.register_quantization_config(QUANT_METHOD)(SharqQuantizationConfig)
     auto.register_quantizer(QUANT_METHOD)(SharqHfQuantizer)

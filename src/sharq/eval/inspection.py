@@ -92,13 +92,22 @@ def inspect_layers(model: nn.Module, input_ids: torch.Tensor, config: SharqConfi
             layer = SharqLinear.from_float(module, config, name=name)
             w = module.weight.float()
             crest, kurt, top = outlier_stats(x)
-            reports.append(LayerReport(
-                name=name, k=module.in_features, n=module.out_features, tokens=x.shape[0],
-                act_sqnr_db=sqnr_db(x.float(), d.backbone + d.residual),
-                weight_sqnr_db=sqnr_db(w, layer.dequantized_weight()),
-                out_sqnr_db=sqnr_db(output.reshape(-1, module.out_features).float(), layer(x).float()),
-                kept_energy=_kept_energy(x, config), crest=crest, kurtosis=kurt, top1pct_energy=top,
-            ))
+            reports.append(
+                LayerReport(
+                    name=name,
+                    k=module.in_features,
+                    n=module.out_features,
+                    tokens=x.shape[0],
+                    act_sqnr_db=sqnr_db(x.float(), d.backbone + d.residual),
+                    weight_sqnr_db=sqnr_db(w, layer.dequantized_weight()),
+                    out_sqnr_db=sqnr_db(output.reshape(-1, module.out_features).float(), layer(x).float()),
+                    kept_energy=_kept_energy(x, config),
+                    crest=crest,
+                    kurtosis=kurt,
+                    top1pct_energy=top,
+                )
+            )
+
         return run
 
     modules = dict(model.named_modules())
@@ -115,14 +124,21 @@ def inspect_layers(model: nn.Module, input_ids: torch.Tensor, config: SharqConfi
 
 
 def format_inspect_table(reports: list[LayerReport]) -> str:
-    head = f"{'layer':44s} {'K':>5s} {'N':>5s} {'act dB':>7s} {'W dB':>6s} {'out dB':>7s} {'kept':>6s} {'crest':>7s} {'kurt':>8s} {'top1%':>6s}"
+    head = (
+        f"{'layer':44s} {'K':>5s} {'N':>5s} {'act dB':>7s} {'W dB':>6s} {'out dB':>7s} {'kept':>6s} "
+        f"{'crest':>7s} {'kurt':>8s} {'top1%':>6s}"
+    )
     lines = [head, "-" * len(head)]
     for r in reports:
-        lines.append(f"{r.name:44s} {r.k:5d} {r.n:5d} {r.act_sqnr_db:7.2f} {r.weight_sqnr_db:6.2f} {r.out_sqnr_db:7.2f} "
-                     f"{r.kept_energy:6.3f} {r.crest:7.1f} {r.kurtosis:8.1f} {r.top1pct_energy:6.3f}")
+        lines.append(
+            f"{r.name:44s} {r.k:5d} {r.n:5d} {r.act_sqnr_db:7.2f} {r.weight_sqnr_db:6.2f} {r.out_sqnr_db:7.2f} "
+            f"{r.kept_energy:6.3f} {r.crest:7.1f} {r.kurtosis:8.1f} {r.top1pct_energy:6.3f}"
+        )
     worst = sorted(reports, key=lambda r: r.out_sqnr_db)[:3]
     lines.append("")
-    lines.append("lowest output SQNR: " + ", ".join(f"{r.name} ({r.out_sqnr_db:.1f} dB, crest {r.crest:.0f})" for r in worst))
+    lines.append(
+        "lowest output SQNR: " + ", ".join(f"{r.name} ({r.out_sqnr_db:.1f} dB, crest {r.crest:.0f})" for r in worst)
+    )
     return "\n".join(lines)
 
 
@@ -180,8 +196,13 @@ def inspect_model(
     ids = torch.cat([torch.full((rows, 1), prefix_token_id(tokenizer)), ids], dim=1)
     reports = inspect_layers(model, ids, config)
     doc = {
-        "model": model_source, "preset": preset, "granularity": granularity, "tokens": int(ids.numel()),
-        "device": device, "dtype": dtype, "torch": torch.__version__,
+        "model": model_source,
+        "preset": preset,
+        "granularity": granularity,
+        "tokens": int(ids.numel()),
+        "device": device,
+        "dtype": dtype,
+        "torch": torch.__version__,
         "caveat": PRETRAINED_CAVEAT if model_source == "smollm2" else None,
         "layers": [dataclasses.asdict(r) for r in reports],
     }
@@ -189,6 +210,8 @@ def inspect_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name or f"inspect-{Path(str(model_source)).stem}-{preset}-{granularity}"
     (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-    plot_inspect(reports, out_dir / f"{stem}.png", f"{model_source}: {preset} ({granularity}), {ids.numel()} wiki tokens")
+    plot_inspect(
+        reports, out_dir / f"{stem}.png", f"{model_source}: {preset} ({granularity}), {ids.numel()} wiki tokens"
+    )
     doc["paths"] = [str(out_dir / f"{stem}.json"), str(out_dir / f"{stem}.png")]
     return reports, doc

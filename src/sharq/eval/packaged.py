@@ -80,8 +80,9 @@ def _forget_gguf_quantization(model) -> None:
         pass
 
 
-def load_model(source: str | os.PathLike | None = None, *, dtype=None, device: str | None = None,
-               require_tokenizer: bool = True):
+def load_model(
+    source: str | os.PathLike | None = None, *, dtype=None, device: str | None = None, require_tokenizer: bool = True
+):
     """(model, tokenizer) for `source`: "smollm2" / None (the packaged default), a `.gguf` file, or a
     local Hugging Face folder. Weights are loaded as plain `nn.Linear`s in `dtype` on `device`.
 
@@ -117,8 +118,10 @@ def load_model(source: str | os.PathLike | None = None, *, dtype=None, device: s
         if has_tokenizer(path):
             tokenizer = AutoTokenizer.from_pretrained(path)
         elif require_tokenizer:
-            raise ValueError(f"{path} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocabulary "
-                             "file); this needs a model folder with its tokenizer")
+            raise ValueError(
+                f"{path} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocabulary "
+                "file); this needs a model folder with its tokenizer"
+            )
         else:
             tokenizer = None
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

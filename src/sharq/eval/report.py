@@ -1,12 +1,12 @@
 """Tables and plots of an evaluation document (the JSON `runner.evaluate` writes).
 
-  table_rows(doc)        one row per run: every metric, the zero-shot average, and the share of
-                         the plain-FP4 → bf16 gap recovered on that average
-  gap_recovery(doc)      (m_sharq − m_fp4) / (m_bf16 − m_fp4) for every quantized run against the
-                         plain preset of its format and granularity, per metric
-  markdown(doc)          both as Markdown, with the machine and token counts
-  plot(doc, path)        PNG: zero-shot average, ppl_wiki and recovered share per run
-  merge_docs(base, ...)  one document from evaluations run in parallel (same model and settings)
+table_rows(doc)        one row per run: every metric, the zero-shot average, and the share of
+                       the plain-FP4 → bf16 gap recovered on that average
+gap_recovery(doc)      (m_sharq − m_fp4) / (m_bf16 − m_fp4) for every quantized run against the
+                       plain preset of its format and granularity, per metric
+markdown(doc)          both as Markdown, with the machine and token counts
+plot(doc, path)        PNG: zero-shot average, ppl_wiki and recovered share per run
+merge_docs(base, ...)  one document from evaluations run in parallel (same model and settings)
 """
 
 from __future__ import annotations
@@ -16,12 +16,27 @@ from collections.abc import Sequence
 
 from ..config import PRESETS, Format
 
-__all__ = ["table_rows", "gap_recovery", "gap_within_noise", "markdown", "plot", "write_report", "plain_baseline",
-           "merge_docs"]
+__all__ = [
+    "table_rows",
+    "gap_recovery",
+    "gap_within_noise",
+    "markdown",
+    "plot",
+    "write_report",
+    "plain_baseline",
+    "merge_docs",
+]
 
 SHORT = {
-    "ppl_wiki": "wiki ppl", "ppl_lambada": "lambada ppl", "arc_easy": "ARC-e", "arc_challenge": "ARC-c",
-    "hellaswag": "HellaSwag", "piqa": "PIQA", "winogrande": "WinoGr.", "boolq": "BoolQ", "lambada": "LAMBADA",
+    "ppl_wiki": "wiki ppl",
+    "ppl_lambada": "lambada ppl",
+    "arc_easy": "ARC-e",
+    "arc_challenge": "ARC-c",
+    "hellaswag": "HellaSwag",
+    "piqa": "PIQA",
+    "winogrande": "WinoGr.",
+    "boolq": "BoolQ",
+    "lambada": "LAMBADA",
 }
 PPL = ("ppl_wiki", "ppl_lambada")
 
@@ -37,8 +52,11 @@ def _run_order(run: tuple[str, str]) -> tuple:
     preset, granularity = run
     formats = [Format.NONE, Format.NVFP4, Format.MXFP4, Format.HIF4]
     fmt = PRESETS[preset].format
-    return (formats.index(fmt) if fmt in formats else len(formats), granularity != "tensor",
-            list(PRESETS).index(preset))
+    return (
+        formats.index(fmt) if fmt in formats else len(formats),
+        granularity != "tensor",
+        list(PRESETS).index(preset),
+    )
 
 
 def _values(doc: dict) -> dict[tuple[str, str], dict[str, float]]:
@@ -146,12 +164,18 @@ def merge_docs(base: dict, *others: dict) -> dict:
     """One document holding the runs of `base` and `others` (evaluations of the same model with the same
     metric settings, e.g. run as parallel processes): a run found in a later document replaces the
     same (preset, granularity) before it. Raises ValueError when model or measurement settings differ."""
-    keys = ("model", "limit", "ppl_tokens", "seq_len", "tasks", "dtype")
-    merged = {**base, "rows": list(base["rows"]), "extra_rows": list(base.get("extra_rows", [])),
-              "run_seconds": dict(base.get("run_seconds", {}))}
+    keys = ("model", "limit", "ppl_tokens", "seq_len", "tasks", "dtype", "lm_head")
+    default = {"lm_head": "model-dtype"}  # documents written before the setting existed
+    merged = {
+        **base,
+        "rows": list(base["rows"]),
+        "extra_rows": list(base.get("extra_rows", [])),
+        "run_seconds": dict(base.get("run_seconds", {})),
+    }
     for doc in others:
         for key in keys:
-            a, b = base.get("settings", {}).get(key), doc.get("settings", {}).get(key)
+            a = base.get("settings", {}).get(key, default.get(key))
+            b = doc.get("settings", {}).get(key, default.get(key))
             if a != b:
                 raise ValueError(f"cannot merge evaluations with different {key}: {a!r} vs {b!r}")
         runs = {(r["preset"], r["granularity"]) for r in doc["rows"]}
@@ -197,12 +221,18 @@ def markdown(doc: dict) -> str:
         shares = gaps[run]
         cells = [run[0], run[1] if PRESETS[run[0]].has_global_scale else "-", plain_baseline(run[0])]
         noisy = gap_within_noise(doc, run)
-        cells += [("" if m not in shares else ("gap within noise" if m == "avg" and noisy else f"{100 * shares[m]:.0f}%"))
-                  for m in ("avg", *PPL)]
+        cells += [
+            ("" if m not in shares else ("gap within noise" if m == "avg" and noisy else f"{100 * shares[m]:.0f}%"))
+            for m in ("avg", *PPL)
+        ]
         rows.append(cells)
     if rows:
-        parts += ["Share of the plain-FP4 → bf16 gap that SharQ recovers:", "",
-                  _md_table(["run", "gran.", "against", "zero-shot avg", "wiki ppl", "lambada ppl"], rows), ""]
+        parts += [
+            "Share of the plain-FP4 → bf16 gap that SharQ recovers:",
+            "",
+            _md_table(["run", "gran.", "against", "zero-shot avg", "wiki ppl", "lambada ppl"], rows),
+            "",
+        ]
     return "\n".join(parts)
 
 

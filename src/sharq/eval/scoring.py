@@ -39,11 +39,11 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list
     out = []
     for context, continuation in pairs:
         stripped = context.rstrip()
-        continuation = context[len(stripped):] + continuation
+        continuation = context[len(stripped) :] + continuation
         context = stripped
         whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
         ctx = tokenizer(context, add_special_tokens=False).input_ids if context else []
-        cont = whole[len(ctx):]
+        cont = whole[len(ctx) :]
         if not cont:
             raise ValueError(f"continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}")
         if add_bos or not ctx:
@@ -100,8 +100,8 @@ def score_pairs(
         mask = torch.zeros(len(batch), width, dtype=torch.long)
         for row, u in enumerate(batch):  # left padding: every row ends at the last position
             seq = inputs[u]
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(
             input_ids=ids.to(device),
@@ -117,8 +117,8 @@ def score_pairs(
         scored = torch.zeros(len(requests), keep, dtype=torch.bool)
         for j, (_, i) in enumerate(requests):  # continuations right-aligned, like the rows
             cont = conts[i]
-            target[j, keep - len(cont):] = torch.tensor(cont)
-            scored[j, keep - len(cont):] = True
+            target[j, keep - len(cont) :] = torch.tensor(cont)
+            scored[j, keep - len(cont) :] = True
         target, scored = target.to(device), scored.to(device)
         row = torch.tensor([r for r, _ in requests], device=device)[:, None]  # (R, 1)
         position = torch.arange(keep, device=device)[None, :]  # (1, keep)

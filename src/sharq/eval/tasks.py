@@ -27,8 +27,13 @@ __all__ = ["TASKS", "HEADLINE_METRIC", "build_task", "make_lm", "run_tasks"]
 TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "lambada")
 # the metric each task is reported by (the other one is kept in the JSON too)
 HEADLINE_METRIC = {
-    "arc_easy": "acc", "arc_challenge": "acc_norm", "hellaswag": "acc_norm", "piqa": "acc_norm",
-    "winogrande": "acc", "boolq": "acc", "lambada": "acc",
+    "arc_easy": "acc",
+    "arc_challenge": "acc_norm",
+    "hellaswag": "acc_norm",
+    "piqa": "acc_norm",
+    "winogrande": "acc",
+    "boolq": "acc",
+    "lambada": "acc",
 }
 
 
@@ -85,18 +90,39 @@ _ACC = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
 _ACC_NORM = _ACC + [{"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]
 
 _CONFIGS = {
-    "arc_easy": dict(doc_to_text="Question: {{question}}\nAnswer:", doc_to_choice=_arc_choices,
-                     doc_to_target=_arc_gold, metric_list=_ACC_NORM),
-    "arc_challenge": dict(doc_to_text="Question: {{question}}\nAnswer:", doc_to_choice=_arc_choices,
-                          doc_to_target=_arc_gold, metric_list=_ACC_NORM),
-    "hellaswag": dict(doc_to_text=_hellaswag_query, doc_to_choice=_hellaswag_choices,
-                      doc_to_target=lambda d: int(d["label"]), metric_list=_ACC_NORM),
-    "piqa": dict(doc_to_text="Question: {{goal}}\nAnswer:", doc_to_choice=lambda d: [d["sol1"], d["sol2"]],
-                 doc_to_target=lambda d: int(d["label"]), metric_list=_ACC_NORM),
-    "winogrande": dict(doc_to_text=_wino_gold, doc_to_choice=_wino_contexts, doc_to_target=_wino_rest,
-                       metric_list=_ACC),
-    "boolq": dict(doc_to_text="{{passage}}\nQuestion: {{question}}?\nAnswer:", doc_to_choice=["no", "yes"],
-                  doc_to_target=_boolq_gold, metric_list=_ACC),
+    "arc_easy": dict(
+        doc_to_text="Question: {{question}}\nAnswer:",
+        doc_to_choice=_arc_choices,
+        doc_to_target=_arc_gold,
+        metric_list=_ACC_NORM,
+    ),
+    "arc_challenge": dict(
+        doc_to_text="Question: {{question}}\nAnswer:",
+        doc_to_choice=_arc_choices,
+        doc_to_target=_arc_gold,
+        metric_list=_ACC_NORM,
+    ),
+    "hellaswag": dict(
+        doc_to_text=_hellaswag_query,
+        doc_to_choice=_hellaswag_choices,
+        doc_to_target=lambda d: int(d["label"]),
+        metric_list=_ACC_NORM,
+    ),
+    "piqa": dict(
+        doc_to_text="Question: {{goal}}\nAnswer:",
+        doc_to_choice=lambda d: [d["sol1"], d["sol2"]],
+        doc_to_target=lambda d: int(d["label"]),
+        metric_list=_ACC_NORM,
+    ),
+    "winogrande": dict(
+        doc_to_text=_wino_gold, doc_to_choice=_wino_contexts, doc_to_target=_wino_rest, metric_list=_ACC
+    ),
+    "boolq": dict(
+        doc_to_text="{{passage}}\nQuestion: {{question}}?\nAnswer:",
+        doc_to_choice=["no", "yes"],
+        doc_to_target=_boolq_gold,
+        metric_list=_ACC,
+    ),
 }
 
 
@@ -120,22 +146,35 @@ def build_task(name: str):
 
     if name == "lambada":
         config = dict(
-            task="lambada", custom_dataset=_lambada_loader, test_split="test", output_type="loglikelihood",
-            doc_to_text=lambda d: d["context"], doc_to_target=lambda d: d["continuation"],
-            metric_list=[{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-                         {"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            task="lambada",
+            custom_dataset=_lambada_loader,
+            test_split="test",
+            output_type="loglikelihood",
+            doc_to_text=lambda d: d["context"],
+            doc_to_target=lambda d: d["continuation"],
+            metric_list=[
+                {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            ],
         )
     elif name in _CONFIGS:
-        config = dict(task=name, custom_dataset=_split_loader(name), validation_split=TASK_SPLITS[name][-1],
-                      output_type="multiple_choice", target_delimiter=" ", **_CONFIGS[name])
+        config = dict(
+            task=name,
+            custom_dataset=_split_loader(name),
+            validation_split=TASK_SPLITS[name][-1],
+            output_type="multiple_choice",
+            target_delimiter=" ",
+            **_CONFIGS[name],
+        )
     else:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
     config["metadata"] = {"version": 1.0}
     return ConfigurableTask(config=config)
 
 
-def make_lm(model, tokenizer, *, max_length: int, max_batch_tokens: int, encode_cache: dict | None = None,
-            progress: bool = True):
+def make_lm(
+    model, tokenizer, *, max_length: int, max_batch_tokens: int, encode_cache: dict | None = None, progress: bool = True
+):
     """An lm_eval `LM` scoring log-likelihood requests with `score_pairs` on `model`."""
     from lm_eval.api.model import LM
     from tqdm.auto import tqdm
@@ -150,8 +189,13 @@ def make_lm(model, tokenizer, *, max_length: int, max_batch_tokens: int, encode_
             for pair, enc in zip(todo, encode_pairs(tokenizer, todo)):
                 cache[pair] = enc
             bar = tqdm(total=len(unique), desc="scoring", disable=disable_tqdm or not progress, leave=False)
-            scores = score_pairs(model, [cache[p] for p in unique], max_length=max_length,
-                                 max_batch_tokens=max_batch_tokens, progress=bar.update)
+            scores = score_pairs(
+                model,
+                [cache[p] for p in unique],
+                max_length=max_length,
+                max_batch_tokens=max_batch_tokens,
+                progress=bar.update,
+            )
             bar.close()
             by_pair = dict(zip(unique, scores))
             return [by_pair[p] for p in pairs]
@@ -165,8 +209,17 @@ def make_lm(model, tokenizer, *, max_length: int, max_batch_tokens: int, encode_
     return _SharqLM()
 
 
-def run_tasks(model, tokenizer, tasks=TASKS, *, limit: int | None = None, max_length: int = 2048,
-              max_batch_tokens: int = 16384, encode_cache: dict | None = None, progress: bool = True) -> dict:
+def run_tasks(
+    model,
+    tokenizer,
+    tasks=TASKS,
+    *,
+    limit: int | None = None,
+    max_length: int = 2048,
+    max_batch_tokens: int = 16384,
+    encode_cache: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """{task: {"acc": .., "acc_stderr": .., "acc_norm": .., "n": docs, ...}} for `tasks` via lm_eval."""
     from lm_eval import evaluator
     from lm_eval.tasks import TaskManager
@@ -174,13 +227,28 @@ def run_tasks(model, tokenizer, tasks=TASKS, *, limit: int | None = None, max_le
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
     objects = [build_task(t) for t in tasks]
-    lm = make_lm(model, tokenizer, max_length=max_length, max_batch_tokens=max_batch_tokens,
-                 encode_cache=encode_cache, progress=progress)
+    lm = make_lm(
+        model,
+        tokenizer,
+        max_length=max_length,
+        max_batch_tokens=max_batch_tokens,
+        encode_cache=encode_cache,
+        progress=progress,
+    )
     # the tasks are built here: skip indexing lm_eval's thousands of bundled YAML tasks (~20 s)
     manager = TaskManager(include_defaults=False)
-    out = evaluator.simple_evaluate(model=lm, tasks=objects, task_manager=manager, limit=limit, bootstrap_iters=1000,
-                                    log_samples=False, random_seed=0, numpy_random_seed=0,
-                                    torch_random_seed=0, fewshot_random_seed=0)
+    out = evaluator.simple_evaluate(
+        model=lm,
+        tasks=objects,
+        task_manager=manager,
+        limit=limit,
+        bootstrap_iters=1000,
+        log_samples=False,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+    )
     results = {}
     for task in tasks:
         raw = out["results"][task]

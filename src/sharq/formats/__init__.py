@@ -6,12 +6,12 @@ from .mxfp4 import quantize_mxfp4
 from .nvfp4 import nvfp4_global_scale, quantize_nvfp4
 from .pack import pack_nibbles, unpack_nibbles
 from .quantized import QuantizedTensor
-from .registry import quantize
+from .registry import quantize_tensor
 from .scales import decode_e4m3, decode_e6m2, decode_e8m0, round_e4m3, round_e6m2
 
 __all__ = [
     "QuantizedTensor",
-    "quantize",
+    "quantize_tensor",
     "quantize_nvfp4",
     "quantize_mxfp4",
     "quantize_hif4",

@@ -15,8 +15,8 @@ import torch
 
 from ..config import Format
 from .blocks import from_blocks, to_blocks
-from .ieee import div_rn
 from .elements import decode_s1p2, round_to_s1p2_codes
+from .ieee import div_rn
 from .pack import pack_nibbles, pack_uint_bits, unpack_nibbles, unpack_uint_bits
 from .quantized import QuantizedTensor
 from .scales import decode_e6m2, encode_e6m2, round_e6m2
@@ -24,6 +24,8 @@ from .scales import decode_e6m2, encode_e6m2, round_e6m2
 __all__ = ["quantize_hif4", "quantize_hif4_scaled", "HIF4_BLOCK"]
 
 HIF4_BLOCK = 64
+
+
 def quantize_hif4_scaled(x: torch.Tensor, block: int = HIF4_BLOCK):
     """Block-quantize FP32 `x` (..., K).
 
@@ -44,7 +46,12 @@ def quantize_hif4_scaled(x: torch.Tensor, block: int = HIF4_BLOCK):
     divisor = multiplier.repeat_interleave(4, dim=-1)  # (..., nb, 64)
     codes = round_to_s1p2_codes(blocks / divisor)
     kp = blocks.shape[-2] * block
-    return codes.reshape(*codes.shape[:-2], kp), encode_e6m2(sf), pack_uint_bits(e8, 1).squeeze(-1), pack_uint_bits(e4, 1)
+    return (
+        codes.reshape(*codes.shape[:-2], kp),
+        encode_e6m2(sf),
+        pack_uint_bits(e8, 1).squeeze(-1),
+        pack_uint_bits(e4, 1),
+    )
 
 
 def quantize_hif4(x: torch.Tensor, block: int = HIF4_BLOCK) -> QuantizedTensor:

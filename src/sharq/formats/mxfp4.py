@@ -36,8 +36,10 @@ def quantize_mxfp4_scaled(
     amax = blocks.abs().amax(dim=-1)  # (..., nb)
     exponent = e8m0_exponent(amax)  # int32 (..., nb)
     if WeightScale(scale_rule) is WeightScale.MSE:
-        cands = [decode_e8m0(encode_e8m0(torch.clamp(exponent + j, max=E8M0_MAX_EXP), amax))
-                 for j in MXFP4_MSE_EXPONENT_STEPS]
+        cands = [
+            decode_e8m0(encode_e8m0(torch.clamp(exponent + j, max=E8M0_MAX_EXP), amax))
+            for j in MXFP4_MSE_EXPONENT_STEPS
+        ]
         chosen = choose_block_scales(blocks, cands)  # powers of two (NaN for non-finite blocks)
         _, exp = torch.frexp(chosen)
         exponent = torch.where(torch.isfinite(chosen), (exp - 1).to(torch.int32), exponent)

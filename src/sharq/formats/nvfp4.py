@@ -16,15 +16,21 @@ import torch
 
 from ..config import Format, Granularity, WeightScale
 from .blocks import from_blocks, to_blocks
-from .ieee import div_rn
 from .elements import E2M1_MAX, decode_e2m1, round_to_e2m1_codes
+from .ieee import div_rn
 from .pack import pack_nibbles, unpack_nibbles
 from .quantized import QuantizedTensor
 from .scale_search import choose_block_scales
 from .scales import E4M3_MAX, decode_e4m3, encode_e4m3, round_e4m3
 
-__all__ = ["nvfp4_global_scale", "nvfp4_block_scales", "quantize_nvfp4", "quantize_nvfp4_scaled", "NVFP4_BLOCKS",
-           "NVFP4_MSE_DIVISORS"]
+__all__ = [
+    "nvfp4_global_scale",
+    "nvfp4_block_scales",
+    "quantize_nvfp4",
+    "quantize_nvfp4_scaled",
+    "NVFP4_BLOCKS",
+    "NVFP4_MSE_DIVISORS",
+]
 
 NVFP4_BLOCKS = (16, 32)
 # Block-scale candidates of scale_rule="mse": E4M3(amax / d) for each d. amax/6 maps the block's
@@ -122,5 +128,3 @@ def element_values_e2m1(qt: QuantizedTensor, scale_block: int | None) -> torch.T
     scales = qt.scale_values(block)  # (..., Kp // block)
     values = to_blocks(decode_e2m1(unpack_nibbles(qt.codes)), block)  # (..., nb, block)
     return from_blocks(values * scales.unsqueeze(-1), values.shape[-2] * block)
-
-

@@ -65,7 +65,7 @@ class QuantizedTensor:
     def device(self) -> torch.device:
         return self.codes.device
 
-    def to(self, device: torch.device | str) -> "QuantizedTensor":
+    def to(self, device: torch.device | str) -> QuantizedTensor:
         moved = {k: v.to(device) for k, v in self.storage().items()}
         return dataclasses.replace(self, **moved)
 

@@ -10,10 +10,10 @@ from .mxfp4 import decode_scales_mxfp4, quantize_mxfp4
 from .nvfp4 import decode_scales_nvfp4, element_values_e2m1, quantize_nvfp4
 from .quantized import QuantizedTensor
 
-__all__ = ["quantize", "decode_scales", "element_values"]
+__all__ = ["quantize_tensor", "decode_scales", "element_values"]
 
 
-def quantize(
+def quantize_tensor(
     x: torch.Tensor,
     format: Format | str,
     block: int,
@@ -22,7 +22,8 @@ def quantize(
     global_scale: torch.Tensor | None = None,
     scale_rule: WeightScale | str = WeightScale.AMAX,
 ) -> QuantizedTensor:
-    """Quantize `x` (..., K) to `format` with `block`-value scales (see each format's module).
+    """Quantize one tensor `x` (..., K) to `format` with `block`-value scales (see each format's module).
+    Not to be confused with `sharq.quantize_`, which quantizes a model in place.
 
     `scale_rule` picks the block scales: "amax" (each format's fixed rule) or "mse" (a search
     among candidates by squared error, NVFP4 and MXFP4 only; HiF4 refuses it with a ValueError).
@@ -33,16 +34,16 @@ def quantize(
     tensors are refused with a `TypeError`, a scalar with a `ValueError`.
     """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"quantize: x must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"quantize_tensor: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"quantize: x has dtype {x.dtype}; expected a floating-point tensor")
+        raise TypeError(f"quantize_tensor: x has dtype {x.dtype}; expected a floating-point tensor")
     if x.dim() == 0:
         raise ValueError("quantize: x is a scalar; expected shape (..., K)")
     format = Format(format)
     try:
         scale_rule = WeightScale(scale_rule)
     except ValueError:
-        raise ValueError(f"quantize: scale_rule={scale_rule!r} is not 'amax' or 'mse'") from None
+        raise ValueError(f"quantize_tensor: scale_rule={scale_rule!r} is not 'amax' or 'mse'") from None
     if format is Format.NVFP4:
         return quantize_nvfp4(x, block, granularity=granularity, global_scale=global_scale, scale_rule=scale_rule)
     if global_scale is not None:

@@ -46,11 +46,35 @@ TARGET_PROGRAMS = 512  # pass-1 programs aimed at (a few per SM on the H100's 13
 
 @triton.jit
 def _attention_split_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, po_ptr, pm_ptr, pl_ptr,
-    S, HKV, NSPLIT, CHUNK, scale,
-    stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_mb, stride_ms,
-    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, MASK: tl.constexpr,
-    DOT_F32: tl.constexpr, PDL: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    po_ptr,
+    pm_ptr,
+    pl_ptr,
+    S,
+    HKV,
+    NSPLIT,
+    CHUNK,
+    scale,
+    stride_qb,
+    stride_qh,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_mb,
+    stride_ms,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    MASK: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """q (B, H, 1, D) with H = HKV · G; k, v (B, HKV, S, D); mask (B or 1, S) bool as uint8 or
     additive float, stride_mb 0 when shared; partial outputs po (B·HKV·NSPLIT, GP, D), pm / pl
@@ -64,8 +88,9 @@ def _attention_split_kernel(
     h = bh % HKV
     rows = tl.arange(0, GP)
     dims = tl.arange(0, D)
-    q = tl.load(q_ptr + b * stride_qb + (h * G + rows)[:, None] * stride_qh + dims[None, :],
-                mask=(rows < G)[:, None], other=0.0)
+    q = tl.load(
+        q_ptr + b * stride_qb + (h * G + rows)[:, None] * stride_qh + dims[None, :], mask=(rows < G)[:, None], other=0.0
+    )
     if DOT_F32:
         q = q.to(tl.float32)
     k_base = k_ptr + b * stride_kb + h * stride_kh
@@ -110,8 +135,19 @@ def _attention_split_kernel(
 
 
 @triton.jit
-def _attention_combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, HKV, NSPLIT, G: tl.constexpr, GP: tl.constexpr,
-                    D: tl.constexpr, NSP: tl.constexpr, PDL: tl.constexpr):
+def _attention_combine_kernel(
+    po_ptr,
+    pm_ptr,
+    pl_ptr,
+    out_ptr,
+    HKV,
+    NSPLIT,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    NSP: tl.constexpr,
+    PDL: tl.constexpr,
+):
     """out (B, 1, HKV·G, D) contiguous, from pass 1's NSPLIT partials of program row b·HKV + h."""
     if PDL:
         gdc_wait()
@@ -134,12 +170,16 @@ def _attention_combine_kernel(po_ptr, pm_ptr, pl_ptr, out_ptr, HKV, NSPLIT, G: t
     b = bh // HKV
     h = bh % HKV
     heads = HKV * G
-    tl.store(out_ptr + (b * heads + h * G + rows)[:, None] * D + dims[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=(rows < G)[:, None])
+    tl.store(
+        out_ptr + (b * heads + h * G + rows)[:, None] * D + dims[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=(rows < G)[:, None],
+    )
 
 
-def decode_attention_supports(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                              mask: torch.Tensor | None) -> bool:
+def decode_attention_supports(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+) -> bool:
     """True when `decode_attention_triton` takes these operands: one query token, K/V heads dividing
     the query heads, a power-of-two head dim of 16-256, last dims contiguous, one float dtype, and a
     mask that is None, boolean or floating, broadcastable as (B or 1, 1, 1, S)."""
@@ -150,8 +190,11 @@ def decode_attention_supports(query: torch.Tensor, key: torch.Tensor, value: tor
         return False
     if d < 16 or d > 256 or d & (d - 1):
         return False
-    if query.dtype not in (torch.bfloat16, torch.float16, torch.float32) or key.dtype != query.dtype \
-            or value.dtype != query.dtype:
+    if (
+        query.dtype not in (torch.bfloat16, torch.float16, torch.float32)
+        or key.dtype != query.dtype
+        or value.dtype != query.dtype
+    ):
         return False
     if min(query.stride(-1), key.stride(-1), value.stride(-1)) != 1:
         return False
@@ -165,8 +208,9 @@ def decode_attention_supports(query: torch.Tensor, key: torch.Tensor, value: tor
     return True
 
 
-def decode_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-                            scale: float | None = None) -> torch.Tensor:
+def decode_attention_triton(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float | None = None
+) -> torch.Tensor:
     """Softmax(q kᵀ · scale + mask) v for one query token: query (B, H, 1, D), key/value (B, Hkv, S, D)
     (query head i reads K/V head i // (H / Hkv)), mask None / bool (True = attend) / additive,
     (B or 1, 1, 1, S). Returns (B, 1, H, D) in query's dtype (transformers' attention-output layout).
@@ -176,14 +220,16 @@ def decode_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch
             f"decode_attention_triton takes query (B, H, 1, D), key/value (B, Hkv, S, D) with Hkv dividing H, D a "
             f"power of two in 16..256, one float dtype, contiguous last dims and a (B|1, 1, 1, S) mask; got query "
             f"{tuple(query.shape)} {query.dtype}, key {tuple(key.shape)} {key.dtype}, value {tuple(value.shape)}, "
-            f"mask {None if mask is None else (tuple(mask.shape), mask.dtype)}")
+            f"mask {None if mask is None else (tuple(mask.shape), mask.dtype)}"
+        )
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(query.shape[-1])
     op = _attention_impl if direct_call_ok(query, key, value, mask) else torch.ops.sharq.decode_attention
     return op(query, key, value, mask, scale)
 
 
-def _attention_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-                    scale: float) -> torch.Tensor:
+def _attention_impl(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     """The two passes as a torch op (torch.compile, CUDA graphs); operands as checked by
     `decode_attention_supports`."""
     b, heads, _, d = query.shape
@@ -212,14 +258,53 @@ def _attention_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     pdl = pdl_enabled(query.device, default=True)  # measured with it: 8.5 µs a call (decode_attention.py)
     launch = {"launch_pdl": True} if pdl else {}
     _attention_split_kernel[(b * hkv, nsplit)](
-        query, key, value, m2, po, pm, pl, s, hkv, nsplit, per_split * BLOCK_S, scale,
-        query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
-        value.stride(0), value.stride(1), value.stride(2), smb, sms,
-        G=g, GP=gp, D=d, BLOCK_S=BLOCK_S, MASK=kind, DOT_F32=interpret or query.dtype == torch.float32, PDL=pdl,
-        num_warps=4, **launch,
+        query,
+        key,
+        value,
+        m2,
+        po,
+        pm,
+        pl,
+        s,
+        hkv,
+        nsplit,
+        per_split * BLOCK_S,
+        scale,
+        query.stride(0),
+        query.stride(1),
+        key.stride(0),
+        key.stride(1),
+        key.stride(2),
+        value.stride(0),
+        value.stride(1),
+        value.stride(2),
+        smb,
+        sms,
+        G=g,
+        GP=gp,
+        D=d,
+        BLOCK_S=BLOCK_S,
+        MASK=kind,
+        DOT_F32=interpret or query.dtype == torch.float32,
+        PDL=pdl,
+        num_warps=4,
+        **launch,
     )
-    _attention_combine_kernel[(b * hkv,)](po, pm, pl, out, hkv, nsplit, G=g, GP=gp, D=d,
-                                NSP=triton.next_power_of_2(nsplit), PDL=pdl, num_warps=4, **launch)
+    _attention_combine_kernel[(b * hkv,)](
+        po,
+        pm,
+        pl,
+        out,
+        hkv,
+        nsplit,
+        G=g,
+        GP=gp,
+        D=d,
+        NSP=triton.next_power_of_2(nsplit),
+        PDL=pdl,
+        num_warps=4,
+        **launch,
+    )
     return out
 
 

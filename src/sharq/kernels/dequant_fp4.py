@@ -24,8 +24,22 @@ __all__ = ["dequantize_fp4_bf16"]
 
 
 @triton.jit
-def _dequant_kernel(wc_ptr, ws_ptr, out_ptr, N, K, KW, KS, stride_wc, stride_ws, stride_out,
-                    MX: tl.constexpr, WB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dequant_kernel(
+    wc_ptr,
+    ws_ptr,
+    out_ptr,
+    N,
+    K,
+    KW,
+    KS,
+    stride_wc,
+    stride_ws,
+    stride_out,
+    MX: tl.constexpr,
+    WB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     k0 = tl.program_id(1) * BLOCK_K
@@ -43,8 +57,21 @@ def _dequant_impl(w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: boo
         return out
     block_n, block_k = 32, 128
     _dequant_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
-        w_codes, w_scales, out, n, k, w_codes.shape[1], w_scales.shape[1], w_codes.stride(0), w_scales.stride(0),
-        out.stride(0), MX=mx, WB=wb, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        w_codes,
+        w_scales,
+        out,
+        n,
+        k,
+        w_codes.shape[1],
+        w_scales.shape[1],
+        w_codes.stride(0),
+        w_scales.stride(0),
+        out.stride(0),
+        MX=mx,
+        WB=wb,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=4,
     )
     return out
 
@@ -61,8 +88,9 @@ def dequantize_fp4_bf16(weight: QuantizedTensor) -> torch.Tensor:
     """bf16 (N, K) deq(W) in the scaled domain (s_w not applied) of a 2-D NVFP4-16/32 or MXFP4-32
     weight; equal to `weight.dequantize(apply_global_scale=False)` cast to bf16, exactly."""
     if not gemm_supports(weight):
-        raise ValueError(f"dequantize_fp4_bf16 reads 2-D NVFP4-16/32 or MXFP4-32 weights, got "
-                         f"{weight.format.value}-{weight.block} of shape {weight.shape}")
+        raise ValueError(
+            f"dequantize_fp4_bf16 reads 2-D NVFP4-16/32 or MXFP4-32 weights, got "
+            f"{weight.format.value}-{weight.block} of shape {weight.shape}"
+        )
     op = _dequant_impl if direct_call_ok(weight.codes) else torch.ops.sharq.dequantize_fp4_bf16
-    return op(weight.codes, weight.scales, weight.shape[1],
-                                               weight.format is Format.MXFP4, weight.block)
+    return op(weight.codes, weight.scales, weight.shape[1], weight.format is Format.MXFP4, weight.block)

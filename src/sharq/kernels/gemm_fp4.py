@@ -65,22 +65,52 @@ def _dot_even_odd(acc, t, w_even, w_odd, ROWS: tl.constexpr, BLOCK_K: tl.constex
     K positions (BLOCK_N, BLOCK_K / 2) each."""
     t_even, t_odd = tl.split(tl.reshape(t, (ROWS, BLOCK_K // 2, 2)))
     if DOT_F32:
-        t_even, t_odd, w_even, w_odd = t_even.to(tl.float32), t_odd.to(tl.float32), w_even.to(tl.float32), w_odd.to(tl.float32)
+        t_even, t_odd, w_even, w_odd = (
+            t_even.to(tl.float32),
+            t_odd.to(tl.float32),
+            w_even.to(tl.float32),
+            w_odd.to(tl.float32),
+        )
     acc = tl.dot(t_even, tl.trans(w_even), acc)
     return tl.dot(t_odd, tl.trans(w_odd), acc)
 
 
 @triton.jit
-def _dot_halves(acc, t_ptr, offs_m, offs_k, t_ok, stride_t, w_even, w_odd, BLOCK_M: tl.constexpr,
-                BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+def _dot_halves(
+    acc,
+    t_ptr,
+    offs_m,
+    offs_k,
+    t_ok,
+    stride_t,
+    w_even,
+    w_odd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     """acc += term tile (BLOCK_M, BLOCK_K) · weight tileᵀ (given as even and odd K positions)."""
     t = tl.load(t_ptr + offs_m[:, None] * stride_t + offs_k[None, :], mask=t_ok, other=0.0)
     return _dot_even_odd(acc, t, w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
 
 
 @triton.jit
-def _dot_halves_stacked(acc, a_ptr, r_ptr, m0, M, offs_k, K, stride_a, stride_r, w_even, w_odd,
-                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+def _dot_halves_stacked(
+    acc,
+    a_ptr,
+    r_ptr,
+    m0,
+    M,
+    offs_k,
+    K,
+    stride_a,
+    stride_r,
+    w_even,
+    w_odd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     """acc (2 · BLOCK_M, BLOCK_N) += [B rows m0 … m0 + BLOCK_M; R rows m0 …] (2 · BLOCK_M, BLOCK_K) ·
     weight tileᵀ (given as even and odd K positions): both terms in one MMA operand."""
     rows = tl.arange(0, 2 * BLOCK_M)
@@ -92,11 +122,39 @@ def _dot_halves_stacked(acc, a_ptr, r_ptr, m0, M, offs_k, K, stride_a, stride_r,
 
 @triton.jit
 def _fp4_weight_gemm_kernel(
-    a_ptr, r_ptr, wc_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
-    M, N, K, KW, KS, stride_a, stride_r, stride_wc, stride_ws, stride_sx, stride_y,
-    TWO: tl.constexpr, MX: tl.constexpr, WB: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr,
-    W_BF16: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FAST: tl.constexpr, STACK: tl.constexpr, PDL: tl.constexpr,
+    a_ptr,
+    r_ptr,
+    wc_ptr,
+    ws_ptr,
+    sx_ptr,
+    sw_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    KW,
+    KS,
+    stride_a,
+    stride_r,
+    stride_wc,
+    stride_ws,
+    stride_sx,
+    stride_y,
+    TWO: tl.constexpr,
+    MX: tl.constexpr,
+    WB: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    W_BF16: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    FAST: tl.constexpr,
+    STACK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """PDL (packed decode only, `pdl.py`): the program waits for the preparation, then lets the
     next kernel launch."""
@@ -123,23 +181,43 @@ def _fp4_weight_gemm_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a_ok = m_ok[:, None] & (offs_k[None, :] < K)
         if FAST:  # NVFP4, decoded in packed registers, times 2^-7 (undone in the epilogue), even/odd K apart
-            w_even, w_odd = _weight_halves(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N,
-                                           BLOCK_K, WB, FAST == 1)
+            w_even, w_odd = _weight_halves(
+                wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, FAST == 1
+            )
             if STACK:
-                acc = _dot_halves_stacked(acc, a_ptr, r_ptr, pid_m * BLOCK_M, M, offs_k, K, stride_a, stride_r,
-                                          w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
+                acc = _dot_halves_stacked(
+                    acc,
+                    a_ptr,
+                    r_ptr,
+                    pid_m * BLOCK_M,
+                    M,
+                    offs_k,
+                    K,
+                    stride_a,
+                    stride_r,
+                    w_even,
+                    w_odd,
+                    BLOCK_M,
+                    BLOCK_K,
+                    DOT_F32,
+                )
             else:
                 acc = _dot_halves(acc, a_ptr, offs_m, offs_k, a_ok, stride_a, w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32)
                 if TWO:
-                    acc = _dot_halves(acc, r_ptr, offs_m, offs_k, a_ok, stride_r, w_even, w_odd, BLOCK_M, BLOCK_K,
-                                      DOT_F32)
+                    acc = _dot_halves(
+                        acc, r_ptr, offs_m, offs_k, a_ok, stride_r, w_even, w_odd, BLOCK_M, BLOCK_K, DOT_F32
+                    )
         else:
             if W_BF16:  # wc_ptr: the weight already dequantized, bf16 (N, K) (dequant_fp4.py)
-                wt = tl.load(wc_ptr + offs_n[None, :] * stride_wc + offs_k[:, None],
-                             mask=n_ok[None, :] & (offs_k[:, None] < K), other=0.0)  # (BLOCK_K, BLOCK_N)
+                wt = tl.load(
+                    wc_ptr + offs_n[None, :] * stride_wc + offs_k[:, None],
+                    mask=n_ok[None, :] & (offs_k[:, None] < K),
+                    other=0.0,
+                )  # (BLOCK_K, BLOCK_N)
             else:
-                w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB,
-                                 MX)
+                w = _weight_tile(
+                    wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX
+                )
                 wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
             if DOT_F32:  # the interpreter multiplies bf16 tiles as raw bits; FP32 holds the same values
                 wt = wt.to(tl.float32)
@@ -159,8 +237,11 @@ def _fp4_weight_gemm_kernel(
     y = s[:, None] * acc
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_y + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(
+        y_ptr + offs_m[:, None] * stride_y + offs_n[None, :],
+        y.to(y_ptr.dtype.element_ty),
+        mask=m_ok[:, None] & n_ok[None, :],
+    )
 
 
 # from SCRATCH_MIN_M rows on, dequantize the weight once into bf16 scratch (prefill-tuning-h100.json: at
@@ -184,8 +265,17 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
             bn, bk, warps = 32, 256, 2
         else:
             bn, bk, warps = 32, 512, 4
-        return dict(BLOCK_M=8 if stack else 16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, num_warps=warps, num_stages=3,
-                    SCRATCH=1, DECODE=2, STACK=2 if stack else 1)
+        return dict(
+            BLOCK_M=8 if stack else 16,
+            BLOCK_N=bn,
+            BLOCK_K=bk,
+            GROUP_M=1,
+            num_warps=warps,
+            num_stages=3,
+            SCRATCH=1,
+            DECODE=2,
+            STACK=2 if stack else 1,
+        )
     return dict(_fp32_decode_tiles(m, n, k), DECODE=1, STACK=1)
 
 
@@ -195,11 +285,19 @@ def _fp32_decode_tiles(m: int, n: int, k: int) -> dict:
             return dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=8, num_stages=3, SCRATCH=1)
         if n >= 6144:
             return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=512, GROUP_M=1, num_warps=8, num_stages=4, SCRATCH=1)
-        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=512 if k <= 4096 else 256, GROUP_M=1, num_warps=4, num_stages=3,
-                    SCRATCH=1)
+        return dict(
+            BLOCK_M=16, BLOCK_N=32, BLOCK_K=512 if k <= 4096 else 256, GROUP_M=1, num_warps=4, num_stages=3, SCRATCH=1
+        )
     if m <= 256:
-        return dict(BLOCK_M=64 if n >= 6144 else 32, BLOCK_N=128 if n >= 16384 else 64, BLOCK_K=128, GROUP_M=1,
-                    num_warps=4, num_stages=4, SCRATCH=1)
+        return dict(
+            BLOCK_M=64 if n >= 6144 else 32,
+            BLOCK_N=128 if n >= 16384 else 64,
+            BLOCK_K=128,
+            GROUP_M=1,
+            num_warps=4,
+            num_stages=4,
+            SCRATCH=1,
+        )
     if m < SCRATCH_MIN_M:
         return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, SCRATCH=1)
     if m < 1024:
@@ -222,16 +320,20 @@ def fp4_weight_gemm(
     MXFP4 (N, K). `tiles` overrides the launch tiling (tests, benchmarks).
     """
     if not gemm_supports(weight):
-        raise ValueError(f"the Triton GEMM reads 2-D NVFP4-16/32 or MXFP4-32 weights, got {weight.format.value}-"
-                         f"{weight.block} of shape {weight.shape}")
+        raise ValueError(
+            f"the Triton GEMM reads 2-D NVFP4-16/32 or MXFP4-32 weights, got {weight.format.value}-"
+            f"{weight.block} of shape {weight.shape}"
+        )
     if not 1 <= len(terms) <= 2:
         raise ValueError(f"fp4_weight_gemm takes 1 or 2 activation terms, got {len(terms)}")
     n, k = weight.shape
     a = terms[0]
     for t in terms:
         if t.dtype != torch.bfloat16 or t.dim() != 2 or t.shape != a.shape or t.shape[1] != k:
-            raise ValueError(f"activation terms must be bf16 (M, {k}) tensors of one shape, got "
-                             f"{[(tuple(x.shape), x.dtype) for x in terms]}")
+            raise ValueError(
+                f"activation terms must be bf16 (M, {k}) tensors of one shape, got "
+                f"{[(tuple(x.shape), x.dtype) for x in terms]}"
+            )
         if t.device != weight.device:
             raise ValueError(f"activation on {t.device}, weight on {weight.device}")
     if any(not t.is_contiguous() for t in terms):
@@ -247,16 +349,34 @@ def fp4_weight_gemm(
         raise ValueError(f"BLOCK_K {t['BLOCK_K']} must be a multiple of the weight block {weight.block}")
     op = _gemm_impl if direct_call_ok(*terms, s_x) else torch.ops.sharq.fp4_weight_gemm
     return op(
-        a, terms[1] if len(terms) == 2 else None, weight.codes, weight.scales, sx, weight.global_scale, bias,
-        weight.format is Format.MXFP4, weight.block, out_dtype, [t.get(key, 0) for key in _TILE_KEYS])
+        a,
+        terms[1] if len(terms) == 2 else None,
+        weight.codes,
+        weight.scales,
+        sx,
+        weight.global_scale,
+        bias,
+        weight.format is Format.MXFP4,
+        weight.block,
+        out_dtype,
+        [t.get(key, 0) for key in _TILE_KEYS],
+    )
 
 
 _TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SCRATCH", "DECODE", "STACK")
 
 
 def _gemm_impl(
-    a: torch.Tensor, r: torch.Tensor | None, w_codes: torch.Tensor, w_scales: torch.Tensor, s_x: torch.Tensor,
-    s_w: torch.Tensor | None, bias: torch.Tensor | None, mx: bool, wb: int, out_dtype: torch.dtype,
+    a: torch.Tensor,
+    r: torch.Tensor | None,
+    w_codes: torch.Tensor,
+    w_scales: torch.Tensor,
+    s_x: torch.Tensor,
+    s_w: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mx: bool,
+    wb: int,
+    out_dtype: torch.dtype,
     tiles: list[int],
 ) -> torch.Tensor:
     """The GEMM as a torch op (torch.compile, CUDA graphs). a, r: bf16 (M, K); w_codes (N, Kp/2),
@@ -288,11 +408,36 @@ def _gemm_impl(
     interpret = interpreting()
     pdl = packed and pdl_enabled(a.device)  # decode-sized launches: the weight stream is the time
     _fp4_weight_gemm_kernel[grid](
-        a, rr, w, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,
-        m, n, k, w_codes.shape[1], w_scales.shape[1], a.stride(0), rr.stride(0),
-        w.stride(0), w_scales.stride(0), 0 if s_x.numel() == 1 else 1, y.stride(0),
-        TWO=r is not None, MX=mx, WB=wb, HAS_SW=s_w is not None, HAS_BIAS=bias is not None, W_BF16=scratch,
-        FAST=(2 if interpret else 1) if packed else 0, STACK=stack, DOT_F32=interpret, PDL=pdl, **cfg,
+        a,
+        rr,
+        w,
+        w_scales,
+        s_x,
+        s_w.reshape(1) if s_w is not None else s_x,
+        bias if bias is not None else s_x,
+        y,
+        m,
+        n,
+        k,
+        w_codes.shape[1],
+        w_scales.shape[1],
+        a.stride(0),
+        rr.stride(0),
+        w.stride(0),
+        w_scales.stride(0),
+        0 if s_x.numel() == 1 else 1,
+        y.stride(0),
+        TWO=r is not None,
+        MX=mx,
+        WB=wb,
+        HAS_SW=s_w is not None,
+        HAS_BIAS=bias is not None,
+        W_BF16=scratch,
+        FAST=(2 if interpret else 1) if packed else 0,
+        STACK=stack,
+        DOT_F32=interpret,
+        PDL=pdl,
+        **cfg,
         **({"launch_pdl": True} if pdl else {}),
     )
     return y

@@ -32,8 +32,8 @@ from ..config import Format
 from ..formats.quantized import QuantizedTensor
 from . import interpreting
 from .direct import direct_call_ok
-from .weight_decode import _weight_halves
 from .prepare_split import SPLIT, split_padded
+from .weight_decode import _weight_halves
 
 __all__ = ["split_gemm_supports", "fp4_weight_gemm_split", "split_gemm_tiles"]
 
@@ -63,10 +63,34 @@ def _mma(acc, w, t, DOT_F32: tl.constexpr):
 
 @triton.jit
 def _gemm_split_kernel(
-    t_ptr, r_ptr, wc_ptr, ws_ptr, sx_ptr, sw_ptr, bias_ptr, y_ptr,
-    M, N, KP, KW, KS, stride_t, stride_wc, stride_ws, stride_sx, stride_y,
-    TWO: tl.constexpr, WB: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
-    DOT_F32: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
+    t_ptr,
+    r_ptr,
+    wc_ptr,
+    ws_ptr,
+    sx_ptr,
+    sw_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    KP,
+    KW,
+    KS,
+    stride_t,
+    stride_wc,
+    stride_ws,
+    stride_sx,
+    stride_y,
+    TWO: tl.constexpr,
+    WB: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ASM: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_n = tl.cdiv(N, BLOCK_N)
@@ -83,8 +107,9 @@ def _gemm_split_kernel(
     m_ok = offs_m < M
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, KP, BLOCK_K):
-        w_even, w_odd = _weight_halves(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K,
-                                       WB, ASM)
+        w_even, w_odd = _weight_halves(
+            wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, ASM
+        )
         t_even, t_odd = _split_tile(t_ptr, offs_m, m_ok, k0, KP, stride_t, BLOCK_K)
         acc = _mma(acc, w_even, t_even, DOT_F32)
         acc = _mma(acc, w_odd, t_odd, DOT_F32)
@@ -99,18 +124,20 @@ def _gemm_split_kernel(
     y = sx[None, :] * acc  # (BLOCK_N, BLOCK_M): yᵀ
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    tl.store(y_ptr + offs_m[None, :] * stride_y + offs_n[:, None], y.to(y_ptr.dtype.element_ty),
-             mask=n_ok[:, None] & m_ok[None, :])
+    tl.store(
+        y_ptr + offs_m[None, :] * stride_y + offs_n[:, None],
+        y.to(y_ptr.dtype.element_ty),
+        mask=n_ok[:, None] & m_ok[None, :],
+    )
 
 
 _TILE_KEYS = ("BLOCK_N", "BLOCK_M", "BLOCK_K", "GROUP_N", "num_warps", "num_stages")
 
 
 def split_gemm_tiles(m: int, n: int, k: int) -> dict:
-    """The launch tiling by M and N: the fastest of benchmarks/tune_split.py's candidates at the
-    Llama-3.1-8B shapes (experiments/split-tuning-llama-3.1-8b-h100.txt, H100): at M = 256 128-row
-    weight tiles × 128 activation rows, K steps of 128 (64 for the 28,672-wide gate_up); the plan
-    sends this kernel 256-511 rows."""
+    """The launch tiling by M and N, the fastest of benchmarks/tune_split.py's candidates at the
+    Llama-3.1-8B shapes: 128-row weight tiles × 128 activation rows, K steps of 128 (64 for N ≥ 16384);
+    small tiles at M ≤ 64. The plan sends this kernel 256-511 rows."""
     if m <= 64:
         return dict(BLOCK_N=128, BLOCK_M=32, BLOCK_K=128, GROUP_N=1, num_warps=4, num_stages=4)
     if n >= 16384:
@@ -119,8 +146,16 @@ def split_gemm_tiles(m: int, n: int, k: int) -> dict:
 
 
 def _gemm_split_impl(
-    t: torch.Tensor, r: torch.Tensor | None, w_codes: torch.Tensor, w_scales: torch.Tensor, s_x: torch.Tensor,
-    s_w: torch.Tensor | None, bias: torch.Tensor | None, wb: int, out_dtype: torch.dtype, tiles: list[int],
+    t: torch.Tensor,
+    r: torch.Tensor | None,
+    w_codes: torch.Tensor,
+    w_scales: torch.Tensor,
+    s_x: torch.Tensor,
+    s_w: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    wb: int,
+    out_dtype: torch.dtype,
+    tiles: list[int],
 ) -> torch.Tensor:
     """The GEMM as a torch op: t, r bf16 (M, Kp) pair-split; w_codes (N, Kw/2), w_scales (N, Kw/wb)
     uint8; s_x FP32 (1,) or (M,); s_w FP32 or None; bias (N,) or None; tiles: _TILE_KEYS values,
@@ -136,11 +171,31 @@ def _gemm_split_impl(
     interpret = interpreting()
     rr = r if r is not None else t
     _gemm_split_kernel[grid](
-        t, rr, w_codes, w_scales, s_x, s_w.reshape(1) if s_w is not None else s_x, bias if bias is not None else s_x, y,
-        m, n, kp, w_codes.shape[1], w_scales.shape[1], t.stride(0), w_codes.stride(0), w_scales.stride(0),
-        0 if s_x.numel() == 1 else 1, y.stride(0),
-        TWO=r is not None, WB=wb, HAS_SW=s_w is not None, HAS_BIAS=bias is not None, ASM=not interpret,
-        DOT_F32=interpret, **cfg,
+        t,
+        rr,
+        w_codes,
+        w_scales,
+        s_x,
+        s_w.reshape(1) if s_w is not None else s_x,
+        bias if bias is not None else s_x,
+        y,
+        m,
+        n,
+        kp,
+        w_codes.shape[1],
+        w_scales.shape[1],
+        t.stride(0),
+        w_codes.stride(0),
+        w_scales.stride(0),
+        0 if s_x.numel() == 1 else 1,
+        y.stride(0),
+        TWO=r is not None,
+        WB=wb,
+        HAS_SW=s_w is not None,
+        HAS_BIAS=bias is not None,
+        ASM=not interpret,
+        DOT_F32=interpret,
+        **cfg,
     )
     return y
 
@@ -154,24 +209,33 @@ def _(t, r, w_codes, w_scales, s_x, s_w, bias, wb, out_dtype, tiles):
 
 
 def fp4_weight_gemm_split(
-    terms: Sequence[torch.Tensor], s_x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None,
-    out_dtype: torch.dtype, *, tiles: dict | None = None,
+    terms: Sequence[torch.Tensor],
+    s_x: torch.Tensor,
+    weight: QuantizedTensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    *,
+    tiles: dict | None = None,
 ) -> torch.Tensor:
     """y (M, N) = (s_x · s_w) · Σ_t terms[t] · deq(weight)ᵀ + bias, FP32 accumulation, in `out_dtype`.
 
     terms: 1 or 2 bf16 (M, Kp) operands in the pair-split layout (`prepare_split`); s_x: FP32 () or
     (M, 1); weight: NVFP4-16/32 (N, K) with split_padded(K) == Kp. `tiles` overrides the tiling."""
     if not split_gemm_supports(weight):
-        raise ValueError(f"the pair-split GEMM reads 2-D NVFP4-16/32 weights, got {weight.format.value}-"
-                         f"{weight.block} of shape {weight.shape}")
+        raise ValueError(
+            f"the pair-split GEMM reads 2-D NVFP4-16/32 weights, got {weight.format.value}-"
+            f"{weight.block} of shape {weight.shape}"
+        )
     if not 1 <= len(terms) <= 2:
         raise ValueError(f"fp4_weight_gemm_split takes 1 or 2 activation operands, got {len(terms)}")
     n, k = weight.shape
     kp = split_padded(k)
     for t in terms:
         if t.dtype != torch.bfloat16 or t.dim() != 2 or t.shape != terms[0].shape or t.shape[1] != kp:
-            raise ValueError(f"activation operands must be bf16 (M, {kp}) tensors of one shape (K = {k} padded to "
-                             f"{SPLIT}), got {[(tuple(x.shape), x.dtype) for x in terms]}")
+            raise ValueError(
+                f"activation operands must be bf16 (M, {kp}) tensors of one shape (K = {k} padded to "
+                f"{SPLIT}), got {[(tuple(x.shape), x.dtype) for x in terms]}"
+            )
         if t.device != weight.device or not t.is_contiguous():
             raise ValueError(f"activation operands must be contiguous and on {weight.device}")
     m = terms[0].shape[0]
@@ -184,5 +248,15 @@ def fp4_weight_gemm_split(
     if t.get("BLOCK_K", 64) % 64:
         raise ValueError(f"BLOCK_K must be a multiple of {SPLIT}, got {t['BLOCK_K']}")
     op = _gemm_split_impl if direct_call_ok(*terms, s_x) else torch.ops.sharq.fp4_weight_gemm_split
-    return op(terms[0], terms[1] if len(terms) == 2 else None, weight.codes, weight.scales, sx, weight.global_scale,
-              bias, weight.block, out_dtype, [t.get(key, 0) for key in _TILE_KEYS])
+    return op(
+        terms[0],
+        terms[1] if len(terms) == 2 else None,
+        weight.codes,
+        weight.scales,
+        sx,
+        weight.global_scale,
+        bias,
+        weight.block,
+        out_dtype,
+        [t.get(key, 0) for key in _TILE_KEYS],
+    )

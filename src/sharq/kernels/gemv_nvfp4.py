@@ -25,10 +25,8 @@ product then 20 bits) before the FP32 accumulation. Every product is exact and e
            next to each other, in the weight tile's register layout.
   per row  four `dp4a` per term and sub-block, one convert, one FMA into the FP32 accumulator.
 
-Measured on the H100 (benchmarks/linear.py, linear-h100.json, 2026-11-23): the four Llama-3.1-8B
-linears of a decoder layer in 63 us at M = 1 (bf16: 167 us; the FP32 GEMV before: 99 us),
-gate_up streaming 2.0 TB/s (68% of copy bandwidth); 4.5 SASS instructions per weight in the main
-loop (benchmarks/sass_count.py). At M = 8, 176 us, level with the tensor-core GEMM.
+Its speed and instruction counts (benchmarks/linear.py, benchmarks/sass_count.py): docs/performance.md,
+"Decode GEMV".
 
 One launch may serve up to GEMV_GROUP_MAX weights of one K that read the same activation (q/k/v,
 gate/up: `fp4_weight_gemv_group`): each program picks its weight by its first output row and
@@ -55,8 +53,19 @@ from .direct import direct_call_ok
 from .pdl import pdl_enabled, wait_then_release
 from .plan import GEMV_AUTO_MAX_M  # rows the plan sends to the GEMV
 
-__all__ = ["GEMV_AUTO_MAX_M", "GEMV_GROUP_MAX", "GEMV_MAX_M", "GEMV_PAD", "fp4_weight_gemv", "fp4_weight_gemv_group",
-           "gemv_group_supports", "gemv_operand", "gemv_operand_of", "gemv_padded", "gemv_supports"]
+__all__ = [
+    "GEMV_AUTO_MAX_M",
+    "GEMV_GROUP_MAX",
+    "GEMV_MAX_M",
+    "GEMV_PAD",
+    "fp4_weight_gemv",
+    "fp4_weight_gemv_group",
+    "gemv_group_supports",
+    "gemv_operand",
+    "gemv_operand_of",
+    "gemv_padded",
+    "gemv_supports",
+]
 
 GEMV_PAD = 2048  # the operand covers whole multiples of this many K positions (the largest BLOCK_K)
 GEMV_MAX_M = 2  # rows one GEMV launch serves: the rows the plan sends it (GEMV_AUTO_MAX_M)
@@ -99,8 +108,10 @@ def gemv_operand(codes: torch.Tensor, scales16: torch.Tensor) -> tuple[torch.Ten
 def gemv_operand_of(term: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`gemv_operand` of a prepared NVFP4 term (M, K) (codes and E4M3 scales of 16 or 32 blocks)."""
     if term.format is not Format.NVFP4 or len(term.shape) != 2 or term.block % 16:
-        raise ValueError(f"the GEMV operand is built from 2-D NVFP4 terms, got {term.format.value}-{term.block} "
-                         f"of shape {term.shape}")
+        raise ValueError(
+            f"the GEMV operand is built from 2-D NVFP4 terms, got {term.format.value}-{term.block} "
+            f"of shape {term.shape}"
+        )
     m, k = term.shape
     codes = unpack_nibbles(term.codes)[:, :k]
     return gemv_operand(codes, decode_e4m3(term.scales).repeat_interleave(term.block // 16, dim=1))
@@ -113,14 +124,22 @@ def _decode_ptx() -> str:
     0), then the byte-wise difference, biased by 0x80 per byte so that no borrow crosses a byte."""
 
     def four(sel: str, flipped: str, out: str) -> str:
-        return (f"prmt.b32 p, t0, t1, {sel}; prmt.b32 q, t0, t1, {flipped}; or.b32 p, p, 0x80808080; "
-                f"sub.u32 p, p, q; xor.b32 {out}, p, 0x80808080;")
+        return (
+            f"prmt.b32 p, t0, t1, {sel}; prmt.b32 q, t0, t1, {flipped}; or.b32 p, p, 0x80808080; "
+            f"sub.u32 p, p, q; xor.b32 {out}, p, 0x80808080;"
+        )
 
-    body = [f"xor.b32 n, {word}, 0x88888888; shr.u32 h, {word}, 16; shr.u32 nh, n, 16; "
-            + four(word, "n", lo) + " " + four("h", "nh", hi)
-            for word, lo, hi in (("w0", "$0", "$1"), ("w1", "$2", "$3"))]
-    return ("{ .reg .b32 w0, w1, n, h, nh, p, q, t0, t1; mov.b64 {w0, w1}, $4; "
-            f"mov.b32 t0, {_LUT_LO:#010x}; mov.b32 t1, {_LUT_HI:#010x}; " + " ".join(body) + " }")
+    body = [
+        f"xor.b32 n, {word}, 0x88888888; shr.u32 h, {word}, 16; shr.u32 nh, n, 16; "
+        + four(word, "n", lo)
+        + " "
+        + four("h", "nh", hi)
+        for word, lo, hi in (("w0", "$0", "$1"), ("w1", "$2", "$3"))
+    ]
+    return (
+        "{ .reg .b32 w0, w1, n, h, nh, p, q, t0, t1; mov.b64 {w0, w1}, $4; "
+        f"mov.b32 t0, {_LUT_LO:#010x}; mov.b32 t1, {_LUT_HI:#010x}; " + " ".join(body) + " }"
+    )
 
 
 _DECODE_PTX = tl.constexpr(_decode_ptx())
@@ -185,8 +204,12 @@ def _dot16(w0, w1, w2, w3, xa, xb, ASM: tl.constexpr):
             pack=1,
         )
     else:
-        return (_dot4(w0, xa.to(tl.int32)) + _dot4(w1, (xa >> 32).to(tl.int32))
-                + _dot4(w2, xb.to(tl.int32)) + _dot4(w3, (xb >> 32).to(tl.int32)))
+        return (
+            _dot4(w0, xa.to(tl.int32))
+            + _dot4(w1, (xa >> 32).to(tl.int32))
+            + _dot4(w2, xb.to(tl.int32))
+            + _dot4(w3, (xb >> 32).to(tl.int32))
+        )
 
 
 @triton.jit
@@ -208,10 +231,33 @@ def _load(ptrs, mask):
 
 
 @triton.jit
-def _gemv_step(acc, k0, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
-               stride_x, stride_xs, stride_w, stride_ws,
-               TWO: tl.constexpr, SPB: tl.constexpr, ASM: tl.constexpr, MASK_N: tl.constexpr, MASK_K: tl.constexpr,
-               MASK_M: tl.constexpr, NS: tl.constexpr):
+def _gemv_step(
+    acc,
+    k0,
+    bc_ptr,
+    bs_ptr,
+    rc_ptr,
+    rs_ptr,
+    w_ptr,
+    ws_ptr,
+    offs_n,
+    n_ok,
+    m3,
+    ok3,
+    KS,
+    KSW,
+    stride_x,
+    stride_xs,
+    stride_w,
+    stride_ws,
+    TWO: tl.constexpr,
+    SPB: tl.constexpr,
+    ASM: tl.constexpr,
+    MASK_N: tl.constexpr,
+    MASK_K: tl.constexpr,
+    MASK_M: tl.constexpr,
+    NS: tl.constexpr,
+):
     """acc (BLOCK_M, BLOCK_N, NS) FP32 += the products of the NS 16-position sub-blocks from k0."""
     ks = k0 // 16 + tl.arange(0, NS)  # (NS,) sub-block index
     w_ok = None
@@ -247,8 +293,24 @@ def _gemv_step(acc, k0, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n
 
 
 @triton.jit
-def _member(row0, N0, N1, w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr, ws1_ptr, sw1_ptr, bias1_ptr,
-            w2_ptr, ws2_ptr, sw2_ptr, bias2_ptr, GROUP: tl.constexpr):
+def _member(
+    row0,
+    N0,
+    N1,
+    w_ptr,
+    ws_ptr,
+    sw_ptr,
+    bias_ptr,
+    w1_ptr,
+    ws1_ptr,
+    sw1_ptr,
+    bias1_ptr,
+    w2_ptr,
+    ws2_ptr,
+    sw2_ptr,
+    bias2_ptr,
+    GROUP: tl.constexpr,
+):
     """The weight a grouped launch's program reads: the member whose rows hold global row `row0`
     (members 0, 1, 2 own rows [0, N0), [N0, N0 + N1), [N0 + N1, ...)). Returns its weight codes,
     scales, global scale and bias pointers and its first global row."""
@@ -264,12 +326,47 @@ def _member(row0, N0, N1, w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr, ws1_ptr, sw1_
 
 @triton.jit
 def _gemv_kernel(
-    bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr, ws1_ptr, sw1_ptr, bias1_ptr,
-    w2_ptr, ws2_ptr, sw2_ptr, bias2_ptr, sx_ptr, y_ptr,
-    M, N, N0, N1, KS, KSW, stride_x, stride_xs, stride_w, stride_ws, stride_sx, stride_y,
-    TWO: tl.constexpr, WB: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, EVEN_N: tl.constexpr,
-    EVEN_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP: tl.constexpr, PDL: tl.constexpr,
+    bc_ptr,
+    bs_ptr,
+    rc_ptr,
+    rs_ptr,
+    w_ptr,
+    ws_ptr,
+    sw_ptr,
+    bias_ptr,
+    w1_ptr,
+    ws1_ptr,
+    sw1_ptr,
+    bias1_ptr,
+    w2_ptr,
+    ws2_ptr,
+    sw2_ptr,
+    bias2_ptr,
+    sx_ptr,
+    y_ptr,
+    M,
+    N,
+    N0,
+    N1,
+    KS,
+    KSW,
+    stride_x,
+    stride_xs,
+    stride_w,
+    stride_ws,
+    stride_sx,
+    stride_y,
+    TWO: tl.constexpr,
+    WB: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ASM: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """bc/rc: int8 (M, Kg) codes viewed as int64 (M, Kg/8) (two halves: positions 0-7, then 8-15, of
     every sub-block; `gemv_operand`); bs/rs FP32 (M, Kg/16); per member g of the GROUP (1 to 3) weights
@@ -283,8 +380,24 @@ def _gemv_kernel(
     NS: tl.constexpr = BLOCK_K // 16  # sub-blocks per K step
     pid_n = tl.program_id(0)
     row0 = pid_n * BLOCK_N
-    w_ptr, ws_ptr, sw_ptr, bias_ptr, base = _member(row0, N0, N1, w_ptr, ws_ptr, sw_ptr, bias_ptr, w1_ptr, ws1_ptr,
-                                                    sw1_ptr, bias1_ptr, w2_ptr, ws2_ptr, sw2_ptr, bias2_ptr, GROUP)
+    w_ptr, ws_ptr, sw_ptr, bias_ptr, base = _member(
+        row0,
+        N0,
+        N1,
+        w_ptr,
+        ws_ptr,
+        sw_ptr,
+        bias_ptr,
+        w1_ptr,
+        ws1_ptr,
+        sw1_ptr,
+        bias1_ptr,
+        w2_ptr,
+        ws2_ptr,
+        sw2_ptr,
+        bias2_ptr,
+        GROUP,
+    )
     rows = tl.arange(0, BLOCK_M)
     m_ok = rows < M
     cols = row0 + tl.arange(0, BLOCK_N)  # global output columns
@@ -292,30 +405,146 @@ def _gemv_kernel(
     offs_n = cols - base  # the member's weight rows
     if PDL:
         wait_then_release()
-    sub = tl.arange(0, NS)
     # the activation is read in the full (rows, BLOCK_N, NS) shape (the same address for every n),
     # which gives it the tile's register layout: no layout conversion in the loop
-    m3 = rows[:, None, None] + 0 * offs_n[None, :, None] + 0 * sub[None, None, :]
-    ok3 = m3 < M
+    m3 = rows[:, None, None] + 0 * offs_n[None, :, None] + 0 * tl.arange(0, NS)[None, None, :]
+    total = _gemv_rows(
+        bc_ptr,
+        bs_ptr,
+        rc_ptr,
+        rs_ptr,
+        w_ptr,
+        ws_ptr,
+        offs_n,
+        n_ok,
+        m3,
+        m3 < M,
+        KS,
+        KSW,
+        stride_x,
+        stride_xs,
+        stride_w,
+        stride_ws,
+        TWO,
+        SPB,
+        ASM,
+        EVEN_N,
+        EVEN_M,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+        NS,
+    )
+    s_x = tl.load(sx_ptr + rows * stride_sx, mask=m_ok, other=0.0)
+    y = _gemv_epilogue(total, s_x, tl.load(sw_ptr), bias_ptr, offs_n, n_ok, HAS_BIAS)
+    tl.store(
+        y_ptr + rows[:, None] * stride_y + cols[None, :],
+        y.to(y_ptr.dtype.element_ty),
+        mask=m_ok[:, None] & n_ok[None, :],
+    )
+
+
+@triton.jit
+def _gemv_rows(
+    bc_ptr,
+    bs_ptr,
+    rc_ptr,
+    rs_ptr,
+    w_ptr,
+    ws_ptr,
+    offs_n,
+    n_ok,
+    m3,
+    ok3,
+    KS,
+    KSW,
+    stride_x,
+    stride_xs,
+    stride_w,
+    stride_ws,
+    TWO: tl.constexpr,
+    SPB: tl.constexpr,
+    ASM: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NS: tl.constexpr,
+):
+    """Σ over K of the integer block products: FP32 (BLOCK_M, BLOCK_N), the rows of the activation
+    operand that `m3` (BLOCK_M, BLOCK_N, NS) names against weight rows `offs_n`. The one accumulation
+    of every GEMV launch (`_gemv_kernel`, and the experts' routed GEMV in gemv_experts.py): FP32
+    lanes per sub-block position, BLOCK_K-long steps, the last one masked, then one sum over lanes."""
     acc = tl.zeros((BLOCK_M, BLOCK_N, NS), dtype=tl.float32)
     full = (KS * 16) // BLOCK_K * BLOCK_K
     for k0 in range(0, full, BLOCK_K):
-        acc = _gemv_step(acc, k0, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
-                         stride_x, stride_xs, stride_w, stride_ws, TWO, SPB, ASM, not EVEN_N, False,
-                         not EVEN_M, NS)
+        acc = _gemv_step(
+            acc,
+            k0,
+            bc_ptr,
+            bs_ptr,
+            rc_ptr,
+            rs_ptr,
+            w_ptr,
+            ws_ptr,
+            offs_n,
+            n_ok,
+            m3,
+            ok3,
+            KS,
+            KSW,
+            stride_x,
+            stride_xs,
+            stride_w,
+            stride_ws,
+            TWO,
+            SPB,
+            ASM,
+            not EVEN_N,
+            False,
+            not EVEN_M,
+            NS,
+        )
     if full < KS * 16:
-        acc = _gemv_step(acc, full, bc_ptr, bs_ptr, rc_ptr, rs_ptr, w_ptr, ws_ptr, offs_n, n_ok, m3, ok3, KS, KSW,
-                         stride_x, stride_xs, stride_w, stride_ws, TWO, SPB, ASM, not EVEN_N, True,
-                         not EVEN_M, NS)
+        acc = _gemv_step(
+            acc,
+            full,
+            bc_ptr,
+            bs_ptr,
+            rc_ptr,
+            rs_ptr,
+            w_ptr,
+            ws_ptr,
+            offs_n,
+            n_ok,
+            m3,
+            ok3,
+            KS,
+            KSW,
+            stride_x,
+            stride_xs,
+            stride_w,
+            stride_ws,
+            TWO,
+            SPB,
+            ASM,
+            not EVEN_N,
+            True,
+            not EVEN_M,
+            NS,
+        )
+    return tl.sum(acc, axis=2)
 
-    total = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N)
-    s_x = tl.load(sx_ptr + rows * stride_sx, mask=m_ok, other=0.0)
-    # the codes are 2·E2M1 on both sides (/4) and the weight scales were read as scale · 2^-8
-    y = (s_x[:, None] * (tl.load(sw_ptr) * 64.0)) * total
+
+@triton.jit
+def _gemv_epilogue(total, s_x, s_w, bias_ptr, offs_n, n_ok, HAS_BIAS: tl.constexpr):
+    """y (BLOCK_M, BLOCK_N) FP32 = s_x · s_w · total / 4 · 2^8 + bias: the codes are 2·E2M1 on both
+    sides (/4) and the weight scales were read as scale · 2^-8."""
+    y = (s_x[:, None] * (s_w * 64.0)) * total
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    return y
 
 
 def _tiles(m: int, n: int, k: int) -> dict:
@@ -335,20 +564,33 @@ def gemv_group_supports(weights, m: int, *, biases=None, tiles: dict | None = No
     weight, when given) all None or all of one dtype."""
     if not 1 <= len(weights) <= GEMV_GROUP_MAX or not 1 <= m <= GEMV_MAX_M:
         return False
-    if biases is not None and (len(biases) != len(weights) or (
-            any(b is not None for b in biases) and len({None if b is None else b.dtype for b in biases}) > 1)):
+    if biases is not None and (
+        len(biases) != len(weights)
+        or (any(b is not None for b in biases) and len({None if b is None else b.dtype for b in biases}) > 1)
+    ):
         return False
     first = weights[0]
-    if not all(gemv_supports(w) and w.shape[1] == first.shape[1] and w.block == first.block
-               and w.device == first.device and w.codes.shape[1] == first.codes.shape[1] for w in weights):
+    if not all(
+        gemv_supports(w)
+        and w.shape[1] == first.shape[1]
+        and w.block == first.block
+        and w.device == first.device
+        and w.codes.shape[1] == first.codes.shape[1]
+        for w in weights
+    ):
         return False
     block_n = (tiles or {}).get("BLOCK_N") or _tiles(m, 0, 0)["BLOCK_N"]
     return len(weights) == 1 or all(w.shape[0] % block_n == 0 for w in weights)
 
 
 def fp4_weight_gemv(
-    terms, s_x: torch.Tensor, weight: QuantizedTensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
-    *, tiles: dict | None = None,
+    terms,
+    s_x: torch.Tensor,
+    weight: QuantizedTensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    *,
+    tiles: dict | None = None,
 ) -> torch.Tensor:
     """y (M, N) = s_x · s_w · Σ_t t · deq(weight)ᵀ + bias, in `out_dtype`, for M ≤ GEMV_MAX_M.
 
@@ -360,7 +602,13 @@ def fp4_weight_gemv(
 
 
 def fp4_weight_gemv_group(
-    terms, s_x: torch.Tensor, weights, biases, out_dtype: torch.dtype, *, tiles: dict | None = None,
+    terms,
+    s_x: torch.Tensor,
+    weights,
+    biases,
+    out_dtype: torch.dtype,
+    *,
+    tiles: dict | None = None,
 ) -> torch.Tensor:
     """`fp4_weight_gemv` of one activation against 1 to GEMV_GROUP_MAX weights in one launch (q/k/v,
     gate/up): y (M, N_0 + N_1 + ...) in `out_dtype`, weight g's outputs in columns
@@ -371,12 +619,17 @@ def fp4_weight_gemv_group(
     """
     weights, biases = list(weights), list(biases)
     if not weights or len(weights) > GEMV_GROUP_MAX or len(biases) != len(weights):
-        raise ValueError(f"the GEMV serves 1 to {GEMV_GROUP_MAX} weights with one bias (or None) each, got "
-                         f"{len(weights)} weights and {len(biases)} biases")
+        raise ValueError(
+            f"the GEMV serves 1 to {GEMV_GROUP_MAX} weights with one bias (or None) each, got "
+            f"{len(weights)} weights and {len(biases)} biases"
+        )
     for weight in weights:
         if not isinstance(weight, QuantizedTensor) or not gemv_supports(weight):
-            what = f"{weight.format.value}-{weight.block} of shape {weight.shape}" if isinstance(
-                weight, QuantizedTensor) else type(weight).__name__
+            what = (
+                f"{weight.format.value}-{weight.block} of shape {weight.shape}"
+                if isinstance(weight, QuantizedTensor)
+                else type(weight).__name__
+            )
             raise ValueError(f"the Triton GEMV reads 2-D NVFP4-16/32 weights, got {what}")
     k = weights[0].shape[1]
     if len(terms) not in (2, 4):
@@ -386,40 +639,65 @@ def fp4_weight_gemv_group(
     for i, t in enumerate(terms):
         want = (torch.int8, (m, kg)) if i % 2 == 0 else (torch.float32, (m, kg // 16))
         if (t.dtype, tuple(t.shape)) != want or not t.is_contiguous():
-            raise ValueError(f"GEMV operand {i} must be a contiguous {want[0]} {want[1]} tensor for K={k}, got "
-                             f"{t.dtype} {tuple(t.shape)}")
+            raise ValueError(
+                f"GEMV operand {i} must be a contiguous {want[0]} {want[1]} tensor for K={k}, got "
+                f"{t.dtype} {tuple(t.shape)}"
+            )
         if t.device != weights[0].device:
             raise ValueError(f"GEMV operand on {t.device}, weight on {weights[0].device}")
     if not 1 <= m <= GEMV_MAX_M:
         raise ValueError(f"the GEMV serves 1 to {GEMV_MAX_M} rows, got {m}")
     if not gemv_group_supports(weights, m, tiles=tiles):
-        raise ValueError(f"one GEMV launch cannot serve weights of shapes {[tuple(w.shape) for w in weights]} "
-                         f"(blocks {[w.block for w in weights]}) at M={m}: they need one K, block and device, and "
-                         "each N a multiple of BLOCK_N")
+        raise ValueError(
+            f"one GEMV launch cannot serve weights of shapes {[tuple(w.shape) for w in weights]} "
+            f"(blocks {[w.block for w in weights]}) at M={m}: they need one K, block and device, and "
+            "each N a multiple of BLOCK_N"
+        )
     if s_x.numel() not in (1, m):
         raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
     if any(b is None for b in biases) and any(b is not None for b in biases):
         raise ValueError("a grouped GEMV takes a bias for every weight or for none")
     for weight, bias in zip(weights, biases):
         if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != biases[0].dtype):
-            raise ValueError(f"bias must have shape ({weight.shape[0]},) and one dtype for the group, got "
-                             f"{bias.dtype} {tuple(bias.shape)}")
+            raise ValueError(
+                f"bias must have shape ({weight.shape[0]},) and one dtype for the group, got "
+                f"{bias.dtype} {tuple(bias.shape)}"
+            )
     t = tiles or {}
     two = len(terms) == 4
     op = _gemv_impl if direct_call_ok(*terms, s_x) else torch.ops.sharq.fp4_weight_gemv
     return op(
-        terms[0], terms[1], terms[2] if two else None, terms[3] if two else None, [w.codes for w in weights],
-        [w.scales for w in weights], s_x.reshape(-1).to(torch.float32), [w.global_scale for w in weights],
-        [b for b in biases if b is not None], weights[0].block, out_dtype, [t.get(key, 0) for key in _TILE_KEYS])
+        terms[0],
+        terms[1],
+        terms[2] if two else None,
+        terms[3] if two else None,
+        [w.codes for w in weights],
+        [w.scales for w in weights],
+        s_x.reshape(-1).to(torch.float32),
+        [w.global_scale for w in weights],
+        [b for b in biases if b is not None],
+        weights[0].block,
+        out_dtype,
+        [t.get(key, 0) for key in _TILE_KEYS],
+    )
 
 
 _TILE_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps")
 
 
 def _gemv_impl(
-    b_codes: torch.Tensor, b_scales: torch.Tensor, r_codes: torch.Tensor | None, r_scales: torch.Tensor | None,
-    w_codes: list[torch.Tensor], w_scales: list[torch.Tensor], s_x: torch.Tensor, s_w: list[torch.Tensor],
-    biases: list[torch.Tensor], wb: int, out_dtype: torch.dtype, tiles: list[int],
+    b_codes: torch.Tensor,
+    b_scales: torch.Tensor,
+    r_codes: torch.Tensor | None,
+    r_scales: torch.Tensor | None,
+    w_codes: list[torch.Tensor],
+    w_scales: list[torch.Tensor],
+    s_x: torch.Tensor,
+    s_w: list[torch.Tensor],
+    biases: list[torch.Tensor],
+    wb: int,
+    out_dtype: torch.dtype,
+    tiles: list[int],
 ) -> torch.Tensor:
     """The GEMV as a torch op (torch.compile, CUDA graphs). b/r codes int8 (M, Kg), scales FP32
     (M, Kg/16); per weight g (1 to 3): w_codes (N_g, Kp/2), w_scales (N_g, Kp/wb) uint8, s_w FP32 ();
@@ -448,14 +726,37 @@ def _gemv_impl(
     pdl = pdl_enabled(b_codes.device, default=programs <= GEMV_PDL_MAX_PROGRAMS)
     members = [a for g in range(GEMV_GROUP_MAX) for a in (words[g], scales[g], globals_[g], bias[g])]
     _gemv_kernel[(programs,)](
-        b_codes.view(torch.int64), b_scales, r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
-        r_scales if two else b_scales, *members, s_x, y,
-        m, n, sizes[0], sizes[1] if group > 1 else 0, words[0].shape[1], w_scales[0].shape[1],
-        b_codes.shape[1] // 8, b_scales.shape[1], words[0].stride(0), w_scales[0].stride(0),
-        1 if s_x.numel() > 1 else 0, y.stride(0),
-        TWO=two, WB=wb, HAS_BIAS=bool(biases), ASM=not interpreting(), EVEN_N=n % cfg["BLOCK_N"] == 0,
-        EVEN_M=m == triton.next_power_of_2(m), BLOCK_M=triton.next_power_of_2(m), GROUP=group,
-        PDL=pdl, num_stages=1, **cfg, **({"launch_pdl": True} if pdl else {}),
+        b_codes.view(torch.int64),
+        b_scales,
+        r_codes.view(torch.int64) if two else b_codes.view(torch.int64),
+        r_scales if two else b_scales,
+        *members,
+        s_x,
+        y,
+        m,
+        n,
+        sizes[0],
+        sizes[1] if group > 1 else 0,
+        words[0].shape[1],
+        w_scales[0].shape[1],
+        b_codes.shape[1] // 8,
+        b_scales.shape[1],
+        words[0].stride(0),
+        w_scales[0].stride(0),
+        1 if s_x.numel() > 1 else 0,
+        y.stride(0),
+        TWO=two,
+        WB=wb,
+        HAS_BIAS=bool(biases),
+        ASM=not interpreting(),
+        EVEN_N=n % cfg["BLOCK_N"] == 0,
+        EVEN_M=m == triton.next_power_of_2(m),
+        BLOCK_M=triton.next_power_of_2(m),
+        GROUP=group,
+        PDL=pdl,
+        num_stages=1,
+        **cfg,
+        **({"launch_pdl": True} if pdl else {}),
     )
     return y
 

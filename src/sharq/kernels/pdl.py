@@ -20,17 +20,10 @@ Every output is written after step 2, so a kernel never overwrites memory a stil
 predecessor reads (CUDA-graph memory pools reuse buffers). A kernel that waits completes after its
 predecessor, so stream order stays transitive for the plain launches that follow.
 
-Measured on the H100 (benchmarks/tune_pdl.py, pdl-tuning-h100.json, 2026-12-06), the four
-Llama-3.1-8B linears summed: at M = 1 79.8 µs plain, 84.0 with PDL, 83.5 and 90.1 when each GEMV/GEMM
-program also asked the first 512 bytes or the whole of its weight rows into L2 (prefetch.global.L2)
-before waiting; at M = 8 118.4, 129.7, 130.6, 141.2 (the prefetch has since been removed). PDL saves ~0.5-1 µs on
-the small layers (qkv, o) but slows gate_up's 28,672 one-warp GEMV programs (29.7 -> 37.2 µs) and the
-8-row preparations. So by default (SHARQ_PDL unset) PDL launches the decode attention (a split pass
-then a combining pass, 8.5 µs a call), the preparation of the GEMV's 1-2 rows and GEMV launches of
-up to 8,192 programs (Llama's grouped q/k/v, o and down; not gate_up); the small-M GEMM and longer
-preparations launch plainly. Measured end to end (experiments/e2e-decode-pdl-policy-h100.json,
-Llama-3.1-8B decode batch 1, one H100 call): 3.61 ms a token with this choice, 3.66 with PDL for the
-attention alone, 3.61 again. SHARQ_PDL=1 / 0 forces it on / off for every kernel.
+Policy (SHARQ_PDL unset; the measurements behind it: docs/performance.md, "Programmatic dependent
+launch"): PDL launches the decode attention, the preparation of the GEMV's 1-2 rows and GEMV
+launches of up to 8,192 programs (not gate_up's wider ones); the small-M GEMM and longer
+preparations launch plainly. SHARQ_PDL=1 / 0 forces it on / off for every kernel.
 
 The instructions are inline PTX (`griddepcontrol`): the same on every Triton
 version and absent under TRITON_INTERPRET=1, where `pdl_enabled` is False and the kernels compile
@@ -58,7 +51,7 @@ def _env_on(default: bool) -> bool:
     return default if flag == "" else flag != "0"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
@@ -66,7 +59,7 @@ def _capable(index: int) -> bool:
 def pdl_enabled(device: torch.device, *, default: bool = False) -> bool:
     """True when a kernel on `device` launches with PDL: a CUDA device of compute capability >= 9.0,
     not under the interpreter, and SHARQ_PDL "1" (on), "0" (off) or unset (`default`: the kernel's
-    measured choice)."""
+    choice in the module docstring)."""
     if device.type != "cuda" or not _env_on(default):
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
@@ -76,16 +69,16 @@ def pdl_enabled(device: torch.device, *, default: bool = False) -> bool:
 def gdc_wait():
     """Block until the predecessor grid has completed and its memory is visible (PTX
     griddepcontrol.wait; a no-op without a programmatic dependency)."""
-    tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False,
-                              pack=1)
+    tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
 def gdc_launch_dependents():
     """Allow the next kernel in the stream to launch once every program got here (PTX
     griddepcontrol.launch_dependents)."""
-    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                              is_pure=False, pack=1)
+    tl.inline_asm_elementwise(
+        "griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1
+    )
 
 
 @triton.jit

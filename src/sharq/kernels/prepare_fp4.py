@@ -449,7 +449,8 @@ def _mask_args(spec) -> tuple[int, int, int]:
     return _MASK_NM, spec.n, spec.m
 
 
-_SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN = 0, 1, 2
+# s: none (MXFP4), one for the tensor, one per row from the row's amax, one per row from a given amax
+_SCALE_NONE, _SCALE_TENSOR, _SCALE_TOKEN, _SCALE_GIVEN = 0, 1, 2, 3
 AMAX_INLINE_MAX_M = 8  # up to this many rows (and K), the preparation computes the amax itself (one
 AMAX_INLINE_MAX_K = 8192  # launch); longer rows: every program rereading the row costs more (measured)
 
@@ -465,7 +466,7 @@ def _prepare_outputs(x: torch.Tensor, scale: int, bb: int, rb: int, has_r: bool,
     u8 = dict(dtype=torch.uint8, device=x.device)
     none = torch.empty(0, **u8)
     return (
-        torch.empty(m if scale == _SCALE_TOKEN else 1, dtype=torch.float32, device=x.device),
+        torch.empty(m if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else 1, dtype=torch.float32, device=x.device),
         torch.empty(m, kp_b // 2, **u8),
         torch.empty(m, kp_b // bb, **u8),
         torch.empty(m, kp_r // 2, **u8) if has_r else none.clone(),
@@ -506,6 +507,7 @@ def _prepare_impl(
     block_m: int,
     block_k: int,
     num_warps: int,
+    row_amax: torch.Tensor | None = None,
 ) -> tuple[
     torch.Tensor,
     torch.Tensor,
@@ -518,8 +520,10 @@ def _prepare_impl(
     torch.Tensor,
 ]:
     """The fused preparation as a torch op (torch.compile, CUDA graphs): x (M, K) contiguous;
-    scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row. Returns s (FP32 (1,) or
-    (M,); 1 without a scale), B codes/scales, R codes/scales, and the GEMM operands:
+    scale: 0 none (MXFP4), 1 one NVFP4 scale for the tensor, 2 one per row, 3 one per row from
+    `row_amax` (int32 (M,): FP32 bit patterns of each row's amax, as the amax kernel writes them; a
+    MoE layer gives every row its expert's amax). Returns s (FP32 (1,) or (M,); 1 without a scale),
+    B codes/scales, R codes/scales, and the GEMM operands:
     terms 1: bf16 deq(B), bf16 deq(R); terms 2: bf16(deq(B) + deq(R)) alone; terms 3: the decode
     GEMV's int8 codes of B and R, then their FP32 scales per 16 (`gemv_nvfp4`). The outputs not
     asked for (no residual, no terms) are empty. Kernels: the amax (per
@@ -544,6 +548,7 @@ def _prepare_impl(
         block_m,
         block_k,
         num_warps,
+        row_amax,
     )[:9]
 
 
@@ -633,6 +638,7 @@ def _launch(
     block_m: int,
     block_k: int,
     num_warps: int,
+    row_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Allocate and launch: `_prepare_impl`'s nine outputs, then the source's y and h."""
     has_r = residual != _RES_NONE
@@ -652,7 +658,13 @@ def _launch(
     if spec is not None:
         inline_ok = _source_stats_inline(spec.stats, inline_ok, m <= block_m or scale != _SCALE_TENSOR)
     inline, amax, inv = 0, s_out, None  # amax, inv: pointers the kernel reads (unused ones: any tensor)
-    if inline_ok:
+    if scale == _SCALE_GIVEN:
+        if spec is not None:
+            raise ValueError("a given amax (row_amax) does not combine with a source")
+        if row_amax is None or row_amax.dtype != torch.int32 or tuple(row_amax.shape) != (m,):
+            raise ValueError(f"a given amax must be int32 of shape ({m},)")
+        amax = row_amax
+    elif inline_ok:
         inline = 0 if scale == _SCALE_NONE else (1 if scale == _SCALE_TOKEN else 2)
     elif spec is not None:
         inv, amax_bits = launch_stats(x, spec, 0 if scale == _SCALE_NONE else (1 if scale == _SCALE_TOKEN else 2))
@@ -670,16 +682,15 @@ def _launch(
         _amax_kernel[amax_grid](x, amax, m, k, x.stride(0), PER_ROW=per_row, BLOCK_M=bm, BLOCK_K=bk)
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     gemv = terms == _TERMS_GEMV
-    if gemv and (m > GEMV_MAX_M or mx or bb % 16 or rb % 16):
+    if gemv and (mx or bb % 16 or rb % 16):
         raise ValueError(
-            f"the GEMV operand is for up to {GEMV_MAX_M} rows of NVFP4 with 16-multiple blocks, "
-            f"got {m} rows, {'MXFP4' if mx else 'NVFP4'}, blocks {bb}/{rb}"
+            f"the GEMV operand is for NVFP4 with 16-multiple blocks, got {'MXFP4' if mx else 'NVFP4'}, blocks {bb}/{rb}"
         )
     kg = gemv_padded(k) if gemv else 0
     kp = padded_length(max(kp_b, kp_r, kg), block_k)  # GEMV operand: the zero padding is written too
     grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
-    pdl = pdl_enabled(x.device, default=gemv)  # measured: faster for the GEMV's 1-2 rows, slower at 8
+    pdl = pdl_enabled(x.device, default=gemv and m <= GEMV_MAX_M)  # measured: faster for 1-2 rows, slower at 8
     _prepare_kernel[grid](
         kernel_x(x, spec),
         amax,
@@ -695,7 +706,7 @@ def _launch(
         m,
         k,
         x.stride(0),
-        1 if scale == _SCALE_TOKEN else 0,
+        1 if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else 0,
         b_codes.stride(0),
         b_scales.stride(0),
         r_codes.stride(0) if has_r else 0,
@@ -776,7 +787,23 @@ def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
 
 @_prepare_op.register_fake
 def _(
-    x, scale, mx, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, terms, block_m, block_k, num_warps
+    x,
+    scale,
+    mx,
+    mask,
+    mask_n,
+    mask_m,
+    residual,
+    rmask,
+    rmask_n,
+    rmask_m,
+    bb,
+    rb,
+    terms,
+    block_m,
+    block_k,
+    num_warps,
+    row_amax=None,
 ):
     return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, terms)
 
@@ -826,6 +853,8 @@ def prepare_activation_triton(
     block_m: int | None = None,
     block_k: int | None = None,
     num_warps: int | None = None,
+    gemv_rows: int = GEMV_MAX_M,
+    row_amax: torch.Tensor | None = None,
 ) -> PreparedActivation:
     """Prepare x (M, K) like `prepare_activation`, in one Triton kernel.
 
@@ -835,12 +864,19 @@ def prepare_activation_triton(
     terms_layout: "rows" (the terms as above), "gemv" (the decode GEMV's operand: per term int8
                 2·E2M1 codes (M, Kg) and FP32 block scales per 16 (M, Kg/16), flat
                 (codes_B, scales_B[, codes_R, scales_R]), `gemv_nvfp4.gemv_operand`; NVFP4, exact
-                operand, up to GEMV_MAX_M rows), or "auto" (gemv where it applies and is the faster:
+                operand, up to `gemv_rows` rows), or "auto" (gemv where it applies and is the faster:
                 up to GEMV_AUTO_MAX_M rows).
+    gemv_rows:  the most rows a "gemv" layout is written for (default GEMV_MAX_M, the rows one GEMV
+                launch serves; a MoE layer's experts GEMV reads more, `kernels.plan.plan_experts`).
+    row_amax:   None, or int32 (M,) FP32 bit patterns of the amax each row's s is computed from
+                (NVFP4): s = max(amax / 2688, 1e-9) per row, returned as (M, 1). A MoE layer gives
+                each expert's rows the amax of all of them, so they get the expert's "tensor" scale.
     """
     if x.dim() != 2:
         raise ValueError(f"prepare_activation_triton expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
-    return _prepare(x.contiguous(), config, None, with_terms, terms_layout, block_m, block_k, num_warps)[0]
+    return _prepare(
+        x.contiguous(), config, None, with_terms, terms_layout, block_m, block_k, num_warps, gemv_rows, row_amax
+    )[0]
 
 
 def prepare_source_triton(
@@ -852,6 +888,7 @@ def prepare_source_triton(
     block_m: int | None = None,
     block_k: int | None = None,
     num_warps: int | None = None,
+    gemv_rows: int = GEMV_MAX_M,
 ) -> tuple[PreparedActivation, torch.Tensor | None, torch.Tensor | None]:
     """`prepare_activation_triton(a, config, with_terms=True, ...)` of the activation `a` that
     `source` computes from x (M, K) (the norm's input, or the gate; see `sources.SourceSpec`), in
@@ -861,7 +898,7 @@ def prepare_source_triton(
     followed by `prepare_activation_triton`."""
     if x.dim() != 2:
         raise ValueError(f"prepare_source_triton expects a 2-D (M, K) input, got shape {tuple(x.shape)}")
-    return _prepare(x, config, source, True, terms_layout, block_m, block_k, num_warps)
+    return _prepare(x, config, source, True, terms_layout, block_m, block_k, num_warps, gemv_rows, None)
 
 
 def _prepare(
@@ -873,6 +910,8 @@ def _prepare(
     block_m: int | None,
     block_k: int | None,
     num_warps: int | None,
+    gemv_rows: int,
+    row_amax: torch.Tensor | None,
 ) -> tuple[PreparedActivation, torch.Tensor | None, torch.Tensor | None]:
     if not supports(config):
         raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
@@ -880,7 +919,11 @@ def _prepare(
         raise ValueError(f"block_k must be a multiple of 32, got {block_k}")
     m, k = x.shape
     mx = config.format is Format.MXFP4
-    if not config.has_global_scale:
+    if row_amax is not None:
+        if not config.has_global_scale:
+            raise ValueError(f"row_amax sets the NVFP4 second-level scale; {config.format.value} has none")
+        scale = _SCALE_GIVEN
+    elif not config.has_global_scale:
         scale = _SCALE_NONE
     else:
         scale = _SCALE_TOKEN if config.granularity is Granularity.TOKEN else _SCALE_TENSOR
@@ -895,10 +938,10 @@ def _prepare(
     ]
     if terms_layout not in ("rows", "gemv", "auto"):
         raise ValueError(f"terms_layout must be 'rows', 'gemv' or 'auto', got {terms_layout!r}")
-    gemv_ok = 1 <= m <= GEMV_MAX_M and config.format is Format.NVFP4 and not summed and bb % 16 == 0 and rb % 16 == 0
+    gemv_ok = 1 <= m <= gemv_rows and config.format is Format.NVFP4 and not summed and bb % 16 == 0 and rb % 16 == 0
     if terms_layout == "gemv" and not gemv_ok:
         raise ValueError(
-            f"the GEMV operand is for 1 to {GEMV_MAX_M} rows of NVFP4 with the exact operand, got {m} "
+            f"the GEMV operand is for 1 to {gemv_rows} rows of NVFP4 with the exact operand, got {m} "
             f"rows of {config.format.value}, operand {config.operand.value}"
         )
     gemv = terms_layout == "gemv" or (terms_layout == "auto" and gemv_ok and m <= GEMV_AUTO_MAX_M)
@@ -925,12 +968,12 @@ def _prepare(
     y = h = None
     if source is None:
         op = _prepare_impl if direct_call_ok(x) else torch.ops.sharq.prepare_fp4
-        s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = op(x, *args)
+        s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = op(x, *args, row_amax)
     else:
         op = _prepare_source_impl if direct_call_ok(x, *source[:2]) else torch.ops.sharq.prepare_fp4_source
         s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs, y, h = op(x, *source, *args)
         y, h = (y if source.write_y else None), (h if source.write_h else None)
-    s = s.reshape(m, 1) if scale == _SCALE_TOKEN else s.reshape(())
+    s = s.reshape(m, 1) if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else s.reshape(())
     gs = s if config.has_global_scale else None
 
     def qt(codes, scales, block):

@@ -30,17 +30,32 @@ def gemm_supports(weight: QuantizedTensor) -> bool:
 
 
 @triton.jit
-def _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WB: tl.constexpr, MX: tl.constexpr):
+def _weight_tile(
+    wc_ptr,
+    ws_ptr,
+    offs_n,
+    n_ok,
+    k0,
+    stride_wc,
+    stride_ws,
+    KW,
+    KS,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    WB: tl.constexpr,
+    MX: tl.constexpr,
+):
     """bf16 (BLOCK_N, BLOCK_K) dequantized weight tile (scaled domain, s_w not applied)."""
     kc = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(wc_ptr + offs_n[:, None] * stride_wc + kc[None, :],
-                     mask=n_ok[:, None] & (kc[None, :] < KW), other=0).to(tl.int16)
+    packed = tl.load(
+        wc_ptr + offs_n[:, None] * stride_wc + kc[None, :], mask=n_ok[:, None] & (kc[None, :] < KW), other=0
+    ).to(tl.int16)
     codes = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_N, BLOCK_K))  # low nibble first
     mag16 = (((codes & 8) << 12) | ((codes & 7) << 9)).to(tl.float16, bitcast=True)  # e2m1 · 2^-14
     ks = k0 // WB + tl.arange(0, BLOCK_K // WB)
-    bits = tl.load(ws_ptr + offs_n[:, None] * stride_ws + ks[None, :],
-                   mask=n_ok[:, None] & (ks[None, :] < KS), other=0).to(tl.int32)
+    bits = tl.load(
+        ws_ptr + offs_n[:, None] * stride_ws + ks[None, :], mask=n_ok[:, None] & (ks[None, :] < KS), other=0
+    ).to(tl.int32)
     if MX:  # E8M0: 2^(bits - 127); bits 0 is 2^-127 (an FP32 subnormal)
         scale = tl.where(bits == 0, 2.0**-127, ((tl.maximum(bits, 1)) << 23).to(tl.float32, bitcast=True))
         scale = scale * 16384.0
@@ -62,11 +77,16 @@ _BF16_HALVES_PTX = tl.constexpr(
     "and.b32 lo, $4, 0x0F0F0F0F; "
     "shr.b32 hi, $4, 4; and.b32 hi, hi, 0x0F0F0F0F; "
     + " ".join(
-        f"prmt.b32 x, {src}, 0, {sel}; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0; "
-        f"mul.rn.bf16x2 {out}, x, {sc};"
-        for src, sel, out, sc in (("lo", "0x4140", "$0", "s01"), ("lo", "0x4342", "$1", "s23"),
-                                  ("hi", "0x4140", "$2", "s01"), ("hi", "0x4342", "$3", "s23")))
-    + " }")
+        f"prmt.b32 x, {src}, 0, {sel}; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0; mul.rn.bf16x2 {out}, x, {sc};"
+        for src, sel, out, sc in (
+            ("lo", "0x4140", "$0", "s01"),
+            ("lo", "0x4342", "$1", "s23"),
+            ("hi", "0x4140", "$2", "s01"),
+            ("hi", "0x4342", "$3", "s23"),
+        )
+    )
+    + " }"
+)
 
 
 @triton.jit
@@ -74,8 +94,13 @@ def _bf16_weight_halves(packed, scale):
     """uint8 payload (..., B) and FP32 (..., B) block scale · 2^119 of each byte -> (weights of the
     low nibbles, of the high nibbles), bf16 (..., B) each: E2M1 · scale · 2^-7 exactly."""
     return tl.inline_asm_elementwise(
-        asm=_BF16_HALVES_PTX, constraints="=r,=r,=r,=r,r,r,r,r,r", args=[packed, scale],
-        dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        asm=_BF16_HALVES_PTX,
+        constraints="=r,=r,=r,=r,r,r,r,r,r",
+        args=[packed, scale],
+        dtype=(tl.bfloat16, tl.bfloat16),
+        is_pure=True,
+        pack=4,
+    )
 
 
 @triton.jit
@@ -94,17 +119,32 @@ def _bf16_weight_halves_twin(packed, scale):
 
 
 @triton.jit
-def _weight_halves(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WB: tl.constexpr, ASM: tl.constexpr):
+def _weight_halves(
+    wc_ptr,
+    ws_ptr,
+    offs_n,
+    n_ok,
+    k0,
+    stride_wc,
+    stride_ws,
+    KW,
+    KS,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    WB: tl.constexpr,
+    ASM: tl.constexpr,
+):
     """The NVFP4 weight tile at K positions k0 … k0 + BLOCK_K times 2^-7 (scaled domain, s_w not
     applied), exact, as its even and its odd K positions: two bf16 (BLOCK_N, BLOCK_K / 2). ASM: the
     packed-register decode (GPU); else its per-element twin (the interpreter)."""
     kc = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(wc_ptr + offs_n[:, None] * stride_wc + kc[None, :],
-                     mask=n_ok[:, None] & (kc[None, :] < KW), other=0)
+    packed = tl.load(
+        wc_ptr + offs_n[:, None] * stride_wc + kc[None, :], mask=n_ok[:, None] & (kc[None, :] < KW), other=0
+    )
     ks = k0 // WB + tl.arange(0, BLOCK_K // WB)
-    bits = tl.load(ws_ptr + offs_n[:, None] * stride_ws + ks[None, :],
-                   mask=n_ok[:, None] & (ks[None, :] < KS), other=0).to(tl.int32)
+    bits = tl.load(
+        ws_ptr + offs_n[:, None] * stride_ws + ks[None, :], mask=n_ok[:, None] & (ks[None, :] < KS), other=0
+    ).to(tl.int32)
     # E4M3 magnitude bits in a float16 are scale · 2^-8; times 2^127 in FP32 (exact)
     sc = ((bits & 0x7F) << 7).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 1.7014118346046923e38
     sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BLOCK_N, BLOCK_K // WB, WB // 2)), (BLOCK_N, BLOCK_K // 2))

@@ -41,12 +41,21 @@ ARCHITECTURES: tuple[DecoderArchitecture, ...] = (
     DecoderArchitecture("Qwen2/2.5", ("qwen2",), note="q/k/v biases kept in the model dtype"),
     DecoderArchitecture("Qwen3", ("qwen3",), note="q/k norms after the projections stay"),
     DecoderArchitecture("Qwen3-MoE", ("qwen3_moe",), moe=True, note="every expert; the router stays"),
-    DecoderArchitecture("Mixtral", ("mixtral",), mlp=("mlp", "block_sparse_moe"), moe=True,
-                        note="every expert; the router stays"),
-    DecoderArchitecture("Gemma3", ("gemma3", "gemma3_text"), norm_variant="gemma",
-                        mlp_norm="pre_feedforward_layernorm", note="the vision tower stays"),
-    DecoderArchitecture("Qwen3-VL", ("qwen3_vl", "qwen3_vl_text"),
-                        note="language model only; the vision tower stays unless filter_fn selects it"),
+    DecoderArchitecture(
+        "Mixtral", ("mixtral",), mlp=("mlp", "block_sparse_moe"), moe=True, note="every expert; the router stays"
+    ),
+    DecoderArchitecture(
+        "Gemma3",
+        ("gemma3", "gemma3_text"),
+        norm_variant="gemma",
+        mlp_norm="pre_feedforward_layernorm",
+        note="the vision tower stays",
+    ),
+    DecoderArchitecture(
+        "Qwen3-VL",
+        ("qwen3_vl", "qwen3_vl_text"),
+        note="language model only; the vision tower stays unless filter_fn selects it",
+    ),
 )
 
 

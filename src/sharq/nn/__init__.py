@@ -1,5 +1,6 @@
 """torch.nn modules."""
 
 from .linear import SharqLinear
+from .lm_head import SharqLMHead
 
-__all__ = ["SharqLinear"]
+__all__ = ["SharqLinear", "SharqLMHead"]

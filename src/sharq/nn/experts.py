@@ -15,10 +15,28 @@ Buffers, for p in (gate, up, down), with E experts, (N, K) the projection's shap
   {p}_bias          (E, N) in the model dtype, when the experts have biases
 
 Forward: the layer input (T, H) is prepared once — by the fused pre-MLP norm, shared with every
-expert's gate and up — and each expert reads its routed rows of that preparation (`select_rows`).
-With "tensor" granularity the rows keep the layer-wide s_x; "token" is exact per row. Each
-expert's down projection prepares its own intermediate activation act(gate) · up — on the Triton
-backend computed inside that preparation's kernel (`ops.prepare_act_mul`, nn/fused_mlp.py).
+expert's gate and up — and each expert reads its routed rows of that preparation. With "tensor"
+granularity the rows keep the layer-wide s_x; "token" is exact per row. Each expert's down
+projection prepares its own intermediate activation (with "tensor" granularity, one s over that
+expert's rows). `kernels.plan.plan_experts` decides how a call runs (`routing`: "auto", "device",
+"host"):
+
+  experts GEMV (up to 16 tokens, exact operand, NVFP4 on the Triton backend — decode): the input is
+    prepared as the decode GEMV's operand, and gate+up, then down, run the experts GEMV
+    (`kernels.gemv_experts`) on tiles of 1-2 rows of one expert, with one tiling.
+      device routing (the default there): `kernels.moe_route` buckets the pairs on the GPU, one
+        gate+up launch over every tile, SiLU·mul, one preparation of all pairs' intermediate rows
+        (each expert's rows scaled by their own amax: `segment_amax`), one down launch, one combine.
+        No host synchronisation: a decode step with MoE layers captures in a CUDA graph.
+      host routing: the hit experts are found on the host; per expert one gate+up launch over its
+        tiles, its down preparation and launch, `index_add_` of its weighted rows.
+    Both compute the same bits: the same preparations per expert input, the same kernel and tiling
+    per row, and the same combine — for each token, over its experts in ascending order, each product
+    (y · w) rounded as torch rounds it and each sum rounded to the model dtype, from zero.
+  per-call (longer calls, other formats, the reference backend): host routing, each expert's rows as
+    plain linears (`ops.linear_from_prepared`, planned by `plan_linear` for the expert's row count);
+    down's input act(gate) · up is computed inside its preparation's kernel on the Triton backend
+    (`ops.prepare_act_mul`, nn/fused_mlp.py), else in torch — the same bits.
 """
 
 from __future__ import annotations
@@ -26,11 +44,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import Format, SharqConfig
+from ..config import Format, Granularity, Operand, SharqConfig
 from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
-from ..ops import linear_from_prepared, prepare_act_mul, quantize_weight, resolve_backend
-from ..sparse.decompose import check_activation, select_rows
+from ..kernels.plan import ROUTINGS, ExpertsPlan, LinearPlan, experts_input_plan, plan_experts
+from ..ops import linear_from_prepared, prepare, prepare_act_mul, quantize_weight, resolve_backend
+from ..options import DEFAULT_OPTIONS, RuntimeOptions
+from ..sparse.decompose import PreparedActivation, check_activation, select_rows
 from .fused_mlp import ActivationTables, act_mul_reference
 from .shared_input import SharedPreparation, prepare_rows
 from .weight_storage import buffers, store_weight, weight_view
@@ -83,8 +103,12 @@ class SharqExperts(nn.Module):
     """E experts (gate, up, down) with SharQ activations and packed FP4 weights.
 
     forward(hidden_states (T, H), top_k_index (T, k) int, top_k_weights (T, k)) -> (T, H) in the
-    input dtype — the signature of transformers' fused-experts modules.
+    input dtype — the signature of transformers' fused-experts modules. `options` (`RuntimeOptions`)
+    is set by `sharq.quantize_` / `load_quantized` / `set_runtime_options`.
+    routing: "auto" | "device" | "host" (module docstring; `plan_experts`), settable.
     """
+
+    options: RuntimeOptions = DEFAULT_OPTIONS
 
     def __init__(
         self,
@@ -107,8 +131,12 @@ class SharqExperts(nn.Module):
         self.act_fn = act_fn
         self.act_tables = ActivationTables(act_fn)  # act·mul fused into down's preparation (nn/fused_mlp.py)
         self.name = name
-        self.shared_input: SharedPreparation | None = None
+        self.shared_input = None  # a SharedPreparation, set by quantize_ (its planner: `input_plan`)
+        self.routing = "auto"
         self.down_prepare_count = 0
+        # the down projection's preparation in the experts GEMV: the exact operand's GEMV operand for
+        # any number of rows (each expert's rows are at most 16 there, where every operand is exact)
+        self._gemv_config = config.replace(operand=Operand.EXACT) if config.format is Format.NVFP4 else config
         block = config.weight_block
         u8 = dict(dtype=torch.uint8, device=device)
         for proj, (n, k) in self._shapes().items():
@@ -191,6 +219,39 @@ class SharqExperts(nn.Module):
         """Expert `idx`'s packed `proj` weight ("gate" | "up" | "down") as a QuantizedTensor (views)."""
         return weight_view(buffers(self, proj, idx), self.config.format, self._shapes()[proj], self.config.weight_block)
 
+    @property
+    def shared_input(self) -> SharedPreparation | None:
+        """The shared preparation of the layer input (from the fused pre-MLP norm), or None."""
+        return self._shared_input
+
+    @shared_input.setter
+    def shared_input(self, shared: SharedPreparation | None) -> None:
+        if shared is not None:
+            shared.planner = self.input_plan  # the norm prepares what the experts read
+        self._shared_input = shared
+
+    def input_plan(self, rows: int, device: torch.device) -> LinearPlan:
+        """The preparation plan of an input of `rows` tokens (`kernels.plan.experts_input_plan`)."""
+        return experts_input_plan(rows, self.config, device, self.intermediate, self.options)
+
+    def plan(
+        self, tokens: int, top_k: int, device: torch.device, weights_dtype: torch.dtype | None = None
+    ) -> ExpertsPlan:
+        """How a call of `tokens` rows with `top_k` experts each runs on `device` (`plan_experts`)."""
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"{self.name or 'SharqExperts'}: routing must be one of {ROUTINGS}, got {self.routing!r}")
+        return plan_experts(
+            tokens,
+            top_k,
+            self.num_experts,
+            self.config,
+            device,
+            intermediate=self.intermediate,
+            routing=self.routing,
+            weights_dtype=weights_dtype,
+            options=self.options,
+        )
+
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
@@ -198,14 +259,28 @@ class SharqExperts(nn.Module):
         check_activation(hidden_states, f"{label} input")
         if hidden_states.dim() != 2 or hidden_states.shape[-1] != self.hidden:
             raise ValueError(f"{label}: expected hidden_states (T, {self.hidden}), got {tuple(hidden_states.shape)}")
-        resolve_backend(self.config, hidden_states.device)
+        resolve_backend(self.config, hidden_states.device, self.options)
+        tokens = hidden_states.shape[0]
+        if tokens == 0:
+            return torch.zeros_like(hidden_states)
+        plan = self.plan(tokens, top_k_index.shape[-1], hidden_states.device, top_k_weights.dtype)
+        prepared = self.shared_input.take(hidden_states) if self.shared_input is not None else None
+        if prepared is None or (plan.expert_gemm == "experts-gemv" and prepared.layout != "gemv"):
+            prepared = prepare_rows(hidden_states, self.config, self.options, self.input_plan)
+        if plan.routing == "device":
+            return self._forward_device(prepared, top_k_index, top_k_weights, plan, hidden_states.dtype)
+        return self._forward_host(prepared, top_k_index, top_k_weights, plan, hidden_states)
+
+    def _forward_host(
+        self,
+        prepared: PreparedActivation,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+        plan: ExpertsPlan,
+        hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
+        """Host routing: the hit experts found on the host, one after the other (ascending index)."""
         final = torch.zeros_like(hidden_states)
-        if hidden_states.shape[0] == 0:
-            return final
-        if self.shared_input is not None:
-            prepared = self.shared_input.take(hidden_states)
-        else:
-            prepared = prepare_rows(hidden_states, self.config)
         dtype = hidden_states.dtype
         with torch.no_grad():
             expert_mask = torch.nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1)
@@ -216,24 +291,118 @@ class SharqExperts(nn.Module):
             if idx == self.num_experts:  # tokens routed nowhere (expert parallelism)
                 continue
             top_k_pos, token_idx = torch.where(expert_mask[idx])
-            rows = select_rows(prepared, token_idx)
-            gate = linear_from_prepared(
-                rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True
-            )
-            up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype, one_gemm=True)
-            # down's input act(gate) · up (t, I) in the model dtype: computed in its preparation's kernel
-            # where the plan fuses it, else in torch (the same bits)
-            inner = prepare_act_mul(gate, up, self.config, table=self.act_tables.get(gate))
-            if inner is None:
-                inner = prepare_rows(act_mul_reference(gate, up, self.act_fn), self.config)
-            if not torch.compiler.is_compiling():  # eager calls only: a traced counter would be a guard
-                self.down_prepare_count += 1
-            out = linear_from_prepared(
-                inner, self.expert_weight("down", idx), self._bias("down", idx), dtype, one_gemm=True
-            )
+            if plan.expert_gemm == "experts-gemv":
+                out = self._expert_gemv(prepared, token_idx, idx, plan, dtype)
+            else:
+                out = self._expert_linears(prepared, token_idx, idx, dtype)
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
+
+    def _expert_linears(
+        self, prepared: PreparedActivation, token_idx: torch.Tensor, idx: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Expert `idx` on its rows `token_idx` as plain linears (per-call plans): (t, H) in `dtype`."""
+        rows = select_rows(prepared, token_idx)
+        gate = linear_from_prepared(
+            rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True
+        )
+        up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype, one_gemm=True)
+        # down's input act(gate) · up (t, I) in the model dtype: computed in its preparation's kernel
+        # where the plan fuses it, else in torch (the same bits)
+        inner = prepare_act_mul(gate, up, self.config, self.options, table=self.act_tables.get(gate))
+        if inner is None:
+            inner = prepare_rows(act_mul_reference(gate, up, self.act_fn), self.config, self.options)
+        if not torch.compiler.is_compiling():  # eager calls only: a traced counter would be a guard
+            self.down_prepare_count += 1
+        return linear_from_prepared(
+            inner,
+            self.expert_weight("down", idx),
+            self._bias("down", idx),
+            dtype,
+            one_gemm=True,
+        )
+
+    def _expert_gemv(
+        self, prepared: PreparedActivation, token_idx: torch.Tensor, idx: int, plan: ExpertsPlan, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Expert `idx` on its rows `token_idx` through the experts GEMV, its tiles alone: (t, H)."""
+        from ..kernels.gemv_experts import experts_gemv, host_tiles
+
+        t = token_idx.numel()
+        tiles = host_tiles(idx, t, plan.tile_rows, token_idx.device)
+        gate_up = experts_gemv(
+            prepared.terms,
+            prepared.global_scale,
+            token_idx.to(torch.int32),
+            tiles,
+            self._members("gate", "up"),
+            t,
+            dtype,
+            plan.tiles,
+        )  # (t, 2I)
+        inner = self.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]  # (t, I)
+        if not torch.compiler.is_compiling():
+            self.down_prepare_count += 1
+        down_plan = LinearPlan(t, plan.backend, Operand.EXACT, "gemv", "experts-gemv")
+        down_in = prepare(
+            inner, self._gemv_config, self.options, plan=down_plan
+        )  # s over this expert's rows ("tensor")
+        return experts_gemv(
+            down_in.terms, down_in.global_scale, None, tiles, self._members("down"), t, dtype, plan.tiles
+        )
+
+    def _forward_device(
+        self,
+        prepared: PreparedActivation,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+        plan: ExpertsPlan,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Device routing: every (token, expert) pair in a fixed number of launches, no host sync."""
+        from ..kernels.gemv_experts import experts_gemv
+        from ..kernels.moe_route import combine_experts, route_experts, segment_amax
+        from ..kernels.prepare_fp4 import prepare_activation_triton
+
+        route = route_experts(top_k_index, self.num_experts, plan.tile_rows, plan.max_tiles)
+        pairs = plan.pairs
+        gate_up = experts_gemv(
+            prepared.terms,
+            prepared.global_scale,
+            route.sorted_token,
+            route.tiles,
+            self._members("gate", "up"),
+            pairs,
+            dtype,
+            plan.tiles,
+        )  # (P, 2I), sorted pairs
+        inner = self.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]  # (P, I)
+        if not torch.compiler.is_compiling():
+            self.down_prepare_count += 1
+        row_amax = None
+        if self.config.granularity is Granularity.TENSOR:  # each expert's rows: the amax of all of them
+            row_amax = segment_amax(inner, route.sorted_expert)
+        down_in = prepare_activation_triton(
+            inner, self._gemv_config, with_terms=True, terms_layout="gemv", gemv_rows=pairs, row_amax=row_amax
+        )
+        down = experts_gemv(
+            down_in.terms, down_in.global_scale, None, route.tiles, self._members("down"), pairs, dtype, plan.tiles
+        )  # (P, H)
+        return combine_experts(down, top_k_weights, route, self.num_experts, dtype)
+
+    def _members(self, *projs: str) -> list[dict]:
+        """The stacked weights of `projs` as the experts GEMV takes them."""
+        return [
+            {
+                "codes": getattr(self, f"{p}_codes"),
+                "scales": getattr(self, f"{p}_scales"),
+                "global_scale": getattr(self, f"{p}_global_scale").view(torch.float32),
+                "bias": getattr(self, f"{p}_bias"),
+                "block": self.config.weight_block,
+            }
+            for p in projs
+        ]
 
     def _bias(self, proj: str, idx: int) -> torch.Tensor | None:
         bias = getattr(self, f"{proj}_bias")
@@ -248,6 +417,8 @@ class SharqExperts(nn.Module):
             f"mask={self.config.mask}",
             f"granularity={self.config.granularity.value}",
         ]
+        if self.routing != "auto":
+            parts.append(f"routing={self.routing}")
         if self.shared_input is not None:
             parts.append(f"shared_input={self.shared_input.name}")
         return ", ".join(parts)

@@ -128,7 +128,9 @@ class SharqMLP(nn.Module):
     x: (..., H); returns (..., H) in x's dtype. gate_proj, up_proj: SharqLinear H -> I (they may share
     one preparation of x, `SharedPreparation`); down_proj: SharqLinear I -> H; act_fn: the MLP's own
     activation module. Where the plan does not fuse (reference backend, fp32, SHARQ_FUSE=0, …) it
-    runs the dataflow above as written.
+    runs the dataflow above as written. It holds no runtime options of its own: the fused product is
+    planned with down_proj's `options` (the module whose input it is), so `sharq.set_runtime_options`
+    reaches it through its three SharqLinear children.
     """
 
     def __init__(
@@ -170,23 +172,13 @@ class SharqMLP(nn.Module):
             )
         return cls(gate, up, down, act_fn, name, type(mlp).__name__)
 
-    def _table(self, gate: torch.Tensor) -> torch.Tensor | None:
-        """The activation table for gate's dtype and device, built at the first eager call (never
-        while traced by torch.compile or captured in a CUDA graph: then the call stays unfused)."""
-        key = (gate.dtype, gate.device)
-        if key in self._tables or gate.dtype not in _TABLE_DTYPES:
-            return self._tables.get(key)
-        if torch.compiler.is_compiling() or (gate.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return None
-        table = activation_table(self.act_fn, gate.dtype, gate.device)
-        self._tables[key] = table
-        return table
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.gate_proj(x)
         up = self.up_proj(x)
         down = self.down_proj
-        prepared = prepare_act_mul(gate, up, down.config, table=self.act_tables.get(gate)) if gate.numel() else None
+        table = self.act_tables.get(gate) if gate.numel() else None
+        # down_proj's runtime options (backend, NaN check) decide, as they would for its own input
+        prepared = prepare_act_mul(gate, up, down.config, down.options, table=table) if gate.numel() else None
         if prepared is None:
             return down(act_mul_reference(gate, up, self.act_fn))
         # gate stands in for down_proj's input (…, I): its shape, dtype and device; the values are

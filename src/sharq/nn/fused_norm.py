@@ -131,8 +131,11 @@ class FusedRMSNormPrep(nn.Module):
     """y = RMSNorm(x) (returned unchanged to the model), plus y's SharQ preparation, published once.
 
     x: (..., H) float; returns (..., H) in `norm_output_dtype`. `shared` receives the preparation of
-    y. The statistic in the "lanes" order on every backend; on Triton one preparation kernel computes
-    y and its preparation (`ops.prepare_rms_norm`), on the reference backend torch computes y first.
+    y, computed with its runtime options (`shared.options`, its consumers', set by
+    `sharq.set_runtime_options`) and, where a consumer set one, its planner (a MoE layer's input
+    plan). The statistic in the "lanes" order on every backend; on Triton one preparation kernel
+    computes y and its preparation (`ops.prepare_rms_norm`), on the reference backend torch computes
+    y first.
     """
 
     def __init__(self, weight: nn.Parameter, eps: float, variant: str, shared: SharedPreparation, name: str) -> None:
@@ -169,8 +172,15 @@ class FusedRMSNormPrep(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from ..ops import prepare_rms_norm
 
-        # the plan (kernels.plan.plan_producer) fuses the norm into the preparation's kernel on Triton
-        y, _, prepared = prepare_rms_norm(x, self.weight, self.eps, self.variant, self.shared.config)
+        # the plan (kernels.plan.plan_producer) fuses the norm into the preparation's kernel on Triton;
+        # the group's runtime options and planner (a MoE layer's input plan) are its consumers'
+        shared = self.shared
+        plan = None
+        if shared.planner is not None and x.shape[-1]:
+            plan = shared.planner(x.numel() // x.shape[-1], x.device)
+        y, _, prepared = prepare_rms_norm(
+            x, self.weight, self.eps, self.variant, shared.config, shared.options, plan=plan
+        )
         if prepared is not None:
             self.shared.publish(y, prepared)
         return y

@@ -22,6 +22,7 @@ from ..config import Format, SharqConfig, preset_name
 from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
 from ..ops import quantize_weight, resolve_backend, sharq_linear
+from ..options import DEFAULT_OPTIONS, RuntimeOptions
 from ..sparse.decompose import check_activation
 from .shared_input import SharedPreparation
 from .weight_storage import buffers, store_weight, weight_view
@@ -35,8 +36,11 @@ class SharqLinear(nn.Module):
     Build it from a trained layer with `SharqLinear.from_float(linear, config)`; the constructor
     allocates empty (zero) storage of the right shapes, e.g. to `load_state_dict` into.
     Inputs (..., in_features) of float32, bfloat16 or float16 give (..., out_features) in the
-    input's dtype.
+    input's dtype. `options` (`RuntimeOptions`: backend, NaN check) is set by `sharq.quantize_`,
+    `sharq.load_quantized` or `sharq.set_runtime_options`; it is not part of the scheme.
     """
+
+    options: RuntimeOptions = DEFAULT_OPTIONS
 
     def __init__(
         self,
@@ -48,14 +52,17 @@ class SharqLinear(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         name: str | None = None,
+        options: RuntimeOptions | None = None,
     ) -> None:
         super().__init__()
+        if options is not None:
+            if not isinstance(options, RuntimeOptions):
+                raise TypeError(f"options must be a sharq.RuntimeOptions, got {type(options).__name__}")
+            self.options = options
         if not isinstance(config, SharqConfig):
             raise TypeError(f"config must be a SharqConfig, got {type(config).__name__}")
         if not config.quantizes:
-            raise ValueError(
-                "SharqLinear needs a quantizing config; the 'bf16' preset (format='none') keeps nn.Linear"
-            )
+            raise ValueError("SharqLinear needs a quantizing config; the 'bf16' preset (format='none') keeps nn.Linear")
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"SharqLinear needs positive sizes, got in={in_features}, out={out_features}")
         self.in_features = in_features
@@ -84,9 +91,14 @@ class SharqLinear(nn.Module):
     # --- construction ----------------------------------------------------------------------------
     @classmethod
     def empty_like(
-        cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None,
+        cls,
+        linear: nn.Linear,
+        config: SharqConfig,
+        *,
+        name: str | None = None,
         device: torch.device | str | None = None,
-    ) -> "SharqLinear":
+        options: RuntimeOptions | None = None,
+    ) -> SharqLinear:
         """A layer of `linear`'s sizes, bias and dtype with zero storage on `device` (default: the
         weight's device, "meta" allowed); the weight is not read. A checkpoint loader fills it."""
         if not isinstance(linear, nn.Linear):
@@ -99,15 +111,19 @@ class SharqLinear(nn.Module):
             dtype=linear.weight.dtype,
             device=linear.weight.device if device is None else device,
             name=name,
+            options=options,
         )
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None) -> "SharqLinear":
-        """Quantize a trained `nn.Linear` (weight (N, K), optional bias) once, no calibration data."""
+    def from_float(
+        cls, linear: nn.Linear, config: SharqConfig, *, name: str | None = None, options: RuntimeOptions | None = None
+    ) -> SharqLinear:
+        """Quantize a trained `nn.Linear` (weight (N, K), optional bias) once, no calibration data.
+        `options`: runtime options (backend, NaN check), default `RuntimeOptions()`."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_float needs an nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
-        module = cls.empty_like(linear, config, name=name)
+        module = cls.empty_like(linear, config, name=name, options=options)
         try:
             qt = quantize_weight(weight, config)
         except ValueError as err:
@@ -121,8 +137,9 @@ class SharqLinear(nn.Module):
     @property
     def quantized_weight(self) -> QuantizedTensor:
         """The packed weight as a `QuantizedTensor` (views of the buffers, no copy)."""
-        return weight_view(buffers(self, "weight"), self.config.format, (self.out_features, self.in_features),
-                           self.config.weight_block)
+        return weight_view(
+            buffers(self, "weight"), self.config.format, (self.out_features, self.in_features), self.config.weight_block
+        )
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight the layer multiplies, s_w · deq(Wq), as (N, K) in `dtype`."""
@@ -146,10 +163,10 @@ class SharqLinear(nn.Module):
             )
         if x.device != self.weight_codes.device:
             raise ValueError(f"{label}: input is on {x.device} but the layer's weight is on {self.weight_codes.device}")
-        if self.config.check_finite and not bool(torch.isfinite(x).all()):
+        if self.options.check_finite and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{label}: input contains NaN or Inf (check_finite=True)")
         if x.numel() == 0:
-            resolve_backend(self.config, x.device)  # an unavailable backend errors even on empty input
+            resolve_backend(self.config, x.device, self.options)  # an unavailable backend errors even on empty input
             return x.new_zeros(*x.shape[:-1], self.out_features)
         if self.shared_input is not None:  # q/k/v, gate/up: one preparation, maybe one launch
             return self.shared_input.linear(x, self)
@@ -158,7 +175,9 @@ class SharqLinear(nn.Module):
     def linear_prepared(self, x: torch.Tensor, prepared) -> torch.Tensor:
         """y (..., N) for x (..., K), from x's preparation as (M, K) rows when given (else prepared here)."""
         # one GEMM over deq(B) + deq(R): SPEC §7's equal form, the path the GPU kernels take
-        return sharq_linear(x, self.quantized_weight, self.bias, self.config, prepared=prepared, one_gemm=True)
+        return sharq_linear(
+            x, self.quantized_weight, self.bias, self.config, prepared=prepared, one_gemm=True, options=self.options
+        )
 
     def extra_repr(self) -> str:
         preset = preset_name(self.config)
@@ -177,7 +196,7 @@ class SharqLinear(nn.Module):
         parts += [
             f"blocks=(backbone={cfg.backbone_block}, residual={cfg.residual_block}, weight={cfg.weight_block})",
             f"granularity={cfg.granularity.value}",
-            f"backend={cfg.backend.value}",
+            f"backend={self.options.backend.value}",
         ]
         if self.shared_input is not None:
             parts.append(f"shared_input={self.shared_input.name}")

@@ -31,14 +31,19 @@ import torch
 
 from ..config import SharqConfig
 from ..ops import grouped_linear_from_prepared, prepare
+from ..options import DEFAULT_OPTIONS, RuntimeOptions
 from ..sparse.decompose import PreparedActivation
 
 __all__ = ["SharedPreparation", "prepare_rows"]
 
 
-def prepare_rows(x: torch.Tensor, config: SharqConfig) -> PreparedActivation:
-    """Prepare `x` (..., K) as a 2-D activation (M, K), M = x.numel() // K (the layers' layout)."""
-    return prepare(x.reshape(-1, x.shape[-1]), config)
+def prepare_rows(
+    x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS, planner=None
+) -> PreparedActivation:
+    """Prepare `x` (..., K) as a 2-D activation (M, K), M = x.numel() // K (the layers' layout).
+    planner: None (`plan_linear`) or a function (rows, device) -> LinearPlan (a MoE layer's input)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return prepare(rows, config, options, plan=None if planner is None else planner(rows.shape[0], rows.device))
 
 
 def _same_data(x: torch.Tensor, source: torch.Tensor) -> bool:
@@ -65,7 +70,10 @@ class SharedPreparation:
     prepare_count: how many preparations this group ran eagerly (tests and `sharq inspect` read it);
                    compiled calls are not counted (a Python counter read by a traced graph would be
                    a guard, and every call would recompile it).
+    options:    `RuntimeOptions` (backend, NaN check), set with the consumers' by `sharq.set_runtime_options`.
     """
+
+    options: RuntimeOptions = DEFAULT_OPTIONS
 
     def __init__(self, config: SharqConfig, consumers: int, name: str) -> None:
         if consumers <= 0:
@@ -79,6 +87,9 @@ class SharedPreparation:
         self._version = 0
         self._taken = 0
         self.members: tuple = ()  # the group's SharqLinear layers, in column order (`set_members`)
+        # how the input is prepared: None (`plan_linear`), or a function (rows, device) -> LinearPlan
+        # that the consumer sets (a MoE layer's experts GEMV reads the GEMV operand up to 16 rows)
+        self.planner = None
         self._group_out: torch.Tensor | None = None  # (M, Σ out_features): every member's output
 
     def set_members(self, members) -> None:
@@ -91,7 +102,7 @@ class SharedPreparation:
 
     def prepare(self, x: torch.Tensor) -> PreparedActivation:
         """Prepare `x` and publish it for the group's consumers (called by the producer)."""
-        return self.publish(x, prepare_rows(x, self.config))
+        return self.publish(x, prepare_rows(x, self.config, self.options, self.planner))
 
     def publish(self, x: torch.Tensor, prepared: PreparedActivation) -> PreparedActivation:
         """Publish `prepared`, the preparation of `x` as (M, K) rows computed by the producer (the fused

@@ -38,11 +38,18 @@ def store_weight(target: dict[str, torch.Tensor | None], qt: QuantizedTensor) ->
         target["exponents4"].copy_(qt.exponents4)
 
 
-def weight_view(source: dict[str, torch.Tensor | None], format: Format, shape: tuple[int, int], block: int) -> QuantizedTensor:
+def weight_view(
+    source: dict[str, torch.Tensor | None], format: Format, shape: tuple[int, int], block: int
+) -> QuantizedTensor:
     """The QuantizedTensor (N, K) the buffers `source` hold, as views."""
     gs = source["global_scale"] if format is Format.NVFP4 else None
     return QuantizedTensor(
-        format=format, codes=source["codes"], scales=source["scales"], shape=shape, block=block,
+        format=format,
+        codes=source["codes"],
+        scales=source["scales"],
+        shape=shape,
+        block=block,
         global_scale=None if gs is None else gs.view(torch.float32),
-        exponents8=source["exponents8"], exponents4=source["exponents4"],
+        exponents8=source["exponents8"],
+        exponents4=source["exponents4"],
     )

@@ -30,6 +30,11 @@ def check_record_for_serving(record: CheckpointRecord, where: str) -> None:
         raise CheckpointError(
             f"{where}: sharq's vLLM method serves NVFP4 checkpoints; this one is {record.config.format.value}"
         )
+    if record.config.quantizes_lm_head:
+        raise CheckpointError(
+            f"{where}: sharq's vLLM method does not serve a weight-only quantized lm_head "
+            f"(config.lm_head={record.config.lm_head.value!r}); quantize without it to serve the model"
+        )
     experts = [fqn for fqn, e in record.modules.items() if e["type"] != "linear"]
     if experts:
         raise CheckpointError(f"{where}: MoE experts ({experts[0]!r}) are not served by sharq's vLLM method")

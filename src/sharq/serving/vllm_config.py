@@ -41,9 +41,11 @@ class SharqVllmConfig(QuantizationConfig):
         self.record = record
         self.serving_config = record.config.replace(granularity=Granularity.TOKEN)
         if record.config.granularity is not Granularity.TOKEN:
-            log.warning("sharq: the checkpoint was quantized with %r granularity; vLLM serves it with 'token' "
-                        "(one activation scale per row: requests batched together never share a scale)",
-                        record.config.granularity.value)
+            log.warning(
+                "sharq: the checkpoint was quantized with %r granularity; vLLM serves it with 'token' "
+                "(one activation scale per row: requests batched together never share a scale)",
+                record.config.granularity.value,
+            )
 
     # --- what vLLM asks every method -------------------------------------------------------------
     def get_name(self) -> str:
@@ -61,7 +63,7 @@ class SharqVllmConfig(QuantizationConfig):
         return []  # the record is config.json's quantization_config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "SharqVllmConfig":
+    def from_config(cls, config: dict[str, Any]) -> SharqVllmConfig:
         where = f"{'config.json'} quantization_config"
         record = CheckpointRecord.from_dict(config, where)  # versions first, then every field
         check_record_for_serving(record, where)
@@ -89,8 +91,10 @@ class SharqVllmConfig(QuantizationConfig):
             return UnquantizedLinearMethod()
         if len(found) != len(names):
             missing = sorted(set(names) - set(found))
-            raise CheckpointError(f"sharq: vLLM layer {prefix} fuses {names}, but the checkpoint quantized only "
-                                  f"{found} (missing {missing})")
+            raise CheckpointError(
+                f"sharq: vLLM layer {prefix} fuses {names}, but the checkpoint quantized only "
+                f"{found} (missing {missing})"
+            )
         return SharqLinearMethod(self.serving_config, names, [self.record.modules[n] for n in names])
 
     @staticmethod

@@ -27,7 +27,11 @@ from functools import partial
 import torch
 from vllm.distributed import get_tp_group
 from vllm.model_executor.layers.linear import (
-    ColumnParallelLinear, LinearBase, LinearMethodBase, MergedColumnParallelLinear, QKVParallelLinear,
+    ColumnParallelLinear,
+    LinearBase,
+    LinearMethodBase,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
     RowParallelLinear,
 )
 from vllm.model_executor.utils import set_weight_attrs
@@ -59,18 +63,29 @@ class SharqLinearMethod(LinearMethodBase):
         self.records = records
 
     # --- parameters ------------------------------------------------------------------------------
-    def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
-                       output_partition_sizes: list[int], input_size: int, output_size: int,
-                       params_dtype: torch.dtype, **extra_weight_attrs) -> None:
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs,
+    ) -> None:
         label = " + ".join(self.names)
         if len(output_partition_sizes) != len(self.names):
-            raise ValueError(f"sharq: vLLM layer {layer.prefix} has {len(output_partition_sizes)} logical "
-                             f"matrices, the checkpoint records {len(self.names)} ({label})")
+            raise ValueError(
+                f"sharq: vLLM layer {layer.prefix} has {len(output_partition_sizes)} logical "
+                f"matrices, the checkpoint records {len(self.names)} ({label})"
+            )
         recorded_k = {r["shape"][1] for r in self.records}
         recorded_n = sum(r["shape"][0] for r in self.records)
         if recorded_k != {input_size} or recorded_n != output_size:
-            raise ValueError(f"sharq: vLLM layer {layer.prefix} is {output_size}x{input_size}, the checkpoint "
-                             f"records {[r['shape'] for r in self.records]} for {label}")
+            raise ValueError(
+                f"sharq: vLLM layer {layer.prefix} is {output_size}x{input_size}, the checkpoint "
+                f"records {[r['shape'] for r in self.records]} for {label}"
+            )
         block = self.config.weight_block
         row_parallel = isinstance(layer, RowParallelLinear) and getattr(layer, "tp_size", 1) > 1
         if row_parallel:
@@ -78,8 +93,10 @@ class SharqLinearMethod(LinearMethodBase):
             k_local = row_parallel_k_slice(input_size, tp, self.config, layer.prefix)
         else:
             if input_size_per_partition != input_size:
-                raise ValueError(f"sharq: vLLM layer {layer.prefix} splits K ({input_size} -> "
-                                 f"{input_size_per_partition}) but is not a row-parallel linear")
+                raise ValueError(
+                    f"sharq: vLLM layer {layer.prefix} splits K ({input_size} -> "
+                    f"{input_size_per_partition}) but is not a row-parallel linear"
+                )
             k_local = padded_length(input_size, block)
         n_local = sum(output_partition_sizes)
         u8 = dict(dtype=torch.uint8)
@@ -101,11 +118,16 @@ class SharqLinearMethod(LinearMethodBase):
         k = layer.sharq_in_features
         weights, start = [], 0
         for i, n in enumerate(layer.sharq_partition_sizes):
-            weights.append(QuantizedTensor(
-                format=self.config.format, codes=layer.weight_codes.data[start:start + n],
-                scales=layer.weight_scales.data[start:start + n], shape=(n, k), block=self.config.weight_block,
-                global_scale=layer.weight_global_scale.data[i],
-            ))
+            weights.append(
+                QuantizedTensor(
+                    format=self.config.format,
+                    codes=layer.weight_codes.data[start : start + n],
+                    scales=layer.weight_scales.data[start : start + n],
+                    shape=(n, k),
+                    block=self.config.weight_block,
+                    global_scale=layer.weight_global_scale.data[i],
+                )
+            )
             start += n
         layer.sharq_weights = weights
 
@@ -168,8 +190,9 @@ def _shard(layer: LinearBase, shard_id) -> tuple[int, int, int]:
     return 0, 0, 1  # row-parallel (whole rows, K cut in _load) or replicated
 
 
-def _load(layer: LinearBase, field: str, row_parallel: bool, param: torch.nn.Parameter,
-          loaded: torch.Tensor, shard_id=None) -> None:
+def _load(
+    layer: LinearBase, field: str, row_parallel: bool, param: torch.nn.Parameter, loaded: torch.Tensor, shard_id=None
+) -> None:
     """Copy this rank's part of one checkpoint tensor (a whole logical matrix's `field`) into `param`."""
     index, block, blocks = _shard(layer, shard_id)
     what = f"sharq: checkpoint tensor {field} of {layer.prefix} (shard {shard_id!r})"
@@ -185,12 +208,12 @@ def _load(layer: LinearBase, field: str, row_parallel: bool, param: torch.nn.Par
     offset = sum(sizes[:index])
     if loaded.dim() != 2 or loaded.shape[0] != blocks * n:
         raise ValueError(f"{what} has shape {tuple(loaded.shape)}; expected {blocks * n} rows ({blocks} x {n})")
-    part = loaded[block * n:(block + 1) * n]
+    part = loaded[block * n : (block + 1) * n]
     width = param.shape[1]
     if row_parallel:  # this rank's K columns; whole blocks (checked when the layer was built)
         if part.shape[1] != width * layer.tp_size:
             raise ValueError(f"{what} has shape {tuple(loaded.shape)}; expected {width * layer.tp_size} columns")
-        part = part[:, layer.tp_rank * width:(layer.tp_rank + 1) * width]
+        part = part[:, layer.tp_rank * width : (layer.tp_rank + 1) * width]
     if part.shape[1] != width:
         raise ValueError(f"{what} has shape {tuple(loaded.shape)}; expected {width} columns on this rank")
-    param.data[offset:offset + n].copy_(part)
+    param.data[offset : offset + n].copy_(part)

@@ -1,12 +1,12 @@
 """The SharQ decomposition of one activation tensor (SPEC §5) and every ablation of SPEC §8.
 
-  xs = x / s_x                                   s_x: NVFP4 second-level scale (1 for MXFP4/HiF4)
-  b  = xs ⊙ mask(xs)                             sparse backbone (dense `xs` when mask is None)
-  B  = Q(b)          blocks of `backbone_block` logical positions (amax over the kept values)
-  r  = xs − deq(B)   residual="quantized" (SharQ)   |   xs − b   residual="naive"
-  r  = r ⊙ mask(r)   only with residual_mask (sparse-sparse)
-  R  = Q(r)          blocks of `residual_block`
-  x̂  = s_x · (deq(B) + deq(R))
+xs = x / s_x                                   s_x: NVFP4 second-level scale (1 for MXFP4/HiF4)
+b  = xs ⊙ mask(xs)                             sparse backbone (dense `xs` when mask is None)
+B  = Q(b)          blocks of `backbone_block` logical positions (amax over the kept values)
+r  = xs − deq(B)   residual="quantized" (SharQ)   |   xs − b   residual="naive"
+r  = r ⊙ mask(r)   only with residual_mask (sparse-sparse)
+R  = Q(r)          blocks of `residual_block`
+x̂  = s_x · (deq(B) + deq(R))
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from ..config import Granularity, Operand, Residual, SharqConfig
 from ..formats.nvfp4 import nvfp4_global_scale
 from ..formats.quantized import QuantizedTensor
-from ..formats.registry import quantize
+from ..formats.registry import quantize_tensor
 from .masks import apply_mask
 
 __all__ = [
@@ -81,13 +81,17 @@ def check_activation(x: torch.Tensor, what: str = "activation") -> None:
 def _quantize_scaled(xs: torch.Tensor, config: SharqConfig, block: int, s: torch.Tensor | None) -> QuantizedTensor:
     """Quantize scaled-domain FP32 `xs`; the result carries `s` as its global scale (NVFP4)."""
     if s is None:
-        return quantize(xs, config.format, block)
-    qt = quantize(xs, config.format, block, global_scale=torch.ones((), dtype=torch.float32, device=xs.device))
+        return quantize_tensor(xs, config.format, block)
+    qt = quantize_tensor(xs, config.format, block, global_scale=torch.ones((), dtype=torch.float32, device=xs.device))
     return dataclasses.replace(qt, global_scale=s)
 
 
 def prepare_activation(
-    x: torch.Tensor, config: SharqConfig, *, global_scale: torch.Tensor | None = None
+    x: torch.Tensor,
+    config: SharqConfig,
+    *,
+    global_scale: torch.Tensor | None = None,
+    check_finite: bool = False,
 ) -> PreparedActivation:
     """Split and quantize `x` (..., K) as `config` says (reference numerics, FP32 math).
 
@@ -95,12 +99,13 @@ def prepare_activation(
     "tensor" granularity, (..., 1) for "token". It is how a rank holding a K slice of the activation
     (tensor parallelism, SPEC §3) quantizes with the scale of the whole row: with the scale of the
     full tensor, the preparation of a block-aligned K slice is that slice of the full preparation.
-    Formats without a second-level scale (MXFP4, HiF4) refuse it.
+    Formats without a second-level scale (MXFP4, HiF4) refuse it. `check_finite`: raise on NaN/Inf
+    input (`RuntimeOptions.check_finite`) instead of NaN outputs.
     """
     check_activation(x)
     if not config.quantizes:
         raise ValueError("prepare_activation: the config quantizes nothing (format='none')")
-    if config.check_finite and not bool(torch.isfinite(x).all()):
+    if check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
     if global_scale is not None:
         s = _checked_global_scale(global_scale, x, config)
@@ -138,14 +143,16 @@ def _checked_global_scale(global_scale: torch.Tensor, x: torch.Tensor, config: S
         raise TypeError(f"global_scale must be a floating-point tensor, got {global_scale!r:.80}")
     want = () if config.granularity is Granularity.TENSOR else (*x.shape[:-1], 1)
     if tuple(global_scale.shape) != want:
-        raise ValueError(f"global_scale has shape {tuple(global_scale.shape)}; granularity "
-                         f"{config.granularity.value!r} of an activation {tuple(x.shape)} needs {want}")
+        raise ValueError(
+            f"global_scale has shape {tuple(global_scale.shape)}; granularity "
+            f"{config.granularity.value!r} of an activation {tuple(x.shape)} needs {want}"
+        )
     if global_scale.device != x.device:
         raise ValueError(f"global_scale is on {global_scale.device} but the activation is on {x.device}")
     return global_scale.float()
 
 
-def decompose(x: torch.Tensor, config: SharqConfig) -> Decomposition:
+def decompose(x: torch.Tensor, config: SharqConfig, *, check_finite: bool = False) -> Decomposition:
     """SharQ-decompose `x` (..., K): dequantized backbone and residual in x's unscaled domain.
 
     For `format='none'` (bf16) the backbone is x itself (as FP32) and the residual zero.
@@ -154,7 +161,7 @@ def decompose(x: torch.Tensor, config: SharqConfig) -> Decomposition:
     if not config.quantizes:
         ones = torch.ones((), dtype=torch.float32, device=x.device)
         return Decomposition(x.float(), torch.zeros_like(x, dtype=torch.float32), ones)
-    return dequantize_prepared(prepare_activation(x, config))
+    return dequantize_prepared(prepare_activation(x, config, check_finite=check_finite))
 
 
 def dequantize_prepared(prepared: PreparedActivation) -> Decomposition:

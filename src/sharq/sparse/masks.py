@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..config import MaskSpec, parse_mask
-from ..formats.blocks import to_blocks, from_blocks
+from ..formats.blocks import from_blocks, to_blocks
 
 __all__ = ["topn_mask", "pair4of8_mask", "nm_mask", "apply_mask"]
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import PRESETS, SharqConfig
-from .metrics import sqnr_db
-from .nn.linear import SharqLinear
-from .sparse.compressed import prepared_nbytes
-from .sparse.decompose import dequantize_prepared, prepare_activation
+from ..config import PRESETS, SharqConfig
+from ..metrics import sqnr_db
+from ..nn.linear import SharqLinear
+from ..sparse.compressed import prepared_nbytes
+from ..sparse.decompose import dequantize_prepared, prepare_activation
 
 __all__ = ["synthetic_layer", "DemoRow", "run_demo", "format_table"]
 

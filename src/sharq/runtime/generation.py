@@ -97,8 +97,9 @@ def generate_text(
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; drop --chat")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     encoded = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
     device = _device_of(model)
     ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
@@ -126,7 +127,7 @@ def generate_text(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    new = out[0, ids.shape[1]:].tolist()
+    new = out[0, ids.shape[1] :].tolist()
     return GenerationResult(prompt, tokenizer.decode(new, skip_special_tokens=True), ids.shape[1], new, seconds, mode)
 
 

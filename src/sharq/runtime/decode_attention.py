@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import _triton_installed
+from ..ops import _triton_installed
 
 # on CUDA, the split-key Triton kernel (kernels/attention_decode.py) instead of SDPA's kernels;
 # SHARQ_DECODE_ATTENTION=sdpa keeps SDPA (the benchmarks' A/B switch)
 _TRITON = os.environ.get("SHARQ_DECODE_ATTENTION", "triton") != "sdpa" and _triton_installed()
 if _TRITON:
-    from .kernels.attention_decode import decode_attention_supports, decode_attention_triton
+    from ..kernels.attention_decode import decode_attention_supports, decode_attention_triton
 
 __all__ = ["DECODE_SDPA", "decode_sdpa_attention", "decode_attention"]
 
@@ -69,13 +69,16 @@ def decode_sdpa_attention(
     if not _packs(module, query, attention_mask, dropout, kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     if heads != kv_heads * module.num_key_value_groups:
-        raise ValueError(f"{type(module).__name__}: {heads} query heads are not {module.num_key_value_groups} "
-                         f"groups of {kv_heads} key/value heads")
+        raise ValueError(
+            f"{type(module).__name__}: {heads} query heads are not {module.num_key_value_groups} "
+            f"groups of {kv_heads} key/value heads"
+        )
     if query.is_cuda and _TRITON and decode_attention_supports(query, key, value, attention_mask):
         return decode_attention_triton(query, key, value, attention_mask, scaling), None
     stacked = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # (B, Hkv, g, D): g rows per K/V head

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import SharqConfig
-from .nn.linear import SharqLinear
-from .ops import resolve_backend
+from ..config import SharqConfig
+from ..nn.linear import SharqLinear
+from ..ops import resolve_backend
 
 __all__ = ["median_seconds", "bench_linear", "bench_model", "BENCH_DECODE"]
 
@@ -37,8 +37,17 @@ def median_seconds(fn: Callable[[], object], *, repeat: int, warmup: int = 1, de
     return statistics.median(times)
 
 
-def bench_linear(config: SharqConfig, m: int, k: int, n: int, *, device: torch.device, dtype: torch.dtype,
-                 repeat: int = 5, seed: int = 0) -> dict:
+def bench_linear(
+    config: SharqConfig,
+    m: int,
+    k: int,
+    n: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeat: int = 5,
+    seed: int = 0,
+) -> dict:
     """y = x Wᵀ for x (m, k), W (n, k): an nn.Linear in `dtype` against its SharqLinear."""
     gen = torch.Generator().manual_seed(seed)
     linear = nn.Linear(k, n, bias=False, dtype=dtype)
@@ -65,8 +74,9 @@ def bench_linear(config: SharqConfig, m: int, k: int, n: int, *, device: torch.d
 BENCH_DECODE = ("eager", "graph", "graph-compile")
 
 
-def bench_model(model: nn.Module, *, vocab: int, tokens: int, new_tokens: int, repeat: int = 3,
-                seed: int = 0, decode: str = "eager") -> dict:
+def bench_model(
+    model: nn.Module, *, vocab: int, tokens: int, new_tokens: int, repeat: int = 3, seed: int = 0, decode: str = "eager"
+) -> dict:
     """Prefill of `tokens` random tokens (batch 1) and greedy decode of `new_tokens` more.
 
     decode: "eager" — transformers' `generate` (dynamic cache; decode time = generate − prefill);
@@ -80,8 +90,15 @@ def bench_model(model: nn.Module, *, vocab: int, tokens: int, new_tokens: int, r
     ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(seed)).to(device)
     prefill_s = median_seconds(lambda: model(ids), repeat=repeat, device=device)
     if decode == "eager":
-        options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
-                       temperature=None, top_p=None, top_k=None)
+        options = dict(
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
         total_s = median_seconds(lambda: model.generate(ids, **options), repeat=repeat, device=device)
         decode_s = max(total_s - prefill_s, 1e-9)
     else:
