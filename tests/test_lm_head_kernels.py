@@ -207,3 +207,23 @@ def test_module_in_a_cuda_graph_equals_eager():
         out = head(x)
     graph.replay()
     assert torch.equal(out, eager)
+
+
+def test_gemv_op_passes_opcheck():
+    """sharq::w4a16_gemv as a torch op: schema, fake implementation, no aliasing (torch.compile, graphs)."""
+    w = _exact_weight(24, 64, seed=4)
+    x = _exact_input(2, 64, seed=4)
+    for args in (
+        (x, w.codes, w.scales, w.global_scale.reshape(1), None, 16, torch.float32, [0, 0, 0]),
+        (
+            x[:1],
+            w.codes,
+            w.scales,
+            w.global_scale.reshape(1),
+            torch.randn(24, device=DEVICE),
+            16,
+            torch.bfloat16,
+            [8, 32, 1],
+        ),
+    ):
+        torch.library.opcheck(torch.ops.sharq.w4a16_gemv.default, args)
