@@ -411,7 +411,9 @@ def _model_logits(model, ids) -> torch.Tensor:
         ("llama", 5),  # bf16 rows, statistics inline
         pytest.param("llama", 17, marks=pytest.mark.slow),  # the operand rows after the stats kernel (~15 s)
         pytest.param("gemma3", 5, marks=pytest.mark.slow),  # the "gemma" norm, a GELU-tanh MLP (~15 s)
-        pytest.param("qwen3_moe", 3, marks=pytest.mark.slow),  # every routed expert's act·mul fused too
+        # 17 tokens: host routing, each hit expert's act·mul fused (the device-routed experts GEMV of up to 16
+        # tokens prepares its experts' down input itself, unfused)
+        pytest.param("qwen3_moe", 17, marks=pytest.mark.slow),
     ],
 )
 def test_tiny_model_logits_identical_with_fusion_on_and_off(monkeypatch, arch, tokens):
@@ -431,8 +433,9 @@ def test_tiny_model_logits_identical_with_fusion_on_and_off(monkeypatch, arch, t
     sources = [entry["SOURCE"] for entry in log["prep"] + log["split"]]
     # every norm and every down_proj input (dense MLPs, routed experts) fused; o_proj prepares its own
     assert sources.count(1) == 2 * n_layers and sources.count(0) == n_layers
-    assert sources.count(2) >= len(report.fused_mlps) and sources.count(2) + sources.count(1) + n_layers == len(sources)
-    if arch != "qwen3_moe":
+    if arch == "qwen3_moe":  # the dense layer's MLP and at least one routed expert
+        assert len(report.fused_mlps) == 1 and sources.count(2) > 1
+    else:
         assert len(report.fused_mlps) == n_layers and sources.count(2) == n_layers
     monkeypatch.setenv("SHARQ_FUSE", "0")
     for entries in log.values():
