@@ -135,14 +135,13 @@ def test_shared_preparation_holds_nothing_between_steps(arch, monkeypatch):
     }
     assert groups, "the model has shared preparations (q/k/v, gate/up)"
     published: list[weakref.ref] = []
-    original = SharedPreparation.prepare
+    original = SharedPreparation.publish  # what the fused norm and a lazy consumer's `prepare` call
 
-    def watched(self, x):
-        prepared = original(self, x)
+    def watched(self, x, prepared):
         published.append(weakref.ref(prepared.backbone.codes))
-        return prepared
+        return original(self, x, prepared)
 
-    monkeypatch.setattr(SharedPreparation, "prepare", watched)
+    monkeypatch.setattr(SharedPreparation, "publish", watched)
     held: list[int] = []
 
     def probe(length: int) -> None:

@@ -179,16 +179,22 @@ def test_backend_triton_runs_the_kernels_and_matches_the_reference_model(monkeyp
 
     calls, gemms = [], []
     real, real_gemm = kernel_mod.prepare_activation_triton, gemm_mod.fp4_weight_gemm
+    real_source = kernel_mod.prepare_source_triton  # the norms: fused into the preparation
 
     def counting(x, config, **kw):
         calls.append(tuple(x.shape))
         return real(x, config, **kw)
+
+    def counting_source(x, config, source, **kw):
+        calls.append(tuple(x.shape))
+        return real_source(x, config, source, **kw)
 
     def counting_gemm(terms, *args, **kw):
         gemms.append(len(terms))
         return real_gemm(terms, *args, **kw)
 
     monkeypatch.setattr(kernel_mod, "prepare_activation_triton", counting)
+    monkeypatch.setattr(kernel_mod, "prepare_source_triton", counting_source)
     monkeypatch.setattr(gemm_mod, "fp4_weight_gemm", counting_gemm)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0)).to(device)

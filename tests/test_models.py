@@ -13,7 +13,8 @@ from sharq import PRESETS, SharqConfig, SharqLinear  # noqa: E402
 from sharq.metrics import sqnr_db  # noqa: E402
 from sharq.models import quantize_  # noqa: E402
 from sharq.nn.experts import SharqExperts  # noqa: E402
-from sharq.nn.fused_norm import FusedRMSNormPrep  # noqa: E402
+from sharq.nn.fused_mlp import SharqMLP  # noqa: E402
+from sharq.nn.fused_norm import FusedRMSNormPrep, rms_norm_reference  # noqa: E402
 
 from .tiny_models import BUILDERS, VOCAB, tiny_model  # noqa: E402
 
@@ -57,6 +58,8 @@ def test_swaps_exactly_the_decoder_linears(arch):
             assert isinstance(after[name], (SharqLinear, SharqExperts)), name
         elif name in report.fused_norms:
             assert isinstance(after[name], FusedRMSNormPrep), name
+        elif name in report.fused_mlps:  # act(gate) · up fused into down_proj's preparation
+            assert isinstance(after[name], SharqMLP) and after[name].original_class == cls.__name__, name
         elif name in after and not any(name.startswith(e + ".") for e in expected):
             assert type(after[name]) is cls, f"{name} changed from {cls.__name__} to {type(after[name]).__name__}"
     # embeddings, lm_head, routers and vision towers stay
@@ -66,6 +69,13 @@ def test_swaps_exactly_the_decoder_linears(arch):
     n_layers = model.config.get_text_config().num_hidden_layers
     assert len(report.fused_norms) == 2 * n_layers
     assert all(len(c) == 3 for g, c in report.groups.items() if g.endswith(".qkv"))
+    # every dense MLP (all of them but the experts) is a SharqMLP
+    dense = [
+        n
+        for n, m in model.named_modules()
+        if n.endswith(".mlp") and isinstance(getattr(m, "down_proj", None), SharqLinear)
+    ]
+    assert set(report.fused_mlps) == set(dense) and (dense or arch in ("mixtral",)), arch
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -157,10 +167,22 @@ def test_preparation_runs_once_per_shared_input(arch, monkeypatch):
     assert all(c == (14, model.config.hidden_size) for c in calls if c[-1] == model.config.hidden_size)
 
 
+class _LanesNorm(nn.Module):
+    """A model's RMSNorm with its statistic in sharq's "lanes" order, nothing else (no preparation)."""
+
+    def __init__(self, norm: FusedRMSNormPrep) -> None:
+        super().__init__()
+        self.weight, self.eps, self.variant = norm.weight, norm.eps, norm.variant
+
+    def forward(self, x):
+        return rms_norm_reference(x, self.weight, self.eps, self.variant, order="lanes")
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3_moe", "gemma3"])
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
 def test_fusion_changes_nothing_numerically(arch, granularity):
-    """Fused norms + shared preparation give the same bits as each layer preparing its own input."""
+    """Fused norms + shared preparation (+ SharqMLP) give the same bits as each layer preparing its
+    own input after a norm of the same ("lanes") order."""
     ids = _ids()
     config = SharqConfig.from_preset("sharq-nvfp4", granularity=granularity)
     fused = tiny_model(arch)
@@ -172,8 +194,27 @@ def test_fusion_changes_nothing_numerically(arch, granularity):
             SharqExperts.from_experts if isinstance(fused.get_submodule(name), SharqExperts) else SharqLinear.from_float
         )
         plain.set_submodule(name, cls(old, config, name=name))
-    assert all(not isinstance(m, FusedRMSNormPrep) for m in plain.modules())
+    for name in fused.sharq_report.fused_norms:
+        plain.set_submodule(name, _LanesNorm(fused.get_submodule(name)))
+    assert all(not isinstance(m, (FusedRMSNormPrep, SharqMLP)) for m in plain.modules())
     assert torch.equal(_logits(fused, ids), _logits(plain, ids))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_lanes_norm_is_the_models_norm_up_to_the_statistics_order(arch):
+    """The converted norm computes the model's formula (checked bit for bit with torch's order when
+    converting); the "lanes" order moves some rows' statistic by an FP32 rounding, which moves an
+    output by at most one ulp of the model dtype, rarely."""
+    model = tiny_model(arch)
+    quantize_(model, "sharq-nvfp4")
+    x = torch.randn(64, model.config.hidden_size, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16) * 4
+    for name, norm in model.named_modules():
+        if isinstance(norm, FusedRMSNormPrep):
+            torch_order = rms_norm_reference(x, norm.weight, norm.eps, norm.variant, order="torch")
+            lanes = rms_norm_reference(x, norm.weight, norm.eps, norm.variant, order="lanes")
+            ulps = (torch_order.float().view(torch.int32) - lanes.float().view(torch.int32)).abs() >> 16
+            assert int(ulps.max()) <= 1, name
+            assert float((ulps != 0).float().mean()) < 0.02, name
 
 
 def test_experts_match_per_expert_linears_token_granularity():

@@ -22,6 +22,8 @@ from .sparse.decompose import PreparedActivation, check_activation, prepare_acti
 __all__ = [
     "resolve_backend",
     "prepare",
+    "prepare_rms_norm",
+    "prepare_act_mul",
     "quantize_weight",
     "weight_scale_views",
     "linear_from_prepared",
@@ -94,22 +96,154 @@ def prepare(
 
         layout = "pair-split" if plan.preparation == "operand-split" else "rows"
         s, terms = prepare_split(x, config, two=plan.operand is Operand.EXACT, layout=layout)
-        m, k = x.shape
-        unwritten = x.new_empty(m, 0, dtype=torch.uint8)
-        gs = s if config.has_global_scale else None
-
-        def term(block: int) -> QuantizedTensor:
-            return QuantizedTensor(
-                format=config.format, codes=unwritten, scales=unwritten, shape=(m, k), block=block, global_scale=gs
-            )
-
-        residual = term(config.residual_block) if config.residual is not Residual.NONE else None
-        return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout=layout)
+        return _operand_prepared(x, config, s, terms, layout)
     from .kernels.prepare_fp4 import prepare_activation_triton
 
     # the plan chose the layout: the GEMV operand here serves any row count (MoE layers send up to
     # EXPERTS_GEMV_MAX_TOKENS rows to the experts GEMV)
     return prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation, gemv_rows=x.shape[0])
+
+
+def _operand_prepared(
+    x: torch.Tensor, config: SharqConfig, s: torch.Tensor, terms: tuple[torch.Tensor, ...], layout: str
+) -> PreparedActivation:
+    """The PreparedActivation of `prepare_split`'s output for x (M, K): the operand alone, codes and
+    scales unwritten (empty (M, 0))."""
+    m, k = x.shape
+    unwritten = x.new_empty(m, 0, dtype=torch.uint8)
+    gs = s if config.has_global_scale else None
+
+    def term(block: int) -> QuantizedTensor:
+        return QuantizedTensor(
+            format=config.format, codes=unwritten, scales=unwritten, shape=(m, k), block=block, global_scale=gs
+        )
+
+    residual = term(config.residual_block) if config.residual is not Residual.NONE else None
+    return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout=layout)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t (..., K) as (M, K) rows with a unit inner stride (a view where one exists)."""
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _prepare_with_source(x: torch.Tensor, config: SharqConfig, source, linear) -> tuple:
+    """(prepared, y, h): the planned preparation (`linear`, a LinearPlan) of the activation that
+    `source` (kernels.sources.SourceSpec) computes from x (M, K), in the preparation's kernel."""
+    if linear.preparation in ("operand-rows", "operand-split"):
+        from .kernels.prepare_split import prepare_split_source
+
+        layout = "pair-split" if linear.preparation == "operand-split" else "rows"
+        s, terms, y, h = prepare_split_source(x, config, source, two=linear.operand is Operand.EXACT, layout=layout)
+        return _operand_prepared(x, config, s, terms, layout), y, h
+    from .kernels.prepare_fp4 import prepare_source_triton
+
+    # as in `prepare`: a planned GEMV operand serves any row count (a MoE layer's experts GEMV)
+    return prepare_source_triton(x, config, source, terms_layout=linear.preparation, gemv_rows=x.shape[0])
+
+
+def prepare_rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    variant: str,
+    config: SharqConfig,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+    *,
+    residual: torch.Tensor | None = None,
+    write_y: bool = True,
+    plan=None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, PreparedActivation | None]:
+    """(y, h, prepared) of a decoder's RMSNorm, optionally after its residual add, feeding linears of
+    `config` (SPEC §9): h = x + residual in x's dtype (None without a residual), y = RMSNorm(h)
+    (`nn.fused_norm.add_rms_norm_reference`, `variant` "llama" or "gemma"), prepared = `prepare` of y
+    as (M, K) rows (None for an empty x).
+
+    x, residual: (..., K) fp32/bf16/fp16 of one dtype and shape; weight (K,). y and h have x's shape.
+    options: the consumers' `RuntimeOptions` (backend, NaN check). plan: None (`plan_linear`), or the
+    consumers' `LinearPlan` of the M rows when it is not plan_linear's (a MoE layer's input,
+    `kernels.plan.experts_input_plan`), as `prepare`'s.
+    `kernels.plan.plan_producer("rms-norm", ...)` decides: on the Triton backend the preparation's
+    kernel computes h and y itself (y written only when `write_y` or check_finite asks for it, else
+    None); otherwise torch computes them and `prepare` runs — the same bits (the statistic in the
+    fixed "lanes" order, `nn.fused_norm.rms_inverse`, either way)."""
+    from .kernels.plan import plan_producer
+    from .nn.fused_norm import NORM_VARIANTS, add_rms_norm_reference, norm_output_dtype
+
+    check_activation(x, "RMSNorm input")
+    if variant not in NORM_VARIANTS:
+        raise ValueError(f"unknown RMSNorm variant {variant!r}; expected one of {NORM_VARIANTS}")
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device):
+        raise ValueError(
+            f"the residual ({tuple(residual.shape)}, {residual.dtype}, {residual.device}) must match the "
+            f"RMSNorm input ({tuple(x.shape)}, {x.dtype}, {x.device})"
+        )
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    producer = plan_producer("rms-norm", rows, k, config, x.device, options=options, linear=plan)
+    if not producer.fused:
+        y, h = add_rms_norm_reference(x, residual, weight, eps, variant)
+        prepared = prepare(y.reshape(-1, k), config, options, plan=plan) if rows else None
+        return y, (h if residual is not None else None), prepared
+    from .kernels.sources import SOURCE_NORM, SourceSpec, dtype_code
+
+    x2d = _rows(x)
+    y_dtype = norm_output_dtype(x.dtype, weight.dtype, variant)
+    spec = SourceSpec(
+        _rows(residual) if residual is not None else x2d.new_empty(0),
+        weight.contiguous(),
+        float(eps),
+        SOURCE_NORM,
+        residual is not None,
+        NORM_VARIANTS.index(variant),
+        dtype_code(y_dtype),
+        write_y or options.check_finite,
+        residual is not None,
+        -1,
+    )
+    prepared, y, h = _prepare_with_source(x2d, config, spec, producer.linear)
+    if options.check_finite and not bool(torch.isfinite(y).all()):
+        raise ValueError(f"activation of shape {tuple(y.shape)} contains NaN or Inf (check_finite=True)")
+    return (y.view(x.shape) if write_y else None), (h.view(x.shape) if h is not None else None), prepared
+
+
+def prepare_act_mul(
+    gate: torch.Tensor,
+    up: torch.Tensor,
+    config: SharqConfig,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+    *,
+    table: torch.Tensor | None,
+) -> PreparedActivation | None:
+    """The preparation of act(gate) · up (down_proj's input, as (M, K) rows) computed in the
+    preparation's kernel, or None where `kernels.plan.plan_producer("act-mul", ...)` does not fuse
+    (the caller then computes act_fn(gate) * up in torch and prepares it as usual: the same bits).
+
+    gate, up: (..., K) bf16 or fp16, one shape and dtype; options: down_proj's `RuntimeOptions`;
+    table: (65,536,) of that dtype, act of every 16-bit value by its bits
+    (`nn.fused_mlp.activation_table`), or None (not built yet)."""
+    from .kernels.plan import plan_producer
+
+    check_activation(gate, "gate")
+    if up.shape != gate.shape or up.dtype != gate.dtype or up.device != gate.device:
+        raise ValueError(f"up ({tuple(up.shape)}, {up.dtype}) must match gate ({tuple(gate.shape)}, {gate.dtype})")
+    k = gate.shape[-1]
+    rows = gate.numel() // k if k else 0
+    plan = plan_producer(
+        "act-mul", rows, k, config, gate.device, dtype=gate.dtype, act_table=table is not None, options=options
+    )
+    if not plan.fused:
+        return None
+    if table.shape != (65536,) or table.dtype != gate.dtype or table.device != gate.device:
+        raise ValueError(
+            f"the activation table must be (65536,) {gate.dtype} on {gate.device}, got "
+            f"{tuple(table.shape)} {table.dtype} on {table.device}"
+        )
+    from .kernels.sources import SOURCE_ACT_MUL, SourceSpec, dtype_code
+
+    spec = SourceSpec(_rows(up), table, 0.0, SOURCE_ACT_MUL, False, 0, dtype_code(gate.dtype), False, False, -1)
+    return _prepare_with_source(_rows(gate), config, spec, plan.linear)[0]
 
 
 def quantize_weight(weight: torch.Tensor, config: SharqConfig) -> QuantizedTensor:

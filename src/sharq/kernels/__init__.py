@@ -4,6 +4,9 @@
   gemm_fp4.fp4_weight_gemm                twin of ops.linear_from_prepared's matmul (NVFP4, MXFP4 weights)
   gemv_nvfp4.fp4_weight_gemv              the same matmul for up to 8 rows and an NVFP4 weight (decode)
   dequant_fp4.dequantize_fp4_bf16         twin of QuantizedTensor.dequantize(apply_global_scale=False)
+  sources (prepare_source_triton, prepare_split_source)   the preparation of what a producer computes:
+                                          twins of nn.fused_norm.add_rms_norm_reference and
+                                          nn.fused_mlp.act_mul_reference followed by the preparation
 
 `backend="auto"` runs them on CUDA for the formats they implement. This module imports no triton.
 """

@@ -37,11 +37,22 @@ they are bit-identical; "auto" takes device routing there. Elsewhere (longer cal
 the reference backend, `check_finite`) host routing runs every expert as a plain linear of its rows,
 planned by `plan_linear` for its row count. `python -m sharq.kernels.plan` prints the table for
 Qwen3-30B-A3B.
+
+The producer of a linear's input is planned here too (`plan_producer`, `ProducerPlan`): the RMSNorm in
+front of q/k/v and gate/up (optionally with the residual add before it) and act(gate) · up in front
+of down_proj. On the Triton backend the preparation's kernel computes them itself (kernels/sources.py:
+one launch where its programs hold whole rows, else a stats kernel first and, for one scale over a
+tensor of several rows, a zeroed amax word); SHARQ_FUSE=0 runs them in torch before the
+preparation instead, with the same bits. `python -m sharq.kernels.plan` prints each producer's plan
+under each M. The statistics' placement (inline for the short batches whose amax is inline, and for
+"token" calls with one program along K) follows the preparation's existing rule and is not tuned on a
+GPU yet (benchmarks/fused_prep.py times it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 
@@ -62,6 +73,9 @@ __all__ = [
     "ROUTINGS",
     "LM_HEAD_GEMV_MAX_M",
     "plan_lm_head",
+    "ProducerPlan",
+    "plan_producer",
+    "fusion_enabled",
 ]
 
 # the decode GEMV takes exact NVFP4 calls of up to this many rows; beyond them the tensor-core GEMM with
@@ -139,6 +153,97 @@ def plan_linear(
     return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows))
 
 
+FUSE_ENV = "SHARQ_FUSE"  # "0": every producer runs in torch, then the preparation (benchmarks, debugging)
+PRODUCERS = ("rms-norm", "act-mul")
+
+
+def fusion_enabled() -> bool:
+    """False when SHARQ_FUSE=0: the producers of the linears' inputs are not fused into the
+    preparation (the same bits, more launches). Read at every eager call; a torch.compile graph keeps
+    the value it was traced with."""
+    return os.environ.get(FUSE_ENV, "") != "0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProducerPlan:
+    """How the producer of a linear's input and the input's preparation run, for one call.
+
+    producer:   "rms-norm" (a decoder's RMSNorm, optionally after the residual add, read by q/k/v or
+                gate/up) or "act-mul" (act(gate) · up, read by down_proj).
+    linear:     the consumer's LinearPlan (which preparation its operand takes).
+    fused:      True: the preparation kernel computes the producer itself (kernels/sources.py); False:
+                the producer runs in torch, then `ops.prepare`. The same bits either way (the RMSNorm
+                statistic in its fixed "lanes" order on every backend, nn/fused_norm.py).
+    stats:      fused: "inline" (the preparation's programs compute 1/rms and the amax of the rows
+                they hold) or "kernel" (`sources.source_stats_kernel` runs first); else "".
+    launches:   fused: the kernel launches of the call, a zeroed amax word included; else 0.
+    reason:     why it is not fused ("" when fused).
+    """
+
+    producer: str
+    linear: LinearPlan
+    fused: bool
+    stats: str = ""
+    launches: int = 0
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.fused:
+            what = f"fused, stats {self.stats}, {self.launches} launch{'es' if self.launches != 1 else ''}"
+        else:
+            what = f"torch then the preparation ({self.reason})"
+        return f"{self.producer}: {what}"
+
+
+def plan_producer(
+    producer: str,
+    rows: int,
+    k: int,
+    config: SharqConfig,
+    device: torch.device | str,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    act_table: bool = True,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+    linear: LinearPlan | None = None,
+) -> ProducerPlan:
+    """The plan of a producer ("rms-norm" or "act-mul", PRODUCERS) of `rows` rows of K values feeding
+    a linear of `config` on `device`, its activation in `dtype`. act_table: whether the activation's
+    table exists (it is built at the first eager call, `nn.fused_mlp`). options: the consumer's
+    `RuntimeOptions` (backend, NaN check). linear: the consumer's plan when it is not `plan_linear`'s
+    (a MoE layer's input, `experts_input_plan`); None plans it here. Fused on the Triton backend
+    unless SHARQ_FUSE=0, an empty call, or, for act-mul: a dtype other than bf16/fp16 (the table is of
+    16-bit values), no table yet, or check_finite (down_proj checks its input, which fusion never
+    writes)."""
+    if producer not in PRODUCERS:
+        raise ValueError(f"unknown producer {producer!r}; expected one of {PRODUCERS}")
+    if linear is None:
+        linear = plan_linear(rows, config, device, options)
+    elif linear.rows != rows:
+        raise ValueError(f"a plan of {linear.rows} rows cannot feed a producer of {rows} rows")
+    if linear.backend is Backend.REFERENCE:
+        return ProducerPlan(producer, linear, False, reason="reference backend")
+    reason = ""
+    if not fusion_enabled():
+        reason = f"{FUSE_ENV}=0"
+    elif rows == 0:
+        reason = "no rows"
+    elif producer == "act-mul" and dtype not in (torch.bfloat16, torch.float16):
+        reason = f"act-mul fuses bf16/fp16 activations (a table of 16-bit values), not {dtype}"
+    elif producer == "act-mul" and not act_table:
+        reason = "no activation table yet (built at the first eager call)"
+    elif producer == "act-mul" and options.check_finite:
+        reason = "check_finite: down_proj checks its input"
+    if reason:
+        return ProducerPlan(producer, linear, False, reason=reason)
+    if linear.preparation in ("operand-rows", "operand-split"):
+        from .prepare_split import source_launches
+    else:
+        from .prepare_fp4 import source_launches
+    inline, launches = source_launches(rows, k, config, norm=producer == "rms-norm")
+    return ProducerPlan(producer, linear, True, "inline" if inline else "kernel", launches)
+
+
 # The weight-only quantized lm_head (SPEC §9, `ops.lm_head_linear`) on the Triton backend: its input is
 # one bf16 term (the hidden state, s_x = 1), no preparation. Up to this many rows the W4A16 GEMV
 # (gemv_w4a16.py); above, gemm_fp4 with that one term: the packed decode up to 16 rows, the FP32
@@ -159,9 +264,17 @@ def _rows_gemm(rows: int) -> str:
     return "bf16-scratch" if rows >= SCRATCH_MIN_M else "fp32-decode"
 
 
-def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: list[int], device: str = "cuda") -> str:
+def plan_table(
+    config: SharqConfig,
+    shapes: dict[str, tuple[int, int]],
+    rows: list[int],
+    device: str = "cuda",
+    producers: dict[str, str] | None = None,
+) -> str:
     """A printable table: for each M, the plan and each layer's GEMM tiles. `shapes`: name -> (N, K).
-    Planning for "cuda" needs no GPU (the plan looks at the device type only)."""
+    `producers`: producer -> the layer of `shapes` it feeds ({"rms-norm": "qkv", "act-mul": "down"}),
+    each printed with its plan (`plan_producer`, bf16 activations). Planning for "cuda" needs no GPU
+    (the plan looks at the device type only)."""
     lines = []
     for m in rows:
         plan = plan_linear(m, config, device)
@@ -170,6 +283,9 @@ def plan_table(config: SharqConfig, shapes: dict[str, tuple[int, int]], rows: li
             tiles = plan.tiles(n, k)
             if tiles:
                 lines.append(f"    {name:8s} N={n:6d} K={k:6d}  " + " ".join(f"{a}={b}" for a, b in tiles.items()))
+        for producer, layer in (producers or {}).items():
+            k = shapes[layer][1]
+            lines.append(f"    -> {layer:5s} K={k:6d}  " + plan_producer(producer, m, k, config, device).describe())
     return "\n".join(lines)
 
 
@@ -346,8 +462,9 @@ if __name__ == "__main__":
     from ..config import PRESETS
 
     llama = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+    feeds = {"rms-norm": "qkv", "act-mul": "down"}
     for preset in ("sharq-nvfp4", "sharq-mxfp4"):
         print(f"== {preset} (operand auto)")
-        print(plan_table(PRESETS[preset], llama, [1, 2, 8, 16, 17, 64, 256, 1024, 4096]))
+        print(plan_table(PRESETS[preset], llama, [1, 2, 8, 16, 17, 64, 256, 1024, 4096], producers=feeds))
     print("== sharq-nvfp4, Qwen3-30B-A3B experts (128 experts, top 8, MLP 768)")
     print(experts_plan_table(PRESETS["sharq-nvfp4"], 128, 8, 768, [1, 2, 8, 16, 17, 64, 1024]))

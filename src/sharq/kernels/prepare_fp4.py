@@ -40,8 +40,19 @@ from . import supports
 from .direct import direct_call_ok
 from .gemv_nvfp4 import GEMV_AUTO_MAX_M, GEMV_MAX_M, e2m1_doubled, gemv_padded
 from .pdl import pdl_enabled, wait_then_release
+from .sources import (
+    SourceSpec,
+    kernel_x,
+    launch_stats,
+    rows_inv_rms,
+    source_chunk,
+    source_kernel_args,
+    source_outputs,
+    source_rows_amax,
+)
+from .sources import round_bf16 as _round_bf16  # the name the kernel, prepare_split and the tests use
 
-__all__ = ["prepare_activation_triton", "supports"]
+__all__ = ["prepare_activation_triton", "prepare_source_triton", "supports"]
 
 _MASK_NONE, _MASK_PAIRS, _MASK_NM = 0, 1, 2
 _S_DIVISOR = tl.constexpr(float(GLOBAL_SCALE_DIVISOR))  # SPEC §3 constants, seen by the kernels
@@ -90,16 +101,6 @@ def _round_e4m3(v):
     r = _rint_small(v * _pow2(3 - e)) * _pow2(e - 3)  # v / ulp is exact: a power-of-two scaling
     r = tl.minimum(r, 448.0)
     return tl.where(_isfinite(v), r, float("nan"))
-
-
-@triton.jit
-def _round_bf16(v):
-    """FP32 v rounded to the nearest bf16 (ties to even), returned as FP32 (exactly representable in
-    bf16, so any later cast is exact); NaN stays NaN, overflow gives ±Inf, as torch's cast does.
-    Spelled out because the interpreter's cast truncates."""
-    bits = v.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # -65536 = 0xFFFF0000
-    return tl.where(v == v, bits.to(tl.float32, bitcast=True), v)
 
 
 @triton.jit
@@ -290,15 +291,65 @@ def _prepare_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
+    x2_ptr,
+    w_ptr,
+    inv_ptr,
+    y_ptr,
+    h_ptr,
+    stride_x2,
+    stride_y,
+    stride_h,
+    eps,
+    SOURCE: tl.constexpr,
+    ADD: tl.constexpr,
+    VARIANT: tl.constexpr,
+    DT: tl.constexpr,
+    DTY: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    WRITE_H: tl.constexpr,
+    INV_INLINE: tl.constexpr,
+    NORM_W: tl.constexpr,
+    NORM_LOG2W: tl.constexpr,
 ):
     if PDL:  # launched as a dependent (pdl.py): wait for x, then let the GEMV's programs start
         wait_then_release()
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
+    # SOURCE (sources.py): 0 quantizes x, 1 the RMSNorm of x [+ x2], 2 act(x) · x2; the norm's 1/rms
+    # per row is computed here (INV_INLINE: this program reads its rows whole) or by the stats kernel
+    if SOURCE == 1:
+        if INV_INLINE:
+            inv = rows_inv_rms(
+                x_ptr, x2_ptr, rows, row_ok, K, stride_x, stride_x2, eps, ADD, DT, BLOCK_M, NORM_W, NORM_LOG2W
+            )
+        else:
+            inv = tl.load(inv_ptr + rows, mask=row_ok, other=1.0)
+    else:
+        inv = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
     if HAS_S:  # s from the amax bits (stride_s 0: one for the tensor); the first chunk's programs store it
         if AMAX_INLINE != 0:  # a short batch: every program reads its rows whole (1: per row, 2: all M
             # rows, which are this program's rows) instead of waiting for the amax kernel
-            amax = _rows_amax(x_ptr, rows, row_ok, K, stride_x, BLOCK_M, 1024)
+            if SOURCE == 0:
+                amax = _rows_amax(x_ptr, rows, row_ok, K, stride_x, BLOCK_M, 1024)
+            else:
+                amax = source_rows_amax(
+                    x_ptr,
+                    x2_ptr,
+                    w_ptr,
+                    inv,
+                    rows,
+                    row_ok,
+                    K,
+                    stride_x,
+                    stride_x2,
+                    SOURCE,
+                    ADD,
+                    VARIANT,
+                    DT,
+                    DTY,
+                    BLOCK_M,
+                    NORM_W,
+                )
             if AMAX_INLINE == 2:
                 amax = tl.zeros_like(amax) + tl.max(amax, axis=0)
         else:
@@ -312,7 +363,29 @@ def _prepare_kernel(
     for k0 in range(tl.program_id(1) * BLOCK_K, KP, tl.num_programs(1) * BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         ok = row_ok[:, None] & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        x = source_chunk(
+            x_ptr,
+            x2_ptr,
+            w_ptr,
+            y_ptr,
+            h_ptr,
+            inv,
+            rows,
+            row_ok,
+            cols,
+            K,
+            stride_x,
+            stride_x2,
+            stride_y,
+            stride_h,
+            SOURCE,
+            ADD,
+            VARIANT,
+            DT,
+            DTY,
+            WRITE_Y,
+            WRITE_H,
+        )
         if HAS_S:
             xs = _div_rn(x, s[:, None])
         else:
@@ -457,8 +530,120 @@ def _prepare_impl(
     row: one pass; per tensor: a grid-wide atomic max over a zeroed word), then the preparation;
     for a short batch (M <= block_m, e.g. decode) the preparation's programs compute the amax
     themselves: one launch. block_m, block_k, num_warps: 0 = chosen by shape (`_prep_tiles`)."""
+    return _launch(
+        x,
+        None,
+        scale,
+        mx,
+        mask,
+        mask_n,
+        mask_m,
+        residual,
+        rmask,
+        rmask_n,
+        rmask_m,
+        bb,
+        rb,
+        terms,
+        block_m,
+        block_k,
+        num_warps,
+        row_amax,
+    )[:9]
+
+
+def _prepare_source_impl(
+    x: torch.Tensor,
+    x2: torch.Tensor,
+    w: torch.Tensor,
+    eps: float,
+    kind: int,
+    add: bool,
+    variant: int,
+    dty: int,
+    write_y: bool,
+    write_h: bool,
+    stats: int,
+    scale: int,
+    mx: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    terms: int,
+    block_m: int,
+    block_k: int,
+    num_warps: int,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
+    """`_prepare_impl` of the activation a source computes (`sources.SourceSpec`: x2 … stats): x (M, K)
+    is the norm's input or the gate. Returns `_prepare_impl`'s outputs, then y and h (M, K) where
+    stored (`write_y`, `write_h`), else empty. The row statistics (1/rms, amax) come from the
+    preparation's own programs for a short batch (the rule of the amax: M <= block_m, K <= 8192) or
+    from `sources.source_stats_kernel` first (`stats` 1 / 0 force either; 1 needs all M rows in one
+    program at tensor granularity)."""
+    spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
+    return _launch(
+        x,
+        spec,
+        scale,
+        mx,
+        mask,
+        mask_n,
+        mask_m,
+        residual,
+        rmask,
+        rmask_n,
+        rmask_m,
+        bb,
+        rb,
+        terms,
+        block_m,
+        block_k,
+        num_warps,
+    )
+
+
+def _launch(
+    x: torch.Tensor,
+    spec: SourceSpec | None,
+    scale: int,
+    mx: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    terms: int,
+    block_m: int,
+    block_k: int,
+    num_warps: int,
+    row_amax: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Allocate and launch: `_prepare_impl`'s nine outputs, then the source's y and h."""
     has_r = residual != _RES_NONE
     outs = _prepare_outputs(x, scale, bb, rb, has_r, terms)
+    y, h = source_outputs(x, spec) if spec is not None else (x.new_empty(0), x.new_empty(0))
     s_out, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = outs
     m, k = x.shape
     if scale == _SCALE_NONE:
@@ -466,17 +651,24 @@ def _prepare_impl(
     if m == 0:
         if scale == _SCALE_TENSOR:
             s_out.fill_(GLOBAL_SCALE_FLOOR)  # amax of nothing is 0: the floor
-        return outs
+        return (*outs, y, h)
     auto_m, auto_k, auto_w = _prep_tiles(m, k)
     block_m, block_k, num_warps = block_m or auto_m, block_k or auto_k, num_warps or auto_w
-    inline = 0
+    inline_ok = _short_batch(m, k, block_m)
+    if spec is not None:
+        inline_ok = _source_stats_inline(spec.stats, inline_ok, m <= block_m or scale != _SCALE_TENSOR)
+    inline, amax, inv = 0, s_out, None  # amax, inv: pointers the kernel reads (unused ones: any tensor)
     if scale == _SCALE_GIVEN:
+        if spec is not None:
+            raise ValueError("a given amax (row_amax) does not combine with a source")
         if row_amax is None or row_amax.dtype != torch.int32 or tuple(row_amax.shape) != (m,):
             raise ValueError(f"a given amax must be int32 of shape ({m},)")
         amax = row_amax
-    elif scale != _SCALE_NONE and m <= min(block_m, AMAX_INLINE_MAX_M) and k <= AMAX_INLINE_MAX_K:
-        inline = 1 if scale == _SCALE_TOKEN else 2
-        amax = s_out  # unused
+    elif inline_ok:
+        inline = 0 if scale == _SCALE_NONE else (1 if scale == _SCALE_TOKEN else 2)
+    elif spec is not None:
+        inv, amax_bits = launch_stats(x, spec, 0 if scale == _SCALE_NONE else (1 if scale == _SCALE_TOKEN else 2))
+        amax = amax_bits if amax_bits is not None else s_out
     elif scale != _SCALE_NONE:
         per_row = scale == _SCALE_TOKEN
         amax = (
@@ -488,8 +680,6 @@ def _prepare_impl(
         bk = 1024 if per_row else 512
         amax_grid = (triton.cdiv(m, bm),) if per_row else (triton.cdiv(m, bm), min(triton.cdiv(k, bk), 65535))
         _amax_kernel[amax_grid](x, amax, m, k, x.stride(0), PER_ROW=per_row, BLOCK_M=bm, BLOCK_K=bk)
-    else:
-        amax = s_out
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     gemv = terms == _TERMS_GEMV
     if gemv and (mx or bb % 16 or rb % 16):
@@ -502,7 +692,7 @@ def _prepare_impl(
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     pdl = pdl_enabled(x.device, default=gemv and m <= GEMV_MAX_M)  # measured: faster for 1-2 rows, slower at 8
     _prepare_kernel[grid](
-        x,
+        kernel_x(x, spec),
         amax,
         s_out,
         b_codes,
@@ -547,8 +737,34 @@ def _prepare_impl(
         num_warps=num_warps,
         enable_fp_fusion=False,
         **({"launch_pdl": True} if pdl else {}),
+        **source_kernel_args(x, spec, y, h, inv, inline_ok),
     )
-    return outs
+    return (*outs, y, h)
+
+
+def _short_batch(m: int, k: int, block_m: int) -> bool:
+    """A batch whose programs compute the row statistics (amax; a source's 1/rms) themselves: all its
+    rows in one program, K up to AMAX_INLINE_MAX_K."""
+    return m <= min(block_m, AMAX_INLINE_MAX_M) and k <= AMAX_INLINE_MAX_K
+
+
+def source_launches(m: int, k: int, config: SharqConfig, *, norm: bool) -> tuple[bool, int]:
+    """(inline, launches) of this preparation with a source (`_prepare_source_impl`, default tiles)
+    for m rows of K: inline when a short batch's programs compute the statistics (or none are
+    needed), else the stats kernel first (and a zeroed amax word for one scale over the tensor)."""
+    if _short_batch(m, k, _prep_tiles(m, k)[0]):
+        return True, 1
+    if not config.has_global_scale:
+        return (False, 2) if norm else (True, 1)
+    return False, 3 if config.granularity is Granularity.TENSOR and m > 1 else 2
+
+
+def _source_stats_inline(stats: int, rule: bool, possible: bool) -> bool:
+    """Whether the preparation's programs compute a source's row statistics themselves: `rule` (the
+    launcher's choice) for stats -1, never for 0, for 1 where `possible` (else an error)."""
+    if stats == 1 and not possible:
+        raise ValueError("stats=1 (in the preparation) needs every row of a 'tensor' call in one program")
+    return rule if stats == -1 else bool(stats)
 
 
 _prepare_op = torch.library.custom_op("sharq::prepare_fp4", mutates_args=())(_prepare_impl)
@@ -592,6 +808,42 @@ def _(
     return _prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, terms)
 
 
+_prepare_source_op = torch.library.custom_op("sharq::prepare_fp4_source", mutates_args=())(_prepare_source_impl)
+
+
+@_prepare_source_op.register_fake
+def _(
+    x,
+    x2,
+    w,
+    eps,
+    kind,
+    add,
+    variant,
+    dty,
+    write_y,
+    write_h,
+    stats,
+    scale,
+    mx,
+    mask,
+    mask_n,
+    mask_m,
+    residual,
+    rmask,
+    rmask_n,
+    rmask_m,
+    bb,
+    rb,
+    terms,
+    block_m,
+    block_k,
+    num_warps,
+):
+    spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
+    return (*_prepare_outputs(x, scale, bb, rb, residual != _RES_NONE, terms), *source_outputs(x, spec))
+
+
 def prepare_activation_triton(
     x: torch.Tensor,
     config: SharqConfig,
@@ -620,14 +872,52 @@ def prepare_activation_triton(
                 (NVFP4): s = max(amax / 2688, 1e-9) per row, returned as (M, 1). A MoE layer gives
                 each expert's rows the amax of all of them, so they get the expert's "tensor" scale.
     """
-    if not supports(config):
-        raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
     if x.dim() != 2:
         raise ValueError(f"prepare_activation_triton expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
+    return _prepare(
+        x.contiguous(), config, None, with_terms, terms_layout, block_m, block_k, num_warps, gemv_rows, row_amax
+    )[0]
+
+
+def prepare_source_triton(
+    x: torch.Tensor,
+    config: SharqConfig,
+    source: SourceSpec,
+    *,
+    terms_layout: str = "rows",
+    block_m: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
+    gemv_rows: int = GEMV_MAX_M,
+) -> tuple[PreparedActivation, torch.Tensor | None, torch.Tensor | None]:
+    """`prepare_activation_triton(a, config, with_terms=True, ...)` of the activation `a` that
+    `source` computes from x (M, K) (the norm's input, or the gate; see `sources.SourceSpec`), in
+    the same kernel: returns (prepared, y, h) — y (M, K) the normalized activation and h (M, K) the
+    updated residual where the source stores them, else None. Equal bit for bit to the torch
+    computation of `a` (`nn.fused_norm.add_rms_norm_reference`, `nn.fused_mlp.act_mul_reference`)
+    followed by `prepare_activation_triton`."""
+    if x.dim() != 2:
+        raise ValueError(f"prepare_source_triton expects a 2-D (M, K) input, got shape {tuple(x.shape)}")
+    return _prepare(x, config, source, True, terms_layout, block_m, block_k, num_warps, gemv_rows, None)
+
+
+def _prepare(
+    x: torch.Tensor,
+    config: SharqConfig,
+    source: SourceSpec | None,
+    with_terms: bool,
+    terms_layout: str,
+    block_m: int | None,
+    block_k: int | None,
+    num_warps: int | None,
+    gemv_rows: int,
+    row_amax: torch.Tensor | None,
+) -> tuple[PreparedActivation, torch.Tensor | None, torch.Tensor | None]:
+    if not supports(config):
+        raise ValueError(f"the Triton preparation does not implement {config.format.value} with mask {config.mask}")
     if block_k is not None and block_k % 32:
         raise ValueError(f"block_k must be a multiple of 32, got {block_k}")
     m, k = x.shape
-    x = x.contiguous()
     mx = config.format is Format.MXFP4
     if row_amax is not None:
         if not config.has_global_scale:
@@ -658,9 +948,7 @@ def prepare_activation_triton(
     terms = _TERMS_NONE
     if with_terms:
         terms = _TERMS_GEMV if gemv else (_TERMS_SUMMED if summed else _TERMS_SEPARATE)
-    op = _prepare_impl if direct_call_ok(x) else torch.ops.sharq.prepare_fp4
-    s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = op(
-        x,
+    args = (
         scale,
         mx,
         mask,
@@ -676,8 +964,15 @@ def prepare_activation_triton(
         block_m or 0,
         block_k or 0,
         num_warps or 0,
-        row_amax,
     )
+    y = h = None
+    if source is None:
+        op = _prepare_impl if direct_call_ok(x) else torch.ops.sharq.prepare_fp4
+        s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs = op(x, *args, row_amax)
+    else:
+        op = _prepare_source_impl if direct_call_ok(x, *source[:2]) else torch.ops.sharq.prepare_fp4_source
+        s, b_codes, b_scales, r_codes, r_scales, t_b, t_r, t_bs, t_rs, y, h = op(x, *source, *args)
+        y, h = (y if source.write_y else None), (h if source.write_h else None)
     s = s.reshape(m, 1) if scale in (_SCALE_TOKEN, _SCALE_GIVEN) else s.reshape(())
     gs = s if config.has_global_scale else None
 
@@ -695,4 +990,4 @@ def prepare_activation_triton(
         terms, layout = ((t_b, t_bs, t_r, t_rs) if has_r else (t_b, t_bs)), "gemv"
     else:
         terms, layout = ((t_b, t_r) if has_r and not summed else (t_b,)), "rows"
-    return PreparedActivation(backbone, residual_qt, s, terms=terms, layout=layout)
+    return PreparedActivation(backbone, residual_qt, s, terms=terms, layout=layout), y, h

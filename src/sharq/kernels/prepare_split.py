@@ -41,8 +41,25 @@ from ..config import Format, Granularity, Residual, SharqConfig
 from . import supports
 from .direct import direct_call_ok
 from .prepare_fp4 import _amax_kernel, _apply_mask, _global_scale, _mask_args, _round_bf16, _round_e4m3
+from .sources import (
+    SourceSpec,
+    kernel_x,
+    launch_stats,
+    rows_inv_rms,
+    source_chunk,
+    source_kernel_args,
+    source_outputs,
+    source_rows_amax,
+)
 
-__all__ = ["SPLIT", "split_positions", "split_padded", "prepare_split", "prepare_split_supports"]
+__all__ = [
+    "SPLIT",
+    "split_positions",
+    "split_padded",
+    "prepare_split",
+    "prepare_split_source",
+    "prepare_split_supports",
+]
 
 SPLIT = 64  # the pair-split layout's run along K: 32 even positions, then 32 odd ones
 
@@ -157,10 +174,40 @@ def _prepare_split_kernel(
     SPLIT_LAYOUT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    x2_ptr,
+    w_ptr,
+    inv_ptr,
+    y_ptr,
+    h_ptr,
+    stride_x2,
+    stride_y,
+    stride_h,
+    eps,
+    SOURCE: tl.constexpr,
+    ADD: tl.constexpr,
+    VARIANT: tl.constexpr,
+    DT: tl.constexpr,
+    DTY: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    WRITE_H: tl.constexpr,
+    INV_INLINE: tl.constexpr,
+    NORM_W: tl.constexpr,
+    NORM_LOG2W: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
-    if TOKEN:  # this program's rows' amax, as FP32 bits (non-negative floats order as their bits)
+    # SOURCE (sources.py): the activation computed from its producer; its row statistics come from
+    # this program (INV_INLINE: it reads its rows whole) or from the stats kernel (1/rms, amax per row)
+    if SOURCE == 1:
+        if INV_INLINE:
+            inv = rows_inv_rms(
+                x_ptr, x2_ptr, rows, row_ok, K, stride_x, stride_x2, eps, ADD, DT, BLOCK_M, NORM_W, NORM_LOG2W
+            )
+        else:
+            inv = tl.load(inv_ptr + rows, mask=row_ok, other=1.0)
+    else:
+        inv = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
+    if TOKEN and SOURCE == 0:  # this program's rows' amax, as FP32 bits (non-negative floats order as their bits)
         best = tl.zeros((BLOCK_M,), dtype=tl.int32)
         for k0 in range(0, K, 1024):
             cols = k0 + tl.arange(0, 1024)
@@ -169,6 +216,27 @@ def _prepare_split_kernel(
             ).to(tl.float32)
             best = tl.maximum(best, tl.max(a.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1))
         amax = best
+    elif TOKEN and INV_INLINE:
+        amax = source_rows_amax(
+            x_ptr,
+            x2_ptr,
+            w_ptr,
+            inv,
+            rows,
+            row_ok,
+            K,
+            stride_x,
+            stride_x2,
+            SOURCE,
+            ADD,
+            VARIANT,
+            DT,
+            DTY,
+            BLOCK_M,
+            NORM_W,
+        )
+    elif TOKEN:  # from the stats kernel
+        amax = tl.load(amax_ptr + rows, mask=row_ok, other=0)
     else:
         amax = tl.load(amax_ptr + rows * 0)
     s = _global_scale(amax.to(tl.float32, bitcast=True))  # (BLOCK_M,)
@@ -177,9 +245,29 @@ def _prepare_split_kernel(
         tl.store(s_ptr + rows * stride_s, s, mask=row_ok & ((rows == 0) | (rows * stride_s != 0)))
     for k0 in range(tl.program_id(1) * BLOCK_K, KP, tl.num_programs(1) * BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(
-            x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0.0
-        ).to(tl.float32)
+        x = source_chunk(
+            x_ptr,
+            x2_ptr,
+            w_ptr,
+            y_ptr,
+            h_ptr,
+            inv,
+            rows,
+            row_ok,
+            cols,
+            K,
+            stride_x,
+            stride_x2,
+            stride_y,
+            stride_h,
+            SOURCE,
+            ADD,
+            VARIANT,
+            DT,
+            DTY,
+            WRITE_Y,
+            WRITE_H,
+        )
         xs = _div_by(x, s[:, None], inv_s[:, None])
         if MASK != 0:
             b = _apply_mask(xs, BLOCK_M, BLOCK_K, MASK, MASK_N, MASK_M)
@@ -237,6 +325,65 @@ def _prepare_split_impl(
     """The kernel as a torch op: x (M, K) contiguous -> (s_x FP32 (M,) or (1,), first operand bf16
     (M, Kp) pair-split or (M, K) rows, second operand likewise or empty). tiles: block_m, block_k,
     num_warps (0: chosen by shape)."""
+    return _launch(
+        x, None, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles
+    )[:3]
+
+
+def _prepare_split_source_impl(
+    x: torch.Tensor,
+    x2: torch.Tensor,
+    w: torch.Tensor,
+    eps: float,
+    kind: int,
+    add: bool,
+    variant: int,
+    dty: int,
+    write_y: bool,
+    write_h: bool,
+    stats: int,
+    token: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    two: bool,
+    split_layout: bool,
+    tiles: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_prepare_split_impl` of the activation a source computes (`sources.SourceSpec`: x2 … stats)
+    from x (M, K), then y and h (M, K) where stored, else empty. The row statistics: this kernel's
+    programs compute them when each holds whole rows ("token" with one program along K), else
+    `sources.source_stats_kernel` runs first (`stats` 1 / 0 force either; 1 needs "token")."""
+    spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
+    return _launch(
+        x, spec, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles
+    )
+
+
+def _launch(
+    x: torch.Tensor,
+    spec: SourceSpec | None,
+    token: bool,
+    mask: int,
+    mask_n: int,
+    mask_m: int,
+    residual: int,
+    rmask: int,
+    rmask_n: int,
+    rmask_m: int,
+    bb: int,
+    rb: int,
+    two: bool,
+    split_layout: bool,
+    tiles: list[int],
+) -> tuple[torch.Tensor, ...]:
+    """Allocate and launch: s, the operands, then the source's y and h."""
     from . import interpreting
 
     m, k = x.shape
@@ -244,24 +391,32 @@ def _prepare_split_impl(
     s = torch.empty(m if token else 1, dtype=torch.float32, device=x.device)
     t = torch.empty(m, width, dtype=torch.bfloat16, device=x.device)
     r = torch.empty(m, width, dtype=torch.bfloat16, device=x.device) if two else t.new_empty(0)
+    y, h = source_outputs(x, spec) if spec is not None else (x.new_empty(0), x.new_empty(0))
     if m == 0:
         if not token:
             s.fill_(1e-9)  # amax of nothing is 0: the floor
-        return s, t, r
-    amax = s
-    if not token:  # one amax over the tensor: a grid-wide atomic max into a zeroed word
-        amax = torch.zeros(1, dtype=torch.int32, device=x.device)
-        bm = min(8, triton.next_power_of_2(m))
-        _amax_kernel[(triton.cdiv(m, bm), min(triton.cdiv(k, 512), 65535))](
-            x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512
-        )
+        return s, t, r, y, h
     kp = split_padded(k)
     block_m, block_k, k_programs, warps = _split_tiles(m, kp)
     if any(tiles):
         block_m, block_k, warps = tiles[0] or block_m, tiles[1] or block_k, tiles[2] or warps
         k_programs = max(1, min(triton.cdiv(kp, block_k), triton.cdiv(264, triton.cdiv(m, block_m))))
+    inline, amax, inv = token, s, None
+    if spec is not None:
+        if spec.stats == 1 and not token:
+            raise ValueError("stats=1 (in the preparation) needs 'token' granularity")
+        inline = token and (k_programs == 1 if spec.stats == -1 else bool(spec.stats))
+        if not inline:
+            inv, amax_bits = launch_stats(x, spec, 1 if token else 2)
+            amax = amax_bits
+    elif not token:  # one amax over the tensor: a grid-wide atomic max into a zeroed word
+        amax = torch.zeros(1, dtype=torch.int32, device=x.device)
+        bm = min(8, triton.next_power_of_2(m))
+        _amax_kernel[(triton.cdiv(m, bm), min(triton.cdiv(k, 512), 65535))](
+            x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512
+        )
     _prepare_split_kernel[(triton.cdiv(m, block_m), k_programs)](
-        x,
+        kernel_x(x, spec),
         amax,
         s,
         t,
@@ -289,8 +444,19 @@ def _prepare_split_impl(
         BLOCK_K=block_k,
         num_warps=warps,
         enable_fp_fusion=False,
+        **source_kernel_args(x, spec, y, h, inv, inline),
     )
-    return s, t, r
+    return s, t, r, y, h
+
+
+def source_launches(m: int, k: int, config: SharqConfig, *, norm: bool) -> tuple[bool, int]:
+    """(inline, launches) of this preparation with a source (`_prepare_split_source_impl`, default
+    tiles) for m rows of K: one launch when "token" programs hold whole rows (one program along K),
+    else the stats kernel first (and a zeroed amax word for one scale over the tensor)."""
+    token = config.granularity is Granularity.TOKEN
+    if token and _split_tiles(m, split_padded(k))[2] == 1:
+        return True, 1
+    return False, 2 if token or m == 1 else 3
 
 
 _prepare_split_op = torch.library.custom_op("sharq::prepare_split", mutates_args=())(_prepare_split_impl)
@@ -298,11 +464,51 @@ _prepare_split_op = torch.library.custom_op("sharq::prepare_split", mutates_args
 
 @_prepare_split_op.register_fake
 def _(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles):
+    return _fake_outputs(x, token, two, split_layout)
+
+
+def _fake_outputs(x: torch.Tensor, token: bool, two: bool, split_layout: bool) -> tuple[torch.Tensor, ...]:
     m, k = x.shape
     width = split_padded(k) if split_layout else k
     s = x.new_empty(m if token else 1, dtype=torch.float32)
     t = x.new_empty(m, width, dtype=torch.bfloat16)
     return s, t, (x.new_empty(m, width, dtype=torch.bfloat16) if two else t.new_empty(0))
+
+
+_prepare_split_source_op = torch.library.custom_op("sharq::prepare_split_source", mutates_args=())(
+    _prepare_split_source_impl
+)
+
+
+@_prepare_split_source_op.register_fake
+def _(
+    x,
+    x2,
+    w,
+    eps,
+    kind,
+    add,
+    variant,
+    dty,
+    write_y,
+    write_h,
+    stats,
+    token,
+    mask,
+    mask_n,
+    mask_m,
+    residual,
+    rmask,
+    rmask_n,
+    rmask_m,
+    bb,
+    rb,
+    two,
+    split_layout,
+    tiles,
+):
+    spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
+    return (*_fake_outputs(x, token, two, split_layout), *source_outputs(x, spec))
 
 
 def prepare_split(
@@ -317,28 +523,54 @@ def prepare_split(
     `two` — (deq(B), deq(R)) — or (bf16(deq(B) + deq(R)),), bf16, in `layout`: "pair-split" (M, Kp)
     or "rows" (M, K). A config without a residual gives (deq(B),) either way. `tiles` (BLOCK_M,
     BLOCK_K, num_warps) overrides the launch tiling (benchmarks)."""
+    if x.dim() != 2:
+        raise ValueError(f"prepare_split expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
+    s, operands, _, _ = _prepare_split(x.contiguous(), config, None, two, layout, tiles)
+    return s, operands
+
+
+def prepare_split_source(
+    x: torch.Tensor,
+    config: SharqConfig,
+    source: SourceSpec,
+    *,
+    two: bool,
+    layout: str = "pair-split",
+    tiles: dict | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor | None]:
+    """`prepare_split` of the activation `source` computes from x (M, K) (`sources.SourceSpec`), in
+    the same kernel(s): (s_x, operands, y, h), y and h (M, K) where the source stores them, else
+    None. Equal bit for bit to the torch computation of the activation followed by `prepare_split`."""
+    if x.dim() != 2:
+        raise ValueError(f"prepare_split_source expects a 2-D (M, K) input, got shape {tuple(x.shape)}")
+    return _prepare_split(x, config, source, two, layout, tiles)
+
+
+def _prepare_split(
+    x: torch.Tensor,
+    config: SharqConfig,
+    source: SourceSpec | None,
+    two: bool,
+    layout: str,
+    tiles: dict | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor | None]:
     if not prepare_split_supports(config):
         raise ValueError(
             f"prepare_split prepares NVFP4 with blocks dividing {SPLIT} and the Triton masks, "
             f"got {config.format.value}, mask {config.mask}, blocks {config.backbone_block}/"
             f"{config.residual_block}"
         )
-    if x.dim() != 2:
-        raise ValueError(f"prepare_split expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
     if layout not in ("pair-split", "rows"):
         raise ValueError(f"layout must be 'pair-split' or 'rows', got {layout!r}")
     t = tiles or {}
     if t.get("BLOCK_K", 64) % 64:
         raise ValueError(f"BLOCK_K must be a multiple of {SPLIT}, got {t['BLOCK_K']}")
-    x = x.contiguous()
     token = config.granularity is Granularity.TOKEN
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
     residual = {Residual.NONE: 0, Residual.QUANTIZED: 1, Residual.NAIVE: 2}[config.residual]
     two = two and residual != 0
-    op = _prepare_split_impl if direct_call_ok(x) else torch.ops.sharq.prepare_split
-    s, a, b = op(
-        x,
+    args = (
         token,
         mask,
         mask_n,
@@ -353,5 +585,13 @@ def prepare_split(
         layout == "pair-split",
         [t.get(key, 0) for key in ("BLOCK_M", "BLOCK_K", "num_warps")],
     )
+    y = h = None
+    if source is None:
+        op = _prepare_split_impl if direct_call_ok(x) else torch.ops.sharq.prepare_split
+        s, a, b = op(x, *args)
+    else:
+        op = _prepare_split_source_impl if direct_call_ok(x, *source[:2]) else torch.ops.sharq.prepare_split_source
+        s, a, b, y, h = op(x, *source, *args)
+        y, h = (y if source.write_y else None), (h if source.write_h else None)
     s = s.reshape(-1, 1) if token else s.reshape(())
-    return s, ((a, b) if two else (a,))
+    return s, ((a, b) if two else (a,)), y, h

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..config import SharqConfig, preset_name
 from ..nn.experts import SharqExperts, expert_projections
+from ..nn.fused_mlp import SharqMLP
 from ..nn.fused_norm import FusedRMSNormPrep
 from ..nn.linear import SharqLinear
 from ..nn.lm_head import SharqLMHead
@@ -54,6 +55,7 @@ class ConversionReport:
     architecture:  the supported architecture's name, or "generic" (no norm fusion).
     converted:     qualified names of the modules now quantized (SharqLinear / SharqExperts).
     fused_norms:   norms replaced by FusedRMSNormPrep, mapped to the group they prepare for.
+    fused_mlps:    dense MLPs replaced by SharqMLP (act(gate) · up fused into down_proj's preparation).
     groups:        shared-preparation groups: name -> the layers that read the one preparation.
     kept:          nn.Linear modules left in the model dtype.
     lm_head:       qualified name of the weight-only quantized lm_head (`SharqConfig.lm_head`), or None.
@@ -66,6 +68,7 @@ class ConversionReport:
     config: SharqConfig
     converted: list[str] = dataclasses.field(default_factory=list)
     fused_norms: dict[str, str] = dataclasses.field(default_factory=dict)
+    fused_mlps: list[str] = dataclasses.field(default_factory=list)
     groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     kept: list[str] = dataclasses.field(default_factory=list)
     lm_head: str | None = None
@@ -81,7 +84,8 @@ class ConversionReport:
             head = f"; {self.lm_head} weight-only {self.config.lm_head.value}{untied}"
         return (
             f"sharq: {what} on {self.architecture}: {len(self.converted)} modules quantized, "
-            f"{len(self.fused_norms)} norms fused, {len(self.groups)} shared preparations, "
+            f"{len(self.fused_norms)} norms and {len(self.fused_mlps)} MLPs fused, "
+            f"{len(self.groups)} shared preparations, "
             f"{len(self.kept)} linears kept in the model dtype{head}"
         )
 
@@ -103,6 +107,8 @@ class _Group:
     name: str
     norm: str | None  # qualified name of the norm to fuse, None = lazy sharing by the consumers
     consumers: list[str]
+    mlp: str | None = None  # gate/up of a dense MLP: its qualified name (SharqMLP fuses act·mul into down)
+    down: str | None = None  # and its down_proj
 
 
 @dataclasses.dataclass
@@ -145,7 +151,7 @@ def _plan_decoder(model: nn.Module, arch: DecoderArchitecture) -> _Plan:
             for p, fqn in zip((*arch.gate_up, arch.down), names):
                 _check_linear(getattr(mlp, p, None), fqn)
                 plan.targets[fqn] = "linear"
-            plan.groups.append(_Group(f"{mlp_fqn}.gate_up", f"{prefix}.{arch.mlp_norm}", names[:2]))
+            plan.groups.append(_Group(f"{mlp_fqn}.gate_up", f"{prefix}.{arch.mlp_norm}", names[:2], mlp_fqn, names[2]))
         elif isinstance(experts, nn.ModuleList):  # one MLP module per expert (older transformers)
             for e, expert in enumerate(experts):
                 names = [f"{mlp_fqn}.experts.{e}.{p}" for p in (*arch.gate_up, arch.down)]
@@ -342,7 +348,7 @@ def quantize_(
     options = RuntimeOptions(backend=backend, check_finite=check_finite)
     patterns = (modules_to_not_convert,) if isinstance(modules_to_not_convert, str) else tuple(modules_to_not_convert)
     for name, module in model.named_modules():
-        if isinstance(module, (SharqLinear, SharqExperts, SharqLMHead, FusedRMSNormPrep)):
+        if isinstance(module, (SharqLinear, SharqExperts, SharqLMHead, FusedRMSNormPrep, SharqMLP)):
             raise ValueError(f"{name} is already a sharq module; the model was quantized before")
 
     arch, plan, selected, kept = _select(model, patterns, filter_fn)
@@ -384,10 +390,12 @@ def _share_inputs(
     modules: dict[str, nn.Module],
     config: SharqConfig,
     report: ConversionReport,
-) -> dict[str, FusedRMSNormPrep]:
-    """Give the `quantized` layers of each group one SharedPreparation; return the fused norms
-    (built from the norms in `modules`, not yet installed) by qualified name."""
-    fused: dict[str, FusedRMSNormPrep] = {}
+) -> dict[str, nn.Module]:
+    """Give the `quantized` layers of each group one SharedPreparation; return the fused norms and
+    the SharqMLPs of dense MLPs whose gate, up and down are all quantized (built from the modules in
+    `modules`, not yet installed) by qualified name. An MLP whose forward is not the gated dataflow
+    stays as it is (its layers still quantized, act·mul unfused)."""
+    fused: dict[str, nn.Module] = {}
     for group in plan.groups:
         consumers = [c for c in group.consumers if c in quantized]
         if not consumers:
@@ -403,6 +411,13 @@ def _share_inputs(
                 modules[group.norm], arch.norm_variant, shared, name=group.norm
             )
             report.fused_norms[group.norm] = group.name
+        parts = [quantized.get(c) for c in (*group.consumers, group.down)] if group.mlp else []
+        if parts and all(isinstance(p, SharqLinear) for p in parts):
+            try:
+                fused[group.mlp] = SharqMLP.from_mlp(modules[group.mlp], *parts, name=group.mlp)
+            except ValueError:
+                continue
+            report.fused_mlps.append(group.mlp)
     return fused
 
 

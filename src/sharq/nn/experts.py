@@ -34,7 +34,9 @@ expert's rows). `kernels.plan.plan_experts` decides how a call runs (`routing`: 
     per row, and the same combine — for each token, over its experts in ascending order, each product
     (y · w) rounded as torch rounds it and each sum rounded to the model dtype, from zero.
   per-call (longer calls, other formats, the reference backend): host routing, each expert's rows as
-    plain linears (`ops.linear_from_prepared`, planned by `plan_linear` for the expert's row count).
+    plain linears (`ops.linear_from_prepared`, planned by `plan_linear` for the expert's row count);
+    down's input act(gate) · up is computed inside its preparation's kernel on the Triton backend
+    (`ops.prepare_act_mul`, nn/fused_mlp.py), else in torch — the same bits.
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ from ..config import Format, Granularity, Operand, SharqConfig
 from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
 from ..kernels.plan import ROUTINGS, ExpertsPlan, LinearPlan, experts_input_plan, plan_experts
-from ..ops import linear_from_prepared, prepare, quantize_weight, resolve_backend
+from ..ops import linear_from_prepared, prepare, prepare_act_mul, quantize_weight, resolve_backend
 from ..options import DEFAULT_OPTIONS, RuntimeOptions
 from ..sparse.decompose import PreparedActivation, check_activation, select_rows
+from .fused_mlp import ActivationTables, act_mul_reference
 from .shared_input import SharedPreparation, prepare_rows
 from .weight_storage import buffers, store_weight, weight_view
 
@@ -126,6 +129,7 @@ class SharqExperts(nn.Module):
         self.num_experts, self.hidden, self.intermediate = num_experts, hidden, intermediate
         self.config = config
         self.act_fn = act_fn
+        self.act_tables = ActivationTables(act_fn)  # act·mul fused into down's preparation (nn/fused_mlp.py)
         self.name = name
         self.shared_input = None  # a SharedPreparation, set by quantize_ (its planner: `input_plan`)
         self.routing = "auto"
@@ -304,11 +308,15 @@ class SharqExperts(nn.Module):
             rows, self.expert_weight("gate", idx), self._bias("gate", idx), dtype, one_gemm=True
         )
         up = linear_from_prepared(rows, self.expert_weight("up", idx), self._bias("up", idx), dtype, one_gemm=True)
-        inner = self.act_fn(gate) * up  # (t, I) in the model dtype
+        # down's input act(gate) · up (t, I) in the model dtype: computed in its preparation's kernel
+        # where the plan fuses it, else in torch (the same bits)
+        inner = prepare_act_mul(gate, up, self.config, self.options, table=self.act_tables.get(gate))
+        if inner is None:
+            inner = prepare_rows(act_mul_reference(gate, up, self.act_fn), self.config, self.options)
         if not torch.compiler.is_compiling():  # eager calls only: a traced counter would be a guard
             self.down_prepare_count += 1
         return linear_from_prepared(
-            prepare_rows(inner, self.config, self.options),
+            inner,
             self.expert_weight("down", idx),
             self._bias("down", idx),
             dtype,

@@ -102,7 +102,11 @@ class SharedPreparation:
 
     def prepare(self, x: torch.Tensor) -> PreparedActivation:
         """Prepare `x` and publish it for the group's consumers (called by the producer)."""
-        prepared = prepare_rows(x, self.config, self.options, self.planner)
+        return self.publish(x, prepare_rows(x, self.config, self.options, self.planner))
+
+    def publish(self, x: torch.Tensor, prepared: PreparedActivation) -> PreparedActivation:
+        """Publish `prepared`, the preparation of `x` as (M, K) rows computed by the producer (the fused
+        norm's kernel), for the group's consumers; returns it."""
         compiling = torch.compiler.is_compiling()
         if not compiling:
             self.prepare_count += 1
