@@ -9,7 +9,10 @@ and FP4 quantization turns a last-bit difference of an activation into a differe
 then; such differences add up over 30 layers. The tolerance is measured against sharq's own model
 with two attention implementations of transformers: in float32, the top-5 logprobs of these prompts
 moved by up to 0.58 between sdpa and eager attention; vLLM vs load_quantized (sdpa) moved them by
-0.35–0.66 (2026-12-06, CPU). Asserted: the same top-1 token and top-5 logprobs within 1.0.
+0.35–0.66 (2026-12-06, CPU). Asserted: top-5 logprobs within 1.0, and hence vLLM's top-1 among
+load_quantized's tokens within 2.0 of its top-1 (the same token unless its lead is below 2.0). sharq's
+RMSNorm sums its statistic in a fixed "lanes" order (docs/numerics.md), vLLM's in its own: the one
+source of difference outside the layers, which flipped a near-tie once (3365 vs 351, batched step).
 
 Operand auto inside vLLM: a step's operand follows the number of rows in that step, so a prompt's
 logits depend on what it is batched with. Each prompt alone (≤ 16 tokens: exact) is compared with
@@ -58,7 +61,10 @@ def test_smollm2_layers_bit_exact_logits_close_and_text(smollm2_folder):
     for hf_key, vllm_key in (("hf_logprobs", "vllm_logprobs"), ("hf_logprobs_bf16_sum", "vllm_logprobs_batched")):
         for hf, vl in zip(result[hf_key], result[vllm_key], strict=True):
             top = list(hf)[:5]
-            assert list(vl)[0] == top[0], (vllm_key, top, list(vl)[:5])
+            # each logprob may move by TOP5_TOLERANCE, so the top-1 may flip only where load_quantized's
+            # lead is below twice that; then vLLM's pick must be one of the tokens within reach
+            within_reach = [k for k in top if hf[top[0]] - hf[k] <= 2 * TOP5_TOLERANCE]
+            assert list(vl)[0] in within_reach, (vllm_key, top, list(vl)[:5], hf[top[0]] - hf[top[1]])
             assert all(k in vl for k in top), (vllm_key, top, list(vl))
             assert max(abs(hf[k] - vl[k]) for k in top) <= TOP5_TOLERANCE, vllm_key
     gen = result["generated"]

