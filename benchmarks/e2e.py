@@ -5,7 +5,12 @@ built on the GPU: no download; --layers keeps fewer decoder layers of the same s
 fresh for each provider, in bfloat16, then
   bf16   kept as it is
   fp8    `sharq.baselines.fp8_quantize_`: E4M3 weights per channel, per-token E4M3 activations
-  sharq  `sharq.quantize_(model, "sharq-nvfp4")` (Triton kernels on CUDA, RMSNorm fused)
+  sharq         `sharq.quantize_(model, "sharq-nvfp4")` (Triton kernels on CUDA, RMSNorm fused)
+  sharq-lmhead  the same plus the opt-in weight-only NVFP4-16 lm_head (`SharqConfig.lm_head="nvfp4-w16"`)
+  gemlite-int4  gemlite's A16W4_HQQ_INT (int4 weights in groups of 64, bf16 activations, its shipped
+                H100 config) in place of every decoder linear: the W4A16 library a Hopper user would
+                otherwise pick. Random codes (its speed does not depend on them); lm_head stays bf16.
+                Needs gemlite (PyPI gemlite==0.6.0.post2); without it the provider is recorded as skipped.
 The fp8 baseline refuses mixture-of-experts layers, so a MoE model runs sharq and bf16 by default:
 bf16 with transformers' experts implementation (`grouped_mm`: sorted on the device), sharq with
 `SharqExperts`, whose decode calls (up to 16 tokens) route on the device
@@ -57,7 +62,10 @@ from harness import gpu_tag  # noqa: E402
 from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
 from sharq.runtime import StaticDecoder  # noqa: E402
 
-PROVIDERS = ("sharq", "bf16", "fp8")  # run order: the one under test first, should a run be cut short
+# run order: the ones under test first, should a run be cut short
+PROVIDERS = ("sharq", "sharq-lmhead", "bf16", "fp8", "gemlite-int4")
+SHARQ_PROVIDERS = ("sharq", "sharq-lmhead")
+BASELINES = ("bf16", "fp8", "gemlite-int4")
 SCENARIOS = ("prefill_1024", "prefill_4096", "decode_b1", "decode_b8", "serving_mix", "weight_bytes", "peak_bytes")
 SERVING_BATCH = 8
 _T0 = time.perf_counter()
@@ -121,12 +129,17 @@ def convert(model: nn.Module, provider: str) -> dict:
             "linear": "Fp8Linear: E4M3 per-channel weight, per-token E4M3 activation, torch._scaled_mm",
             "converted": len(report.converted),
         }
-    if provider == "sharq":
-        report = sharq.quantize_(model, "sharq-nvfp4")
+    if provider == "gemlite-int4":
+        return gemlite_int4_(model)
+    if provider in SHARQ_PROVIDERS:
+        config = sharq.PRESETS["sharq-nvfp4"]
+        if provider == "sharq-lmhead":
+            config = config.replace(lm_head="nvfp4-w16")
+        report = sharq.quantize_(model, config)
         device = next(model.parameters()).device
         backend = sharq.ops.resolve_backend(report.config, device).value
         facts = {
-            "linear": "SharqLinear sharq-nvfp4",
+            "linear": "SharqLinear sharq-nvfp4" + (", lm_head nvfp4-w16" if provider == "sharq-lmhead" else ""),
             "backend": backend,
             "converted": len(report.converted),
             "summary": report.summary(),
@@ -139,6 +152,50 @@ def convert(model: nn.Module, provider: str) -> dict:
 
 
 _LINEARS = (nn.Linear, Fp8Linear, sharq.SharqLinear)
+
+
+def _gemlite():
+    """gemlite with its shipped H100 config loaded (on an H100), or None where it is not installed."""
+    try:
+        import gemlite
+    except ImportError:
+        return None
+    config = Path(gemlite.__file__).parent / "configs" / "h100.json"
+    if torch.cuda.is_available() and "H100" in torch.cuda.get_device_name() and config.exists():
+        gemlite.load_config(str(config))
+    return gemlite
+
+
+def gemlite_int4_(model: nn.Module, group: int = 64) -> dict:
+    """Replace every nn.Linear of the decoder layers by gemlite's A16W4_HQQ_INT layer (random int4
+    codes (N, K) uint8, bf16 scales and zero points per `group` along K); lm_head stays bf16."""
+    gemlite = _gemlite()
+    if gemlite is None:
+        raise RuntimeError("gemlite-int4 needs gemlite (pip install gemlite==0.6.0.post2); not installed")
+    from gemlite.helper import A16W4_HQQ_INT
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    swapped = 0
+    for layer in model.model.layers:
+        for name, mod in list(layer.named_modules()):
+            if type(mod) is not nn.Linear:
+                continue
+            n, k = mod.weight.shape
+            if k % group:
+                raise ValueError(f"gemlite-int4: {name} has K={k}, not a multiple of the group {group}")
+            codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda", generator=gen)
+            scales = torch.rand(n, k // group, dtype=torch.bfloat16, device="cuda", generator=gen) * 0.01
+            zeros = torch.full((n, k // group), 7.5, dtype=torch.bfloat16, device="cuda")
+            new = A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(codes, scales, zeros, bias=mod.bias)
+            parent_name, _, child = name.rpartition(".")
+            setattr(layer.get_submodule(parent_name) if parent_name else layer, child, new)
+            swapped += 1
+    global _LINEARS
+    _LINEARS = tuple(dict.fromkeys((*_LINEARS, type(new)))) if swapped else _LINEARS
+    return {
+        "linear": f"gemlite {gemlite.__version__} A16W4_HQQ_INT (int4, groups of {group}, bf16 activations)",
+        "converted": swapped,
+    }
 
 
 def experts_plans(model: nn.Module, device: torch.device) -> dict:
@@ -224,21 +281,23 @@ class Results:
 
     def write(self) -> None:
         self.doc["ratios"] = ratios(self.doc["rows"])
+        self.doc["ratios_sharq_lmhead"] = ratios(self.doc["rows"], "sharq-lmhead")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.doc, indent=1))
 
 
-def ratios(rows: list[dict]) -> dict:
-    """sharq's advantage per scenario: {scenario: {"vs_bf16", "vs_fp8"}} (> 1: sharq better)."""
+def ratios(rows: list[dict], provider: str = "sharq") -> dict:
+    """`provider`'s advantage per scenario: {scenario: {"vs_bf16", "vs_fp8", "vs_gemlite-int4"}}
+    (> 1: `provider` better; a baseline without a value is left out)."""
     value = {(r["scenario"], r["provider"]): r.get("value") for r in rows}
     out = {}
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
-        mine = value.get((scenario, "sharq"))
+        mine = value.get((scenario, provider))
         if not mine:
             continue
         higher_is_better = scenario == "serving_mix"
         entry = {}
-        for base in ("bf16", "fp8"):
+        for base in BASELINES:
             theirs = value.get((scenario, base))
             if theirs:
                 entry[f"vs_{base}"] = mine / theirs if higher_is_better else theirs / mine
@@ -419,7 +478,8 @@ def parse_args(argv=None):
         "--providers",
         type=_csv(PROVIDERS),
         default=None,
-        help="default: all three; sharq,bf16 for a MoE model (the fp8 baseline refuses experts)",
+        help="default: all five (gemlite-int4 where gemlite is installed); sharq,sharq-lmhead,bf16 for a MoE "
+        "model (the fp8 and gemlite baselines swap nn.Linear only)",
     )
     ap.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS))
     ap.add_argument("--out", default="benchmarks/results")
@@ -455,7 +515,12 @@ def parse_args(argv=None):
     if args.layers is not None and args.layers < 1:
         ap.error("--layers must be >= 1")
     if args.providers is None:
-        args.providers = [p for p in PROVIDERS if not (p == "fp8" and is_moe(args.model))]
+        dense_only = ("fp8", "gemlite-int4")
+        args.providers = [
+            p
+            for p in PROVIDERS
+            if not (p in dense_only and is_moe(args.model)) and not (p == "gemlite-int4" and _gemlite() is None)
+        ]
     return args
 
 

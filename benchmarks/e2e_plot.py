@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLORS = {"bf16": "#7f7f7f", "fp8": "#1f77b4", "sharq": "#d62728"}
+COLORS = {"bf16": "#7f7f7f", "fp8": "#1f77b4", "gemlite-int4": "#2ca02c", "sharq": "#d62728", "sharq-lmhead": "#ff7f0e"}
 _LABELS = {
     "prefill_1024": "prefill 1×1024 (ms, lower is better)",
     "prefill_4096": "prefill 1×4096 (ms, lower is better)",
@@ -35,7 +35,7 @@ def plot(doc: dict, path: Path) -> None:
         ax.axis("off")
     for ax, scenario in zip(axes.flat, scenarios):
         got = {r["provider"]: r for r in rows if r["scenario"] == scenario}
-        providers = [p for p in ("bf16", "fp8", "sharq") if p in got]
+        providers = [p for p in COLORS if p in got]
         scale = 1e9 if got[providers[0]].get("unit") == "bytes" else 1.0
         values = [got[p]["value"] / scale for p in providers]
         errors = [got[p].get("std", 0.0) / scale for p in providers]

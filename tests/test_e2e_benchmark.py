@@ -51,6 +51,8 @@ def test_e2e_smoke_writes_the_schema(e2e, tmp_path):
             "16",
             "--scenarios",
             "decode_b1,serving_mix,weight_bytes,peak_bytes",
+            "--providers",
+            "sharq,sharq-lmhead,bf16,fp8",
         ]
     )
     assert path.name == "e2e-tiny-cpu-smoke.json"
@@ -60,8 +62,8 @@ def test_e2e_smoke_writes_the_schema(e2e, tmp_path):
     rows = {(r["scenario"], r["provider"]): r for r in doc["rows"]}
     for row in doc["rows"]:
         assert {"scenario", "provider", "value", "unit"} <= row.keys() and "error" not in row, row
-        assert row["provider"] in ("bf16", "fp8", "sharq")
-    for provider in ("bf16", "fp8", "sharq"):
+        assert row["provider"] in ("bf16", "fp8", "sharq", "sharq-lmhead")
+    for provider in ("bf16", "fp8", "sharq", "sharq-lmhead"):
         for scenario in ("decode_b1", "serving_mix", "weight_bytes", "weight_bytes_linear", "peak_bytes"):
             assert (scenario, provider) in rows
         assert rows[("decode_b1", provider)]["value"] > 0 and rows[("decode_b1", provider)]["unit"] == "ms/token"
@@ -73,6 +75,11 @@ def test_e2e_smoke_writes_the_schema(e2e, tmp_path):
     assert 3.7 < linear["bf16"] / linear["sharq"] < 16 / 4.25 + 1e-9
     assert rows[("weight_bytes", "sharq")]["linear_bytes"] == linear["sharq"]
     assert doc["ratios"]["weight_bytes_linear"]["vs_bf16"] == pytest.approx(linear["bf16"] / linear["sharq"])
+    # the quantized lm_head: same decoder linears, fewer bytes in all (the tiny model's lm_head is untied)
+    assert rows[("weight_bytes_linear", "sharq-lmhead")]["value"] == linear["sharq"]
+    assert rows[("weight_bytes", "sharq-lmhead")]["value"] < rows[("weight_bytes", "sharq")]["value"]
+    assert doc["providers"]["sharq-lmhead"]["linear"].endswith("lm_head nvfp4-w16")
+    assert doc["ratios_sharq_lmhead"]["decode_b1"]["vs_bf16"] > 0
     assert path.with_suffix(".png").stat().st_size > 10_000
     profile = json.loads((tmp_path / "e2e-profile-tiny-cpu-smoke.json").read_text())
     for provider in ("bf16", "fp8", "sharq"):
@@ -83,7 +90,7 @@ def test_e2e_smoke_writes_the_schema(e2e, tmp_path):
 
 
 def test_e2e_moe_smoke_runs_both_providers_and_records_the_experts_plan(e2e, tmp_path):
-    """A Qwen3-MoE-shaped model: sharq and bf16 by default (no fp8 baseline for experts), decode at
+    """A Qwen3-MoE-shaped model: sharq, sharq-lmhead and bf16 by default (no fp8 baseline for experts), decode at
     batch 1 and 8 through the StaticDecoder, the experts counted as quantized layers, and the plan of
     each decode batch in the JSON (on the CPU: the reference backend, host routing)."""
     path = e2e.main(
@@ -112,7 +119,7 @@ def test_e2e_moe_smoke_runs_both_providers_and_records_the_experts_plan(e2e, tmp
     doc = json.loads(path.read_text())
     assert "errors" not in doc and doc["settings"]["layers"] == 1
     rows = {(r["scenario"], r["provider"]): r for r in doc["rows"]}
-    assert {p for _, p in rows} == {"sharq", "bf16"}
+    assert {p for _, p in rows} == {"sharq", "sharq-lmhead", "bf16"}
     for provider in ("sharq", "bf16"):
         for scenario in ("decode_b1", "decode_b8"):
             row = rows[(scenario, provider)]
@@ -131,8 +138,9 @@ def test_e2e_arguments_are_checked(e2e):
         e2e.parse_args(["--scenarios", "decode_b2"])
     with pytest.raises(SystemExit):
         e2e.parse_args(["--new-tokens", "1"])
-    assert sorted(e2e.parse_args([]).providers) == ["bf16", "fp8", "sharq"]
-    assert e2e.parse_args(["--model", "qwen3-30b-a3b"]).providers == ["sharq", "bf16"]
+    gemlite = ["gemlite-int4"] if e2e._gemlite() is not None else []
+    assert e2e.parse_args([]).providers == ["sharq", "sharq-lmhead", "bf16", "fp8", *gemlite]
+    assert e2e.parse_args(["--model", "qwen3-30b-a3b"]).providers == ["sharq", "sharq-lmhead", "bf16"]
     assert e2e.parse_args(["--model", "qwen3-30b-a3b", "--providers", "fp8"]).providers == ["fp8"]
     assert e2e.parse_args(["--layers", "4"]).layers == 4
     with pytest.raises(SystemExit):
