@@ -17,13 +17,12 @@ hands that vocabulary and merge list to transformers' `GemmaTokenizer` (BPE with
 spaces written "▁"), adds the user-defined tokens as tokens matched in the raw text and the control
 tokens (`<bos>`, `<start_of_turn>`, …) as special tokens, and prepends BOS as the file says.
 
-`gguf_architecture` reads `general.architecture` from the header without parsing the rest.
+`gguf_architecture` reads `general.architecture` from the header (gguf's reader).
 """
 
 from __future__ import annotations
 
 import os
-import struct
 
 __all__ = ["gguf_architecture", "gemma_tokenizer_from_gguf", "bpe_merges", "GEMMA_GGUF_ARCHITECTURES"]
 
@@ -32,52 +31,17 @@ GEMMA_GGUF_ARCHITECTURES = ("gemma3",)
 
 _NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
 
-# GGUF value types: fixed sizes of the scalar ones; 8 is a string, 9 an array
-_SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
-
-
-def _read(fh, size: int) -> bytes:
-    data = fh.read(size)
-    if len(data) != size:
-        raise ValueError(f"{fh.name}: the GGUF header ends early")
-    return data
-
-
-def _skip_value(fh, value_type: int) -> None:
-    if value_type in _SCALAR_SIZE:
-        fh.seek(_SCALAR_SIZE[value_type], os.SEEK_CUR)
-    elif value_type == _STRING:
-        (length,) = struct.unpack("<Q", _read(fh, 8))
-        fh.seek(length, os.SEEK_CUR)
-    elif value_type == _ARRAY:
-        item_type, count = struct.unpack("<IQ", _read(fh, 12))
-        if item_type in _SCALAR_SIZE:
-            fh.seek(_SCALAR_SIZE[item_type] * count, os.SEEK_CUR)
-        else:
-            for _ in range(count):
-                _skip_value(fh, item_type)
-    else:
-        raise ValueError(f"{fh.name}: unknown GGUF value type {value_type}")
-
 
 def gguf_architecture(path: str | os.PathLike) -> str | None:
-    """The file's `general.architecture` (e.g. "llama", "gemma3"), None when it has none."""
+    """The file's `general.architecture` (e.g. "llama", "gemma3"), None when it has none; gguf's
+    reader maps the file, it does not read the tensors."""
+    from gguf import GGUFReader
+
     with open(path, "rb") as fh:
-        if _read(fh, 4) != b"GGUF":
+        if fh.read(4) != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file (no GGUF magic)")
-        version, _tensors, keys = struct.unpack("<IQQ", _read(fh, 20))
-        if version < 2:
-            raise ValueError(f"{path}: GGUF version {version} is not supported (2 or later)")
-        for _ in range(keys):
-            (length,) = struct.unpack("<Q", _read(fh, 8))
-            key = _read(fh, length).decode("utf-8")
-            (value_type,) = struct.unpack("<I", _read(fh, 4))
-            if key == "general.architecture" and value_type == _STRING:
-                (length,) = struct.unpack("<Q", _read(fh, 8))
-                return _read(fh, length).decode("utf-8")
-            _skip_value(fh, value_type)
-    return None
+    found = _field(GGUFReader(str(path)), "general.architecture")
+    return bytes(found[0]).decode("utf-8") if found else None
 
 
 def bpe_merges(tokens: list[str], types: list[int]) -> list[tuple[str, str]]:
