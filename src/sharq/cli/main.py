@@ -68,8 +68,10 @@ def _eval_settings(args: argparse.Namespace):
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..eval import evaluate
+    from ..eval.packaged import model_stem
     from ..eval.report import markdown
 
+    args.name = args.name or f"{args.name_prefix}-{model_stem(args.model)}"
     start = time.perf_counter()
     # with --json, stdout carries the JSON document only; the running log goes to stderr
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
@@ -98,12 +100,13 @@ def _add_eval_arguments(
     limit: int | None,
     ppl_tokens: int | None,
     seq_len: int,
-    name: str,
+    name_prefix: str,
 ) -> None:
     p.add_argument(
         "--model",
         default="smollm2",
-        help="'smollm2' (the packaged SmolLM2-135M-Instruct, default), a .gguf file or a local HF folder",
+        help="'smollm2' (the packaged SmolLM2-135M-Instruct, default), 'gemma3-270m' (the packaged "
+        "Gemma-3-270M), a .gguf file or a local HF folder",
     )
     p.add_argument(
         "--presets",
@@ -160,7 +163,8 @@ def _add_eval_arguments(
     p.add_argument("--batch-tokens", type=positive_int, help="padded tokens per scoring batch")
     p.add_argument("--ppl-batch", type=positive_int, help="windows per perplexity batch")
     p.add_argument("--out", default="results", help="results folder (default results/)")
-    p.add_argument("--name", default=name, help=f"results file stem (default {name})")
+    p.add_argument("--name", help=f"results file stem (default {name_prefix}-MODEL, e.g. {name_prefix}-smollm2)")
+    p.set_defaults(name_prefix=name_prefix)
     p.add_argument("--resume", action="store_true", help="skip runs already in the results JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -272,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         limit=10,
         ppl_tokens=2044,
         seq_len=512,
-        name="demo-smollm2",
+        name_prefix="demo",
     )
     quick.set_defaults(func=_cmd_eval)
 
@@ -309,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         limit=None,
         ppl_tokens=None,
         seq_len=2048,
-        name="accuracy-smollm2",
+        name_prefix="accuracy",
     )
     ev.set_defaults(func=_cmd_eval)
 
@@ -328,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  sharq inspect --preset sharq-nvfp4 --tokens 4096\n  sharq inspect smollm2-sharq --json",
     )
     ins.add_argument("checkpoint", nargs="?", metavar="DIR", help="a checkpoint folder written by `sharq quantize`")
-    ins.add_argument("--model", help="'smollm2' (default), a .gguf file or a local HF folder")
+    ins.add_argument("--model", help="'smollm2' (default), 'gemma3-270m', a .gguf file or a local HF folder")
     ins.add_argument("--preset", help="the preset to inspect (default sharq-nvfp4)")
     ins.add_argument("--granularity", choices=("tensor", "token"), default="tensor")
     ins.add_argument("--tokens", type=positive_int, default=2048, help="Wikipedia tokens fed (default 2048)")

