@@ -8,7 +8,7 @@ count drops from 7 to 4 per decoder layer, and anything else than the published 
 tensor, three rows, Qwen2's q/k/v biases) still gives each layer's own result.
 
 Without a GPU the kernels run under TRITON_INTERPRET=1 (a one-layer model, two rows; one row is
-marked slow there); with one, on CUDA.
+Qwen2 and one row marked slow there); with one, on CUDA.
 """
 
 from __future__ import annotations
@@ -76,7 +76,11 @@ def _logits_and_groups(model, ids, launches):
 
 
 # Qwen2: q/k/v biases. One row (a program per output row) takes minutes under the interpreter: slow
-@pytest.mark.parametrize("arch,rows", [("llama", 2), ("qwen2", 2), pytest.param("llama", 1, marks=pytest.mark.slow)])
+# ~1 min each under the interpreter: Qwen2 (q/k/v biases) and one row run in -m slow
+@pytest.mark.parametrize(
+    "arch,rows",
+    [("llama", 2), pytest.param("qwen2", 2, marks=pytest.mark.slow), pytest.param("llama", 1, marks=pytest.mark.slow)],
+)
 def test_grouped_launches_give_the_ungrouped_logits(arch, rows, launches):
     model = _quantized(arch)
     layers = model.config.num_hidden_layers
