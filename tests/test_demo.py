@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def test_defaults_are_the_demo_of_the_issue():
     args = build_parser().parse_args(["demo"])
     assert args.presets == DEMO_PRESETS == ("bf16", "nvfp4", "sharq-nvfp4", "sharq-nvfp4-w16-mse")
-    assert (args.tokens, args.seq_len, args.new_tokens, args.resamples) == (3060, 256, 32, 1000)
+    assert (args.tokens, args.seq_len, args.new_tokens, args.resamples) == (2040, 256, 32, 1000)
     assert args.tokens % (args.seq_len - 1) == 0  # whole windows only
     assert not args.no_chat and args.out == "results" and args.name == "demo-smollm2"
 

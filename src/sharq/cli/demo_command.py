@@ -68,7 +68,7 @@ def add_demo_command(sub, parents: list[argparse.ArgumentParser]) -> None:
         "of the NVFP4 -> bf16 gap each SharQ preset recovers (paired bootstrap over windows), the per-layer "
         "activation / weight SQNR (a PNG) and one greedy completion from bf16 and from SharQ side by side. "
         "About 2-3 minutes on 2 CPU cores. The full evaluation is `sharq eval`.",
-        epilog="example: sharq demo --presets bf16,nvfp4,sharq-nvfp4,sharq-nvfp4-w16 --tokens 2040",
+        epilog="example: sharq demo --presets bf16,nvfp4,sharq-nvfp4,sharq-nvfp4-w16 --tokens 4080",
     )
     p.add_argument(
         "--presets",
@@ -77,7 +77,7 @@ def add_demo_command(sub, parents: list[argparse.ArgumentParser]) -> None:
         help=f"comma-separated presets, bf16 included (default {_DEFAULT_PRESETS})",
     )
     p.add_argument("--model", default="smollm2", help="'smollm2' (default), a .gguf file or a local HF folder")
-    p.add_argument("--tokens", type=positive_int, default=3060, help="Wikipedia tokens scored (default 3060)")
+    p.add_argument("--tokens", type=positive_int, default=2040, help="Wikipedia tokens scored (default 2040)")
     p.add_argument(
         "--seq-len", type=positive_int, default=256, help="perplexity window, seq_len - 1 tokens scored (default 256)"
     )

@@ -9,12 +9,12 @@ per-window NLLs (bootstrap.py, paired over windows):
   recovered share (ppl_plain − ppl_p) / (ppl_plain − ppl_bf16) with its interval, for every
   quantizing preset against the plain preset of its format (nvfp4 for the NVFP4 presets)
 
-Then `inspect_layers` (inspection.py) on `inspect_tokens` tokens for the plain preset and the first
-SharQ preset (per-layer activation / weight / output SQNR, a PNG), and one greedy completion of a
-prompt from bf16 and from that SharQ preset. Quantized models run inside
-`kept_dequantized_weights` (each weight decoded once instead of every call: the same numbers, a
-CPU decode step several times faster). Writes `<out>/<name>.json` and `.png`; the full evaluation
-stays `sharq eval` (runner.py).
+While loaded, the bf16 model and the first SharQ preset's model each complete one prompt greedily.
+Last, `inspect_layers` (inspection.py) on `inspect_tokens` tokens for that SharQ preset and the plain
+preset of its format (per-layer activation / weight / output SQNR, plotted by demo_report.py).
+Quantized models run inside `kept_dequantized_weights` (each weight decoded once instead of on every
+call: the same numbers, CPU decoding ~2.4x faster). Writes `<out>/<name>.json` and `.png`; the full
+evaluation stays `sharq eval` (runner.py).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class DemoSettings:
 
     model: str = SMOLLM2
     presets: tuple[str, ...] = DEMO_PRESETS
-    tokens: int = 3060  # Wikipedia tokens scored: 12 windows of 255 at seq_len 256
+    tokens: int = 2040  # Wikipedia tokens scored: 8 windows of 255 at seq_len 256
     seq_len: int = 256  # positions per perplexity window (seq_len - 1 tokens scored in each)
     inspect_tokens: int = 128  # tokens fed to the per-layer SQNR report
     prompt: str = DEMO_PROMPT
