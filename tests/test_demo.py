@@ -29,6 +29,13 @@ def test_defaults_are_the_demo_of_the_issue():
     assert not args.no_chat and args.out == "results" and args.name == "demo-smollm2"
 
 
+def test_help_reads_as_written(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "95% intervals" in text and "%%" not in text and "sharq eval" in text
+
+
 def test_check_demo_presets():
     assert check_demo_presets(["bf16", "nvfp4", "bf16", "sharq-nvfp4"]) == ("bf16", "nvfp4", "sharq-nvfp4")
     with pytest.raises(ValueError, match="unknown preset 'fp3'; available: bf16"):

@@ -64,7 +64,7 @@ def add_demo_command(sub, parents: list[argparse.ArgumentParser]) -> None:
         parents=parents,
         help="a few-minute tour of SmolLM2-135M: perplexity with intervals, per-layer SQNR, a completion (`make demo`)",
         description="Quantize the packaged SmolLM2-135M-Instruct (a Q4_1 GGUF: its weights were already 4-bit) "
-        "with each preset; print its perplexity on the first Wikipedia tokens with 95%% intervals, the share "
+        "with each preset; print its perplexity on the first Wikipedia tokens with 95% intervals, the share "
         "of the NVFP4 -> bf16 gap each SharQ preset recovers (paired bootstrap over windows), the per-layer "
         "activation / weight SQNR (a PNG) and one greedy completion from bf16 and from SharQ side by side. "
         "About 2-3 minutes on 2 CPU cores. The full evaluation is `sharq eval`.",
