@@ -13,10 +13,11 @@ import textwrap
 
 __all__ = ["format_demo", "plot_demo", "side_by_side", "FULL_EVAL"]
 
-# the full `sharq eval` (default presets, tensor + token granularity), results/accuracy-smollm2.json
+# the full `sharq eval` (default presets, tensor + token granularity): the sum of the run_seconds of
+# results/accuracy-smollm2.json (5,109 s)
 FULL_EVAL = (
     "`sharq eval` is the full evaluation: every Wikipedia (1.07 M) and LAMBADA (0.41 M) token and 7 zero-shot "
-    "tasks, 19 preset/granularity runs; it took 85 min on one H100 (2026-12, bf16)."
+    "tasks, 19 preset/granularity runs; they took 85 min of H100 time in all (2026-12, bf16)."
 )
 FULL_PPL_TOKENS = 1_068_344 + 412_707  # the two perplexity corpora of `sharq eval`
 
