@@ -128,14 +128,18 @@ def test_perplexity_windows_score_every_token_once(tokenizer):
     tokens = corpus_tokens(tokenizer, data.wiki_texts()[:20])
     res = perplexity(model, tokenizer, tokens, seq_len=64, max_tokens=200, batch_size=2)
     assert res.tokens == 200 and res.windows == math.ceil(200 / 63) and res.corpus_tokens == len(tokens)
-    nll = 0.0
+    nll, per_window = 0.0, []
     for start in range(0, 200, 63):
         window = tokens[start : min(start + 63, 200)]
         ids = torch.tensor([[tokenizer.bos_token_id] + window[:-1]])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0].float()
-        nll += torch.nn.functional.cross_entropy(logits, torch.tensor(window), reduction="sum").item()
+        per_window.append(torch.nn.functional.cross_entropy(logits, torch.tensor(window), reduction="sum").item())
+        nll += per_window[-1]
     assert res.nll == pytest.approx(nll, rel=1e-5)
+    assert res.window_tokens == (63, 63, 63, 11)  # the short last window scored alone
+    assert res.window_nll == pytest.approx(per_window, rel=1e-5)
+    assert sum(res.window_nll) == pytest.approx(res.nll, rel=1e-12)
     assert res.ppl == pytest.approx(math.exp(nll / 200), rel=1e-5)
     assert "tokens [0, 200) of" in res.describe()
     with pytest.raises(ValueError):

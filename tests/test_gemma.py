@@ -229,7 +229,6 @@ def test_installed_parts_are_joined_into_the_cache_once(tmp_path, monkeypatch, c
     [
         (["eval", "--model", "gemma3-270m"], "accuracy-gemma3-270m"),
         (["eval"], "accuracy-smollm2"),
-        (["demo", "--model", "gemma3-270m"], "demo-gemma3-270m"),
         (["eval", "--model", "gemma3-270m", "--name", "mine"], "mine"),
     ],
 )
@@ -247,6 +246,31 @@ def test_eval_results_are_named_after_the_model(argv, name, monkeypatch, tmp_pat
     monkeypatch.setattr(sharq.eval, "evaluate", fake_evaluate)
     monkeypatch.setattr(sharq.eval.report, "markdown", lambda doc: "")
     assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    assert seen["name"] == name
+
+
+@pytest.mark.parametrize(
+    "argv,name",
+    [
+        (["demo"], "demo-smollm2"),
+        (["demo", "--model", "gemma3-270m"], "demo-gemma3-270m"),
+        (["demo", "--name", "x"], "x"),
+    ],
+)
+def test_demo_results_are_named_after_the_model(argv, name, monkeypatch, tmp_path):
+    import sharq.eval.demo
+    import sharq.eval.demo_report
+    from sharq.cli.main import main
+
+    seen = {}
+
+    def fake_run_demo(settings, *, out_dir, name, log):
+        seen.update(model=settings.model, name=name)
+        return {}
+
+    monkeypatch.setattr(sharq.eval.demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(sharq.eval.demo_report, "format_demo", lambda doc, elapsed: "")
+    assert main([*argv, "--out", str(tmp_path), "--threads", "1"]) == 0
     assert seen["name"] == name
 
 

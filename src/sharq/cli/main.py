@@ -13,6 +13,7 @@ import sys
 import time
 
 from .args import UsageError, csv_list, paragraphs, positive_int
+from .demo_command import add_demo_command
 from .model_commands import add_model_commands
 
 __all__ = ["main"]
@@ -258,27 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     add_model_commands(sub, common)
 
-    quick = sub.add_parser(
-        "demo",
-        parents=common,
-        help="a small, fast evaluation of SmolLM2-135M (bf16 vs NVFP4 vs SharQ-NVFP4); `make demo`",
-        description="The evaluation of `sharq eval` with small defaults that finish in a few minutes on 2 CPU "
-        "cores: perplexity on the first 2,044 tokens of each corpus (512-token windows) and the first 10 "
-        "documents of every zero-shot task. The numbers are noisy at these sizes; "
-        "docs/accuracy-tables.md has the full-set table.",
-        epilog="example: sharq demo --presets bf16,nvfp4,sharq-nvfp4,sharq-nvfp4-w16 --limit 20",
-    )
-    _add_eval_arguments(
-        quick,
-        presets="bf16,nvfp4,sharq-nvfp4",
-        granularity="tensor",
-        tasks="all",
-        limit=10,
-        ppl_tokens=2044,
-        seq_len=512,
-        name_prefix="demo",
-    )
-    quick.set_defaults(func=_cmd_eval)
+    add_demo_command(sub, common)
 
     demo = sub.add_parser(
         "layer-demo",

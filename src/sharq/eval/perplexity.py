@@ -3,7 +3,9 @@
 The corpus (documents joined by a blank line) is tokenized once; its first `max_tokens` tokens (all
 by default) are cut into windows of `seq_len - 1` tokens. Each window is fed as
 [prefix token] + window, and every one of its tokens is scored, so each token of the slice is
-predicted exactly once, from the context inside its own window only.
+predicted exactly once, from the context inside its own window only. The result keeps each
+window's summed NLL and token count too (`window_nll`, `window_tokens`), for bootstrap intervals
+over windows (bootstrap.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class PerplexityResult:
     windows: int
     corpus_tokens: int  # tokens in the whole corpus (the slice is [0, tokens))
     seq_len: int
+    window_nll: tuple[float, ...] = ()  # summed NLL (nats) of each window, in corpus order
+    window_tokens: tuple[int, ...] = ()  # tokens scored in each window (sums to `tokens`)
 
     def describe(self) -> str:
         share = f"tokens [0, {self.tokens}) of {self.corpus_tokens}"
@@ -62,6 +66,7 @@ def perplexity(
     step = seq_len - 1
     windows = [list(tokens[s : min(s + step, n)]) for s in range(0, n, step)]
     nll = 0.0
+    window_nll: list[float] = []
     # full windows in batches, the shorter last window alone
     groups: list[list[list[int]]] = []
     for w in windows:
@@ -75,7 +80,19 @@ def perplexity(
         ids = torch.cat([prefix_col, targets[:, :-1]], dim=1)  # (B, L): predicts every target
         logits = model(input_ids=ids, use_cache=False).logits  # (B, L, V)
         for row in range(len(group)):
-            nll += torch.nn.functional.cross_entropy(logits[row].float(), targets[row], reduction="sum").item()
+            window_nll.append(
+                torch.nn.functional.cross_entropy(logits[row].float(), targets[row], reduction="sum").item()
+            )
+            nll += window_nll[-1]
         if progress is not None:
             progress(int(targets.numel()))
-    return PerplexityResult(math.exp(nll / n), nll, n, len(windows), len(tokens), seq_len)
+    return PerplexityResult(
+        math.exp(nll / n),
+        nll,
+        n,
+        len(windows),
+        len(tokens),
+        seq_len,
+        window_nll=tuple(window_nll),
+        window_tokens=tuple(len(w) for w in windows),
+    )

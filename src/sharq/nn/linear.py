@@ -136,7 +136,11 @@ class SharqLinear(nn.Module):
     # --- the stored weight -----------------------------------------------------------------------
     @property
     def quantized_weight(self) -> QuantizedTensor:
-        """The packed weight as a `QuantizedTensor` (views of the buffers, no copy)."""
+        """The packed weight as a `QuantizedTensor` (views of the buffers, no copy); inside
+        `sharq.runtime.weight_cache.kept_dequantized_weights` one that remembers its dequantization."""
+        kept = self.__dict__.get("_kept_weight")
+        if kept is not None:
+            return kept
         return weight_view(
             buffers(self, "weight"), self.config.format, (self.out_features, self.in_features), self.config.weight_block
         )
