@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sharq.eval.bootstrap import perplexity_interval, recovered_share, resample_windows
+from sharq.eval.bootstrap import perplexity_interval, recovered_share, relative_change, resample_windows
 
 
 def _windows(per_token: torch.Tensor, tokens: int) -> list[float]:
@@ -94,3 +94,21 @@ def test_resamples_are_seeded():
 def test_recovered_share_refuses_bad_input(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         recovered_share(*args, **kwargs)
+
+
+def test_relative_change_is_paired_and_exact_on_a_shared_offset():
+    """Each window of `other` is 0.01 nats/token above `base`: ppl_other / ppl_base − 1 = e^0.01 − 1
+    on every resample, however different the windows are; swapped, the change is negative."""
+    g = torch.Generator().manual_seed(4)
+    difficulty = 1.0 + 2.0 * torch.rand(30, generator=g, dtype=torch.float64)
+    tokens = [100] * 30
+    base, other = _windows(difficulty, 100), _windows(difficulty + 0.01, 100)
+    change = relative_change(base, other, tokens)
+    assert change.value == pytest.approx(math.expm1(0.01), rel=1e-9)
+    assert change.high - change.low < 1e-9
+    assert relative_change(other, base, tokens).value == pytest.approx(math.expm1(-0.01), rel=1e-9)
+    noisy = _windows(difficulty + 0.01 + 0.05 * torch.randn(30, generator=g, dtype=torch.float64), 100)
+    spread = relative_change(base, noisy, tokens)
+    assert spread.low < spread.value < spread.high
+    with pytest.raises(ValueError, match="expected 30"):
+        relative_change(base, other[:-1], tokens)

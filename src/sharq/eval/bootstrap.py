@@ -12,6 +12,7 @@ point value is the statistic on all windows.
 
   perplexity_interval(nll, tokens)                         ppl with its interval
   recovered_share(nll_ref, nll_plain, nll_cand, tokens)    (ppl_plain − ppl_cand) / (ppl_plain − ppl_ref)
+  relative_change(nll_base, nll_other, tokens)            ppl_other / ppl_base − 1
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["Interval", "resample_windows", "perplexity_interval", "recovered_share"]
+__all__ = ["Interval", "resample_windows", "perplexity_interval", "recovered_share", "relative_change"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,3 +128,22 @@ def recovered_share(
     gap = r_plain - r_ref
     shares = torch.where(gap != 0, (r_plain - r_cand) / gap, torch.full_like(gap, math.nan))
     return _interval(value, shares, level, t.numel())
+
+
+def relative_change(
+    nll_base: Sequence[float],
+    nll_other: Sequence[float],
+    tokens: Sequence[int],
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """ppl_other / ppl_base − 1 (0.01: `other` 1% higher), with a paired bootstrap interval: each
+    resample draws one set of windows and scores both on it."""
+    t = _check(tokens, resamples, level)
+    base = _as_windows("nll_base", nll_base, t.numel())
+    other = _as_windows("nll_other", nll_other, t.numel())
+    value = math.exp(float((other.sum() - base.sum()) / t.sum())) - 1.0
+    idx = resample_windows(t.numel(), resamples, seed)
+    return _interval(value, _ppl(other, t, idx) / _ppl(base, t, idx) - 1.0, level, t.numel())
