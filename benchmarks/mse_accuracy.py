@@ -1,11 +1,13 @@
-"""Wiki perplexity of SmolLM2-135M under presets, through the package (`quantize_` + SharqLinear),
-with per-window NLLs so the recovered share of the plain-NVFP4 gap gets a bootstrap interval.
+"""Wiki perplexity of SmolLM2-135M under presets, through the package (`quantize_` + SharqLinear,
+reference backend, CPU float32), with the recovered share of the plain-NVFP4 gap and 95% intervals.
 
-recovered(p) = (ppl(nvfp4) - ppl(p)) / (ppl(nvfp4) - ppl(bf16)); the interval resamples the
-windows (paired: every preset scored on the same windows). The packaged SmolLM2-135M is already a
-4-bit Q4_1 GGUF model (its "bf16" is a dequantized 4-bit model): say so next to every number.
+recovered(p) = (ppl(nvfp4) - ppl(p)) / (ppl(nvfp4) - ppl(bf16)); `perplexity()` keeps each window's
+NLL and `sharq.eval.bootstrap` resamples the windows, paired (every preset scores the same windows).
+The quantized models run inside `kept_dequantized_weights` (each weight decoded once, the same
+outputs). The packaged SmolLM2-135M is already a 4-bit Q4_1 GGUF model (its "bf16" is a dequantized
+4-bit model): say so next to every number.
 
-usage: python benchmarks/mse_accuracy.py [--tokens 8176] [--seq-len 512]
+usage: python benchmarks/mse_accuracy.py [--tokens 16352] [--seq-len 512]
            [--presets bf16,nvfp4,nvfp4-mse,...] [--out results/mse-accuracy-smollm2.json]
 A preset written NAME+mse is NAME with weight_scale="mse" (e.g. sharq-mxfp4+mse).
 """
@@ -15,37 +17,27 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 
 import sharq
+from sharq.eval.bootstrap import perplexity_interval, recovered_share
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
 from sharq.eval.perplexity import corpus_tokens, perplexity
+from sharq.runtime.weight_cache import kept_dequantized_weights
 
 DEFAULT = "bf16,nvfp4,nvfp4-mse,sharq-nvfp4,sharq-nvfp4-mse,sharq-nvfp4-w16,sharq-nvfp4-w16-mse"
 
 
-def window_nlls(model, tok, tokens, seq_len: int, n: int) -> list[float]:
-    """Summed NLL of each window [s, s + seq_len - 1) of tokens[:n] (the windows `perplexity` uses)."""
-    step = seq_len - 1
-    return [perplexity(model, tok, tokens[s : min(s + step, n)], seq_len=seq_len).nll for s in range(0, n, step)]
-
-
-def recovered(nll: dict[str, list[float]], preset: str, idx: list[int], tokens: int) -> float:
-    ppl = {p: math.exp(sum(v[i] for i in idx) / tokens) for p, v in nll.items()}
-    return (ppl["nvfp4"] - ppl[preset]) / (ppl["nvfp4"] - ppl["bf16"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=8176)
+    ap.add_argument("--tokens", type=int, default=16352)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--presets", default=DEFAULT)
-    ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--out", default="results/mse-accuracy-smollm2.json")
     ap.add_argument("--resume", action="store_true", help="reuse the presets already in --out")
     args = ap.parse_args()
@@ -55,7 +47,7 @@ def main() -> None:
     base, tok = load_model("smollm2", dtype=torch.float32)
     tokens = corpus_tokens(tok, wiki_texts())
     n = min(args.tokens, len(tokens))
-    nll, rows = {}, []
+    nll, rows, window_tokens = {}, [], []
     out = Path(args.out)
     if args.resume and out.exists():  # reuse the presets already measured (same tokens and windows)
         old = json.loads(out.read_text())
@@ -63,6 +55,7 @@ def main() -> None:
             raise SystemExit(f"--resume: {out} holds {old['tokens']} tokens in windows of {old['seq_len']}")
         rows = [r for r in old["rows"] if r["preset"] in presets]
         nll = {r["preset"]: old["window_nll"][r["preset"]] for r in rows}
+        window_tokens = old.get("window_tokens", [])
 
     def write() -> None:
         doc = dict(
@@ -77,6 +70,7 @@ def main() -> None:
             sharq=sharq.__version__,
             rows=rows,
             window_nll=nll,
+            window_tokens=window_tokens,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1))
@@ -90,28 +84,31 @@ def main() -> None:
             config = sharq.SharqConfig.from_preset(preset.removesuffix("+mse"))
             sharq.quantize_(model, config.replace(weight_scale="mse") if preset.endswith("+mse") else config)
         tq = time.perf_counter() - t0
-        nll[preset] = window_nlls(model, tok, tokens, args.seq_len, n)
-        ppl = math.exp(sum(nll[preset]) / n)
+        with kept_dequantized_weights(model):
+            res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=n)
+        nll[preset], window_tokens[:] = list(res.window_nll), list(res.window_tokens)
+        ppl = perplexity_interval(res.window_nll, res.window_tokens, resamples=args.boot)
         rows.append(
-            dict(preset=preset, ppl=ppl, tokens=n, quantize_s=round(tq, 2), seconds=round(time.perf_counter() - t0, 1))
+            dict(
+                preset=preset,
+                ppl=res.ppl,
+                ppl_ci95=[ppl.low, ppl.high],
+                tokens=n,
+                quantize_s=round(tq, 2),
+                seconds=round(time.perf_counter() - t0, 1),
+            )
         )
         write()  # after every preset: a long run can be resumed
-        print(f"{preset:22s} ppl {ppl:8.3f} ({n} tokens, {time.perf_counter() - t0:.0f} s)", flush=True)
-    g = torch.Generator().manual_seed(0)
-    windows = len(next(iter(nll.values())))
+        print(f"{preset:22s} ppl {res.ppl:8.3f} ({n} tokens, {time.perf_counter() - t0:.0f} s)", flush=True)
     for row in rows:
         p = row["preset"]
         if p in ("bf16", "nvfp4") or not {"bf16", "nvfp4"} <= set(nll):  # the gap needs both
             continue
-        row["recovered"] = recovered(nll, p, list(range(windows)), n)
-        boots = sorted(
-            recovered(nll, p, torch.randint(0, windows, (windows,), generator=g).tolist(), n) for _ in range(args.boot)
-        )
-        row["recovered_ci90"] = [boots[int(0.05 * args.boot)], boots[int(0.95 * args.boot)]]
+        share = recovered_share(nll["bf16"], nll["nvfp4"], nll[p], window_tokens, resamples=args.boot)
+        row["recovered"], row["recovered_ci95"] = share.value, [share.low, share.high]
         print(
-            f"{p:22s} recovered {100 * row['recovered']:5.1f}% "
-            f"(90% bootstrap over {windows} windows: {100 * row['recovered_ci90'][0]:.0f}-"
-            f"{100 * row['recovered_ci90'][1]:.0f}%)"
+            f"{p:22s} recovered {100 * share.value:5.1f}% "
+            f"(95% paired bootstrap over {share.windows} windows: {100 * share.low:.0f}-{100 * share.high:.0f}%)"
         )
     write()
     print(f"wrote {args.out}")
