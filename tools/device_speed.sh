@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Speed runs on the lent GPU machine (the `device` tool), one mode per call; files land in $OUT.
+#
+#   tools/device_speed.sh tests [SECONDS]   gemlite installed from .carry/gemlite-0.6.0.post2.tar.gz
+#                                           (carry it), then the -m gpu suite, this round's new kernels first
+#   tools/device_speed.sh linear [SECONDS]  benchmarks/linear.py on Llama-3.1-8B shapes (MS=1,2,...)
+#   tools/device_speed.sh e2e [SECONDS]     benchmarks/e2e.py on Llama-3.1-8B, every provider (E2E_ARGS=...)
+# gemlite lives in /root/site while the machine stays warm (30 s after a call): run `tests` first.
+set -u
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD/src:/root/site
+mode=${1:?tests | linear | e2e}
+secs=${2:-300}
+T0=$SECONDS
+case "$mode" in
+  tests)
+    mkdir -p /root/site
+    python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /root/site \
+      .carry/gemlite-0.6.0.post2.tar.gz 2>&1 | tail -2
+    nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
+    timeout "$secs" python3 -m pytest -p no:cacheprovider -m gpu tests/test_fused_producers.py \
+      tests/test_kernels_argmax.py tests/test_lm_head_kernels.py tests/test_moe_device_routing.py tests \
+      -o addopts="" -q --durations=8 -rfE --maxfail=15 > "$OUT/gpu-tests.log" 2>&1
+    echo "tests rc=$?"; grep -v "^\s*$" "$OUT/gpu-tests.log" | grep -v "^\.\+\s*\[" | tail -40 ;;
+  linear)
+    timeout "$secs" python3 benchmarks/linear.py --model llama-3.1-8b --m "${MS:-1,2,8,16,64,256,1024,4096}" \
+      --out "$OUT" 2>&1 | tee "$OUT/linear.log" | grep -v "^\s*$" | tail -30 ;;
+  e2e)
+    timeout "$secs" python3 benchmarks/e2e.py --model llama-3.1-8b --out "$OUT" --budget-s $((secs - 60)) \
+      ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log" | tail -45 ;;
+  *) echo "usage: $0 tests | linear | e2e [SECONDS]"; exit 2 ;;
+esac
+echo "$mode took $((SECONDS - T0)) s"
