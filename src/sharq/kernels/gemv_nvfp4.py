@@ -31,8 +31,8 @@ Its speed and instruction counts (benchmarks/linear.py, benchmarks/sass_count.py
 One launch may serve up to GEMV_GROUP_MAX weights of one K that read the same activation (q/k/v,
 gate/up: `fp4_weight_gemv_group`): each program picks its weight by its first output row and
 writes its columns of one (M, Σ N) output, so every value is what the weight's own launch computes.
-In a decoder layer that is 4 GEMV launches instead of 7 (Llama-3.1-8B: 68 -> 61 us of GEMV a layer,
-decode batch 1 3.94 -> 3.73 ms a token, e2e-h100.json).
+In a decoder layer that is 4 GEMV launches instead of 7 (what it saves: docs/performance.md,
+"Grouped launch").
 
 Under TRITON_INTERPRET=1 (the CPU tests) the two asm helpers are replaced by integer Triton code
 with the same results (`ASM=False`); the GPU tests run the asm.
