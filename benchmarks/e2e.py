@@ -58,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sharq  # noqa: E402
 from e2e_models import MODELS, build_model, is_moe, weight_bytes  # noqa: E402
-from harness import gpu_tag  # noqa: E402
+from harness import gemlite as load_gemlite  # noqa: E402
+from harness import gemlite_int4_layer, gpu_tag  # noqa: E402
 from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
 from sharq.runtime import StaticDecoder  # noqa: E402
 
@@ -154,26 +155,18 @@ def convert(model: nn.Module, provider: str) -> dict:
 _LINEARS = (nn.Linear, Fp8Linear, sharq.SharqLinear)
 
 
-def _gemlite():
-    """gemlite with its shipped H100 config loaded (on an H100), or None where it is not installed."""
-    try:
-        import gemlite
-    except ImportError:
-        return None
-    config = Path(gemlite.__file__).parent / "configs" / "h100.json"
-    if torch.cuda.is_available() and "H100" in torch.cuda.get_device_name() and config.exists():
-        gemlite.load_config(str(config))
-    return gemlite
+def linear_types() -> tuple[type, ...]:
+    """The module types whose bytes count as linear weights: _LINEARS, and gemlite's layer where installed."""
+    gemlite = load_gemlite()
+    return _LINEARS if gemlite is None else (*_LINEARS, gemlite.GemLiteLinearTriton)
 
 
 def gemlite_int4_(model: nn.Module, group: int = 64) -> dict:
-    """Replace every nn.Linear of the decoder layers by gemlite's A16W4_HQQ_INT layer (random int4
-    codes (N, K) uint8, bf16 scales and zero points per `group` along K); lm_head stays bf16."""
-    gemlite = _gemlite()
+    """Replace every nn.Linear of the decoder layers by gemlite's A16W4_HQQ_INT layer
+    (`harness.gemlite_int4_layer`: random int4 codes, scales per `group` along K); lm_head stays bf16."""
+    gemlite = load_gemlite()
     if gemlite is None:
         raise RuntimeError("gemlite-int4 needs gemlite (pip install gemlite==0.6.0.post2); not installed")
-    from gemlite.helper import A16W4_HQQ_INT
-
     gen = torch.Generator(device="cuda").manual_seed(0)
     swapped = 0
     for layer in model.model.layers:
@@ -181,17 +174,10 @@ def gemlite_int4_(model: nn.Module, group: int = 64) -> dict:
             if type(mod) is not nn.Linear:
                 continue
             n, k = mod.weight.shape
-            if k % group:
-                raise ValueError(f"gemlite-int4: {name} has K={k}, not a multiple of the group {group}")
-            codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda", generator=gen)
-            scales = torch.rand(n, k // group, dtype=torch.bfloat16, device="cuda", generator=gen) * 0.01
-            zeros = torch.full((n, k // group), 7.5, dtype=torch.bfloat16, device="cuda")
-            new = A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(codes, scales, zeros, bias=mod.bias)
+            new = gemlite_int4_layer(n, k, bias=mod.bias, group=group, generator=gen)
             parent_name, _, child = name.rpartition(".")
             setattr(layer.get_submodule(parent_name) if parent_name else layer, child, new)
             swapped += 1
-    global _LINEARS
-    _LINEARS = tuple(dict.fromkeys((*_LINEARS, type(new)))) if swapped else _LINEARS
     return {
         "linear": f"gemlite {gemlite.__version__} A16W4_HQQ_INT (int4, groups of {group}, bf16 activations)",
         "converted": swapped,
@@ -404,7 +390,7 @@ def run_provider(provider: str, args, device: torch.device, results: Results, pr
     log(f"{provider}: converted in {facts['convert_s']:.1f} s")
 
     if "weight_bytes" in scenarios:
-        total, linear = weight_bytes(model, _LINEARS)
+        total, linear = weight_bytes(model, linear_types())
         results.add("weight_bytes", provider, {"value": total, "unit": "bytes", "linear_bytes": linear})
         results.add(
             "weight_bytes_linear",
@@ -519,7 +505,7 @@ def parse_args(argv=None):
         args.providers = [
             p
             for p in PROVIDERS
-            if not (p in dense_only and is_moe(args.model)) and not (p == "gemlite-int4" and _gemlite() is None)
+            if not (p in dense_only and is_moe(args.model)) and not (p == "gemlite-int4" and load_gemlite() is None)
         ]
     return args
 

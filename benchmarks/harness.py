@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -154,3 +155,32 @@ def selected_layers(args: argparse.Namespace) -> dict[str, tuple[int, int]]:
 def rotated_weights(w0: torch.Tensor, quantize: Callable[[torch.Tensor], object], nbytes: int) -> list:
     """`copies_beyond_l2(nbytes)` quantized copies of w0, each perturbed a little (different bytes)."""
     return [quantize(w0 + 0.001 * torch.randn_like(w0)) for _ in range(copies_beyond_l2(nbytes))]
+
+
+@functools.cache
+def gemlite():
+    """gemlite with its shipped H100 config loaded (on an H100; once a process), or None where it is
+    not installed (PyPI gemlite==0.6.0.post2, pure Python + Triton)."""
+    try:
+        import gemlite as module
+    except ImportError:
+        return None
+    config = Path(module.__file__).parent / "configs" / "h100.json"
+    if torch.cuda.is_available() and "H100" in torch.cuda.get_device_name() and config.exists():
+        module.load_config(str(config))
+    return module
+
+
+def gemlite_int4_layer(
+    n: int, k: int, *, bias: torch.Tensor | None = None, group: int = 64, generator: torch.Generator | None = None
+):
+    """gemlite's A16W4_HQQ_INT layer for a (n, k) weight: random int4 codes (n, k) uint8, bf16 scales
+    and zero points per `group` along K, on CUDA (its speed does not depend on the values)."""
+    from gemlite.helper import A16W4_HQQ_INT
+
+    if k % group:
+        raise ValueError(f"gemlite-int4: K={k} is not a multiple of the group {group}")
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda", generator=generator)
+    scales = torch.rand(n, k // group, dtype=torch.bfloat16, device="cuda", generator=generator) * 0.01
+    zeros = torch.full((n, k // group), 7.5, dtype=torch.bfloat16, device="cuda")
+    return A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(codes, scales, zeros, bias=bias)

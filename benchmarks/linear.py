@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness import copies_beyond_l2, environment, graph_ms, write_json
+from harness import copies_beyond_l2, environment, gemlite_int4_layer, graph_ms, write_json
+from harness import gemlite as load_gemlite
 from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 from sharq import PRESETS
 from sharq.baselines.fp8 import fp8_linear, quantize_activation, quantize_weight_e4m3
@@ -60,22 +61,10 @@ def _copy_gbps(bench) -> float:
     return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
-def _gemlite():
-    """gemlite with its shipped H100 config loaded, or None where it is not installed."""
-    try:
-        import gemlite
-    except ImportError:
-        return None
-    config = Path(gemlite.__file__).parent / "configs" / "h100.json"
-    if "H100" in torch.cuda.get_device_name() and config.exists():
-        gemlite.load_config(str(config))
-    return gemlite
-
-
-def _gemlite_layers(gemlite, ws: list[torch.Tensor]) -> dict[str, list]:
+def _gemlite_layers(ws: list[torch.Tensor]) -> dict[str, list]:
     """gemlite-fp8 and gemlite-int4 layers for each weight copy (random int4 codes for the W4A16 peer:
     its speed does not depend on the values)."""
-    from gemlite.helper import A16W4_HQQ_INT, A8W8_fp8_dynamic
+    from gemlite.helper import A8W8_fp8_dynamic
 
     out: dict[str, list] = {"gemlite-fp8": [], "gemlite-int4": []}
     for w in ws:
@@ -85,12 +74,7 @@ def _gemlite_layers(gemlite, ws: list[torch.Tensor]) -> dict[str, list]:
         out["gemlite-fp8"].append(
             A8W8_fp8_dynamic(device="cuda", dtype=torch.bfloat16).from_linear(lin, del_orig=False)
         )
-        codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda")
-        scales = torch.rand(n, k // 64, dtype=torch.bfloat16, device="cuda") * 0.01
-        zeros = torch.full((n, k // 64), 7.5, dtype=torch.bfloat16, device="cuda")
-        out["gemlite-int4"].append(
-            A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(codes, scales, zeros)
-        )
+        out["gemlite-int4"].append(gemlite_int4_layer(n, k))
     return out
 
 
@@ -129,7 +113,7 @@ def main() -> None:
 
     config = PRESETS[args.preset].replace(granularity=args.granularity)
     exact = config.replace(operand="exact")
-    gemlite = _gemlite()
+    gemlite = load_gemlite()
     copy_gbps = _copy_gbps(bench)
     print(f"device copy: {copy_gbps:.0f} GB/s (read + written); gemlite {getattr(gemlite, '__version__', 'absent')}")
     rows = []
@@ -142,7 +126,7 @@ def main() -> None:
         ws = [w0] + [w0 + 0.001 * torch.randn_like(w0) for _ in range(n_copies - 1)]
         wqs = [quantize_weight(w, config) for w in ws]
         fp8s = [_fp8_weight(w) for w in ws]
-        peers = _gemlite_layers(gemlite, ws) if gemlite is not None else {}
+        peers = _gemlite_layers(ws) if gemlite is not None else {}
         blobs = [
             (
                 torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),

@@ -138,7 +138,7 @@ def test_e2e_arguments_are_checked(e2e):
         e2e.parse_args(["--scenarios", "decode_b2"])
     with pytest.raises(SystemExit):
         e2e.parse_args(["--new-tokens", "1"])
-    gemlite = ["gemlite-int4"] if e2e._gemlite() is not None else []
+    gemlite = ["gemlite-int4"] if e2e.load_gemlite() is not None else []
     assert e2e.parse_args([]).providers == ["sharq", "sharq-lmhead", "bf16", "fp8", *gemlite]
     assert e2e.parse_args(["--model", "qwen3-30b-a3b"]).providers == ["sharq", "sharq-lmhead", "bf16"]
     assert e2e.parse_args(["--model", "qwen3-30b-a3b", "--providers", "fp8"]).providers == ["fp8"]
