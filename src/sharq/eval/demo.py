@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -116,24 +115,12 @@ def wiki_prefix_tokens(tokenizer, n: int) -> list[int]:
 
 
 def _machine(device: str, dtype: str) -> dict:
-    import transformers
+    from .runner import machine_info
 
-    from ..version import __version__
-
-    info = {
-        "device": device,
-        "dtype": dtype,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sharq": __version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-    }
+    info = machine_info(device, dtype)
+    info.update(cpu_count=os.cpu_count(), threads=torch.get_num_threads())
     if hasattr(os, "getloadavg"):
         info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 

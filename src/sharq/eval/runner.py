@@ -96,29 +96,36 @@ def plan_runs(presets: Sequence[str], granularities: Sequence[str]) -> list[tupl
     return runs
 
 
-def _machine(settings: EvalSettings) -> dict:
+def machine_info(device: str, dtype: str) -> dict:
+    """What every results document records about where it ran: device, dtype, the torch /
+    transformers / sharq / Python versions, and the GPU's name on CUDA."""
     import transformers
 
     from ..version import __version__
 
     info = {
-        "device": settings.device,
-        "dtype": settings.dtype,
+        "device": device,
+        "dtype": dtype,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "sharq": __version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
     }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _machine(settings: EvalSettings) -> dict:
+    info = machine_info(settings.device, settings.dtype)
+    info["cpu"] = platform.processor() or platform.machine()
     try:
         import lm_eval
 
         info["lm_eval"] = getattr(lm_eval, "__version__", "unknown")
     except ImportError:
         pass
-    if settings.device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(settings.device))
-    else:
+    if not settings.device.startswith("cuda"):
         info["threads"] = torch.get_num_threads()
     return info
 
