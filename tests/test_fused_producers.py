@@ -275,6 +275,29 @@ def test_fused_act_mul_equals_torch_then_preparation(rows, k, dtype, act, granul
     _check_act_mul(gate, up, module, NVFP4.replace(granularity=granularity))
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+def test_split_stats_kernel_equals_whole_rows(monkeypatch, granularity):
+    """The stats kernel of act·mul with each row's chunks split among programs (atomic max per row or
+    over the tensor) gives the bits of one program a row, NaN rows included; the plan splits a short
+    batch and not a long one."""
+    import sharq.kernels.sources as sources
+
+    both = _hidden(12, 2 * 400, seed=31).to(DEVICE)  # 12 rows: past the inline statistics; K: 4 chunks
+    both[3, 7] = float("nan")
+    gate, up = both[:, :400], both[:, 400:]
+    config = NVFP4.replace(granularity=granularity)
+    table = activation_table(nn.SiLU(), gate.dtype, gate.device)
+    assert sources.stats_splits(1, 14336, 1, NORM_LANES) == 112  # a decode row of down_proj: a chunk a program
+    assert sources.stats_splits(4096, 14336, 4, NORM_LANES) == 1  # prefill: whole rows, enough programs
+    log = _launches(monkeypatch)
+    split = ops.prepare_act_mul(gate, up, config, TRITON, table=table)
+    monkeypatch.setattr(sources, "STATS_PROGRAMS", 1)  # one program a row block: the whole-row order
+    whole = ops.prepare_act_mul(gate, up, config, TRITON, table=table)
+    assert [entry["SPLIT"] for entry in log["stats"]] == [True, False]
+    _same_prepared(split, whole)
+    _same_prepared(split, ops.prepare(act_mul_reference(gate, up, nn.SiLU()).reshape(-1, 400), config, TRITON))
+
+
 def test_fused_act_mul_non_finite_and_zero_rows():
     gate, up = _hidden(5, 64, seed=20).to(DEVICE), _hidden(5, 64, seed=21).to(DEVICE)
     gate[0, 3], up[1, 4], gate[2] = float("nan"), float("inf"), 0.0
@@ -336,6 +359,16 @@ def test_plan_fuses_on_triton_only_where_it_can(monkeypatch):
     assert plan_producer("rms-norm", 4, 64, NVFP4, "cpu", options=TRITON, linear=moe_input).linear is moe_input
     with pytest.raises(ValueError, match="a plan of 4 rows"):
         plan_producer("rms-norm", 5, 64, NVFP4, "cpu", options=TRITON, linear=moe_input)
+    # traced by torch.compile, a short batch's producers run in torch (inductor fuses them); a long one fused
+    from sharq.kernels.plan import COMPILED_UNFUSED_MAX_M
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for producer in PRODUCERS:
+        short = plan_producer(producer, COMPILED_UNFUSED_MAX_M, 64, NVFP4, "cpu", options=TRITON)
+        assert not short.fused and "torch.compile" in short.reason
+        assert plan_producer(producer, COMPILED_UNFUSED_MAX_M + 1, 64, NVFP4, "cpu", options=TRITON).fused
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    assert plan_producer("rms-norm", 1, 64, NVFP4, "cpu", options=TRITON).fused  # eager decode: fused
     monkeypatch.setenv("SHARQ_FUSE", "0")
     assert plan_producer("rms-norm", 4, 64, NVFP4, "cpu", options=TRITON).reason == "SHARQ_FUSE=0"
     x = _hidden(4, 64, seed=30).to(DEVICE)

@@ -155,6 +155,13 @@ def plan_linear(
 
 FUSE_ENV = "SHARQ_FUSE"  # "0": every producer runs in torch, then the preparation (benchmarks, debugging)
 PRODUCERS = ("rms-norm", "act-mul")
+# Traced by torch.compile, up to this many rows the producers run in torch (inductor fuses the norm
+# and act·mul with their neighbours) and the preparation after them. Measured on an H100
+# (Llama-3.1-8B, compiled decode step in a CUDA graph, e2e.py): 3.89 ms/token unfused against 4.42
+# fused at batch 1 — the fused norm's programs walk the row's 32 chunks one after another for the
+# fixed-order statistic (13 us a call at M = 1, fused_prep.py). Prefill is faster fused (1,024 tokens:
+# 79 against 104 ms) and eager decode too (13 against 68 us a norm call), so both stay fused.
+COMPILED_UNFUSED_MAX_M = 16
 
 
 def fusion_enabled() -> bool:
@@ -214,7 +221,7 @@ def plan_producer(
     (a MoE layer's input, `experts_input_plan`); None plans it here. Fused on the Triton backend
     unless SHARQ_FUSE=0, an empty call, or, for act-mul: a dtype other than bf16/fp16 (the table is of
     16-bit values), no table yet, or check_finite (down_proj checks its input, which fusion never
-    writes)."""
+    writes), or a short batch traced by torch.compile (COMPILED_UNFUSED_MAX_M)."""
     if producer not in PRODUCERS:
         raise ValueError(f"unknown producer {producer!r}; expected one of {PRODUCERS}")
     if linear is None:
@@ -228,6 +235,8 @@ def plan_producer(
         reason = f"{FUSE_ENV}=0"
     elif rows == 0:
         reason = "no rows"
+    elif rows <= COMPILED_UNFUSED_MAX_M and torch.compiler.is_compiling():
+        reason = f"traced by torch.compile, {rows} <= {COMPILED_UNFUSED_MAX_M} rows (inductor fuses the producer)"
     elif producer == "act-mul" and dtype not in (torch.bfloat16, torch.float16):
         reason = f"act-mul fuses bf16/fp16 activations (a table of 16-bit values), not {dtype}"
     elif producer == "act-mul" and not act_table:

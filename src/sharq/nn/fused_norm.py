@@ -74,7 +74,8 @@ def mean_square(h: torch.Tensor) -> torch.Tensor:
 def rms_inverse(h: torch.Tensor, eps: float) -> torch.Tensor:
     """1 / sqrt(mean(h²) + eps) of FP32 h (..., K) as (..., 1) FP32: `mean_square` ("lanes" order),
     eps added in FP32, the sqrt and the reciprocal correctly rounded on every device."""
-    var = mean_square(h) + torch.tensor(eps, dtype=torch.float32, device=h.device)
+    ms = mean_square(h)
+    var = ms + torch.full_like(ms, eps)  # eps rounded to FP32; no host tensor (CUDA-graph capturable)
     return torch.ones_like(var) / torch.sqrt(var)
 
 
