@@ -11,6 +11,10 @@ fresh for each provider, in bfloat16, then
                 H100 config) in place of every decoder linear: the W4A16 library a Hopper user would
                 otherwise pick. Random codes (its speed does not depend on them); lm_head stays bf16.
                 Needs gemlite (PyPI gemlite==0.6.0.post2); without it the provider is recorded as skipped.
+  gemlite-fp8   gemlite's A8W8_fp8_dynamic (E4M3 weights per channel, per-token activations quantized in
+                its kernels) in every decoder linear, from the model's weights; lm_head stays bf16. Per
+                Llama layer at M = 1 it is 1.86x bf16 where `fp8` is 0.92x (linear.py, H100), so the
+                ratios also hold `vs_fp8_best`: against the faster of fp8 and gemlite-fp8 per scenario.
 The fp8 baseline refuses mixture-of-experts layers, so a MoE model runs sharq and bf16 by default:
 bf16 with transformers' experts implementation (`grouped_mm`: sorted on the device), sharq with
 `SharqExperts`, whose decode calls (up to 16 tokens) route on the device
@@ -59,14 +63,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sharq  # noqa: E402
 from e2e_models import MODELS, build_model, is_moe, weight_bytes  # noqa: E402
 from harness import gemlite as load_gemlite  # noqa: E402
-from harness import gemlite_int4_layer, gpu_tag  # noqa: E402
+from harness import gemlite_fp8_layer, gemlite_int4_layer, gpu_tag  # noqa: E402
 from sharq.baselines import Fp8Linear, fp8_quantize_  # noqa: E402
 from sharq.runtime import StaticDecoder  # noqa: E402
 
 # run order: the ones under test first, should a run be cut short
-PROVIDERS = ("sharq", "sharq-lmhead", "bf16", "fp8", "gemlite-int4")
+PROVIDERS = ("sharq", "sharq-lmhead", "bf16", "fp8", "gemlite-int4", "gemlite-fp8")
 SHARQ_PROVIDERS = ("sharq", "sharq-lmhead")
-BASELINES = ("bf16", "fp8", "gemlite-int4")
+GEMLITE_PROVIDERS = ("gemlite-int4", "gemlite-fp8")
+BASELINES = ("bf16", "fp8", "gemlite-int4", "gemlite-fp8")
+FP8_PEERS = ("fp8", "gemlite-fp8")  # `vs_fp8_best`: the faster of them in each scenario
 SCENARIOS = ("prefill_1024", "prefill_4096", "decode_b1", "decode_b8", "serving_mix", "weight_bytes", "peak_bytes")
 SERVING_BATCH = 8
 _T0 = time.perf_counter()
@@ -130,8 +136,8 @@ def convert(model: nn.Module, provider: str) -> dict:
             "linear": "Fp8Linear: E4M3 per-channel weight, per-token E4M3 activation, torch._scaled_mm",
             "converted": len(report.converted),
         }
-    if provider == "gemlite-int4":
-        return gemlite_int4_(model)
+    if provider in GEMLITE_PROVIDERS:
+        return gemlite_swap_(model, provider)
     if provider in SHARQ_PROVIDERS:
         config = sharq.PRESETS["sharq-nvfp4"]
         if provider == "sharq-lmhead":
@@ -161,12 +167,15 @@ def linear_types() -> tuple[type, ...]:
     return _LINEARS if gemlite is None else (*_LINEARS, gemlite.GemLiteLinearTriton)
 
 
-def gemlite_int4_(model: nn.Module, group: int = 64) -> dict:
-    """Replace every nn.Linear of the decoder layers by gemlite's A16W4_HQQ_INT layer
-    (`harness.gemlite_int4_layer`: random int4 codes, scales per `group` along K); lm_head stays bf16."""
+def gemlite_swap_(model: nn.Module, provider: str, group: int = 64) -> dict:
+    """Replace every nn.Linear of the decoder layers by gemlite's layer: "gemlite-int4" A16W4_HQQ_INT
+    (`harness.gemlite_int4_layer`: random int4 codes, scales per `group` along K) or "gemlite-fp8"
+    A8W8_fp8_dynamic (`harness.gemlite_fp8_layer`, from the layer's weight); lm_head stays bf16."""
     gemlite = load_gemlite()
     if gemlite is None:
-        raise RuntimeError("gemlite-int4 needs gemlite (pip install gemlite==0.6.0.post2); not installed")
+        raise RuntimeError(f"{provider} needs gemlite (pip install gemlite==0.6.0.post2); not installed")
+    if provider not in GEMLITE_PROVIDERS:
+        raise ValueError(f"unknown gemlite provider {provider!r}; choose from {GEMLITE_PROVIDERS}")
     gen = torch.Generator(device="cuda").manual_seed(0)
     swapped = 0
     for layer in model.model.layers:
@@ -174,14 +183,19 @@ def gemlite_int4_(model: nn.Module, group: int = 64) -> dict:
             if type(mod) is not nn.Linear:
                 continue
             n, k = mod.weight.shape
-            new = gemlite_int4_layer(n, k, bias=mod.bias, group=group, generator=gen)
+            if provider == "gemlite-int4":
+                new = gemlite_int4_layer(n, k, bias=mod.bias, group=group, generator=gen)
+            else:
+                new = gemlite_fp8_layer(mod)
             parent_name, _, child = name.rpartition(".")
             setattr(layer.get_submodule(parent_name) if parent_name else layer, child, new)
             swapped += 1
-    return {
-        "linear": f"gemlite {gemlite.__version__} A16W4_HQQ_INT (int4, groups of {group}, bf16 activations)",
-        "converted": swapped,
-    }
+    what = (
+        f"A16W4_HQQ_INT (int4, groups of {group}, bf16 activations)"
+        if provider == "gemlite-int4"
+        else "A8W8_fp8_dynamic (E4M3 weights per channel, per-token E4M3 activations)"
+    )
+    return {"linear": f"gemlite {gemlite.__version__} {what}", "converted": swapped}
 
 
 def experts_plans(model: nn.Module, device: torch.device) -> dict:
@@ -273,8 +287,9 @@ class Results:
 
 
 def ratios(rows: list[dict], provider: str = "sharq") -> dict:
-    """`provider`'s advantage per scenario: {scenario: {"vs_bf16", "vs_fp8", "vs_gemlite-int4"}}
-    (> 1: `provider` better; a baseline without a value is left out)."""
+    """`provider`'s advantage per scenario: {scenario: {"vs_<baseline>" for each of BASELINES,
+    "vs_fp8_best" (against the faster of FP8_PEERS)}} (> 1: `provider` better; a baseline without a
+    value is left out)."""
     value = {(r["scenario"], r["provider"]): r.get("value") for r in rows}
     out = {}
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
@@ -287,6 +302,9 @@ def ratios(rows: list[dict], provider: str = "sharq") -> dict:
             theirs = value.get((scenario, base))
             if theirs:
                 entry[f"vs_{base}"] = mine / theirs if higher_is_better else theirs / mine
+        peers = [entry[f"vs_{p}"] for p in FP8_PEERS if f"vs_{p}" in entry]
+        if peers:
+            entry["vs_fp8_best"] = min(peers)  # the stronger peer leaves the smaller advantage
         out[scenario] = entry
     return out
 
@@ -464,7 +482,7 @@ def parse_args(argv=None):
         "--providers",
         type=_csv(PROVIDERS),
         default=None,
-        help="default: all five (gemlite-int4 where gemlite is installed); sharq,sharq-lmhead,bf16 for a MoE "
+        help="default: all six (the gemlite ones where gemlite is installed); sharq,sharq-lmhead,bf16 for a MoE "
         "model (the fp8 and gemlite baselines swap nn.Linear only)",
     )
     ap.add_argument("--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS))
@@ -501,11 +519,11 @@ def parse_args(argv=None):
     if args.layers is not None and args.layers < 1:
         ap.error("--layers must be >= 1")
     if args.providers is None:
-        dense_only = ("fp8", "gemlite-int4")
+        dense_only = ("fp8", *GEMLITE_PROVIDERS)
         args.providers = [
             p
             for p in PROVIDERS
-            if not (p in dense_only and is_moe(args.model)) and not (p == "gemlite-int4" and load_gemlite() is None)
+            if not (p in dense_only and is_moe(args.model)) and not (p in GEMLITE_PROVIDERS and load_gemlite() is None)
         ]
     return args
 

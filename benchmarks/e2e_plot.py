@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLORS = {"bf16": "#7f7f7f", "fp8": "#1f77b4", "gemlite-int4": "#2ca02c", "sharq": "#d62728", "sharq-lmhead": "#ff7f0e"}
+COLORS = {
+    "bf16": "#7f7f7f",
+    "fp8": "#1f77b4",
+    "gemlite-int4": "#2ca02c",
+    "gemlite-fp8": "#17becf",
+    "sharq": "#d62728",
+    "sharq-lmhead": "#ff7f0e",
+}
 _LABELS = {
     "prefill_1024": "prefill 1×1024 (ms, lower is better)",
     "prefill_4096": "prefill 1×4096 (ms, lower is better)",

@@ -171,6 +171,14 @@ def gemlite():
     return module
 
 
+def gemlite_fp8_layer(linear: torch.nn.Linear):
+    """gemlite's A8W8_fp8_dynamic layer (E4M3 weights per channel, activations quantized per token in
+    its kernels) built from a bf16 CUDA `linear` (kept: del_orig=False)."""
+    from gemlite.helper import A8W8_fp8_dynamic
+
+    return A8W8_fp8_dynamic(device="cuda", dtype=torch.bfloat16).from_linear(linear, del_orig=False)
+
+
 def gemlite_int4_layer(
     n: int, k: int, *, bias: torch.Tensor | None = None, group: int = 64, generator: torch.Generator | None = None
 ):

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness import copies_beyond_l2, environment, gemlite_int4_layer, graph_ms, write_json
+from harness import copies_beyond_l2, environment, gemlite_fp8_layer, gemlite_int4_layer, graph_ms, write_json
 from harness import gemlite as load_gemlite
 from shapes import DEFAULT_MODEL, MODEL_LAYERS, layers_of
 from sharq import PRESETS
@@ -64,16 +64,12 @@ def _copy_gbps(bench) -> float:
 def _gemlite_layers(ws: list[torch.Tensor]) -> dict[str, list]:
     """gemlite-fp8 and gemlite-int4 layers for each weight copy (random int4 codes for the W4A16 peer:
     its speed does not depend on the values)."""
-    from gemlite.helper import A8W8_fp8_dynamic
-
     out: dict[str, list] = {"gemlite-fp8": [], "gemlite-int4": []}
     for w in ws:
         n, k = w.shape
         lin = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda")
         lin.weight.data.copy_(w)
-        out["gemlite-fp8"].append(
-            A8W8_fp8_dynamic(device="cuda", dtype=torch.bfloat16).from_linear(lin, del_orig=False)
-        )
+        out["gemlite-fp8"].append(gemlite_fp8_layer(lin))
         out["gemlite-int4"].append(gemlite_int4_layer(n, k))
     return out
 

@@ -138,13 +138,33 @@ def test_e2e_arguments_are_checked(e2e):
         e2e.parse_args(["--scenarios", "decode_b2"])
     with pytest.raises(SystemExit):
         e2e.parse_args(["--new-tokens", "1"])
-    gemlite = ["gemlite-int4"] if e2e.load_gemlite() is not None else []
+    gemlite = ["gemlite-int4", "gemlite-fp8"] if e2e.load_gemlite() is not None else []
     assert e2e.parse_args([]).providers == ["sharq", "sharq-lmhead", "bf16", "fp8", *gemlite]
     assert e2e.parse_args(["--model", "qwen3-30b-a3b"]).providers == ["sharq", "sharq-lmhead", "bf16"]
     assert e2e.parse_args(["--model", "qwen3-30b-a3b", "--providers", "fp8"]).providers == ["fp8"]
     assert e2e.parse_args(["--layers", "4"]).layers == 4
     with pytest.raises(SystemExit):
         e2e.parse_args(["--layers", "0"])
+
+
+def test_ratios_against_the_faster_fp8_peer(e2e):
+    """vs_fp8_best is the advantage over whichever FP8 peer is faster in that scenario (time: the
+    smaller; serving throughput: the larger)."""
+    rows = (
+        [
+            {"scenario": "decode_b1", "provider": p, "value": v}
+            for p, v in (("sharq", 4.0), ("bf16", 8.0), ("fp8", 6.0), ("gemlite-fp8", 5.0))
+        ]
+        + [
+            {"scenario": "serving_mix", "provider": p, "value": v}
+            for p, v in (("sharq", 900.0), ("fp8", 1000.0), ("gemlite-fp8", 800.0))
+        ]
+        + [{"scenario": "prefill_1024", "provider": p, "value": v} for p, v in (("sharq", 2.0), ("bf16", 1.0))]
+    )
+    got = e2e.ratios(rows)
+    assert got["decode_b1"] == {"vs_bf16": 2.0, "vs_fp8": 1.5, "vs_gemlite-fp8": 1.25, "vs_fp8_best": 1.25}
+    assert got["serving_mix"]["vs_fp8_best"] == pytest.approx(0.9)
+    assert "vs_fp8_best" not in got["prefill_1024"] and got["prefill_1024"]["vs_bf16"] == 0.5
 
 
 def test_model_configs_have_the_real_hyperparameters():
