@@ -17,9 +17,10 @@ case "$mode" in
     python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /root/site \
       .carry/gemlite-0.6.0.post2.tar.gz 2>&1 | tail -2
     nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
-    timeout "$secs" python3 -m pytest -p no:cacheprovider -m gpu tests/test_fused_producers.py \
+    # SIGINT at the limit: pytest still prints the failures it has seen (a plain timeout loses them)
+    timeout -s INT "$secs" python3 -m pytest -p no:cacheprovider -m gpu tests/test_fused_producers.py \
       tests/test_kernels_argmax.py tests/test_lm_head_kernels.py tests/test_moe_device_routing.py tests \
-      -o addopts="" -q --durations=8 -rfE --maxfail=15 > "$OUT/gpu-tests.log" 2>&1
+      -o addopts="" -q --tb=short --durations=8 -rfE --maxfail=15 > "$OUT/gpu-tests.log" 2>&1
     echo "tests rc=$?"; grep -v "^\s*$" "$OUT/gpu-tests.log" | grep -v "^\.\+\s*\[" | tail -40 ;;
   linear)
     timeout "$secs" python3 benchmarks/linear.py --model llama-3.1-8b --m "${MS:-1,2,8,16,64,256,1024,4096}" \
