@@ -161,6 +161,10 @@ PRODUCERS = ("rms-norm", "act-mul")
 # fused at batch 1 — the fused norm's programs walk the row's 32 chunks one after another for the
 # fixed-order statistic (13 us a call at M = 1, fused_prep.py). Prefill is faster fused (1,024 tokens:
 # 79 against 104 ms) and eager decode too (13 against 68 us a norm call), so both stay fused.
+# Bits: inductor compiles that torch chain its own way (FP32 kept between ops, multiply-adds
+# contracted, its own division), so there the norm and act·mul may differ from eager in the last
+# bit, as the rest of a compiled step's glue (rotary, residual adds) already does; eager calls and
+# uncompiled CUDA graphs are bit-exact either way.
 COMPILED_UNFUSED_MAX_M = 16
 
 
