@@ -53,7 +53,7 @@ def test_row_parallel_scale_and_codes_equal_one_device(tp):
     x[2, 300] = 500.0  # this row's amax sits in the last rank's slice
     width = row_parallel_k_slice(384, tp, TOKEN)
     slices = [x[:, r * width : (r + 1) * width].contiguous() for r in range(tp)]
-    amaxes = [s.float().abs().amax(-1, keepdim=True) for s in slices]
+    amaxes = [s.float().abs().amax(-1) for s in slices]
 
     def all_reduce_max(t):  # what torch.distributed.all_reduce(op=MAX) leaves in every rank
         t.copy_(torch.stack(amaxes).amax(0))
@@ -127,3 +127,52 @@ def test_check_for_serving_refuses_non_nvfp4(tmp_path):
     sharq.save_quantized(model, tmp_path / "mx")
     with pytest.raises(CheckpointError, match="serves NVFP4 checkpoints; this one is mxfp4"):
         check_for_serving(tmp_path / "mx")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 20])  # the GEMV operand, the exact rows operand, the bf16-sum one (auto)
+def test_row_parallel_prepare_triton_equals_reference_and_one_device(rows):
+    """A row-parallel rank's preparation on the Triton backend (the kernel given the whole rows' amax)
+    equals the reference's bit for bit (s_x, codes, block scales), and the ranks' partial products
+    sum to the one-device layer."""
+    from sharq.ops import linear_from_prepared, prepare, quantize_weight
+    from sharq.options import RuntimeOptions
+    from sharq.serving.tensor_parallel import row_parallel_prepare
+
+    triton, reference = RuntimeOptions(backend="triton"), RuntimeOptions(backend="reference")
+    g = torch.Generator().manual_seed(rows)
+    x = (torch.randn(rows, 256, generator=g) * torch.rand(rows, 1, generator=g) * 10).to(torch.bfloat16)
+    x[0, 200] = -300.0  # row 0's amax sits in the second rank's slice
+    w = (torch.randn(48, 256, generator=g) * 0.05).to(torch.bfloat16)
+    w[0, 0] = w[0, 128] = 1.0  # both halves hold the whole weight's amax: one s_w, as a checkpoint's slices
+    whole = x.float().abs().amax(-1)
+
+    def all_reduce_max(t):
+        t.copy_(torch.maximum(t, whole))
+
+    total = None
+    for r in range(2):
+        part = x[:, r * 128 : (r + 1) * 128].contiguous()
+        got = row_parallel_prepare(part, TOKEN, all_reduce_max, triton)
+        want = row_parallel_prepare(part, TOKEN, all_reduce_max, reference)
+        assert torch.equal(got.global_scale.view(torch.int32), want.global_scale.view(torch.int32))
+        assert torch.equal(got.global_scale, nvfp4_global_scale(x, "token"))
+        for a, b in ((got.backbone, want.backbone), (got.residual, want.residual)):
+            assert torch.equal(a.codes, b.codes) and torch.equal(a.scales, b.scales)
+        wq = quantize_weight(w[:, r * 128 : (r + 1) * 128].contiguous(), TOKEN)
+        y = linear_from_prepared(got, wq, None, torch.float32)
+        torch.testing.assert_close(y, linear_from_prepared(want, wq, None, torch.float32), rtol=1e-5, atol=1e-4)
+        total = y if total is None else total + y
+    one = linear_from_prepared(prepare(x, TOKEN, reference), quantize_weight(w, TOKEN), None, torch.float32)
+    torch.testing.assert_close(total, one, rtol=1e-5, atol=1e-4)  # FP32 summation order apart
+
+
+def test_prepare_with_a_given_row_amax_refuses_what_it_cannot_mean():
+    from sharq.ops import prepare
+
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="granularity 'token'"):
+        prepare(x, PRESETS["sharq-nvfp4"], row_amax=torch.ones(3))  # "tensor": one scale, not per row
+    with pytest.raises(ValueError, match=r"float32 of shape \(3,\)"):
+        prepare(x, TOKEN, row_amax=torch.ones(3, 1))
+    with pytest.raises(ValueError, match="float32"):
+        prepare(x, TOKEN, row_amax=torch.ones(3, dtype=torch.float64))

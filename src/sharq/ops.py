@@ -74,18 +74,30 @@ def resolve_backend(config: SharqConfig, device: torch.device, options: RuntimeO
 
 
 def prepare(
-    x: torch.Tensor, config: SharqConfig, options: RuntimeOptions = DEFAULT_OPTIONS, *, plan=None
+    x: torch.Tensor,
+    config: SharqConfig,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+    *,
+    plan=None,
+    row_amax: torch.Tensor | None = None,
 ) -> PreparedActivation:
     """The preparation of a 2-D activation (M, K) as `kernels.plan.plan_linear` plans it (or as `plan`,
     a `LinearPlan` of M rows, says: a MoE layer's input, `kernels.plan.experts_input_plan`): the
     reference (`prepare_activation`), or the Triton kernel that writes the planned GEMM's operand
-    (codes, scales and s_x bit for bit the reference's where written). `options`: backend, NaN check."""
+    (codes, scales and s_x bit for bit the reference's where written). `options`: backend, NaN check.
+
+    row_amax: None, or FP32 (M,) — the amax each row's scale comes from instead of the row's own
+    ("token" granularity, NVFP4): a tensor-parallel rank holding a K slice passes its rows' whole
+    amax (`serving.tensor_parallel.row_parallel_prepare`). On Triton the preparation kernel takes it
+    (the GEMV operand up to its rows, else the "rows" operand of `fp4_weight_gemm`)."""
     from .kernels.plan import plan_linear
 
     if plan is None:
         plan = plan_linear(x.shape[0], config, x.device, options)
     elif plan.rows != x.shape[0]:
         raise ValueError(f"a plan of {plan.rows} rows cannot prepare an activation of {x.shape[0]} rows")
+    if row_amax is not None:
+        return _prepare_given_amax(x, config, options, plan, row_amax)
     if plan.preparation == "reference":
         return prepare_activation(x, config, check_finite=options.check_finite)
     check_activation(x)
@@ -102,6 +114,37 @@ def prepare(
     # the plan chose the layout: the GEMV operand here serves any row count (MoE layers send up to
     # EXPERTS_GEMV_MAX_TOKENS rows to the experts GEMV)
     return prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation, gemv_rows=x.shape[0])
+
+
+def _prepare_given_amax(
+    x: torch.Tensor, config: SharqConfig, options: RuntimeOptions, plan, row_amax: torch.Tensor
+) -> PreparedActivation:
+    """`prepare` with each row's scale from `row_amax` (FP32 (M,)): s = max(amax / 2688, 1e-9)."""
+    from .config import Granularity
+    from .formats.nvfp4 import nvfp4_global_scale
+
+    m = x.shape[0] if x.dim() == 2 else -1
+    if not config.has_global_scale or config.granularity is not Granularity.TOKEN:
+        raise ValueError(
+            f"row_amax sets a per-row NVFP4 scale: it needs format nvfp4 with granularity 'token', got "
+            f"{config.format.value} / {config.granularity.value}"
+        )
+    if row_amax.dtype != torch.float32 or tuple(row_amax.shape) != (m,) or row_amax.device != x.device:
+        raise ValueError(
+            f"row_amax must be float32 of shape ({m},) on {x.device}, got {row_amax.dtype} "
+            f"{tuple(row_amax.shape)} on {row_amax.device}"
+        )
+    if plan.preparation == "reference":
+        scale = nvfp4_global_scale(row_amax.reshape(m, 1), "token")
+        return prepare_activation(x, config, global_scale=scale, check_finite=options.check_finite)
+    check_activation(x)
+    if options.check_finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
+    from .kernels.prepare_fp4 import prepare_activation_triton
+
+    layout = "gemv" if plan.preparation == "gemv" else "rows"
+    bits = row_amax.contiguous().view(torch.int32)  # FP32 bit patterns, as the amax kernel writes them
+    return prepare_activation_triton(x, config, with_terms=True, terms_layout=layout, gemv_rows=m, row_amax=bits)
 
 
 def _operand_prepared(

@@ -24,8 +24,10 @@ import torch
 
 from ..config import SharqConfig
 from ..formats.nvfp4 import nvfp4_global_scale
+from ..options import DEFAULT_OPTIONS, RuntimeOptions
+from ..sparse.decompose import PreparedActivation
 
-__all__ = ["k_alignment", "row_parallel_k_slice", "row_parallel_global_scale"]
+__all__ = ["k_alignment", "row_parallel_k_slice", "row_parallel_global_scale", "row_parallel_prepare"]
 
 
 def k_alignment(config: SharqConfig) -> int:
@@ -60,13 +62,29 @@ def row_parallel_k_slice(k: int, tp_size: int, config: SharqConfig, name: str = 
 
 
 def row_parallel_global_scale(x: torch.Tensor, all_reduce_max) -> torch.Tensor:
-    """s_x (M, 1) FP32 of the whole rows of which `x` (M, K/tp) is one rank's K slice ("token").
+    """s_x (M, 1) FP32 of the whole rows of which `x` (M, K/tp) is one rank's K slice ("token"):
+    `nvfp4_global_scale` of `row_parallel_amax`. Equals `nvfp4_global_scale(full_x, "token")` bit for
+    bit: the max of the slices' amax is the row's amax, and the scale is computed from it by the same
+    function."""
+    return nvfp4_global_scale(row_parallel_amax(x, all_reduce_max).unsqueeze(-1), "token")
 
-    all_reduce_max: a function that replaces an FP32 tensor in place by its elementwise max over
-    the tensor-parallel group. One FP32 per row crosses the group. The result equals
-    `nvfp4_global_scale(full_x, "token")` bit for bit: the max of the slices' amax is the row's
-    amax, and the scale is then computed from it by the same function.
-    """
-    amax = x.detach().float().abs().amax(dim=-1, keepdim=True)  # (M, 1) local
+
+def row_parallel_amax(x: torch.Tensor, all_reduce_max) -> torch.Tensor:
+    """FP32 (M,): the amax of the whole rows of which `x` (M, K/tp) is one rank's K slice — the local
+    row amax, then `all_reduce_max` (one FP32 per row crosses the group; a max is exact in any order)."""
+    amax = x.detach().float().abs().amax(dim=-1)  # (M,) local
     all_reduce_max(amax)
-    return nvfp4_global_scale(amax, "token")
+    return amax
+
+
+def row_parallel_prepare(
+    x: torch.Tensor, config: SharqConfig, all_reduce_max, options: RuntimeOptions = DEFAULT_OPTIONS
+) -> PreparedActivation:
+    """The preparation of a row-parallel rank's K slice x (M, K/tp) with the whole rows' scales
+    (`row_parallel_amax`), by the backend `options` pick (`ops.prepare(row_amax=...)`: the Triton
+    preparation kernel on CUDA, the reference on the CPU). Its codes and block scales are the slice of
+    the single-device preparation's, bit for bit."""
+    from ..ops import prepare
+
+    rows = x.reshape(-1, x.shape[-1])
+    return prepare(rows, config, options, row_amax=row_parallel_amax(rows, all_reduce_max))

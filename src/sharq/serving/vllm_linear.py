@@ -17,7 +17,7 @@ weight loaders below cut this rank's rows (column-parallel: q/k/v, gate/up) or K
 on the CPU) and multiplies each logical matrix with `sharq.ops.linear_from_prepared` — the
 functions `SharqLinear` calls, so each logical matrix's output is `SharqLinear`'s bit for bit. A
 row-parallel rank under tensor parallelism quantizes its K slice with the whole row's scale (MAX
-all-reduce of the row amax, SPEC §3), through the reference preparation.
+all-reduce of the row amax, SPEC §3), through the same preparation (`tensor_parallel.row_parallel_prepare`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from ..config import SharqConfig
 from ..formats.blocks import padded_length
 from ..formats.quantized import QuantizedTensor
 from ..ops import grouped_linear_from_prepared, linear_from_prepared, prepare
-from ..sparse.decompose import prepare_activation
-from .tensor_parallel import row_parallel_global_scale, row_parallel_k_slice
+from .tensor_parallel import row_parallel_k_slice, row_parallel_prepare
 
 __all__ = ["SharqLinearMethod"]
 
@@ -140,9 +139,8 @@ class SharqLinearMethod(LinearMethodBase):
         rows = x.reshape(-1, k)  # (M, K_local)
         if rows.shape[0] == 0:
             return x.new_zeros(*x.shape[:-1], n_total)
-        if layer.sharq_row_parallel:
-            scale = row_parallel_global_scale(rows, _all_reduce_max)  # (M, 1): the whole row's s_x
-            prepared = prepare_activation(rows, self.config, global_scale=scale)
+        if layer.sharq_row_parallel:  # the whole row's s_x (max all-reduce of the row amax)
+            prepared = row_parallel_prepare(rows, self.config, _all_reduce_max)
         else:
             prepared = prepare(rows, self.config)
         biases = _split(bias, layer.sharq_partition_sizes)
