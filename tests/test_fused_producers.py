@@ -367,6 +367,9 @@ def test_plan_fuses_on_triton_only_where_it_can(monkeypatch):
         short = plan_producer(producer, COMPILED_UNFUSED_MAX_M, 64, NVFP4, "cpu", options=TRITON)
         assert not short.fused and "torch.compile" in short.reason
         assert plan_producer(producer, COMPILED_UNFUSED_MAX_M + 1, 64, NVFP4, "cpu", options=TRITON).fused
+    monkeypatch.setenv("SHARQ_FUSE", "always")
+    assert plan_producer("rms-norm", 1, 64, NVFP4, "cpu", options=TRITON).fused
+    monkeypatch.delenv("SHARQ_FUSE")
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     assert plan_producer("rms-norm", 1, 64, NVFP4, "cpu", options=TRITON).fused  # eager decode: fused
     monkeypatch.setenv("SHARQ_FUSE", "0")

@@ -153,7 +153,9 @@ def plan_linear(
     return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows))
 
 
-FUSE_ENV = "SHARQ_FUSE"  # "0": every producer runs in torch, then the preparation (benchmarks, debugging)
+# "0": every producer runs in torch, then the preparation; "always": fused even where the plan would
+# not fuse a compiled short batch (COMPILED_UNFUSED_MAX_M) — both for benchmarks and debugging
+FUSE_ENV = "SHARQ_FUSE"
 PRODUCERS = ("rms-norm", "act-mul")
 # Traced by torch.compile, up to this many rows the producers run in torch (inductor fuses the norm
 # and act·mul with their neighbours) and the preparation after them. Measured on an H100
@@ -239,7 +241,7 @@ def plan_producer(
         reason = f"{FUSE_ENV}=0"
     elif rows == 0:
         reason = "no rows"
-    elif rows <= COMPILED_UNFUSED_MAX_M and torch.compiler.is_compiling():
+    elif rows <= COMPILED_UNFUSED_MAX_M and torch.compiler.is_compiling() and os.environ.get(FUSE_ENV) != "always":
         reason = f"traced by torch.compile, {rows} <= {COMPILED_UNFUSED_MAX_M} rows (inductor fuses the producer)"
     elif producer == "act-mul" and dtype not in (torch.bfloat16, torch.float16):
         reason = f"act-mul fuses bf16/fp16 activations (a table of 16-bit values), not {dtype}"
