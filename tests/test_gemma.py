@@ -161,6 +161,33 @@ def test_scoring_and_perplexity_start_from_one_bos(tiny_gemma_tokenizer):
 
 
 # --- locating the packaged model ------------------------------------------------------------------
+def _tiny_gguf(path, quantized: bool):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    weight = np.linspace(-1, 1, 4 * 64, dtype=np.float32).reshape(4, 64)
+    if quantized:
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        writer.add_tensor("blk.0.ffn_up.weight", gguf.quants.quantize(weight, q8), raw_dtype=q8)
+    else:
+        writer.add_tensor("blk.0.ffn_up.weight", weight)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(64, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_caveat_of_a_gguf_file_names_its_quantized_types(tmp_path):
+    """A GGUF given by path: the report's caveat names the quantized matrix types it stores; none for
+    float matrices (the 1-D norms do not count)."""
+    caveat = packaged.model_caveat(str(_tiny_gguf(tmp_path / "q8.gguf", quantized=True)))
+    assert "Q8_0 x1" in caveat and "already low-bit" in caveat and "F32" not in caveat
+    assert packaged.model_caveat(str(_tiny_gguf(tmp_path / "f32.gguf", quantized=False))) is None
+
+
 def test_caveat_and_label_per_model():
     assert packaged.model_caveat("smollm2") == packaged.PRETRAINED_CAVEAT
     gemma = packaged.model_caveat("gemma3-270m")

@@ -2,7 +2,7 @@
 
 evaluate(EvalSettings(...), out_dir=..., name=...)   the whole table, written as JSON/MD/PNG
 load_model(source)                                    a packaged model (smollm2, gemma3-270m), a GGUF or HF folder
-model_caveat(source)                                  the caveat a report on a packaged model carries
+model_caveat(source)                                  the caveat a report carries (packaged model, quantized GGUF)
 perplexity(model, tokenizer, tokens, ...)             non-overlapping-window perplexity
 run_tasks(model, tokenizer, tasks, ...)               zero-shot through lm-evaluation-harness
 """

@@ -16,6 +16,7 @@ SHA-256. A file with that name and hash placed there by hand is used without the
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import importlib
@@ -94,9 +95,34 @@ _INSTALL_HINT = {
 
 
 def model_caveat(source) -> str | None:
-    """The caveat every report on `source` carries: a packaged model's, None for any other source."""
+    """The caveat every report on `source` carries: a packaged model's; for a GGUF file whose weight
+    matrices are stored quantized, which types (`gguf_caveat`); else None."""
     model = PACKAGED_MODELS.get(str(source))
-    return model.caveat if model else None
+    if model:
+        return model.caveat
+    if str(source).endswith(".gguf") and Path(str(source)).is_file():
+        return gguf_caveat(Path(str(source)))
+    return None
+
+
+_FLOAT_GGUF_TYPES = {"F32", "F16", "BF16", "F64"}
+
+
+def gguf_caveat(path: Path) -> str | None:
+    """For a GGUF whose 2-D tensors (the weight matrices) are stored in quantized types: a caveat that
+    names them with their counts, e.g. "Q4_K x169, Q6_K x29"; None when every matrix is a float."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    types = collections.Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) == 2)
+    quantized = {name: n for name, n in types.items() if name not in _FLOAT_GGUF_TYPES}
+    if not quantized:
+        return None
+    listed = ", ".join(f"{name} x{n}" for name, n in sorted(quantized.items(), key=lambda kv: -kv[1]))
+    return (
+        f"{path.name} stores its weight matrices quantized ({listed}): the weights were already low-bit "
+        "before sharq saw them, so the bf16 row is a dequantized low-bit model."
+    )
 
 
 def model_label(source) -> str:
