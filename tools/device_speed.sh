@@ -4,7 +4,10 @@
 #   tools/device_speed.sh tests [SECONDS]   gemlite installed from .carry/gemlite-0.6.0.post2.tar.gz
 #                                           (carry it), then the -m gpu suite, this round's new kernels first
 #   tools/device_speed.sh linear [SECONDS]  benchmarks/linear.py on Llama-3.1-8B shapes (MS=1,2,...)
-#   tools/device_speed.sh e2e [SECONDS]     benchmarks/e2e.py on Llama-3.1-8B, every provider (E2E_ARGS=...)
+#   tools/device_speed.sh e2e [SECONDS]     benchmarks/e2e.py on Llama-3.1-8B, every provider (E2E_ARGS=...;
+#                                           six providers need two calls: E2E_ARGS="--providers sharq,bf16,fp8")
+#   tools/device_speed.sh fuse-ab [SECONDS] fused_prep.py at decode rows, then e2e sharq decode b1/b8 with the
+#                                           plan's producers (compiled short batches unfused) and SHARQ_FUSE=always
 # gemlite lives in /root/site while the machine stays warm (30 s after a call): run `tests` first.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD/src:/root/site
@@ -28,6 +31,14 @@ case "$mode" in
   e2e)
     timeout "$secs" python3 benchmarks/e2e.py --model llama-3.1-8b --out "$OUT" --budget-s $((secs - 60)) \
       ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log" | tail -45 ;;
-  *) echo "usage: $0 tests | linear | e2e [SECONDS]"; exit 2 ;;
+  fuse-ab)
+    timeout $((secs / 3)) python3 benchmarks/fused_prep.py --m 1,8,16 --reps 10 --out "$OUT" 2>&1 | grep -v -i warn | tail -24
+    for f in plan always; do
+      echo "SHARQ_FUSE=$f"
+      SHARQ_FUSE=$([ $f = always ] && echo always || echo 1) timeout $((secs / 3)) python3 benchmarks/e2e.py \
+        --providers sharq,bf16 --scenarios decode_b1,decode_b8 --reps 3 --decode-steps 16 --out "$OUT/$f" 2>&1 \
+        | grep -E "decode|wrote" | tail -5
+    done ;;
+  *) echo "usage: $0 tests | linear | e2e | fuse-ab [SECONDS]"; exit 2 ;;
 esac
 echo "$mode took $((SECONDS - T0)) s"
