@@ -7,8 +7,10 @@ The quantized models run inside `kept_dequantized_weights` (each weight decoded 
 outputs). The packaged SmolLM2-135M is already a 4-bit Q4_1 GGUF model (its "bf16" is a dequantized
 4-bit model): say so next to every number.
 
-usage: python benchmarks/mse_accuracy.py [--tokens 16352] [--seq-len 512]
+usage: python benchmarks/mse_accuracy.py [--model smollm2] [--tokens 16352] [--seq-len 512]
            [--presets bf16,nvfp4,nvfp4-mse,...] [--out results/mse-accuracy-smollm2.json]
+--model takes what `sharq eval --model` takes (a packaged name, a .gguf file, an HF folder); the
+JSON carries that model's caveat (`sharq.eval.model_caveat`).
 A preset written NAME+mse is NAME with weight_scale="mse" (e.g. sharq-mxfp4+mse).
 """
 
@@ -25,7 +27,7 @@ import torch
 import sharq
 from sharq.eval.bootstrap import perplexity_interval, recovered_share
 from sharq.eval.data import wiki_texts
-from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
+from sharq.eval.packaged import load_model, model_caveat, model_label
 from sharq.eval.perplexity import corpus_tokens, perplexity
 from sharq.runtime.weight_cache import kept_dequantized_weights
 
@@ -34,6 +36,7 @@ DEFAULT = "bf16,nvfp4,nvfp4-mse,sharq-nvfp4,sharq-nvfp4-mse,sharq-nvfp4-w16,shar
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2", help="packaged name, .gguf file or HF folder")
     ap.add_argument("--tokens", type=int, default=16352)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--presets", default=DEFAULT)
@@ -44,7 +47,7 @@ def main() -> None:
     presets = args.presets.split(",")
     for p in presets:  # "NAME+mse": preset NAME with weight_scale="mse" (e.g. sharq-mxfp4+mse)
         sharq.SharqConfig.from_preset(p.removesuffix("+mse"))
-    base, tok = load_model("smollm2", dtype=torch.float32)
+    base, tok = load_model(args.model, dtype=torch.float32)
     tokens = corpus_tokens(tok, wiki_texts())
     n = min(args.tokens, len(tokens))
     nll, rows, window_tokens = {}, [], []
@@ -59,8 +62,8 @@ def main() -> None:
 
     def write() -> None:
         doc = dict(
-            model="SmolLM2-135M-Instruct (Q4_1 GGUF: already 4-bit weights)",
-            caveat=PRETRAINED_CAVEAT,
+            model=model_label(args.model),
+            caveat=model_caveat(args.model),
             corpus="wiki",
             seq_len=args.seq_len,
             tokens=n,
