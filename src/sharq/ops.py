@@ -14,6 +14,7 @@ import importlib.util
 import torch
 
 from .config import LM_HEAD_WEIGHT_BLOCK, Format, Operand, Residual, SharqConfig
+from .formats.nvfp4 import nvfp4_global_scale
 from .formats.quantized import QuantizedTensor
 from .formats.registry import quantize_tensor
 from .options import DEFAULT_OPTIONS, Backend, RuntimeOptions
@@ -97,31 +98,36 @@ def prepare(
     elif plan.rows != x.shape[0]:
         raise ValueError(f"a plan of {plan.rows} rows cannot prepare an activation of {x.shape[0]} rows")
     if row_amax is not None:
-        return _prepare_given_amax(x, config, options, plan, row_amax)
+        _check_row_amax(x, config, row_amax)
     if plan.preparation == "reference":
-        return prepare_activation(x, config, check_finite=options.check_finite)
+        scale = None if row_amax is None else nvfp4_global_scale(row_amax.unsqueeze(-1), "token")
+        return prepare_activation(x, config, global_scale=scale, check_finite=options.check_finite)
     check_activation(x)
     if options.check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
+    from .kernels.prepare_fp4 import prepare_activation_triton
+
+    if row_amax is not None:  # the kernel takes the amax as FP32 bit patterns, as its amax pass writes them
+        layout = "gemv" if plan.preparation == "gemv" else "rows"
+        bits = row_amax.contiguous().view(torch.int32)
+        return prepare_activation_triton(
+            x, config, with_terms=True, terms_layout=layout, gemv_rows=x.shape[0], row_amax=bits
+        )
     if plan.preparation in ("operand-rows", "operand-split"):
         from .kernels.prepare_split import prepare_split
 
         layout = "pair-split" if plan.preparation == "operand-split" else "rows"
         s, terms = prepare_split(x, config, two=plan.operand is Operand.EXACT, layout=layout)
         return _operand_prepared(x, config, s, terms, layout)
-    from .kernels.prepare_fp4 import prepare_activation_triton
-
     # the plan chose the layout: the GEMV operand here serves any row count (MoE layers send up to
     # EXPERTS_GEMV_MAX_TOKENS rows to the experts GEMV)
     return prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation, gemv_rows=x.shape[0])
 
 
-def _prepare_given_amax(
-    x: torch.Tensor, config: SharqConfig, options: RuntimeOptions, plan, row_amax: torch.Tensor
-) -> PreparedActivation:
-    """`prepare` with each row's scale from `row_amax` (FP32 (M,)): s = max(amax / 2688, 1e-9)."""
+def _check_row_amax(x: torch.Tensor, config: SharqConfig, row_amax: torch.Tensor) -> None:
+    """A given row amax sets each row's NVFP4 scale s = max(amax / 2688, 1e-9): "token" NVFP4 only,
+    FP32 (M,) on x's device."""
     from .config import Granularity
-    from .formats.nvfp4 import nvfp4_global_scale
 
     m = x.shape[0] if x.dim() == 2 else -1
     if not config.has_global_scale or config.granularity is not Granularity.TOKEN:
@@ -134,17 +140,6 @@ def _prepare_given_amax(
             f"row_amax must be float32 of shape ({m},) on {x.device}, got {row_amax.dtype} "
             f"{tuple(row_amax.shape)} on {row_amax.device}"
         )
-    if plan.preparation == "reference":
-        scale = nvfp4_global_scale(row_amax.reshape(m, 1), "token")
-        return prepare_activation(x, config, global_scale=scale, check_finite=options.check_finite)
-    check_activation(x)
-    if options.check_finite and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"activation of shape {tuple(x.shape)} contains NaN or Inf (check_finite=True)")
-    from .kernels.prepare_fp4 import prepare_activation_triton
-
-    layout = "gemv" if plan.preparation == "gemv" else "rows"
-    bits = row_amax.contiguous().view(torch.int32)  # FP32 bit patterns, as the amax kernel writes them
-    return prepare_activation_triton(x, config, with_terms=True, terms_layout=layout, gemv_rows=m, row_amax=bits)
 
 
 def _operand_prepared(
