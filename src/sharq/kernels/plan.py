@@ -158,11 +158,9 @@ def plan_linear(
 FUSE_ENV = "SHARQ_FUSE"
 PRODUCERS = ("rms-norm", "act-mul")
 # Traced by torch.compile, up to this many rows the producers run in torch (inductor fuses the norm
-# and act·mul with their neighbours) and the preparation after them. Measured on an H100
-# (Llama-3.1-8B, compiled decode step in a CUDA graph, e2e.py): 3.89 ms/token unfused against 4.42
-# fused at batch 1 — the fused norm's programs walk the row's 32 chunks one after another for the
-# fixed-order statistic (13 us a call at M = 1, fused_prep.py). Prefill is faster fused (1,024 tokens:
-# 79 against 104 ms) and eager decode too (13 against 68 us a norm call), so both stay fused.
+# and act·mul with their neighbours) and the preparation after them: faster there than the fused
+# norm, whose programs walk a row's chunks one after another for the fixed-order statistic. Eager
+# calls and longer batches stay fused. The measurements: docs/performance.md, "Fused producers".
 # Bits: inductor compiles that torch chain its own way (FP32 kept between ops, multiply-adds
 # contracted, its own division), so there the norm and act·mul may differ from eager in the last
 # bit, as the rest of a compiled step's glue (rotary, residual adds) already does; eager calls and

@@ -480,9 +480,9 @@ STATS_PROGRAMS = 1024  # the split stats grid aims at this many programs (8 a st
 
 def stats_splits(m: int, k: int, block_m: int, chunk: int) -> int:
     """How many programs share each row block's chunks in the stats kernel of an amax-only source
-    (act·mul): enough for about STATS_PROGRAMS programs, at most one chunk each. A decode row of
-    down_proj's K = 14,336 (112 chunks, 112 programs) takes 2.8 us a call on an H100, where one
-    single-warp program per row took 84 us (profile_decode.py --compile, Llama-3.1-8B)."""
+    (act·mul): enough for about STATS_PROGRAMS programs, at most one chunk each (a decode row of
+    down_proj's K = 14,336: 112 programs of one chunk; what that saves: docs/performance.md, "Fused
+    producers")."""
     rows = triton.cdiv(m, block_m)
     return max(1, min(triton.cdiv(k, chunk), STATS_PROGRAMS // rows))
 
