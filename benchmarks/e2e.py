@@ -505,6 +505,12 @@ def parse_args(argv=None):
         default=None,
         help="decoder layers to build (default: the model's; fewer run the same layer shapes faster)",
     )
+    ap.add_argument(
+        "--merge",
+        default=None,
+        help="an earlier JSON of this run (same model and GPU, e.g. the first of two calls on one warm machine): "
+        "its rows are kept, and providers it already has are not run again",
+    )
     ap.add_argument("--profile", action="store_true", help="profile one prefill per provider (time by category)")
     ap.add_argument("--profile-tokens", type=int, default=1024)
     ap.add_argument(
@@ -565,6 +571,15 @@ def main(argv=None) -> Path:
         "CUDA graph, greedy on device",
         "rows": [],
     }
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        for key in ("gpu", "model", "torch", "triton"):
+            if earlier.get(key) != doc[key]:
+                raise SystemExit(f"--merge {args.merge}: its {key} is {earlier.get(key)!r}, this run's {doc[key]!r}")
+        doc["rows"] = list(earlier["rows"])
+        doc["merged_from"] = args.merge
+        done = {r["provider"] for r in doc["rows"]}
+        args.providers = [p for p in args.providers if p not in done]
     results = Results(out / f"{stem}.json", doc)
     log(f"{args.model} on {gpu}: providers {args.providers}, scenarios {args.scenarios}")
     profiles: dict = {}

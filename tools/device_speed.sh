@@ -4,8 +4,9 @@
 #   tools/device_speed.sh tests [SECONDS]   gemlite installed from .carry/gemlite-0.6.0.post2.tar.gz
 #                                           (carry it), then the -m gpu suite, this round's new kernels first
 #   tools/device_speed.sh linear [SECONDS]  benchmarks/linear.py on Llama-3.1-8B shapes (MS=1,2,...)
-#   tools/device_speed.sh e2e [SECONDS]     benchmarks/e2e.py on Llama-3.1-8B, every provider (E2E_ARGS=...;
-#                                           six providers need two calls: E2E_ARGS="--providers sharq,bf16,fp8")
+#   tools/device_speed.sh e2e [SECONDS]     benchmarks/e2e.py on Llama-3.1-8B (MODEL=...), every provider (E2E_ARGS=...;
+#                                           six providers need two calls: E2E_ARGS="--providers sharq,bf16,fp8",
+#                                           then E2E_ARGS="--merge /root/e2e-last/e2e-h100.json")
 #   tools/device_speed.sh fuse-ab [SECONDS] fused_prep.py at decode rows, then e2e sharq decode b1/b8 with the
 #                                           plan's producers (compiled short batches unfused) and SHARQ_FUSE=always
 # gemlite lives in /root/site while the machine stays warm (30 s after a call): run `tests` first.
@@ -14,11 +15,14 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD/src:/root/site
 mode=${1:?tests | linear | e2e}
 secs=${2:-300}
 T0=$SECONDS
+gemlite() {  # once per machine, from the carried sdist
+  [ -d /root/site/gemlite ] && return 0
+  mkdir -p /root/site && python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /root/site \
+    .carry/gemlite-0.6.0.post2.tar.gz 2>&1 | tail -2
+}
 case "$mode" in
   tests)
-    mkdir -p /root/site
-    python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /root/site \
-      .carry/gemlite-0.6.0.post2.tar.gz 2>&1 | tail -2
+    gemlite
     nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
     # SIGINT at the limit: pytest still prints the failures it has seen (a plain timeout loses them)
     timeout -s INT "$secs" python3 -m pytest -p no:cacheprovider -m gpu tests/test_fused_producers.py \
@@ -28,9 +32,11 @@ case "$mode" in
   linear)
     timeout "$secs" python3 benchmarks/linear.py --model llama-3.1-8b --m "${MS:-1,2,8,16,64,256,1024,4096}" \
       --out "$OUT" 2>&1 | tee "$OUT/linear.log" | grep -v "^\s*$" | tail -30 ;;
-  e2e)
-    timeout "$secs" python3 benchmarks/e2e.py --model llama-3.1-8b --out "$OUT" --budget-s $((secs - 60)) \
-      ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log" | tail -45 ;;
+  e2e)  # the JSON is also kept in /root/e2e-last: a second call continues it with E2E_ARGS="--merge FILE ..."
+    gemlite
+    timeout "$secs" python3 benchmarks/e2e.py --model "${MODEL:-llama-3.1-8b}" --out "$OUT" --budget-s $((secs - 60)) \
+      ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log" | grep -v -i warn | tail -45
+    mkdir -p /root/e2e-last && cp "$OUT"/*.json /root/e2e-last/ ;;
   fuse-ab)
     timeout $((secs / 3)) python3 benchmarks/fused_prep.py --m 1,8,16 --reps 10 --out "$OUT" 2>&1 | grep -v -i warn | tail -24
     for f in plan always; do
