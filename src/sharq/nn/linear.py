@@ -25,12 +25,12 @@ from ..ops import quantize_weight, resolve_backend, sharq_linear
 from ..options import DEFAULT_OPTIONS, RuntimeOptions
 from ..sparse.decompose import check_activation
 from .shared_input import SharedPreparation
-from .weight_storage import buffers, store_weight, weight_view
+from .weight_storage import StoredWeightMixin, buffers, store_weight, weight_view
 
 __all__ = ["SharqLinear", "check_layer_input"]
 
 
-class SharqLinear(nn.Module):
+class SharqLinear(StoredWeightMixin, nn.Module):
     """y = x Wᵀ + b with SharQ-quantized activations and a packed FP4 weight.
 
     Build it from a trained layer with `SharqLinear.from_float(linear, config)`; the constructor
@@ -144,14 +144,6 @@ class SharqLinear(nn.Module):
         return weight_view(
             buffers(self, "weight"), self.config.format, (self.out_features, self.in_features), self.config.weight_block
         )
-
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight the layer multiplies, s_w · deq(Wq), as (N, K) in `dtype`."""
-        return self.quantized_weight.dequantize().to(dtype)
-
-    @property
-    def weight_bits_per_value(self) -> float:
-        return self.quantized_weight.bits_per_value
 
     # --- forward ---------------------------------------------------------------------------------
     def _label(self) -> str:

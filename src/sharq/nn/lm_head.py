@@ -31,12 +31,12 @@ from ..formats.quantized import QuantizedTensor
 from ..ops import lm_head_linear, quantize_lm_head_weight, resolve_lm_head_backend
 from ..options import DEFAULT_OPTIONS, RuntimeOptions
 from .linear import check_layer_input
-from .weight_storage import buffers, store_weight, weight_view
+from .weight_storage import StoredWeightMixin, buffers, store_weight, weight_view
 
 __all__ = ["SharqLMHead"]
 
 
-class SharqLMHead(nn.Module):
+class SharqLMHead(StoredWeightMixin, nn.Module):
     """Logits y = x Wᵀ + b with a packed NVFP4-16 weight and the input in the model dtype.
 
     Build it from the model's output projection with `SharqLMHead.from_float(linear, config)`; the
@@ -132,14 +132,6 @@ class SharqLMHead(nn.Module):
         return weight_view(
             buffers(self, "weight"), Format.NVFP4, (self.out_features, self.in_features), LM_HEAD_WEIGHT_BLOCK
         )
-
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight the layer multiplies, s_w · deq(Wq), as (N, K) in `dtype`."""
-        return self.quantized_weight.dequantize().to(dtype)
-
-    @property
-    def weight_bits_per_value(self) -> float:
-        return self.quantized_weight.bits_per_value
 
     # --- forward ---------------------------------------------------------------------------------
     def _label(self) -> str:

@@ -13,7 +13,7 @@ from torch import nn
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
 
-__all__ = ["buffers", "store_weight", "weight_view"]
+__all__ = ["buffers", "store_weight", "weight_view", "StoredWeightMixin"]
 
 _FIELDS = ("codes", "scales", "global_scale", "exponents8", "exponents4")
 
@@ -53,3 +53,18 @@ def weight_view(
         exponents8=source["exponents8"],
         exponents4=source["exponents4"],
     )
+
+
+class StoredWeightMixin:
+    """What a module holding one packed weight (a `quantized_weight` property) derives from it."""
+
+    quantized_weight: QuantizedTensor
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight the layer multiplies, s_w · deq(Wq), as (N, K) in `dtype`."""
+        return self.quantized_weight.dequantize().to(dtype)
+
+    @property
+    def weight_bits_per_value(self) -> float:
+        """Stored bits per weight value: payload, block scales and the per-matrix scale."""
+        return self.quantized_weight.bits_per_value
