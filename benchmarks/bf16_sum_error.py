@@ -17,7 +17,6 @@ usage: python benchmarks/bf16_sum_error.py [--tokens 16352] [--seq-len 512] [--p
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ import sharq
 from sharq.eval.bootstrap import perplexity_interval, recovered_share, relative_change
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import PRETRAINED_CAVEAT, load_model
-from sharq.eval.perplexity import corpus_tokens, perplexity
-from sharq.runtime.weight_cache import kept_dequantized_weights
+from sharq.eval.perplexity import corpus_tokens, quantized_perplexity
 
 
 def main() -> None:
@@ -45,12 +43,11 @@ def main() -> None:
     runs = [("bf16", "exact"), ("nvfp4", "auto")] + [(p, m) for p in args.presets.split(",") for m in ("exact", "auto")]
     rows, nll, window_tokens = [], {}, None
     for preset, mode in runs:
-        model = copy.deepcopy(base)
         config = sharq.SharqConfig.from_preset(preset, operand=mode)
-        sharq.quantize_(model, config, backend="reference")
         start = time.perf_counter()
-        with kept_dequantized_weights(model):
-            res = perplexity(model, tokenizer, tokens, seq_len=args.seq_len, max_tokens=args.tokens)
+        res, _ = quantized_perplexity(
+            base, tokenizer, tokens, config, seq_len=args.seq_len, max_tokens=args.tokens, backend="reference"
+        )
         window_tokens = res.window_tokens
         nll[(preset, mode)] = res.window_nll
         ppl = perplexity_interval(res.window_nll, res.window_tokens, resamples=args.resamples)
@@ -67,7 +64,6 @@ def main() -> None:
             f"{preset:16s} {mode:6s} wiki ppl {res.ppl:.4f} [{ppl.low:.3f}, {ppl.high:.3f}] over {res.tokens} tokens",
             flush=True,
         )
-        del model
     comparisons = []
     for preset in args.presets.split(","):
         change = relative_change(nll[(preset, "exact")], nll[(preset, "auto")], window_tokens, resamples=args.resamples)

@@ -17,7 +17,6 @@ A preset written NAME+mse is NAME with weight_scale="mse" (e.g. sharq-mxfp4+mse)
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ import sharq
 from sharq.eval.bootstrap import perplexity_interval, recovered_share
 from sharq.eval.data import wiki_texts
 from sharq.eval.packaged import load_model, model_caveat, model_label
-from sharq.eval.perplexity import corpus_tokens, perplexity
-from sharq.runtime.weight_cache import kept_dequantized_weights
+from sharq.eval.perplexity import corpus_tokens, quantized_perplexity
 
 DEFAULT = "bf16,nvfp4,nvfp4-mse,sharq-nvfp4,sharq-nvfp4-mse,sharq-nvfp4-w16,sharq-nvfp4-w16-mse"
 
@@ -81,14 +79,12 @@ def main() -> None:
     for preset in presets:
         if preset in nll:
             continue
-        model = copy.deepcopy(base)
         t0 = time.perf_counter()
+        config = None
         if preset != "bf16":
             config = sharq.SharqConfig.from_preset(preset.removesuffix("+mse"))
-            sharq.quantize_(model, config.replace(weight_scale="mse") if preset.endswith("+mse") else config)
-        tq = time.perf_counter() - t0
-        with kept_dequantized_weights(model):
-            res = perplexity(model, tok, tokens, seq_len=args.seq_len, max_tokens=n)
+            config = config.replace(weight_scale="mse") if preset.endswith("+mse") else config
+        res, tq = quantized_perplexity(base, tok, tokens, config, seq_len=args.seq_len, max_tokens=n)
         nll[preset], window_tokens[:] = list(res.window_nll), list(res.window_tokens)
         ppl = perplexity_interval(res.window_nll, res.window_tokens, resamples=args.boot)
         rows.append(

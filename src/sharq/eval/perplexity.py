@@ -18,7 +18,7 @@ import torch
 
 from .scoring import prefix_token_id
 
-__all__ = ["PerplexityResult", "corpus_tokens", "perplexity"]
+__all__ = ["PerplexityResult", "corpus_tokens", "perplexity", "quantized_perplexity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +96,32 @@ def perplexity(
         window_nll=tuple(window_nll),
         window_tokens=tuple(len(w) for w in windows),
     )
+
+
+def quantized_perplexity(
+    base: torch.nn.Module,
+    tokenizer,
+    tokens: Sequence[int],
+    config=None,
+    *,
+    seq_len: int,
+    max_tokens: int | None = None,
+    backend: str = "auto",
+) -> tuple[PerplexityResult, float]:
+    """(perplexity of a copy of `base` quantized with `config` — a SharqConfig, None: unquantized —,
+    seconds the quantization took). The copy runs inside `kept_dequantized_weights` (each weight
+    decoded once, the same outputs); `base` is left as it was."""
+    import copy
+    import time
+
+    from ..models.convert import quantize_
+    from ..runtime.weight_cache import kept_dequantized_weights
+
+    model = copy.deepcopy(base)
+    start = time.perf_counter()
+    if config is not None:
+        quantize_(model, config, backend=backend)
+    seconds = time.perf_counter() - start
+    with kept_dequantized_weights(model):
+        result = perplexity(model, tokenizer, tokens, seq_len=seq_len, max_tokens=max_tokens)
+    return result, seconds
