@@ -159,14 +159,16 @@ def rotated_weights(w0: torch.Tensor, quantize: Callable[[torch.Tensor], object]
 
 @functools.cache
 def gemlite():
-    """gemlite with its shipped H100 config loaded (on an H100; once a process), or None where it is
-    not installed (PyPI gemlite==0.6.0.post2, pure Python + Triton)."""
+    """gemlite with its shipped H100 config loaded (on a Hopper GPU, H100 or H200: gemlite ships no
+    H200 file and the H200 is the same sm_90 chip with more, faster memory; once a process), or None
+    where it is not installed (PyPI gemlite==0.6.0.post2, pure Python + Triton)."""
     try:
         import gemlite as module
     except ImportError:
         return None
     config = Path(module.__file__).parent / "configs" / "h100.json"
-    if torch.cuda.is_available() and "H100" in torch.cuda.get_device_name() and config.exists():
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    if ("H100" in name or "H200" in name) and config.exists():
         module.load_config(str(config))
     return module
 
