@@ -22,7 +22,7 @@ from sharq import PRESETS
 from sharq.kernels.prepare_fp4 import prepare_activation_triton
 from sharq.kernels.prepare_split import prepare_split
 
-CANDIDATES = ((4, 128, 4), (8, 128, 4), (8, 64, 4), (16, 128, 8), (8, 256, 8), (2, 128, 2))
+CANDIDATES = ((4, 128, 4), (8, 128, 4), (8, 64, 4), (16, 128, 8), (8, 256, 8), (2, 128, 2), (1, 128, 1), (2, 256, 4))
 
 
 def main() -> None:
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--model", default="llama-3.1-8b")
     parser.add_argument("--m", default="64,1024,4096")
     parser.add_argument("--granularity", default="tensor")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     config = PRESETS["sharq-nvfp4"].replace(granularity=args.granularity, operand="bf16-sum")
     rows = []
@@ -62,7 +63,7 @@ def main() -> None:
             )
 
     doc = dict(**environment(), model=args.model, granularity=args.granularity, rows=rows)
-    print(write_json(doc, Path(__file__).parent / "results", f"prep-split-tuning-{args.model}"))
+    print(write_json(doc, args.out, f"prep-split-tuning-{args.model}"))
 
 
 if __name__ == "__main__":
