@@ -112,3 +112,25 @@ def test_relative_change_is_paired_and_exact_on_a_shared_offset():
     assert spread.low < spread.value < spread.high
     with pytest.raises(ValueError, match="expected 30"):
         relative_change(base, other[:-1], tokens)
+
+
+def test_accuracy_recovered_share_values_and_pairing():
+    from sharq.eval.bootstrap import accuracy_recovered_share
+
+    ref = [True] * 60 + [False] * 40  # 60%
+    plain = [True] * 40 + [False] * 60  # 40%
+    half = [True] * 50 + [False] * 50  # 50%: half the gap
+    share = accuracy_recovered_share(ref, plain, half, resamples=300)
+    assert share.value == pytest.approx(0.5)
+    assert share.low <= 0.5 <= share.high and share.windows == 100
+    assert accuracy_recovered_share(ref, plain, ref).value == pytest.approx(1.0)
+    assert accuracy_recovered_share(ref, plain, plain).value == pytest.approx(0.0)
+    # paired: a candidate that differs from the reference on one document has a tight interval
+    near = list(ref)
+    near[0] = False
+    tight = accuracy_recovered_share(ref, plain, near, resamples=300)
+    assert tight.high - tight.low < 0.3  # unpaired, two 100-document accuracies would span more than 1
+    with pytest.raises(ValueError, match="no gap"):
+        accuracy_recovered_share(ref, ref, plain)
+    with pytest.raises(ValueError, match="one value a document"):
+        accuracy_recovered_share(ref, plain[:-1], half)

@@ -13,6 +13,8 @@ point value is the statistic on all windows.
   perplexity_interval(nll, tokens)                         ppl with its interval
   recovered_share(nll_ref, nll_plain, nll_cand, tokens)    (ppl_plain − ppl_cand) / (ppl_plain − ppl_ref)
   relative_change(nll_base, nll_other, tokens)            ppl_other / ppl_base − 1
+  accuracy_recovered_share(ok_ref, ok_plain, ok_cand)      (acc_cand − acc_plain) / (acc_ref − acc_plain),
+                                                           documents as the resampled unit
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["Interval", "resample_windows", "perplexity_interval", "recovered_share", "relative_change"]
+__all__ = [
+    "Interval",
+    "resample_windows",
+    "perplexity_interval",
+    "recovered_share",
+    "relative_change",
+    "accuracy_recovered_share",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,3 +156,33 @@ def relative_change(
     value = math.exp(float((other.sum() - base.sum()) / t.sum())) - 1.0
     idx = resample_windows(t.numel(), resamples, seed)
     return _interval(value, _ppl(other, t, idx) / _ppl(base, t, idx) - 1.0, level, t.numel())
+
+
+def accuracy_recovered_share(
+    correct_reference: Sequence[bool],
+    correct_plain: Sequence[bool],
+    correct_candidate: Sequence[bool],
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Share of the plain-FP4 → reference accuracy gap the candidate closes, (acc_candidate −
+    acc_plain) / (acc_reference − acc_plain), from per-document correctness (one bool a document, the
+    same documents in each list), with a paired bootstrap interval over documents. Resamples whose
+    gap is exactly 0 are left out of the interval; ValueError when the gap on all documents is 0."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    ref, plain, cand = (
+        torch.as_tensor(list(x), dtype=torch.float64) for x in (correct_reference, correct_plain, correct_candidate)
+    )
+    if ref.numel() == 0 or not ref.numel() == plain.numel() == cand.numel():
+        raise ValueError(f"need one value a document in each list, got {ref.numel()}, {plain.numel()}, {cand.numel()}")
+    if float(ref.mean()) == float(plain.mean()):
+        raise ValueError("the plain and reference accuracies are equal: there is no gap to recover")
+    value = float((cand.mean() - plain.mean()) / (ref.mean() - plain.mean()))
+    idx = resample_windows(ref.numel(), resamples, seed)
+    r_ref, r_plain, r_cand = (x[idx].mean(dim=1) for x in (ref, plain, cand))
+    gap = r_ref - r_plain
+    shares = torch.where(gap != 0, (r_cand - r_plain) / gap, torch.full_like(gap, math.nan))
+    return _interval(value, shares, level, ref.numel())
