@@ -135,11 +135,11 @@ def main(pdl: bool = False, groups: tuple[int, ...] = (1, 3)) -> None:
                 bm * bk / (32 * nw),
             )
         for two in (False, True):
-            for bm, bk, nw in ((4, 128, 4), (8, 128, 4), (4, 64, 2)):
+            for bm, bk, nw in ((4, 128, 4), (8, 128, 4), (4, 256, 4), (8, 256, 8)):
                 what = "deq(B), deq(R)" if two else "bf16(deq(B) + deq(R))"
                 _report(
                     _compile_split(bm, bk, nw, PLAIN, two=two, inline=True),
-                    f"pair-split preparation sharq-nvfp4 -> {what}, {bm}x{bk} warps {nw}",
+                    f"operand-only preparation sharq-nvfp4 -> {what}, {bm}x{bk} warps {nw}",
                     bm * bk / (32 * nw),
                 )
     fused_main(pdl)
@@ -228,7 +228,6 @@ def _compile_split(bm: int, bk: int, nw: int, source: dict, *, two: bool, inline
         RB=16,
         TWO=two,
         ROUND_ASM=True,
-        SPLIT_LAYOUT=True,
         BLOCK_M=bm,
         BLOCK_K=bk,
         **_source_consts(source, inline),
@@ -266,7 +265,7 @@ def fused_main(pdl: bool = False) -> None:
             k = _compile_split(4, 128, 4, source, two=False, inline=inline)
             _report(
                 k,
-                f"fused {name} + pair-split preparation -> bf16(deq(B) + deq(R)), 4x128 warps 4, stats "
+                f"fused {name} + operand-only preparation -> bf16(deq(B) + deq(R)), 4x128 warps 4, stats "
                 f"{'inline' if inline else 'from the kernel'}",
                 4 * 128 / 128,
                 loops=3 if inline else 1,

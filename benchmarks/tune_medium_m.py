@@ -77,7 +77,7 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             plan = plan_linear(m, config, x.device)
             p = prepare(x, config)
-            sx, (operand,) = prepare_split(x, config, two=False, layout="rows")  # the bf16-sum operand, rows
+            sx, (operand,) = prepare_split(x, config, two=False)  # the bf16-sum operand, rows
             want = fp4_weight_gemm([operand], sx, wqs[0], None, torch.float32, tiles=dict(DECODE=1))
             base = dict(layer=layer, M=m, N=n, K=k, weight_bytes=nbytes, plan=str(plan))
             fp32 = dict(DECODE=1)

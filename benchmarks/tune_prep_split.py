@@ -1,4 +1,4 @@
-"""Launch tilings of the operand-only preparation (prepare_split) at a model's K, both layouts.
+"""Launch tilings of the operand-only preparation (prepare_split, bf16 rows) at a model's K.
 
 For each M and K of the model's layers: the operand-only preparation with each (BLOCK_M, BLOCK_K,
 num_warps) candidate, against the generic preparation (prepare_fp4) it replaces above 16 rows, and the
@@ -41,17 +41,15 @@ def main() -> None:
             row["generic_ms"] = graph_ms(
                 [lambda: prepare_activation_triton(x, config, with_terms=True, terms_layout="rows")]
             )
-            want = prepare_split(x, config, two=False, layout="rows")[1][0]
+            want = prepare_split(x, config, two=False)[1][0]
             for bm, bk, nw in CANDIDATES:
                 tiles = dict(BLOCK_M=bm, BLOCK_K=bk, num_warps=nw)
-                for layout in ("rows", "pair-split"):
-                    got = prepare_split(x, config, two=False, layout=layout, tiles=tiles)[1][0]
-                    if layout == "rows":
-                        assert torch.equal(got, want), tiles
-                    row[f"{layout}_{bm}x{bk}w{nw}_ms"] = graph_ms(
-                        [lambda lay=layout, t=tiles: prepare_split(x, config, two=False, layout=lay, tiles=t)]
-                    )
-            row["default_rows_ms"] = graph_ms([lambda: prepare_split(x, config, two=False, layout="rows")])
+                got = prepare_split(x, config, two=False, tiles=tiles)[1][0]
+                assert torch.equal(got, want), tiles
+                row[f"rows_{bm}x{bk}w{nw}_ms"] = graph_ms(
+                    [lambda t=tiles: prepare_split(x, config, two=False, tiles=t)]
+                )
+            row["default_rows_ms"] = graph_ms([lambda: prepare_split(x, config, two=False)])
             best = min((v, key) for key, v in row.items() if key.startswith("rows_"))
             row["best_rows"] = best[1]
             rows.append(row)

@@ -1,7 +1,7 @@
 """The producers of the linears' inputs fused into the preparation (issue 25, SPEC §9): RMSNorm (with
 or without the residual add before it) and act(gate) · up, each computed inside the preparation
 kernel, give the bits of the unfused chain — torch computing the producer, then `ops.prepare` —
-for every planned layout (GEMV operand, bf16 rows, operand rows, pair-split), both granularities,
+for every planned layout (GEMV operand, bf16 rows, operand rows), both granularities,
 three dtypes, non-finite and zero rows; a tiny model's logits are identical with fusion on and off.
 
 Without a GPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py) at small shapes.
@@ -137,7 +137,7 @@ def test_torch_statistic_order_is_not_a_kernel_order():
 
 # --- RMSNorm [+ residual add] + preparation ----------------------------------------------------
 # rows -> the plan's preparation (sharq-nvfp4, operand auto): 1 the GEMV operand, 5 bf16 rows with the
-# statistics inline, 12 bf16 rows after the stats kernel, 20 the operand rows, 260 the pair-split layout
+# statistics inline, 12 bf16 rows after the stats kernel, 20 and 260 the operand rows
 NORM_CASES = [
     # rows, K, dtype, variant, residual add, granularity
     (1, 64, torch.bfloat16, "llama", True, "tensor"),
@@ -148,8 +148,8 @@ NORM_CASES = [
     (12, 64, torch.float16, "llama", True, "token"),
     (20, 96, torch.bfloat16, "gemma", True, "tensor"),
     (20, 128, torch.float32, "gemma", False, "token"),
-    pytest.param(260, 64, torch.bfloat16, "llama", True, "token", marks=pytest.mark.slow),  # ~11 s; the pair-split
-]  # layout is also checked fast, in test_statistics_inline_or_from_the_stats_kernel_agree
+    pytest.param(260, 64, torch.bfloat16, "llama", True, "token", marks=pytest.mark.slow),  # ~11 s
+]
 
 
 @pytest.mark.parametrize("rows,k,dtype,variant,add,granularity", NORM_CASES)
@@ -161,7 +161,7 @@ def test_fused_norm_equals_norm_then_preparation(rows, k, dtype, variant, add, g
     plan = _check_norm(x, residual, weight, variant, config)
     assert (
         plan.linear.preparation
-        == {1: "gemv", 2: "gemv", 5: "rows", 12: "rows", 20: "operand-rows", 260: "operand-split"}[rows]
+        == {1: "gemv", 2: "gemv", 5: "rows", 12: "rows", 20: "operand-rows", 260: "operand-rows"}[rows]
     )
 
 
@@ -221,7 +221,7 @@ def test_statistics_inline_or_from_the_stats_kernel_agree(monkeypatch, granulari
         _same_prepared(p, rows[0][0])
         assert _bits_equal(y, rows[0][1]) and _bits_equal(h, rows[0][2])
     stats = (-1, 0, 1) if granularity == "token" else (-1, 0)
-    split = [prepare_split_source(x, config, spec(s), two=False, layout="pair-split") for s in stats]
+    split = [prepare_split_source(x, config, spec(s), two=False) for s in stats]
     for s, ops_, y, _h in split[1:]:
         assert _bits_equal(s, split[0][0]) and _bits_equal(ops_[0], split[0][1][0]) and _bits_equal(y, split[0][2])
     if granularity == "tensor":

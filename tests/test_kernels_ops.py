@@ -14,7 +14,6 @@ import torch
 triton = pytest.importorskip("triton")
 
 import sharq.kernels.gemm_fp4  # noqa: E402,F401  (registers sharq::fp4_weight_gemm)
-import sharq.kernels.gemm_nvfp4_split  # noqa: E402,F401  (registers sharq::fp4_weight_gemm_split)
 import sharq.kernels.prepare_fp4  # noqa: E402,F401  (registers sharq::prepare_fp4)
 import sharq.kernels.prepare_split  # noqa: E402,F401  (registers sharq::prepare_split)
 from sharq import PRESETS  # noqa: E402
@@ -47,10 +46,10 @@ def test_prepare_op_passes_opcheck():
 
 def test_prepare_split_op_passes_opcheck():
     x = _x(20, 128)
-    # sharq-nvfp4 per token / per tensor, bf16 sum and two terms, pair-split and rows layouts
-    for token, two, split in ((True, False, True), (False, True, True), (True, True, False), (False, False, False)):
+    # sharq-nvfp4 per token / per tensor, bf16 sum and two terms
+    for token, two in ((True, False), (False, True), (True, True), (False, False)):
         torch.library.opcheck(
-            torch.ops.sharq.prepare_split.default, (x, token, 1, 2, 8, 1, 0, 1, 1, 32, 16, two, split, [0, 0, 0])
+            torch.ops.sharq.prepare_split.default, (x, token, 1, 2, 8, 1, 0, 1, 1, 32, 16, two, [0, 0, 0])
         )
 
 
@@ -63,22 +62,10 @@ def test_gemm_op_passes_opcheck():
         (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.bfloat16, [0] * 7),
         (a, None, wq.codes, wq.scales, sx[:1], None, None, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 0]),
         (a, r, wq.codes, wq.scales, sx, wq.global_scale, bias, False, 32, torch.float32, [16, 16, 32, 1, 4, 2, 2]),
-    ):  # the bf16-scratch path
+        # 20 rows, one term: the medium-M packed decode with the plan's tiles
+        (_x(20, 96, 3), None, wq.codes, wq.scales, sx[:1], wq.global_scale, bias, False, 32, torch.bfloat16, [0] * 9),
+    ):  # the third: the bf16-scratch path
         torch.library.opcheck(torch.ops.sharq.fp4_weight_gemm.default, args)
-
-
-def test_split_gemm_op_passes_opcheck():
-    from sharq.kernels.prepare_split import prepare_split
-
-    config = PRESETS["sharq-nvfp4"]
-    wq = quantize_weight(torch.randn(24, 96, device=DEVICE) * 0.1, config)
-    s, (t, r) = prepare_split(_x(20, 96, 1), config.replace(granularity="token"), two=True)
-    bias = torch.randn(24, device=DEVICE)
-    for args in (
-        (t, r, wq.codes, wq.scales, s.reshape(-1), wq.global_scale, bias, 32, torch.bfloat16, [0] * 6),
-        (t, None, wq.codes, wq.scales, s.reshape(-1)[:1], None, None, 32, torch.float32, [32, 16, 64, 1, 4, 2]),
-    ):
-        torch.library.opcheck(torch.ops.sharq.fp4_weight_gemm_split.default, args)
 
 
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-mxfp4"])

@@ -1,6 +1,7 @@
-"""The M > 16 path: the pair-split preparation == the reference bit for bit (every NVFP4 preset the
-kernel takes, both granularities, sum and two-term operands, specials), and the pair-split GEMM ==
-an FP64 matmul of its own operands (FP32 summation order), every tiling, partial tiles.
+"""The M > 16 path: the operand-only preparation (`prepare_split`, bf16 rows) == the reference bit for
+bit (every NVFP4 preset the kernel takes, both granularities, sum and two-term operands, specials),
+and the medium-M GEMM (`gemm_fp4`'s packed decode, the plan's tiles and others) == an FP64 matmul
+of its own operands (FP32 summation order), partial tiles.
 
 Without a GPU the kernels run under TRITON_INTERPRET=1 at small shapes; `-m gpu` runs Llama shapes.
 """
@@ -13,13 +14,8 @@ import torch
 triton = pytest.importorskip("triton")
 
 from sharq import PRESETS  # noqa: E402
-from sharq.kernels.gemm_nvfp4_split import fp4_weight_gemm_split, split_gemm_supports  # noqa: E402
-from sharq.kernels.prepare_split import (  # noqa: E402
-    prepare_split,
-    prepare_split_supports,
-    split_padded,
-    split_positions,
-)
+from sharq.kernels.gemm_fp4 import _tiles, fp4_weight_gemm  # noqa: E402
+from sharq.kernels.prepare_split import prepare_split, prepare_split_supports  # noqa: E402
 from sharq.ops import quantize_weight  # noqa: E402
 from sharq.sparse.decompose import prepare_activation  # noqa: E402
 
@@ -46,21 +42,13 @@ def _activation(m: int, k: int, seed: int) -> torch.Tensor:
     return x.to(torch.bfloat16).to(DEVICE)
 
 
-def _split(v: torch.Tensor, k: int) -> torch.Tensor:
-    """FP32 (M, K) -> (M, Kp) in the pair-split layout, zero padded."""
-    out = torch.zeros(v.shape[0], split_padded(k), device=v.device)
-    out[:, :k] = v
-    return out[:, split_positions(k, device=v.device)]
-
-
 def _want(x: torch.Tensor, config, two: bool):
     ref = prepare_activation(x, config.replace(operand="bf16-sum"))
-    k = x.shape[1]
     if two and ref.residual is not None:
         terms = (ref.backbone.dequantize(apply_global_scale=False), ref.residual.dequantize(apply_global_scale=False))
     else:
         terms = (ref.dense,)
-    return ref.global_scale, tuple(_split(t, k) for t in terms)
+    return ref.global_scale, terms
 
 
 def _assert_bits(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -70,27 +58,20 @@ def _assert_bits(got: torch.Tensor, want: torch.Tensor) -> None:
     )
 
 
-def test_split_positions_are_evens_then_odds():
-    pos = split_positions(130)
-    assert pos.shape == (192,)
-    assert pos[:32].tolist() == list(range(0, 64, 2)) and pos[32:64].tolist() == list(range(1, 64, 2))
-    assert sorted(pos.tolist()) == list(range(192))
-
-
 @pytest.mark.parametrize("preset", SPLIT_PRESETS)
 @pytest.mark.parametrize("granularity", ["token", "tensor"])
 @pytest.mark.parametrize("two", [False, True])
 def test_prepare_split_equals_reference_bits(preset, granularity, two):
     config = PRESETS[preset].replace(granularity=granularity)
     assert prepare_split_supports(config)
-    for m, k, seed in ((19, 256, 1), (5, 200, 2)):  # 200: a partial 64-run, zero padded
+    for m, k, seed in ((19, 256, 1), (5, 200, 2)):  # 200: a partial 64-wide step, masked
         x = _activation(m, k, seed)
         s, terms = prepare_split(x, config, two=two)
         want_s, want = _want(x, config, two)
         assert torch.equal(s, want_s)
         assert len(terms) == len(want)
         for t, w in zip(terms, want):
-            assert t.shape == (m, split_padded(k))
+            assert t.shape == (m, k)
             _assert_bits(t, w)
 
 
@@ -136,10 +117,8 @@ def test_prepare_split_refuses_what_it_does_not_prepare():
     assert terms[0].shape == (0, 64)
 
 
-def _fp64_split(terms, s_x, wq, bias, k):
-    w = torch.zeros(wq.shape[0], split_padded(k), dtype=torch.float64, device=wq.codes.device)
-    w[:, :k] = wq.dequantize(apply_global_scale=False).double()
-    w = w[:, split_positions(k, device=w.device)]
+def _fp64(terms, s_x, wq, bias):
+    w = wq.dequantize(apply_global_scale=False).double()
     acc = sum(t.double() for t in terms) @ w.T
     y = (s_x.double().reshape(-1, 1) * wq.global_scale.double()) * acc
     return y if bias is None else y + bias.double()
@@ -148,35 +127,25 @@ def _fp64_split(terms, s_x, wq, bias, k):
 @pytest.mark.parametrize("preset", ["sharq-nvfp4", "sharq-nvfp4-w16"])
 @pytest.mark.parametrize("two", [False, True])
 @pytest.mark.parametrize("m,n,k", [(17, 48, 256), (70, 130, 200)])
-def test_split_gemm_matches_fp64_matmul_of_its_operands(preset, two, m, n, k):
+def test_medium_m_gemm_matches_fp64_matmul_of_its_operands(preset, two, m, n, k):
+    """The packed weight decode at 17-511 rows on the operand-only preparation's rows."""
     config = PRESETS[preset].replace(granularity="token" if m % 2 else "tensor")
     g = torch.Generator().manual_seed(m + n)
     wq = quantize_weight((torch.randn(n, k, generator=g) * 0.02).to(DEVICE), config)
-    assert split_gemm_supports(wq)
     bias = torch.randn(n, generator=g).to(torch.bfloat16).to(DEVICE)
     x = _activation(m, k, m)
     s, terms = prepare_split(x, config, two=two)
-    want = _fp64_split(terms, s, wq, bias, k)
-    for tiles in (None, dict(BLOCK_N=32, BLOCK_M=16, BLOCK_K=64), dict(BLOCK_N=64, BLOCK_M=32, BLOCK_K=128, GROUP_N=2)):
-        got = fp4_weight_gemm_split(terms, s, wq, bias, torch.float32, tiles=tiles)
+    want = _fp64(terms, s, wq, bias)
+    assert _tiles(m, n, k, packed=True)["DECODE"] == 2  # the plan's regime for these rows
+    packed = dict(DECODE=2, STACK=1, GROUP_M=8, num_warps=4, num_stages=3, SCRATCH=1)
+    for tiles in (
+        None,
+        dict(packed, BLOCK_M=32, BLOCK_N=32, BLOCK_K=64),
+        dict(packed, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
+    ):
+        got = fp4_weight_gemm(list(terms), s, wq, bias, torch.float32, tiles=tiles)
         err = float((got.double() - want).abs().max() / want.abs().max())
         assert err < 2e-6, (tiles, err)  # FP32 summation order
-
-
-def test_split_gemm_refuses_bad_operands():
-    config = PRESETS["sharq-nvfp4"]
-    wq = quantize_weight(torch.randn(32, 128, device=DEVICE), config)
-    s, terms = prepare_split(_activation(20, 128, 0), config, two=False)
-    with pytest.raises(ValueError, match="bf16"):
-        fp4_weight_gemm_split((terms[0].float(),), s, wq, None, torch.bfloat16)
-    with pytest.raises(ValueError, match="multiple of 64"):
-        fp4_weight_gemm_split(terms, s, wq, None, torch.bfloat16, tiles=dict(BLOCK_K=96))
-    with pytest.raises(ValueError, match="NVFP4"):
-        fp4_weight_gemm_split(
-            terms, s, quantize_weight(torch.randn(32, 128, device=DEVICE), PRESETS["sharq-mxfp4"]), None, torch.bfloat16
-        )
-    with pytest.raises(ValueError, match="one scale or one per row"):
-        fp4_weight_gemm_split(terms, torch.ones(3, device=DEVICE), wq, None, torch.bfloat16)
 
 
 @pytest.mark.gpu
@@ -195,6 +164,6 @@ def test_split_path_at_llama_shapes(m):
                 _assert_bits(t, w)
             wq = quantize_weight(torch.randn(n, k, device=DEVICE) * 0.02, config)
             rows = torch.arange(0, m, max(1, m // 64), device=DEVICE)  # FP64 on a sample of rows
-            got = fp4_weight_gemm_split(terms, s, wq, None, torch.float32)[rows]
-            ref = _fp64_split(tuple(t[rows] for t in terms), s[rows], wq, None, k)
+            got = fp4_weight_gemm(list(terms), s, wq, None, torch.float32)[rows]
+            ref = _fp64(tuple(t[rows] for t in terms), s[rows], wq, None)
             assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-5

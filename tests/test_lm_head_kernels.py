@@ -124,8 +124,8 @@ def test_plan_routes_rows_to_the_kernel_that_runs(monkeypatch):
         "w4a16-gemv",
         "small-m",
         "small-m",
-        "fp32-decode",
-        "fp32-decode",
+        "medium-m",
+        "medium-m",
         "bf16-scratch",
     ]
     assert LM_HEAD_GEMV_MAX_M == 2

@@ -113,12 +113,11 @@ def prepare(
         return prepare_activation_triton(
             x, config, with_terms=True, terms_layout=layout, gemv_rows=x.shape[0], row_amax=bits
         )
-    if plan.preparation in ("operand-rows", "operand-split"):
+    if plan.preparation == "operand-rows":
         from .kernels.prepare_split import prepare_split
 
-        layout = "pair-split" if plan.preparation == "operand-split" else "rows"
-        s, terms = prepare_split(x, config, two=plan.operand is Operand.EXACT, layout=layout)
-        return _operand_prepared(x, config, s, terms, layout)
+        s, terms = prepare_split(x, config, two=plan.operand is Operand.EXACT)
+        return _operand_prepared(x, config, s, terms)
     # the plan chose the layout: the GEMV operand here serves any row count (MoE layers send up to
     # EXPERTS_GEMV_MAX_TOKENS rows to the experts GEMV)
     return prepare_activation_triton(x, config, with_terms=True, terms_layout=plan.preparation, gemv_rows=x.shape[0])
@@ -143,10 +142,10 @@ def _check_row_amax(x: torch.Tensor, config: SharqConfig, row_amax: torch.Tensor
 
 
 def _operand_prepared(
-    x: torch.Tensor, config: SharqConfig, s: torch.Tensor, terms: tuple[torch.Tensor, ...], layout: str
+    x: torch.Tensor, config: SharqConfig, s: torch.Tensor, terms: tuple[torch.Tensor, ...]
 ) -> PreparedActivation:
-    """The PreparedActivation of `prepare_split`'s output for x (M, K): the operand alone, codes and
-    scales unwritten (empty (M, 0))."""
+    """The PreparedActivation of `prepare_split`'s output for x (M, K): the operand alone as "rows",
+    codes and scales unwritten (empty (M, 0))."""
     m, k = x.shape
     unwritten = x.new_empty(m, 0, dtype=torch.uint8)
     gs = s if config.has_global_scale else None
@@ -157,7 +156,7 @@ def _operand_prepared(
         )
 
     residual = term(config.residual_block) if config.residual is not Residual.NONE else None
-    return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout=layout)
+    return PreparedActivation(term(config.backbone_block), residual, s, terms=terms, layout="rows")
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -169,12 +168,11 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 def _prepare_with_source(x: torch.Tensor, config: SharqConfig, source, linear) -> tuple:
     """(prepared, y, h): the planned preparation (`linear`, a LinearPlan) of the activation that
     `source` (kernels.sources.SourceSpec) computes from x (M, K), in the preparation's kernel."""
-    if linear.preparation in ("operand-rows", "operand-split"):
+    if linear.preparation == "operand-rows":
         from .kernels.prepare_split import prepare_split_source
 
-        layout = "pair-split" if linear.preparation == "operand-split" else "rows"
-        s, terms, y, h = prepare_split_source(x, config, source, two=linear.operand is Operand.EXACT, layout=layout)
-        return _operand_prepared(x, config, s, terms, layout), y, h
+        s, terms, y, h = prepare_split_source(x, config, source, two=linear.operand is Operand.EXACT)
+        return _operand_prepared(x, config, s, terms), y, h
     from .kernels.prepare_fp4 import prepare_source_triton
 
     # as in `prepare`: a planned GEMV operand serves any row count (a MoE layer's experts GEMV)
@@ -360,8 +358,8 @@ def linear_from_prepared(
     summation order), the Hopper fast path.
     A preparation that carries `dense` (bf16(deq(B) + deq(R)), operand bf16-sum) is multiplied as it
     is. One that carries Triton operands (`prepared.layout`, kernels/plan.py) runs the planned kernel:
-    the decode GEMV ("gemv"), the small-M GEMM ("rows") or the pair-split GEMM ("pair-split"); each
-    equals this function's reference sum up to FP32 summation order.
+    the decode GEMV ("gemv") or `gemm_fp4` ("rows"); each equals this function's reference sum up to
+    FP32 summation order.
     """
     if prepared.layout == "gemv":  # a short exact batch: the decode GEMV's operand
         from .kernels.gemv_nvfp4 import fp4_weight_gemv
@@ -371,10 +369,6 @@ def linear_from_prepared(
         from .kernels.gemm_fp4 import fp4_weight_gemm
 
         return fp4_weight_gemm(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
-    if prepared.layout == "pair-split":
-        from .kernels.gemm_nvfp4_split import fp4_weight_gemm_split
-
-        return fp4_weight_gemm_split(prepared.terms, prepared.global_scale, weight, bias, out_dtype)
     sparse_view, dense_view = weight_scale_views(weight)
     s_w = weight.global_scale if weight.global_scale is not None else torch.ones((), device=weight.device)
     w_sparse = weight.dequantize(apply_global_scale=False, scale_block=sparse_view)  # (N, K) fp32

@@ -11,11 +11,11 @@ Operands
           epilogue as (s_x · s_w) · acc, then + bias, then cast: the reference's order.
 
 The weight tile is dequantized in registers with exact bit operations, one of two ways:
-- FP32 decode (DECODE 1; MXFP4, and NVFP4 beyond 16 rows): a code's 3 magnitude bits placed in a
+- FP32 decode (DECODE 1; MXFP4 below 512 rows): a code's 3 magnitude bits placed in a
   float16's exponent/mantissa give value · 2^-14 (normal and subnormal codes alike), an E4M3
   scale's 7 bits likewise give scale · 2^-8; their FP32 product times 2^22 is exact, and so is
   the cast to bf16.
-- Packed decode (DECODE 2; NVFP4 up to 16 rows): inline asm turns 4 payload bytes into 8 bf16
+- Packed decode (DECODE 2; NVFP4 below 512 rows): inline asm turns 4 payload bytes into 8 bf16
   weights in packed registers (`_BF16_HALVES_PTX`), value · scale · 2^-7 exactly, the even and
   odd K positions as two tiles that multiply the matching halves of the activation tile; the
   epilogue multiplies the FP32 sum by 2^7 (exact). Up to 8 rows with two terms (STACK), B's and
@@ -23,11 +23,12 @@ The weight tile is dequantized in registers with exact bit operations, one of tw
   tensor-core work of two 16-row MMAs on 8 rows. About 6 SASS instructions per weight against 12.
 Nothing is rounded before the MMA.
 
-One kernel, tiled by M (`_tiles`, from measured sweeps). The plan (kernels/plan.py) sends it exact
-NVFP4 calls of 3-16 rows (the packed decode, narrow N tiles so every SM streams weights;
-benchmarks/tune_small_m.py) and every MXFP4 call: the FP32 decode, from M ≥ 512 over a bf16 scratch
-weight dequantized once by `dequant_fp4.py` (128×256 tiles, grouped launch order for L2 reuse).
-NVFP4 calls of more than 16 rows run `gemm_nvfp4_split.py`, of up to 2 rows `gemv_nvfp4.py`.
+One kernel, tiled by M (`_tiles`, from measured sweeps). The plan (kernels/plan.py) sends it NVFP4
+calls of 3-511 rows (the packed decode: narrow N tiles up to 16 rows so every SM streams weights,
+benchmarks/tune_small_m.py; 17-511 rows `_medium_packed_tiles`, benchmarks/tune_medium_m.py), MXFP4
+calls below 512 rows (the FP32 decode), and every call from 512 rows: a bf16 GEMM over the weight
+dequantized once into a scratch matrix by `dequant_fp4.py` (128×256 tiles, grouped launch order for
+L2 reuse). NVFP4 calls of up to 2 exact rows run `gemv_nvfp4.py`.
 """
 
 from __future__ import annotations
@@ -253,7 +254,8 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
 
     packed (NVFP4 weights) and M <= 16: the packed-register decode (DECODE 2), with both terms'
     rows stacked into one MMA operand up to 8 rows (STACK 2): benchmarks/tune_small_m.py
-    (small-m-tuning-h100.json). Otherwise the FP32 decode (DECODE 1), from tune_gemm.py's and
+    (small-m-tuning-h100.json); packed and 17 <= M < SCRATCH_MIN_M: the packed decode, one MMA per
+    term (`_medium_packed_tiles`). Otherwise the FP32 decode (DECODE 1), from tune_gemm.py's and
     tune_prefill.py's sweeps (gemm-tuning-h100.json, prefill-tuning-h100.json). SCRATCH 1: the
     weight tile is dequantized in the GEMM loop; 2: the weight is dequantized once into a bf16
     scratch matrix and the loop is a bf16 GEMM (large M)."""
@@ -276,7 +278,25 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
             DECODE=2,
             STACK=2 if stack else 1,
         )
+    if packed and m < SCRATCH_MIN_M:
+        return dict(_medium_packed_tiles(m, n), DECODE=2, STACK=1)
     return dict(_fp32_decode_tiles(m, n, k), DECODE=1, STACK=1)
+
+
+def _medium_packed_tiles(m: int, n: int) -> dict:
+    """The packed decode at 17-511 rows (one MMA per term), from benchmarks/tune_medium_m.py
+    (medium-m-tuning-h100.json, Llama-3.1-8B layers at M = 32, 64, 128, 256; each rule below is the
+    measured best there or within 3% of it; 257-511 rows take the 256-row choice, not measured).
+    Wide layers (gate_up): 128-wide N tiles, BLOCK_M up to 128; q/k/v-sized N: 64-wide, BLOCK_M 64
+    from 33 rows and 128 from 129; narrow N (o, down): 64-wide, BLOCK_M 32 up to 64 rows, then 64."""
+    if n >= 16384:
+        bm, bn, bk = min(128, max(32, 1 << (m - 1).bit_length())), 128, 128
+    elif n >= 6144:
+        bm = 32 if m <= 32 else 64 if m <= 128 else 128
+        bn, bk = 64, 128 if bm == 128 else 256
+    else:
+        bm, bn, bk = (32 if m <= 64 else 64), 64, 256
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=4, num_stages=3, SCRATCH=1)
 
 
 def _fp32_decode_tiles(m: int, n: int, k: int) -> dict:

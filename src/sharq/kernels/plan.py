@@ -7,22 +7,20 @@ Llama-3.1-8B layers. Regimes (NVFP4 on CUDA, `backend="auto"`; M = rows of the f
   operand   M         preparation                         GEMM
   exact     1-2       int8 codes + FP32 scales/16 (1)     decode GEMV, integer dot products (gemv_nvfp4)
   exact     3-16      bf16 deq(B), deq(R) rows (1)        small-M GEMM, packed weight decode (gemm_fp4)
-  any       17-255    operand rows (2)                    FP32-decode GEMM (gemm_fp4)
-  any       256-511   operand, pair-split layout (2)      weight-as-A GEMM (gemm_nvfp4_split)
+  any       17-511    operand rows (2)                    medium-M GEMM, packed weight decode (gemm_fp4)
   any       >= 512    operand rows (2)                    bf16 GEMM over a scratch weight (gemm_fp4 +
                                                           dequant_fp4)
   (1) prepare_fp4: codes, scales and the operand; (2) prepare_split: the operand alone — bf16(deq(B) +
   deq(R)) for bf16-sum, deq(B) and deq(R) (two MMAs) for exact.
 
-The M > 16 boundaries come from benchmarks/tune_split.py's sweeps (docs/performance.md, "Kernel plan").
+The M > 16 regimes come from benchmarks/tune_medium_m.py's and tune_prefill.py's sweeps (docs/performance.md,
+"Kernel plan").
 `operand="auto"` is exact up to AUTO_EXACT_MAX_ROWS (16) rows and bf16-sum above (SPEC §7), so its
 calls take the exact rows up to 16 rows and the bf16-sum operand above. MXFP4 prepares bf16 rows
 and runs `gemm_fp4`'s FP32
 decode (a bf16 scratch weight from SCRATCH_MIN_M rows); HiF4 and CPU tensors run the reference.
 The weight-only quantized lm_head has its own small plan (`plan_lm_head`: W4A16 GEMV, then gemm_fp4 with
-one bf16 term). The GEMMs' tile tables live beside their kernels (`gemm_fp4._tiles`,
-`gemm_nvfp4_split.split_gemm_tiles`)
-and `tiles` reports them.
+one bf16 term). The GEMM's tile table lives beside its kernel (`gemm_fp4._tiles`) and `tiles` reports it.
 
 Mixture-of-experts layers (`nn.experts.SharqExperts`) take one more decision, `plan_experts`: a layer
 call of T tokens, top-k routing over E experts, either
@@ -82,7 +80,6 @@ __all__ = [
 # the packed decode and stacked terms is faster (benchmarks/tune_small_m.py, small-m-tuning-h100.json:
 # the four Llama-3.1-8B linears at M = 2 in 90 us on either, at M = 4 in 91 us against the GEMV's 124)
 GEMV_AUTO_MAX_M = 2
-SPLIT_MIN_M = 256  # from here to SCRATCH_MIN_M - 1 rows: the pair-split operand and weight-as-A GEMM
 SCRATCH_MIN_M = 512  # from here on gemm_fp4 multiplies a bf16 scratch weight (gemm_fp4._tiles reads it)
 # MoE layers: calls of up to this many tokens run the experts GEMV (decode); it is the exact operand's
 # limit under operand="auto" (AUTO_EXACT_MAX_ROWS), and no expert sees more rows than the call has tokens
@@ -97,11 +94,11 @@ class LinearPlan:
     backend:     REFERENCE or TRITON.
     operand:     EXACT or BF16_SUM (config.operand resolved for `rows`).
     preparation: "reference" | "gemv" (int8 codes + FP32 scales) | "rows" (prepare_fp4: codes and bf16
-                 (M, K) terms) | "operand-rows" / "operand-split" (prepare_split: the bf16 operand
-                 alone, (M, K) rows or (M, Kp) in the pair-split layout; no codes written).
-    gemm:        "reference" | "gemv" | "small-m" (gemm_fp4, packed decode) | "fp32-decode" (gemm_fp4)
-                 | "bf16-scratch" (gemm_fp4 over dequant_fp4's scratch weight) | "pair-split"
-                 (gemm_nvfp4_split).
+                 (M, K) terms) | "operand-rows" (prepare_split: the bf16 operand alone, (M, K) rows;
+                 no codes written).
+    gemm:        "reference" | "gemv" | "small-m" / "medium-m" (gemm_fp4, packed decode; 3-16 and
+                 17-511 rows) | "fp32-decode" (gemm_fp4, MXFP4) | "bf16-scratch" (gemm_fp4 over
+                 dequant_fp4's scratch weight).
     """
 
     rows: int
@@ -112,14 +109,11 @@ class LinearPlan:
 
     def tiles(self, n: int, k: int) -> dict:
         """The GEMM's launch tiling for an (N, K) weight (empty for the reference and the GEMV)."""
-        if self.gemm == "pair-split":
-            from .gemm_nvfp4_split import split_gemm_tiles
-
-            return split_gemm_tiles(self.rows, n, k)
-        if self.gemm in ("small-m", "fp32-decode", "bf16-scratch"):
+        if self.gemm in ("small-m", "medium-m", "fp32-decode", "bf16-scratch"):
             from .gemm_fp4 import _tiles
 
-            return _tiles(self.rows, n, k, packed=self.gemm == "small-m", two=self.operand is Operand.EXACT)
+            packed = self.gemm in ("small-m", "medium-m")
+            return _tiles(self.rows, n, k, packed=packed, two=self.operand is Operand.EXACT)
         return {}
 
     def describe(self) -> str:
@@ -147,10 +141,9 @@ def plan_linear(
         if exact and rows <= 16:
             return LinearPlan(rows, backend, operand, "rows", "small-m")
         if prepare_split_supports(config):
-            if SPLIT_MIN_M <= rows < SCRATCH_MIN_M:
-                return LinearPlan(rows, backend, operand, "operand-split", "pair-split")
-            return LinearPlan(rows, backend, operand, "operand-rows", _rows_gemm(rows))
-    return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows))
+            return LinearPlan(rows, backend, operand, "operand-rows", _rows_gemm(rows, packed=True))
+        return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows, packed=True))
+    return LinearPlan(rows, backend, operand, "rows", _rows_gemm(rows, packed=False))
 
 
 # "0": every producer runs in torch, then the preparation; "always": fused even where the plan would
@@ -249,7 +242,7 @@ def plan_producer(
         reason = "check_finite: down_proj checks its input"
     if reason:
         return ProducerPlan(producer, linear, False, reason=reason)
-    if linear.preparation in ("operand-rows", "operand-split"):
+    if linear.preparation == "operand-rows":
         from .prepare_split import source_launches
     else:
         from .prepare_fp4 import source_launches
@@ -259,22 +252,29 @@ def plan_producer(
 
 # The weight-only quantized lm_head (SPEC §9, `ops.lm_head_linear`) on the Triton backend: its input is
 # one bf16 term (the hidden state, s_x = 1), no preparation. Up to this many rows the W4A16 GEMV
-# (gemv_w4a16.py); above, gemm_fp4 with that one term: the packed decode up to 16 rows, the FP32
-# decode below SCRATCH_MIN_M, the bf16 scratch weight from there. The 2 follows GEMV_AUTO_MAX_M; it
+# (gemv_w4a16.py); above, gemm_fp4 with that one term: the packed decode below SCRATCH_MIN_M (small-M
+# tiles up to 16 rows, medium-M tiles above), the bf16 scratch weight from there. The 2 follows GEMV_AUTO_MAX_M; it
 # was not tuned for the W4A16 GEMV (no GPU measurement of it yet).
 LM_HEAD_GEMV_MAX_M = 2
 
 
 def plan_lm_head(rows: int) -> str:
-    """The kernel a Triton lm_head call of `rows` rows runs: "w4a16-gemv" | "small-m" | "fp32-decode" |
+    """The kernel a Triton lm_head call of `rows` rows runs: "w4a16-gemv" | "small-m" | "medium-m" |
     "bf16-scratch" (the names of `LinearPlan.gemm`)."""
     if rows <= LM_HEAD_GEMV_MAX_M:
         return "w4a16-gemv"
-    return "small-m" if rows <= 16 else _rows_gemm(rows)
+    return _rows_gemm(rows, packed=True)
 
 
-def _rows_gemm(rows: int) -> str:
-    return "bf16-scratch" if rows >= SCRATCH_MIN_M else "fp32-decode"
+def _rows_gemm(rows: int, packed: bool) -> str:
+    """gemm_fp4's regime for a call of `rows` rows, as `gemm_fp4._tiles` picks it: NVFP4 weights
+    (`packed`) take the packed decode below SCRATCH_MIN_M rows (small-M tiles up to 16 rows), MXFP4
+    the FP32 decode; every format the bf16 scratch weight from there."""
+    if rows >= SCRATCH_MIN_M:
+        return "bf16-scratch"
+    if not packed:
+        return "fp32-decode"
+    return "small-m" if rows <= 16 else "medium-m"
 
 
 def plan_table(

@@ -2,15 +2,12 @@
 
 Twin of `sparse.decompose.prepare_activation` for NVFP4 (every mask the Triton kernels take, a
 quantized or naive residual, an optional residual mask), written for throughput. It writes only what
-the large-M GEMM (`gemm_nvfp4_split.py`) reads — no E2M1 codes, no block scales:
+`gemm_fp4` reads above 16 rows — no E2M1 codes, no block scales:
 
-  SUM  (operand bf16-sum): bf16(deq(B) + deq(R))                     one bf16 (M, Kp) tensor
-  TWO  (operand exact):    deq(B) and deq(R), each exact in bf16     two bf16 (M, Kp) tensors
+  SUM  (operand bf16-sum): bf16(deq(B) + deq(R))                     one bf16 (M, K) tensor
+  TWO  (operand exact):    deq(B) and deq(R), each exact in bf16     two bf16 (M, K) tensors
 
-in the *pair-split layout* the weight-as-A GEMM multiplies without shuffles: every run of 64
-positions along K holds its 32 even positions, then its 32 odd ones (`split_positions`; Kp = K
-rounded up to 64, the padding holds zeros) — or as plain (M, K) rows for `gemm_fp4`. Plus s_x: FP32
-(M,) per row ("token") or (1,) ("tensor").
+as plain rows, plus s_x: FP32 (M,) per row ("token") or (1,) ("tensor").
 
 One program takes BLOCK_M rows and a share of K. "token": each program reads its rows' whole K for
 the row amax first (from L2 after the first program), so the preparation is one launch; "tensor":
@@ -26,7 +23,7 @@ the amax kernel of `prepare_fp4` runs first. Per element, with the rounding of t
   deq = e2m1(q) · s_b
   r  = xs − deq(B); R likewise (blocks of RB)
 
-The results equal the reference's bit for bit (tests/test_kernels_prepare_split.py) — values whose
+The results equal the reference's bit for bit (tests/test_kernels_split.py) — values whose
 quotient would be an FP32 subnormal may differ from it in their last bit, and none of them can move
 an output: they are below every nonzero block scale's rounding threshold.
 """
@@ -53,38 +50,28 @@ from .sources import (
 )
 
 __all__ = [
-    "SPLIT",
-    "split_positions",
-    "split_padded",
+    "K_ALIGN",
     "prepare_split",
     "prepare_split_source",
     "prepare_split_supports",
 ]
 
-SPLIT = 64  # the pair-split layout's run along K: 32 even positions, then 32 odd ones
+K_ALIGN = 64  # BLOCK_K is a multiple of it, and every block divides it; the programs' K loop runs to K
+# rounded up to it (the tail masked)
 
 
-def split_padded(k: int) -> int:
-    """Kp: K rounded up to a multiple of SPLIT."""
-    return -(-k // SPLIT) * SPLIT
-
-
-def split_positions(k: int, device=None) -> torch.Tensor:
-    """int64 (Kp,): the K position stored at each column of the pair-split layout (tests, reference)."""
-    kp = split_padded(k)
-    col = torch.arange(kp, device=device)
-    run, within = col // SPLIT, col % SPLIT
-    return run * SPLIT + 2 * (within % (SPLIT // 2)) + within // (SPLIT // 2)
+def _k_padded(k: int) -> int:
+    return -(-k // K_ALIGN) * K_ALIGN
 
 
 def prepare_split_supports(config: SharqConfig) -> bool:
     """True for the configs this kernel prepares: NVFP4 (a second-level scale), the masks the Triton
-    kernels take, blocks dividing SPLIT."""
+    kernels take, blocks dividing K_ALIGN."""
     return (
         config.format is Format.NVFP4
         and supports(config)
-        and SPLIT % config.backbone_block == 0
-        and SPLIT % config.residual_block == 0
+        and K_ALIGN % config.backbone_block == 0
+        and K_ALIGN % config.residual_block == 0
     )
 
 
@@ -131,19 +118,10 @@ def _deq_blocks(v, BM: tl.constexpr, BK: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _store_operand(ptr, v, rows, row_ok, k0, K, stride, BM: tl.constexpr, BK: tl.constexpr, SPLIT_LAYOUT: tl.constexpr):
-    """Store bf16 v (BM, BK), K positions k0 … k0 + BK (BK a multiple of 64): in the pair-split layout
-    (zero padding included), or as plain (M, K) rows."""
-    if SPLIT_LAYOUT:
-        even, odd = tl.split(tl.reshape(v, (BM, BK // 2, 2)))
-        j = tl.arange(0, BK // 2)
-        col = k0 + (j // 32) * 64 + j % 32
-        base = ptr + rows[:, None] * stride + col[None, :]
-        tl.store(base, even, mask=row_ok[:, None])
-        tl.store(base + 32, odd, mask=row_ok[:, None])
-    else:
-        cols = k0 + tl.arange(0, BK)
-        tl.store(ptr + rows[:, None] * stride + cols[None, :], v, mask=row_ok[:, None] & (cols[None, :] < K))
+def _store_operand(ptr, v, rows, row_ok, k0, K, stride, BM: tl.constexpr, BK: tl.constexpr):
+    """Store bf16 v (BM, BK), K positions k0 … k0 + BK, into (M, K) rows (the tail past K masked)."""
+    cols = k0 + tl.arange(0, BK)
+    tl.store(ptr + rows[:, None] * stride + cols[None, :], v, mask=row_ok[:, None] & (cols[None, :] < K))
 
 
 @triton.jit
@@ -171,7 +149,6 @@ def _prepare_split_kernel(
     RB: tl.constexpr,
     TWO: tl.constexpr,
     ROUND_ASM: tl.constexpr,
-    SPLIT_LAYOUT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     x2_ptr,
@@ -275,7 +252,7 @@ def _prepare_split_kernel(
             b = xs
         total = _deq_blocks(b, BLOCK_M, BLOCK_K, BB)
         if TWO:
-            _store_operand(t_ptr, total.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT)
+            _store_operand(t_ptr, total.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K)
         if RESIDUAL != 0:
             if RESIDUAL == 1:
                 r = xs - total
@@ -286,7 +263,7 @@ def _prepare_split_kernel(
             deq_r = _deq_blocks(r, BLOCK_M, BLOCK_K, RB)
             if TWO:
                 _store_operand(
-                    r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT
+                    r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K
                 )
             total = total + deq_r
         if not TWO:
@@ -294,16 +271,20 @@ def _prepare_split_kernel(
                 out = total.to(tl.bfloat16)
             else:  # the interpreter's cast truncates
                 out = _round_bf16(total).to(tl.bfloat16)
-            _store_operand(t_ptr, out, rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K, SPLIT_LAYOUT)
+            _store_operand(t_ptr, out, rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K)
 
 
 def _split_tiles(m: int, kp: int) -> tuple[int, int, int, int]:
-    """(block_m, block_k, k_programs, num_warps): 4-row tiles; K shared among programs only while
-    there are too few row tiles to fill the GPU (the row amax is then read once per program)."""
-    block_m, block_k = 4, 128 if kp % 128 == 0 else 64
+    """(block_m, block_k, k_programs, num_warps): 8×256 tiles on 8 warps (8 values a thread: 62 SASS
+    instructions a value in the loop against 84 at 4×128), the fastest or within 3% of it at every
+    M = 32 … 4096 and K = 4096 / 14336 swept (benchmarks/tune_prep_split.py,
+    prep-split-tuning-llama-3.1-8b-h100.json: 74.5 against 93.3 µs at M = 4096, K = 4096). K is shared
+    among programs only while there are too few row tiles to fill the GPU (the row amax is then read
+    once per program)."""
+    block_m, block_k = 8, min(256, triton.next_power_of_2(kp))  # the tail past K is masked
     row_tiles = triton.cdiv(m, block_m)
-    k_programs = max(1, min(kp // block_k, triton.cdiv(264, row_tiles)))
-    return block_m, block_k, k_programs, 4
+    k_programs = max(1, min(triton.cdiv(kp, block_k), triton.cdiv(264, row_tiles)))
+    return block_m, block_k, k_programs, 8
 
 
 def _prepare_split_impl(
@@ -319,14 +300,13 @@ def _prepare_split_impl(
     bb: int,
     rb: int,
     two: bool,
-    split_layout: bool,
     tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel as a torch op: x (M, K) contiguous -> (s_x FP32 (M,) or (1,), first operand bf16
     (M, Kp) pair-split or (M, K) rows, second operand likewise or empty). tiles: block_m, block_k,
     num_warps (0: chosen by shape)."""
     return _launch(
-        x, None, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles
+        x, None, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, tiles
     )[:3]
 
 
@@ -353,7 +333,6 @@ def _prepare_split_source_impl(
     bb: int,
     rb: int,
     two: bool,
-    split_layout: bool,
     tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_prepare_split_impl` of the activation a source computes (`sources.SourceSpec`: x2 … stats)
@@ -362,7 +341,7 @@ def _prepare_split_source_impl(
     `sources.source_stats_kernel` runs first (`stats` 1 / 0 force either; 1 needs "token")."""
     spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
     return _launch(
-        x, spec, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles
+        x, spec, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, tiles
     )
 
 
@@ -380,23 +359,21 @@ def _launch(
     bb: int,
     rb: int,
     two: bool,
-    split_layout: bool,
     tiles: list[int],
 ) -> tuple[torch.Tensor, ...]:
     """Allocate and launch: s, the operands, then the source's y and h."""
     from . import interpreting
 
     m, k = x.shape
-    width = split_padded(k) if split_layout else k
     s = torch.empty(m if token else 1, dtype=torch.float32, device=x.device)
-    t = torch.empty(m, width, dtype=torch.bfloat16, device=x.device)
-    r = torch.empty(m, width, dtype=torch.bfloat16, device=x.device) if two else t.new_empty(0)
+    t = torch.empty(m, k, dtype=torch.bfloat16, device=x.device)
+    r = torch.empty(m, k, dtype=torch.bfloat16, device=x.device) if two else t.new_empty(0)
     y, h = source_outputs(x, spec) if spec is not None else (x.new_empty(0), x.new_empty(0))
     if m == 0:
         if not token:
             s.fill_(1e-9)  # amax of nothing is 0: the floor
         return s, t, r, y, h
-    kp = split_padded(k)
+    kp = _k_padded(k)
     block_m, block_k, k_programs, warps = _split_tiles(m, kp)
     if any(tiles):
         block_m, block_k, warps = tiles[0] or block_m, tiles[1] or block_k, tiles[2] or warps
@@ -439,7 +416,6 @@ def _launch(
         RB=rb,
         TWO=two,
         ROUND_ASM=not interpreting(),
-        SPLIT_LAYOUT=split_layout,
         BLOCK_M=block_m,
         BLOCK_K=block_k,
         num_warps=warps,
@@ -454,7 +430,7 @@ def source_launches(m: int, k: int, config: SharqConfig, *, norm: bool) -> tuple
     tiles) for m rows of K: one launch when "token" programs hold whole rows (one program along K),
     else the stats kernel first (and a zeroed amax word for one scale over the tensor)."""
     token = config.granularity is Granularity.TOKEN
-    if token and _split_tiles(m, split_padded(k))[2] == 1:
+    if token and _split_tiles(m, _k_padded(k))[2] == 1:
         return True, 1
     return False, 2 if token or m == 1 else 3
 
@@ -463,16 +439,15 @@ _prepare_split_op = torch.library.custom_op("sharq::prepare_split", mutates_args
 
 
 @_prepare_split_op.register_fake
-def _(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, split_layout, tiles):
-    return _fake_outputs(x, token, two, split_layout)
+def _(x, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, tiles):
+    return _fake_outputs(x, token, two)
 
 
-def _fake_outputs(x: torch.Tensor, token: bool, two: bool, split_layout: bool) -> tuple[torch.Tensor, ...]:
+def _fake_outputs(x: torch.Tensor, token: bool, two: bool) -> tuple[torch.Tensor, ...]:
     m, k = x.shape
-    width = split_padded(k) if split_layout else k
     s = x.new_empty(m if token else 1, dtype=torch.float32)
-    t = x.new_empty(m, width, dtype=torch.bfloat16)
-    return s, t, (x.new_empty(m, width, dtype=torch.bfloat16) if two else t.new_empty(0))
+    t = x.new_empty(m, k, dtype=torch.bfloat16)
+    return s, t, (x.new_empty(m, k, dtype=torch.bfloat16) if two else t.new_empty(0))
 
 
 _prepare_split_source_op = torch.library.custom_op("sharq::prepare_split_source", mutates_args=())(
@@ -504,11 +479,10 @@ def _(
     bb,
     rb,
     two,
-    split_layout,
     tiles,
 ):
     spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
-    return (*_fake_outputs(x, token, two, split_layout), *source_outputs(x, spec))
+    return (*_fake_outputs(x, token, two), *source_outputs(x, spec))
 
 
 def prepare_split(
@@ -516,16 +490,15 @@ def prepare_split(
     config: SharqConfig,
     *,
     two: bool,
-    layout: str = "pair-split",
     tiles: dict | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(s_x, operands) of x (M, K) for `config` (NVFP4): s_x FP32 (M, 1) ("token") or (); operands:
-    `two` — (deq(B), deq(R)) — or (bf16(deq(B) + deq(R)),), bf16, in `layout`: "pair-split" (M, Kp)
-    or "rows" (M, K). A config without a residual gives (deq(B),) either way. `tiles` (BLOCK_M,
-    BLOCK_K, num_warps) overrides the launch tiling (benchmarks)."""
+    `two` — (deq(B), deq(R)) — or (bf16(deq(B) + deq(R)),), bf16 (M, K) rows. A config without a
+    residual gives (deq(B),) either way. `tiles` (BLOCK_M, BLOCK_K, num_warps) overrides the launch
+    tiling (benchmarks)."""
     if x.dim() != 2:
         raise ValueError(f"prepare_split expects a 2-D (M, K) activation, got shape {tuple(x.shape)}")
-    s, operands, _, _ = _prepare_split(x.contiguous(), config, None, two, layout, tiles)
+    s, operands, _, _ = _prepare_split(x.contiguous(), config, None, two, tiles)
     return s, operands
 
 
@@ -535,7 +508,6 @@ def prepare_split_source(
     source: SourceSpec,
     *,
     two: bool,
-    layout: str = "pair-split",
     tiles: dict | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor | None]:
     """`prepare_split` of the activation `source` computes from x (M, K) (`sources.SourceSpec`), in
@@ -543,7 +515,7 @@ def prepare_split_source(
     None. Equal bit for bit to the torch computation of the activation followed by `prepare_split`."""
     if x.dim() != 2:
         raise ValueError(f"prepare_split_source expects a 2-D (M, K) input, got shape {tuple(x.shape)}")
-    return _prepare_split(x, config, source, two, layout, tiles)
+    return _prepare_split(x, config, source, two, tiles)
 
 
 def _prepare_split(
@@ -551,20 +523,17 @@ def _prepare_split(
     config: SharqConfig,
     source: SourceSpec | None,
     two: bool,
-    layout: str,
     tiles: dict | None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor | None]:
     if not prepare_split_supports(config):
         raise ValueError(
-            f"prepare_split prepares NVFP4 with blocks dividing {SPLIT} and the Triton masks, "
+            f"prepare_split prepares NVFP4 with blocks dividing {K_ALIGN} and the Triton masks, "
             f"got {config.format.value}, mask {config.mask}, blocks {config.backbone_block}/"
             f"{config.residual_block}"
         )
-    if layout not in ("pair-split", "rows"):
-        raise ValueError(f"layout must be 'pair-split' or 'rows', got {layout!r}")
     t = tiles or {}
-    if t.get("BLOCK_K", 64) % 64:
-        raise ValueError(f"BLOCK_K must be a multiple of {SPLIT}, got {t['BLOCK_K']}")
+    if t.get("BLOCK_K", K_ALIGN) % K_ALIGN:
+        raise ValueError(f"BLOCK_K must be a multiple of {K_ALIGN}, got {t['BLOCK_K']}")
     token = config.granularity is Granularity.TOKEN
     mask, mask_n, mask_m = _mask_args(config.mask_spec)
     rmask, rmask_n, rmask_m = _mask_args(config.residual_mask_spec)
@@ -582,7 +551,6 @@ def _prepare_split(
         config.backbone_block,
         config.residual_block,
         two,
-        layout == "pair-split",
         [t.get(key, 0) for key in ("BLOCK_M", "BLOCK_K", "num_warps")],
     )
     y = h = None

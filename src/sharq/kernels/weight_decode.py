@@ -7,7 +7,7 @@
                    packed registers, value · scale · 2^-7 exactly, the even and the odd K positions as
                    two tiles (`_BF16_HALVES_PTX`); under the interpreter its per-element twin.
 
-Used by gemm_fp4.py, dequant_fp4.py and gemm_nvfp4_split.py.
+Used by gemm_fp4.py and dequant_fp4.py.
 """
 
 from __future__ import annotations

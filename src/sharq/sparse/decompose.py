@@ -52,9 +52,8 @@ class PreparedActivation(NamedTuple):
     dense: torch.Tensor | None = None
     # The Triton kernels' operands, written by the Triton preparation, in the layout `layout` names
     # (kernels/plan.py): "rows" — bf16 (M, K) deq(B) [, deq(R)] (each exact in bf16) or their bf16
-    # sum; "gemv" — per term int8 2·E2M1 codes (M, Kg) and FP32 scales per 16 (kernels/gemv_nvfp4.py);
-    # "pair-split" — bf16 (M, Kp) deq(B) [, deq(R)] or their bf16 sum, every 64 positions along K
-    # stored evens first (kernels/prepare_split.py). With "pair-split" the backbone's and residual's
+    # sum; "gemv" — per term int8 2·E2M1 codes (M, Kg) and FP32 scales per 16 (kernels/gemv_nvfp4.py).
+    # Written by kernels/prepare_split.py (the operand alone, "rows"), the backbone's and residual's
     # codes and scales are not written: they are empty (M, 0) tensors.
     terms: tuple[torch.Tensor, ...] | None = None
     layout: str | None = None
