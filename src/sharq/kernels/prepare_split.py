@@ -262,9 +262,7 @@ def _prepare_split_kernel(
                 r = _apply_mask(r, BLOCK_M, BLOCK_K, RMASK, RMASK_N, RMASK_M)
             deq_r = _deq_blocks(r, BLOCK_M, BLOCK_K, RB)
             if TWO:
-                _store_operand(
-                    r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K
-                )
+                _store_operand(r_ptr, deq_r.to(tl.bfloat16), rows, row_ok, k0, K, stride_t, BLOCK_M, BLOCK_K)
             total = total + deq_r
         if not TWO:
             if ROUND_ASM:  # the hardware's round-to-nearest-even cast
@@ -305,9 +303,7 @@ def _prepare_split_impl(
     """The kernel as a torch op: x (M, K) contiguous -> (s_x FP32 (M,) or (1,), first operand bf16
     (M, Kp) pair-split or (M, K) rows, second operand likewise or empty). tiles: block_m, block_k,
     num_warps (0: chosen by shape)."""
-    return _launch(
-        x, None, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, tiles
-    )[:3]
+    return _launch(x, None, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, tiles)[:3]
 
 
 def _prepare_split_source_impl(
@@ -340,9 +336,7 @@ def _prepare_split_source_impl(
     programs compute them when each holds whole rows ("token" with one program along K), else
     `sources.source_stats_kernel` runs first (`stats` 1 / 0 force either; 1 needs "token")."""
     spec = SourceSpec(x2, w, eps, kind, add, variant, dty, write_y, write_h, stats)
-    return _launch(
-        x, spec, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, tiles
-    )
+    return _launch(x, spec, token, mask, mask_n, mask_m, residual, rmask, rmask_n, rmask_m, bb, rb, two, tiles)
 
 
 def _launch(
