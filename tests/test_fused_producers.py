@@ -431,7 +431,7 @@ def test_custom_ops_pass_opcheck():
     )
     torch.library.opcheck(
         torch.ops.sharq.prepare_split_source.default,
-        (x, *act, True, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, True, [0, 0, 0]),
+        (x, *act, True, 1, 2, 8, 1, 0, 1, 1, 32, 16, False, [0, 0, 0]),
     )
 
 
