@@ -255,14 +255,19 @@ def test_packed_decode_asm_is_exact_on_cuda():
 
 
 def test_packed_decode_routing_and_its_refusals():
-    """Up to 16 NVFP4 rows take the packed decode (stacked terms up to 8 rows with two terms); MXFP4
-    and longer batches the FP32 decode; STACK without two terms or the packed decode is refused."""
+    """NVFP4 rows below 512 take the packed decode (stacked terms up to 8 rows with two terms, the
+    medium-M tiles from 17 rows), from 512 the bf16 scratch weight; MXFP4 the FP32 decode below 512;
+    STACK without two terms or the packed decode is refused."""
     from sharq.kernels.gemm_fp4 import _tiles
 
     assert _tiles(5, 4096, 4096, packed=True, two=True)["STACK"] == 2
     assert _tiles(5, 4096, 4096, packed=True, two=False)["STACK"] == 1
     assert _tiles(12, 4096, 4096, packed=True)["DECODE"] == 2 and _tiles(12, 4096, 4096, packed=True)["STACK"] == 1
-    assert _tiles(17, 4096, 4096, packed=True)["DECODE"] == 1
+    for m in (17, 64, 256, 511):
+        tiles = _tiles(m, 4096, 4096, packed=True)
+        assert tiles["DECODE"] == 2 and tiles["STACK"] == 1 and tiles["SCRATCH"] == 1 and tiles["BLOCK_M"] >= 32
+    assert _tiles(512, 4096, 4096, packed=True)["SCRATCH"] == 2
+    assert _tiles(17, 4096, 4096, packed=False)["DECODE"] == 1
     assert _tiles(5, 4096, 4096, packed=False)["DECODE"] == 1
     wq = _weight(16, 64, "sharq-nvfp4", seed=0)
     a = torch.zeros(4, 64, dtype=torch.bfloat16, device=DEVICE)
