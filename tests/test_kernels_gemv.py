@@ -251,7 +251,7 @@ def test_short_batch_linear_runs_the_gemv_and_equals_the_reference(granularity, 
         (packed, True, 8),
         (packed, False, 16),
         (packed, False, 16),
-        (0, False, 32),
+        (packed, False, 32),  # 17 rows: the medium-M tiles of the packed decode
     ]
 
 
