@@ -17,7 +17,6 @@ Writes results/lambada-accuracy-smollm2.json after every preset.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -28,8 +27,8 @@ import sharq
 from sharq.eval.bootstrap import accuracy_recovered_share
 from sharq.eval.data import lambada_pairs
 from sharq.eval.packaged import load_model, model_caveat, model_label
+from sharq.eval.perplexity import quantized_copy
 from sharq.eval.scoring import encode_pairs, score_pairs
-from sharq.runtime.weight_cache import kept_dequantized_weights
 
 DEFAULT = "bf16,nvfp4,nvfp4-mse,sharq-nvfp4,sharq-nvfp4-mse,sharq-nvfp4-w16,sharq-nvfp4-w16-mse"
 
@@ -85,12 +84,9 @@ def main() -> None:
         if preset in correct:
             continue
         t0 = time.perf_counter()
-        model = copy.deepcopy(base)
-        if preset != "bf16":
-            sharq.quantize_(model, preset, backend="reference")
-        with kept_dequantized_weights(model):
+        config = None if preset == "bf16" else preset
+        with quantized_copy(base, config, backend="reference") as (model, _):
             scored = score_pairs(model, encoded, max_batch_tokens=4096, max_batch=64)
-        del model
         correct[preset] = [ok for _, ok in scored]
         acc = sum(correct[preset]) / len(pairs)
         rows.append(dict(preset=preset, accuracy=acc, seconds=round(time.perf_counter() - t0, 1)))

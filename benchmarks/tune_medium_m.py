@@ -24,6 +24,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+import triton
 
 from harness import (
     best_tiling,
@@ -45,16 +46,12 @@ from sharq.ops import linear_from_prepared, prepare, quantize_weight
 
 def candidates(m: int, bn: str, bk: str, warps: str, stages: str) -> list[dict]:
     """Packed-decode tilings for M rows: BLOCK_M of 32 up to 128 (no wider than M needs)."""
-    block_ms = [b for b in (32, 64, 128) if b <= max(32, triton_next_pow2(m))]
+    block_ms = [b for b in (32, 64, 128) if b <= max(32, triton.next_power_of_2(m))]
     return [
         dict(BLOCK_M=bm, BLOCK_N=n, BLOCK_K=k, GROUP_M=8, num_warps=w, num_stages=s, SCRATCH=1, DECODE=2, STACK=1)
         for bm, n, k, w, s in itertools.product(block_ms, *(map(int, v.split(",")) for v in (bn, bk, warps, stages)))
         if bm * n <= 128 * 128  # the accumulator stays in registers
     ]
-
-
-def triton_next_pow2(m: int) -> int:
-    return 1 << (m - 1).bit_length()
 
 
 def main() -> None:

@@ -83,11 +83,15 @@ def _interval(value: float, samples: torch.Tensor, level: float, windows: int) -
     return Interval(value, low, high, level, int(samples.numel()), windows)
 
 
-def _check(tokens: Sequence[int], resamples: int, level: float) -> torch.Tensor:
+def _check_level(resamples: int, level: float) -> None:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if resamples < 1:
         raise ValueError(f"resamples must be positive, got {resamples}")
+
+
+def _check(tokens: Sequence[int], resamples: int, level: float) -> torch.Tensor:
+    _check_level(resamples, level)
     t = _as_windows("tokens", tokens, None)
     if bool((t <= 0).any()):
         raise ValueError("tokens: every window must score at least one token")
@@ -171,8 +175,7 @@ def accuracy_recovered_share(
     acc_plain) / (acc_reference − acc_plain), from per-document correctness (one bool a document, the
     same documents in each list), with a paired bootstrap interval over documents. Resamples whose
     gap is exactly 0 are left out of the interval; ValueError when the gap on all documents is 0."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(resamples, level)
     ref, plain, cand = (
         torch.as_tensor(list(x), dtype=torch.float64) for x in (correct_reference, correct_plain, correct_candidate)
     )

@@ -10,6 +10,7 @@ over windows (bootstrap.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import torch
 
 from .scoring import prefix_token_id
 
-__all__ = ["PerplexityResult", "corpus_tokens", "perplexity", "quantized_perplexity"]
+__all__ = ["PerplexityResult", "corpus_tokens", "perplexity", "quantized_copy", "quantized_perplexity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +110,17 @@ def quantized_perplexity(
     backend: str = "auto",
 ) -> tuple[PerplexityResult, float]:
     """(perplexity of a copy of `base` quantized with `config` — a SharqConfig, None: unquantized —,
-    seconds the quantization took). The copy runs inside `kept_dequantized_weights` (each weight
-    decoded once, the same outputs); `base` is left as it was."""
+    seconds the quantization took), scored through `quantized_copy`; `base` is left as it was."""
+    with quantized_copy(base, config, backend=backend) as (model, seconds):
+        result = perplexity(model, tokenizer, tokens, seq_len=seq_len, max_tokens=max_tokens)
+    return result, seconds
+
+
+@contextlib.contextmanager
+def quantized_copy(base: torch.nn.Module, config=None, *, backend: str = "auto"):
+    """Yields (a copy of `base` quantized with `config` — a SharqConfig or preset name, None:
+    unquantized —, seconds the quantization took), inside `kept_dequantized_weights` (each weight
+    decoded once, the same outputs) for scoring; `base` is left as it was."""
     import copy
     import time
 
@@ -123,5 +133,4 @@ def quantized_perplexity(
         quantize_(model, config, backend=backend)
     seconds = time.perf_counter() - start
     with kept_dequantized_weights(model):
-        result = perplexity(model, tokenizer, tokens, seq_len=seq_len, max_tokens=max_tokens)
-    return result, seconds
+        yield model, seconds

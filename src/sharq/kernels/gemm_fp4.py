@@ -290,7 +290,7 @@ def _medium_packed_tiles(m: int, n: int) -> dict:
     Wide layers (gate_up): 128-wide N tiles, BLOCK_M up to 128; q/k/v-sized N: 64-wide, BLOCK_M 64
     from 33 rows and 128 from 129; narrow N (o, down): 64-wide, BLOCK_M 32 up to 64 rows, then 64."""
     if n >= 16384:
-        bm, bn, bk = min(128, max(32, 1 << (m - 1).bit_length())), 128, 128
+        bm, bn, bk = min(128, max(32, triton.next_power_of_2(m))), 128, 128
     elif n >= 6144:
         bm = 32 if m <= 32 else 64 if m <= 128 else 128
         bn, bk = 64, 128 if bm == 128 else 256

@@ -273,12 +273,10 @@ def _prepare_split_kernel(
 
 
 def _split_tiles(m: int, kp: int) -> tuple[int, int, int, int]:
-    """(block_m, block_k, k_programs, num_warps): 8×256 tiles on 8 warps (8 values a thread: 62 SASS
-    instructions a value in the loop against 84 at 4×128), the fastest or within 3% of it at every
-    M = 32 … 4096 and K = 4096 / 14336 swept (benchmarks/tune_prep_split.py,
-    prep-split-tuning-llama-3.1-8b-h100.json: 74.5 against 93.3 µs at M = 4096, K = 4096). K is shared
-    among programs only while there are too few row tiles to fill the GPU (the row amax is then read
-    once per program)."""
+    """(block_m, block_k, k_programs, num_warps): 8×256 tiles on 8 warps (8 values a thread), the
+    tiling benchmarks/tune_prep_split.py found fastest or within 3% of it at every M and K it swept
+    (docs/performance.md, "Medium M"). K is shared among programs only while there are too few row
+    tiles to fill the GPU (the row amax is then read once per program)."""
     block_m, block_k = 8, min(256, triton.next_power_of_2(kp))  # the tail past K is masked
     row_tiles = triton.cdiv(m, block_m)
     k_programs = max(1, min(triton.cdiv(kp, block_k), triton.cdiv(264, row_tiles)))
