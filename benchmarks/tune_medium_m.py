@@ -44,13 +44,27 @@ from sharq.kernels.prepare_split import prepare_split
 from sharq.ops import linear_from_prepared, prepare, quantize_weight
 
 
-def candidates(m: int, bn: str, bk: str, warps: str, stages: str) -> list[dict]:
-    """Packed-decode tilings for M rows: BLOCK_M of 32 up to 128 (no wider than M needs)."""
+def candidates(m: int, k_dim: int, bn: str, bk: str, warps: str, stages: str, splits: str) -> list[dict]:
+    """Packed-decode tilings for M rows: BLOCK_M of 32 up to 128 (no wider than M needs), each with
+    K split into SPLIT_K chunks (at least 4 BLOCK_K steps a chunk)."""
     block_ms = [b for b in (32, 64, 128) if b <= max(32, triton.next_power_of_2(m))]
+    axes = (bn, bk, warps, stages, splits)
     return [
-        dict(BLOCK_M=bm, BLOCK_N=n, BLOCK_K=k, GROUP_M=8, num_warps=w, num_stages=s, SCRATCH=1, DECODE=2, STACK=1)
-        for bm, n, k, w, s in itertools.product(block_ms, *(map(int, v.split(",")) for v in (bn, bk, warps, stages)))
+        dict(
+            BLOCK_M=bm,
+            BLOCK_N=n,
+            BLOCK_K=k,
+            GROUP_M=8,
+            num_warps=w,
+            num_stages=s,
+            SCRATCH=1,
+            DECODE=2,
+            STACK=1,
+            SPLIT_K=sk,
+        )
+        for bm, n, k, w, s, sk in itertools.product(block_ms, *(map(int, v.split(",")) for v in axes))
         if bm * n <= 128 * 128  # the accumulator stays in registers
+        and k_dim // k >= 4 * sk
     ]
 
 
@@ -60,6 +74,7 @@ def main() -> None:
     ap.add_argument("--bk", default="128,256")
     ap.add_argument("--warps", default="4,8")
     ap.add_argument("--stages", default="3")
+    ap.add_argument("--split", default="1", help="SPLIT_K values (K cut into chunks, partials reduced after)")
     args = ap.parse_args()
     shapes = selected_layers(args)
     config = PRESETS["sharq-nvfp4"]  # operand auto: bf16-sum above 16 rows
@@ -89,7 +104,7 @@ def main() -> None:
                 ),
             )
             tried, best = best_tiling(
-                candidates(m, args.bn, args.bk, args.warps, args.stages),
+                candidates(m, k, args.bn, args.bk, args.warps, args.stages, args.split),
                 run=lambda cfg: fp4_weight_gemm([operand], sx, wqs[0], None, torch.float32, tiles=cfg),
                 check=lambda y: float((y - want).abs().max() / want.abs().max()),
                 time=lambda cfg: graph_ms(
@@ -106,7 +121,11 @@ def main() -> None:
             for name, ms in t.items():
                 totals.setdefault(m, {}).setdefault(name, 0.0)
                 totals[m][name] += ms
-            show = {key: best["tiles"][key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")} if best else None
+            show = (
+                {key: best["tiles"][key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "SPLIT_K")}
+                if best
+                else None
+            )
             print(
                 f"{layer:8s} M={m:4d} "
                 + " ".join(f"{name} {ms * 1e3:7.1f}" for name, ms in t.items())
@@ -129,7 +148,7 @@ def main() -> None:
         **environment(),
         model=args.model,
         operand="bf16-sum (operand auto above 16 rows)",
-        sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages),
+        sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, split=args.split),
         sums_ms={str(m): t for m, t in totals.items()},
         rows=rows,
     )

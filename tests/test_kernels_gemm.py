@@ -84,6 +84,37 @@ def test_gemm_tilings_agree_and_cover_partial_tiles():
             assert _rel_err(y, want) < 1e-5, (preset, tiles)
 
 
+@pytest.mark.parametrize("preset", ("sharq-nvfp4", "sharq-nvfp4-w16"))
+def test_split_k_equals_its_operands_and_is_deterministic(preset):
+    """SPLIT_K cuts K into chunks of whole BLOCK_K steps (here 3 chunks over 7 steps: 3 + 3 + 1, the
+    last partial in K too), both terms, row scales and a bias: the FP64 matmul of the operands, and
+    the same bits at every call (the partials are added in chunk order, no atomics)."""
+    k = 7 * 32 - 8
+    wq = _weight(72, k, preset, seed=11)
+    g = torch.Generator().manual_seed(12)
+    terms = [(torch.randn(37, k, generator=g) * s).to(torch.bfloat16).to(DEVICE) for s in (4.0, 0.3)]
+    s_x = (torch.rand(37, 1, generator=g) + 0.5).to(DEVICE)
+    bias = torch.randn(72, generator=g).to(DEVICE)
+    want = _expected(terms, s_x, wq, bias)
+    for split in (2, 3, 7):
+        tiles = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, DECODE=2, SPLIT_K=split)
+        y = fp4_weight_gemm(terms, s_x, wq, bias, torch.float32, tiles=tiles)
+        assert _rel_err(y, want) < 1e-5, split
+        assert torch.equal(y, fp4_weight_gemm(terms, s_x, wq, bias, torch.float32, tiles=tiles))
+    tiles = dict(BLOCK_K=32, SPLIT_K=2)  # one term, one scale; the bf16 output is the FP32 one rounded
+    one = fp4_weight_gemm(terms[:1], s_x[0, 0], wq, None, torch.float32, tiles=tiles)
+    assert _rel_err(one, _expected(terms[:1], s_x[0, 0], wq, None)) < 1e-5
+    low = fp4_weight_gemm(terms[:1], s_x[0, 0], wq, None, torch.bfloat16, tiles=tiles)
+    if DEVICE == "cuda":
+        assert torch.equal(low, one.bfloat16())
+    else:  # the interpreter's FP32 -> bf16 cast truncates (split or not): within one bf16 ulp
+        assert bool(((low.float() - one).abs() <= one.abs() * 2.0**-7).all())
+    with pytest.raises(ValueError, match="SPLIT_K 8"):
+        fp4_weight_gemm(terms, s_x, wq, None, torch.float32, tiles=dict(BLOCK_K=32, SPLIT_K=8))
+    with pytest.raises(ValueError, match="SPLIT_K 2"):
+        fp4_weight_gemm(terms, s_x, wq, None, torch.float32, tiles=dict(BLOCK_K=32, SPLIT_K=2, SCRATCH=2))
+
+
 @pytest.mark.parametrize("preset", WEIGHT_PRESETS)
 def test_scratch_gemm_with_two_terms_bias_and_row_scales(preset):
     """The large-M path (weight dequantized into bf16 scratch first) with both terms, one scale per
@@ -328,3 +359,11 @@ def test_gemm_full_shapes_on_cuda(layer, preset):
         s_x = torch.rand(m, 1, device=DEVICE) + 0.5
         y = fp4_weight_gemm(terms, s_x, wq, None, torch.float32)
         assert _rel_err(y, _expected(terms, s_x, wq, None)) < 1e-3, (layer, m)
+    if preset != "sharq-mxfp4":  # split K on the packed decode, at a medium M
+        a = (torch.randn(48, k, device=DEVICE) * 4.0).to(torch.bfloat16)
+        s_x = torch.rand(48, 1, device=DEVICE) + 0.5
+        for split in (2, 4):
+            tiles = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=256, DECODE=2, SPLIT_K=split)
+            y = fp4_weight_gemm([a], s_x, wq, None, torch.float32, tiles=tiles)
+            assert _rel_err(y, _expected([a], s_x, wq, None)) < 1e-3, (layer, split)
+            assert torch.equal(y, fp4_weight_gemm([a], s_x, wq, None, torch.float32, tiles=tiles))

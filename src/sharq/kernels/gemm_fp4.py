@@ -131,9 +131,11 @@ def _fp4_weight_gemm_kernel(
     sw_ptr,
     bias_ptr,
     y_ptr,
+    part_ptr,
     M,
     N,
     K,
+    K_CHUNK,
     KW,
     KS,
     stride_a,
@@ -156,10 +158,14 @@ def _fp4_weight_gemm_kernel(
     FAST: tl.constexpr,
     STACK: tl.constexpr,
     PDL: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """PDL (packed decode only, `pdl.py`): the program waits for the preparation, then lets the
-    next kernel launch."""
+    next kernel launch. SPLIT_K > 1: program (tile, pid_k) sums K positions [pid_k · K_CHUNK,
+    (pid_k + 1) · K_CHUNK) and writes its FP32 partial to part (SPLIT_K, M, N) instead of y;
+    `_split_k_reduce_kernel` adds the partials in pid_k order and runs the epilogue."""
     pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
     group = GROUP_M * grid_n  # grouped order: GROUP_M row tiles share each weight tile in L2
@@ -178,7 +184,9 @@ def _fp4_weight_gemm_kernel(
         acc = tl.zeros((2 * BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_lo = pid_k * K_CHUNK
+    k_hi = tl.minimum(K, k_lo + K_CHUNK)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a_ok = m_ok[:, None] & (offs_k[None, :] < K)
         if FAST:  # NVFP4, decoded in packed registers, times 2^-7 (undone in the epilogue), even/odd K apart
@@ -229,7 +237,33 @@ def _fp4_weight_gemm_kernel(
         acc = tl.sum(tl.reshape(acc, (2, BLOCK_M, BLOCK_N)), axis=0)
     if FAST:
         acc = acc * 128.0  # exact: the weight tile was value · 2^-7
+    if SPLIT_K > 1:  # the FP32 partial of this K chunk; the reduce kernel runs the epilogue
+        tl.store(
+            part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :]
+        )
+    else:
+        _epilogue(
+            acc, sx_ptr, sw_ptr, bias_ptr, y_ptr, offs_m, offs_n, m_ok, n_ok, stride_sx, stride_y, HAS_SW, HAS_BIAS
+        )
 
+
+@triton.jit
+def _epilogue(
+    acc,
+    sx_ptr,
+    sw_ptr,
+    bias_ptr,
+    y_ptr,
+    offs_m,
+    offs_n,
+    m_ok,
+    n_ok,
+    stride_sx,
+    stride_y,
+    HAS_SW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """y = (s_x · s_w) · acc + bias, cast to y's dtype: the reference's order."""
     sx = tl.load(sx_ptr + offs_m * stride_sx, mask=m_ok, other=1.0)
     if HAS_SW:
         s = sx * tl.load(sw_ptr)
@@ -243,6 +277,39 @@ def _fp4_weight_gemm_kernel(
         y.to(y_ptr.dtype.element_ty),
         mask=m_ok[:, None] & n_ok[None, :],
     )
+
+
+@triton.jit
+def _split_k_reduce_kernel(
+    part_ptr,
+    sx_ptr,
+    sw_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    stride_sx,
+    stride_y,
+    HAS_SW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """y[tile] = epilogue(Σ_{j = 0 … SPLIT_K-1} part[j, tile]), the partials added in that order
+    (deterministic, the same bits at every call)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    ok = m_ok[:, None] & n_ok[None, :]
+    if PDL:
+        wait_then_release()
+    acc = tl.load(part_ptr + offs_m[:, None] * N + offs_n[None, :], mask=ok, other=0.0)
+    for j in tl.static_range(1, SPLIT_K):
+        acc += tl.load(part_ptr + (j * M + offs_m[:, None]) * N + offs_n[None, :], mask=ok, other=0.0)
+    _epilogue(acc, sx_ptr, sw_ptr, bias_ptr, y_ptr, offs_m, offs_n, m_ok, n_ok, stride_sx, stride_y, HAS_SW, HAS_BIAS)
 
 
 # from SCRATCH_MIN_M rows on, dequantize the weight once into bf16 scratch (prefill-tuning-h100.json: at
@@ -383,7 +450,18 @@ def fp4_weight_gemm(
     )
 
 
-_TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SCRATCH", "DECODE", "STACK")
+_TILE_KEYS = (
+    "BLOCK_M",
+    "BLOCK_N",
+    "BLOCK_K",
+    "GROUP_M",
+    "num_warps",
+    "num_stages",
+    "SCRATCH",
+    "DECODE",
+    "STACK",
+    "SPLIT_K",
+)
 
 
 def _gemm_impl(
@@ -403,7 +481,9 @@ def _gemm_impl(
     w_scales (N, Kp/wb) uint8; s_x FP32 (1,) or (M,); s_w FP32 (1,)-like or None; bias (N,) or
     None. `tiles`: BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SCRATCH (1: dequantize
     in the loop, 2: into a bf16 scratch matrix first), DECODE (1: the FP32 decode, 2: the packed
-    bf16 decode, NVFP4), STACK (1: one MMA per term, 2: both terms' rows in one operand); 0 =
+    bf16 decode, NVFP4), STACK (1: one MMA per term, 2: both terms' rows in one operand), SPLIT_K
+    (K cut into that many chunks of whole BLOCK_K steps, one program each, FP32 partials in an
+    (SPLIT_K, M, N) workspace added in chunk order by `_split_k_reduce_kernel`; 1 = none); 0 =
     chosen by shape."""
     m, k = a.shape
     n = w_codes.shape[0]
@@ -419,26 +499,40 @@ def _gemm_impl(
     scratch = cfg.pop("SCRATCH") == 2
     packed = cfg.pop("DECODE") == 2 and not mx and not scratch
     stack = cfg.pop("STACK") == 2
+    split = max(1, cfg.pop("SPLIT_K", 1))
     if stack and not (packed and r is not None):
         raise ValueError("STACK (both terms in one MMA operand) needs two terms and the packed NVFP4 decode")
     w = w_codes
     if scratch:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
         w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    steps = triton.cdiv(k, cfg["BLOCK_K"])
+    if split > 1 and (scratch or split > steps):
+        raise ValueError(
+            f"SPLIT_K {split} needs the weight decoded in the loop and at most one split per BLOCK_K step "
+            f"({steps} for K={k}, BLOCK_K={cfg['BLOCK_K']})"
+        )
+    k_chunk = triton.cdiv(steps, split) * cfg["BLOCK_K"]
+    split = triton.cdiv(k, k_chunk)  # no empty chunk
+    part = torch.empty(split, m, n, dtype=torch.float32, device=a.device) if split > 1 else y
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
     interpret = interpreting()
     pdl = packed and pdl_enabled(a.device)  # decode-sized launches: the weight stream is the time
+    sw = s_w.reshape(1) if s_w is not None else s_x
+    b = bias if bias is not None else s_x
     _fp4_weight_gemm_kernel[grid](
         a,
         rr,
         w,
         w_scales,
         s_x,
-        s_w.reshape(1) if s_w is not None else s_x,
-        bias if bias is not None else s_x,
+        sw,
+        b,
         y,
+        part,
         m,
         n,
         k,
+        k_chunk,
         w_codes.shape[1],
         w_scales.shape[1],
         a.stride(0),
@@ -457,9 +551,31 @@ def _gemm_impl(
         STACK=stack,
         DOT_F32=interpret,
         PDL=pdl,
+        SPLIT_K=split,
         **cfg,
         **({"launch_pdl": True} if pdl else {}),
     )
+    if split > 1:
+        rm, rn = 32, 128
+        _split_k_reduce_kernel[(triton.cdiv(m, rm), triton.cdiv(n, rn))](
+            part,
+            s_x,
+            sw,
+            b,
+            y,
+            m,
+            n,
+            0 if s_x.numel() == 1 else 1,
+            y.stride(0),
+            HAS_SW=s_w is not None,
+            HAS_BIAS=bias is not None,
+            SPLIT_K=split,
+            BLOCK_M=rm,
+            BLOCK_N=rn,
+            PDL=pdl,
+            num_warps=4,
+            **({"launch_pdl": True} if pdl else {}),
+        )
     return y
 
 
