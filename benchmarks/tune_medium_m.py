@@ -5,10 +5,11 @@ Issue 21 asks for the packed bf16 weight decode at M = 17-511 instead of the FP3
 decode was swept only up to 16 rows (tune_small_m.py). This script times, per layer and M, on the
 operand `operand="auto"` gives above 16 rows (bf16-sum, one term):
   bf16          F.linear (cuBLAS)
-  plan-gemm     the GEMM the plan picks for M (FP32 decode below 256, the weight-as-A pair-split GEMM
-                from 256, the bf16 scratch weight from 512), its operand layout, GEMM alone
+  plan-gemm     the GEMM the plan picks for M (the packed decode on `_medium_packed_tiles` below 512,
+                the bf16 scratch weight from 512), GEMM alone
   plan          the plan end to end: `ops.prepare` + `ops.linear_from_prepared` (preparation included)
-  prep          the preparation alone (`ops.prepare`)
+  prep          the preparation alone (`ops.prepare`), the preset's "tensor" scale; prep_token: with
+                one scale per row ("token", what a server runs)
   packed        gemm_fp4 with the packed decode, each candidate tiling; the fastest is reported
 Every packed result is checked against the FP32-decode GEMM on the same operand (equal up to FP32
 summation order; the relative error of the largest |y| is recorded). Times: CUDA-graph replays over
@@ -45,9 +46,10 @@ from sharq.ops import linear_from_prepared, prepare, quantize_weight
 
 
 def candidates(m: int, k_dim: int, bn: str, bk: str, warps: str, stages: str, splits: str) -> list[dict]:
-    """Packed-decode tilings for M rows: BLOCK_M of 32 up to 128 (no wider than M needs), each with
-    K split into SPLIT_K chunks (at least 4 BLOCK_K steps a chunk)."""
-    block_ms = [b for b in (32, 64, 128) if b <= max(32, triton.next_power_of_2(m))]
+    """Packed-decode tilings for M rows: BLOCK_M of 32 up to 256 (no wider than M needs; 256 decodes
+    each weight tile once for 256 rows), each with K split into SPLIT_K chunks (at least 4 BLOCK_K
+    steps a chunk)."""
+    block_ms = [b for b in (32, 64, 128, 256) if b <= max(32, triton.next_power_of_2(m))]
     axes = (bn, bk, warps, stages, splits)
     return [
         dict(
@@ -78,6 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     shapes = selected_layers(args)
     config = PRESETS["sharq-nvfp4"]  # operand auto: bf16-sum above 16 rows
+    token = config.replace(granularity="token")  # what a server runs (SPEC §3)
     rows = []
     totals: dict[int, dict[str, float]] = {}
     for layer, (n, k) in shapes.items():
@@ -97,6 +100,7 @@ def main() -> None:
             t = dict(
                 bf16=graph_ms([lambda w=w: F.linear(x, w) for w in bf16]),
                 prep=graph_ms([lambda: prepare(x, config)]),
+                prep_token=graph_ms([lambda: prepare(x, token)]),
                 plan=graph_ms([lambda q=q: linear_from_prepared(prepare(x, config), q, None, bf) for q in wqs]),
                 plan_gemm=graph_ms([lambda q=q: linear_from_prepared(p, q, None, bf) for q in wqs]),
                 fp32_decode=graph_ms(
@@ -134,16 +138,21 @@ def main() -> None:
             )
         wqs = bf16 = None  # (not del: the timed lambdas close over the names)
         torch.cuda.empty_cache()
+        write(args, totals, rows, quiet=True)  # after every layer: a cut-off run keeps what it measured
     for m, t in totals.items():  # the layers summed; packed + prep = what a packed plan would take
         packed_plan = t.get("packed_best", float("nan")) + t["prep"]
         print(
             f"sum M={m:4d} bf16 {t['bf16'] * 1e3:7.1f}us plan {t['plan'] * 1e3:7.1f}us ({t['bf16'] / t['plan']:.2f}x) "
-            f"prep {t['prep'] * 1e3:6.1f} plan-gemm {t['plan_gemm'] * 1e3:7.1f} "
+            f"prep {t['prep'] * 1e3:6.1f} (token {t['prep_token'] * 1e3:6.1f}) plan-gemm {t['plan_gemm'] * 1e3:7.1f} "
             f"fp32-decode {t['fp32_decode'] * 1e3:7.1f} "
             f"packed {t.get('packed_best', float('nan')) * 1e3:7.1f} -> prep+packed {packed_plan * 1e3:7.1f}us "
             f"({t['bf16'] / packed_plan:.2f}x)",
             flush=True,
         )
+    write(args, totals, rows)
+
+
+def write(args, totals: dict, rows: list, quiet: bool = False) -> None:
     doc = dict(
         **environment(),
         model=args.model,
@@ -153,7 +162,9 @@ def main() -> None:
         rows=rows,
     )
     stem = "medium-m-tuning" if args.model == DEFAULT_MODEL else f"medium-m-tuning-{args.model}"
-    print("wrote", write_json(doc, args.out, stem))
+    path = write_json(doc, args.out, stem)
+    if not quiet:
+        print("wrote", path)
 
 
 if __name__ == "__main__":
