@@ -3,7 +3,7 @@
 #
 #   tools/device_speed.sh tests [SECONDS]   gemlite installed from .carry/gemlite-0.6.0.post2.tar.gz
 #                                           (carry it), then the -m gpu suite, this round's new kernels first
-#   tools/device_speed.sh linear [SECONDS]  benchmarks/linear.py on Llama-3.1-8B shapes (MS=1,2,...)
+#   tools/device_speed.sh linear [SECONDS]  benchmarks/linear.py on Llama-3.1-8B shapes (MS=1,2,..., MODEL=...)
 #   tools/device_speed.sh e2e [SECONDS]     benchmarks/e2e.py on Llama-3.1-8B (MODEL=...), every provider (E2E_ARGS=...;
 #                                           six providers need two calls: E2E_ARGS="--providers sharq,bf16,fp8",
 #                                           then E2E_ARGS="--merge /root/e2e-last/e2e-h100.json")
@@ -31,7 +31,8 @@ case "$mode" in
       -o addopts="" -q --tb=short --durations=8 -rfE --maxfail=15 > "$OUT/gpu-tests.log" 2>&1
     echo "tests rc=$?"; grep -v "^\s*$" "$OUT/gpu-tests.log" | grep -v "^\.\+\s*\[" | tail -40 ;;
   linear)
-    timeout "$secs" python3 benchmarks/linear.py --model llama-3.1-8b --m "${MS:-1,2,8,16,64,256,1024,4096}" \
+    gemlite
+    timeout "$secs" python3 benchmarks/linear.py --model "${MODEL:-llama-3.1-8b}" --m "${MS:-1,2,8,16,64,256,1024,4096}" \
       --out "$OUT" 2>&1 | tee "$OUT/linear.log" | grep -v "^\s*$" | tail -30 ;;
   medium)
     timeout "$secs" python3 benchmarks/tune_medium_m.py --m "${MS:-32,64,128,256}" --bn 64,128 --bk 128,256 --warps 4 \
