@@ -113,6 +113,25 @@ def main() -> None:
     copy_gbps = _copy_gbps(bench)
     print(f"device copy: {copy_gbps:.0f} GB/s (read + written); gemlite {getattr(gemlite, '__version__', 'absent')}")
     rows = []
+    done: list[str] = []
+    stem = "linear" if args.model == DEFAULT_MODEL else f"linear-{args.model}"
+
+    def document(layers: list[str]) -> dict:
+        """The JSON document of the rows so far; `summary` sums the layers measured (`layers`)."""
+        return dict(
+            **environment(),
+            gemlite=getattr(gemlite, "__version__", None),
+            model=args.model,
+            preset=args.preset,
+            granularity=args.granularity,
+            config=config.to_dict(),
+            copy_GBps=copy_gbps,
+            timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
+            layers=layers,
+            rows=rows,
+            summary={str(m): v for m, v in summarize(rows).items()},
+        )
+
     torch.manual_seed(0)
     for layer in args.layers.split(","):
         n, k = shapes[layer]
@@ -165,25 +184,17 @@ def main() -> None:
             )
         del ws, wqs, fp8s, blobs, peers
         torch.cuda.empty_cache()
+        done.append(layer)
+        if len(done) < len(args.layers.split(",")):  # a run cut off keeps the layers it measured
+            write_json(document(done), args.out, stem)
     summary = summarize(rows)
     print("layers summed, ratio to bf16:")
     names = list(next(iter(summary.values())))
     print("      M " + " ".join(f"{p:>13s}" for p in names))
     for m, ps in summary.items():
         print(f"{m:7d} " + " ".join(f"{ps[p]['vs_bf16']:13.2f}" if p in ps else " " * 13 for p in names))
-    doc = dict(
-        **environment(),
-        gemlite=getattr(gemlite, "__version__", None),
-        model=args.model,
-        preset=args.preset,
-        granularity=args.granularity,
-        config=config.to_dict(),
-        copy_GBps=copy_gbps,
-        timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
-        rows=rows,
-        summary={str(m): v for m, v in summary.items()},
-    )
-    path = write_json(doc, args.out, "linear" if args.model == DEFAULT_MODEL else f"linear-{args.model}")
+    doc = document(done)
+    path = write_json(doc, args.out, stem)
     _plot(doc, path.with_suffix(".png"))
     print(f"wrote {path} and .png")
 
