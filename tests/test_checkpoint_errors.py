@@ -120,6 +120,13 @@ def test_checksum_table_must_cover_the_tensors(ckpt):
     _refused(ckpt, "model.safetensors", repr(name), "damaged")
 
 
+def test_major_version_of_pep440_strings():
+    from sharq.checkpoint.record import major_version
+
+    assert [major_version(v) for v in ("0.1.0", "1.2", "3", "0+unknown", "0.2.0.dev1+g1a2b")] == [0, 1, 3, 0, 0]
+    assert [major_version(v) for v in ("N/A", "", "v1.0", "1x", None)] == [None] * 5
+
+
 def test_different_major_version(ckpt):
     _edit_record(ckpt, sharq_version="1.0.0")
     _refused(ckpt, "config.json", "quantization_config.sharq_version", "1.0.0", "major version 1")

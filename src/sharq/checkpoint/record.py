@@ -36,8 +36,9 @@ _KINDS = {"linear": 2, "experts": 3, "lm_head": 2}  # type -> length of its "sha
 
 
 def major_version(version: str) -> int | None:
-    """The major number of a "X.Y.Z" version string, None when it has none."""
-    match = re.match(r"^\s*(\d+)(?:\.|$)", version) if isinstance(version, str) else None
+    """The major number of a PEP 440 version string ("0.1.0", "0.2.0.dev3", "0+unknown" for a source
+    tree without installed metadata), None when it has none."""
+    match = re.match(r"^\s*(\d+)(?:[.+]|$)", version) if isinstance(version, str) else None
     return int(match.group(1)) if match else None
 
 
