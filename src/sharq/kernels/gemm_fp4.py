@@ -354,16 +354,21 @@ def _medium_packed_tiles(m: int, n: int) -> dict:
     """The packed decode at 17-511 rows (one MMA per term), from benchmarks/tune_medium_m.py
     (medium-m-tuning-h100.json, Llama-3.1-8B layers at M = 32, 64, 128, 256; each rule below is the
     measured best there or within 3% of it; 257-511 rows take the 256-row choice, not measured).
-    Wide layers (gate_up): 128-wide N tiles, BLOCK_M up to 128; q/k/v-sized N: 64-wide, BLOCK_M 64
-    from 33 rows and 128 from 129; narrow N (o, down): 64-wide, BLOCK_M 32 up to 64 rows, then 64."""
+    Wide layers (gate_up): 128-wide N tiles, BLOCK_M up to 128, K whole; narrower layers up to 64
+    rows: K split in 4 (SPLIT_K, the 64-wide N tiles alone leave most SMs idle: 64-96 programs on
+    132 SMs), BLOCK_M 32 up to 32 rows then 64, BLOCK_K 128 for q/k/v-sized N and 256 below. From 65
+    rows, K whole: q/k/v-sized N 64-wide, BLOCK_M 64 and 128 from 129; narrow N (o, down) 64-wide,
+    BLOCK_M 64 (65-128 rows: no split-K measurement there)."""
     if n >= 16384:
-        bm, bn, bk = min(128, max(32, triton.next_power_of_2(m))), 128, 128
+        bm, bn, bk, split = min(128, max(32, triton.next_power_of_2(m))), 128, 128, 1
+    elif m <= 64:
+        bm, bn, bk, split = (32 if m <= 32 else 64), 64, (128 if n >= 6144 else 256), 4
     elif n >= 6144:
-        bm = 32 if m <= 32 else 64 if m <= 128 else 128
-        bn, bk = 64, 128 if bm == 128 else 256
+        bm = 64 if m <= 128 else 128
+        bn, bk, split = 64, 128 if bm == 128 else 256, 1
     else:
-        bm, bn, bk = (32 if m <= 64 else 64), 64, 256
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=4, num_stages=3, SCRATCH=1)
+        bm, bn, bk, split = 64, 64, 256, 1
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=4, num_stages=3, SCRATCH=1, SPLIT_K=split)
 
 
 def _fp32_decode_tiles(m: int, n: int, k: int) -> dict:
@@ -506,6 +511,8 @@ def _gemm_impl(
     if scratch:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
         w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
     steps = triton.cdiv(k, cfg["BLOCK_K"])
+    if "SPLIT_K" not in over:  # the plan's split: at most one chunk per BLOCK_K step (short K)
+        split = 1 if scratch else min(split, steps)
     if split > 1 and (scratch or split > steps):
         raise ValueError(
             f"SPLIT_K {split} needs the weight decoded in the loop and at most one split per BLOCK_K step "
