@@ -184,8 +184,12 @@ def _fp4_weight_gemm_kernel(
         acc = tl.zeros((2 * BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_lo = pid_k * K_CHUNK
-    k_hi = tl.minimum(K, k_lo + K_CHUNK)
+    if SPLIT_K > 1:
+        k_lo = pid_k * K_CHUNK
+        k_hi = tl.minimum(K, k_lo + K_CHUNK)
+    else:  # the loop bounds the unsplit kernel always had (0, K): nothing computed for them
+        k_lo = 0
+        k_hi = K
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a_ok = m_ok[:, None] & (offs_k[None, :] < K)
