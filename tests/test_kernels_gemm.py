@@ -109,6 +109,16 @@ def test_split_k_equals_its_operands_and_is_deterministic(preset):
         assert torch.equal(low, one.bfloat16())
     else:  # the interpreter's FP32 -> bf16 cast truncates (split or not): within one bf16 ulp
         assert bool(((low.float() - one).abs() <= one.abs() * 2.0**-7).all())
+    # the plan's own split (no tiles given): 20 rows of a narrow layer split K in 4, clamped here to
+    # the 2 BLOCK_K steps K = 512 has
+    from sharq.kernels.gemm_fp4 import _tiles
+
+    assert _tiles(20, 40, 512, packed=True, two=False)["SPLIT_K"] == 4
+    x = terms[0][:20, :].repeat(1, 3)[:, :512].contiguous()
+    w2 = _weight(40, 512, preset, seed=13)
+    y = fp4_weight_gemm([x], s_x[:20], w2, None, torch.float32)
+    assert _rel_err(y, _expected([x], s_x[:20], w2, None)) < 1e-5
+    assert torch.equal(y, fp4_weight_gemm([x], s_x[:20], w2, None, torch.float32, tiles=dict(SPLIT_K=2)))
     with pytest.raises(ValueError, match="SPLIT_K 8"):
         fp4_weight_gemm(terms, s_x, wq, None, torch.float32, tiles=dict(BLOCK_K=32, SPLIT_K=8))
     with pytest.raises(ValueError, match="SPLIT_K 2"):
