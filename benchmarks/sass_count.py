@@ -7,9 +7,10 @@ layout conversions left in the Triton GPU IR, and the loop's most frequent opcod
 include rarely taken paths (the slow path of an IEEE division), so they overstate the executed
 count somewhat; the loop body is what a weight costs at large K.
 
-usage: python benchmarks/sass_count.py [--pdl] [--prep] [--fused]   (needs only the CPU; the GEMV alone and
+usage: python benchmarks/sass_count.py [--pdl] [--prep] [--fused] [--gemm]   (needs only the CPU; the GEMV alone and
        grouped, 3 weights; --prep: the preparations alone; --fused: only the preparations with a fused
-       source — RMSNorm, residual add + RMSNorm, SiLU·mul — and the stats kernel)
+       source — RMSNorm, residual add + RMSNorm, SiLU·mul — and the stats kernel; --gemm: gemm_fp4's packed
+       decode at the plan's tiles)
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from triton.compiler import ASTSource
 from sharq.kernels import gemv_nvfp4, prepare_fp4, prepare_split
 
 
-def _compile(fn, consts: dict, ptr_types: dict, num_warps: int, fusion: bool):
+def _compile(fn, consts: dict, ptr_types: dict, num_warps: int, fusion: bool, num_stages: int = 1):
+    """Compile for sm_90. Pointers, strides and the integer arguments named below are marked
+    divisible by 16, as Triton specializes them at launch when they are."""
     names = fn.arg_names
     sig = {n: "constexpr" if n in consts else ptr_types.get(n, "i32") for n in names}
-    aligned = [n for n in names if sig[n].startswith("*") or n.startswith("stride") or n in ("K", "KS", "KSW", "N")]
+    multiples = ("K", "KS", "KSW", "KW", "N", "K_CHUNK")
+    aligned = [n for n in names if sig[n].startswith("*") or n.startswith("stride") or n in multiples]
     src = ASTSource(
         fn=fn,
         signature=sig,
@@ -39,7 +43,9 @@ def _compile(fn, consts: dict, ptr_types: dict, num_warps: int, fusion: bool):
         attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned},
     )
     return triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=1, enable_fp_fusion=fusion)
+        src,
+        target=GPUTarget("cuda", 90, 32),
+        options=dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=fusion),
     )
 
 
@@ -302,5 +308,36 @@ def fused_main(pdl: bool = False) -> None:
             )
 
 
+def gemm_counts() -> None:
+    """gemm_fp4's packed-decode kernel at the plan's tiles for Llama-3.1-8B layers (as launched:
+    num_stages from the plan; per value = weights a thread decodes per K step)."""
+    from sharq.kernels import gemm_fp4
+
+    ptrs = {
+        "a_ptr": "*bf16",
+        "r_ptr": "*bf16",
+        "wc_ptr": "*u8",
+        "ws_ptr": "*u8",
+        "sx_ptr": "*fp32",
+        "sw_ptr": "*fp32",
+        "bias_ptr": "*fp32",
+        "y_ptr": "*bf16",
+        "part_ptr": "*fp32",
+    }
+    for m, layer, n, k in ((8, "o", 4096, 4096), (16, "gate_up", 28672, 4096), (32, "down", 4096, 14336)):
+        t = gemm_fp4._tiles(m, n, k, packed=True, two=m <= 16)
+        consts = dict(
+            TWO=m <= 16, MX=False, WB=32, HAS_SW=True, HAS_BIAS=False, W_BF16=False, DOT_F32=False, FAST=1, PDL=False,
+            STACK=t["STACK"] == 2, SPLIT_K=t.get("SPLIT_K", 1),
+            **{key: t[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")},
+        )  # fmt: skip
+        kern = _compile(gemm_fp4._fp4_weight_gemm_kernel, consts, ptrs, t["num_warps"], True, t["num_stages"])
+        per = t["BLOCK_N"] * t["BLOCK_K"] / (32 * t["num_warps"])
+        _report(kern, f"gemm_fp4 M={m} {layer} {t}", per)
+
+
 if __name__ == "__main__":
+    if "--gemm" in sys.argv[1:]:
+        gemm_counts()
+        raise SystemExit
     main(pdl="--pdl" in sys.argv[1:])  # --pdl: with SHARQ_PDL=1 on Hopper (kernels/pdl.py)
