@@ -85,7 +85,7 @@ def test_gemm_tilings_agree_and_cover_partial_tiles():
 
 
 @pytest.mark.parametrize("preset", ("sharq-nvfp4", "sharq-nvfp4-w16"))
-def test_split_k_equals_its_operands_and_is_deterministic(preset):
+def test_split_k_equals_its_operands_and_is_deterministic(preset, monkeypatch):
     """SPLIT_K cuts K into chunks of whole BLOCK_K steps (here 3 chunks over 7 steps: 3 + 3 + 1, the
     last partial in K too), both terms, row scales and a bias: the FP64 matmul of the operands, and
     the same bits at every call (the partials are added in chunk order, no atomics)."""
@@ -116,7 +116,16 @@ def test_split_k_equals_its_operands_and_is_deterministic(preset):
     assert _tiles(20, 40, 512, packed=True, two=False)["SPLIT_K"] == 4
     x = terms[0][:20, :].repeat(1, 3)[:, :512].contiguous()
     w2 = _weight(40, 512, preset, seed=13)
+    from sharq.kernels import gemm_fp4
+
+    from .kernel_launches import RecordingKernel
+
+    launches, reductions = [], []
+    for attr, log in (("_fp4_weight_gemm_kernel", launches), ("_split_k_reduce_kernel", reductions)):
+        monkeypatch.setattr(gemm_fp4, attr, RecordingKernel(getattr(gemm_fp4, attr), log))
     y = fp4_weight_gemm([x], s_x[:20], w2, None, torch.float32)
+    assert [k["SPLIT_K"] for k in launches] == [2] and [k["SPLIT_K"] for k in reductions] == [2]  # it ran split
+    monkeypatch.undo()
     assert _rel_err(y, _expected([x], s_x[:20], w2, None)) < 1e-5
     assert torch.equal(y, fp4_weight_gemm([x], s_x[:20], w2, None, torch.float32, tiles=dict(SPLIT_K=2)))
     with pytest.raises(ValueError, match="SPLIT_K 8"):
