@@ -22,13 +22,15 @@ four layers summed per M and provider (a decoder layer's linears), as ratios to 
 gemlite (PyPI gemlite==0.6.0.post2, pure Python + Triton >= 3.6) is optional: without it its
 providers are absent and `fp8` is fp8-sharq.
 
-usage: python benchmarks/linear.py [--preset sharq-nvfp4] [--granularity tensor] [--m 1,8,...] [--model ...]
+usage: python benchmarks/linear.py [--preset sharq-nvfp4] [--granularity tensor] [--m 1,8,...] [--model ...] [--budget-s S]
+(M is the outer loop: the JSON is rewritten after every M, whose four layers are then all measured)
 Writes benchmarks/results/linear[-<model>]-<gpu>.json and .png.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
@@ -96,6 +98,7 @@ def main() -> None:
     )
     ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all of --model's)")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--budget-s", type=float, default=0, help="start no new M after this many seconds (0: none)")
     args = ap.parse_args()
     shapes = layers_of(args.model)
     args.layers = args.layers or ",".join(shapes)
@@ -113,11 +116,12 @@ def main() -> None:
     copy_gbps = _copy_gbps(bench)
     print(f"device copy: {copy_gbps:.0f} GB/s (read + written); gemlite {getattr(gemlite, '__version__', 'absent')}")
     rows = []
-    done: list[str] = []
+    done: list[int] = []  # the M values measured on every layer
     stem = "linear" if args.model == DEFAULT_MODEL else f"linear-{args.model}"
+    layers = args.layers.split(",")
 
-    def document(layers: list[str]) -> dict:
-        """The JSON document of the rows so far; `summary` sums the layers measured (`layers`)."""
+    def document() -> dict:
+        """The JSON document of the rows so far (every layer at each M of `done`)."""
         return dict(
             **environment(),
             gemlite=getattr(gemlite, "__version__", None),
@@ -128,35 +132,47 @@ def main() -> None:
             copy_GBps=copy_gbps,
             timing="CUDA graph over rotated weight copies (>=150 MB at M<=256), median of 20 replays per call",
             layers=layers,
+            m_measured=done,
             rows=rows,
             summary={str(m): v for m, v in summarize(rows).items()},
         )
 
     torch.manual_seed(0)
-    for layer in args.layers.split(","):
+    weights = {}  # every layer's weight copies, built once: M is the outer loop, so a cut-off run keeps whole M rows
+    for layer in layers:
         n, k = shapes[layer]
         w0 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         weight_bytes = quantize_weight(w0, config).nbytes
         n_copies = copies_beyond_l2(weight_bytes)
         ws = [w0] + [w0 + 0.001 * torch.randn_like(w0) for _ in range(n_copies - 1)]
-        wqs = [quantize_weight(w, config) for w in ws]
-        fp8s = [_fp8_weight(w) for w in ws]
-        peers = _gemlite_layers(ws) if gemlite is not None else {}
-        blobs = [
-            (
-                torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
-                torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
-            )
-            for _ in ws
-        ]
-        for m in map(int, args.m.split(",")):
+        weights[layer] = dict(
+            ws=ws,
+            wqs=[quantize_weight(w, config) for w in ws],
+            fp8s=[_fp8_weight(w) for w in ws],
+            peers=_gemlite_layers(ws) if gemlite is not None else {},
+            blobs=[
+                (
+                    torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
+                    torch.empty(weight_bytes, dtype=torch.uint8, device="cuda"),
+                )
+                for _ in ws
+            ],
+        )
+    t0 = time.monotonic()
+    for m in map(int, args.m.split(",")):
+        if args.budget_s and time.monotonic() - t0 > args.budget_s:
+            print(f"--budget-s {args.budget_s} spent: M = {m} and after not measured")
+            break
+        for layer in layers:
+            n, k = shapes[layer]
+            ws, wqs, fp8s, peers, blobs = (weights[layer][key] for key in ("ws", "wqs", "fp8s", "peers", "blobs"))
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             prepared = prepare(x, config)
-            c = n_copies if m <= 256 else 1
+            c = len(ws) if m <= 256 else 1
             providers = {
                 "bf16": [lambda w=w: F.linear(x, w) for w in ws[:c]],
                 "fp8-sharq": [lambda f=f: _fp8_linear(x, *f) for f in fp8s[:c]],
-                **{name: [lambda g=g: g(x) for g in layers[:c]] for name, layers in peers.items()},
+                **{name: [lambda g=g: g(x) for g in group[:c]] for name, group in peers.items()},
                 "sharq": [lambda q=q: sharq_linear(x, q, None, config) for q in wqs[:c]],
                 "sharq-exact": [lambda q=q: sharq_linear(x, q, None, exact) for q in wqs[:c]],
                 "sharq-gemm": [lambda q=q: linear_from_prepared(prepared, q, None, torch.bfloat16) for q in wqs[:c]],
@@ -182,18 +198,15 @@ def main() -> None:
                 + (f", {t['gemlite-int4'] / t['sharq']:.2f}x gemlite-int4" if "gemlite-int4" in t else ""),
                 flush=True,
             )
-        del ws, wqs, fp8s, blobs, peers
-        torch.cuda.empty_cache()
-        done.append(layer)
-        if len(done) < len(args.layers.split(",")):  # a run cut off keeps the layers it measured
-            write_json(document(done), args.out, stem)
+        done.append(m)
+        write_json(document(), args.out, stem)  # after every M: a run cut off keeps the M values it measured
     summary = summarize(rows)
     print("layers summed, ratio to bf16:")
     names = list(next(iter(summary.values())))
     print("      M " + " ".join(f"{p:>13s}" for p in names))
     for m, ps in summary.items():
         print(f"{m:7d} " + " ".join(f"{ps[p]['vs_bf16']:13.2f}" if p in ps else " " * 13 for p in names))
-    doc = document(done)
+    doc = document()
     path = write_json(doc, args.out, stem)
     _plot(doc, path.with_suffix(".png"))
     print(f"wrote {path} and .png")

@@ -33,7 +33,7 @@ case "$mode" in
   linear)
     gemlite
     timeout "$secs" python3 benchmarks/linear.py --model "${MODEL:-llama-3.1-8b}" --m "${MS:-1,2,8,16,64,256,1024,4096}" \
-      --out "$OUT" 2>&1 | tee "$OUT/linear.log" | grep -v "^\s*$" | tail -30 ;;
+      --budget-s $((secs * 3 / 4)) --out "$OUT" 2>&1 | tee "$OUT/linear.log" | grep -v "^\s*$" | tail -30 ;;
   medium)
     timeout "$secs" python3 benchmarks/tune_medium_m.py --m "${MS:-32,64,128,256}" --bn 64,128 --bk 128,256 --warps 4 \
       --split 1,2,4 --out "$OUT" ${MEDIUM_ARGS:-} 2>&1 | tee "$OUT/medium.log" | grep -v "^\s*$" | tail -30 ;;
