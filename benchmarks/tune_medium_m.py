@@ -99,8 +99,9 @@ def main() -> None:
             bf = torch.bfloat16
             t = dict(
                 bf16=graph_ms([lambda w=w: F.linear(x, w) for w in bf16]),
-                prep=graph_ms([lambda: prepare(x, config)]),
-                prep_token=graph_ms([lambda: prepare(x, token)]),
+                # 8 calls a graph: one call alone would carry the graph launch (~10 us at these sizes)
+                prep=graph_ms([lambda: prepare(x, config)] * 8),
+                prep_token=graph_ms([lambda: prepare(x, token)] * 8),
                 plan=graph_ms([lambda q=q: linear_from_prepared(prepare(x, config), q, None, bf) for q in wqs]),
                 plan_gemm=graph_ms([lambda q=q: linear_from_prepared(p, q, None, bf) for q in wqs]),
                 fp32_decode=graph_ms(
