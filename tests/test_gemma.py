@@ -324,3 +324,22 @@ def test_real_gemma3_270m_tokenizes_scores_and_quantizes():
     assert 5 < res.ppl < 60, res.describe()
     report = quantize_(copy.deepcopy(model), SharqConfig.from_preset("sharq-nvfp4"))
     assert len(report.converted) == 18 * 7  # q, k, v, o, gate, up, down in each of the 18 layers
+
+
+def test_gguf_without_its_metadata_is_named_before_transformers_reads_it(tmp_path, monkeypatch):
+    """A `gguf` package copied without its dist-info made transformers fail with "Invalid version:
+    'N/A'" (seen on the GPU machine); load_model names the package's folder and the fix instead."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "gguf":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(ImportError, match="gguf package at .* no installed metadata"):
+        packaged.load_model(model)

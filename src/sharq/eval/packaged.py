@@ -233,6 +233,27 @@ def _tokenizer_of_gguf(path: Path):
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
+def _require_gguf() -> None:
+    """transformers reads GGUF files with the `gguf` package and checks its installed version; a
+    `gguf` without its metadata (a copied folder, no dist-info) fails there with "Invalid version:
+    'N/A'". Say so first, naming the package's folder."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("gguf")
+        return
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("reading a .gguf model needs the gguf package: pip install gguf") from None
+    raise ImportError(
+        f"the gguf package at {Path(gguf.__file__).parent} has no installed metadata (no dist-info), so "
+        "transformers cannot read its version to load a .gguf; install it with pip (pip install gguf)"
+    )
+
+
 def _gguf_kwargs() -> dict:
     """Ask transformers for plain dense weights (newer versions otherwise keep GGUF blocks packed)."""
     try:
@@ -289,6 +310,7 @@ def load_model(
     if path.is_file():
         if path.suffix != ".gguf":
             raise ValueError(f"{path}: a model file must be a .gguf (or pass a Hugging Face folder)")
+        _require_gguf()
         tokenizer = _tokenizer_of_gguf(path)
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, gguf_file=path.name, **_gguf_kwargs())
         _forget_gguf_quantization(model)
