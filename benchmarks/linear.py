@@ -22,7 +22,8 @@ four layers summed per M and provider (a decoder layer's linears), as ratios to 
 gemlite (PyPI gemlite==0.6.0.post2, pure Python + Triton >= 3.6) is optional: without it its
 providers are absent and `fp8` is fp8-sharq.
 
-usage: python benchmarks/linear.py [--preset sharq-nvfp4] [--granularity tensor] [--m 1,8,...] [--model ...] [--budget-s S]
+usage: python benchmarks/linear.py [--preset sharq-nvfp4] [--granularity tensor] [--m 1,8,...] [--model ...]
+           [--budget-s S]
 (M is the outer loop: the JSON is rewritten after every M, whose four layers are then all measured)
 Writes benchmarks/results/linear[-<model>]-<gpu>.json and .png.
 """

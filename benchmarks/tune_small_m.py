@@ -8,7 +8,7 @@ one-hot activation (each output one product) against it bit for bit. Prints the 
 M, and writes benchmarks/results/small-m-tuning-<gpu>.json, the data behind `gemm_fp4._tiles`'
 small-M rows and the GEMV/GEMM split by M.
 
-usage: python benchmarks/tune_small_m.py [--model llama-3.1-8b] [--m 1,2,4,8,16] [--layers ...]
+usage: python benchmarks/tune_small_m.py [--model llama-3.1-8b] [--m 1,2,4,8,16] [--layers ...] [--split 1,2,4]
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from sharq.ops import prepare, quantize_weight
 from sharq.options import RuntimeOptions
 
 
-def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0") -> list[dict]:
-    """Tilings of the packed decode; stack 1: both terms' 8 rows in one 16-row MMA operand."""
+def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0", split: str = "1", k_dim: int = 0) -> list[dict]:
+    """Tilings of the packed decode; stack 1: both terms' 8 rows in one 16-row MMA operand; split:
+    SPLIT_K values (K cut into chunks of at least 4 BLOCK_K steps of the K = k_dim layer)."""
+    axes = (bn, bk, warps, stages, stack, split)
     return [
         dict(
             BLOCK_M=8 if st else 16,
@@ -48,8 +50,10 @@ def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0") -> list[d
             SCRATCH=1,
             DECODE=2,
             STACK=2 if st else 1,
+            SPLIT_K=sk,
         )
-        for n, k, w, s, st in itertools.product(*(map(int, v.split(",")) for v in (bn, bk, warps, stages, stack)))
+        for n, k, w, s, st, sk in itertools.product(*(map(int, v.split(",")) for v in axes))
+        if sk == 1 or k_dim // k >= 4 * sk
     ]
 
 
@@ -60,6 +64,7 @@ def main() -> None:
     ap.add_argument("--warps", default="4,8")
     ap.add_argument("--stages", default="3,4")
     ap.add_argument("--stack", default="0,1", help="STACK values (used for M <= 8)")
+    ap.add_argument("--split", default="1", help="SPLIT_K values (K cut into chunks, partials reduced after)")
     args = ap.parse_args()
     shapes = selected_layers(args)
     config = PRESETS["sharq-nvfp4"]  # backend auto: Triton on CUDA
@@ -108,7 +113,7 @@ def main() -> None:
                 rows.append(dict(base, provider="gemv", median_ms=t_gemv))
                 line += f" gemv {t_gemv * 1e3:6.1f}"
             tried, best = best_tiling(
-                sweep(args.bn, args.bk, args.warps, args.stages, args.stack if m <= 8 else "0"),
+                sweep(args.bn, args.bk, args.warps, args.stages, args.stack if m <= 8 else "0", args.split, k),
                 run=lambda cfg: fp4_weight_gemm(terms, p.global_scale, wqs[0], None, torch.float32, tiles=cfg),
                 check=lambda y: float((y - want).abs().max() / want.abs().max()),
                 time=lambda cfg: graph_ms(
@@ -122,22 +127,28 @@ def main() -> None:
                 dict(base, provider="gemm-packed", tiles=r["tiles"], median_ms=r["ms"], rel_err_vs_gemm=r["err"])
                 for r in tried
             ]
+            keys = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "STACK", "SPLIT_K")
             print(
                 f"{line} | packed best {best['ms'] * 1e3:6.1f}us {nbytes / (best['ms'] * 1e-3) / 1e9:5.0f} GB/s "
-                f"{ {key: best['tiles'][key] for key in ('BLOCK_N', 'BLOCK_K', 'num_warps', 'num_stages', 'STACK')} } "
+                f"{ {key: best['tiles'][key] for key in keys} } "
                 f"err {best['err']:.1e}",
                 flush=True,
             )
         wqs = bf16 = None  # (not del: the timed lambdas close over the names)
         torch.cuda.empty_cache()
+        path = write(args, rows)  # after every layer: a run cut off keeps what it measured
+    print("wrote", path)
+
+
+def write(args, rows: list):
     doc = dict(
         **environment(),
         model=args.model,
-        sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, stack=args.stack),
+        sweep=dict(bn=args.bn, bk=args.bk, warps=args.warps, stages=args.stages, stack=args.stack, split=args.split),
         rows=rows,
     )
     stem = "small-m-tuning" if args.model == DEFAULT_MODEL else f"small-m-tuning-{args.model}"
-    print("wrote", write_json(doc, args.out, stem))
+    return write_json(doc, args.out, stem)
 
 
 if __name__ == "__main__":
