@@ -101,6 +101,10 @@ def test_split_k_equals_its_operands_and_is_deterministic(preset, monkeypatch):
         y = fp4_weight_gemm(terms, s_x, wq, bias, torch.float32, tiles=tiles)
         assert _rel_err(y, want) < 1e-5, split
         assert torch.equal(y, fp4_weight_gemm(terms, s_x, wq, bias, torch.float32, tiles=tiles))
+    # decode-sized: both terms' 6 rows stacked into one MMA operand (STACK), K split in 3
+    stacked = dict(BLOCK_M=8, BLOCK_N=32, BLOCK_K=32, DECODE=2, STACK=2, SPLIT_K=3)
+    y = fp4_weight_gemm([t[:6] for t in terms], s_x[:6], wq, bias, torch.float32, tiles=stacked)
+    assert _rel_err(y, _expected([t[:6] for t in terms], s_x[:6], wq, bias)) < 1e-5
     tiles = dict(BLOCK_K=32, SPLIT_K=2)  # one term, one scale; the bf16 output is the FP32 one rounded
     one = fp4_weight_gemm(terms[:1], s_x[0, 0], wq, None, torch.float32, tiles=tiles)
     assert _rel_err(one, _expected(terms[:1], s_x[0, 0], wq, None)) < 1e-5
