@@ -360,7 +360,8 @@ def _medium_packed_tiles(m: int, n: int) -> dict:
     measured best there or within 3% of it; 257-511 rows take the 256-row choice, not measured).
     Wide layers (gate_up): 128-wide N tiles, BLOCK_M up to 128, K whole; narrower layers up to 64
     rows: K split in 4 (SPLIT_K, the 64-wide N tiles alone leave most SMs idle: 64-96 programs on
-    132 SMs), BLOCK_M 32 up to 32 rows then 64, BLOCK_K 128 for q/k/v-sized N and 256 below. From 65
+    132 SMs; `_gemm_impl` splits less where a chunk would get fewer than 4 BLOCK_K steps), BLOCK_M 32
+    up to 32 rows then 64, BLOCK_K 128 for q/k/v-sized N and 256 below. From 65
     rows, K whole: q/k/v-sized N 64-wide, BLOCK_M 64 and 128 from 129; narrow N (o, down) 64-wide,
     BLOCK_M 64 (65-128 rows: no split-K measurement there)."""
     if n >= 16384:
@@ -515,8 +516,8 @@ def _gemm_impl(
     if scratch:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
         w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
     steps = triton.cdiv(k, cfg["BLOCK_K"])
-    if "SPLIT_K" not in over:  # the plan's split: at most one chunk per BLOCK_K step (short K)
-        split = 1 if scratch else min(split, steps)
+    if "SPLIT_K" not in over:  # the plan's split keeps >= 4 BLOCK_K steps a chunk (as swept); short K stays whole
+        split = 1 if scratch else max(1, min(split, steps // 4))
     if split > 1 and (scratch or split > steps):
         raise ValueError(
             f"SPLIT_K {split} needs the weight decoded in the loop and at most one split per BLOCK_K step "
