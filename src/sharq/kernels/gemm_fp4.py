@@ -358,12 +358,12 @@ def _medium_packed_tiles(m: int, n: int) -> dict:
     """The packed decode at 17-511 rows (one MMA per term), from benchmarks/tune_medium_m.py
     (medium-m-tuning-h100.json, Llama-3.1-8B layers at M = 32, 64, 128, 256; each rule below is the
     measured best there or within 3% of it; 257-511 rows take the 256-row choice, not measured).
-    Wide layers (gate_up): 128-wide N tiles, BLOCK_M up to 128, K whole; narrower layers up to 64
-    rows: K split in 4 (SPLIT_K, the 64-wide N tiles alone leave most SMs idle: 64-96 programs on
-    132 SMs; `_gemm_impl` splits less where a chunk would get fewer than 4 BLOCK_K steps), BLOCK_M 32
-    up to 32 rows then 64, BLOCK_K 128 for q/k/v-sized N and 256 below. From 65
-    rows, K whole: q/k/v-sized N 64-wide, BLOCK_M 64 and 128 from 129; narrow N (o, down) 64-wide,
-    BLOCK_M 64 (65-128 rows: no split-K measurement there)."""
+    Wide layers (gate_up): 128-wide N tiles, BLOCK_M up to 128, K whole. Narrower layers up to 64
+    rows: K split in 4 (SPLIT_K; medium-m-split-tuning-h100.json: 64-wide N tiles alone leave most
+    SMs idle, 64-96 programs on 132 SMs; `_gemm_impl` splits less where a chunk would get fewer than
+    4 BLOCK_K steps), BLOCK_M 32 up to 32 rows then 64, BLOCK_K 128 for q/k/v-sized N and 256 below.
+    From 65 rows, K whole: q/k/v-sized N 64-wide, BLOCK_M 64 and 128 from 129; narrow N (o, down)
+    64-wide, BLOCK_M 64 (65-128 rows: no split-K measurement there)."""
     if n >= 16384:
         bm, bn, bk, split = min(128, max(32, triton.next_power_of_2(m))), 128, 128, 1
     elif m <= 64:
