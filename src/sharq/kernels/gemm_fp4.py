@@ -28,7 +28,9 @@ calls of 3-511 rows (the packed decode: narrow N tiles up to 16 rows so every SM
 benchmarks/tune_small_m.py; 17-511 rows `_medium_packed_tiles`, benchmarks/tune_medium_m.py), MXFP4
 calls below 512 rows (the FP32 decode), and every call from 512 rows: a bf16 GEMM over the weight
 dequantized once into a scratch matrix by `dequant_fp4.py` (128×256 tiles, grouped launch order for
-L2 reuse). NVFP4 calls of up to 2 exact rows run `gemv_nvfp4.py`.
+L2 reuse). NVFP4 calls of up to 2 exact rows run `gemv_nvfp4.py`. Up to 64 rows the narrower layers
+split K (SPLIT_K): each chunk's program writes FP32 partials, a second small kernel adds them in
+chunk order and runs the epilogue, so the bits do not depend on timing.
 """
 
 from __future__ import annotations
