@@ -113,11 +113,11 @@ def test_split_k_equals_its_operands_and_is_deterministic(preset, monkeypatch):
         assert torch.equal(low, one.bfloat16())
     else:  # the interpreter's FP32 -> bf16 cast truncates (split or not): within one bf16 ulp
         assert bool(((low.float() - one).abs() <= one.abs() * 2.0**-7).all())
-    # the plan's own split (no tiles given): 20 rows of a narrow layer split K in 4, clamped here to
-    # 2 so that each chunk keeps 4 of the 8 BLOCK_K steps K = 2,048 has
+    # the plan's own split (no tiles given): 20 rows of a narrow layer split K in 4 where K is long
+    # enough, here in 2 so that each chunk keeps 4 of the 8 BLOCK_K steps K = 2,048 has; a short K whole
     from sharq.kernels.gemm_fp4 import _tiles
 
-    assert _tiles(20, 40, 2048, packed=True, two=False)["SPLIT_K"] == 4
+    assert [_tiles(20, 40, k, packed=True, two=False)["SPLIT_K"] for k in (4096, 2048, 576)] == [4, 2, 1]
     x = terms[0][:20, :].repeat(1, 10)[:, :2048].contiguous()
     w2 = _weight(40, 2048, preset, seed=13)
     from sharq.kernels import gemm_fp4

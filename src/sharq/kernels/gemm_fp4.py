@@ -318,8 +318,8 @@ def _split_k_reduce_kernel(
     _epilogue(acc, sx_ptr, sw_ptr, bias_ptr, y_ptr, offs_m, offs_n, m_ok, n_ok, stride_sx, stride_y, HAS_SW, HAS_BIAS)
 
 
-# from SCRATCH_MIN_M rows on, dequantize the weight once into bf16 scratch (prefill-tuning-h100.json: at
-# M = 1024 it is 1.15-1.73x faster than dequantizing in the loop on every Llama/Qwen layer; at 256 mixed)
+# from SCRATCH_MIN_M rows on, the weight is dequantized once into bf16 scratch (prefill-tuning-h100.json;
+# the measurement: docs/performance.md, "Prefill")
 
 
 def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> dict:
@@ -352,24 +352,25 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
             STACK=2 if stack else 1,
         )
     if packed and m < SCRATCH_MIN_M:
-        return dict(_medium_packed_tiles(m, n), DECODE=2, STACK=1)
+        return dict(_medium_packed_tiles(m, n, k), DECODE=2, STACK=1)
     return dict(_fp32_decode_tiles(m, n, k), DECODE=1, STACK=1)
 
 
-def _medium_packed_tiles(m: int, n: int) -> dict:
+def _medium_packed_tiles(m: int, n: int, k: int) -> dict:
     """The packed decode at 17-511 rows (one MMA per term), from benchmarks/tune_medium_m.py
     (medium-m-tuning-h100.json, Llama-3.1-8B layers at M = 32, 64, 128, 256; each rule below is the
     measured best there or within 3% of it; 257-511 rows take the 256-row choice, not measured).
     Wide layers (gate_up): 128-wide N tiles, BLOCK_M up to 128, K whole. Narrower layers up to 64
     rows: K split in 4 (SPLIT_K; medium-m-split-tuning-h100.json: 64-wide N tiles alone leave most
-    SMs idle, 64-96 programs on 132 SMs; `_gemm_impl` splits less where a chunk would get fewer than
-    4 BLOCK_K steps), BLOCK_M 32 up to 32 rows then 64, BLOCK_K 128 for q/k/v-sized N and 256 below.
+    SMs idle, 64-96 programs on 132 SMs; fewer chunks where a chunk would get fewer than 4 BLOCK_K
+    steps of K, as swept), BLOCK_M 32 up to 32 rows then 64, BLOCK_K 128 for q/k/v-sized N and 256 below.
     From 65 rows, K whole: q/k/v-sized N 64-wide, BLOCK_M 64 and 128 from 129; narrow N (o, down)
     64-wide, BLOCK_M 64 (65-128 rows: no split-K measurement there)."""
     if n >= 16384:
         bm, bn, bk, split = min(128, max(32, triton.next_power_of_2(m))), 128, 128, 1
     elif m <= 64:
-        bm, bn, bk, split = (32 if m <= 32 else 64), 64, (128 if n >= 6144 else 256), 4
+        bm, bn, bk = (32 if m <= 32 else 64), 64, (128 if n >= 6144 else 256)
+        split = max(1, min(4, triton.cdiv(k, bk) // 4))  # >= 4 BLOCK_K steps a chunk: short K stays whole
     elif n >= 6144:
         bm = 64 if m <= 128 else 128
         bn, bk, split = 64, 128 if bm == 128 else 256, 1
@@ -518,8 +519,8 @@ def _gemm_impl(
     if scratch:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
         w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
     steps = triton.cdiv(k, cfg["BLOCK_K"])
-    if "SPLIT_K" not in over:  # the plan's split keeps >= 4 BLOCK_K steps a chunk (as swept); short K stays whole
-        split = 1 if scratch else max(1, min(split, steps // 4))
+    if scratch and "SPLIT_K" not in over:  # an overridden scratch weight keeps K whole unless a split is asked for
+        split = 1
     if split > 1 and (scratch or split > steps):
         raise ValueError(
             f"SPLIT_K {split} needs the weight decoded in the loop and at most one split per BLOCK_K step "
