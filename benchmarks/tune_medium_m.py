@@ -39,7 +39,7 @@ from harness import (
 )
 from shapes import DEFAULT_MODEL
 from sharq import PRESETS
-from sharq.kernels.gemm_fp4 import fp4_weight_gemm
+from sharq.kernels.gemm_fp4 import SPLIT_MIN_STEPS, fp4_weight_gemm
 from sharq.kernels.plan import plan_linear
 from sharq.kernels.prepare_split import prepare_split
 from sharq.ops import linear_from_prepared, prepare, quantize_weight
@@ -47,8 +47,8 @@ from sharq.ops import linear_from_prepared, prepare, quantize_weight
 
 def candidates(m: int, k_dim: int, bn: str, bk: str, warps: str, stages: str, splits: str) -> list[dict]:
     """Packed-decode tilings for M rows: BLOCK_M of 32 up to 256 (no wider than M needs; 256 decodes
-    each weight tile once for 256 rows), each with K split into SPLIT_K chunks (at least 4 BLOCK_K
-    steps a chunk)."""
+    each weight tile once for 256 rows), each with K split into SPLIT_K chunks (at least SPLIT_MIN_STEPS
+    BLOCK_K steps a chunk)."""
     block_ms = [b for b in (32, 64, 128, 256) if b <= max(32, triton.next_power_of_2(m))]
     axes = (bn, bk, warps, stages, splits)
     return [
@@ -66,7 +66,7 @@ def candidates(m: int, k_dim: int, bn: str, bk: str, warps: str, stages: str, sp
         )
         for bm, n, k, w, s, sk in itertools.product(block_ms, *(map(int, v.split(",")) for v in axes))
         if bm * n <= 128 * 128  # the accumulator stays in registers
-        and k_dim // k >= 4 * sk
+        and k_dim // k >= SPLIT_MIN_STEPS * sk
     ]
 
 

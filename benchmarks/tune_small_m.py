@@ -29,7 +29,7 @@ from harness import (
 )
 from shapes import DEFAULT_MODEL
 from sharq import PRESETS
-from sharq.kernels.gemm_fp4 import fp4_weight_gemm
+from sharq.kernels.gemm_fp4 import SPLIT_MIN_STEPS, fp4_weight_gemm
 from sharq.kernels.gemv_nvfp4 import GEMV_MAX_M, fp4_weight_gemv, gemv_operand_of
 from sharq.ops import prepare, quantize_weight
 from sharq.options import RuntimeOptions
@@ -37,7 +37,7 @@ from sharq.options import RuntimeOptions
 
 def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0", split: str = "1", k_dim: int = 0) -> list[dict]:
     """Tilings of the packed decode; stack 1: both terms' 8 rows in one 16-row MMA operand; split:
-    SPLIT_K values (K cut into chunks of at least 4 BLOCK_K steps of the K = k_dim layer)."""
+    SPLIT_K values (K cut into chunks of at least SPLIT_MIN_STEPS BLOCK_K steps of the K = k_dim layer)."""
     axes = (bn, bk, warps, stages, stack, split)
     return [
         dict(
@@ -53,7 +53,7 @@ def sweep(bn: str, bk: str, warps: str, stages: str, stack: str = "0", split: st
             SPLIT_K=sk,
         )
         for n, k, w, s, st, sk in itertools.product(*(map(int, v.split(",")) for v in axes))
-        if sk == 1 or k_dim // k >= 4 * sk
+        if sk == 1 or k_dim // k >= SPLIT_MIN_STEPS * sk
     ]
 
 

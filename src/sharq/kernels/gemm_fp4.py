@@ -322,6 +322,9 @@ def _split_k_reduce_kernel(
 # the measurement: docs/performance.md, "Prefill")
 
 
+SPLIT_MIN_STEPS = 4  # a split-K chunk keeps at least this many BLOCK_K steps (the sweeps' rule)
+
+
 def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> dict:
     """Launch tiling by M and layer shape, from sweeps on the H100 at Llama-3.1-8B shapes.
 
@@ -370,7 +373,7 @@ def _medium_packed_tiles(m: int, n: int, k: int) -> dict:
         bm, bn, bk, split = min(128, max(32, triton.next_power_of_2(m))), 128, 128, 1
     elif m <= 64:
         bm, bn, bk = (32 if m <= 32 else 64), 64, (128 if n >= 6144 else 256)
-        split = max(1, min(4, triton.cdiv(k, bk) // 4))  # >= 4 BLOCK_K steps a chunk: short K stays whole
+        split = max(1, min(4, triton.cdiv(k, bk) // SPLIT_MIN_STEPS))  # short K stays whole
     elif n >= 6144:
         bm = 64 if m <= 128 else 128
         bn, bk, split = 64, 128 if bm == 128 else 256, 1
