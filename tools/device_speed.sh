@@ -8,6 +8,7 @@
 #                                           six providers need two calls: E2E_ARGS="--providers sharq,bf16,fp8",
 #                                           then E2E_ARGS="--merge /root/e2e-last/e2e-h100.json")
 #   tools/device_speed.sh small [SECONDS]   benchmarks/tune_small_m.py at 8 and 16 rows, split-K included (MS=...)
+#   tools/device_speed.sh prefill [SECONDS] benchmarks/tune_prefill.py, bf16-sum, the TMA loop variants (MS=..., MODELS=...)
 #   tools/device_speed.sh medium [SECONDS]  benchmarks/tune_medium_m.py, split-K included (MS=..., MEDIUM_ARGS=...)
 #   tools/device_speed.sh fuse-ab [SECONDS] fused_prep.py at decode rows, then e2e sharq decode b1/b8 with the
 #                                           plan's producers (compiled short batches unfused) and SHARQ_FUSE=always
@@ -38,6 +39,9 @@ case "$mode" in
   small)
     timeout "$secs" python3 benchmarks/tune_small_m.py --m "${MS:-8,16}" --bn 32,64 --bk 256,512 --warps 2,4 --stages 3 \
       --split 1,2,4 --out "$OUT" 2>&1 | tee "$OUT/small.log" | grep -v "^\s*$" | tail -30 ;;
+  prefill)
+    timeout "$secs" python3 benchmarks/tune_prefill.py --m "${MS:-1024,4096}" --models "${MODELS:-llama-3.1-8b}" \
+      --terms 1 --tma 2,3,4,5 --no-prep --out "$OUT" 2>&1 | tee "$OUT/prefill.log" | grep -v "^\s*$" | tail -30 ;;
   medium)
     timeout "$secs" python3 benchmarks/tune_medium_m.py --m "${MS:-32,64,128,256}" --bn 64,128 --bk 128,256 --warps 4 \
       --split 1,2,4 --out "$OUT" ${MEDIUM_ARGS:-} 2>&1 | tee "$OUT/medium.log" | grep -v "^\s*$" | tail -30 ;;
@@ -54,6 +58,6 @@ case "$mode" in
         --providers sharq,bf16 --scenarios decode_b1,decode_b8 --reps 3 --decode-steps 16 --out "$OUT/$f" 2>&1 \
         | grep -E "decode|wrote" | tail -5
     done ;;
-  *) echo "usage: $0 tests | linear | small | medium | e2e | fuse-ab [SECONDS]"; exit 2 ;;
+  *) echo "usage: $0 tests | linear | small | prefill | medium | e2e | fuse-ab [SECONDS]"; exit 2 ;;
 esac
 echo "$mode took $((SECONDS - T0)) s"

@@ -46,6 +46,8 @@ from ..formats.quantized import QuantizedTensor
 from . import interpreting
 from .dequant_fp4 import _dequant_impl
 from .direct import direct_call_ok
+from .gemm_bf16_tma import bf16_gemm_tma, tma_supported
+from .gemm_epilogue import _epilogue
 from .pdl import pdl_enabled, wait_then_release
 from .plan import SCRATCH_MIN_M
 from .weight_decode import _weight_halves, _weight_tile, gemm_supports
@@ -254,38 +256,6 @@ def _fp4_weight_gemm_kernel(
 
 
 @triton.jit
-def _epilogue(
-    acc,
-    sx_ptr,
-    sw_ptr,
-    bias_ptr,
-    y_ptr,
-    offs_m,
-    offs_n,
-    m_ok,
-    n_ok,
-    stride_sx,
-    stride_y,
-    HAS_SW: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-):
-    """y = (s_x · s_w) · acc + bias, cast to y's dtype: the reference's order."""
-    sx = tl.load(sx_ptr + offs_m * stride_sx, mask=m_ok, other=1.0)
-    if HAS_SW:
-        s = sx * tl.load(sw_ptr)
-    else:
-        s = sx
-    y = s[:, None] * acc
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(
-        y_ptr + offs_m[:, None] * stride_y + offs_n[None, :],
-        y.to(y_ptr.dtype.element_ty),
-        mask=m_ok[:, None] & n_ok[None, :],
-    )
-
-
-@triton.jit
 def _split_k_reduce_kernel(
     part_ptr,
     sx_ptr,
@@ -477,6 +447,7 @@ _TILE_KEYS = (
     "DECODE",
     "STACK",
     "SPLIT_K",
+    "TMA",
 )
 
 
@@ -499,8 +470,10 @@ def _gemm_impl(
     in the loop, 2: into a bf16 scratch matrix first), DECODE (1: the FP32 decode, 2: the packed
     bf16 decode, NVFP4), STACK (1: one MMA per term, 2: both terms' rows in one operand), SPLIT_K
     (K cut into that many chunks of whole BLOCK_K steps, one program each, FP32 partials in an
-    (SPLIT_K, M, N) workspace added in chunk order by `_split_k_reduce_kernel`; 1 = none); 0 =
-    chosen by shape."""
+    (SPLIT_K, M, N) workspace added in chunk order by `_split_k_reduce_kernel`; 1 = none), TMA (the
+    scratch loop only: 1 = gemm_fp4's pointer loop, 2 = the persistent TMA GEMM of gemm_bf16_tma.py,
+    3 = it warp-specialized, 4 = flattened, 5 = both; where TMA's alignment does not hold, the
+    pointer loop); 0 = chosen by shape."""
     m, k = a.shape
     n = w_codes.shape[0]
     y = torch.empty(m, n, dtype=out_dtype, device=a.device)
@@ -516,6 +489,7 @@ def _gemm_impl(
     packed = cfg.pop("DECODE") == 2 and not mx and not scratch
     stack = cfg.pop("STACK") == 2
     split = max(1, cfg.pop("SPLIT_K", 1))
+    tma = cfg.pop("TMA", 1)
     if stack and not (packed and r is not None):
         raise ValueError("STACK (both terms in one MMA operand) needs two terms and the packed NVFP4 decode")
     w = w_codes
@@ -528,6 +502,27 @@ def _gemm_impl(
         raise ValueError(
             f"SPLIT_K {split} needs the weight decoded in the loop and at most one split per BLOCK_K step "
             f"({steps} for K={k}, BLOCK_K={cfg['BLOCK_K']})"
+        )
+    if tma >= 2 and not scratch:
+        raise ValueError("TMA (the persistent bf16 GEMM) multiplies the scratch weight: it needs SCRATCH 2")
+    if tma >= 2 and split == 1 and tma_supported(a, r, w):
+        sw_ = s_w.reshape(1) if s_w is not None else None
+        return bf16_gemm_tma(
+            a,
+            r,
+            w,
+            s_x,
+            sw_,
+            bias,
+            y,
+            block_m=cfg["BLOCK_M"],
+            block_n=cfg["BLOCK_N"],
+            block_k=cfg["BLOCK_K"],
+            group_m=cfg["GROUP_M"],
+            num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
+            warp_spec=tma in (3, 5),
+            flatten=tma in (4, 5),
         )
     k_chunk = triton.cdiv(steps, split) * cfg["BLOCK_K"]
     split = triton.cdiv(k, k_chunk)  # no empty chunk

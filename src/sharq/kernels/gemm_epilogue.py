@@ -1,0 +1,53 @@
+"""The SharQ GEMM epilogue, shared by every tensor-core GEMM: y = (s_x · s_w) · acc + bias.
+
+acc is the FP32 (BLOCK_M, BLOCK_N) sum Σ_t T_t · deq(W)ᵀ in the scaled domain; s_x is FP32, one per
+tensor (stride 0) or one per row; s_w one FP32 word (NVFP4) or absent (MXFP4); bias (N,) in any
+float dtype, added in FP32. The reference's order: the scales multiplied first, then the product,
+then the bias, then one rounding to y's dtype.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _epilogue_values(
+    acc, sx_ptr, sw_ptr, bias_ptr, offs_m, offs_n, m_ok, n_ok, stride_sx, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr
+):
+    """FP32 (BLOCK_M, BLOCK_N): (s_x · s_w) · acc + bias, before the cast."""
+    sx = tl.load(sx_ptr + offs_m * stride_sx, mask=m_ok, other=1.0)
+    if HAS_SW:
+        s = sx * tl.load(sw_ptr)
+    else:
+        s = sx
+    y = s[:, None] * acc
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
+@triton.jit
+def _epilogue(
+    acc,
+    sx_ptr,
+    sw_ptr,
+    bias_ptr,
+    y_ptr,
+    offs_m,
+    offs_n,
+    m_ok,
+    n_ok,
+    stride_sx,
+    stride_y,
+    HAS_SW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """y = (s_x · s_w) · acc + bias, cast to y's dtype and stored through pointers."""
+    y = _epilogue_values(acc, sx_ptr, sw_ptr, bias_ptr, offs_m, offs_n, m_ok, n_ok, stride_sx, HAS_SW, HAS_BIAS)
+    tl.store(
+        y_ptr + offs_m[:, None] * stride_y + offs_n[None, :],
+        y.to(y_ptr.dtype.element_ty),
+        mask=m_ok[:, None] & n_ok[None, :],
+    )
