@@ -28,7 +28,7 @@ case "$mode" in
     gemlite
     nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
     # SIGINT at the limit: pytest still prints the failures it has seen (a plain timeout loses them)
-    timeout -s INT "$secs" python3 -m pytest -p no:cacheprovider -m gpu tests/test_fused_producers.py \
+    timeout -s INT "$secs" python3 -m pytest -p no:cacheprovider -m gpu tests/test_kernels_gemm_tma.py tests/test_kernels_gemm.py tests/test_fused_producers.py \
       tests/test_kernels_argmax.py tests/test_lm_head_kernels.py tests/test_moe_device_routing.py tests \
       -o addopts="" -q --tb=short --durations=8 -rfE --maxfail=15 > "$OUT/gpu-tests.log" 2>&1
     echo "tests rc=$?"; grep -v "^\s*$" "$OUT/gpu-tests.log" | grep -v "^\.\+\s*\[" | tail -40 ;;
