@@ -162,11 +162,12 @@ def test_dequantize_to_bf16_scratch_is_exact(preset, n, k):
     w = torch.randn(n, k, generator=g)
     w[min(1, n - 1)] *= 3e-5  # tiny block scales
     wq = quantize_weight(w.to(DEVICE), PRESETS[preset])
-    got = dequantize_fp4_bf16(wq)
     want = wq.dequantize(apply_global_scale=False)
-    assert got.dtype == torch.bfloat16 and got.shape == (n, k)
     assert torch.equal(want.bfloat16().float(), want)  # the values are bf16 numbers
-    assert torch.equal(got.float(), want)
+    for packed in (True, False):  # the packed decode (NVFP4; MXFP4 always decodes in FP32) and the FP32 one
+        got = dequantize_fp4_bf16(wq, packed=packed)
+        assert got.dtype == torch.bfloat16 and got.shape == (n, k)
+        assert torch.equal(got.float(), want), packed
 
 
 @pytest.mark.parametrize("preset", WEIGHT_PRESETS)
@@ -295,6 +296,10 @@ def _check_packed_decode_exact(device: str) -> None:
                 tiles=dict(DECODE=2, STACK=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32),
             )
             assert torch.equal(y, want[:, start : start + 16].T), (block, start)
+        from sharq.kernels.dequant_fp4 import dequantize_fp4_bf16
+
+        for packed in (True, False):  # the scratch weight, both decodes
+            assert torch.equal(dequantize_fp4_bf16(wq, packed=packed).float(), want), (block, packed)
 
 
 def test_packed_decode_is_exact_for_every_code_and_scale():
