@@ -132,6 +132,23 @@ def test_split_k_equals_its_operands_and_is_deterministic(preset, monkeypatch):
     monkeypatch.undo()
     assert _rel_err(y, _expected([x], s_x[:20], w2, None)) < 1e-5
     assert torch.equal(y, fp4_weight_gemm([x], s_x[:20], w2, None, torch.float32, tiles=dict(SPLIT_K=2)))
+    # decode-sized, the plan's own: 6 rows of two terms on a narrow layer with K >= 8,192 stack both
+    # terms and split K in 4 (down_proj's shape class); 9-16 rows of a narrow layer split too
+    assert [_tiles(m, 4096, kk, packed=True, two=True)["SPLIT_K"] for m, kk in ((6, 14336), (6, 4096), (12, 4096))] == [
+        4,
+        1,
+        4,
+    ]
+    w3 = _weight(40, 8192, preset, seed=14)
+    t3 = [t[:6].repeat(1, 40)[:, :8192].contiguous() for t in terms]
+    launches.clear()
+    reductions.clear()
+    for attr, log in (("_fp4_weight_gemm_kernel", launches), ("_split_k_reduce_kernel", reductions)):
+        monkeypatch.setattr(gemm_fp4, attr, RecordingKernel(getattr(gemm_fp4, attr), log))
+    y = fp4_weight_gemm(t3, s_x[:6], w3, bias[:40], torch.float32)
+    monkeypatch.undo()
+    assert [(k["STACK"], k["SPLIT_K"]) for k in launches] == [(True, 4)] and len(reductions) == 1
+    assert _rel_err(y, _expected(t3, s_x[:6], w3, bias[:40])) < 1e-5
     with pytest.raises(ValueError, match="SPLIT_K 8"):
         fp4_weight_gemm(terms, s_x, wq, None, torch.float32, tiles=dict(BLOCK_K=32, SPLIT_K=8))
     with pytest.raises(ValueError, match="SPLIT_K 2"):

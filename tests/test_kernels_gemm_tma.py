@@ -129,3 +129,32 @@ def test_tma_gemm_full_shapes_on_cuda(layer):
                 assert torch.equal(low, y.bfloat16()), (layer, m, tma, len(use))
     if refused:
         pytest.xfail("; ".join(sorted(set(refused))))
+
+
+def test_plan_runs_the_tma_loop_for_one_term_from_1024_rows(monkeypatch):
+    """No tiles given: 1,024 rows of one term (the bf16-sum operand) run the flattened TMA loop
+    (TMA 4); two terms (exact) and a K TMA cannot address keep the pointer loop; below 1,024 rows too."""
+    from sharq.kernels import gemm_bf16_tma
+    from sharq.kernels.gemm_fp4 import TMA_MIN_M, _tiles
+
+    assert TMA_MIN_M == 1024
+    assert _tiles(1024, 64, 96, packed=True, two=False)["TMA"] == 4
+    assert "TMA" not in _tiles(1024, 64, 96, packed=True, two=True)
+    assert "TMA" not in _tiles(1023, 64, 96, packed=True, two=False)
+    assert "TMA" not in _tiles(1024, 64, 100, packed=True, two=False)
+    tma, pointer = [], []
+    monkeypatch.setattr(
+        gemm_bf16_tma, "_bf16_gemm_tma_kernel", RecordingKernel(gemm_bf16_tma._bf16_gemm_tma_kernel, tma)
+    )
+    monkeypatch.setattr(gemm_fp4, "_fp4_weight_gemm_kernel", RecordingKernel(gemm_fp4._fp4_weight_gemm_kernel, pointer))
+    wq = _weight(64, 96, "sharq-nvfp4", seed=21)
+    terms, s_x, bias = _operands(1024, 96, 64, seed=22)
+    y = fp4_weight_gemm(terms[:1], s_x, wq, bias, torch.float32)
+    assert [x["FLATTEN"] for x in tma] == [True] and not pointer
+    assert _rel_err(y, _expected(terms[:1], s_x, wq, bias)) < 1e-5
+    y2 = fp4_weight_gemm(terms, s_x, wq, bias, torch.float32)
+    assert len(tma) == 1 and len(pointer) == 1  # two terms: the pointer loop
+    assert _rel_err(y2, _expected(terms, s_x, wq, bias)) < 1e-5
+    # an overridden tiling without TMA keeps the pointer loop (the sweeps' "scratch" rows)
+    fp4_weight_gemm(terms[:1], s_x, wq, None, torch.float32, tiles=dict(BLOCK_M=128, BLOCK_N=64, SCRATCH=2))
+    assert len(tma) == 1 and len(pointer) == 2

@@ -300,17 +300,24 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
 
     packed (NVFP4 weights) and M <= 16: the packed-register decode (DECODE 2), with both terms'
     rows stacked into one MMA operand up to 8 rows (STACK 2): benchmarks/tune_small_m.py
-    (small-m-tuning-h100.json); packed and 17 <= M < SCRATCH_MIN_M: the packed decode, one MMA per
+    (small-m-tuning-h100.json); narrow layers (N < 6,144) split K in 4 from 9 rows, and up to 8
+    rows where K >= 8,192 (small-m-split-tuning-h100.json: down at 8 rows 26.0 µs split against
+    29.3 whole, o at 16 rows 13.2 against 15.0; o at 8 rows gained nothing; down at 16 rows is not
+    measured: it follows o); packed and 17 <= M < SCRATCH_MIN_M: the packed decode, one MMA per
     term (`_medium_packed_tiles`). Otherwise the FP32 decode (DECODE 1), from tune_gemm.py's and
     tune_prefill.py's sweeps (gemm-tuning-h100.json, prefill-tuning-h100.json). SCRATCH 1: the
     weight tile is dequantized in the GEMM loop; 2: the weight is dequantized once into a bf16
     scratch matrix and the loop is a bf16 GEMM (large M)."""
     if m <= 16 and packed:
         stack = m <= 8 and two
+        split = 1
         if n >= 16384:
             bn, bk, warps = 64, 256, 2
         elif n >= 6144 and not stack:
             bn, bk, warps = 32, 256, 2
+        elif n < 6144 and (k >= 8192 or not stack) and triton.cdiv(k, 256) >= 2 * SPLIT_MIN_STEPS:
+            bn, bk, warps = 64, 256, 2 if stack else 4  # narrow layers with a long K: split in up to 4
+            split = min(4, triton.cdiv(k, bk) // SPLIT_MIN_STEPS)
         else:
             bn, bk, warps = 32, 512, 4
         return dict(
@@ -323,10 +330,23 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
             SCRATCH=1,
             DECODE=2,
             STACK=2 if stack else 1,
+            SPLIT_K=split,
         )
     if packed and m < SCRATCH_MIN_M:
         return dict(_medium_packed_tiles(m, n, k), DECODE=2, STACK=1)
-    return dict(_fp32_decode_tiles(m, n, k), DECODE=1, STACK=1)
+    cfg = dict(_fp32_decode_tiles(m, n, k), DECODE=1, STACK=1)
+    if cfg["SCRATCH"] == 2 and m >= TMA_MIN_M and not two and k % 8 == 0:
+        cfg["TMA"] = 4  # the persistent TMA loop, flattened, on the same 128×256×64 tiles (gemm_bf16_tma.py)
+    return cfg
+
+
+# From this many rows a one-term scratch GEMM runs the persistent TMA loop (flattened, TMA 4):
+# benchmarks/tune_prefill.py --tma (prefill-tma-tuning-h100.json, Llama-3.1-8B, dequantization
+# included) at M = 4096 against the pointer loop: qkv 287 vs 343 µs, o 195 vs 233, gate_up 1304 vs
+# 1556, down 631 vs 739 (bf16 cuBLAS 265 / 180 / 1362 / 659); at M = 1024 gate_up 425 vs 487, down
+# 220 vs 236. At 512 rows the descriptors' host time outweighed the gain on q/k/v and o (eager).
+# Two terms (the exact operand) keep the pointer loop: with TMA they need 2 stages, not measured.
+TMA_MIN_M = 1024
 
 
 def _medium_packed_tiles(m: int, n: int, k: int) -> dict:
@@ -484,6 +504,8 @@ def _gemm_impl(
     cfg.update(over)
     if "STACK" not in over and any(key in over for key in ("BLOCK_M", "SCRATCH", "DECODE")):
         cfg["STACK"] = 1  # an overridden row tiling or decode: stacked only when asked for
+    if "TMA" not in over and any(key in over for key in _TILE_KEYS[:7]):
+        cfg["TMA"] = 1  # an overridden tiling: the TMA loop only when asked for
     rr = r if r is not None else a
     scratch = cfg.pop("SCRATCH") == 2
     packed = cfg.pop("DECODE") == 2 and not mx and not scratch
