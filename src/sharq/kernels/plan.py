@@ -6,11 +6,15 @@ Llama-3.1-8B layers. Regimes (NVFP4 on CUDA, `backend="auto"`; M = rows of the f
 
   operand   M         preparation                         GEMM
   exact     1-2       int8 codes + FP32 scales/16 (1)     decode GEMV, integer dot products (gemv_nvfp4)
-  exact     3-16      bf16 deq(B), deq(R) rows (1)        small-M GEMM, packed weight decode (gemm_fp4)
+  exact     3-16      bf16 deq(B), deq(R) rows (1)        small-M GEMM, packed weight decode (gemm_fp4;
+                                                          K split in 4 where N < 6,144 from 9 rows, and
+                                                          up to 8 rows where K >= 8,192)
   any       17-511    operand rows (2)                    medium-M GEMM, packed weight decode (gemm_fp4;
                                                           K split in 4 up to 64 rows where N < 16,384)
-  any       >= 512    operand rows (2)                    bf16 GEMM over a scratch weight (gemm_fp4 +
-                                                          dequant_fp4)
+  any       512-1023  operand rows (2)                    bf16 GEMM over a scratch weight (gemm_fp4's
+                                                          pointer loop + dequant_fp4)
+  any       >= 1024   operand rows (2)                    the same scratch weight; one term: the
+                                                          persistent TMA GEMM (gemm_bf16_tma, TMA 4)
   (1) prepare_fp4: codes, scales and the operand; (2) prepare_split: the operand alone — bf16(deq(B) +
   deq(R)) for bf16-sum, deq(B) and deq(R) (two MMAs) for exact.
 
