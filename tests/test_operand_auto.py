@@ -100,18 +100,20 @@ def test_checkpoint_without_operand_loads_as_exact():
 
 def _record_launches(monkeypatch) -> dict[str, list]:
     import sharq.kernels.dequant_fp4 as dequant
+    import sharq.kernels.gemm_bf16_tma as gemm_tma
     import sharq.kernels.gemm_fp4 as gemm_fp4
     import sharq.kernels.gemv_nvfp4 as gemv
     import sharq.kernels.prepare_fp4 as prep
     import sharq.kernels.prepare_split as prep_split
 
-    log = {name: [] for name in ("prep", "prep_split", "gemv", "gemm_fp4", "dequant")}
+    log = {name: [] for name in ("prep", "prep_split", "gemv", "gemm_fp4", "dequant", "gemm_tma")}
     for module, attr, key in (
         (prep, "_prepare_kernel", "prep"),
         (prep_split, "_prepare_split_kernel", "prep_split"),
         (gemv, "_gemv_kernel", "gemv"),
         (gemm_fp4, "_fp4_weight_gemm_kernel", "gemm_fp4"),
         (dequant, "_dequant_kernel", "dequant"),
+        (gemm_tma, "_bf16_gemm_tma_kernel", "gemm_tma"),
     ):
         monkeypatch.setattr(module, attr, RecordingKernel(getattr(module, attr), log[key]))
     return log
@@ -121,7 +123,8 @@ def _record_launches(monkeypatch) -> dict[str, list]:
 def test_each_planned_kernel_runs(monkeypatch, operand):
     """The plan's regimes, counted at the kernels: 1-2 rows the GEMV, 3-16 the small-M GEMM (packed
     decode), 17-511 the operand-only preparation and the medium-M GEMM (packed decode), from 512 the
-    scratch weight and its GEMM (two terms for exact, one for auto above 16 rows)."""
+    scratch weight and its GEMM (two terms for exact, one for auto above 16 rows), from 1,024 rows
+    the persistent TMA GEMM for one term (auto) and the pointer loop for two (exact)."""
     pytest.importorskip("triton")
     from sharq.kernels.plan import plan_linear
 
@@ -139,6 +142,7 @@ def test_each_planned_kernel_runs(monkeypatch, operand):
         256: ("prep_split", "gemm_fp4"),
         511: ("prep_split", "gemm_fp4"),
         512: ("prep_split", "dequant", "gemm_fp4"),
+        1024: ("prep_split", "dequant", "gemm_fp4" if operand == "exact" else "gemm_tma"),
     }
     for m, kernels in expect.items():
         log = _record_launches(monkeypatch)
@@ -151,10 +155,14 @@ def test_each_planned_kernel_runs(monkeypatch, operand):
         two = operand == "exact"
         if m > 16:
             assert log["prep_split"][0]["TWO"] == two
-            assert log["gemm_fp4"][0]["TWO"] == two
-            # the packed decode below 512 rows (FAST: 1 on a GPU, 2 under the interpreter), the scratch from 512
-            assert (log["gemm_fp4"][0]["FAST"] != 0) == (m < 512) == (plan.gemm == "medium-m")
-            assert log["gemm_fp4"][0]["W_BF16"] == (m >= 512)
+            gemm = log["gemm_fp4"] or log["gemm_tma"]
+            assert gemm[0]["TWO"] == two
+            if log["gemm_fp4"]:
+                # the packed decode below 512 rows (FAST: 1 on a GPU, 2 under the interpreter), the scratch from 512
+                assert (gemm[0]["FAST"] != 0) == (m < 512) == (plan.gemm == "medium-m")
+                assert gemm[0]["W_BF16"] == (m >= 512)
+            else:
+                assert gemm[0]["FLATTEN"] and plan.tiles(32, 64)["TMA"] == 4
         monkeypatch.undo()
 
 
@@ -171,13 +179,13 @@ def _logits(model, ids):
         # under the interpreter the one-row GEMV takes minutes, 600 exact rows ~70 s and 600 auto rows
         # (the scratch-weight GEMM) ~3 min: -m slow (test_each_planned_kernel_runs covers each kernel)
         pytest.param("exact", (1, 600), marks=pytest.mark.slow),
-        pytest.param("auto", (1, 600), marks=pytest.mark.slow),
+        pytest.param("auto", (1, 600, 1024), marks=pytest.mark.slow),
     ],
 )
 def test_tiny_model_triton_logits_equal_reference(operand, rows):
     """Logits of a tiny Llama on the Triton backend = the reference backend's up to FP32 summation
-    order, at 1, 16, 17 and 600 rows a call (the GEMV, the small-M GEMM, the FP32-decode GEMM on the
-    operand-only preparation, the scratch-weight GEMM)."""
+    order, at 1, 16, 17, 600 and 1,024 rows a call (the GEMV, the small-M GEMM, the medium-M GEMM on
+    the operand-only preparation, the scratch-weight GEMM, its TMA loop)."""
     pytest.importorskip("triton")
     from sharq import quantize_
 
@@ -188,7 +196,7 @@ def test_tiny_model_triton_logits_equal_reference(operand, rows):
         quantize_(model, PRESETS["sharq-nvfp4"].replace(operand=operand, granularity="token"), backend=backend)
         models[backend] = model
     g = torch.Generator().manual_seed(5)
-    shapes = {1: (1, 1), 16: (1, 16), 17: (1, 17), 600: (2, 300)}
+    shapes = {1: (1, 1), 16: (1, 16), 17: (1, 17), 600: (2, 300), 1024: (2, 512)}
     for m in rows:
         ids = torch.randint(0, 256, shapes[m], generator=g).to(DEVICE)
         ref, got = _logits(models["reference"], ids), _logits(models["triton"], ids)
