@@ -75,6 +75,13 @@ def test_tma_gemm_agrees_with_the_pointer_loop_and_refuses_what_it_cannot_addres
     assert not tma_supported(t2[0])
     y = fp4_weight_gemm(t2[:1], s2, wq2, None, torch.float32, tiles=dict(tiles, TMA=2))
     assert _rel_err(y, _expected(t2[:1], s2, wq2, None)) < 1e-5
+    # a contiguous view whose base address is 2 bytes past alignment: the pointer loop too, same numbers
+    buf = torch.empty(21 * 96 + 1, dtype=torch.bfloat16, device=DEVICE)
+    shifted = buf[1:].view(21, 96)
+    shifted.copy_(terms[0])
+    assert not tma_supported(shifted) and tma_supported(terms[0])
+    y_shift = fp4_weight_gemm([shifted], s_x, wq, bias, torch.float32, tiles=dict(tiles, TMA=2))
+    assert _rel_err(y_shift, _expected(terms[:1], s_x, wq, bias)) < 1e-5
     with pytest.raises(ValueError, match="16-byte aligned"):
         bf16_gemm_tma(
             t2[0],
