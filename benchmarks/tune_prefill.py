@@ -2,8 +2,7 @@
 
 Per layer (Llama-3.1-8B and Qwen2.5-7B shapes) and M, timed with `do_bench` (median) in one run:
   bf16            F.linear(x, W), bf16 weights (cuBLAS): the baseline
-  dequant         the FP4 weight dequantized into a bf16 scratch matrix alone (the packed decode;
-                  dequant-fp32: the FP32 decode)
+  dequant         the FP4 weight dequantized into a bf16 scratch matrix alone
   loop-<t>        the FP4-weight GEMM dequantizing each weight tile in its loop (t terms: 2 = exact
                   SharQ, 1 = operand="bf16-sum")
   scratch-<t>-<tiles>  dequantize into scratch, then the Triton bf16 GEMM with the SharQ epilogue
@@ -104,7 +103,6 @@ def main() -> None:
                 t1 = prepare(x, summed).terms
                 sx = torch.tensor(0.01, device="cuda")
                 t = {"bf16": bench(lambda: F.linear(x, w)), "dequant": bench(lambda: dequantize_fp4_bf16(wq))}
-                t["dequant-fp32"] = bench(lambda: dequantize_fp4_bf16(wq, packed=False))
                 for name, terms in (("2", t2), ("1", t1)):
                     if name not in args.terms.split(","):
                         continue
@@ -150,10 +148,7 @@ def main() -> None:
                             )
                 for name, ms in t.items():
                     record(model, layer, m, n, k, name, ms)
-                line = (
-                    f"{model} {layer:8s} M={m:5d} bf16 {t['bf16'] * 1e3:7.1f}us dequant {t['dequant'] * 1e3:6.1f} "
-                    f"(fp32 {t['dequant-fp32'] * 1e3:6.1f})"
-                )
+                line = f"{model} {layer:8s} M={m:5d} bf16 {t['bf16'] * 1e3:7.1f}us dequant {t['dequant'] * 1e3:6.1f}"
                 for name in args.terms.split(","):
                     for family in ("scratch", *(f"tma{v}" for v in args.tma.split(",") if v)):
                         got = [(v, kk) for kk, v in t.items() if kk.startswith(f"{family}-{name}-")]

@@ -90,7 +90,7 @@ def test_dequant_op_passes_opcheck():
     import sharq.kernels.dequant_fp4  # noqa: F401  (registers sharq::dequantize_fp4_bf16)
 
     wq = quantize_weight(torch.randn(24, 96, device=DEVICE) * 0.1, PRESETS["sharq-nvfp4"])
-    torch.library.opcheck(torch.ops.sharq.dequantize_fp4_bf16.default, (wq.codes, wq.scales, 96, False, 32, True))
+    torch.library.opcheck(torch.ops.sharq.dequantize_fp4_bf16.default, (wq.codes, wq.scales, 96, False, 32))
 
 
 def test_direct_call_only_where_the_op_would_do_the_same():

@@ -6,11 +6,7 @@ the layer's weight once into a bf16 (N, K) scratch matrix — 2 bytes a weight w
 again, small against the GEMM's work when M is large — lets the GEMM loop be a plain bf16 one.
 
 The values are exact: deq(W) = e(c) · scale (the scaled domain, s_w not applied) has at most six
-significant bits and lies within bf16's range. Two decodes give the same bits: the FP32 decode
-(`weight_decode._weight_tile`, NVFP4 and MXFP4) and, for NVFP4, the packed-register decode
-(`_weight_halves`, ~6 SASS instructions a weight against ~12; its even and odd K positions are
-interleaved back and scaled by 2^7, exact). `DEQUANT_PACKED` picks the packed one for NVFP4;
-`benchmarks/tune_prefill.py` times both ("dequant", "dequant-fp32").
+significant bits and lies within bf16's range (`weight_decode._weight_tile`).
 """
 
 from __future__ import annotations
@@ -21,13 +17,10 @@ import triton.language as tl
 
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
-from . import interpreting
 from .direct import direct_call_ok
-from .weight_decode import _weight_halves, _weight_tile, gemm_supports
+from .weight_decode import _weight_tile, gemm_supports
 
-__all__ = ["dequantize_fp4_bf16", "DEQUANT_PACKED"]
-
-DEQUANT_PACKED = True  # NVFP4 scratch weights through the packed decode (same bits as the FP32 decode)
+__all__ = ["dequantize_fp4_bf16"]
 
 
 @triton.jit
@@ -46,30 +39,18 @@ def _dequant_kernel(
     WB: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    PACKED: tl.constexpr,
-    ASM: tl.constexpr,
 ):
-    """PACKED (NVFP4): the packed decode, ASM: its inline-asm form (else the interpreter's twin)."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     k0 = tl.program_id(1) * BLOCK_K
-    if PACKED:  # value · scale · 2^-7 at even and odd K positions; interleaved, times 2^7 (exact)
-        even, odd = _weight_halves(
-            wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, ASM
-        )
-        w = (tl.interleave(even, odd).to(tl.float32) * 128.0).to(tl.bfloat16)
-    else:
-        w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
+    w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + offs_n[:, None] * stride_out + cols[None, :], w, mask=n_ok[:, None] & (cols[None, :] < K))
 
 
-def _dequant_impl(
-    w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: bool, wb: int, packed: bool | None = None
-) -> torch.Tensor:
+def _dequant_impl(w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: bool, wb: int) -> torch.Tensor:
     """w_codes (N, Kp/2) uint8 (element 2i in the low nibble), w_scales (N, Kp/wb) uint8 (E4M3, or
-    E8M0 when `mx`) -> bf16 (N, k): e(c) · scale, s_w not applied. packed: the packed decode (NVFP4
-    only; None = DEQUANT_PACKED), else the FP32 decode."""
+    E8M0 when `mx`) -> bf16 (N, k): e(c) · scale, s_w not applied."""
     n = w_codes.shape[0]
     out = torch.empty(n, k, dtype=torch.bfloat16, device=w_codes.device)
     if n == 0 or k == 0:
@@ -90,8 +71,6 @@ def _dequant_impl(
         WB=wb,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        PACKED=(DEQUANT_PACKED if packed is None else packed) and not mx,
-        ASM=not interpreting(),
         num_warps=4,
     )
     return out
@@ -101,18 +80,17 @@ _dequant_op = torch.library.custom_op("sharq::dequantize_fp4_bf16", mutates_args
 
 
 @_dequant_op.register_fake
-def _(w_codes, w_scales, k, mx, wb, packed=None):
+def _(w_codes, w_scales, k, mx, wb):
     return w_codes.new_empty(w_codes.shape[0], k, dtype=torch.bfloat16)
 
 
-def dequantize_fp4_bf16(weight: QuantizedTensor, *, packed: bool | None = None) -> torch.Tensor:
+def dequantize_fp4_bf16(weight: QuantizedTensor) -> torch.Tensor:
     """bf16 (N, K) deq(W) in the scaled domain (s_w not applied) of a 2-D NVFP4-16/32 or MXFP4-32
-    weight; equal to `weight.dequantize(apply_global_scale=False)` cast to bf16, exactly. packed:
-    force the packed (True) or the FP32 (False) decode for NVFP4 (None: DEQUANT_PACKED)."""
+    weight; equal to `weight.dequantize(apply_global_scale=False)` cast to bf16, exactly."""
     if not gemm_supports(weight):
         raise ValueError(
             f"dequantize_fp4_bf16 reads 2-D NVFP4-16/32 or MXFP4-32 weights, got "
             f"{weight.format.value}-{weight.block} of shape {weight.shape}"
         )
     op = _dequant_impl if direct_call_ok(weight.codes) else torch.ops.sharq.dequantize_fp4_bf16
-    return op(weight.codes, weight.scales, weight.shape[1], weight.format is Format.MXFP4, weight.block, packed)
+    return op(weight.codes, weight.scales, weight.shape[1], weight.format is Format.MXFP4, weight.block)
