@@ -3,6 +3,8 @@
   prepare_fp4.prepare_activation_triton   twin of sparse.decompose.prepare_activation (NVFP4, MXFP4)
   gemm_fp4.fp4_weight_gemm                twin of ops.linear_from_prepared's matmul (NVFP4, MXFP4 weights)
   gemv_nvfp4.fp4_weight_gemv              the same matmul for up to 8 rows and an NVFP4 weight (decode)
+  gemm_bf16_tma.bf16_gemm_tma             the same matmul over the bf16 scratch weight (gemm_fp4 calls it
+                                          from 1,024 rows)
   dequant_fp4.dequantize_fp4_bf16         twin of QuantizedTensor.dequantize(apply_global_scale=False)
   sources (prepare_source_triton, prepare_split_source)   the preparation of what a producer computes:
                                           twins of nn.fused_norm.add_rms_norm_reference and
