@@ -7,6 +7,9 @@
 #   tools/device_speed.sh e2e [SECONDS]     benchmarks/e2e.py on Llama-3.1-8B (MODEL=...), every provider (E2E_ARGS=...;
 #                                           six providers need two calls: E2E_ARGS="--providers sharq,bf16,fp8",
 #                                           then E2E_ARGS="--merge /root/e2e-last/e2e-h100.json")
+#   tools/device_speed.sh verify [SECONDS]  linear.py at M = 4096, 1024, 16, 8 on Llama-3.1-8B (the TMA loop and
+#                                           the small-M split against their sweeps' predictions), then
+#                                           M = 1, 16, 64, 256, 4096 on Qwen2.5-7B with what time is left
 #   tools/device_speed.sh small [SECONDS]   benchmarks/tune_small_m.py at 8 and 16 rows, split-K included (MS=...)
 #   tools/device_speed.sh prefill [SECONDS] benchmarks/tune_prefill.py, bf16-sum, the TMA loop variants (MS=..., MODELS=...)
 #   tools/device_speed.sh medium [SECONDS]  benchmarks/tune_medium_m.py, split-K included (MS=..., MEDIUM_ARGS=...)
@@ -36,6 +39,14 @@ case "$mode" in
     gemlite
     timeout "$secs" python3 benchmarks/linear.py --model "${MODEL:-llama-3.1-8b}" --m "${MS:-1,2,8,16,64,256,1024,4096}" \
       --budget-s $((secs * 3 / 4)) --out "$OUT" 2>&1 | tee "$OUT/linear.log" | grep -v "^\s*$" | tail -30 ;;
+  verify)
+    gemlite
+    T1=$SECONDS
+    timeout $((secs * 11 / 20)) python3 benchmarks/linear.py --model llama-3.1-8b --m 4096,1024,16,8 \
+      --budget-s $((secs * 2 / 5)) --out "$OUT" 2>&1 | tee "$OUT/verify-llama.log" | grep -v "^\s*$" | tail -16
+    left=$((secs - (SECONDS - T1) - 10))
+    [ $left -gt 60 ] && timeout $left python3 benchmarks/linear.py --model qwen2.5-7b --m 1,16,64,256,4096 \
+      --budget-s $((left * 3 / 4)) --out "$OUT" 2>&1 | tee "$OUT/verify-qwen.log" | grep -v "^\s*$" | tail -12 ;;
   small)
     timeout "$secs" python3 benchmarks/tune_small_m.py --m "${MS:-8,16}" --bn 32,64 --bk 256,512 --warps 2,4 --stages 3 \
       --split 1,2,4 --out "$OUT" 2>&1 | tee "$OUT/small.log" | grep -v "^\s*$" | tail -30 ;;
@@ -58,6 +69,6 @@ case "$mode" in
         --providers sharq,bf16 --scenarios decode_b1,decode_b8 --reps 3 --decode-steps 16 --out "$OUT/$f" 2>&1 \
         | grep -E "decode|wrote" | tail -5
     done ;;
-  *) echo "usage: $0 tests | linear | small | prefill | medium | e2e | fuse-ab [SECONDS]"; exit 2 ;;
+  *) echo "usage: $0 tests | linear | verify | small | prefill | medium | e2e | fuse-ab [SECONDS]"; exit 2 ;;
 esac
 echo "$mode took $((SECONDS - T0)) s"
