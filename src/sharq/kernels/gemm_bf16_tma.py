@@ -6,7 +6,7 @@ T_t: 1 or 2 bf16 (M, K) activation terms (the bf16-sum operand, or deq(B) and de
 operand); W: the layer's weight already dequantized into a bf16 (N, K) scratch matrix
 (`dequant_fp4.py`, exact, s_w not applied); s_x FP32 () or (M,); s_w FP32 (1,) or absent; bias (N,).
 The same function as `gemm_fp4`'s scratch loop (SCRATCH 2), up to the FP32 summation order inside
-the MMAs; the epilogue is the shared one (`gemm_epilogue.py`).
+the MMAs; the grouped tile order and the epilogue are the shared ones (`gemm_shared.py`).
 
 How it differs from that loop: the operand and weight tiles arrive by TMA (host-built tensor
 descriptors, out-of-bounds rows and columns read as zero, so no masks in the loop), and a grid of at
@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
-from .gemm_epilogue import _epilogue, _epilogue_values
+from .gemm_shared import _epilogue, _epilogue_values, _grouped_tile
 
 __all__ = ["tma_supported", "bf16_gemm_tma"]
 
@@ -65,14 +65,10 @@ def _bf16_gemm_tma_kernel(
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
     k_steps = tl.cdiv(K, BLOCK_K)
-    group = GROUP_M * grid_n
     for tile in tl.range(
         tl.program_id(0), grid_m * grid_n, tl.num_programs(0), flatten=FLATTEN, warp_specialize=WARP_SPEC
     ):
-        first_m = (tile // group) * GROUP_M  # grouped order: GROUP_M row tiles share each weight tile in L2
-        rows_in_group = tl.minimum(grid_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % group) % rows_in_group
-        pid_n = (tile % group) // rows_in_group
+        pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
         row0 = pid_m * BLOCK_M
         col0 = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

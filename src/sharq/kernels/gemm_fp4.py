@@ -47,7 +47,7 @@ from . import interpreting
 from .dequant_fp4 import _dequant_impl
 from .direct import direct_call_ok
 from .gemm_bf16_tma import bf16_gemm_tma, tma_supported
-from .gemm_epilogue import _epilogue
+from .gemm_shared import _epilogue, _grouped_tile
 from .pdl import pdl_enabled, wait_then_release
 from .plan import SCRATCH_MIN_M
 from .weight_decode import _weight_halves, _weight_tile, gemm_supports
@@ -172,11 +172,7 @@ def _fp4_weight_gemm_kernel(
     pid_k = tl.program_id(1)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * grid_n  # grouped order: GROUP_M row tiles share each weight tile in L2
-    first_m = (pid // group) * GROUP_M
-    rows_in_group = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % rows_in_group
-    pid_n = (pid % group) // rows_in_group
+    pid_m, pid_n = _grouped_tile(pid, grid_m, grid_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -301,9 +297,8 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
     packed (NVFP4 weights) and M <= 16: the packed-register decode (DECODE 2), with both terms'
     rows stacked into one MMA operand up to 8 rows (STACK 2): benchmarks/tune_small_m.py
     (small-m-tuning-h100.json); narrow layers (N < 6,144) split K in 4 from 9 rows, and up to 8
-    rows where K >= 8,192 (small-m-split-tuning-h100.json: down at 8 rows 26.0 µs split against
-    29.3 whole, o at 16 rows 13.2 against 15.0; o at 8 rows gained nothing; down at 16 rows is not
-    measured: it follows o); packed and 17 <= M < SCRATCH_MIN_M: the packed decode, one MMA per
+    rows where K >= 8,192 (small-m-split-tuning-h100.json; down at 16 rows follows o's choice,
+    unmeasured: docs/performance.md, "Small-M GEMM"); packed and 17 <= M < SCRATCH_MIN_M: the packed decode, one MMA per
     term (`_medium_packed_tiles`). Otherwise the FP32 decode (DECODE 1), from tune_gemm.py's and
     tune_prefill.py's sweeps (gemm-tuning-h100.json, prefill-tuning-h100.json). SCRATCH 1: the
     weight tile is dequantized in the GEMM loop; 2: the weight is dequantized once into a bf16
@@ -340,12 +335,10 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
     return cfg
 
 
-# From this many rows a one-term scratch GEMM runs the persistent TMA loop (flattened, TMA 4):
-# benchmarks/tune_prefill.py --tma (prefill-tma-tuning-h100.json, Llama-3.1-8B, dequantization
-# included) at M = 4096 against the pointer loop: qkv 287 vs 343 µs, o 195 vs 233, gate_up 1304 vs
-# 1556, down 631 vs 739 (bf16 cuBLAS 265 / 180 / 1362 / 659); at M = 1024 gate_up 425 vs 487, down
-# 220 vs 236. At 512 rows the descriptors' host time outweighed the gain on q/k/v and o (eager).
-# Two terms (the exact operand) keep the pointer loop: with TMA they need 2 stages, not measured.
+# From this many rows a one-term scratch GEMM runs the persistent TMA loop (flattened, TMA 4), the
+# fastest variant on every Llama-3.1-8B layer in benchmarks/tune_prefill.py --tma
+# (prefill-tma-tuning-h100.json; docs/performance.md, "Prefill"); below it, the descriptors' host
+# time outweighs the gain on small layers. Two terms (the exact operand) keep the pointer loop.
 TMA_MIN_M = 1024
 
 
@@ -527,14 +520,14 @@ def _gemm_impl(
         )
     if tma >= 2 and not scratch:
         raise ValueError("TMA (the persistent bf16 GEMM) multiplies the scratch weight: it needs SCRATCH 2")
+    sw = s_w.reshape(1) if s_w is not None else None
     if tma >= 2 and split == 1 and tma_supported(a, r, w):
-        sw_ = s_w.reshape(1) if s_w is not None else None
         return bf16_gemm_tma(
             a,
             r,
             w,
             s_x,
-            sw_,
+            sw,
             bias,
             y,
             block_m=cfg["BLOCK_M"],
@@ -552,7 +545,7 @@ def _gemm_impl(
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
     interpret = interpreting()
     pdl = packed and pdl_enabled(a.device)  # decode-sized launches: the weight stream is the time
-    sw = s_w.reshape(1) if s_w is not None else s_x
+    sw = sw if sw is not None else s_x  # HAS_SW false: any pointer
     b = bias if bias is not None else s_x
     _fp4_weight_gemm_kernel[grid](
         a,

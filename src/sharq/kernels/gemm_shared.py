@@ -1,6 +1,10 @@
-"""The SharQ GEMM epilogue, shared by every tensor-core GEMM: y = (s_x · s_w) · acc + bias.
+"""What the tensor-core GEMMs (gemm_fp4, gemm_bf16_tma) share: the grouped tile order and the
+SharQ epilogue y = (s_x · s_w) · acc + bias.
 
-acc is the FP32 (BLOCK_M, BLOCK_N) sum Σ_t T_t · deq(W)ᵀ in the scaled domain; s_x is FP32, one per
+`_grouped_tile`: output tile number -> (row tile, column tile), GROUP_M row tiles taken together
+for each column tile, so that they read each weight tile while it is in L2.
+
+Epilogue: acc is the FP32 (BLOCK_M, BLOCK_N) sum Σ_t T_t · deq(W)ᵀ in the scaled domain; s_x is FP32, one per
 tensor (stride 0) or one per row; s_w one FP32 word (NVFP4) or absent (MXFP4); bias (N,) in any
 float dtype, added in FP32. The reference's order: the scales multiplied first, then the product,
 then the bias, then one rounding to y's dtype.
@@ -10,6 +14,15 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of output tile number `tile` on a grid_m × grid_n grid, in grouped order."""
+    group = GROUP_M * grid_n
+    first_m = (tile // group) * GROUP_M
+    rows_in_group = tl.minimum(grid_m - first_m, GROUP_M)
+    return first_m + (tile % group) % rows_in_group, (tile % group) // rows_in_group
 
 
 @triton.jit
