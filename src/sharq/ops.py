@@ -399,10 +399,18 @@ def grouped_linear_from_prepared(
 ) -> torch.Tensor | None:
     """The linears of one prepared input with each of `weights` (N_g, K) in one launch: (M, Σ N_g) in
     `out_dtype`, weight g's outputs in its columns, each equal to `linear_from_prepared` with that
-    weight — or None where one launch does not serve them: it does for a short batch prepared as the
-    decode GEMV's operand (Triton backend, up to GEMV_AUTO_MAX_M NVFP4 rows) with weights the GEMV
-    reads of one K and block (`kernels.gemv_nvfp4.gemv_group_supports`) and biases all None or of
-    one dtype."""
+    weight — or None where one launch does not serve them. It does on the Triton backend for
+    - a short batch prepared as the decode GEMV's operand (up to GEMV_AUTO_MAX_M NVFP4 rows), weights
+      the GEMV reads of one K and block (`kernels.gemv_nvfp4.gemv_group_supports`);
+    - the GEMM's operand ("rows") from SCRATCH_MIN_M rows on (prefill), weights of one format, block
+      and K dequantized side by side into one scratch matrix (`kernels.gemm_fp4.gemm_group_supports`);
+    with biases all None or of one dtype."""
+    if prepared.layout == "rows":
+        from .kernels.gemm_fp4 import fp4_weight_gemm_group, gemm_group_supports
+
+        if not gemm_group_supports(weights, prepared.terms[0].shape[0], biases):
+            return None
+        return fp4_weight_gemm_group(prepared.terms, prepared.global_scale, weights, biases, out_dtype)
     if prepared.layout != "gemv":
         return None
     from .kernels.gemv_nvfp4 import fp4_weight_gemv_group, gemv_group_supports

@@ -51,8 +51,14 @@ def _dequant_kernel(
 def _dequant_impl(w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: bool, wb: int) -> torch.Tensor:
     """w_codes (N, Kp/2) uint8 (element 2i in the low nibble), w_scales (N, Kp/wb) uint8 (E4M3, or
     E8M0 when `mx`) -> bf16 (N, k): e(c) · scale, s_w not applied."""
-    n = w_codes.shape[0]
-    out = torch.empty(n, k, dtype=torch.bfloat16, device=w_codes.device)
+    out = torch.empty(w_codes.shape[0], k, dtype=torch.bfloat16, device=w_codes.device)
+    return dequant_into(w_codes, w_scales, out, mx, wb)
+
+
+def dequant_into(w_codes: torch.Tensor, w_scales: torch.Tensor, out: torch.Tensor, mx: bool, wb: int) -> torch.Tensor:
+    """`_dequant_impl` written into `out`, bf16 (N, K) with unit column stride (a row block of a
+    larger scratch matrix: the grouped GEMM's weights side by side); returns out."""
+    n, k = out.shape
     if n == 0 or k == 0:
         return out
     block_n, block_k = 32, 128

@@ -4,7 +4,8 @@
 
 T_t: 1 or 2 bf16 (M, K) activation terms (the bf16-sum operand, or deq(B) and deq(R) for the exact
 operand); W: the layer's weight already dequantized into a bf16 (N, K) scratch matrix
-(`dequant_fp4.py`, exact, s_w not applied); s_x FP32 () or (M,); s_w FP32 (1,) or absent; bias (N,).
+(`dequant_fp4.py`, exact, s_w not applied); s_x FP32 () or (M,); s_w FP32 (1,), one per column
+(N,) (a grouped GEMM's weights side by side) or absent; bias (N,).
 The same function as `gemm_fp4`'s scratch loop (SCRATCH 2), up to the FP32 summation order inside
 the MMAs; the grouped tile order and the epilogue are the shared ones (`gemm_shared.py`).
 
@@ -122,6 +123,7 @@ def bf16_gemm_tma(
     bias: torch.Tensor | None,
     y: torch.Tensor,
     *,
+    has_sw: int | None = None,
     block_m: int,
     block_n: int,
     block_k: int,
@@ -132,7 +134,8 @@ def bf16_gemm_tma(
     flatten: bool = False,
 ) -> torch.Tensor:
     """Fill y (M, N) with the GEMM above. a, r: bf16 (M, K); w: bf16 (N, K); s_x FP32 (1,) or (M,)
-    (contiguous); s_w FP32 (1,) or None; bias (N,) or None; y (M, N) contiguous, any float dtype.
+    (contiguous); s_w FP32 (1,), (N,) (one per column: has_sw 2) or None; bias (N,) or None; y (M, N)
+    contiguous, any float dtype. has_sw: None = 1 when s_w is given, else 0.
     The caller (gemm_fp4._gemm_impl) has validated shapes and dtypes; this checks TMA's alignment."""
     if not tma_supported(a, r, w):
         raise ValueError(
@@ -166,7 +169,7 @@ def bf16_gemm_tma(
         0 if s_x.numel() == 1 else 1,
         y.stride(0),
         TWO=r is not None,
-        HAS_SW=s_w is not None,
+        HAS_SW=int(s_w is not None) if has_sw is None else has_sw,
         HAS_BIAS=bias is not None,
         Y_TMA=y_tma,
         DOT_F32=interpret,

@@ -44,7 +44,7 @@ import triton.language as tl
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
 from . import interpreting
-from .dequant_fp4 import _dequant_impl
+from .dequant_fp4 import _dequant_impl, dequant_into
 from .direct import direct_call_ok
 from .gemm_bf16_tma import bf16_gemm_tma, tma_supported
 from .gemm_shared import _epilogue, _grouped_tile
@@ -52,7 +52,7 @@ from .pdl import pdl_enabled, wait_then_release
 from .plan import SCRATCH_MIN_M
 from .weight_decode import _weight_halves, _weight_tile, gemm_supports
 
-__all__ = ["fp4_weight_gemm", "gemm_supports"]
+__all__ = ["fp4_weight_gemm", "fp4_weight_gemm_group", "gemm_group_supports", "gemm_supports", "GEMM_GROUP_MAX"]
 
 
 @triton.jit
@@ -492,24 +492,33 @@ def _gemm_impl(
     y = torch.empty(m, n, dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return y
+    cfg = _launch_config(m, n, k, mx, r is not None, tiles)
+    w = w_codes
+    if cfg["SCRATCH"]:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
+        w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
+    sw = s_w.reshape(1) if s_w is not None else None
+    return _launch(a, r, w, w_codes.shape[1], w_scales, s_x, sw, int(s_w is not None), bias, y, mx, wb, cfg)
+
+
+def _launch_config(m: int, n: int, k: int, mx: bool, two: bool, tiles: list[int]) -> dict:
+    """`_tiles`' choice for an (M, N, K) call, overridden by the nonzero entries of `tiles` (in
+    _TILE_KEYS order), checked; SCRATCH, DECODE, STACK as booleans (scratch weight, packed decode,
+    stacked terms), SPLIT_K the number of K chunks, TMA the scratch loop's variant."""
     over = {key: v for key, v in zip(_TILE_KEYS, tiles) if v}
-    cfg = _tiles(m, n, k, packed=not mx and over.get("DECODE", 2) == 2, two=r is not None)
+    cfg = _tiles(m, n, k, packed=not mx and over.get("DECODE", 2) == 2, two=two)
     cfg.update(over)
     if "STACK" not in over and any(key in over for key in ("BLOCK_M", "SCRATCH", "DECODE")):
         cfg["STACK"] = 1  # an overridden row tiling or decode: stacked only when asked for
     if "TMA" not in over and any(key in over for key in _TILE_KEYS[:7]):
         cfg["TMA"] = 1  # an overridden tiling: the TMA loop only when asked for
-    rr = r if r is not None else a
-    scratch = cfg.pop("SCRATCH") == 2
-    packed = cfg.pop("DECODE") == 2 and not mx and not scratch
-    stack = cfg.pop("STACK") == 2
-    split = max(1, cfg.pop("SPLIT_K", 1))
-    tma = cfg.pop("TMA", 1)
-    if stack and not (packed and r is not None):
+    scratch = cfg["SCRATCH"] == 2
+    cfg["SCRATCH"] = scratch
+    cfg["DECODE"] = cfg["DECODE"] == 2 and not mx and not scratch
+    cfg["STACK"] = cfg["STACK"] == 2
+    split = max(1, cfg.get("SPLIT_K", 1))
+    tma = cfg.get("TMA", 1)
+    if cfg["STACK"] and not (cfg["DECODE"] and two):
         raise ValueError("STACK (both terms in one MMA operand) needs two terms and the packed NVFP4 decode")
-    w = w_codes
-    if scratch:  # the layer's weight dequantized once, bf16 (N, K); the loop is a bf16 GEMM
-        w = _dequant_impl(w_codes, w_scales, k, mx, wb)  # inside this op: no second dispatch
     steps = triton.cdiv(k, cfg["BLOCK_K"])
     if scratch and "SPLIT_K" not in over:  # an overridden scratch weight keeps K whole unless a split is asked for
         split = 1
@@ -520,7 +529,34 @@ def _gemm_impl(
         )
     if tma >= 2 and not scratch:
         raise ValueError("TMA (the persistent bf16 GEMM) multiplies the scratch weight: it needs SCRATCH 2")
-    sw = s_w.reshape(1) if s_w is not None else None
+    cfg["SPLIT_K"], cfg["TMA"] = split, tma
+    return cfg
+
+
+def _launch(
+    a: torch.Tensor,
+    r: torch.Tensor | None,
+    w: torch.Tensor,
+    kw: int,
+    w_scales: torch.Tensor,
+    s_x: torch.Tensor,
+    sw: torch.Tensor | None,
+    has_sw: int,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    mx: bool,
+    wb: int,
+    cfg: dict,
+) -> torch.Tensor:
+    """Fill y (M, N) by the kernel `cfg` (`_launch_config`) names. w: the packed codes (N, kw) with
+    w_scales, or (cfg SCRATCH) the bf16 (N, K) scratch weight; sw: None (has_sw 0), FP32 (1,)
+    (has_sw 1) or FP32 (N,), one s_w per column (has_sw 2)."""
+    cfg = dict(cfg)
+    m, k = a.shape
+    n = w.shape[0]
+    rr = r if r is not None else a
+    scratch, packed, stack = cfg.pop("SCRATCH"), cfg.pop("DECODE"), cfg.pop("STACK")
+    split, tma = cfg.pop("SPLIT_K"), cfg.pop("TMA")
     if tma >= 2 and split == 1 and tma_supported(a, r, w):
         return bf16_gemm_tma(
             a,
@@ -530,6 +566,7 @@ def _gemm_impl(
             sw,
             bias,
             y,
+            has_sw=has_sw,
             block_m=cfg["BLOCK_M"],
             block_n=cfg["BLOCK_N"],
             block_k=cfg["BLOCK_K"],
@@ -539,13 +576,14 @@ def _gemm_impl(
             warp_spec=tma in (3, 5),
             flatten=tma in (4, 5),
         )
+    steps = triton.cdiv(k, cfg["BLOCK_K"])
     k_chunk = triton.cdiv(steps, split) * cfg["BLOCK_K"]
     split = triton.cdiv(k, k_chunk)  # no empty chunk
     part = torch.empty(split, m, n, dtype=torch.float32, device=a.device) if split > 1 else y
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
     interpret = interpreting()
     pdl = packed and pdl_enabled(a.device)  # decode-sized launches: the weight stream is the time
-    sw = sw if sw is not None else s_x  # HAS_SW false: any pointer
+    sw = sw if sw is not None else s_x  # HAS_SW 0: any pointer
     b = bias if bias is not None else s_x
     _fp4_weight_gemm_kernel[grid](
         a,
@@ -561,7 +599,7 @@ def _gemm_impl(
         n,
         k,
         k_chunk,
-        w_codes.shape[1],
+        kw,
         w_scales.shape[1],
         a.stride(0),
         rr.stride(0),
@@ -572,7 +610,7 @@ def _gemm_impl(
         TWO=r is not None,
         MX=mx,
         WB=wb,
-        HAS_SW=s_w is not None,
+        HAS_SW=has_sw,
         HAS_BIAS=bias is not None,
         W_BF16=scratch,
         FAST=(2 if interpret else 1) if packed else 0,
@@ -595,7 +633,7 @@ def _gemm_impl(
             n,
             0 if s_x.numel() == 1 else 1,
             y.stride(0),
-            HAS_SW=s_w is not None,
+            HAS_SW=has_sw,
             HAS_BIAS=bias is not None,
             SPLIT_K=split,
             BLOCK_M=rm,
@@ -613,3 +651,148 @@ _gemm_op = torch.library.custom_op("sharq::fp4_weight_gemm", mutates_args=())(_g
 @_gemm_op.register_fake
 def _(a, r, w_codes, w_scales, s_x, s_w, bias, mx, wb, out_dtype, tiles):
     return a.new_empty(a.shape[0], w_codes.shape[0], dtype=out_dtype)
+
+
+GEMM_GROUP_MAX = 3  # q, k, v: the most linears that read one input in a decoder layer
+
+
+def gemm_group_supports(weights, m: int, biases=None, *, tiles: dict | None = None) -> bool:
+    """True when `fp4_weight_gemm_group` multiplies one M-row activation by every weight in one GEMM:
+    1 to GEMM_GROUP_MAX weights the Triton GEMM reads (`gemm_supports`) of one format, block, K and
+    device; M at least SCRATCH_MIN_M, where the weights are dequantized into a scratch matrix and the
+    tiles do not depend on N (so every column sums its products in the order its own call would), or
+    any M > 0 with `tiles` that ask for the scratch weight (SCRATCH 2: tests, benchmarks); biases
+    None, or all None, or all (N_g,) tensors of one dtype."""
+    weights = list(weights)
+    scratch = m >= SCRATCH_MIN_M or (m > 0 and (tiles or {}).get("SCRATCH") == 2)
+    if not 1 <= len(weights) <= GEMM_GROUP_MAX or not scratch:
+        return False
+    first = weights[0]
+    for w in weights:
+        if not isinstance(w, QuantizedTensor) or not gemm_supports(w):
+            return False
+        if (w.format, w.block, w.shape[1], w.device) != (first.format, first.block, first.shape[1], first.device):
+            return False
+    if biases is None:
+        return True
+    biases = list(biases)
+    if len(biases) != len(weights):
+        return False
+    if all(b is None for b in biases):
+        return True
+    return all(
+        b is not None and b.shape == (w.shape[0],) and b.dtype == biases[0].dtype and b.device == first.device
+        for w, b in zip(weights, biases)
+    )
+
+
+def fp4_weight_gemm_group(
+    terms: Sequence[torch.Tensor],
+    s_x: torch.Tensor,
+    weights,
+    biases,
+    out_dtype: torch.dtype,
+    *,
+    tiles: dict | None = None,
+) -> torch.Tensor:
+    """`fp4_weight_gemm` of one activation against 1 to GEMM_GROUP_MAX weights in one GEMM (q/k/v,
+    gate/up at prefill): y (M, N_0 + N_1 + ...) in `out_dtype`, weight g's outputs in columns
+    [N_0 + ... + N_{g-1}, ... + N_g), each bit for bit what `fp4_weight_gemm` computes alone.
+
+    The weights are dequantized side by side into one bf16 (Σ N_g, K) scratch matrix (one launch
+    each) and one GEMM multiplies it; the epilogue takes each column's own s_w. terms, s_x as in
+    `fp4_weight_gemm`; weights and biases as `gemm_group_supports` accepts them, with M rows.
+    """
+    weights, biases = list(weights), list(biases)
+    a = terms[0] if len(terms) else None
+    m = a.shape[0] if a is not None and a.dim() == 2 else -1
+    if not gemm_group_supports(weights, m, biases, tiles=tiles):
+        raise ValueError(
+            f"one grouped GEMM cannot serve weights {[_describe(w) for w in weights]} with biases "
+            f"{[None if b is None else (tuple(b.shape), b.dtype) for b in biases]} at M={m}: it needs 1 to "
+            f"{GEMM_GROUP_MAX} NVFP4-16/32 or MXFP4-32 weights of one format, block, K and device, at least "
+            f"{SCRATCH_MIN_M} rows, and a bias of shape (N_g,) and one dtype for every weight or for none"
+        )
+    first = weights[0]
+    k = first.shape[1]
+    if not 1 <= len(terms) <= 2:
+        raise ValueError(f"fp4_weight_gemm_group takes 1 or 2 activation terms, got {len(terms)}")
+    for t in terms:
+        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.shape != a.shape or t.shape[1] != k:
+            raise ValueError(
+                f"activation terms must be bf16 (M, {k}) tensors of one shape, got "
+                f"{[(tuple(x.shape), x.dtype) for x in terms]}"
+            )
+        if t.device != first.device:
+            raise ValueError(f"activation on {t.device}, weights on {first.device}")
+        if not t.is_contiguous():
+            raise ValueError("activation terms must be contiguous")
+    sx = s_x.reshape(-1).to(torch.float32).contiguous()
+    if sx.numel() not in (1, m):
+        raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
+    t = tiles or {}
+    if t.get("BLOCK_K", first.block) % first.block:
+        raise ValueError(f"BLOCK_K {t['BLOCK_K']} must be a multiple of the weight block {first.block}")
+    mx = first.format is Format.MXFP4
+    sw = None if mx else torch.cat([w.global_scale.reshape(1).expand(w.shape[0]) for w in weights])
+    bias = None if biases[0] is None else torch.cat(biases)
+    op = _gemm_group_impl if direct_call_ok(*terms, s_x) else torch.ops.sharq.fp4_weight_gemm_group
+    return op(
+        a,
+        terms[1] if len(terms) == 2 else None,
+        [w.codes for w in weights],
+        [w.scales for w in weights],
+        sx,
+        sw,
+        bias,
+        mx,
+        first.block,
+        out_dtype,
+        [t.get(key, 0) for key in _TILE_KEYS],
+    )
+
+
+def _describe(w) -> str:
+    if isinstance(w, QuantizedTensor):
+        return f"{w.format.value}-{w.block} {tuple(w.shape)}"
+    return type(w).__name__
+
+
+def _gemm_group_impl(
+    a: torch.Tensor,
+    r: torch.Tensor | None,
+    w_codes: list[torch.Tensor],
+    w_scales: list[torch.Tensor],
+    s_x: torch.Tensor,
+    s_w: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mx: bool,
+    wb: int,
+    out_dtype: torch.dtype,
+    tiles: list[int],
+) -> torch.Tensor:
+    """The grouped GEMM as a torch op. a, r: bf16 (M, K); w_codes[g] (N_g, Kp/2), w_scales[g]
+    (N_g, Kp/wb) uint8; s_x FP32 (1,) or (M,); s_w FP32 (Σ N_g,) (each column its weight's s_w) or
+    None (MXFP4); bias (Σ N_g,) or None; tiles as `_gemm_impl`'s (a scratch tiling)."""
+    m, k = a.shape
+    n = sum(c.shape[0] for c in w_codes)
+    y = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    if m == 0 or n == 0:
+        return y
+    cfg = _launch_config(m, n, k, mx, r is not None, tiles)
+    if not cfg["SCRATCH"]:
+        raise ValueError("the grouped GEMM multiplies the weights' scratch matrix: it needs SCRATCH 2")
+    w = torch.empty(n, k, dtype=torch.bfloat16, device=a.device)
+    row = 0
+    for codes, scales in zip(w_codes, w_scales):
+        dequant_into(codes, scales, w[row : row + codes.shape[0]], mx, wb)
+        row += codes.shape[0]
+    return _launch(a, r, w, k, w_scales[0], s_x, s_w, 0 if s_w is None else 2, bias, y, mx, wb, cfg)
+
+
+_gemm_group_op = torch.library.custom_op("sharq::fp4_weight_gemm_group", mutates_args=())(_gemm_group_impl)
+
+
+@_gemm_group_op.register_fake
+def _(a, r, w_codes, w_scales, s_x, s_w, bias, mx, wb, out_dtype, tiles):
+    return a.new_empty(a.shape[0], sum(c.shape[0] for c in w_codes), dtype=out_dtype)

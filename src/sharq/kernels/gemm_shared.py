@@ -5,9 +5,10 @@ SharQ epilogue y = (s_x · s_w) · acc + bias.
 for each column tile, so that they read each weight tile while it is in L2.
 
 Epilogue: acc is the FP32 (BLOCK_M, BLOCK_N) sum Σ_t T_t · deq(W)ᵀ in the scaled domain; s_x is FP32, one per
-tensor (stride 0) or one per row; s_w one FP32 word (NVFP4) or absent (MXFP4); bias (N,) in any
-float dtype, added in FP32. The reference's order: the scales multiplied first, then the product,
-then the bias, then one rounding to y's dtype.
+tensor (stride 0) or one per row; s_w (HAS_SW) absent (0, MXFP4), one FP32 word (1, NVFP4) or one
+FP32 word per output column (2: the weights of a grouped GEMM side by side, each column carrying its
+own weight's s_w); bias (N,) in any float dtype, added in FP32. The reference's order: the scales
+multiplied first, then the product, then the bias, then one rounding to y's dtype.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ def _epilogue_values(
 ):
     """FP32 (BLOCK_M, BLOCK_N): (s_x · s_w) · acc + bias, before the cast."""
     sx = tl.load(sx_ptr + offs_m * stride_sx, mask=m_ok, other=1.0)
-    if HAS_SW:
-        s = sx * tl.load(sw_ptr)
+    if HAS_SW == 2:  # per column: the same FP32 product s_x · s_w per element as the one-word case
+        y = (sx[:, None] * tl.load(sw_ptr + offs_n, mask=n_ok, other=1.0)[None, :]) * acc
     else:
-        s = sx
-    y = s[:, None] * acc
+        if HAS_SW == 1:
+            s = sx * tl.load(sw_ptr)
+        else:
+            s = sx
+        y = s[:, None] * acc
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     return y
