@@ -113,6 +113,18 @@ def test_what_the_group_refuses():
         fp4_weight_gemm_group([terms[0].float()], s_x, [a, b], [None, None], torch.bfloat16)
 
 
+def test_the_plan_names_the_regimes_that_group():
+    from sharq import PRESETS
+    from sharq.kernels.plan import plan_linear
+
+    weights = [_weight(n, 64, "sharq-nvfp4", seed=n) for n in (64, 32)]
+    for m, grouped in ((1, True), (2, True), (3, False), (16, False), (511, False), (512, True), (4096, True)):
+        plan = plan_linear(m, PRESETS["sharq-nvfp4"], "cuda")
+        assert plan.grouped is grouped and ("one launch each" in plan.describe()) is grouped, m
+        if m > 2:  # the GEMM's own rule agrees with the plan
+            assert gemm_group_supports(weights, m) is grouped, m
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", ("sharq-nvfp4", "sharq-nvfp4-w16", "sharq-mxfp4"))
 def test_group_full_shapes_on_cuda(preset):

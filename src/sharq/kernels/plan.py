@@ -18,6 +18,12 @@ Llama-3.1-8B layers. Regimes (NVFP4 on CUDA, `backend="auto"`; M = rows of the f
   (1) prepare_fp4: codes, scales and the operand; (2) prepare_split: the operand alone — bf16(deq(B) +
   deq(R)) for bf16-sum, deq(B) and deq(R) (two MMAs) for exact.
 
+The linears that read one input — q/k/v, gate/up — run as one launch in the GEMV and scratch regimes
+(`LinearPlan.grouped`: one GEMV over their weights; their weights dequantized side by side into one
+scratch and one GEMM, each column with its own s_w), one launch each elsewhere. The table's "qkv" and
+"gate_up" rows show the tiles of the concatenated weight; below SCRATCH_MIN_M the model's q, k and v
+take their own N's tiles.
+
 The M > 16 regimes come from benchmarks/tune_medium_m.py's and tune_prefill.py's sweeps (docs/performance.md,
 "Kernel plan").
 `operand="auto"` is exact up to AUTO_EXACT_MAX_ROWS (16) rows and bf16-sum above (SPEC §7), so its
@@ -104,6 +110,7 @@ class LinearPlan:
     gemm:        "reference" | "gemv" | "small-m" / "medium-m" (gemm_fp4, packed decode; 3-16 and
                  17-511 rows) | "fp32-decode" (gemm_fp4, MXFP4) | "bf16-scratch" (gemm_fp4 over
                  dequant_fp4's scratch weight).
+    grouped:     (property) whether the linears that read one input (q/k/v, gate/up) share one launch.
     """
 
     rows: int
@@ -121,8 +128,20 @@ class LinearPlan:
             return _tiles(self.rows, n, k, packed=packed, two=self.operand is Operand.EXACT)
         return {}
 
+    @property
+    def grouped(self) -> bool:
+        """True where q/k/v and gate/up run as one launch each (`ops.grouped_linear_from_prepared`): the
+        decode GEMV (`gemv_nvfp4.gemv_group_supports`) and the scratch GEMM (`gemm_fp4.gemm_group_supports`,
+        the weights dequantized side by side). Elsewhere the tiles depend on N, so one launch would sum a
+        column in another order than its own call: one launch per linear."""
+        return self.gemm in ("gemv", "bf16-scratch")
+
     def describe(self) -> str:
-        return f"M={self.rows}: {self.backend.value}, operand {self.operand.value}, {self.preparation} -> {self.gemm}"
+        group = "q/k/v and gate/up one launch each" if self.grouped else "one launch per linear"
+        return (
+            f"M={self.rows}: {self.backend.value}, operand {self.operand.value}, {self.preparation} -> {self.gemm} "
+            f"({group})"
+        )
 
 
 def plan_linear(
