@@ -233,8 +233,10 @@ class SharqConfig:
         set_("lm_head", _coerce_enum(LmHead, self.lm_head, "lm_head"))
         for name in ("mask", "residual_mask"):
             value = getattr(self, name)
-            if value is not None:
-                set_(name, parse_mask(value).name)  # canonical spelling, raises on bad input
+            spec = None if value is None else parse_mask(value)  # raises on bad input
+            if spec is not None:
+                set_(name, spec.name)  # canonical spelling
+            set_(f"_{name}_spec", spec)  # parsed once: the layers read it on every call (not a field)
         for name in ("backbone_block", "residual_block", "weight_block"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -278,11 +280,11 @@ class SharqConfig:
 
     @property
     def mask_spec(self) -> MaskSpec | None:
-        return None if self.mask is None else parse_mask(self.mask)
+        return self._mask_spec
 
     @property
     def residual_mask_spec(self) -> MaskSpec | None:
-        return None if self.residual_mask is None else parse_mask(self.residual_mask)
+        return self._residual_mask_spec
 
     @property
     def quantizes_lm_head(self) -> bool:

@@ -29,6 +29,7 @@ __all__ = [
     "weight_scale_views",
     "linear_from_prepared",
     "grouped_linear_from_prepared",
+    "group_launch_possible",
     "sharq_linear",
     "quantize_lm_head_weight",
     "resolve_lm_head_backend",
@@ -389,6 +390,19 @@ def linear_from_prepared(
     if bias is not None:
         y = y + bias.float()
     return y.to(out_dtype)
+
+
+def group_launch_possible(prepared: PreparedActivation) -> bool:
+    """A cheap first test for `grouped_linear_from_prepared`: False where it returns None whatever the
+    weights (the GEMV's operand and the GEMM's from SCRATCH_MIN_M rows are the layouts it serves), so
+    the members' weights need not be gathered on every call."""
+    if prepared.layout == "gemv":
+        return True
+    if prepared.layout == "rows":
+        from .kernels.plan import SCRATCH_MIN_M
+
+        return prepared.terms[0].shape[0] >= SCRATCH_MIN_M
+    return False
 
 
 def grouped_linear_from_prepared(

@@ -19,7 +19,18 @@ import os
 
 from ..config import Format, SharqConfig
 
-__all__ = ["interpreting", "supports"]
+__all__ = ["interpreting", "supports", "cdiv", "next_pow2"]
+
+
+def cdiv(x: int, y: int) -> int:
+    """⌈x / y⌉ for the launch grids, as `triton.cdiv` computes it. Plain Python: the host code of every
+    launch calls it several times, and Triton's own is a constexpr function (several µs a call)."""
+    return (x + y - 1) // y
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (0 for n <= 0), as `triton.next_power_of_2`; plain Python."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
 def interpreting() -> bool:

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import cdiv, next_pow2
 from .direct import direct_call_ok
 
 __all__ = ["argmax_reference", "split_argmax", "argmax_splits"]
@@ -40,10 +41,10 @@ def argmax_reference(logits: torch.Tensor) -> torch.Tensor:
 def argmax_splits(vocab: int) -> tuple[int, int]:
     """(splits, slice): programs per row and positions per program (a multiple of BLOCK) for a row
     of `vocab` values."""
-    blocks = triton.cdiv(vocab, BLOCK)
-    per = triton.cdiv(blocks, min(blocks, MAX_SPLITS))
+    blocks = cdiv(vocab, BLOCK)
+    per = cdiv(blocks, min(blocks, MAX_SPLITS))
     slice_ = per * BLOCK
-    return triton.cdiv(vocab, slice_), slice_
+    return cdiv(vocab, slice_), slice_
 
 
 @triton.jit
@@ -106,7 +107,7 @@ def _split_argmax_impl(logits: torch.Tensor) -> torch.Tensor:
     _argmax_partial_kernel[(rows, splits)](
         logits, keys, idx, vocab, logits.stride(0), splits, SLICE=slice_, BLOCK=BLOCK, num_warps=4
     )
-    _argmax_combine_kernel[(rows,)](keys, idx, out, splits, SPLITS_P2=triton.next_power_of_2(splits), num_warps=4)
+    _argmax_combine_kernel[(rows,)](keys, idx, out, splits, SPLITS_P2=next_pow2(splits), num_warps=4)
     return out
 
 

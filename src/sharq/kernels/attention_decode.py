@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting
+from . import cdiv, interpreting, next_pow2
 from .direct import direct_call_ok
 from .pdl import gdc_wait, pdl_enabled, wait_then_release
 
@@ -235,13 +235,13 @@ def _attention_impl(
     b, heads, _, d = query.shape
     hkv, s = key.shape[1], key.shape[2]
     g = heads // hkv
-    gp = max(16, triton.next_power_of_2(g))
+    gp = max(16, next_pow2(g))
     out = torch.empty(b, 1, heads, d, dtype=query.dtype, device=query.device)
     if b == 0:
         return out
-    blocks = max(1, triton.cdiv(s, BLOCK_S))
-    per_split = triton.cdiv(blocks, min(blocks, max(1, triton.cdiv(TARGET_PROGRAMS, b * hkv))))
-    nsplit = triton.cdiv(blocks, per_split)
+    blocks = max(1, cdiv(s, BLOCK_S))
+    per_split = cdiv(blocks, min(blocks, max(1, cdiv(TARGET_PROGRAMS, b * hkv))))
+    nsplit = cdiv(blocks, per_split)
     f32 = dict(dtype=torch.float32, device=query.device)
     po = torch.empty(b * hkv * nsplit, gp, d, **f32)
     pm = torch.empty(b * hkv * nsplit, gp, **f32)
@@ -300,7 +300,7 @@ def _attention_impl(
         G=g,
         GP=gp,
         D=d,
-        NSP=triton.next_power_of_2(nsplit),
+        NSP=next_pow2(nsplit),
         PDL=pdl,
         num_warps=4,
         **launch,

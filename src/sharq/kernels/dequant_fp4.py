@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
+from . import cdiv
 from .direct import direct_call_ok
 from .weight_decode import _weight_tile, gemm_supports
 
@@ -62,7 +63,7 @@ def dequant_into(w_codes: torch.Tensor, w_scales: torch.Tensor, out: torch.Tenso
     if n == 0 or k == 0:
         return out
     block_n, block_k = 32, 128
-    _dequant_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
+    _dequant_kernel[(cdiv(n, block_n), cdiv(k, block_k))](
         w_codes,
         w_scales,
         out,

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting
+from . import cdiv, interpreting
 from .gemm_shared import _epilogue, _epilogue_values, _grouped_tile
 
 __all__ = ["tma_supported", "bf16_gemm_tma"]
@@ -152,7 +152,7 @@ def bf16_gemm_tma(
     y_tma = y.element_size() == 2 and _aligned(y)
     y_desc = TensorDescriptor.from_tensor(y, [block_m, block_n]) if y_tma else a_desc
     interpret = interpreting()
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    tiles = cdiv(m, block_m) * cdiv(n, block_n)
     progs = min(tiles, 4 if interpret else _sm_count(y.device.index or 0))
     _bf16_gemm_tma_kernel[(progs,)](
         a_desc,

@@ -43,7 +43,7 @@ import triton.language as tl
 
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
-from . import interpreting
+from . import cdiv, interpreting, next_pow2
 from .dequant_fp4 import _dequant_impl, dequant_into
 from .direct import direct_call_ok
 from .gemm_bf16_tma import bf16_gemm_tma, tma_supported
@@ -310,9 +310,9 @@ def _tiles(m: int, n: int, k: int, packed: bool = False, two: bool = True) -> di
             bn, bk, warps = 64, 256, 2
         elif n >= 6144 and not stack:
             bn, bk, warps = 32, 256, 2
-        elif n < 6144 and (k >= 8192 or not stack) and triton.cdiv(k, 256) >= 2 * SPLIT_MIN_STEPS:
+        elif n < 6144 and (k >= 8192 or not stack) and cdiv(k, 256) >= 2 * SPLIT_MIN_STEPS:
             bn, bk, warps = 64, 256, 2 if stack else 4  # narrow layers with a long K: split in up to 4
-            split = min(4, triton.cdiv(k, bk) // SPLIT_MIN_STEPS)
+            split = min(4, cdiv(k, bk) // SPLIT_MIN_STEPS)
         else:
             bn, bk, warps = 32, 512, 4
         return dict(
@@ -353,10 +353,10 @@ def _medium_packed_tiles(m: int, n: int, k: int) -> dict:
     From 65 rows, K whole: q/k/v-sized N 64-wide, BLOCK_M 64 and 128 from 129; narrow N (o, down)
     64-wide, BLOCK_M 64 (65-128 rows: no split-K measurement there)."""
     if n >= 16384:
-        bm, bn, bk, split = min(128, max(32, triton.next_power_of_2(m))), 128, 128, 1
+        bm, bn, bk, split = min(128, max(32, next_pow2(m))), 128, 128, 1
     elif m <= 64:
         bm, bn, bk = (32 if m <= 32 else 64), 64, (128 if n >= 6144 else 256)
-        split = max(1, min(4, triton.cdiv(k, bk) // SPLIT_MIN_STEPS))  # short K stays whole
+        split = max(1, min(4, cdiv(k, bk) // SPLIT_MIN_STEPS))  # short K stays whole
     elif n >= 6144:
         bm = 64 if m <= 128 else 128
         bn, bk, split = 64, 128 if bm == 128 else 256, 1
@@ -519,7 +519,7 @@ def _launch_config(m: int, n: int, k: int, mx: bool, two: bool, tiles: list[int]
     tma = cfg.get("TMA", 1)
     if cfg["STACK"] and not (cfg["DECODE"] and two):
         raise ValueError("STACK (both terms in one MMA operand) needs two terms and the packed NVFP4 decode")
-    steps = triton.cdiv(k, cfg["BLOCK_K"])
+    steps = cdiv(k, cfg["BLOCK_K"])
     if scratch and "SPLIT_K" not in over:  # an overridden scratch weight keeps K whole unless a split is asked for
         split = 1
     if split > 1 and (scratch or split > steps):
@@ -576,11 +576,11 @@ def _launch(
             warp_spec=tma in (3, 5),
             flatten=tma in (4, 5),
         )
-    steps = triton.cdiv(k, cfg["BLOCK_K"])
-    k_chunk = triton.cdiv(steps, split) * cfg["BLOCK_K"]
-    split = triton.cdiv(k, k_chunk)  # no empty chunk
+    steps = cdiv(k, cfg["BLOCK_K"])
+    k_chunk = cdiv(steps, split) * cfg["BLOCK_K"]
+    split = cdiv(k, k_chunk)  # no empty chunk
     part = torch.empty(split, m, n, dtype=torch.float32, device=a.device) if split > 1 else y
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
+    grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]), split)
     interpret = interpreting()
     pdl = packed and pdl_enabled(a.device)  # decode-sized launches: the weight stream is the time
     sw = sw if sw is not None else s_x  # HAS_SW 0: any pointer
@@ -623,7 +623,7 @@ def _launch(
     )
     if split > 1:
         rm, rn = 32, 128
-        _split_k_reduce_kernel[(triton.cdiv(m, rm), triton.cdiv(n, rn))](
+        _split_k_reduce_kernel[(cdiv(m, rm), cdiv(n, rn))](
             part,
             s_x,
             sw,

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting
+from . import cdiv, interpreting
 from .direct import direct_call_ok
 from .gemv_nvfp4 import _gemv_epilogue, _gemv_rows, _member, gemv_padded
 
@@ -191,7 +191,7 @@ def _experts_gemv_impl(
     group = len(w_codes)
     second = 1 if group > 1 else 0
     bias = list(biases) if biases else [s_x, s_x]  # without biases: any valid pointer, never read
-    _experts_gemv_kernel[(triton.cdiv(n, block_n), g)](
+    _experts_gemv_kernel[(cdiv(n, block_n), g)](
         b_codes.view(torch.int64),
         b_scales,
         r_codes.view(torch.int64) if two else b_codes.view(torch.int64),

@@ -48,7 +48,7 @@ from ..config import Format
 from ..formats.pack import unpack_nibbles
 from ..formats.quantized import QuantizedTensor
 from ..formats.scales import decode_e4m3
-from . import interpreting
+from . import cdiv, interpreting, next_pow2
 from .direct import direct_call_ok
 from .pdl import pdl_enabled, wait_then_release
 from .plan import GEMV_AUTO_MAX_M  # rows the plan sends to the GEMV
@@ -721,7 +721,7 @@ def _gemv_impl(
     globals_ = [g.reshape(1) for g in s_w] + [s_w[0].reshape(1)] * (GEMV_GROUP_MAX - group)
     bias = list(biases) + [biases[0]] * (GEMV_GROUP_MAX - group) if biases else [s_x] * GEMV_GROUP_MAX
     two = r_codes is not None
-    programs = triton.cdiv(n, cfg["BLOCK_N"])
+    programs = cdiv(n, cfg["BLOCK_N"])
     pdl = pdl_enabled(b_codes.device, default=programs <= GEMV_PDL_MAX_PROGRAMS)
     members = [a for g in range(GEMV_GROUP_MAX) for a in (words[g], scales[g], globals_[g], bias[g])]
     _gemv_kernel[(programs,)](
@@ -749,8 +749,8 @@ def _gemv_impl(
         HAS_BIAS=bool(biases),
         ASM=not interpreting(),
         EVEN_N=n % cfg["BLOCK_N"] == 0,
-        EVEN_M=m == triton.next_power_of_2(m),
-        BLOCK_M=triton.next_power_of_2(m),
+        EVEN_M=m == next_pow2(m),
+        BLOCK_M=next_pow2(m),
         GROUP=group,
         PDL=pdl,
         num_stages=1,

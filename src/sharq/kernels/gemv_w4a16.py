@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
-from . import interpreting
+from . import cdiv, interpreting, next_pow2
 from .direct import direct_call_ok
 from .weight_decode import _weight_halves
 
@@ -104,7 +104,7 @@ def _tiles(m: int, k: int) -> dict:
     """Launch tiling (not tuned: see the module docstring). Every thread holds a multiple of 4 payload
     bytes of the weight tile, as the packed decode's asm takes them (pack 4): BLOCK_N · BLOCK_K / 2
     is at least 4 · 32 · num_warps."""
-    block_k = min(512, max(64, triton.next_power_of_2(k)))
+    block_k = min(512, max(64, next_pow2(k)))
     return dict(BLOCK_N=16, BLOCK_K=block_k, num_warps=4)
 
 
@@ -176,7 +176,7 @@ def _gemv_impl(
         return y
     cfg = _tiles(m, k)
     cfg.update({key: v for key, v in zip(_TILE_KEYS, tiles) if v})
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
+    grid = (cdiv(n, cfg["BLOCK_N"]),)
     _w4a16_gemv_kernel[grid](
         x,
         w_codes,
@@ -196,7 +196,7 @@ def _gemv_impl(
         WB=wb,
         HAS_BIAS=bias is not None,
         ASM=not interpreting(),
-        BLOCK_M=max(1, triton.next_power_of_2(m)),
+        BLOCK_M=max(1, next_pow2(m)),
         **cfg,
     )
     return y

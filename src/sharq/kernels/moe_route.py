@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import cdiv, next_pow2
 from .direct import direct_call_ok
 from .prepare_fp4 import _round_bf16
 
@@ -124,7 +125,7 @@ def _route_impl(
     if p == 0:
         outs[2].zero_()
         return outs
-    pb = triton.next_power_of_2(p)
+    pb = next_pow2(p)
     _route_kernel[(1,)](
         top_k_index,
         top_k_index.stride(0),
@@ -136,7 +137,7 @@ def _route_impl(
         K=k,
         R=tile_rows,
         PB=pb,
-        GB=triton.next_power_of_2(max(max_tiles, 1)),
+        GB=next_pow2(max(max_tiles, 1)),
         num_warps=4 if pb <= 64 else 8,
     )
     return outs
@@ -216,9 +217,7 @@ def _segment_amax_impl(x: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     p, k = x.shape
     out = torch.empty(p, dtype=torch.int32, device=x.device)
     if p:
-        _segment_amax_kernel[(p,)](
-            x, segments, out, p, k, x.stride(0), PB=triton.next_power_of_2(p), CHUNK=256, num_warps=2
-        )
+        _segment_amax_kernel[(p,)](x, segments, out, p, k, x.stride(0), PB=next_pow2(p), CHUNK=256, num_warps=2)
     return out
 
 
@@ -304,9 +303,9 @@ def _combine_impl(
     out = torch.empty(t, h, dtype=out_dtype, device=y.device)
     if t == 0 or h == 0:
         return out
-    block_h = min(1024, triton.next_power_of_2(h))
+    block_h = min(1024, next_pow2(h))
     prod = torch.promote_types(y.dtype, weights.dtype)
-    _combine_kernel[(t, triton.cdiv(h, block_h))](
+    _combine_kernel[(t, cdiv(h, block_h))](
         y,
         weights,
         order,

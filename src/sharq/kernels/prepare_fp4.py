@@ -36,7 +36,7 @@ from ..formats.blocks import padded_length
 from ..formats.nvfp4 import GLOBAL_SCALE_DIVISOR, GLOBAL_SCALE_FLOOR
 from ..formats.quantized import QuantizedTensor
 from ..sparse.decompose import PreparedActivation
-from . import supports
+from . import cdiv, next_pow2, supports
 from .direct import direct_call_ok
 from .gemv_nvfp4 import GEMV_AUTO_MAX_M, GEMV_MAX_M, e2m1_doubled, gemv_padded
 from .pdl import pdl_enabled, wait_then_release
@@ -676,9 +676,9 @@ def _launch(
             if per_row
             else torch.zeros(1, dtype=torch.int32, device=x.device)
         )
-        bm = min(8, triton.next_power_of_2(m))
+        bm = min(8, next_pow2(m))
         bk = 1024 if per_row else 512
-        amax_grid = (triton.cdiv(m, bm),) if per_row else (triton.cdiv(m, bm), min(triton.cdiv(k, bk), 65535))
+        amax_grid = (cdiv(m, bm),) if per_row else (cdiv(m, bm), min(cdiv(k, bk), 65535))
         _amax_kernel[amax_grid](x, amax, m, k, x.stride(0), PER_ROW=per_row, BLOCK_M=bm, BLOCK_K=bk)
     kp_b, kp_r = padded_length(k, bb), padded_length(k, rb)
     gemv = terms == _TERMS_GEMV
@@ -688,7 +688,7 @@ def _launch(
         )
     kg = gemv_padded(k) if gemv else 0
     kp = padded_length(max(kp_b, kp_r, kg), block_k)  # GEMV operand: the zero padding is written too
-    grid = (triton.cdiv(m, block_m), min(kp // block_k, 65535))
+    grid = (cdiv(m, block_m), min(kp // block_k, 65535))
     spare = b_codes  # a valid pointer for the outputs the kernel does not write
     pdl = pdl_enabled(x.device, default=gemv and m <= GEMV_MAX_M)  # measured: faster for 1-2 rows, slower at 8
     _prepare_kernel[grid](
@@ -779,9 +779,9 @@ def _prep_tiles(m: int, k: int) -> tuple[int, int, int]:
     preparation before); else 2-row tiles (M = 8, K = 14336: 7.4 against 8.8 us; M = 16, K = 4096:
     6.9 against 9.1 us)."""
     if m <= AMAX_INLINE_MAX_M and k <= AMAX_INLINE_MAX_K:
-        return triton.next_power_of_2(m), 64, 2 if m <= 2 else 4
+        return next_pow2(m), 64, 2 if m <= 2 else 4
     if m <= 16:
-        return min(2, triton.next_power_of_2(m)), 64 if m <= 8 else 128, 2 if m <= 8 else 4
+        return min(2, next_pow2(m)), 64 if m <= 8 else 128, 2 if m <= 8 else 4
     return 8, 128, 4
 
 

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..config import Format, Granularity, Residual, SharqConfig
-from . import supports
+from . import cdiv, next_pow2, supports
 from .direct import direct_call_ok
 from .prepare_fp4 import _amax_kernel, _apply_mask, _global_scale, _mask_args, _round_bf16, _round_e4m3
 from .sources import (
@@ -277,9 +277,9 @@ def _split_tiles(m: int, kp: int) -> tuple[int, int, int, int]:
     tiling benchmarks/tune_prep_split.py found fastest or within 3% of it at every M and K it swept
     (docs/performance.md, "Medium M"). K is shared among programs only while there are too few row
     tiles to fill the GPU (the row amax is then read once per program)."""
-    block_m, block_k = 8, min(256, triton.next_power_of_2(kp))  # the tail past K is masked
-    row_tiles = triton.cdiv(m, block_m)
-    k_programs = max(1, min(triton.cdiv(kp, block_k), triton.cdiv(264, row_tiles)))
+    block_m, block_k = 8, min(256, next_pow2(kp))  # the tail past K is masked
+    row_tiles = cdiv(m, block_m)
+    k_programs = max(1, min(cdiv(kp, block_k), cdiv(264, row_tiles)))
     return block_m, block_k, k_programs, 8
 
 
@@ -369,7 +369,7 @@ def _launch(
     block_m, block_k, k_programs, warps = _split_tiles(m, kp)
     if any(tiles):
         block_m, block_k, warps = tiles[0] or block_m, tiles[1] or block_k, tiles[2] or warps
-        k_programs = max(1, min(triton.cdiv(kp, block_k), triton.cdiv(264, triton.cdiv(m, block_m))))
+        k_programs = max(1, min(cdiv(kp, block_k), cdiv(264, cdiv(m, block_m))))
     inline, amax, inv = token, s, None
     if spec is not None:
         if spec.stats == 1 and not token:
@@ -380,11 +380,11 @@ def _launch(
             amax = amax_bits
     elif not token:  # one amax over the tensor: a grid-wide atomic max into a zeroed word
         amax = torch.zeros(1, dtype=torch.int32, device=x.device)
-        bm = min(8, triton.next_power_of_2(m))
-        _amax_kernel[(triton.cdiv(m, bm), min(triton.cdiv(k, 512), 65535))](
+        bm = min(8, next_pow2(m))
+        _amax_kernel[(cdiv(m, bm), min(cdiv(k, 512), 65535))](
             x, amax, m, k, x.stride(0), PER_ROW=False, BLOCK_M=bm, BLOCK_K=512
         )
-    _prepare_split_kernel[(triton.cdiv(m, block_m), k_programs)](
+    _prepare_split_kernel[(cdiv(m, block_m), k_programs)](
         kernel_x(x, spec),
         amax,
         s,

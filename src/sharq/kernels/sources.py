@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting
+from . import cdiv, interpreting
 
 __all__ = [
     "SOURCE_X",
@@ -448,7 +448,7 @@ def launch_stats(x: torch.Tensor, spec: SourceSpec, amax_mode: int) -> tuple[tor
         amax = torch.zeros(1, dtype=torch.int32, device=x.device)
     x2 = spec.x2 if spec.x2.numel() else x
     spare = inv if inv is not None else amax
-    source_stats_kernel[(triton.cdiv(m, block_m), splits)](
+    source_stats_kernel[(cdiv(m, block_m), splits)](
         kernel_x(x, spec),
         x2,
         spec.w,
@@ -483,8 +483,8 @@ def stats_splits(m: int, k: int, block_m: int, chunk: int) -> int:
     (act·mul): enough for about STATS_PROGRAMS programs, at most one chunk each (a decode row of
     down_proj's K = 14,336: 112 programs of one chunk; what that saves: docs/performance.md, "Fused
     producers")."""
-    rows = triton.cdiv(m, block_m)
-    return max(1, min(triton.cdiv(k, chunk), STATS_PROGRAMS // rows))
+    rows = cdiv(m, block_m)
+    return max(1, min(cdiv(k, chunk), STATS_PROGRAMS // rows))
 
 
 def stats_tiles() -> tuple[tuple[int, int], ...]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..config import SharqConfig
-from ..ops import grouped_linear_from_prepared, prepare
+from ..ops import group_launch_possible, grouped_linear_from_prepared, prepare
 from ..options import DEFAULT_OPTIONS, RuntimeOptions
 from ..sparse.decompose import PreparedActivation
 
@@ -149,7 +149,7 @@ class SharedPreparation:
             if m is member:
                 start = offset
             offset += m.out_features
-        if start is not None and out is None and len(self.members) > 1:
+        if start is not None and out is None and len(self.members) > 1 and group_launch_possible(prepared):
             out = grouped_linear_from_prepared(
                 prepared, [m.quantized_weight for m in self.members], [m.bias for m in self.members], x.dtype
             )
