@@ -80,11 +80,37 @@ def test_group_at_the_plan_rows_reads_each_weight_once(monkeypatch):
     weights = [_weight(n, k, "sharq-nvfp4-w16", seed=n) for n in (128, 64, 64)]
     terms, s_x = _terms(SCRATCH_MIN_M, k, seed=8)
     y = fp4_weight_gemm_group(terms, s_x, weights, [None] * 3, torch.bfloat16)
-    assert len(deq) == 3 and len(gemm) == 1 and gemm[0]["W_BF16"] and gemm[0]["HAS_SW"] == 2
+    assert len(deq) == 1 and deq[0]["GROUPS"] == 3  # the three weights in one launch
+    assert len(gemm) == 1 and gemm[0]["W_BF16"] and gemm[0]["HAS_SW"] == 2
     col = 0
     for w in weights:
         assert torch.equal(y[:, col : col + w.shape[0]], fp4_weight_gemm(terms, s_x, w, None, torch.bfloat16))
         col += w.shape[0]
+
+
+@pytest.mark.parametrize("preset", ("sharq-nvfp4", "sharq-nvfp4-w16", "sharq-mxfp4"))
+def test_weights_dequantized_side_by_side(preset, monkeypatch):
+    """One launch where every boundary is a multiple of the row block (the last weight any size),
+    one launch per weight otherwise; each row block equal to the weight's own dequantization."""
+    from sharq.kernels import dequant_fp4
+
+    launches = []
+    monkeypatch.setattr(dequant_fp4, "_dequant_kernel", RecordingKernel(dequant_fp4._dequant_kernel, launches))
+    k = 96
+    for sizes, calls in (((64, 32, 40), 1), ((32, 40), 1), ((40, 32), 2), ((32, 32, 32, 32), 4)):
+        weights = [_weight(n, k, preset, seed=n + i) for i, n in enumerate(sizes)]
+        launches.clear()
+        out = torch.full((sum(sizes), k), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+        dequant_fp4.dequant_group_into(
+            [w.codes for w in weights],
+            [w.scales for w in weights],
+            out,
+            weights[0].format.value == "mxfp4",
+            weights[0].block,
+        )
+        assert len(launches) == calls, sizes
+        want = torch.cat([w.dequantize(apply_global_scale=False).to(torch.bfloat16) for w in weights])
+        assert torch.equal(out, want), sizes
 
 
 def test_what_the_group_refuses():

@@ -36,17 +36,44 @@ def _dequant_kernel(
     stride_wc,
     stride_ws,
     stride_out,
+    wc1_ptr,
+    ws1_ptr,
+    wc2_ptr,
+    ws2_ptr,
+    N0,
+    N1,
     MX: tl.constexpr,
     WB: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUPS: tl.constexpr,
 ):
+    """out rows [pid·BLOCK_N, +BLOCK_N), columns [pid_k·BLOCK_K, +BLOCK_K). GROUPS > 1: out holds
+    GROUPS weights side by side (rows [0, N0) from wc/ws, [N0, N0 + N1) from wc1/ws1, the rest from
+    wc2/ws2; every boundary a multiple of BLOCK_N, so a program reads one weight)."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
+    wc = wc_ptr
+    ws = ws_ptr
+    base = 0
+    if GROUPS > 1:
+        row0 = tl.program_id(0) * BLOCK_N
+        if row0 >= N0:
+            wc = wc1_ptr
+            ws = ws1_ptr
+            base = N0
+            if GROUPS > 2:
+                if row0 >= N0 + N1:
+                    wc = wc2_ptr
+                    ws = ws2_ptr
+                    base = N0 + N1
     k0 = tl.program_id(1) * BLOCK_K
-    w = _weight_tile(wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
+    w = _weight_tile(wc, ws, offs_n - base, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + offs_n[:, None] * stride_out + cols[None, :], w, mask=n_ok[:, None] & (cols[None, :] < K))
+
+
+_BLOCK_N, _BLOCK_K = 32, 128
 
 
 def _dequant_impl(w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: bool, wb: int) -> torch.Tensor:
@@ -57,27 +84,60 @@ def _dequant_impl(w_codes: torch.Tensor, w_scales: torch.Tensor, k: int, mx: boo
 
 
 def dequant_into(w_codes: torch.Tensor, w_scales: torch.Tensor, out: torch.Tensor, mx: bool, wb: int) -> torch.Tensor:
-    """`_dequant_impl` written into `out`, bf16 (N, K) with unit column stride (a row block of a
-    larger scratch matrix: the grouped GEMM's weights side by side); returns out."""
+    """`_dequant_impl` written into `out`, bf16 (N, K) with unit column stride (e.g. a row block of a
+    larger scratch matrix); returns out."""
+    return dequant_group_into([w_codes], [w_scales], out, mx, wb)
+
+
+def dequant_group_into(
+    w_codes: list[torch.Tensor], w_scales: list[torch.Tensor], out: torch.Tensor, mx: bool, wb: int
+) -> torch.Tensor:
+    """Weights g = 0, 1, … dequantized side by side into `out`, bf16 (Σ N_g, K): weight g's rows
+    follow weight g-1's (the grouped GEMM's scratch matrix). One launch for up to 3 weights of one
+    layout whose row counts (all but the last) are multiples of the launch's row block; otherwise
+    one launch each. Returns out."""
     n, k = out.shape
+    sizes = [c.shape[0] for c in w_codes]
+    if sum(sizes) != n:
+        raise ValueError(f"the weights' rows {sizes} do not fill the output's {n}")
+    one = (
+        len(w_codes) <= 3
+        and all(size % _BLOCK_N == 0 for size in sizes[:-1])
+        and len({(c.shape[1], c.stride(0), s.shape[1], s.stride(0)) for c, s in zip(w_codes, w_scales)}) == 1
+    )
+    if not one:
+        row = 0
+        for codes, scales in zip(w_codes, w_scales):
+            dequant_group_into([codes], [scales], out[row : row + codes.shape[0]], mx, wb)
+            row += codes.shape[0]
+        return out
     if n == 0 or k == 0:
         return out
-    block_n, block_k = 32, 128
-    _dequant_kernel[(cdiv(n, block_n), cdiv(k, block_k))](
-        w_codes,
-        w_scales,
+    c0, s0 = w_codes[0], w_scales[0]
+    c1, s1 = (w_codes[1], w_scales[1]) if len(w_codes) > 1 else (c0, s0)
+    c2, s2 = (w_codes[2], w_scales[2]) if len(w_codes) > 2 else (c0, s0)
+    _dequant_kernel[(cdiv(n, _BLOCK_N), cdiv(k, _BLOCK_K))](
+        c0,
+        s0,
         out,
         n,
         k,
-        w_codes.shape[1],
-        w_scales.shape[1],
-        w_codes.stride(0),
-        w_scales.stride(0),
+        c0.shape[1],
+        s0.shape[1],
+        c0.stride(0),
+        s0.stride(0),
         out.stride(0),
+        c1,
+        s1,
+        c2,
+        s2,
+        sizes[0],
+        sizes[1] if len(sizes) > 1 else 0,
         MX=mx,
         WB=wb,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
+        BLOCK_N=_BLOCK_N,
+        BLOCK_K=_BLOCK_K,
+        GROUPS=len(w_codes),
         num_warps=4,
     )
     return out

@@ -44,7 +44,7 @@ import triton.language as tl
 from ..config import Format
 from ..formats.quantized import QuantizedTensor
 from . import cdiv, interpreting, next_pow2
-from .dequant_fp4 import _dequant_impl, dequant_into
+from .dequant_fp4 import _dequant_impl, dequant_group_into
 from .direct import direct_call_ok
 from .gemm_bf16_tma import bf16_gemm_tma, tma_supported
 from .gemm_shared import _epilogue, _grouped_tile
@@ -700,8 +700,9 @@ def fp4_weight_gemm_group(
     [N_0 + ... + N_{g-1}, ... + N_g), each bit for bit what `fp4_weight_gemm` computes alone.
 
     The weights are dequantized side by side into one bf16 (Σ N_g, K) scratch matrix (one launch
-    each) and one GEMM multiplies it; the epilogue takes each column's own s_w. terms, s_x as in
-    `fp4_weight_gemm`; weights and biases as `gemm_group_supports` accepts them, with M rows.
+    where their row counts allow, `dequant_fp4.dequant_group_into`) and one GEMM multiplies it; the
+    epilogue takes each column's own s_w. terms, s_x as in `fp4_weight_gemm`; weights and biases as
+    `gemm_group_supports` accepts them, with M rows.
     """
     weights, biases = list(weights), list(biases)
     a = terms[0] if len(terms) else None
@@ -782,11 +783,7 @@ def _gemm_group_impl(
     cfg = _launch_config(m, n, k, mx, r is not None, tiles)
     if not cfg["SCRATCH"]:
         raise ValueError("the grouped GEMM multiplies the weights' scratch matrix: it needs SCRATCH 2")
-    w = torch.empty(n, k, dtype=torch.bfloat16, device=a.device)
-    row = 0
-    for codes, scales in zip(w_codes, w_scales):
-        dequant_into(codes, scales, w[row : row + codes.shape[0]], mx, wb)
-        row += codes.shape[0]
+    w = dequant_group_into(w_codes, w_scales, torch.empty(n, k, dtype=torch.bfloat16, device=a.device), mx, wb)
     return _launch(a, r, w, k, w_scales[0], s_x, s_w, 0 if s_w is None else 2, bias, y, mx, wb, cfg)
 
 
