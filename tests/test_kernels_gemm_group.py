@@ -215,3 +215,25 @@ def test_model_prefill_runs_four_gemms_a_layer_with_the_ungrouped_logits(arch, m
         alone = model(ids.to(DEVICE), use_cache=False).logits
     assert len(gemms) == 7 * layers
     assert torch.equal(grouped, alone)
+
+
+def test_group_op_passes_opcheck_and_compiles():
+    """The custom op (what torch.compile and CUDA graphs call): schema, fake tensor, and a traced
+    grouped linear equal to the eager one."""
+    a, b = _weight(64, 96, "sharq-nvfp4", seed=11), _weight(32, 96, "sharq-nvfp4", seed=12)
+    terms, s_x = _terms(24, 96, seed=13)
+    sw = torch.cat([w.global_scale.reshape(1).expand(w.shape[0]) for w in (a, b)])
+    bias = torch.randn(96, device=DEVICE)
+    tiles = [16, 32, 32, 1, 4, 2, 2, 0, 0, 0, 1]  # the scratch weight, the pointer loop
+    for args in (
+        (terms[0], terms[1], [a.codes, b.codes], [a.scales, b.scales], s_x.reshape(-1), sw, bias),
+        (terms[0], None, [a.codes, b.codes], [a.scales, b.scales], s_x.reshape(-1)[:1], sw, None),
+    ):
+        torch.library.opcheck(torch.ops.sharq.fp4_weight_gemm_group.default, (*args, False, 32, torch.bfloat16, tiles))
+    over = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=1, SCRATCH=2, TMA=1)
+
+    def grouped(x):
+        return fp4_weight_gemm_group([x], s_x, [a, b], [None, None], torch.bfloat16, tiles=over)
+
+    compiled = torch.compile(grouped, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(terms[0]), grouped(terms[0]))
