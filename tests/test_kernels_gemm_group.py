@@ -119,7 +119,7 @@ def test_what_the_group_refuses():
     m = SCRATCH_MIN_M
     assert gemm_group_supports([a, b], m) and gemm_group_supports([a, b], m, [None, None])
     refused = [
-        ([a, b], m - 1, None),  # below the scratch regime: tiles depend on N there
+        ([a, b], 2, None),  # two rows: the GEMV's
         ([a] * (GEMM_GROUP_MAX + 1), m, None),  # too many weights
         ([], m, None),
         ([a, _weight(32, k, "sharq-nvfp4-w16", seed=3)], m, None),  # two blocks
@@ -131,8 +131,8 @@ def test_what_the_group_refuses():
     ]
     for weights, rows, biases in refused:
         assert not gemm_group_supports(weights, rows, biases)
-    terms, s_x = _terms(m - 1, k, seed=4)
-    with pytest.raises(ValueError, match="at least 512 rows"):
+    terms, s_x = _terms(2, k, seed=4)
+    with pytest.raises(ValueError, match="tiles each weight's own call takes must agree"):
         fp4_weight_gemm_group(terms, s_x, [a, b], [None, None], torch.bfloat16)
     terms, s_x = _terms(m, k, seed=4)
     with pytest.raises(ValueError, match="bf16 \\(M, 64\\)"):
@@ -143,12 +143,43 @@ def test_the_plan_names_the_regimes_that_group():
     from sharq import PRESETS
     from sharq.kernels.plan import plan_linear
 
-    weights = [_weight(n, 64, "sharq-nvfp4", seed=n) for n in (64, 32)]
-    for m, grouped in ((1, True), (2, True), (3, False), (16, False), (511, False), (512, True), (4096, True)):
+    narrow = [_weight(n, 64, "sharq-nvfp4", seed=n) for n in (64, 32)]  # one tiling at every M
+    for m, grouping in (
+        (1, "one launch"),
+        (16, "where their tiles agree"),
+        (511, "where their tiles agree"),
+        (512, "one launch"),
+        (4096, "one launch"),
+    ):
         plan = plan_linear(m, PRESETS["sharq-nvfp4"], "cuda")
-        assert plan.grouped is grouped and ("one launch each" in plan.describe()) is grouped, m
+        assert grouping in plan.grouping and grouping in plan.describe(), m
         if m > 2:  # the GEMM's own rule agrees with the plan
-            assert gemm_group_supports(weights, m) is grouped, m
+            assert gemm_group_supports(narrow, m), m
+    reference = plan_linear(64, PRESETS["sharq-nvfp4"], "cpu")
+    assert reference.grouping == "one launch per linear"
+
+
+def test_below_the_scratch_rows_one_launch_where_the_tiles_agree(monkeypatch):
+    """3-511 rows (the weight decoded in the loop): Llama-like q/k/v (one tiling, N multiples of
+    BLOCK_N) run one launch, each column its own call's bits; members whose own calls take other
+    tiles (N >= 6,144 against a narrow one), or a boundary inside a column tile, are refused."""
+    gemm = []
+    monkeypatch.setattr(gemm_fp4, "_fp4_weight_gemm_kernel", RecordingKernel(gemm_fp4._fp4_weight_gemm_kernel, gemm))
+    k = 512
+    for preset in ("sharq-nvfp4", "sharq-mxfp4"):
+        weights = [_weight(n, k, preset, seed=n) for n in (128, 64, 64)]
+        g = torch.Generator().manual_seed(9)
+        biases = [torch.randn(w.shape[0], generator=g).to(DEVICE) for w in weights]
+        for m, nterms in ((5, 2), (12, 2), (40, 1), (100, 1)):
+            terms, s_x = _terms(m, k, seed=m)
+            assert gemm_group_supports(weights, m, biases, terms=nterms), (preset, m)
+            gemm.clear()
+            _group_equals_separate(weights, biases, terms[:nterms], s_x, torch.bfloat16)
+            assert gemm[0]["GROUPS"] == 3 and gemm[0]["HAS_SW"] == (0 if preset == "sharq-mxfp4" else 2)
+    wide = [_weight(6144, 64, "sharq-nvfp4", seed=1), _weight(64, 64, "sharq-nvfp4", seed=2)]
+    assert not gemm_group_supports(wide, 40)  # 64-wide N tiles for 6,144, other K tiles for 64
+    straddle = [_weight(40, 64, "sharq-nvfp4", seed=3), _weight(64, 64, "sharq-nvfp4", seed=4)]
+    assert not gemm_group_supports(straddle, 40) and gemm_group_supports(straddle[::-1], 40)
 
 
 @pytest.mark.gpu

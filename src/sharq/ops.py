@@ -394,15 +394,11 @@ def linear_from_prepared(
 
 def group_launch_possible(prepared: PreparedActivation) -> bool:
     """A cheap first test for `grouped_linear_from_prepared`: False where it returns None whatever the
-    weights (the GEMV's operand and the GEMM's from SCRATCH_MIN_M rows are the layouts it serves), so
-    the members' weights need not be gathered on every call."""
+    weights (it serves the GEMV's operand and the GEMM's of 3 rows or more), so the members' weights
+    need not be gathered on every call."""
     if prepared.layout == "gemv":
         return True
-    if prepared.layout == "rows":
-        from .kernels.plan import SCRATCH_MIN_M
-
-        return prepared.terms[0].shape[0] >= SCRATCH_MIN_M
-    return False
+    return prepared.layout == "rows" and prepared.terms[0].shape[0] >= 3
 
 
 def grouped_linear_from_prepared(
@@ -416,13 +412,14 @@ def grouped_linear_from_prepared(
     weight — or None where one launch does not serve them. It does on the Triton backend for
     - a short batch prepared as the decode GEMV's operand (up to GEMV_AUTO_MAX_M NVFP4 rows), weights
       the GEMV reads of one K and block (`kernels.gemv_nvfp4.gemv_group_supports`);
-    - the GEMM's operand ("rows") from SCRATCH_MIN_M rows on (prefill), weights of one format, block
-      and K dequantized side by side into one scratch matrix (`kernels.gemm_fp4.gemm_group_supports`);
+    - the GEMM's operand ("rows"), weights of one format, block and K (`kernels.gemm_fp4.
+      gemm_group_supports`): from SCRATCH_MIN_M rows dequantized side by side into one scratch
+      matrix, below it decoded in the loop where every weight's own call takes the same tiles;
     with biases all None or of one dtype."""
     if prepared.layout == "rows":
         from .kernels.gemm_fp4 import fp4_weight_gemm_group, gemm_group_supports
 
-        if not gemm_group_supports(weights, prepared.terms[0].shape[0], biases):
+        if not gemm_group_supports(weights, prepared.terms[0].shape[0], biases, terms=len(prepared.terms)):
             return None
         return fp4_weight_gemm_group(prepared.terms, prepared.global_scale, weights, biases, out_dtype)
     if prepared.layout != "gemv":

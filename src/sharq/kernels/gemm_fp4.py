@@ -148,6 +148,12 @@ def _fp4_weight_gemm_kernel(
     stride_ws,
     stride_sx,
     stride_y,
+    wc1_ptr,
+    ws1_ptr,
+    wc2_ptr,
+    ws2_ptr,
+    N0,
+    N1,
     TWO: tl.constexpr,
     MX: tl.constexpr,
     WB: tl.constexpr,
@@ -163,11 +169,15 @@ def _fp4_weight_gemm_kernel(
     STACK: tl.constexpr,
     PDL: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    GROUPS: tl.constexpr,
 ):
     """PDL (packed decode only, `pdl.py`): the program waits for the preparation, then lets the
     next kernel launch. SPLIT_K > 1: program (tile, pid_k) sums K positions [pid_k · K_CHUNK,
     (pid_k + 1) · K_CHUNK) and writes its FP32 partial to part (SPLIT_K, M, N) instead of y;
-    `_split_k_reduce_kernel` adds the partials in pid_k order and runs the epilogue."""
+    `_split_k_reduce_kernel` adds the partials in pid_k order and runs the epilogue. GROUPS > 1
+    (the weight decoded in the loop): y's columns are GROUPS weights side by side, [0, N0) from
+    wc/ws, [N0, N0 + N1) from wc1/ws1, the rest from wc2/ws2, every boundary a multiple of BLOCK_N,
+    so a program reads one weight, at the rows its own call would."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -178,6 +188,20 @@ def _fp4_weight_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
+    wc = wc_ptr
+    ws = ws_ptr
+    offs_wn = offs_n  # the weight's own rows for this tile
+    if GROUPS > 1:
+        col0 = pid_n * BLOCK_N
+        if col0 >= N0:
+            wc = wc1_ptr
+            ws = ws1_ptr
+            offs_wn = offs_n - N0
+            if GROUPS > 2:
+                if col0 >= N0 + N1:
+                    wc = wc2_ptr
+                    ws = ws2_ptr
+                    offs_wn = offs_n - (N0 + N1)
     if PDL:
         wait_then_release()
     if STACK:  # FAST, two terms: B's rows then R's rows, one MMA operand of 2 · BLOCK_M rows
@@ -195,7 +219,7 @@ def _fp4_weight_gemm_kernel(
         a_ok = m_ok[:, None] & (offs_k[None, :] < K)
         if FAST:  # NVFP4, decoded in packed registers, times 2^-7 (undone in the epilogue), even/odd K apart
             w_even, w_odd = _weight_halves(
-                wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, FAST == 1
+                wc, ws, offs_wn, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, FAST == 1
             )
             if STACK:
                 acc = _dot_halves_stacked(
@@ -228,9 +252,7 @@ def _fp4_weight_gemm_kernel(
                     other=0.0,
                 )  # (BLOCK_K, BLOCK_N)
             else:
-                w = _weight_tile(
-                    wc_ptr, ws_ptr, offs_n, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX
-                )
+                w = _weight_tile(wc, ws, offs_wn, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
                 wt = tl.trans(w)  # (BLOCK_K, BLOCK_N)
             if DOT_F32:  # the interpreter multiplies bf16 tiles as raw bits; FP32 holds the same values
                 wt = wt.to(tl.float32)
@@ -547,13 +569,16 @@ def _launch(
     mx: bool,
     wb: int,
     cfg: dict,
+    group: tuple = (),
 ) -> torch.Tensor:
     """Fill y (M, N) by the kernel `cfg` (`_launch_config`) names. w: the packed codes (N, kw) with
     w_scales, or (cfg SCRATCH) the bf16 (N, K) scratch weight; sw: None (has_sw 0), FP32 (1,)
-    (has_sw 1) or FP32 (N,), one s_w per column (has_sw 2)."""
+    (has_sw 1) or FP32 (N,), one s_w per column (has_sw 2). group: () or, for 2-3 weights decoded in
+    the loop side by side, (count, codes and scales of the 2nd weight, of the 3rd (or the 2nd's
+    again), N0, N1): w, w_scales are the 1st weight's."""
     cfg = dict(cfg)
     m, k = a.shape
-    n = w.shape[0]
+    n = y.shape[1]  # every column: a group's weights side by side (w: the first)
     rr = r if r is not None else a
     scratch, packed, stack = cfg.pop("SCRATCH"), cfg.pop("DECODE"), cfg.pop("STACK")
     split, tma = cfg.pop("SPLIT_K"), cfg.pop("TMA")
@@ -607,6 +632,7 @@ def _launch(
         w_scales.stride(0),
         0 if s_x.numel() == 1 else 1,
         y.stride(0),
+        *(group[1:] if group else (w, w_scales, w, w_scales, 0, 0)),
         TWO=r is not None,
         MX=mx,
         WB=wb,
@@ -618,6 +644,7 @@ def _launch(
         DOT_F32=interpret,
         PDL=pdl,
         SPLIT_K=split,
+        GROUPS=group[0] if group else 1,
         **cfg,
         **({"launch_pdl": True} if pdl else {}),
     )
@@ -656,16 +683,19 @@ def _(a, r, w_codes, w_scales, s_x, s_w, bias, mx, wb, out_dtype, tiles):
 GEMM_GROUP_MAX = 3  # q, k, v: the most linears that read one input in a decoder layer
 
 
-def gemm_group_supports(weights, m: int, biases=None, *, tiles: dict | None = None) -> bool:
-    """True when `fp4_weight_gemm_group` multiplies one M-row activation by every weight in one GEMM:
-    1 to GEMM_GROUP_MAX weights the Triton GEMM reads (`gemm_supports`) of one format, block, K and
-    device; M at least SCRATCH_MIN_M, where the weights are dequantized into a scratch matrix and the
-    tiles do not depend on N (so every column sums its products in the order its own call would), or
-    any M > 0 with `tiles` that ask for the scratch weight (SCRATCH 2: tests, benchmarks); biases
-    None, or all None, or all (N_g,) tensors of one dtype."""
+def gemm_group_supports(weights, m: int, biases=None, *, tiles: dict | None = None, terms: int = 1) -> bool:
+    """True when `fp4_weight_gemm_group` multiplies one M-row activation of `terms` terms by every
+    weight in one launch, each column bit for bit what its own `fp4_weight_gemm` call gives: 1 to
+    GEMM_GROUP_MAX weights the Triton GEMM reads (`gemm_supports`) of one format, block, K, device and
+    layout, and either
+    - the scratch regime (M >= SCRATCH_MIN_M, or `tiles` asking for SCRATCH 2): the tiles do not
+      depend on N, the weights are dequantized side by side into one scratch matrix; or
+    - the weight decoded in the loop (3 to SCRATCH_MIN_M - 1 rows), where every weight's own call
+      takes the same tiles (they depend on N: Llama's q, k, v agree, and gate, up) and every weight
+      but the last fills whole BLOCK_N column tiles, so each program reads one weight.
+    biases: None, or all None, or all (N_g,) tensors of one dtype."""
     weights = list(weights)
-    scratch = m >= SCRATCH_MIN_M or (m > 0 and (tiles or {}).get("SCRATCH") == 2)
-    if not 1 <= len(weights) <= GEMM_GROUP_MAX or not scratch:
+    if not 1 <= len(weights) <= GEMM_GROUP_MAX or m <= 0:
         return False
     first = weights[0]
     for w in weights:
@@ -673,17 +703,43 @@ def gemm_group_supports(weights, m: int, biases=None, *, tiles: dict | None = No
             return False
         if (w.format, w.block, w.shape[1], w.device) != (first.format, first.block, first.shape[1], first.device):
             return False
-    if biases is None:
-        return True
-    biases = list(biases)
-    if len(biases) != len(weights):
-        return False
-    if all(b is None for b in biases):
-        return True
-    return all(
-        b is not None and b.shape == (w.shape[0],) and b.dtype == biases[0].dtype and b.device == first.device
-        for w, b in zip(weights, biases)
-    )
+    if biases is not None:
+        biases = list(biases)
+        if len(biases) != len(weights):
+            return False
+        if not all(b is None for b in biases) and not all(
+            b is not None and b.shape == (w.shape[0],) and b.dtype == biases[0].dtype and b.device == first.device
+            for w, b in zip(weights, biases)
+        ):
+            return False
+    return _group_config(weights, m, terms, tiles) is not None
+
+
+def _group_config(weights, m: int, terms: int, tiles: dict | None) -> dict | None:
+    """The launch config one grouped launch of `weights` at M rows takes (`_launch_config`), or None
+    where no launch gives every column its own call's bits."""
+    t = tiles or {}
+    over = [t.get(key, 0) for key in _TILE_KEYS]
+    first = weights[0]
+    mx, k = first.format is Format.MXFP4, first.shape[1]
+    n = sum(w.shape[0] for w in weights)
+    try:
+        cfg = _launch_config(m, n, k, mx, terms == 2, over)
+    except ValueError:
+        return None
+    if cfg["SCRATCH"]:  # tiles independent of N: the concatenated weight's are every member's
+        return cfg
+    if m < 3 or len({(c.stride(0), s.stride(0)) for c, s in ((w.codes, w.scales) for w in weights)}) != 1:
+        return None
+    try:
+        own = [_launch_config(m, w.shape[0], k, mx, terms == 2, over) for w in weights]
+    except ValueError:
+        return None
+    if any(c != own[0] for c in own) or own[0]["SCRATCH"]:
+        return None
+    if any(w.shape[0] % own[0]["BLOCK_N"] for w in weights[:-1]):
+        return None
+    return own[0]
 
 
 def fp4_weight_gemm_group(
@@ -699,20 +755,23 @@ def fp4_weight_gemm_group(
     gate/up at prefill): y (M, N_0 + N_1 + ...) in `out_dtype`, weight g's outputs in columns
     [N_0 + ... + N_{g-1}, ... + N_g), each bit for bit what `fp4_weight_gemm` computes alone.
 
-    The weights are dequantized side by side into one bf16 (Σ N_g, K) scratch matrix (one launch
-    where their row counts allow, `dequant_fp4.dequant_group_into`) and one GEMM multiplies it; the
-    epilogue takes each column's own s_w. terms, s_x as in `fp4_weight_gemm`; weights and biases as
-    `gemm_group_supports` accepts them, with M rows.
+    From SCRATCH_MIN_M rows the weights are dequantized side by side into one bf16 (Σ N_g, K) scratch
+    matrix (one launch where their row counts allow, `dequant_fp4.dequant_group_into`) and one GEMM
+    multiplies it; below, one launch decodes each column tile from its own weight with the tiles
+    every weight's own call takes. The epilogue takes each column's own s_w. terms, s_x as in
+    `fp4_weight_gemm`; weights and biases as `gemm_group_supports` accepts them, with M rows.
     """
     weights, biases = list(weights), list(biases)
     a = terms[0] if len(terms) else None
     m = a.shape[0] if a is not None and a.dim() == 2 else -1
-    if not gemm_group_supports(weights, m, biases, tiles=tiles):
+    if not gemm_group_supports(weights, m, biases, tiles=tiles, terms=len(terms)):
         raise ValueError(
             f"one grouped GEMM cannot serve weights {[_describe(w) for w in weights]} with biases "
             f"{[None if b is None else (tuple(b.shape), b.dtype) for b in biases]} at M={m}: it needs 1 to "
-            f"{GEMM_GROUP_MAX} NVFP4-16/32 or MXFP4-32 weights of one format, block, K and device, at least "
-            f"{SCRATCH_MIN_M} rows, and a bias of shape (N_g,) and one dtype for every weight or for none"
+            f"{GEMM_GROUP_MAX} NVFP4-16/32 or MXFP4-32 weights of one format, block, K and device, and a bias "
+            f"of shape (N_g,) and one dtype for every weight or for none; from {SCRATCH_MIN_M} rows any N, "
+            "below it the tiles each weight's own call takes must agree, every N but the last a multiple "
+            "of BLOCK_N"
         )
     first = weights[0]
     k = first.shape[1]
@@ -774,17 +833,46 @@ def _gemm_group_impl(
 ) -> torch.Tensor:
     """The grouped GEMM as a torch op. a, r: bf16 (M, K); w_codes[g] (N_g, Kp/2), w_scales[g]
     (N_g, Kp/wb) uint8; s_x FP32 (1,) or (M,); s_w FP32 (Σ N_g,) (each column its weight's s_w) or
-    None (MXFP4); bias (Σ N_g,) or None; tiles as `_gemm_impl`'s (a scratch tiling)."""
+    None (MXFP4); bias (Σ N_g,) or None; tiles as `_gemm_impl`'s. The scratch regime dequantizes the
+    weights side by side and multiplies the scratch; below it the kernel decodes each tile from its
+    own weight (`gemm_group_supports` says when)."""
     m, k = a.shape
     n = sum(c.shape[0] for c in w_codes)
     y = torch.empty(m, n, dtype=out_dtype, device=a.device)
     if m == 0 or n == 0:
         return y
     cfg = _launch_config(m, n, k, mx, r is not None, tiles)
-    if not cfg["SCRATCH"]:
-        raise ValueError("the grouped GEMM multiplies the weights' scratch matrix: it needs SCRATCH 2")
-    w = dequant_group_into(w_codes, w_scales, torch.empty(n, k, dtype=torch.bfloat16, device=a.device), mx, wb)
-    return _launch(a, r, w, k, w_scales[0], s_x, s_w, 0 if s_w is None else 2, bias, y, mx, wb, cfg)
+    if cfg["SCRATCH"]:
+        w = dequant_group_into(w_codes, w_scales, torch.empty(n, k, dtype=torch.bfloat16, device=a.device), mx, wb)
+        return _launch(a, r, w, k, w_scales[0], s_x, s_w, 0 if s_w is None else 2, bias, y, mx, wb, cfg)
+    own = [_launch_config(m, c.shape[0], k, mx, r is not None, tiles) for c in w_codes]
+    if len(w_codes) > 3 or any(c != own[0] for c in own) or any(c.shape[0] % own[0]["BLOCK_N"] for c in w_codes[:-1]):
+        raise ValueError(
+            f"one launch decoding the weights in the loop needs up to 3 weights whose own calls take the same "
+            f"tiles and whose N (all but the last) are multiples of BLOCK_N; got N {[c.shape[0] for c in w_codes]} "
+            f"at M={m}"
+        )
+    group = ()
+    if len(w_codes) > 1:
+        last = 2 if len(w_codes) > 2 else 1
+        n1 = w_codes[1].shape[0] if len(w_codes) > 2 else 0
+        group = (len(w_codes), w_codes[1], w_scales[1], w_codes[last], w_scales[last], w_codes[0].shape[0], n1)
+    return _launch(
+        a,
+        r,
+        w_codes[0],
+        w_codes[0].shape[1],
+        w_scales[0],
+        s_x,
+        s_w,
+        0 if s_w is None else 2,
+        bias,
+        y,
+        mx,
+        wb,
+        own[0],
+        group,
+    )
 
 
 _gemm_group_op = torch.library.custom_op("sharq::fp4_weight_gemm_group", mutates_args=())(_gemm_group_impl)

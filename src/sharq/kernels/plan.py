@@ -18,11 +18,12 @@ Llama-3.1-8B layers. Regimes (NVFP4 on CUDA, `backend="auto"`; M = rows of the f
   (1) prepare_fp4: codes, scales and the operand; (2) prepare_split: the operand alone — bf16(deq(B) +
   deq(R)) for bf16-sum, deq(B) and deq(R) (two MMAs) for exact.
 
-The linears that read one input — q/k/v, gate/up — run as one launch in the GEMV and scratch regimes
-(`LinearPlan.grouped`: one GEMV over their weights; their weights dequantized side by side into one
-scratch and one GEMM, each column with its own s_w), one launch each elsewhere. The table's "qkv" and
-"gate_up" rows show the tiles of the concatenated weight; below SCRATCH_MIN_M the model's q, k and v
-take their own N's tiles.
+The linears that read one input — q/k/v, gate/up — run as one launch (`LinearPlan.grouping`): one
+GEMV over their weights; from SCRATCH_MIN_M rows their weights dequantized side by side into one
+scratch and one GEMM, each column with its own s_w; in between one GEMM decoding each column tile
+from its own weight, where every member's own call takes the same tiles (Llama's q, k, v do, and
+gate, up), else one launch each. The table's "qkv" and "gate_up" rows show the tiles of the
+concatenated weight; below SCRATCH_MIN_M a group runs its members' own tiles.
 
 The M > 16 regimes come from benchmarks/tune_medium_m.py's and tune_prefill.py's sweeps (docs/performance.md,
 "Kernel plan").
@@ -110,7 +111,7 @@ class LinearPlan:
     gemm:        "reference" | "gemv" | "small-m" / "medium-m" (gemm_fp4, packed decode; 3-16 and
                  17-511 rows) | "fp32-decode" (gemm_fp4, MXFP4) | "bf16-scratch" (gemm_fp4 over
                  dequant_fp4's scratch weight).
-    grouped:     (property) whether the linears that read one input (q/k/v, gate/up) share one launch.
+    grouping:    (property) how the linears that read one input (q/k/v, gate/up) launch.
     """
 
     rows: int
@@ -129,18 +130,23 @@ class LinearPlan:
         return {}
 
     @property
-    def grouped(self) -> bool:
-        """True where q/k/v and gate/up run as one launch each (`ops.grouped_linear_from_prepared`): the
-        decode GEMV (`gemv_nvfp4.gemv_group_supports`) and the scratch GEMM (`gemm_fp4.gemm_group_supports`,
-        the weights dequantized side by side). Elsewhere the tiles depend on N, so one launch would sum a
-        column in another order than its own call: one launch per linear."""
-        return self.gemm in ("gemv", "bf16-scratch")
+    def grouping(self) -> str:
+        """How the linears that read one input (q/k/v, gate/up) launch (`ops.grouped_linear_from_prepared`):
+        "one launch" (the decode GEMV, `gemv_nvfp4.gemv_group_supports`; the scratch GEMM, their weights
+        dequantized side by side), "one launch where their tiles agree" (the GEMM decoding the weight in
+        the loop: its tiles depend on N, and one launch sums each column in its own call's order only
+        where every member's call takes the same tiles, `gemm_fp4.gemm_group_supports`), or "one launch
+        per linear" (the reference)."""
+        if self.gemm in ("gemv", "bf16-scratch"):
+            return "one launch"
+        if self.gemm == "reference":
+            return "one launch per linear"
+        return "one launch where their tiles agree"
 
     def describe(self) -> str:
-        group = "q/k/v and gate/up one launch each" if self.grouped else "one launch per linear"
         return (
             f"M={self.rows}: {self.backend.value}, operand {self.operand.value}, {self.preparation} -> {self.gemm} "
-            f"({group})"
+            f"(q/k/v, gate/up: {self.grouping})"
         )
 
 

@@ -91,6 +91,7 @@ class SharedPreparation:
         # that the consumer sets (a MoE layer's experts GEMV reads the GEMV operand up to 16 rows)
         self.planner = None
         self._group_out: torch.Tensor | None = None  # (M, Σ out_features): every member's output
+        self._group_tried = False  # whether a member asked for the group's launch on this input
 
     def set_members(self, members) -> None:
         """Let the group's layers share one decode GEMV launch (`linear`): `members` are SharqLinear
@@ -112,7 +113,7 @@ class SharedPreparation:
             self.prepare_count += 1
         version = 0 if compiling else x._version
         self._source, self._prepared, self._version, self._taken = x, prepared, version, 0
-        self._group_out = None
+        self._group_out, self._group_tried = None, False
         return prepared
 
     def _is_fresh(self, x: torch.Tensor) -> bool:
@@ -149,10 +150,12 @@ class SharedPreparation:
             if m is member:
                 start = offset
             offset += m.out_features
-        if start is not None and out is None and len(self.members) > 1 and group_launch_possible(prepared):
-            out = grouped_linear_from_prepared(
-                prepared, [m.quantized_weight for m in self.members], [m.bias for m in self.members], x.dtype
-            )
+        if start is not None and out is None and not self._group_tried and len(self.members) > 1:
+            self._group_tried = True  # once per published input: a refusal is not asked again
+            if group_launch_possible(prepared):
+                out = grouped_linear_from_prepared(
+                    prepared, [m.quantized_weight for m in self.members], [m.bias for m in self.members], x.dtype
+                )
             self._group_out = out
         self._count_take()
         if start is None or out is None:
@@ -161,7 +164,7 @@ class SharedPreparation:
 
     def clear(self) -> None:
         """Drop the published tensors (they are never needed after the last consumer)."""
-        self._source, self._prepared, self._taken, self._group_out = None, None, 0, None
+        self._source, self._prepared, self._taken, self._group_out, self._group_tried = None, None, 0, None, False
 
     def __repr__(self) -> str:
         return f"SharedPreparation({self.name!r}, consumers={self.consumers})"
