@@ -323,12 +323,18 @@ def gemm_counts() -> None:
         "bias_ptr": "*fp32",
         "y_ptr": "*bf16",
         "part_ptr": "*fp32",
+        "wc1_ptr": "*u8",
+        "ws1_ptr": "*u8",
+        "wc2_ptr": "*u8",
+        "ws2_ptr": "*u8",
     }
-    for m, layer, n, k in ((8, "o", 4096, 4096), (16, "gate_up", 28672, 4096), (32, "down", 4096, 14336)):
+    cases = [(8, "o", 4096, 4096, 1), (16, "gate_up", 28672, 4096, 1), (32, "down", 4096, 14336, 1)]
+    cases.append((64, "q/k/v grouped", 4096, 4096, 3))  # the grouped launch: its prologue picks the weight
+    for m, layer, n, k, groups in cases:
         t = gemm_fp4._tiles(m, n, k, packed=True, two=m <= 16)
         consts = dict(
             TWO=m <= 16, MX=False, WB=32, HAS_SW=True, HAS_BIAS=False, W_BF16=False, DOT_F32=False, FAST=1, PDL=False,
-            STACK=t["STACK"] == 2, SPLIT_K=t.get("SPLIT_K", 1),
+            STACK=t["STACK"] == 2, SPLIT_K=t.get("SPLIT_K", 1), GROUPS=groups,
             **{key: t[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")},
         )  # fmt: skip
         kern = _compile(gemm_fp4._fp4_weight_gemm_kernel, consts, ptrs, t["num_warps"], True, t["num_stages"])
