@@ -113,11 +113,11 @@ def test_a_member_called_on_another_tensor_computes_its_own_output():
     assert torch.equal(q, want_q) and torch.equal(k_other, want_k)
 
 
-def test_three_rows_take_the_gemm_one_layer_at_a_time(launches):
+def test_three_rows_take_the_gemm_not_the_gemv(launches):
     model = _quantized("llama")
     ids = torch.randint(0, VOCAB, (3, 1), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     _, launched = _logits_and_groups(model, ids, launches)
-    assert launched == []  # three rows: the tensor-core GEMM, no GEMV and so no grouped launch
+    assert launched == []  # three rows: the tensor-core GEMM (grouped there by gemm_fp4), no GEMV
 
 
 def test_members_must_consume_the_group():
