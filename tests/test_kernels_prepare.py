@@ -190,12 +190,19 @@ def test_backend_triton_runs_the_kernels_and_matches_the_reference_model(monkeyp
         return real_source(x, config, source, **kw)
 
     def counting_gemm(terms, *args, **kw):
-        gemms.append(len(terms))
+        gemms.append((len(terms), 1))
         return real_gemm(terms, *args, **kw)
+
+    real_group = gemm_mod.fp4_weight_gemm_group
+
+    def counting_group(terms, s_x, weights, *args, **kw):
+        gemms.append((len(terms), len(weights)))
+        return real_group(terms, s_x, weights, *args, **kw)
 
     monkeypatch.setattr(kernel_mod, "prepare_activation_triton", counting)
     monkeypatch.setattr(kernel_mod, "prepare_source_triton", counting_source)
     monkeypatch.setattr(gemm_mod, "fp4_weight_gemm", counting_gemm)
+    monkeypatch.setattr(gemm_mod, "fp4_weight_gemm_group", counting_group)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0)).to(device)
     dtypes = (torch.float32, torch.bfloat16) if device == "cuda" else (torch.float32,)
@@ -209,7 +216,8 @@ def test_backend_triton_runs_the_kernels_and_matches_the_reference_model(monkeyp
             with torch.no_grad():
                 logits[backend] = model(input_ids=ids).logits.float()
         assert len(calls) == 4 * 2  # per layer: q/k/v (shared), o, gate/up (shared), down
-        assert gemms == [2] * 7 * 2  # every linear, two terms (backbone, residual)
+        # per layer: q/k/v one launch, o, gate/up one launch, down; two terms (backbone, residual)
+        assert gemms == [(2, 3), (2, 1), (2, 2), (2, 1)] * 2
         ref, got = logits["reference"], logits["triton"]
         err = (got - ref).norm() / ref.norm()
         assert err < (1e-5 if dtype == torch.float32 else 2e-2), (dtype, err)
