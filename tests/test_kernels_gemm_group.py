@@ -192,7 +192,7 @@ def test_group_full_shapes_on_cuda(preset):
     gate_up = [_weight(14336, k, preset, seed=s) for s in (1, 2)]
     g = torch.Generator(device="cuda").manual_seed(0)
     biases = [torch.randn(w.shape[0], device="cuda", generator=g).to(torch.bfloat16) for w in qkv]
-    for m in (512, 1024, 4099):
+    for m in (5, 16, 64, 256, 512, 1024, 4099):  # decoded in the loop below 512, the scratch from there
         terms = [(torch.randn(m, k, device="cuda", generator=g) * s).to(torch.bfloat16) for s in (4.0, 0.3)]
         s_x = torch.rand(m, 1, device="cuda", generator=g) + 0.5
         for use in (terms, terms[:1]):
