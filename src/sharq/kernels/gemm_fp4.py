@@ -432,29 +432,12 @@ def fp4_weight_gemm(
             f"the Triton GEMM reads 2-D NVFP4-16/32 or MXFP4-32 weights, got {weight.format.value}-"
             f"{weight.block} of shape {weight.shape}"
         )
-    if not 1 <= len(terms) <= 2:
-        raise ValueError(f"fp4_weight_gemm takes 1 or 2 activation terms, got {len(terms)}")
     n, k = weight.shape
+    sx = _checked_operands("fp4_weight_gemm", terms, s_x, weight, "weight", tiles)
     a = terms[0]
-    for t in terms:
-        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.shape != a.shape or t.shape[1] != k:
-            raise ValueError(
-                f"activation terms must be bf16 (M, {k}) tensors of one shape, got "
-                f"{[(tuple(x.shape), x.dtype) for x in terms]}"
-            )
-        if t.device != weight.device:
-            raise ValueError(f"activation on {t.device}, weight on {weight.device}")
-    if any(not t.is_contiguous() for t in terms):
-        raise ValueError("activation terms must be contiguous")
-    m = a.shape[0]
-    sx = s_x.reshape(-1).to(torch.float32).contiguous()
-    if sx.numel() not in (1, m):
-        raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     t = tiles or {}
-    if t.get("BLOCK_K", weight.block) % weight.block:
-        raise ValueError(f"BLOCK_K {t['BLOCK_K']} must be a multiple of the weight block {weight.block}")
     op = _gemm_impl if direct_call_ok(*terms, s_x) else torch.ops.sharq.fp4_weight_gemm
     return op(
         a,
@@ -469,6 +452,33 @@ def fp4_weight_gemm(
         out_dtype,
         [t.get(key, 0) for key in _TILE_KEYS],
     )
+
+
+def _checked_operands(op: str, terms, s_x: torch.Tensor, weight: QuantizedTensor, what: str, tiles) -> torch.Tensor:
+    """Clear errors for activation terms, s_x and tiles `op` does not take (against `weight`'s K,
+    device and block; `what` names the weight in the device message); returns s_x as FP32 (1,) or (M,)."""
+    if not 1 <= len(terms) <= 2:
+        raise ValueError(f"{op} takes 1 or 2 activation terms, got {len(terms)}")
+    k = weight.shape[1]
+    a = terms[0]
+    for t in terms:
+        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.shape != a.shape or t.shape[1] != k:
+            raise ValueError(
+                f"activation terms must be bf16 (M, {k}) tensors of one shape, got "
+                f"{[(tuple(x.shape), x.dtype) for x in terms]}"
+            )
+        if t.device != weight.device:
+            raise ValueError(f"activation on {t.device}, {what} on {weight.device}")
+    if any(not t.is_contiguous() for t in terms):
+        raise ValueError("activation terms must be contiguous")
+    m = a.shape[0]
+    sx = s_x.reshape(-1).to(torch.float32).contiguous()
+    if sx.numel() not in (1, m):
+        raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
+    block_k = (tiles or {}).get("BLOCK_K", weight.block)
+    if block_k % weight.block:
+        raise ValueError(f"BLOCK_K {block_k} must be a multiple of the weight block {weight.block}")
+    return sx
 
 
 _TILE_KEYS = (
@@ -774,25 +784,8 @@ def fp4_weight_gemm_group(
             "of BLOCK_N"
         )
     first = weights[0]
-    k = first.shape[1]
-    if not 1 <= len(terms) <= 2:
-        raise ValueError(f"fp4_weight_gemm_group takes 1 or 2 activation terms, got {len(terms)}")
-    for t in terms:
-        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.shape != a.shape or t.shape[1] != k:
-            raise ValueError(
-                f"activation terms must be bf16 (M, {k}) tensors of one shape, got "
-                f"{[(tuple(x.shape), x.dtype) for x in terms]}"
-            )
-        if t.device != first.device:
-            raise ValueError(f"activation on {t.device}, weights on {first.device}")
-        if not t.is_contiguous():
-            raise ValueError("activation terms must be contiguous")
-    sx = s_x.reshape(-1).to(torch.float32).contiguous()
-    if sx.numel() not in (1, m):
-        raise ValueError(f"s_x must hold one scale or one per row ({m}), got shape {tuple(s_x.shape)}")
+    sx = _checked_operands("fp4_weight_gemm_group", terms, s_x, first, "weights", tiles)
     t = tiles or {}
-    if t.get("BLOCK_K", first.block) % first.block:
-        raise ValueError(f"BLOCK_K {t['BLOCK_K']} must be a multiple of the weight block {first.block}")
     mx = first.format is Format.MXFP4
     sw = None if mx else torch.cat([w.global_scale.reshape(1).expand(w.shape[0]) for w in weights])
     bias = None if biases[0] is None else torch.cat(biases)
