@@ -19,7 +19,7 @@ from ..config import Format
 from ..formats.quantized import QuantizedTensor
 from . import cdiv
 from .direct import direct_call_ok
-from .weight_decode import _weight_tile, gemm_supports
+from .weight_decode import _group_member, _weight_tile, gemm_supports
 
 __all__ = ["dequantize_fp4_bf16"]
 
@@ -53,20 +53,9 @@ def _dequant_kernel(
     wc2/ws2; every boundary a multiple of BLOCK_N, so a program reads one weight)."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    wc = wc_ptr
-    ws = ws_ptr
-    base = 0
-    if GROUPS > 1:
-        row0 = tl.program_id(0) * BLOCK_N
-        if row0 >= N0:
-            wc = wc1_ptr
-            ws = ws1_ptr
-            base = N0
-            if GROUPS > 2:
-                if row0 >= N0 + N1:
-                    wc = wc2_ptr
-                    ws = ws2_ptr
-                    base = N0 + N1
+    wc, ws, base = _group_member(
+        tl.program_id(0) * BLOCK_N, wc_ptr, ws_ptr, wc1_ptr, ws1_ptr, wc2_ptr, ws2_ptr, N0, N1, GROUPS
+    )
     k0 = tl.program_id(1) * BLOCK_K
     w = _weight_tile(wc, ws, offs_n - base, n_ok, k0, stride_wc, stride_ws, KW, KS, BLOCK_N, BLOCK_K, WB, MX)
     cols = k0 + tl.arange(0, BLOCK_K)

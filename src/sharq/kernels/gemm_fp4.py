@@ -50,7 +50,7 @@ from .gemm_bf16_tma import bf16_gemm_tma, tma_supported
 from .gemm_shared import _epilogue, _grouped_tile
 from .pdl import pdl_enabled, wait_then_release
 from .plan import SCRATCH_MIN_M
-from .weight_decode import _weight_halves, _weight_tile, gemm_supports
+from .weight_decode import _group_member, _weight_halves, _weight_tile, gemm_supports
 
 __all__ = ["fp4_weight_gemm", "fp4_weight_gemm_group", "gemm_group_supports", "gemm_supports", "GEMM_GROUP_MAX"]
 
@@ -188,20 +188,8 @@ def _fp4_weight_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    wc = wc_ptr
-    ws = ws_ptr
-    offs_wn = offs_n  # the weight's own rows for this tile
-    if GROUPS > 1:
-        col0 = pid_n * BLOCK_N
-        if col0 >= N0:
-            wc = wc1_ptr
-            ws = ws1_ptr
-            offs_wn = offs_n - N0
-            if GROUPS > 2:
-                if col0 >= N0 + N1:
-                    wc = wc2_ptr
-                    ws = ws2_ptr
-                    offs_wn = offs_n - (N0 + N1)
+    wc, ws, base = _group_member(pid_n * BLOCK_N, wc_ptr, ws_ptr, wc1_ptr, ws1_ptr, wc2_ptr, ws2_ptr, N0, N1, GROUPS)
+    offs_wn = offs_n - base  # the weight's own rows for this tile
     if PDL:
         wait_then_release()
     if STACK:  # FAST, two terms: B's rows then R's rows, one MMA operand of 2 · BLOCK_M rows

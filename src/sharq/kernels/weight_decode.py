@@ -152,3 +152,23 @@ def _weight_halves(
         return _bf16_weight_halves(packed, sc)
     else:
         return _bf16_weight_halves_twin(packed, sc)
+
+
+@triton.jit
+def _group_member(row0, wc_ptr, ws_ptr, wc1_ptr, ws1_ptr, wc2_ptr, ws2_ptr, N0, N1, GROUPS: tl.constexpr):
+    """(codes pointer, scales pointer, first row) of the weight that holds row `row0` of GROUPS weights
+    side by side (rows [0, N0) the first, [N0, N0 + N1) the second, the rest the third)."""
+    wc = wc_ptr
+    ws = ws_ptr
+    base = 0
+    if GROUPS > 1:
+        if row0 >= N0:
+            wc = wc1_ptr
+            ws = ws1_ptr
+            base = N0
+            if GROUPS > 2:
+                if row0 >= N0 + N1:
+                    wc = wc2_ptr
+                    ws = ws2_ptr
+                    base = N0 + N1
+    return wc, ws, base
